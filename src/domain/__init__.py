@@ -1,0 +1,1 @@
+"""Conveyor's domain: jobs, job types, the ports, and the use cases. Pure Python and attrs."""

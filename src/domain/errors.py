@@ -1,0 +1,62 @@
+"""Errors the domain raises. Entry points map them to their own vocabulary (HTTP, exit codes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+
+class JobNotFoundError(DomainError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class UnknownJobTypeError(DomainError):
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        super().__init__(f"unknown job type {name!r}; known types: {', '.join(sorted(known))}")
+        self.name = name
+        self.known = tuple(sorted(known))
+
+
+@attrs.frozen
+class FieldError:
+    """One invalid field: where it is (JSON-pointer-like path) and what is wrong with it."""
+
+    path: str
+    message: str
+
+
+class InvalidJobError(DomainError):
+    """The submission is invalid; `errors` names every bad field, not just the first."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = tuple(errors)
+        summary = "; ".join(f"{e.path or '(root)'}: {e.message}" for e in self.errors)
+        super().__init__(f"invalid job: {summary}")
+
+
+class InvalidTransitionError(DomainError):
+    def __init__(self, job_id: str, current: str, target: str) -> None:
+        super().__init__(f"job {job_id} cannot go from {current} to {target}")
+        self.job_id = job_id
+        self.current = current
+        self.target = target
+
+
+class QueueUnavailableError(DomainError):
+    """The queue backend cannot be reached right now; the caller may retry later."""
+
+    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
+        super().__init__(f"queue backend unavailable: {reason}")
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class NonRetryableError(Exception):
+    """Raised by a handler when another attempt cannot succeed; the job goes straight to dead."""

@@ -1,0 +1,13 @@
+"""The job types this service knows, wired to the ports they need."""
+
+from __future__ import annotations
+
+from domain.job_types import JobTypeRegistry
+from domain.job_types.dummy import dummy_job_type
+from domain.job_types.email import email_job_type
+from domain.job_types.report import report_job_type
+from domain.ports import EmailSender
+
+
+def default_registry(email_sender: EmailSender) -> JobTypeRegistry:
+    return JobTypeRegistry([email_job_type(email_sender), report_job_type(), dummy_job_type()])

@@ -1,0 +1,190 @@
+"""The job: a value describing one submission and where it is in its life."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Final
+
+import attrs
+
+from domain.errors import InvalidTransitionError
+
+# JSON as it crosses every boundary: payloads, results.
+JSONValue = Any
+JSONObject = Mapping[str, Any]
+
+_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
+_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is. The values are the wire and storage format: never change one."""
+
+    SCHEDULED = "scheduled"  # waiting for its time
+    QUEUED = "queued"  # ready to be claimed
+    ACTIVE = "active"  # claimed by a worker that holds its lease
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # an attempt failed and a retry is scheduled
+    DEAD = "dead"  # out of attempts or non-retryable: in the dead-letter set
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # its deadline passed before it finished
+
+    @property
+    def is_terminal(self) -> bool:
+        return not TRANSITIONS[self] or self in _PARKED
+
+    @property
+    def is_waiting(self) -> bool:
+        return self in (JobStatus.SCHEDULED, JobStatus.QUEUED, JobStatus.FAILED)
+
+
+S = JobStatus
+
+# The one definition of the job state machine. Every adapter obeys it; the contract suite
+# checks the transitions adapters make against this table.
+TRANSITIONS: Final[Mapping[JobStatus, frozenset[JobStatus]]] = {
+    S.SCHEDULED: frozenset({S.QUEUED, S.CANCELLED, S.EXPIRED}),
+    S.QUEUED: frozenset({S.ACTIVE, S.CANCELLED, S.EXPIRED}),
+    # ACTIVE -> QUEUED: the lease expired, or a draining worker released the job.
+    S.ACTIVE: frozenset({S.SUCCEEDED, S.FAILED, S.DEAD, S.QUEUED, S.CANCELLED, S.EXPIRED}),
+    S.FAILED: frozenset({S.QUEUED, S.CANCELLED, S.EXPIRED}),
+    # DEAD and CANCELLED are parked, not gone: an operator may send them back to the queue.
+    S.DEAD: frozenset({S.QUEUED}),
+    S.CANCELLED: frozenset({S.QUEUED}),
+    S.SUCCEEDED: frozenset(),
+    S.EXPIRED: frozenset(),
+}
+_PARKED: Final = frozenset({S.DEAD, S.CANCELLED})
+
+
+def can_transition(current: JobStatus, target: JobStatus) -> bool:
+    return target in TRANSITIONS[current]
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """Every status from which `target` may be reached (adapters guard their scripts with it)."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+def _valid_id(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _ID_PATTERN.match(value):
+        raise ValueError(f"{attribute.name} must be 32 lowercase hex characters, got {value!r}")
+
+
+def valid_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not _NAME_PATTERN.match(value):
+        raise ValueError(
+            f"{attribute.name} must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter;"
+            f" got {value!r}"
+        )
+
+
+def _aware(_: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{attribute.name} must be timezone-aware")
+
+
+def is_job_id(value: str) -> bool:
+    return bool(_ID_PATTERN.match(value))
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an attempt ended badly. Stored and shown: never change a value."""
+
+    ERROR = "error"  # the handler raised
+    NON_RETRYABLE = "non_retryable"  # the handler said another attempt cannot help
+    TIMED_OUT = "timed_out"
+    WORKER_LOST = "worker_lost"  # the process running it died
+    INVALID = "invalid"  # what was stored cannot be run (unknown type, bad payload)
+
+
+@attrs.frozen
+class JobError:
+    """What went wrong in the last failed attempt."""
+
+    message: str
+    type: str
+    kind: ErrorKind = ErrorKind.ERROR
+    traceback: str | None = None
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in (ErrorKind.ERROR, ErrorKind.TIMED_OUT, ErrorKind.WORKER_LOST)
+
+
+@attrs.frozen(kw_only=True)
+class Job:
+    """One submission of work. A value: adapters store it, use cases reason about it."""
+
+    id: str = attrs.field(validator=_valid_id)
+    type: str = attrs.field(validator=valid_name)
+    payload: JSONObject = attrs.field(eq=False, hash=False)
+    queue: str = attrs.field(validator=valid_name)
+    status: JobStatus = attrs.field(converter=JobStatus)
+    max_attempts: int = attrs.field(validator=attrs.validators.ge(1))
+    timeout: float = attrs.field(validator=attrs.validators.gt(0))
+    created_at: datetime = attrs.field(validator=_aware)
+    priority: int = 0
+    attempts: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    started_at: datetime | None = attrs.field(default=None, validator=_aware)
+    finished_at: datetime | None = attrs.field(default=None, validator=_aware)
+    progress: int | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.le(100)]),
+    )
+    result: JSONValue = attrs.field(default=None, eq=False, hash=False)
+    error: JobError | None = None
+
+    @classmethod
+    def submitted(
+        cls,
+        *,
+        id: str,
+        type: str,
+        payload: JSONObject,
+        queue: str,
+        max_attempts: int,
+        timeout: float,
+        now: datetime,
+        priority: int = 0,
+    ) -> Job:
+        return cls(
+            id=id,
+            type=type,
+            payload=payload,
+            queue=queue,
+            status=JobStatus.QUEUED,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            created_at=now,
+            priority=priority,
+        )
+
+    @property
+    def attempts_left(self) -> int:
+        return max(0, self.max_attempts - self.attempts)
+
+    def transition(self, target: JobStatus, **changes: Any) -> Job:
+        """The job in `target` status, with `changes`; refuses a move the state machine forbids."""
+        if not can_transition(self.status, target):
+            raise InvalidTransitionError(self.id, self.status, target)
+        return attrs.evolve(self, status=target, **changes)
+
+
+@attrs.frozen
+class Lease:
+    """A worker's claim on one attempt of a job. The token fences every write about it."""
+
+    job: Job
+    token: str
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempts
