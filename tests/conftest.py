@@ -1,0 +1,35 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_INTEGRATION_DIR = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test under tests/integration/ as ``integration``."""
+    for item in items:
+        if item.path.is_relative_to(_INTEGRATION_DIR):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Redis: ``REDIS_URL`` if set, else a local server for this session.
+
+    Fails (never skips) when no server can be started.
+    """
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    # Imported lazily: collecting tests must not depend on (or start) anything.
+    from entrypoints.local_redis import LocalRedis
+
+    with LocalRedis(data_dir=tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
