@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+# The contract suite is a plain module shared by several test files: let pytest explain its
+# failed asserts as it does in test modules.
+pytest.register_assert_rewrite("tests.queue_contract")
+
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from domain.errors import UnstorableResultError
 from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONValue, Lease
 from domain.ports import Capabilities, Clock, JobPage, JobQuery, JobQueue
 
@@ -40,6 +42,9 @@ class InMemoryJobQueue(JobQueue):
         self.stale_writes = 0
 
     async def enqueue(self, job: Job) -> None:
+        if job.status is not JobStatus.QUEUED:
+            # Anything else in `_ready` would make the next claim's transition raise.
+            raise ValueError(f"job {job.id} must be queued to be enqueued, not {job.status}")
         if job.id in self._jobs:
             raise ValueError(f"job {job.id} already exists")
         self._jobs[job.id] = job
@@ -51,17 +56,23 @@ class InMemoryJobQueue(JobQueue):
         return self._jobs.get(job_id)
 
     async def list_jobs(self, query: JobQuery) -> JobPage:
-        start = int(query.cursor) if query.cursor and query.cursor.isdigit() else 0
-        matches = [
-            job
-            for job in (self._jobs[i] for i in reversed(self._order))
-            if (query.status is None or job.status == query.status)
-            and (query.type is None or job.type == query.type)
-            and (query.queue is None or job.queue == query.queue)
-        ]
-        page = matches[start : start + query.limit]
-        more = start + query.limit < len(matches)
-        return JobPage(page, str(start + query.limit) if more else None)
+        # The cursor is a position in `_order`, which only grows at its end: jobs submitted
+        # while a client pages do not shift the pages it has yet to read.
+        end = len(self._order)
+        if query.cursor and query.cursor.isdigit():
+            end = min(end, int(query.cursor))
+        page: list[Job] = []
+        for position in range(end - 1, -1, -1):
+            job = self._jobs[self._order[position]]
+            if (
+                (query.status is None or job.status == query.status)
+                and (query.type is None or job.type == query.type)
+                and (query.queue is None or job.queue == query.queue)
+            ):
+                if len(page) == query.limit:
+                    return JobPage(page, str(position + 1))
+                page.append(job)
+        return JobPage(page, None)
 
     async def claim(
         self,
@@ -153,6 +164,10 @@ class InMemoryJobQueue(JobQueue):
         return True
 
     async def complete(self, lease: Lease, result: JSONValue) -> bool:
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise UnstorableResultError(str(exc)) from None
         if not self._current(lease):
             return False
         del self._held[lease.job_id]

@@ -58,5 +58,12 @@ class QueueUnavailableError(DomainError):
         self.retry_after = retry_after
 
 
+class UnstorableResultError(DomainError):
+    """A handler returned something the backend cannot store as JSON."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the job's result cannot be stored as JSON: {reason}")
+
+
 class NonRetryableError(Exception):
     """Raised by a handler when another attempt cannot succeed; the job goes straight to dead."""

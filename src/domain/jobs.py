@@ -16,8 +16,10 @@ from domain.errors import InvalidTransitionError
 JSONValue = Any
 JSONObject = Mapping[str, Any]
 
-_ID_PATTERN: Final = re.compile(r"^[0-9a-f]{32}$")
-_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+_ID_PATTERN: Final = re.compile(r"[0-9a-f]{32}")
+_NAME_PATTERN: Final = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
+# The shape of job type and queue names, for documents that describe it (JSON Schema, OpenAPI).
+NAME_PATTERN: Final = f"^{_NAME_PATTERN.pattern}$"
 
 
 class JobStatus(enum.StrEnum):
@@ -70,12 +72,12 @@ def sources_of(target: JobStatus) -> frozenset[JobStatus]:
 
 
 def _valid_id(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not _ID_PATTERN.match(value):
+    if not _ID_PATTERN.fullmatch(value):
         raise ValueError(f"{attribute.name} must be 32 lowercase hex characters, got {value!r}")
 
 
 def valid_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not _NAME_PATTERN.match(value):
+    if not _NAME_PATTERN.fullmatch(value):
         raise ValueError(
             f"{attribute.name} must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter;"
             f" got {value!r}"
@@ -87,8 +89,13 @@ def _aware(_: object, attribute: attrs.Attribute[Any], value: datetime | None) -
         raise ValueError(f"{attribute.name} must be timezone-aware")
 
 
+def is_name(value: str) -> bool:
+    """Is `value` a well-formed job type or queue name?"""
+    return bool(_NAME_PATTERN.fullmatch(value))
+
+
 def is_job_id(value: str) -> bool:
-    return bool(_ID_PATTERN.match(value))
+    return bool(_ID_PATTERN.fullmatch(value))
 
 
 class ErrorKind(enum.StrEnum):

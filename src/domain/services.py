@@ -18,6 +18,7 @@ from domain.errors import (
     NonRetryableError,
     QueueUnavailableError,
     UnknownJobTypeError,
+    UnstorableResultError,
 )
 from domain.job_types import JobContext, JobType, JobTypeRegistry
 from domain.jobs import ErrorKind, Job, JobError, JSONObject, Lease
@@ -189,9 +190,14 @@ class JobProcessor:
             return await self._record_failure(lease, job_type, error)
         except Exception as exc:
             return await self._record_failure(lease, job_type, error_from(exc, ErrorKind.ERROR))
-        if await _until_stored(lambda: self._queue.complete(lease, result)):
-            return ProcessResult(Outcome.SUCCEEDED)
-        return ProcessResult(Outcome.LEASE_LOST)
+        try:
+            stored = await _until_stored(lambda: self._queue.complete(lease, result))
+        except UnstorableResultError as exc:
+            # The handler will return the same thing next time: another attempt cannot help.
+            return await self._record_failure(
+                lease, job_type, error_from(exc, ErrorKind.NON_RETRYABLE)
+            )
+        return ProcessResult(Outcome.SUCCEEDED if stored else Outcome.LEASE_LOST)
 
     async def _record_failure(
         self, lease: Lease, job_type: JobType | None, error: JobError

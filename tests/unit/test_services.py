@@ -6,7 +6,7 @@ import pytest
 
 from adapters.memory_queue import InMemoryJobQueue
 from domain.errors import InvalidJobError, JobNotFoundError, UnknownJobTypeError
-from domain.job_types import JobContext
+from domain.job_types import JobContext, JobTypeRegistry
 from domain.job_types.registry import default_registry
 from domain.jobs import ErrorKind, JobStatus, Lease
 from domain.ports import JobQuery
@@ -203,5 +203,32 @@ def test_a_stored_job_of_an_unknown_type_is_dead_lettered_without_running() -> N
         stored = await world.service.get(job.id)
         assert stored.error is not None
         assert stored.error.kind is ErrorKind.INVALID
+
+    asyncio.run(scenario())
+
+
+def test_a_result_that_cannot_be_stored_ends_the_job_dead_not_the_worker() -> None:
+    from domain.job_types import JobType
+    from domain.schema import PayloadSchema
+
+    async def returns_a_set(payload: object, context: JobContext) -> object:
+        return {1, 2}
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        queue = InMemoryJobQueue(clock)
+        registry = JobTypeRegistry(
+            [JobType(name="odd", description="", schema=PayloadSchema(()), handler=returns_a_set)]
+        )
+        service = JobService(queue, registry, clock)
+        job = await service.submit(Submission(type="odd", payload={}))
+        leases = await queue.claim(
+            ["default"], worker_id="w", limit=1, lease_seconds=30, wait_seconds=0
+        )
+        result = await JobProcessor(queue, registry, lambda: 0.0).process(leases[0], Ctx(leases[0]))
+        assert result.outcome is Outcome.DEAD
+        stored = await service.get(job.id)
+        assert stored.error is not None
+        assert stored.error.kind is ErrorKind.NON_RETRYABLE
 
     asyncio.run(scenario())

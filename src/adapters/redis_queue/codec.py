@@ -1,0 +1,180 @@
+"""Job <-> the fields of its Redis hash.
+
+One hash field per attribute, so scripts change a status or a counter without decoding
+anything. Numbers are decimal strings, timestamps are integer microseconds since the Unix
+epoch (UTC), and payload, result and error are JSON (msgspec). Nothing is ever unpickled:
+whatever sits in Redis is data, and data that does not decode is reported, not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import msgspec
+
+from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONValue
+
+# The hash fields a Job is read from, in the order scripts return them (HMGET). The lease
+# token rides along last so a claim needs no second round trip.
+FIELDS: Final = (
+    "id",
+    "type",
+    "queue",
+    "status",
+    "payload",
+    "max_attempts",
+    "timeout",
+    "created_at",
+    "priority",
+    "attempts",
+    "started_at",
+    "finished_at",
+    "progress",
+    "result",
+    "error",
+)
+TOKEN_FIELD: Final = "token"  # noqa: S105 - a field name, not a secret
+FIELDS_WITH_TOKEN: Final = (*FIELDS, TOKEN_FIELD)
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+RawFields = Sequence[bytes | None]
+
+_STATUSES: Final = {s.value.encode(): s for s in JobStatus}
+
+
+class UndecodableJobError(ValueError):
+    """What Redis holds for a job cannot be turned into a Job."""
+
+
+class _ErrorWire(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    message: str
+    type: str
+    kind: str = ErrorKind.ERROR.value
+    traceback: str | None = None
+
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+_error_decode = msgspec.json.Decoder(_ErrorWire).decode
+
+
+def encode_json(value: JSONValue) -> bytes:
+    return _json_encode(value)
+
+
+def encode_error(error: JobError) -> bytes:
+    return _json_encode(_ErrorWire(error.message, error.type, error.kind.value, error.traceback))
+
+
+def to_micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_micros(raw: bytes) -> datetime:
+    return _EPOCH + timedelta(microseconds=int(raw))
+
+
+def encode_job(job: Job) -> list[str | bytes]:
+    """HSET arguments (field, value, field, value, ...) for a job; None fields are omitted."""
+    args: list[str | bytes] = [
+        "id",
+        job.id,
+        "type",
+        job.type,
+        "queue",
+        job.queue,
+        "status",
+        job.status.value,
+        "payload",
+        _json_encode(job.payload),
+        "max_attempts",
+        str(job.max_attempts),
+        "timeout",
+        repr(job.timeout),
+        "created_at",
+        str(to_micros(job.created_at)),
+        "priority",
+        str(job.priority),
+        "attempts",
+        str(job.attempts),
+    ]
+    if job.started_at is not None:
+        args += ("started_at", str(to_micros(job.started_at)))
+    if job.finished_at is not None:
+        args += ("finished_at", str(to_micros(job.finished_at)))
+    if job.progress is not None:
+        args += ("progress", str(job.progress))
+    if job.result is not None:
+        args += ("result", _json_encode(job.result))
+    if job.error is not None:
+        args += ("error", encode_error(job.error))
+    return args
+
+
+def decode_job(raw: RawFields) -> Job | None:
+    """The Job from HMGET values in FIELDS order; None when the hash does not exist.
+
+    Raises UndecodableJobError when the hash exists but does not hold a valid job.
+    """
+    (
+        id_,
+        type_,
+        queue,
+        status,
+        payload,
+        max_attempts,
+        timeout,
+        created_at,
+        priority,
+        attempts,
+        started_at,
+        finished_at,
+        progress,
+        result,
+        error,
+    ) = raw[: len(FIELDS)]
+    if id_ is None and status is None:
+        return None
+    try:
+        if (
+            id_ is None
+            or type_ is None
+            or queue is None
+            or status is None
+            or payload is None
+            or max_attempts is None
+            or timeout is None
+            or created_at is None
+        ):
+            raise UndecodableJobError("a required field is missing")
+        return Job(
+            id=id_.decode(),
+            type=type_.decode(),
+            payload=_json_decode(payload),
+            queue=queue.decode(),
+            status=_STATUSES.get(status) or JobStatus(status.decode()),
+            max_attempts=int(max_attempts),
+            timeout=float(timeout),
+            created_at=from_micros(created_at),
+            priority=int(priority) if priority is not None else 0,
+            attempts=int(attempts) if attempts is not None else 0,
+            started_at=from_micros(started_at) if started_at is not None else None,
+            finished_at=from_micros(finished_at) if finished_at is not None else None,
+            progress=int(progress) if progress is not None else None,
+            result=_json_decode(result) if result is not None else None,
+            error=_decode_error(error) if error is not None else None,
+        )
+    except UndecodableJobError:
+        raise
+    except (ValueError, TypeError, OverflowError, msgspec.DecodeError) as exc:
+        # UnicodeDecodeError and attrs' validator errors are ValueErrors.
+        raise UndecodableJobError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _decode_error(raw: bytes) -> JobError:
+    wire = _error_decode(raw)
+    return JobError(wire.message, wire.type, ErrorKind(wire.kind), wire.traceback)

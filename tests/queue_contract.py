@@ -1,0 +1,622 @@
+"""The JobQueue port contract, written once and run against every backend.
+
+A backend's test module subclasses `QueueContract` (the class itself has no ``Test`` prefix,
+so pytest collects only the subclasses) and provides a ``queue_factory`` fixture: a
+`QueueFactory` that opens a fresh, empty queue and says how time passes for it.
+
+Time: leases and retry delays use short real durations (a few hundred ms). A backend on a
+fake clock makes `QueueFactory.elapse` advance that clock; one on Redis's clock sleeps.
+Claims that wait always use real time. Every test runs under `TEST_TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from domain.jobs import ErrorKind, Job, JobError, JobStatus, Lease, can_transition
+from domain.ports import JobQuery, JobQueue
+
+TEST_TIMEOUT = 20.0
+LEASE = 0.3  # seconds; short so expiry tests stay fast
+PAST_LEASE = 0.5  # long enough after LEASE for an expiry to be certain
+RETRY_IN = 0.3
+FOREVER = 60.0  # a lease that does not expire during a test
+S = JobStatus
+
+
+class QueueFactory(abc.ABC):
+    """Opens queues for one backing, and controls how time passes for them."""
+
+    @abc.abstractmethod
+    def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
+        """A fresh, empty queue, closed (and its data removed) on exit."""
+
+    async def elapse(self, seconds: float) -> None:
+        """Let `seconds` pass on the clock the queue reads for leases and delays."""
+        await asyncio.sleep(seconds)
+
+    async def stale_writes(self, queue: JobQueue) -> int | None:
+        """The backend's count of rejected stale writes, or None if it exposes none."""
+        return None
+
+
+Scenario = Callable[[Any, JobQueue, QueueFactory], Awaitable[None]]
+
+
+def scenario(fn: Scenario) -> Callable[[Any, QueueFactory], None]:
+    """Turns `async def test_x(self, queue, clock)` into a sync pytest test on a fresh queue.
+
+    (No pytest-asyncio: each test runs its own event loop with `asyncio.run`.)
+    """
+
+    def test(self: Any, queue_factory: QueueFactory) -> None:
+        async def main() -> None:
+            async with queue_factory() as queue:
+                await asyncio.wait_for(fn(self, queue, queue_factory), TEST_TIMEOUT)
+
+        asyncio.run(main())
+
+    test.__name__ = fn.__name__
+    test.__qualname__ = fn.__qualname__
+    test.__doc__ = fn.__doc__
+    return test
+
+
+def new_job(
+    *, queue: str = "default", type: str = "dummy", max_attempts: int = 3, n: int = 0
+) -> Job:
+    return Job.submitted(
+        id=uuid.uuid4().hex,
+        type=type,
+        payload={"n": n, "nested": {"list": [1, 2.5, "three", None, True]}},
+        queue=queue,
+        max_attempts=max_attempts,
+        timeout=30.0,
+        now=datetime.now(UTC),
+    )
+
+
+async def enqueue_all(queue: JobQueue, jobs: Sequence[Job]) -> None:
+    for job in jobs:
+        await queue.enqueue(job)
+
+
+async def claim(
+    queue: JobQueue,
+    queues: Sequence[str] = ("default",),
+    *,
+    limit: int = 10,
+    lease_seconds: float = FOREVER,
+    wait_seconds: float = 0.0,
+) -> Sequence[Lease]:
+    return await queue.claim(
+        queues,
+        worker_id="worker-1",
+        limit=limit,
+        lease_seconds=lease_seconds,
+        wait_seconds=wait_seconds,
+    )
+
+
+async def claim_one(queue: JobQueue, **kwargs: Any) -> Lease:
+    leases = await claim(queue, limit=1, **kwargs)
+    assert len(leases) == 1, leases
+    return leases[0]
+
+
+async def status_of(queue: JobQueue, job_id: str) -> JobStatus:
+    job = await queue.get(job_id)
+    assert job is not None
+    return job.status
+
+
+async def all_pages(queue: JobQueue, query: JobQuery, max_pages: int = 100) -> list[list[str]]:
+    """The ids on every page of `query`, following cursors until there is none."""
+    pages: list[list[str]] = []
+    cursor = query.cursor
+    for _ in range(max_pages):
+        page = await queue.list_jobs(JobQuery(**{**_fields(query), "cursor": cursor}))
+        pages.append([job.id for job in page.jobs])
+        cursor = page.next_cursor
+        if cursor is None:
+            return pages
+    raise AssertionError(f"still paging after {max_pages} pages")
+
+
+def _fields(query: JobQuery) -> dict[str, Any]:
+    return {
+        "status": query.status,
+        "type": query.type,
+        "queue": query.queue,
+        "limit": query.limit,
+        "cursor": query.cursor,
+    }
+
+
+class StatusLog:
+    """Every status a job was seen in, read through `get` after each step of a scenario."""
+
+    def __init__(self, queue: JobQueue) -> None:
+        self._queue = queue
+        self.seen: dict[str, list[tuple[JobStatus, int]]] = {}
+
+    async def look(self, *job_ids: str) -> None:
+        for job_id in job_ids:
+            job = await self._queue.get(job_id)
+            assert job is not None
+            self.seen.setdefault(job_id, []).append((job.status, job.attempts))
+
+    def statuses(self, job_id: str) -> list[JobStatus]:
+        return [status for status, _ in self.seen[job_id]]
+
+    def illegal_moves(self) -> list[tuple[str, JobStatus, JobStatus]]:
+        illegal = []
+        for job_id, seen in self.seen.items():
+            for (before, tries_before), (after, tries_after) in itertools.pairwise(seen):
+                if before == after and tries_before == tries_after:
+                    continue  # no move between these two looks
+                if before == after == JobStatus.ACTIVE:
+                    # Reclaimed and claimed again between two looks: it went through queued.
+                    ok = can_transition(before, JobStatus.QUEUED) and can_transition(
+                        JobStatus.QUEUED, after
+                    )
+                elif before == JobStatus.FAILED and after == JobStatus.ACTIVE:
+                    # A due retry is queued, then claimed, within one claim call.
+                    ok = can_transition(before, JobStatus.QUEUED) and can_transition(
+                        JobStatus.QUEUED, after
+                    )
+                else:
+                    ok = can_transition(before, after)
+                if not ok:
+                    illegal.append((job_id, before, after))
+        return illegal
+
+
+class QueueContract:
+    """What every JobQueue backend promises. Subclasses provide the `queue_factory` fixture."""
+
+    @pytest.fixture
+    def queue_factory(self) -> QueueFactory:
+        raise NotImplementedError("a backend's test class provides queue_factory")
+
+    # -- enqueue and get --------------------------------------------------------------------
+
+    @scenario
+    async def test_an_enqueued_job_is_queued_and_readable(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        stored = await queue.get(job.id)
+        assert stored == job
+        assert stored is not None
+        assert stored.payload == job.payload
+        assert stored.status == JobStatus.QUEUED
+        assert stored.attempts == 0
+        assert stored.created_at == job.created_at
+
+    @scenario
+    async def test_an_unknown_id_gives_none(self, queue: JobQueue, clock: QueueFactory) -> None:
+        await queue.enqueue(new_job())
+        assert await queue.get(uuid.uuid4().hex) is None
+        assert await queue.get("not-a-job-id") is None
+
+    @scenario
+    async def test_enqueue_of_an_existing_id_is_refused(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        with pytest.raises(ValueError, match="already exists"):
+            await queue.enqueue(job)
+        assert len(await claim(queue)) == 1  # queued once, not twice
+
+    @scenario
+    async def test_concurrent_enqueues_of_one_id_store_it_once(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        outcomes = await asyncio.gather(
+            queue.enqueue(job), queue.enqueue(job), return_exceptions=True
+        )
+        assert outcomes[0] is None
+        assert isinstance(outcomes[1], ValueError)
+        assert [lease.job_id for lease in await claim(queue)] == [job.id]
+
+    @scenario
+    async def test_concurrent_enqueues_keep_their_order_within_each_queue(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(queue=q, n=n) for n in range(30) for q in ("a", "b")]
+        await asyncio.gather(*(queue.enqueue(job) for job in jobs))
+        for name in ("a", "b"):
+            leases = await claim(queue, [name], limit=100)
+            assert [lease.job_id for lease in leases] == [j.id for j in jobs if j.queue == name]
+
+    @scenario
+    async def test_enqueue_refuses_a_job_that_is_not_queued(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job().transition(JobStatus.CANCELLED)
+        with pytest.raises(ValueError, match="must be queued"):
+            await queue.enqueue(job)
+        assert await queue.get(job.id) is None
+
+    # -- claim ------------------------------------------------------------------------------
+
+    @scenario
+    async def test_claim_returns_jobs_fifo_within_a_queue_and_respects_the_limit(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(5)]
+        await enqueue_all(queue, jobs)
+        first = await claim(queue, limit=3)
+        second = await claim(queue, limit=3)
+        assert [lease.job_id for lease in first] == [job.id for job in jobs[:3]]
+        assert [lease.job_id for lease in second] == [job.id for job in jobs[3:]]
+        assert await claim(queue, limit=3) == []
+
+    @scenario
+    async def test_claim_marks_active_with_the_attempt_counted_and_started_at_set(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        assert lease.job.status == JobStatus.ACTIVE
+        assert lease.attempt == lease.job.attempts == 1
+        assert lease.job.started_at is not None
+        assert lease.job.payload == job.payload
+        assert lease.token
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (JobStatus.ACTIVE, 1)
+        assert stored.started_at == lease.job.started_at
+
+    @scenario
+    async def test_claim_takes_earlier_queues_first(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        low = [new_job(queue="low", n=n) for n in range(2)]
+        high = [new_job(queue="high", n=n) for n in range(2)]
+        await enqueue_all(queue, [*low, *high])  # low-priority work was there first
+        leases = await claim(queue, ["high", "low"], limit=3)
+        assert [lease.job_id for lease in leases] == [high[0].id, high[1].id, low[0].id]
+        assert await claim(queue, ["other"], limit=3) == []
+
+    @scenario
+    async def test_claim_on_an_empty_queue_returns_nothing_after_waiting_about_wait_seconds(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        started = time.monotonic()
+        leases = await claim(queue, wait_seconds=0.4)
+        waited = time.monotonic() - started
+        assert leases == []
+        if queue.capabilities.blocking_claim:
+            assert 0.35 <= waited < 1.5, waited
+        else:
+            assert waited < 0.2, waited
+
+    @scenario
+    async def test_a_job_enqueued_while_a_claimer_waits_is_returned_promptly(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        started = time.monotonic()
+        waiting = asyncio.create_task(claim(queue, wait_seconds=5.0))
+        await asyncio.sleep(0.2)
+        await queue.enqueue(job)
+        leases = await waiting
+        waited = time.monotonic() - started
+        if queue.capabilities.blocking_claim:
+            assert [lease.job_id for lease in leases] == [job.id]
+            assert waited < 1.0, waited  # woken by the enqueue, not by the 5 s timeout
+        else:
+            assert leases == []  # answered at once, before the job existed
+            assert [lease.job_id for lease in await claim(queue)] == [job.id]
+
+    @scenario
+    async def test_two_concurrent_claimers_never_receive_the_same_job(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(200)]
+        await enqueue_all(queue, jobs)
+        received: list[str] = []
+        refused: list[str] = []
+
+        async def worker() -> None:
+            while leases := await claim(queue, limit=7):
+                for lease in leases:
+                    received.append(lease.job_id)
+                    if not await queue.complete(lease, {"by": id(asyncio.current_task())}):
+                        refused.append(lease.job_id)
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+        counts = Counter(received)
+        assert len(received) == 200
+        assert set(counts) == {job.id for job in jobs}
+        assert counts.most_common(1)[0][1] == 1
+        assert refused == []
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    @scenario
+    async def test_complete_stores_the_result_and_succeeds(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        assert await queue.complete(lease, {"sent": True, "count": 3}) is True
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert stored.status == JobStatus.SUCCEEDED
+        assert stored.result == {"sent": True, "count": 3}
+        assert stored.progress == 100
+        assert stored.finished_at is not None
+        assert stored.attempts == 1
+        assert await claim(queue) == []
+
+    @scenario
+    async def test_fail_with_retry_goes_failed_then_is_claimable_again_after_the_delay(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job(max_attempts=3)
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        error = JobError("smtp said no", "SMTPError", ErrorKind.ERROR, "Traceback ...")
+        assert await queue.fail(lease, error, retry_in=RETRY_IN) is True
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.error, stored.finished_at) == (JobStatus.FAILED, error, None)
+        assert await claim(queue) == []  # not before its delay
+        await clock.elapse(RETRY_IN + 0.2)
+        again = await claim_one(queue)
+        assert again.job_id == job.id
+        assert again.attempt == 2
+        assert again.token != lease.token
+        assert again.job.error == error  # the last failure stays visible while it runs
+
+    @scenario
+    async def test_fail_without_retry_goes_dead_with_the_error_kept(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job(max_attempts=3)
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        error = JobError("bad input", "ValueError", ErrorKind.NON_RETRYABLE)
+        assert await queue.fail(lease, error, retry_in=None) is True
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.error, stored.attempts) == (JobStatus.DEAD, error, 1)
+        assert stored.finished_at is not None
+        await clock.elapse(PAST_LEASE)
+        assert await claim(queue) == []
+
+    @scenario
+    async def test_a_stale_token_is_rejected_for_complete_fail_and_progress(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        forged = Lease(lease.job, lease.token + "x")
+        before = await clock.stale_writes(queue)
+        assert await queue.set_progress(forged, 10) is False
+        assert await queue.complete(forged, "forged") is False
+        assert await queue.fail(forged, JobError("no", "E"), retry_in=None) is False
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.progress, stored.result) == (JobStatus.ACTIVE, None, None)
+        assert await queue.complete(lease, "real") is True
+        assert await queue.complete(lease, "twice") is False  # the lease ended
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.result) == (JobStatus.SUCCEEDED, "real")
+        after = await clock.stale_writes(queue)
+        if before is not None:
+            assert after == before + 4
+
+    @scenario
+    async def test_concurrent_completions_each_get_their_own_answer(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(3)]
+        await enqueue_all(queue, jobs)
+        first, second, third = await claim(queue, limit=3)
+        answers = await asyncio.gather(
+            queue.complete(first, 1),
+            queue.complete(Lease(second.job, "forged"), 2),
+            queue.complete(third, 3),
+            queue.complete(first, "again"),
+        )
+        assert answers == [True, False, True, False]
+        stored = [await queue.get(job.id) for job in jobs]
+        assert [(j.status, j.result) for j in stored if j is not None] == [
+            (S.SUCCEEDED, 1),
+            (S.ACTIVE, None),
+            (S.SUCCEEDED, 3),
+        ]
+
+    # -- leases -----------------------------------------------------------------------------
+
+    @scenario
+    async def test_an_expired_lease_is_reclaimed_and_claimed_again_with_the_attempt_counted(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job(max_attempts=3)
+        await queue.enqueue(job)
+        lost = await claim_one(queue, lease_seconds=LEASE)
+        await clock.elapse(PAST_LEASE)
+        again = await claim_one(queue)
+        assert again.job_id == job.id
+        assert again.attempt == 2  # the lost attempt counted
+        assert again.job.error is not None
+        assert again.job.error.kind == ErrorKind.WORKER_LOST
+        assert await queue.complete(lost, "late") is False  # the first worker was fenced off
+        assert await queue.complete(again, "on time") is True
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.result) == (JobStatus.SUCCEEDED, "on time")
+
+    @scenario
+    async def test_an_expired_lease_with_no_attempts_left_goes_dead(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job(max_attempts=1)
+        await queue.enqueue(job)
+        await claim_one(queue, lease_seconds=LEASE)
+        await clock.elapse(PAST_LEASE)
+        assert await claim(queue) == []
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (JobStatus.DEAD, 1)
+        assert stored.error is not None
+        assert stored.error.kind == ErrorKind.WORKER_LOST
+        assert stored.finished_at is not None
+
+    @scenario
+    async def test_renew_keeps_a_lease_alive_past_its_original_expiry(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue, lease_seconds=LEASE)
+        for _ in range(4):  # 4 x 0.15 s = twice the original lease
+            await clock.elapse(LEASE / 2)
+            assert await queue.renew([lease], LEASE) == {job.id}
+        assert await claim(queue) == []  # not reclaimed
+        assert await queue.complete(lease, "kept") is True
+
+    @scenario
+    async def test_renew_answers_only_the_leases_still_held(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(n=n, queue=q) for n, q in enumerate(["a", "a", "b"])]
+        await enqueue_all(queue, jobs)
+        kept, done, lapsed = await claim(queue, ["a", "b"], limit=3, lease_seconds=LEASE)
+        assert await queue.complete(done, None) is True
+        forged = Lease(kept.job, "not-the-token")
+        await clock.elapse(LEASE / 2)
+        assert await queue.renew([kept, done, forged], FOREVER) == {kept.job_id}
+        await clock.elapse(PAST_LEASE)  # `lapsed` was not renewed: it expired
+        assert await queue.renew([kept, lapsed], FOREVER) == {kept.job_id}
+        assert await queue.renew([], FOREVER) == set()
+
+    @scenario
+    async def test_progress_is_visible_via_get(self, queue: JobQueue, clock: QueueFactory) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        assert await queue.set_progress(lease, 40) is True
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.progress) == (JobStatus.ACTIVE, 40)
+        assert await queue.set_progress(lease, 90) is True
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert stored.progress == 90
+
+    # -- listing ----------------------------------------------------------------------------
+
+    @scenario
+    async def test_list_jobs_filters_by_status_type_and_queue(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        alpha_dummy = [new_job(queue="alpha", n=n) for n in range(3)]
+        alpha_email = [new_job(queue="alpha", type="email", n=n) for n in range(2)]
+        beta_dummy = [new_job(queue="beta", n=n) for n in range(2)]
+        await enqueue_all(queue, [*alpha_dummy, *alpha_email, *beta_dummy])
+        done = await claim_one(queue, queues=["alpha"])  # alpha_dummy[0]
+        assert await queue.complete(done, None)
+        running = await claim_one(queue, queues=["beta"])  # beta_dummy[0]
+
+        async def ids(**filters: Any) -> set[str]:
+            pages = await all_pages(queue, JobQuery(limit=2, **filters))
+            flat = [job_id for page in pages for job_id in page]
+            assert len(flat) == len(set(flat)), f"repeated on some page: {filters}"
+            return set(flat)
+
+        everything = {j.id for j in [*alpha_dummy, *alpha_email, *beta_dummy]}
+        assert await ids() == everything
+        assert await ids(status=JobStatus.SUCCEEDED) == {done.job_id}
+        assert await ids(status=JobStatus.ACTIVE) == {running.job_id}
+        assert await ids(status=JobStatus.QUEUED) == everything - {done.job_id, running.job_id}
+        assert await ids(type="email") == {j.id for j in alpha_email}
+        assert await ids(queue="beta") == {j.id for j in beta_dummy}
+        assert await ids(queue="alpha", type="dummy", status=JobStatus.QUEUED) == {
+            j.id for j in alpha_dummy[1:]
+        }
+        assert await ids(queue="gamma") == set()
+        assert await ids(status=JobStatus.DEAD) == set()
+
+    @scenario
+    async def test_list_jobs_paginates_newest_first_without_repeats_or_gaps(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(7)]
+        await enqueue_all(queue, jobs)
+        newest_first = [job.id for job in reversed(jobs)]
+        assert await all_pages(queue, JobQuery(limit=3)) == [
+            newest_first[0:3],
+            newest_first[3:6],
+            newest_first[6:7],
+        ]
+        assert await all_pages(queue, JobQuery(limit=7)) == [newest_first]
+        assert await all_pages(queue, JobQuery(limit=500)) == [newest_first]
+
+    @scenario
+    async def test_list_jobs_pages_stay_put_while_new_jobs_arrive(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(6)]
+        await enqueue_all(queue, jobs)
+        first = await queue.list_jobs(JobQuery(limit=2))
+        await enqueue_all(queue, [new_job(n=n) for n in range(10, 13)])
+        rest = await all_pages(queue, JobQuery(limit=2, cursor=first.next_cursor))
+        seen = [job.id for job in first.jobs] + [job_id for page in rest for job_id in page]
+        assert seen == [job.id for job in reversed(jobs)]
+
+    # -- the state machine ------------------------------------------------------------------
+
+    @scenario
+    async def test_every_status_sequence_observed_obeys_the_transitions(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        log = StatusLog(queue)
+        retried, lost, failing = new_job(), new_job(max_attempts=2), new_job(max_attempts=2)
+        ids = (retried.id, lost.id, failing.id)
+        await enqueue_all(queue, [retried, lost, failing])
+        await log.look(*ids)
+        first = {lease.job_id: lease for lease in await claim(queue, lease_seconds=LEASE)}
+        await log.look(*ids)
+        assert await queue.fail(first[retried.id], JobError("e", "E"), retry_in=0.1)
+        assert await queue.renew([first[failing.id]], FOREVER) == {failing.id}
+        await log.look(*ids)
+        await clock.elapse(PAST_LEASE)  # `lost` expires: attempt 1 of 2 spent
+        second = {lease.job_id: lease for lease in await claim(queue, lease_seconds=LEASE)}
+        assert set(second) == {retried.id, lost.id}
+        await log.look(*ids)
+        assert await queue.complete(second[retried.id], "ok")
+        error = JobError("bad", "E", ErrorKind.NON_RETRYABLE)
+        assert await queue.fail(first[failing.id], error, retry_in=None)
+        await clock.elapse(PAST_LEASE)  # `lost` expires again: no attempt left
+        assert await claim(queue) == []
+        await log.look(*ids)
+
+        assert log.statuses(retried.id) == [S.QUEUED, S.ACTIVE, S.FAILED, S.ACTIVE, S.SUCCEEDED]
+        assert log.statuses(lost.id) == [S.QUEUED, S.ACTIVE, S.ACTIVE, S.ACTIVE, S.DEAD]
+        assert [tries for _, tries in log.seen[lost.id]] == [0, 1, 1, 2, 2]
+        assert log.statuses(failing.id) == [S.QUEUED, S.ACTIVE, S.ACTIVE, S.ACTIVE, S.DEAD]
+        assert log.illegal_moves() == []
