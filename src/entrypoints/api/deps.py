@@ -1,0 +1,48 @@
+"""Litestar dependencies, bridged from the dependency-injector container in `app.state`.
+
+Each provider is a typed function (Litestar reads its signature) that asks the container at
+request time, so a test's `container.<provider>.override(...)` takes effect, and nothing the
+client sends can stand in for a dependency.
+"""
+
+from __future__ import annotations
+
+from typing import Final, cast
+
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from domain.job_types import JobTypeRegistry
+from domain.ports import JobQueue
+from domain.services import JobService
+from entrypoints.container import Container
+
+CONTAINER_KEY: Final = "container"
+
+
+def container_of(state: State) -> Container:
+    # Instantiating a DeclarativeContainer yields a DynamicContainer, so no isinstance check.
+    return cast(Container, state[CONTAINER_KEY])
+
+
+def provide_job_service(state: State) -> JobService:
+    service: JobService = container_of(state).job_service()
+    return service
+
+
+def provide_job_queue(state: State) -> JobQueue:
+    queue: JobQueue = container_of(state).job_queue()
+    return queue
+
+
+def provide_registry(state: State) -> JobTypeRegistry:
+    registry: JobTypeRegistry = container_of(state).registry()
+    return registry
+
+
+def dependencies() -> dict[str, Provide]:
+    return {
+        "jobs": Provide(provide_job_service, sync_to_thread=False),
+        "job_queue": Provide(provide_job_queue, sync_to_thread=False),
+        "job_types": Provide(provide_registry, sync_to_thread=False),
+    }

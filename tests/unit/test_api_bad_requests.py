@@ -1,0 +1,422 @@
+"""The bad-request corpus (reliability.md §7.4, I4): every request is refused with a 4xx
+problem that says why, nothing reaches the queue, and nothing is a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from typing import Any, Final, cast
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from litestar import Litestar
+from litestar.testing import TestClient
+from litestar.types import Message, ReceiveMessage, Scope
+
+from adapters.memory_queue import InMemoryJobQueue
+from domain.ports import JobQuery
+from entrypoints.api.app import create_app
+from entrypoints.api.body import MAX_DEPTH, decode_json
+from entrypoints.api.problems import ProblemError
+from entrypoints.container import Container, build_container
+from entrypoints.settings import Backend, Settings
+
+LIMIT: Final = Settings().max_body_bytes
+JSON: Final = {"content-type": "application/json"}
+EMAIL: Final = {"to": "user@example.com", "subject": "Hello", "body": "Hi"}
+
+
+def envelope(**fields: Any) -> bytes:
+    return compact({"type": "email", "payload": EMAIL, **fields})
+
+
+def compact(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def raw(text: str) -> bytes:
+    return text.encode()
+
+
+def padded_to(size: int) -> bytes:
+    """A valid submission, padded with spaces to exactly `size` bytes."""
+    body = envelope()
+    return body + b" " * (size - len(body))
+
+
+def deep(levels: int, inner: str = "1") -> str:
+    return "[" * levels + inner + "]" * levels
+
+
+class Case:
+    def __init__(
+        self,
+        status: int,
+        body: bytes | Callable[[], Iterator[bytes]],
+        headers: dict[str, str] | None = None,
+        *,
+        mentions: str = "",
+        paths: tuple[str, ...] = (),
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = JSON if headers is None else headers
+        self.mentions = mentions  # a word the detail must contain, to be useful
+        self.paths = paths  # field paths the problem's `errors` must name
+
+
+def chunks_of(body: bytes, size: int = 16 * 1024) -> Callable[[], Iterator[bytes]]:
+    def stream() -> Iterator[bytes]:
+        for start in range(0, len(body), size):
+            yield body[start : start + size]
+
+    return stream
+
+
+HUGE_DIGITS: Final = "1" * 100_000
+
+CORPUS: Final[dict[str, Case]] = {
+    # -- not JSON, or not strict JSON: 400
+    "malformed json": Case(400, b'{"type": "email", "payload": ', mentions="JSON"),
+    "not json at all": Case(400, b"type=email&payload=x", mentions="JSON"),
+    "empty body": Case(400, b"", mentions="empty"),
+    "whitespace body": Case(400, b" \n\t ", mentions="empty"),
+    "trailing garbage": Case(400, envelope() + b" {}", mentions="JSON"),
+    "single quotes": Case(400, b"{'type': 'email'}", mentions="JSON"),
+    "comments": Case(400, b'{"type": "email" /* hi */, "payload": {}}', mentions="JSON"),
+    "byte order mark": Case(400, b"\xef\xbb\xbf" + envelope(), mentions="JSON"),
+    "not utf-8": Case(400, b'{"type": "\xff\xfe"}', mentions="UTF-8"),
+    "lone surrogate": Case(400, raw('{"type": "email", "payload": {"to": "\\ud800"}}')),
+    "NaN": Case(400, raw('{"type": "dummy", "payload": {"mode": "cpu", "seconds": NaN}}')),
+    "Infinity": Case(400, raw('{"type": "dummy", "payload": {}, "timeout": Infinity}')),
+    "-Infinity": Case(400, raw('{"type": "email", "payload": {}, "timeout": -Infinity}')),
+    "float overflow": Case(400, raw('{"type": "email", "payload": {}, "timeout": 1e999}')),
+    "100,000-digit integer": Case(
+        400, raw(f'{{"type": "report", "payload": {{"name": "x", "rows": {HUGE_DIGITS}}}}}')
+    ),
+    "10,000-deep nesting at the top": Case(400, raw(deep(10_000)), mentions="nested"),
+    "10,000-deep nesting in the payload": Case(
+        400,
+        raw(f'{{"type": "dummy", "payload": {{"mode": "succeed", "result": {deep(10_000)}}}}}'),
+        mentions="nested",
+    ),
+    "33-deep nesting in the payload": Case(
+        400,
+        raw(f'{{"type": "dummy", "payload": {{"mode": "succeed", "result": {deep(31)}}}}}'),
+        mentions="nested",
+    ),
+    "duplicate top-level key": Case(
+        400, raw('{"type": "dummy", "type": "email", "payload": {}}'), mentions="type"
+    ),
+    "duplicate payload key": Case(
+        400,
+        raw('{"type": "email", "payload": {"to": "a@b.co", "to": "c@d.co"}}'),
+        mentions="to",
+    ),
+    # -- not JSON by its media type: 415
+    "wrong content type": Case(415, envelope(), {"content-type": "text/plain"}),
+    "no content type": Case(415, envelope(), {}, mentions="Content-Type"),
+    "form content type": Case(
+        415, envelope(), {"content-type": "application/x-www-form-urlencoded"}
+    ),
+    "multipart content type": Case(
+        415, envelope(), {"content-type": "multipart/form-data; boundary=x"}
+    ),
+    "json lookalike content type": Case(415, envelope(), {"content-type": "application/jsonp"}),
+    "non-utf-8 charset": Case(
+        415, envelope(), {"content-type": "application/json; charset=latin-1"}, mentions="UTF-8"
+    ),
+    # -- too large: 413
+    "one byte over the limit, with Content-Length": Case(413, padded_to(LIMIT + 1)),
+    "one byte over the limit, chunked": Case(413, chunks_of(padded_to(LIMIT + 1))),
+    "far over the limit, chunked": Case(413, chunks_of(b"[" * (4 * LIMIT))),
+    # -- JSON, but not a submission: 422
+    "top level is an array": Case(422, b"[]", mentions="object"),
+    "top level is a 100,000-element array": Case(422, compact([0] * 100_000), mentions="object"),
+    "top level is a string": Case(422, b'"email"', mentions="object"),
+    "top level is a number": Case(422, b"42", mentions="object"),
+    "top level is null": Case(422, b"null", mentions="object"),
+    "top level is true": Case(422, b"true", mentions="object"),
+    "missing type": Case(422, raw(json.dumps({"payload": EMAIL})), paths=("type",)),
+    "missing payload": Case(422, raw(json.dumps({"type": "email"})), paths=("payload",)),
+    "missing everything": Case(422, b"{}", paths=("type", "payload")),
+    "extra top-level field": Case(422, envelope(priority=9), paths=("priority",)),
+    "extra top-level fields with a bad payload": Case(
+        422,
+        raw(json.dumps({"type": "email", "payload": {}, "queue": "x", "run_at": 1})),
+        paths=("queue", "run_at"),
+    ),
+    "payload is null": Case(422, envelope(payload=None), paths=("payload",)),
+    "payload is a list": Case(422, envelope(payload=[EMAIL]), paths=("payload",)),
+    "payload is a string": Case(422, envelope(payload="to=a@b.co"), paths=("payload",)),
+    "extra payload field": Case(
+        422, envelope(payload={**EMAIL, "cc": "x@y.co"}), paths=("payload.cc",)
+    ),
+    "missing payload field": Case(
+        422, envelope(payload={"to": "a@b.co"}), paths=("payload.subject", "payload.body")
+    ),
+    "wrong payload field types": Case(
+        422,
+        envelope(payload={"to": 123, "subject": ["x"], "body": None}),
+        paths=("payload.to", "payload.subject", "payload.body"),
+    ),
+    "100,000-element array as a string field": Case(
+        422, envelope(payload={**EMAIL, "to": [0] * 100_000}), paths=("payload.to",)
+    ),
+    "string over its length limit": Case(
+        422, envelope(payload={**EMAIL, "subject": "x" * 201}), paths=("payload.subject",)
+    ),
+    "huge integer in the payload": Case(
+        422,
+        raw(f'{{"type": "report", "payload": {{"name": "x", "rows": 1{"0" * 400}}}}}'),
+        paths=("payload.rows",),
+    ),
+    "bool where an integer belongs": Case(
+        422,
+        raw(json.dumps({"type": "report", "payload": {"name": "x", "rows": True}})),
+        paths=("payload.rows",),
+    ),
+    "field that does not fit the mode": Case(
+        422,
+        raw(json.dumps({"type": "dummy", "payload": {"mode": "succeed", "how": "exit"}})),
+        paths=("payload.how",),
+    ),
+    "max_attempts 0": Case(422, envelope(max_attempts=0), paths=("max_attempts",)),
+    "max_attempts -1": Case(422, envelope(max_attempts=-1), paths=("max_attempts",)),
+    "max_attempts 10**6": Case(422, envelope(max_attempts=10**6), paths=("max_attempts",)),
+    "max_attempts 10**400": Case(
+        422,
+        raw(f'{{"type": "email", "payload": {json.dumps(EMAIL)}, "max_attempts": 1{"0" * 400}}}'),
+        paths=("max_attempts",),
+    ),
+    'max_attempts "3"': Case(422, envelope(max_attempts="3"), paths=("max_attempts",)),
+    "max_attempts true": Case(422, envelope(max_attempts=True), paths=("max_attempts",)),
+    "max_attempts 2.5": Case(422, envelope(max_attempts=2.5), paths=("max_attempts",)),
+    "timeout 0": Case(422, envelope(timeout=0), paths=("timeout",)),
+    "timeout -1": Case(422, envelope(timeout=-1), paths=("timeout",)),
+    "timeout 10**9": Case(422, envelope(timeout=10**9), paths=("timeout",)),
+    'timeout "10"': Case(422, envelope(timeout="10"), paths=("timeout",)),
+    "timeout false": Case(422, envelope(timeout=False), paths=("timeout",)),
+}
+
+# Names that must never be taken for code, a path or another type: each is an unknown type.
+UNKNOWN_TYPES: Final = {
+    "unknown": "nope",
+    "os.system": "os.system",
+    "builtins.eval": "builtins.eval",
+    "__import__": "__import__",
+    "../x": "../x",
+    "rq.job.Job": "rq.job.Job",
+    "module:function": "domain.job_types.email:email_job_type",
+    "cyrillic e": "\u0435mail",
+    "fullwidth": "\uff45\uff4d\uff41\uff49\uff4c",
+    "zero-width space": "email\u200b",
+    "combining accent": "e\u0301mail",
+    "upper case": "EMAIL",
+    "trailing space": "email ",
+    "trailing newline": "email\n",
+    "nul byte": "email\u0000",
+    "empty": "",
+    "long": "x" * 10_000,
+}
+for label, name in UNKNOWN_TYPES.items():
+    CORPUS[f"type {label}"] = Case(
+        422, raw(json.dumps({"type": name, "payload": {}})), mentions="known types", paths=("type",)
+    )
+NOT_STRINGS: Final = {"int": 1, "null": None, "list": ["email"], "object": {"name": "email"}}
+for label, value in NOT_STRINGS.items():
+    CORPUS[f"type is {label}"] = Case(
+        422, raw(json.dumps({"type": value, "payload": EMAIL})), paths=("type",)
+    )
+
+
+@pytest.fixture
+def container() -> Container:
+    return build_container(Settings(queue_backend=Backend.MEMORY))
+
+
+@pytest.fixture
+def client(container: Container) -> Iterator[TestClient[Litestar]]:
+    with TestClient(create_app(container)) as test_client:
+        yield test_client
+
+
+def stored_jobs(container: Container) -> int:
+    queue: InMemoryJobQueue = container.job_queue()
+    return len(asyncio.run(queue.list_jobs(JobQuery(limit=500))).jobs)
+
+
+@pytest.mark.parametrize("case", CORPUS.values(), ids=CORPUS.keys())
+def test_a_bad_request_is_refused_with_a_problem_and_stores_nothing(
+    client: TestClient[Litestar], container: Container, case: Case
+) -> None:
+    body = case.body if isinstance(case.body, bytes) else case.body()
+
+    response = client.post("/jobs", content=body, headers=case.headers)
+
+    assert response.status_code == case.status, response.text[:500]
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == case.status
+    assert problem["type"]
+    assert problem["title"]
+    assert len(problem["detail"]) > 10
+    assert case.mentions.lower() in problem["detail"].lower()
+    assert len(response.content) < 20_000, "a refusal must not echo the request back"
+    named = {error["path"] for error in problem.get("errors", [])}
+    assert set(case.paths) <= named, named
+    assert stored_jobs(container) == 0
+
+
+def test_the_corpus_leaves_the_api_serving(client: TestClient[Litestar]) -> None:
+    for case in CORPUS.values():
+        body = case.body if isinstance(case.body, bytes) else case.body()
+        client.post("/jobs", content=body, headers=case.headers)
+
+    response = client.post("/jobs", content=envelope(), headers=JSON)
+
+    assert response.status_code == 202
+
+
+def test_a_body_exactly_at_the_limit_is_accepted(client: TestClient[Litestar]) -> None:
+    response = client.post("/jobs", content=padded_to(LIMIT), headers=JSON)
+
+    assert response.status_code == 202, response.text
+
+
+def test_the_limit_follows_the_settings() -> None:
+    container = build_container(Settings(queue_backend=Backend.MEMORY, max_body_bytes=1024))
+    with TestClient(create_app(container)) as client:
+        at_limit = client.post("/jobs", content=padded_to(1024), headers=JSON)
+        over = client.post("/jobs", content=padded_to(1025), headers=JSON)
+
+    assert at_limit.status_code == 202
+    assert over.status_code == 413
+    assert "1024 bytes" in over.json()["detail"]
+
+
+# -- the size limit at the ASGI level: what is read, and when it stops ----------------------
+
+
+def asgi_post(
+    app: Litestar, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
+) -> tuple[int, int]:
+    """POST /jobs straight through ASGI; answers (status, body chunks the app pulled)."""
+    pulled = 0
+    sent: list[Message] = []
+
+    async def receive() -> ReceiveMessage:
+        nonlocal pulled
+        if pulled == len(chunks):
+            return {"type": "http.disconnect"}
+        pulled += 1
+        return {
+            "type": "http.request",
+            "body": chunks[pulled - 1],
+            "more_body": pulled < len(chunks),
+        }
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/jobs",
+        "raw_path": b"/jobs",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1234),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+    asyncio.run(app(cast("Scope", scope), receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], pulled
+
+
+def test_a_content_length_over_the_limit_is_refused_before_the_body_is_read(
+    container: Container,
+) -> None:
+    app = create_app(container)
+    body = padded_to(LIMIT + 1)
+
+    status, pulled = asgi_post(app, [(b"content-length", str(len(body)).encode())], [body])
+
+    assert (status, pulled) == (413, 0)
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(container: Container) -> None:
+    app = create_app(container)
+    chunk = b" " * (64 * 1024)
+    chunks = [chunk] * 64  # 4 MiB offered, 16x the limit
+
+    status, pulled = asgi_post(app, [(b"transfer-encoding", b"chunked")], chunks)
+
+    assert status == 413
+    assert pulled == LIMIT // len(chunk) + 1  # it stopped at the first chunk over the limit
+    assert stored_jobs(container) == 0
+
+
+# -- strict decoding, as properties ---------------------------------------------------------
+
+# Strings full of the characters that could confuse a reading of JSON's structure.
+tricky_text = st.text(alphabet=st.sampled_from('ab"\\/[]{}:, \n\u00e9\u2028\U0001f600'), max_size=8)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | tricky_text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(tricky_text, children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    return 0
+
+
+@given(json_values, st.booleans())
+def test_strict_decoding_accepts_every_shallow_document_as_it_is(
+    value: object, ascii_only: bool
+) -> None:
+    assume(depth_of(value) <= MAX_DEPTH)
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+
+    assert decode_json(body) == value
+
+
+@given(json_values)
+def test_strict_decoding_refuses_a_document_one_level_too_deep(value: object) -> None:
+    too_deep = value
+    for _ in range(MAX_DEPTH + 1 - depth_of(value)):
+        too_deep = [too_deep]
+
+    with pytest.raises(ProblemError, match="nested too deeply"):
+        decode_json(json.dumps(too_deep).encode())
+
+
+@given(st.dictionaries(st.text(max_size=5), json_values, min_size=1), st.data())
+def test_strict_decoding_refuses_a_repeated_key_at_any_depth(
+    obj: dict[str, object], data: st.DataObject
+) -> None:
+    key = data.draw(st.sampled_from(sorted(obj)))
+    repeated = "{" + json.dumps(key) + ": 0, " + json.dumps(obj)[1:]
+    body = data.draw(st.sampled_from([repeated, f"[{repeated}]", f'{{"x": {repeated}}}']))
+    assume(depth_of(json.loads(body)) <= MAX_DEPTH)
+
+    with pytest.raises(ProblemError, match="repeats the key"):
+        decode_json(body.encode())
