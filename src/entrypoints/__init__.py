@@ -1,0 +1,1 @@
+"""Driving adapters (HTTP API, worker, command line) and their one composition root."""

@@ -1,0 +1,1 @@
+"""The worker: claims jobs from the queue and runs them, with no HTTP involved."""

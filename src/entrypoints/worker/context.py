@@ -1,0 +1,73 @@
+"""The JobContext a running handler sees, as the worker provides it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from domain.errors import QueueUnavailableError
+from domain.job_types import JobContext
+from domain.jobs import Lease
+from domain.ports import JobQueue
+
+T = TypeVar("T")
+log = logging.getLogger("conveyor.worker")
+
+
+class WorkerJobContext(JobContext):
+    def __init__(self, lease: Lease, queue: JobQueue, executor: Executor) -> None:
+        self._lease = lease
+        self._queue = queue
+        self._executor = executor
+        self._loop = asyncio.get_running_loop()
+        # Progress writes are coalesced: at most one in flight, the latest value wins.
+        self._pending: int | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self._lease.job_id
+
+    @property
+    def attempt(self) -> int:
+        return self._lease.attempt
+
+    def report_progress(self, percent: int) -> None:
+        percent = max(0, min(100, int(percent)))
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._schedule(percent)
+        else:  # called from a handler's blocking function, in a worker thread
+            self._loop.call_soon_threadsafe(self._schedule, percent)
+
+    def _schedule(self, percent: int) -> None:
+        self._pending = percent
+        if self._writer is None or self._writer.done():
+            self._writer = self._loop.create_task(self._write_progress())
+
+    async def _write_progress(self) -> None:
+        while self._pending is not None:
+            percent, self._pending = self._pending, None
+            try:
+                await self._queue.set_progress(self._lease, percent)
+            except QueueUnavailableError as exc:
+                log.warning(
+                    "progress not recorded", extra={"job_id": self.job_id, "reason": exc.reason}
+                )
+
+    async def settle(self) -> None:
+        """Wait for the last progress write, so it cannot land after the completion."""
+        if self._writer is not None and not self._writer.done():
+            await asyncio.wait([self._writer])
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._executor, fn, *args)

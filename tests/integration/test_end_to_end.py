@@ -1,0 +1,143 @@
+"""The whole service as separate processes on a real Redis: API, worker, and Redis faults."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from entrypoints.local_redis import LocalRedis
+from tests.integration.processes import Api, Conveyor, service_env, wait_for_job
+
+TERMINAL = {"succeeded", "dead", "cancelled", "expired"}
+
+
+@pytest.fixture
+def env(redis_url: str) -> dict[str, str]:
+    return service_env(redis_url)
+
+
+def submit(client: httpx.Client, type_: str, payload: dict[str, object], **extra: object) -> str:
+    response = client.post("/jobs", json={"type": type_, "payload": payload, **extra})
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/jobs/{response.json()['id']}"
+    job_id: str = response.json()["id"]
+    return job_id
+
+
+def test_every_job_type_runs_to_success_through_api_and_worker(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    with Api(env, tmp_path) as api, Conveyor(["worker"], env, tmp_path), api.client() as client:
+        email = submit(client, "email", {"to": "user@example.com", "subject": "Hi", "body": "Yo"})
+        report = submit(client, "report", {"name": "q3", "rows": 500, "seconds": 1.5})
+        dummy = submit(client, "dummy", {"mode": "succeed", "result": {"answer": 42}})
+        progress_seen: set[int] = set()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            view = client.get(f"/jobs/{report}").json()
+            if view["progress"] is not None and view["status"] == "active":
+                progress_seen.add(view["progress"])
+            if view["status"] in TERMINAL:
+                break
+            time.sleep(0.05)
+        assert any(0 < p < 100 for p in progress_seen), progress_seen
+        for job_id in (email, report, dummy):
+            view = wait_for_job(client, job_id, TERMINAL)
+            assert view["status"] == "succeeded", view
+            assert view["attempts"] == 1
+        assert client.get(f"/jobs/{dummy}").json()["result"] == {"answer": 42}
+        assert client.get(f"/jobs/{report}").json()["result"]["rows"] == 500
+        assert "message_id" in client.get(f"/jobs/{email}").json()["result"]
+
+
+def test_retries_and_dead_letters_follow_the_policy(env: dict[str, str], tmp_path: Path) -> None:
+    with Api(env, tmp_path) as api, Conveyor(["worker"], env, tmp_path), api.client() as client:
+        flaky = submit(client, "dummy", {"mode": "fail", "times": 2})
+        fatal = submit(client, "dummy", {"mode": "fatal"})
+        hopeless = submit(client, "dummy", {"mode": "fail"}, max_attempts=3)
+        flaky_view = wait_for_job(client, flaky, TERMINAL)
+        assert (flaky_view["status"], flaky_view["attempts"]) == ("succeeded", 3)
+        fatal_view = wait_for_job(client, fatal, TERMINAL)
+        assert (fatal_view["status"], fatal_view["attempts"]) == ("dead", 1)
+        assert fatal_view["error"]["kind"] == "non_retryable"
+        hopeless_view = wait_for_job(client, hopeless, TERMINAL)
+        assert (hopeless_view["status"], hopeless_view["attempts"]) == ("dead", 3)
+        assert "attempt 3" in hopeless_view["error"]["message"]
+
+
+def test_jobs_wait_in_redis_until_a_worker_starts_and_outlive_the_api(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    with Api(env, tmp_path) as api, api.client() as client:
+        ids = [submit(client, "dummy", {"mode": "succeed", "result": i}) for i in range(20)]
+        time.sleep(0.5)
+        assert {client.get(f"/jobs/{i}").json()["status"] for i in ids} == {"queued"}
+        assert api.stop() == 0
+    # The API is gone; a worker started now still finds and runs every job.
+    with Conveyor(["worker"], env, tmp_path) as worker, Api(env, tmp_path) as api2:
+        with api2.client() as client:
+            for n, job_id in enumerate(ids):
+                view = wait_for_job(client, job_id, TERMINAL)
+                assert (view["status"], view["result"]) == ("succeeded", n)
+        # Stopping the API leaves the worker running.
+        assert api2.stop() == 0
+        assert worker.proc is not None
+        assert worker.proc.poll() is None
+
+
+def test_sigterm_lets_the_worker_finish_what_it_started_and_exit_zero(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    with Api(env, tmp_path) as api, api.client() as client:
+        worker = Conveyor(["worker", "--concurrency", "2"], env, tmp_path).start()
+        try:
+            busy = [submit(client, "dummy", {"mode": "sleep", "seconds": 2}) for _ in range(2)]
+            for job_id in busy:
+                wait_for_job(client, job_id, {"active"})
+            waiting = submit(client, "dummy", {"mode": "succeed"})
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(timeout=10) == 0, worker.output()
+        finally:
+            worker.stop()
+        assert [client.get(f"/jobs/{i}").json()["status"] for i in busy] == ["succeeded"] * 2
+        assert client.get(f"/jobs/{waiting}").json()["status"] == "queued"
+
+
+def test_redis_outage_gives_fast_503_then_both_processes_carry_on(tmp_path: Path) -> None:
+    data_dir = tmp_path / "redis"
+    server = LocalRedis(data_dir=data_dir).start()
+    port = server.port
+    env = service_env(server.url, CONVEYOR_REDIS_TIMEOUT="0.5")
+    try:
+        with Api(env, tmp_path) as api, Conveyor(["worker"], env, tmp_path) as worker:
+            with api.client() as client:
+                accepted = [submit(client, "dummy", {"mode": "succeed"}) for _ in range(5)]
+                server.stop()
+                for _ in range(5):
+                    started = time.monotonic()
+                    response = client.post(
+                        "/jobs", json={"type": "dummy", "payload": {"mode": "succeed"}}
+                    )
+                    elapsed = time.monotonic() - started
+                    assert response.status_code == 503, response.text
+                    assert "retry-after" in response.headers
+                    assert response.headers["content-type"].startswith("application/problem+json")
+                    assert elapsed < 1.5, f"503 took {elapsed:.2f} s"
+                assert client.get("/health/ready").status_code == 503
+                time.sleep(2)  # the worker keeps trying meanwhile; it must not exit
+                assert worker.proc is not None
+                assert worker.proc.poll() is None, worker.output()
+                server = LocalRedis(data_dir=data_dir, port=port).start()
+                deadline = time.monotonic() + 10
+                while client.get("/health/ready").status_code != 200:
+                    assert time.monotonic() < deadline, "API never saw Redis return"
+                    time.sleep(0.1)
+                accepted.append(submit(client, "dummy", {"mode": "succeed"}))
+                for job_id in accepted:
+                    assert wait_for_job(client, job_id, TERMINAL)["status"] == "succeeded"
+    finally:
+        server.stop()
