@@ -168,9 +168,10 @@ def _run_children(args: argparse.Namespace, redis_url: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.2)
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+    if not stopping:  # one of them died on its own: take the other down with it
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + _CHILD_STOP_GRACE
     for child in children:
         try:
