@@ -24,8 +24,19 @@ from typing import Any
 
 import pytest
 
-from domain.jobs import ErrorKind, Job, JobError, JobStatus, Lease, can_transition
+from domain.errors import InvalidTransitionError, JobNotFoundError, UnsupportedOperationError
+from domain.jobs import (
+    HISTORY_LIMIT,
+    AttemptOutcome,
+    ErrorKind,
+    Job,
+    JobError,
+    JobStatus,
+    Lease,
+    can_transition,
+)
 from domain.ports import JobQuery, JobQueue
+from tests.queue_driving import claim_and_process, driven_job
 
 TEST_TIMEOUT = 20.0
 LEASE = 0.3  # seconds; short so expiry tests stay fast
@@ -50,6 +61,12 @@ class QueueFactory(abc.ABC):
         """The backend's count of rejected stale writes, or None if it exposes none."""
         return None
 
+    async def drain(self, queue: JobQueue, job_ids: Sequence[str]) -> None:
+        """Run jobs the way this backend's workers do, until every one of `job_ids` has settled
+        (succeeded, dead, cancelled). The default drives the port's claim protocol; a backend
+        without `worker_claims` runs its own worker instead."""
+        await claim_and_process(queue, job_ids)
+
 
 Scenario = Callable[[Any, JobQueue, QueueFactory], Awaitable[None]]
 
@@ -63,7 +80,9 @@ def scenario(fn: Scenario) -> Callable[[Any, QueueFactory], None]:
     def test(self: Any, queue_factory: QueueFactory) -> None:
         async def main() -> None:
             async with queue_factory() as queue:
-                await asyncio.wait_for(fn(self, queue, queue_factory), TEST_TIMEOUT)
+                await asyncio.wait_for(
+                    refusing(fn(self, queue, queue_factory), queue), TEST_TIMEOUT
+                )
 
         asyncio.run(main())
 
@@ -71,6 +90,19 @@ def scenario(fn: Scenario) -> Callable[[Any, QueueFactory], None]:
     test.__qualname__ = fn.__qualname__
     test.__doc__ = fn.__doc__
     return test
+
+
+async def refusing(scenario: Awaitable[None], queue: JobQueue) -> None:
+    """Run a scenario; a backend may end it early by refusing a call one of its capability
+    flags says it cannot do (RQ: the worker-side claim protocol). Not a skip: the refusal is
+    what the test checks on such a backend, and a refusal the flags do not admit fails it."""
+    try:
+        await scenario
+    except UnsupportedOperationError as refused:
+        flag = getattr(queue.capabilities, refused.capability, None)
+        if flag is not False:
+            message = f"{refused}, but capabilities.{refused.capability} is {flag}"
+            raise AssertionError(message) from refused
 
 
 def new_job(
@@ -99,10 +131,11 @@ async def claim(
     limit: int = 10,
     lease_seconds: float = FOREVER,
     wait_seconds: float = 0.0,
+    worker_id: str = "worker-1",
 ) -> Sequence[Lease]:
     return await queue.claim(
         queues,
-        worker_id="worker-1",
+        worker_id=worker_id,
         limit=limit,
         lease_seconds=lease_seconds,
         wait_seconds=wait_seconds,
@@ -189,6 +222,11 @@ class QueueContract:
     @pytest.fixture
     def queue_factory(self) -> QueueFactory:
         raise NotImplementedError("a backend's test class provides queue_factory")
+
+    @pytest.fixture
+    def drain(self, queue_factory: QueueFactory) -> Callable[[JobQueue, Sequence[str]], Any]:
+        """Runs jobs until the ones named have settled, the way this backend runs them."""
+        return queue_factory.drain
 
     # -- enqueue and get --------------------------------------------------------------------
 
@@ -620,3 +658,534 @@ class QueueContract:
         assert [tries for _, tries in log.seen[lost.id]] == [0, 1, 1, 2, 2]
         assert log.statuses(failing.id) == [S.QUEUED, S.ACTIVE, S.ACTIVE, S.ACTIVE, S.DEAD]
         assert log.illegal_moves() == []
+
+    # -- workers and attempt history --------------------------------------------------------
+
+    @scenario
+    async def test_claim_records_the_worker_that_holds_the_lease(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue, worker_id="host-a:1234")
+        assert lease.job.worker == "host-a:1234"
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert stored.worker == "host-a:1234"
+
+    @scenario
+    async def test_history_records_each_attempt_a_failure_then_a_success(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job(max_attempts=3)
+        await queue.enqueue(job)
+        first = await claim_one(queue, worker_id='worker-a/"1"')
+        error = JobError("smtp said no", "SMTPError", ErrorKind.ERROR, "Traceback ...")
+        assert await queue.fail(first, error, retry_in=RETRY_IN)
+        await clock.elapse(RETRY_IN + 0.2)
+        second = await claim_one(queue, worker_id="worker-b")
+        assert [r.outcome for r in second.job.history] == [AttemptOutcome.FAILED]
+        assert await queue.complete(second, "ok")
+
+        stored = await queue.get(job.id)
+        assert stored is not None
+        failed, succeeded = stored.history
+        assert (failed.attempt, failed.worker, failed.outcome, failed.error) == (
+            1,
+            'worker-a/"1"',
+            AttemptOutcome.FAILED,
+            "SMTPError: smtp said no",
+        )
+        assert failed.started_at == first.job.started_at
+        assert failed.ended_at is not None
+        assert first.job.started_at is not None
+        assert failed.ended_at >= first.job.started_at
+        assert (succeeded.attempt, succeeded.worker, succeeded.outcome, succeeded.error) == (
+            2,
+            "worker-b",
+            AttemptOutcome.SUCCEEDED,
+            None,
+        )
+        assert succeeded.started_at == second.job.started_at
+        assert succeeded.ended_at == stored.finished_at
+
+    @scenario
+    async def test_history_records_the_outcome_of_the_error_kind_and_a_short_error(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        kinds = list(ErrorKind)
+        jobs = [new_job(n=n) for n in range(len(kinds))]
+        await enqueue_all(queue, jobs)
+        leases = await claim(queue, limit=len(jobs))
+        for lease, kind in zip(leases, kinds, strict=True):
+            assert await queue.fail(lease, JobError("x" * 1000, "Boom", kind), retry_in=None)
+        for job, kind in zip(jobs, kinds, strict=True):
+            stored = await queue.get(job.id)
+            assert stored is not None
+            (record,) = stored.history
+            assert record.outcome == AttemptOutcome.of(kind)
+            assert record.error is not None
+            assert record.error.startswith("Boom: xxx")
+            assert len(record.error) <= 200
+            assert stored.error is not None
+            assert stored.error.message == "x" * 1000  # the job's own error is whole
+
+    @scenario
+    async def test_history_keeps_only_the_most_recent_attempts(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        rounds = HISTORY_LIMIT + 5
+        for n in range(rounds):
+            assert await queue.release(await claim_one(queue, worker_id=f"w{n}"))
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert [r.worker for r in stored.history] == [f"w{n}" for n in range(5, rounds)]
+        assert {r.outcome for r in stored.history} == {AttemptOutcome.RELEASED}
+
+    @scenario
+    async def test_a_lapsed_lease_is_recorded_as_worker_lost_in_the_history(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        retried, spent = new_job(max_attempts=2), new_job(max_attempts=1)
+        await enqueue_all(queue, [retried, spent])
+        await claim(queue, lease_seconds=LEASE, worker_id="worker-a")
+        await clock.elapse(PAST_LEASE)
+        again = await claim_one(queue, worker_id="worker-b")
+        assert again.job_id == retried.id
+        for job in (again.job, await queue.get(spent.id)):
+            assert job is not None
+            (record,) = job.history
+            assert (record.attempt, record.worker, record.outcome) == (
+                1,
+                "worker-a",
+                AttemptOutcome.WORKER_LOST,
+            )
+            assert record.error is not None
+            assert record.error.startswith("LeaseExpired: lease expired")
+        stored = await queue.get(spent.id)
+        assert stored is not None
+        assert stored.status == JobStatus.DEAD
+
+    @scenario
+    async def test_fail_keeps_the_exit_code_or_signal_of_the_process_that_died(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        exited, killed = new_job(max_attempts=1), new_job(max_attempts=3)
+        await enqueue_all(queue, [exited, killed])
+        first, second = await claim(queue, limit=2)
+        by_exit = JobError("worker exited", "WorkerLost", ErrorKind.WORKER_LOST, exit_code=3)
+        by_signal = JobError("worker killed", "WorkerLost", ErrorKind.WORKER_LOST, signal="SIGKILL")
+        assert await queue.fail(first, by_exit, retry_in=None)
+        assert await queue.fail(second, by_signal, retry_in=FOREVER)
+        dead, failed = await queue.get(exited.id), await queue.get(killed.id)
+        assert dead is not None
+        assert failed is not None
+        assert (dead.status, dead.error) == (JobStatus.DEAD, by_exit)
+        assert dead.error is not None
+        assert (dead.error.exit_code, dead.error.signal) == (3, None)
+        assert (failed.status, failed.error) == (JobStatus.FAILED, by_signal)
+        assert failed.error is not None
+        assert (failed.error.exit_code, failed.error.signal) == (None, "SIGKILL")
+        assert [r.outcome for r in (*dead.history, *failed.history)] == [
+            AttemptOutcome.WORKER_LOST,
+            AttemptOutcome.WORKER_LOST,
+        ]
+
+    # -- release and held_by ----------------------------------------------------------------
+
+    @scenario
+    async def test_release_puts_the_job_back_first_in_line_with_the_attempt_not_counted(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        handed_back, waiting = new_job(), new_job()
+        await enqueue_all(queue, [handed_back, waiting])
+        lease = await claim_one(queue, worker_id="stopping")
+        before = await clock.stale_writes(queue)
+        assert await queue.release(lease) is True
+        stored = await queue.get(handed_back.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.error) == (S.QUEUED, 0, None)
+        (record,) = stored.history
+        assert (record.attempt, record.worker, record.outcome) == (
+            1,
+            "stopping",
+            AttemptOutcome.RELEASED,
+        )
+        assert await queue.release(lease) is False  # released already: the token is stale
+        assert await queue.complete(lease, "late") is False
+        again = await claim_one(queue, worker_id="next")
+        assert (again.job_id, again.attempt) == (handed_back.id, 1)  # ahead of `waiting`
+        assert again.token != lease.token
+        assert await queue.complete(again, "done") is True
+        after = await clock.stale_writes(queue)
+        if before is not None:
+            assert after == before + 2
+
+    @scenario
+    async def test_release_rejects_a_stale_token_and_changes_nothing(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        before = await clock.stale_writes(queue)
+        assert await queue.release(Lease(lease.job, lease.token + "x")) is False
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.history) == (S.ACTIVE, 1, ())
+        assert await claim(queue) == []
+        assert await queue.complete(lease, "ok") is True
+        after = await clock.stale_writes(queue)
+        if before is not None:
+            assert after == before + 1
+
+    @scenario
+    async def test_a_claimer_waiting_for_work_gets_a_released_job_promptly(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        started = time.monotonic()
+        waiting = asyncio.create_task(claim(queue, wait_seconds=5.0))
+        await asyncio.sleep(0.2)
+        assert await queue.release(lease)
+        leases = await waiting
+        if queue.capabilities.blocking_claim:
+            assert [lease.job_id for lease in leases] == [job.id]
+            assert time.monotonic() - started < 1.0
+        else:
+            assert [lease.job_id for lease in leases + list(await claim(queue))] == [job.id]
+
+    @scenario
+    async def test_held_by_returns_exactly_the_leases_one_worker_holds(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        await enqueue_all(queue, [new_job(n=n) for n in range(6)])
+        await queue.enqueue(new_job(queue="other"))
+        a_leases = [*await claim(queue, limit=2, worker_id="a")]
+        b_leases = [*await claim(queue, limit=2, worker_id="b")]
+        a_leases += await claim(queue, ["other"], limit=1, worker_id="a")
+
+        def pairs(leases: Sequence[Lease]) -> set[tuple[str, str]]:
+            return {(lease.job_id, lease.token) for lease in leases}
+
+        assert pairs(await queue.held_by("a", ["default"])) == pairs(a_leases[:2])
+        assert pairs(await queue.held_by("a", ["default", "other"])) == pairs(a_leases)
+        assert pairs(await queue.held_by("b", ["default", "other"])) == pairs(b_leases)
+        assert await queue.held_by("c", ["default", "other"]) == []
+        assert await queue.held_by("a", []) == []
+
+        assert await queue.complete(a_leases[0], "done")
+        held = await queue.held_by("a", ["default", "other"])
+        assert pairs(held) == pairs(a_leases[1:])
+        assert all(lease.job.status == S.ACTIVE and lease.job.worker == "a" for lease in held)
+        # What a supervisor does with a dead child's leases: they are current.
+        lost = JobError("worker died", "WorkerLost", ErrorKind.WORKER_LOST, signal="SIGKILL")
+        for lease in held:
+            assert await queue.fail(lease, lost, retry_in=None)
+        assert await queue.held_by("a", ["default", "other"]) == []
+        assert pairs(await queue.held_by("b", ["default"])) == pairs(b_leases)
+
+    # -- recover ----------------------------------------------------------------------------
+
+    @scenario
+    async def test_recover_reclaims_expired_leases_and_promotes_due_retries_without_a_claim(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        lapsed, spent, retried, running = (
+            new_job(max_attempts=3),
+            new_job(max_attempts=1),
+            new_job(max_attempts=3),
+            new_job(max_attempts=3),
+        )
+        await enqueue_all(queue, [lapsed, spent])
+        await claim(queue, limit=2, lease_seconds=LEASE)
+        await enqueue_all(queue, [retried, running])
+        to_retry, kept = await claim(queue, limit=2)
+        assert await queue.fail(to_retry, JobError("x", "E"), retry_in=RETRY_IN)
+        assert await queue.recover(["default"]) == 0  # nothing due yet
+        await clock.elapse(PAST_LEASE)
+
+        assert await queue.recover(["other"]) == 0  # only the queues asked for
+        assert await queue.recover(["default", "other"]) == 3
+        assert await queue.recover(["default"]) == 0
+
+        statuses = {job.id: await status_of(queue, job.id) for job in (lapsed, spent, retried)}
+        assert statuses == {lapsed.id: S.QUEUED, spent.id: S.DEAD, retried.id: S.QUEUED}
+        stored = await queue.get(lapsed.id)
+        assert stored is not None
+        assert stored.error is not None
+        assert stored.error.kind == ErrorKind.WORKER_LOST
+        assert [r.outcome for r in stored.history] == [AttemptOutcome.WORKER_LOST]
+        assert await status_of(queue, running.id) == S.ACTIVE  # its lease did not lapse
+        again = await claim(queue, limit=10)
+        assert {lease.job_id for lease in again} == {lapsed.id, retried.id}
+        assert await queue.complete(kept, "ok")
+
+    @scenario
+    async def test_recover_run_concurrently_by_four_tasks_moves_each_job_exactly_once(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(40)]
+        await enqueue_all(queue, jobs)
+        await claim(queue, limit=40, lease_seconds=LEASE)
+        await clock.elapse(PAST_LEASE)
+        moved = await asyncio.gather(*(queue.recover(["default"]) for _ in range(4)))
+        assert sum(moved) == len(jobs)
+        for job in jobs:
+            stored = await queue.get(job.id)
+            assert stored is not None
+            assert (stored.status, stored.attempts) == (S.QUEUED, 1)
+            assert [r.outcome for r in stored.history] == [AttemptOutcome.WORKER_LOST]
+        again = await claim(queue, limit=100)
+        assert sorted(lease.job_id for lease in again) == sorted(job.id for job in jobs)
+
+    # -- requeue ----------------------------------------------------------------------------
+
+    @scenario
+    async def test_requeue_of_a_dead_job_gives_fresh_attempts_and_it_runs_to_completion(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job(max_attempts=1)
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        assert await queue.set_progress(lease, 30)
+        error = JobError("bad input", "ValueError", ErrorKind.NON_RETRYABLE)
+        assert await queue.fail(lease, error, retry_in=None)
+
+        requeued = await queue.requeue(job.id)
+
+        assert (requeued.status, requeued.attempts) == (S.QUEUED, 0)
+        assert (requeued.error, requeued.result, requeued.progress) == (None, None, None)
+        assert (requeued.started_at, requeued.finished_at) == (None, None)
+        assert [r.outcome for r in requeued.history] == [AttemptOutcome.NON_RETRYABLE]
+        assert requeued.payload == job.payload
+        assert await queue.get(job.id) == requeued
+        dead = await all_pages(queue, JobQuery(status=S.DEAD))
+        queued = await all_pages(queue, JobQuery(status=S.QUEUED))
+        assert (dead, queued) == ([[]], [[job.id]])
+
+        again = await claim_one(queue)
+        assert (again.job_id, again.attempt) == (job.id, 1)
+        assert await queue.complete(again, "fixed")
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.result, stored.attempts) == (S.SUCCEEDED, "fixed", 1)
+        assert [r.outcome for r in stored.history] == [
+            AttemptOutcome.NON_RETRYABLE,
+            AttemptOutcome.SUCCEEDED,
+        ]
+        assert await claim(queue) == []  # queued once
+
+    @scenario
+    async def test_requeue_of_a_queued_active_failed_or_succeeded_job_is_refused(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        succeeded, failed, active, queued = (new_job(n=n) for n in range(4))
+        await enqueue_all(queue, [succeeded, failed, active])
+        done, to_fail, running = await claim(queue, limit=3)
+        assert await queue.complete(done, "ok")
+        assert await queue.fail(to_fail, JobError("x", "E"), retry_in=FOREVER)
+        await queue.enqueue(queued)
+        jobs = {job.id: job for job in (succeeded, failed, active, queued)}
+        before = {job_id: await queue.get(job_id) for job_id in jobs}
+
+        for job_id, expected in zip(jobs, (S.SUCCEEDED, S.FAILED, S.ACTIVE, S.QUEUED), strict=True):
+            with pytest.raises(InvalidTransitionError) as refused:
+                await queue.requeue(job_id)
+            assert (refused.value.job_id, refused.value.current) == (job_id, expected)
+            assert refused.value.target == S.QUEUED
+
+        after = {job_id: await queue.get(job_id) for job_id in jobs}
+        assert after == before
+        assert (after[succeeded.id] or succeeded).result == "ok"
+        assert [lease.job_id for lease in await claim(queue)] == [queued.id]  # once
+        assert await queue.complete(running, "still mine") is True
+
+    @scenario
+    async def test_requeue_of_an_unknown_id_raises_job_not_found(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        await queue.enqueue(new_job())
+        for job_id in (uuid.uuid4().hex, "not-a-job-id"):
+            with pytest.raises(JobNotFoundError):
+                await queue.requeue(job_id)
+
+    # -- capabilities: what a backend cannot do, it refuses ---------------------------------
+
+    @scenario
+    async def test_the_claim_protocol_works_or_is_refused_as_worker_claims_says(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        if queue.capabilities.worker_claims:
+            lease = await claim_one(queue)
+            assert await queue.set_progress(lease, 10) is True
+            assert await queue.release(lease) is True
+            lease = await claim_one(queue)
+            assert await queue.fail(lease, JobError("e", "E"), retry_in=FOREVER) is True
+            return
+        probe = Lease(job.transition(S.ACTIVE, attempts=1), "no-such-token")
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "claim": lambda: claim(queue),
+            "set_progress": lambda: queue.set_progress(probe, 10),
+            "complete": lambda: queue.complete(probe, "result"),
+            "fail": lambda: queue.fail(probe, JobError("e", "E"), retry_in=None),
+            "release": lambda: queue.release(probe),
+        }
+        for operation, call in calls.items():
+            with pytest.raises(UnsupportedOperationError) as refused:
+                await call()
+            assert (refused.value.operation, refused.value.capability) == (
+                operation,
+                "worker_claims",
+            )
+        assert await queue.get(job.id) == job  # nothing happened to it
+
+    @scenario
+    async def test_leases_are_renewed_and_listed_or_refused_as_leases_says(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        if not queue.capabilities.leases:
+            probe = Lease(job.transition(S.ACTIVE, attempts=1), "no-such-token")
+            for call in (
+                lambda: queue.renew([probe], FOREVER),
+                lambda: queue.held_by("worker-1", ["default"]),
+            ):
+                with pytest.raises(UnsupportedOperationError) as refused:
+                    await call()
+                assert refused.value.capability == "leases"
+            assert await queue.get(job.id) == job
+            return
+        lease = await claim_one(queue, lease_seconds=LEASE)
+        assert await queue.renew([lease], FOREVER) == {job.id}
+        assert [held.job_id for held in await queue.held_by("worker-1", ["default"])] == [job.id]
+        assert await queue.complete(Lease(lease.job, "forged"), "x") is False  # fenced
+
+    @scenario
+    async def test_one_claim_hands_out_several_jobs_only_with_batch_claims(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(3)]
+        await enqueue_all(queue, jobs)
+        leases = await claim(queue, limit=3)  # refused without worker_claims
+        if queue.capabilities.batch_claims:
+            assert [lease.job_id for lease in leases] == [job.id for job in jobs]
+        else:
+            assert len(leases) <= 1
+
+    @scenario
+    async def test_priority_orders_runs_only_with_priorities(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        low = driven_job({"mode": "succeed"})
+        high = driven_job({"mode": "succeed"}, priority=5)
+        await enqueue_all(queue, [low, high])  # the low-priority job was there first
+        if queue.capabilities.worker_claims:
+            order = [lease.job_id for lease in await claim(queue, limit=1)]
+            order += [lease.job_id for lease in await claim(queue, limit=1)]
+        else:
+            await clock.drain(queue, [low.id, high.id])
+            started = {job.id: (await queue.get(job.id) or job).started_at for job in (low, high)}
+            order = sorted(
+                started, key=lambda job_id: started[job_id] or datetime.max.replace(tzinfo=UTC)
+            )
+        expected = [high.id, low.id] if queue.capabilities.priorities else [low.id, high.id]
+        assert order == expected
+
+    # -- driven end to end: each backend runs jobs its own way (see QueueFactory.drain) ------
+
+    @scenario
+    async def test_a_driven_job_runs_and_succeeds_with_its_result(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = driven_job({"mode": "succeed", "result": {"sent": True, "n": [1, 2.5, None]}})
+        await queue.enqueue(job)
+        await clock.drain(queue, [job.id])
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts, stored.progress) == (S.SUCCEEDED, 1, 100)
+        assert stored.result == {"sent": True, "n": [1, 2.5, None]}
+        assert stored.started_at is not None
+        assert stored.finished_at is not None
+        assert stored.finished_at >= stored.started_at
+        assert stored.error is None
+
+    @scenario
+    async def test_a_driven_job_failing_once_succeeds_on_its_retry(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = driven_job({"mode": "fail", "times": 1}, max_attempts=3)
+        await queue.enqueue(job)
+        await clock.drain(queue, [job.id])
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (S.SUCCEEDED, 2)
+        assert stored.result == {"ok": True, "attempt": 2}
+
+    @scenario
+    async def test_a_driven_job_that_keeps_failing_is_retried_then_dead(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = driven_job({"mode": "fail"}, max_attempts=3)
+        await queue.enqueue(job)
+        await clock.drain(queue, [job.id])
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (S.DEAD, 3)
+        assert stored.error is not None
+        assert (stored.error.kind, stored.error.type) == (ErrorKind.ERROR, "DummyFailureError")
+        assert stored.error.message == "dummy failure on attempt 3"
+        assert stored.finished_at is not None
+        dead = await all_pages(queue, JobQuery(status=S.DEAD))
+        assert dead == [[job.id]]
+
+    @scenario
+    async def test_a_driven_non_retryable_failure_goes_dead_at_once(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = driven_job({"mode": "fatal"}, max_attempts=3)
+        await queue.enqueue(job)
+        await clock.drain(queue, [job.id])
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (S.DEAD, 1)
+        assert stored.error is not None
+        assert stored.error.kind == ErrorKind.NON_RETRYABLE
+
+    @scenario
+    async def test_a_driven_job_the_registry_cannot_vouch_for_is_dead_lettered_unrun(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        unknown = new_job(type="no-such-type")
+        invalid = driven_job({"mode": "succeed", "unexpected": 1})
+        await enqueue_all(queue, [unknown, invalid])
+        await clock.drain(queue, [unknown.id, invalid.id])
+        for job in (unknown, invalid):
+            stored = await queue.get(job.id)
+            assert stored is not None
+            assert (stored.status, stored.attempts, stored.result) == (S.DEAD, 1, None)
+            assert stored.error is not None
+            assert stored.error.kind == ErrorKind.INVALID
+
+    @scenario
+    async def test_a_driven_dead_job_requeued_runs_again_with_fresh_attempts(
+        self, queue: JobQueue, clock: QueueFactory
+    ) -> None:
+        job = driven_job({"mode": "fatal"}, max_attempts=2)
+        await queue.enqueue(job)
+        await clock.drain(queue, [job.id])
+        requeued = await queue.requeue(job.id)
+        assert (requeued.status, requeued.attempts) == (S.QUEUED, 0)
+        with pytest.raises(InvalidTransitionError):
+            await queue.requeue(job.id)  # queued now, not dead
+        await clock.drain(queue, [job.id])
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert (stored.status, stored.attempts) == (S.DEAD, 1)

@@ -58,6 +58,24 @@ class QueueUnavailableError(DomainError):
         self.retry_after = retry_after
 
 
+class UnsafeBackendError(DomainError):
+    """The backend is configured so that it could lose jobs; refuse to run on it."""
+
+
+class UnsupportedOperationError(DomainError):
+    """The backend cannot do this at all; `capability` names the `Capabilities` flag that says so.
+
+    Raised at once, before anything is read or written, so a caller can rely on nothing having
+    happened.
+    """
+
+    def __init__(self, operation: str, capability: str, reason: str) -> None:
+        super().__init__(f"{operation} is not supported by this backend ({capability}): {reason}")
+        self.operation = operation
+        self.capability = capability
+        self.reason = reason
+
+
 class UnstorableResultError(DomainError):
     """A handler returned something the backend cannot store as JSON."""
 

@@ -116,10 +116,63 @@ class JobError:
     type: str
     kind: ErrorKind = ErrorKind.ERROR
     traceback: str | None = None
+    # When the process running the attempt died: its exit code, or the signal that killed it.
+    exit_code: int | None = None
+    signal: str | None = None
 
     @property
     def retryable(self) -> bool:
         return self.kind in (ErrorKind.ERROR, ErrorKind.TIMED_OUT, ErrorKind.WORKER_LOST)
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one attempt ended. Stored and shown: never change a value."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the handler raised
+    NON_RETRYABLE = "non_retryable"
+    TIMED_OUT = "timed_out"
+    WORKER_LOST = "worker_lost"  # its process died, or its lease lapsed
+    INVALID = "invalid"
+    RELEASED = "released"  # a stopping worker handed it back; the attempt does not count
+
+    @classmethod
+    def of(cls, kind: ErrorKind) -> AttemptOutcome:
+        return cls.FAILED if kind is ErrorKind.ERROR else cls(kind.value)
+
+
+@attrs.frozen(kw_only=True)
+class AttemptRecord:
+    """One attempt in a job's history."""
+
+    attempt: int
+    worker: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    outcome: AttemptOutcome
+    error: str | None = None  # the error's type and message, for the failed outcomes
+
+
+# A job keeps at most this many attempts in its history, the most recent ones.
+HISTORY_LIMIT: Final = 50
+# An attempt's error in its history record: "<type>: <message>", cut to this many characters.
+ERROR_SUMMARY_LIMIT: Final = 200
+
+
+def error_summary(error: JobError) -> str:
+    """How a failed attempt's error reads in its history record."""
+    text = f"{error.type}: {error.message}"
+    if len(text) > ERROR_SUMMARY_LIMIT:
+        text = text[: ERROR_SUMMARY_LIMIT - 1] + "\u2026"
+    return text
+
+
+# What a lapsed lease records: the worker holding it stopped renewing it (died or stalled).
+LEASE_EXPIRED: Final = JobError(
+    message="lease expired: the worker stopped renewing it",
+    type="LeaseExpired",
+    kind=ErrorKind.WORKER_LOST,
+)
 
 
 @attrs.frozen(kw_only=True)
@@ -144,6 +197,8 @@ class Job:
     )
     result: JSONValue = attrs.field(default=None, eq=False, hash=False)
     error: JobError | None = None
+    worker: str | None = None  # the worker holding (or last holding) its lease
+    history: tuple[AttemptRecord, ...] = ()
 
     @classmethod
     def submitted(
@@ -195,3 +250,9 @@ class Lease:
     @property
     def attempt(self) -> int:
         return self.job.attempts
+
+
+# The statuses an operator may send back to the queue: parked, and allowed back.
+REQUEUABLE: Final = frozenset(
+    s for s in JobStatus if s.is_terminal and can_transition(s, JobStatus.QUEUED)
+)

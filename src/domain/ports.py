@@ -22,6 +22,11 @@ class Capabilities:
     leases: bool  # claims expire on the server's clock and are fenced by a token
     shared_across_processes: bool  # API and workers in different processes see one queue
     blocking_claim: bool  # claim() waits for work instead of returning at once
+    # Workers drive jobs through this port: claim, then progress/complete/fail/release. Without
+    # it the backend's own worker runs the jobs, and those calls raise UnsupportedOperationError.
+    worker_claims: bool = True
+    batch_claims: bool = True  # one claim() can hand out up to `limit` jobs
+    priorities: bool = False  # a job's priority orders claims within its queue (else FIFO)
 
 
 @attrs.frozen(kw_only=True)
@@ -99,8 +104,42 @@ class JobQueue(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def release(self, lease: Lease) -> bool:
+        """Hand an active job back to the queue, its attempt not counted (a stopping worker).
+
+        False if the lease is no longer current.
+        """
+
+    @abc.abstractmethod
+    async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
+        """The leases `worker_id` holds now: what to settle when that worker has died."""
+
+    @abc.abstractmethod
+    async def recover(self, queues: Sequence[str]) -> int:
+        """Promote due retries and reclaim expired leases now; answers how many jobs moved.
+
+        Claims do this too; calling it on a timer covers queues nobody is claiming from.
+        Safe to run from many workers at once.
+        """
+
+    @abc.abstractmethod
+    async def requeue(self, job_id: str) -> Job:
+        """Send a dead or cancelled job back to the queue with its attempts reset.
+
+        Raises JobNotFoundError, or InvalidTransitionError for a job in any other status.
+        """
+
+    @abc.abstractmethod
     async def ping(self) -> None:
         """Raise QueueUnavailableError unless the backend answers."""
+
+    async def verify(self) -> Sequence[str]:
+        """Check the backend is safe to run on; answers warnings worth logging.
+
+        Raises UnsafeBackendError when it could drop jobs (a Redis that evicts keys), and
+        QueueUnavailableError when it cannot be asked right now.
+        """
+        return ()
 
     @abc.abstractmethod
     async def close(self) -> None:

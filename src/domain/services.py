@@ -105,6 +105,10 @@ class JobService:
     async def list(self, query: JobQuery) -> JobPage:
         return await self._queue.list_jobs(query)
 
+    async def retry(self, job_id: str) -> Job:
+        """Send a dead or cancelled job back to the queue with fresh attempts."""
+        return await self._queue.requeue(job_id)
+
 
 def _bounded_int(
     value: object, name: str, *, default: int, limit: int, errors: list[FieldError]
@@ -146,6 +150,8 @@ class ProcessResult:
     outcome: Outcome
     error: JobError | None = None
     retry_in: float | None = None
+    # The handler did not stop when its attempt timed out and still runs somewhere.
+    abandoned: bool = False
 
 
 def error_from(exc: BaseException, kind: ErrorKind) -> JobError:
@@ -162,6 +168,8 @@ class JobProcessor:
     _queue: JobQueue
     _registry: JobTypeRegistry
     _random: Random
+    # How long a timed-out handler gets to stop once cancelled.
+    _cancel_grace: float = 2.0
 
     async def process(self, lease: Lease, context: JobContext) -> ProcessResult:
         job = lease.job
@@ -172,24 +180,37 @@ class JobProcessor:
             # Whatever sits in the backend is data, not code: a job we cannot vouch for is
             # dead-lettered without running anything.
             return await self._record_failure(lease, None, error_from(exc, ErrorKind.INVALID))
+        handler = asyncio.ensure_future(context.observe(job_type.handler(payload, context)))
         try:
-            try:
-                result = await asyncio.wait_for(job_type.handler(payload, context), job.timeout)
-            finally:
-                await context.settle()
-        except NonRetryableError as exc:
-            return await self._record_failure(
-                lease, job_type, error_from(exc, ErrorKind.NON_RETRYABLE)
-            )
-        except TimeoutError as exc:
+            done, _ = await asyncio.wait({handler}, timeout=job.timeout)
+        except asyncio.CancelledError:  # the worker stops this attempt (its lease is gone)
+            handler.cancel()
+            raise
+        if not done:
+            handler.cancel()
+            # A handler that ignores cancellation is left behind; the worker learns it from
+            # `abandoned` and retires the process that still runs it.
+            await asyncio.wait({handler}, timeout=self._cancel_grace)
+            await context.settle()
             error = JobError(
                 message=f"attempt exceeded its timeout of {job.timeout:g} s",
-                type=type(exc).__name__,
+                type="TimeoutError",
                 kind=ErrorKind.TIMED_OUT,
             )
+            outcome = await self._record_failure(lease, job_type, error)
+            return attrs.evolve(outcome, abandoned=not handler.done())
+        await context.settle()
+        if handler.cancelled():
+            error = JobError(message="the handler cancelled itself", type="CancelledError")
             return await self._record_failure(lease, job_type, error)
-        except Exception as exc:
-            return await self._record_failure(lease, job_type, error_from(exc, ErrorKind.ERROR))
+        failure = handler.exception()
+        if isinstance(failure, NonRetryableError):
+            return await self._record_failure(
+                lease, job_type, error_from(failure, ErrorKind.NON_RETRYABLE)
+            )
+        if failure is not None:
+            return await self._record_failure(lease, job_type, error_from(failure, ErrorKind.ERROR))
+        result = handler.result()
         try:
             stored = await _until_stored(lambda: self._queue.complete(lease, result))
         except UnstorableResultError as exc:
@@ -198,6 +219,14 @@ class JobProcessor:
                 lease, job_type, error_from(exc, ErrorKind.NON_RETRYABLE)
             )
         return ProcessResult(Outcome.SUCCEEDED if stored else Outcome.LEASE_LOST)
+
+    async def record_lost(self, lease: Lease, error: JobError) -> ProcessResult:
+        """Record an attempt whose process died under it: retried per policy, or dead."""
+        try:
+            job_type: JobType | None = self._registry.resolve(lease.job.type)
+        except UnknownJobTypeError:
+            job_type = None
+        return await self._record_failure(lease, job_type, error)
 
     async def _record_failure(
         self, lease: Lease, job_type: JobType | None, error: JobError

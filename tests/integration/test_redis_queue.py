@@ -22,9 +22,9 @@ from redis.crc import key_slot
 
 from adapters.redis_client import create_redis
 from adapters.redis_queue import RedisJobQueue
-from domain.errors import QueueUnavailableError
+from domain.errors import QueueUnavailableError, UnsafeBackendError
 from domain.job_types import JobContext, JobTypeRegistry
-from domain.jobs import ErrorKind, JobError, JobStatus
+from domain.jobs import AttemptOutcome, ErrorKind, JobError, JobStatus
 from domain.ports import JobQuery, JobQueue
 from domain.services import JobProcessor, Outcome
 from tests.queue_contract import (
@@ -133,6 +133,13 @@ class _Context(JobContext):
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
+
+
+async def _config(client: redis.asyncio.Redis, name: str) -> str:
+    """One setting, as text (redis-py answers CONFIG GET with str keys and values)."""
+    reply = await client.config_get(name)
+    value = reply.get(name, reply.get(name.encode()))  # type: ignore[call-overload]
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _free_port() -> int:
@@ -327,6 +334,81 @@ class TestRedisJobQueueOnRedis(QueueContract):
         assert first.next_cursor is not None
         pages = await all_pages(queue, JobQuery(type="email", limit=10, cursor=first.next_cursor))
         assert pages == [[job.id for job in reversed(wanted)]]
+
+    @scenario
+    async def test_a_corrupt_history_does_not_fail_the_reclaim_of_the_jobs_around_it(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        planted, sound = new_job(), new_job()
+        await queue.enqueue(planted)
+        await queue.enqueue(sound)
+        await claim(queue, limit=2, lease_seconds=0.2)
+        async with factory.raw() as client:
+            await client.hset(f"{factory.tag()}:job:{planted.id}", "history", "{not json")
+        assert await queue.get(planted.id) is None  # unreadable, so never shown as a Job
+        await asyncio.sleep(0.4)
+        # One script run reclaims both: the planted history must not abort it.
+        assert await queue.recover(["default"]) == 2
+        for job in (planted, sound):
+            stored = await queue.get(job.id)
+            assert stored is not None
+            assert stored.status == JobStatus.QUEUED
+            assert [r.outcome for r in stored.history] == [AttemptOutcome.WORKER_LOST]
+
+    @scenario
+    async def test_a_retained_result_keeps_the_compact_hash_encoding(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        job = new_job()
+        await queue.enqueue(job)
+        assert await queue.complete(await claim_one(queue), {"ok": True})
+        async with factory.raw() as client:
+            key = f"{factory.tag()}:job:{job.id}"
+            assert await client.hexists(key, "history") == 0  # the record is implied
+            assert await client.object("encoding", key) in (b"listpack", b"ziplist")
+        stored = await queue.get(job.id)
+        assert stored is not None
+        assert [r.outcome for r in stored.history] == [AttemptOutcome.SUCCEEDED]
+
+    @scenario
+    async def test_verify_refuses_a_maxmemory_policy_that_evicts(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(queue, RedisJobQueue)
+        assert isinstance(factory, RedisFactory)
+        async with factory.raw() as client:
+            previous = await _config(client, "maxmemory-policy")
+            await client.config_set("maxmemory-policy", "allkeys-lru")
+            try:
+                with pytest.raises(UnsafeBackendError, match=r"maxmemory-policy.*allkeys-lru"):
+                    await queue.verify()
+            finally:
+                await client.config_set("maxmemory-policy", previous)
+            if previous == "noeviction":
+                await queue.verify()  # accepted again (warnings aside)
+
+    @scenario
+    async def test_verify_warns_when_aof_is_off(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(queue, RedisJobQueue)
+        assert isinstance(factory, RedisFactory)
+        async with factory.raw() as client:
+            if await _config(client, "maxmemory-policy") != "noeviction":
+                pytest.skip("this server's maxmemory-policy is refused before AOF is looked at")
+            previous = await _config(client, "appendonly")
+            await client.config_set("appendonly", "no")
+            try:
+                warnings = await queue.verify()
+            finally:
+                await client.config_set("appendonly", previous)
+            assert warnings == [
+                "AOF is off (appendonly no): a Redis restart loses jobs answered 202"
+            ]
+            if previous == "yes":
+                assert await queue.verify() == []
 
     def test_an_unreachable_server_raises_queue_unavailable_quickly(self) -> None:
         async def main() -> None:

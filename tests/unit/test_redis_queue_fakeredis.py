@@ -58,3 +58,14 @@ class TestRedisJobQueueOnFakeRedis(QueueContract):
                 await flusher.aclose()
 
         asyncio.run(main())
+
+    def test_verify_warns_when_the_server_refuses_config(self) -> None:
+        async def main() -> None:
+            async with FakeRedisFactory()() as queue:  # fakeredis has no CONFIG command
+                assert isinstance(queue, RedisJobQueue)
+                warnings = await queue.verify()
+                assert len(warnings) == 1
+                assert "could not check" in warnings[0]
+                assert "maxmemory-policy" in warnings[0]
+
+        asyncio.run(main())

@@ -4,6 +4,16 @@ One hash field per attribute, so scripts change a status or a counter without de
 anything. Numbers are decimal strings, timestamps are integer microseconds since the Unix
 epoch (UTC), and payload, result and error are JSON (msgspec). Nothing is ever unpickled:
 whatever sits in Redis is data, and data that does not decode is reported, not run.
+
+``history`` is a JSON array of attempt records, oldest first, that the scripts extend (with
+cjson) as each attempt ends, except the final `succeeded` one: it is implied by the hash's
+``attempts``, ``worker``, ``started_at`` and ``finished_at`` and added here when a
+succeeded job is read (storing it would cost a retained result its compact encoding). A
+record:
+``{"attempt": 2, "worker": "w1", "started_at": "<us>", "ended_at": "<us>",
+"outcome": "failed", "error": "ValueError: ..."}``; absent keys are None. Its timestamps are
+*strings* of microseconds: cjson writes numbers with 14 significant digits, fewer than a
+microsecond timestamp has.
 """
 
 from __future__ import annotations
@@ -14,7 +24,16 @@ from typing import Final
 
 import msgspec
 
-from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONValue
+from domain.jobs import (
+    HISTORY_LIMIT,
+    AttemptOutcome,
+    AttemptRecord,
+    ErrorKind,
+    Job,
+    JobError,
+    JobStatus,
+    JSONValue,
+)
 
 # The hash fields a Job is read from, in the order scripts return them (HMGET). The lease
 # token rides along last so a claim needs no second round trip.
@@ -34,6 +53,8 @@ FIELDS: Final = (
     "progress",
     "result",
     "error",
+    "worker",
+    "history",
 )
 TOKEN_FIELD: Final = "token"  # noqa: S105 - a field name, not a secret
 FIELDS_WITH_TOKEN: Final = (*FIELDS, TOKEN_FIELD)
@@ -55,11 +76,23 @@ class _ErrorWire(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False
     type: str
     kind: str = ErrorKind.ERROR.value
     traceback: str | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+
+
+class _AttemptWire(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    attempt: int
+    outcome: str
+    worker: str | None = None
+    started_at: str | int | None = None
+    ended_at: str | int | None = None
+    error: str | None = None
 
 
 _json_encode = msgspec.json.Encoder().encode
 _json_decode = msgspec.json.Decoder().decode
 _error_decode = msgspec.json.Decoder(_ErrorWire).decode
+_history_decode = msgspec.json.Decoder(list[_AttemptWire]).decode
 
 
 def encode_json(value: JSONValue) -> bytes:
@@ -67,7 +100,32 @@ def encode_json(value: JSONValue) -> bytes:
 
 
 def encode_error(error: JobError) -> bytes:
-    return _json_encode(_ErrorWire(error.message, error.type, error.kind.value, error.traceback))
+    return _json_encode(
+        _ErrorWire(
+            error.message,
+            error.type,
+            error.kind.value,
+            error.traceback,
+            error.exit_code,
+            error.signal,
+        )
+    )
+
+
+def encode_history(history: Sequence[AttemptRecord]) -> bytes:
+    return _json_encode(
+        [
+            _AttemptWire(
+                attempt=r.attempt,
+                outcome=r.outcome.value,
+                worker=r.worker,
+                started_at=None if r.started_at is None else str(to_micros(r.started_at)),
+                ended_at=None if r.ended_at is None else str(to_micros(r.ended_at)),
+                error=r.error,
+            )
+            for r in history
+        ]
+    )
 
 
 def to_micros(moment: datetime) -> int:
@@ -112,6 +170,13 @@ def encode_job(job: Job) -> list[str | bytes]:
         args += ("result", _json_encode(job.result))
     if job.error is not None:
         args += ("error", encode_error(job.error))
+    if job.worker is not None:
+        args += ("worker", job.worker)
+    history = job.history
+    if job.status is JobStatus.SUCCEEDED and history:
+        history = history[:-1]  # implied by the other fields (see the module's docstring)
+    if history:
+        args += ("history", encode_history(history))
     return args
 
 
@@ -136,6 +201,8 @@ def decode_job(raw: RawFields) -> Job | None:
         progress,
         result,
         error,
+        worker,
+        history,
     ) = raw[: len(FIELDS)]
     if id_ is None and status is None:
         return None
@@ -151,22 +218,39 @@ def decode_job(raw: RawFields) -> Job | None:
             or created_at is None
         ):
             raise UndecodableJobError("a required field is missing")
+        job_status = _STATUSES.get(status) or JobStatus(status.decode())
+        worker_id = worker.decode() if worker is not None else None
+        started = from_micros(started_at) if started_at is not None else None
+        finished = from_micros(finished_at) if finished_at is not None else None
+        attempts_made = int(attempts) if attempts is not None else 0
+        records = _decode_history(history) if history is not None else ()
+        if job_status is JobStatus.SUCCEEDED:
+            final = AttemptRecord(
+                attempt=attempts_made,
+                worker=worker_id,
+                started_at=started,
+                ended_at=finished,
+                outcome=AttemptOutcome.SUCCEEDED,
+            )
+            records = (*records, final)[-HISTORY_LIMIT:]
         return Job(
             id=id_.decode(),
             type=type_.decode(),
             payload=_json_decode(payload),
             queue=queue.decode(),
-            status=_STATUSES.get(status) or JobStatus(status.decode()),
+            status=job_status,
             max_attempts=int(max_attempts),
             timeout=float(timeout),
             created_at=from_micros(created_at),
             priority=int(priority) if priority is not None else 0,
-            attempts=int(attempts) if attempts is not None else 0,
-            started_at=from_micros(started_at) if started_at is not None else None,
-            finished_at=from_micros(finished_at) if finished_at is not None else None,
+            attempts=attempts_made,
+            started_at=started,
+            finished_at=finished,
             progress=int(progress) if progress is not None else None,
             result=_json_decode(result) if result is not None else None,
             error=_decode_error(error) if error is not None else None,
+            worker=worker_id,
+            history=records,
         )
     except UndecodableJobError:
         raise
@@ -177,4 +261,31 @@ def decode_job(raw: RawFields) -> Job | None:
 
 def _decode_error(raw: bytes) -> JobError:
     wire = _error_decode(raw)
-    return JobError(wire.message, wire.type, ErrorKind(wire.kind), wire.traceback)
+    return JobError(
+        wire.message,
+        wire.type,
+        ErrorKind(wire.kind),
+        wire.traceback,
+        exit_code=wire.exit_code,
+        signal=wire.signal,
+    )
+
+
+def _moment(raw: str | int | None) -> datetime | None:
+    if raw is None:
+        return None
+    return _EPOCH + timedelta(microseconds=int(raw))
+
+
+def _decode_history(raw: bytes) -> tuple[AttemptRecord, ...]:
+    return tuple(
+        AttemptRecord(
+            attempt=w.attempt,
+            worker=w.worker,
+            started_at=_moment(w.started_at),
+            ended_at=_moment(w.ended_at),
+            outcome=AttemptOutcome(w.outcome),
+            error=w.error,
+        )
+        for w in _history_decode(raw)
+    )

@@ -1,9 +1,10 @@
 """`RedisJobQueue`: the JobQueue port on `redis.asyncio`, one Lua script per move.
 
 Every operation is one round trip (a script call, or a pipeline), except a claim over several
-queues (one script call per queue until the limit is filled) and `list_jobs` (see
-`listing.py`). `enqueue` and `complete` calls made in the same event-loop tick share one
-round trip (see `batching.py`). Key layout and scripts: `scripts.py`.
+queues (one script call per queue until the limit is filled), `requeue` (finding the job's
+queue, like `get`, then the script) and `list_jobs` (see `listing.py`). `enqueue` and
+`complete` calls made in the same event-loop tick share one round trip (see `batching.py`).
+Key layout and scripts: `scripts.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Final
 
 import redis.asyncio
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from adapters.redis_client import redis_errors
 from adapters.redis_queue import listing, scripts
@@ -32,19 +33,30 @@ from adapters.redis_queue.codec import (
 )
 from adapters.redis_queue.keys import QueueKeys
 from adapters.redis_queue.scripts import Script
-from domain.errors import UnstorableResultError
-from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONValue, Lease, is_job_id
+from domain.errors import (
+    InvalidTransitionError,
+    JobNotFoundError,
+    UnsafeBackendError,
+    UnstorableResultError,
+)
+from domain.jobs import (
+    LEASE_EXPIRED,
+    AttemptOutcome,
+    ErrorKind,
+    Job,
+    JobError,
+    JobStatus,
+    JSONValue,
+    Lease,
+    error_summary,
+    is_job_id,
+)
 from domain.ports import Capabilities, JobPage, JobQuery, JobQueue
 
 log = logging.getLogger("conveyor.redis_queue")
 
-_LEASE_EXPIRED: Final = encode_error(
-    JobError(
-        message="lease expired: the worker stopped renewing it",
-        type="LeaseExpired",
-        kind=ErrorKind.WORKER_LOST,
-    )
-)
+# What a reclaimed job records: its error, and that error's line in the job's history.
+_LEASE_EXPIRED: Final = (encode_error(LEASE_EXPIRED), error_summary(LEASE_EXPIRED))
 
 
 class RedisJobQueue(JobQueue):
@@ -52,14 +64,22 @@ class RedisJobQueue(JobQueue):
 
     Semantics follow `InMemoryJobQueue`: leases on the Redis clock fenced by a token, failed
     attempts retried from a delayed set, expired leases reclaimed by the next claim on their
-    queue, dead jobs kept (the dead-letter set), succeeded jobs kept for `result_ttl` seconds.
-    What it cannot do (yet): order by job priority (each queue is FIFO; the priority is
-    stored); reclaim expired leases of a queue no claimer asks for. On Redis Cluster every
+    queue (or by `recover`, for a queue no claimer asks for), dead jobs kept (the
+    dead-letter set), succeeded jobs kept for `result_ttl` seconds, each job's last
+    attempts in its history. What it cannot do (yet): order by job priority (each queue is
+    FIFO; the priority is stored). On Redis Cluster every
     script works (one hash tag per queue), but a *waiting* claim over several queues BLPOPs
     their markers together, which Cluster refuses unless they share a slot.
     """
 
-    capabilities = Capabilities(leases=True, shared_across_processes=True, blocking_claim=True)
+    capabilities = Capabilities(
+        leases=True,
+        shared_across_processes=True,
+        blocking_claim=True,
+        worker_claims=True,
+        batch_claims=True,
+        priorities=False,
+    )
 
     # The longest single BLPOP of a waiting claim: a waiting claimer re-checks for due
     # retries and expired leases at least this often. The client's socket timeout must
@@ -112,7 +132,7 @@ class RedisJobQueue(JobQueue):
         deadline = loop.time() + wait_seconds
         with redis_errors():
             while True:
-                leases, wake_in = await self._claim_now(keys, limit, lease_ms)
+                leases, wake_in = await self._claim_now(keys, worker_id, limit, lease_ms)
                 remaining = deadline - loop.time()
                 if leases or remaining <= 0 or limit <= 0 or not keys:
                     return leases
@@ -124,7 +144,7 @@ class RedisJobQueue(JobQueue):
                 await self._client.blpop([k.marker for k in keys], timeout=max(block, 0.01))
 
     async def _claim_now(
-        self, keys: Sequence[QueueKeys], limit: int, lease_ms: int
+        self, keys: Sequence[QueueKeys], worker_id: str, limit: int, lease_ms: int
     ) -> tuple[list[Lease], float | None]:
         leases: list[Lease] = []
         wake_in: float | None = None
@@ -141,7 +161,7 @@ class RedisJobQueue(JobQueue):
                     queue_keys.marker,
                     queue_keys.tokens,
                 ),
-                (queue_keys.base, wanted, lease_ms, _LEASE_EXPIRED),
+                (queue_keys.base, wanted, lease_ms, worker_id, *_LEASE_EXPIRED),
             )
             for raw in claimed:
                 try:
@@ -165,7 +185,7 @@ class RedisJobQueue(JobQueue):
         await self._eval(
             scripts.FAIL,
             (keys.active, keys.stale, keys.delayed),
-            (keys.base, job_id, token, encode_error(error), ""),
+            (keys.base, job_id, token, *_failure_args(error)),
         )
 
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
@@ -213,9 +233,67 @@ class RedisJobQueue(JobQueue):
             done = await self._eval(
                 scripts.FAIL,
                 (keys.active, keys.stale, keys.delayed),
-                (keys.base, lease.job_id, lease.token, encode_error(error), retry_ms),
+                (keys.base, lease.job_id, lease.token, *_failure_args(error, retry_ms)),
             )
         return bool(done)
+
+    async def release(self, lease: Lease) -> bool:
+        keys = self._keys_of(lease.job.queue)
+        with redis_errors():
+            done = await self._eval(
+                scripts.RELEASE,
+                (keys.ready, keys.active, keys.marker, keys.stale),
+                (keys.base, lease.job_id, lease.token),
+            )
+        return bool(done)
+
+    async def recover(self, queues: Sequence[str]) -> int:
+        if not queues:
+            return 0
+        keys = [self._keys_of(queue) for queue in queues]
+
+        def build(pipe: Pipeline) -> None:
+            for k in keys:
+                pipe.evalsha(
+                    scripts.RECOVER.sha,
+                    4,
+                    k.ready,
+                    k.active,
+                    k.delayed,
+                    k.marker,
+                    k.base,
+                    *_LEASE_EXPIRED,
+                )
+
+        with redis_errors():
+            moved = await self._pipeline(build)
+        return sum(int(m) for m in moved)
+
+    async def requeue(self, job_id: str) -> Job:
+        if not is_job_id(job_id):
+            raise JobNotFoundError(job_id)
+        with redis_errors():
+            found = [
+                queue
+                for queue, (status,) in await self._read_everywhere(job_id, ("status",))
+                if status is not None
+            ]
+            if not found:
+                raise JobNotFoundError(job_id)
+            keys = self._keys_of(found[0])
+            answer = await self._eval(
+                scripts.REQUEUE,
+                (keys.ready, keys.active, keys.delayed, keys.marker),
+                (keys.base, job_id),
+            )
+        if answer[0] != 1:
+            if len(answer) < 2:  # gone since we looked
+                raise JobNotFoundError(job_id)
+            raise InvalidTransitionError(job_id, answer[1].decode(), JobStatus.QUEUED)
+        job = decode_job(answer[1])
+        if job is None:  # pragma: no cover - the script just wrote it
+            raise JobNotFoundError(job_id)
+        return job
 
     async def _run_batches(self, batches: Sequence[Batch]) -> list[list[int]]:
         """One pipeline for the coalesced enqueue and complete calls (see `batching.py`)."""
@@ -249,30 +327,59 @@ class RedisJobQueue(JobQueue):
         if not is_job_id(job_id):
             return None
         with redis_errors():
-            # The job's queue is unknown: read it from every queue we know of, and the set of
-            # known queues in the same round trip; look again only if that set grew.
-            searched = sorted(self._known_queues)
-
-            def build(pipe: Pipeline) -> None:
-                pipe.smembers(self._queues_key)
-                for queue in searched:
-                    pipe.hmget(self._keys_of(queue).job(job_id), FIELDS)
-
-            members, *found = await self._pipeline(build)
-            self._known_queues |= {m.decode() for m in members}
-            unseen = sorted(self._known_queues.difference(searched))
-            if unseen:
-
-                def build_more(pipe: Pipeline) -> None:
-                    for queue in unseen:
-                        pipe.hmget(self._keys_of(queue).job(job_id), FIELDS)
-
-                found += await self._pipeline(build_more)
-        for raw in found:
+            found = await self._read_everywhere(job_id, FIELDS)
+        for _, raw in found:
             job = _decoded_or_none(raw)
             if job is not None:
                 return job
         return None
+
+    async def _read_everywhere(
+        self, job_id: str, fields: Sequence[str]
+    ) -> list[tuple[str, RawFields]]:
+        """`fields` of the job's hash in every queue we know of, by queue name.
+
+        The job's queue is unknown: read it from every queue we know of, and the set of
+        known queues in the same round trip; look again only if that set grew.
+        """
+        searched = sorted(self._known_queues)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.smembers(self._queues_key)
+            for queue in searched:
+                pipe.hmget(self._keys_of(queue).job(job_id), fields)
+
+        members, *found = await self._pipeline(build)
+        self._known_queues |= {m.decode() for m in members}
+        unseen = sorted(self._known_queues.difference(searched))
+        if unseen:
+
+            def build_more(pipe: Pipeline) -> None:
+                for queue in unseen:
+                    pipe.hmget(self._keys_of(queue).job(job_id), fields)
+
+            found += await self._pipeline(build_more)
+        return list(zip([*searched, *unseen], found, strict=True))
+
+    async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
+        if not queues:
+            return []
+        keys = [self._keys_of(queue) for queue in queues]
+
+        def build(pipe: Pipeline) -> None:
+            for k in keys:
+                pipe.evalsha(scripts.HELD_BY.sha, 1, k.active, k.base, worker_id)
+
+        with redis_errors():
+            per_queue = await self._pipeline(build)
+        leases: list[Lease] = []
+        for raw in (raw for held in per_queue for raw in held):
+            try:
+                leases.append(_lease_from(raw))
+            except UndecodableJobError as exc:
+                # Left to its lease's expiry; the claim that takes it next dead-letters it.
+                log.warning("held job %r cannot be decoded: %s", raw[0], exc)
+        return leases
 
     async def list_jobs(self, query: JobQuery) -> JobPage:
         """Newest first by the time each job entered its current status (see `listing.py`)."""
@@ -305,6 +412,46 @@ class RedisJobQueue(JobQueue):
     async def ping(self) -> None:
         with redis_errors():
             await self._client.ping()
+
+    async def verify(self) -> list[str]:
+        """Refuse a server that may lose jobs by design; answer warnings for lesser risks.
+
+        Raises UnsafeBackendError when `maxmemory-policy` lets Redis evict keys (anything but
+        ``noeviction``: an evicted job hash or list is a job lost without a trace). Answers
+        warnings: AOF off (a restart loses what was acknowledged since the last snapshot),
+        or that the check could not be made (CONFIG refused by an ACL or renamed away, as
+        managed services do).
+        """
+        try:
+            with redis_errors():
+                pipe = self._client.pipeline(transaction=False)
+                pipe.config_get("maxmemory-policy")
+                pipe.config_get("appendonly")
+                policy_reply, aof_reply = await pipe.execute()
+        except ResponseError as exc:
+            return [
+                f"could not check the Redis configuration (CONFIG GET refused: {exc}); make"
+                " sure maxmemory-policy is noeviction and appendonly is yes"
+            ]
+        policy = _config_value(policy_reply, "maxmemory-policy")
+        aof = _config_value(aof_reply, "appendonly")
+        warnings: list[str] = []
+        if policy is None:
+            warnings.append(
+                "could not read maxmemory-policy from CONFIG GET; make sure it is noeviction"
+            )
+        elif policy != "noeviction":
+            raise UnsafeBackendError(
+                f"Redis maxmemory-policy is {policy!r}: the server may evict job keys and"
+                " lose jobs; set maxmemory-policy to noeviction"
+            )
+        if aof is None:
+            warnings.append("could not read appendonly from CONFIG GET; make sure AOF is on")
+        elif aof != "yes":
+            warnings.append(
+                f"AOF is off (appendonly {aof}): a Redis restart loses jobs answered 202"
+            )
+        return warnings
 
     async def close(self) -> None:
         if self._closed:
@@ -359,6 +506,25 @@ class RedisJobQueue(JobQueue):
             sha = await self._client.script_load(script.source)
             if sha != script.sha:  # pragma: no cover - sha1 of the same bytes
                 raise RuntimeError(f"script {script.name}: server SHA {sha} != {script.sha}")
+
+
+def _failure_args(error: JobError, retry_ms: str = "") -> tuple[bytes | str, ...]:
+    """FAIL's ARGV[4..7]: error JSON, retry in ms ('' for dead), outcome, error summary."""
+    outcome = AttemptOutcome.of(error.kind).value
+    return encode_error(error), retry_ms, outcome, error_summary(error)
+
+
+def _config_value(reply: Any, name: str) -> str | None:
+    """One setting from a CONFIG GET reply (a dict, or a flat list on some clients)."""
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=False))
+    if not isinstance(reply, dict):
+        return None
+    for key, value in reply.items():
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        if text == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None
 
 
 def _lease_from(raw: RawFields) -> Lease:

@@ -44,6 +44,10 @@ class JobContext(abc.ABC):
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking function away from the event loop and await its result."""
 
+    def observe(self, work: Awaitable[T]) -> Awaitable[T]:
+        """The handler's run as the worker wants to watch it (by default, unchanged)."""
+        return work
+
     async def settle(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Finish background writes (progress) before the attempt's outcome is recorded."""
 
