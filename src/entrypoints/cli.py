@@ -52,7 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=None, help="port (default CONVEYOR_API_PORT)")
     api.set_defaults(run=_run_api)
 
-    worker = commands.add_parser("worker", help="run a worker process")
+    worker = commands.add_parser("worker", help="run a supervisor and its worker processes")
+    worker.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=None,
+        help="worker processes to supervise (default CONVEYOR_WORKER_PROCESSES)",
+    )
     worker.add_argument(
         "--concurrency",
         type=_positive_int,
@@ -66,6 +72,15 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated queues, in priority order (default CONVEYOR_WORKER_QUEUES)",
     )
     worker.set_defaults(run=_run_worker)
+
+    # Started by `conveyor worker` for each of its processes; not for people.
+    child = commands.add_parser("worker-child")
+    child.add_argument("--worker-id", required=True)
+    child.add_argument("--control-fd", type=int, required=True)
+    child.add_argument("--concurrency", type=_positive_int, required=True)
+    child.add_argument("--queues", type=parse_queues, required=True)
+    child.add_argument("--board", type=Path, default=None)
+    child.set_defaults(run=_run_worker_child)
 
     dev = commands.add_parser(
         "dev",
@@ -122,8 +137,22 @@ def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     return run_worker(
         settings,
+        processes=args.processes or settings.worker_processes,
         concurrency=args.concurrency or settings.worker_concurrency,
         queues=args.queues or settings.worker_queues,
+    )
+
+
+def _run_worker_child(args: argparse.Namespace, settings: Settings) -> int:
+    from entrypoints.worker.main import run_child
+
+    return run_child(
+        settings,
+        worker_id=args.worker_id,
+        control_fd=args.control_fd,
+        concurrency=args.concurrency,
+        queues=args.queues,
+        board=args.board,
     )
 
 

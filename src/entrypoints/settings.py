@@ -22,6 +22,7 @@ class SettingsError(ValueError):
 class Backend(enum.StrEnum):
     REDIS = "redis"
     MEMORY = "memory"
+    RQ = "rq"
 
 
 class LogFormat(enum.StrEnum):
@@ -36,6 +37,13 @@ class Settings:
     key_prefix: str = "conveyor"
     lease_seconds: float = 30.0
     worker_concurrency: int = 10
+    worker_processes: int = 1
+    drain_grace_seconds: float = 30.0
+    kill_grace_seconds: float = 5.0
+    recover_interval_seconds: float = 1.0
+    recycle_after_jobs: int = 0
+    recycle_rss_mb: int = 0
+    audit_log: str | None = None
     worker_queues: tuple[str, ...] = ("default",)
     claim_batch: int = 100
     max_body_bytes: int = 256 * 1024
@@ -56,6 +64,15 @@ class Settings:
             key_prefix=read("CONVEYOR_KEY_PREFIX", _prefix, "conveyor"),
             lease_seconds=read("CONVEYOR_LEASE_SECONDS", _positive(float), 30.0),
             worker_concurrency=read("CONVEYOR_WORKER_CONCURRENCY", _positive(int), 10),
+            worker_processes=read("CONVEYOR_WORKER_PROCESSES", _positive(int), 1),
+            drain_grace_seconds=read("CONVEYOR_DRAIN_GRACE_SECONDS", _non_negative(float), 30.0),
+            kill_grace_seconds=read("CONVEYOR_KILL_GRACE_SECONDS", _positive(float), 5.0),
+            recover_interval_seconds=read(
+                "CONVEYOR_RECOVER_INTERVAL_SECONDS", _positive(float), 1.0
+            ),
+            recycle_after_jobs=read("CONVEYOR_RECYCLE_AFTER_JOBS", _non_negative(int), 0),
+            recycle_rss_mb=read("CONVEYOR_RECYCLE_RSS_MB", _non_negative(int), 0),
+            audit_log=read("CONVEYOR_AUDIT_LOG", str, None),
             worker_queues=read("CONVEYOR_WORKER_QUEUES", parse_queues, ("default",)),
             claim_batch=read("CONVEYOR_CLAIM_BATCH", _positive(int), 100),
             max_body_bytes=read("CONVEYOR_MAX_BODY_BYTES", _positive(int), 256 * 1024),
@@ -95,6 +112,16 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
         value = kind(raw)
         if not value > 0:  # type: ignore[operator]
             raise ValueError("must be greater than 0")
+        return value
+
+    return parse
+
+
+def _non_negative(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if value < 0:  # type: ignore[operator]
+            raise ValueError("must be 0 or more")
         return value
 
     return parse

@@ -141,3 +141,17 @@ def test_redis_outage_gives_fast_503_then_both_processes_carry_on(tmp_path: Path
                     assert wait_for_job(client, job_id, TERMINAL)["status"] == "succeeded"
     finally:
         server.stop()
+
+
+def test_api_and_worker_refuse_a_redis_that_evicts_keys(tmp_path: Path) -> None:
+    import redis
+
+    with LocalRedis(data_dir=tmp_path / "redis") as server:
+        redis.Redis.from_url(server.url).config_set("maxmemory-policy", "allkeys-lru")
+        env = service_env(server.url)
+        worker = Conveyor(["worker"], env, tmp_path).start()
+        assert worker.wait(timeout=20) == 2, worker.output()
+        assert "maxmemory-policy" in worker.output()
+        api = Conveyor(["api", "--port", "0"], env, tmp_path).start()
+        assert api.wait(timeout=20) != 0, api.output()
+        assert "maxmemory-policy" in api.output()

@@ -43,6 +43,8 @@ JOB_VIEW_FIELDS = {
     "progress",
     "result",
     "error",
+    "worker",
+    "history",
 }
 
 
@@ -244,7 +246,39 @@ def test_a_failed_attempt_shows_its_error(
         "type": "NonRetryableError",
         "kind": "non_retryable",
         "traceback": "tb",
+        "exit_code": None,
+        "signal": None,
     }
+    assert [a["outcome"] for a in view["history"]] == ["non_retryable"]
+
+
+def test_retrying_a_dead_job_queues_it_again_with_fresh_attempts(
+    client: TestClient[Litestar], container: Container
+) -> None:
+    job_id = client.post("/jobs", json={"type": "dummy", "payload": {"mode": "fatal"}}).json()["id"]
+    queue = container.job_queue()
+    [lease] = asyncio.run(
+        queue.claim(["default"], worker_id="w", limit=1, lease_seconds=30, wait_seconds=0)
+    )
+    asyncio.run(queue.fail(lease, JobError(message="x", type="X"), None))
+
+    response = client.post(f"/jobs/{job_id}/retry")
+
+    assert response.status_code == 202, response.text
+    assert response.headers["location"] == f"/jobs/{job_id}"
+    assert (response.json()["status"], response.json()["attempts"]) == ("queued", 0)
+
+
+def test_retrying_a_job_that_is_not_dead_is_409(client: TestClient[Litestar]) -> None:
+    job_id = client.post("/jobs", json={"type": "dummy", "payload": {"mode": "fatal"}}).json()["id"]
+    response = client.post(f"/jobs/{job_id}/retry")
+    assert response.status_code == 409
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert client.get(f"/jobs/{job_id}").json()["status"] == "queued"
+
+
+def test_retrying_an_unknown_job_is_404(client: TestClient[Litestar]) -> None:
+    assert client.post(f"/jobs/{'0' * 32}/retry").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -394,6 +428,18 @@ class BrokenQueue(JobQueue):
         raise self.error
 
     async def fail(self, lease: Lease, error: JobError, retry_in: float | None) -> bool:
+        raise self.error
+
+    async def release(self, lease: Lease) -> bool:
+        raise self.error
+
+    async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
+        raise self.error
+
+    async def recover(self, queues: Sequence[str]) -> int:
+        raise self.error
+
+    async def requeue(self, job_id: str) -> Job:
         raise self.error
 
     async def ping(self) -> None:

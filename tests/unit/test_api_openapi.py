@@ -59,6 +59,7 @@ def test_every_endpoint_is_documented_with_an_operation_id_and_tags(
         ("/jobs", "post"),
         ("/jobs", "get"),
         ("/jobs/{job_id}", "get"),
+        ("/jobs/{job_id}/retry", "post"),
         ("/job-types", "get"),
         ("/health/live", "get"),
         ("/health/ready", "get"),
@@ -96,7 +97,12 @@ def test_every_503_documents_retry_after(document: dict[str, Any]) -> None:
         if "503" in op["responses"]
     ]
 
-    assert {path for path, _ in unavailable} == {"/jobs", "/jobs/{job_id}", "/health/ready"}
+    assert {path for path, _ in unavailable} == {
+        "/jobs",
+        "/jobs/{job_id}",
+        "/jobs/{job_id}/retry",
+        "/health/ready",
+    }
     assert all("Retry-After" in response["headers"] for _, response in unavailable)
 
 

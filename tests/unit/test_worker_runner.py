@@ -12,20 +12,30 @@ from tests.fakes import RecordingEmailSender
 
 
 class Rig:
-    def __init__(self, concurrency: int = 4, lease_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        concurrency: int = 4,
+        lease_seconds: float = 30.0,
+        drain_grace: float = 30.0,
+        recycle_after_jobs: int = 0,
+    ) -> None:
         self.queue = InMemoryJobQueue(SystemClock())
         registry = default_registry(RecordingEmailSender())
         self.service = JobService(self.queue, registry, SystemClock())
+        self.retired: list[str] = []
         self.worker = Worker(
             self.queue,
-            JobProcessor(self.queue, registry, lambda: 0.0),
+            JobProcessor(self.queue, registry, lambda: 0.0, cancel_grace=0.1),
             WorkerConfig(
                 worker_id="test",
                 queues=("default",),
                 concurrency=concurrency,
                 lease_seconds=lease_seconds,
                 claim_wait=0.05,
+                drain_grace=drain_grace,
+                recycle_after_jobs=recycle_after_jobs,
             ),
+            on_retire=self.retired.append,
         )
 
     async def submit(self, type_: str, payload: dict[str, Any], **extra: Any) -> str:
@@ -142,5 +152,60 @@ def test_a_worker_that_loses_its_lease_stops_its_copy_of_the_job() -> None:
         await until(lambda: asyncio.sleep(0, result=not rig.worker._running))
         stop.set()
         await asyncio.wait_for(running, 5)
+
+    asyncio.run(scenario())
+
+
+def test_jobs_still_running_after_the_drain_grace_go_back_to_the_queue_unused() -> None:
+    async def scenario() -> None:
+        rig = Rig(drain_grace=0.2)
+        quick = await rig.submit("dummy", {"mode": "sleep", "seconds": 0.05})
+        slow = await rig.submit("dummy", {"mode": "sleep", "seconds": 30})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+
+        async def slow_active() -> bool:
+            return await rig.status(slow) is JobStatus.ACTIVE
+
+        await until(slow_active)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert await rig.status(quick) is JobStatus.SUCCEEDED
+        released = await rig.service.get(slow)
+        assert (released.status, released.attempts) == (JobStatus.QUEUED, 0)
+        assert [r.outcome for r in released.history] == ["released"]
+
+    asyncio.run(scenario())
+
+
+def test_a_handler_that_ignores_its_timeout_retires_the_process() -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        job_id = await rig.submit("dummy", {"mode": "hang", "seconds": 1}, timeout=0.1)
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+
+        async def failed() -> bool:
+            return await rig.status(job_id) is JobStatus.FAILED
+
+        await until(failed)
+        await asyncio.wait_for(running, 5)  # retiring stops the worker by itself
+        job = await rig.service.get(job_id)
+        assert job.error is not None
+        assert job.error.kind == "timed_out"
+        assert len(rig.retired) == 1
+        assert "did not stop" in rig.retired[0]
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_retires_after_its_share_of_jobs() -> None:
+    async def scenario() -> None:
+        rig = Rig(concurrency=1, recycle_after_jobs=3)
+        for _ in range(5):
+            await rig.submit("dummy", {"mode": "succeed"})
+        await asyncio.wait_for(rig.worker.run(asyncio.Event()), 5)
+        assert rig.worker.completed == 3
+        assert rig.retired == ["ran 3 jobs"]
 
     asyncio.run(scenario())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +11,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 
+from domain.errors import QueueUnavailableError, UnsafeBackendError
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
 from entrypoints.api.deps import CONTAINER_KEY, container_of, dependencies
 from entrypoints.api.openapi import add_submission_schemas
@@ -19,6 +21,7 @@ from entrypoints.logs import configure_logging
 from entrypoints.settings import Settings
 
 API_VERSION = "0.1.0"
+log = logging.getLogger("conveyor.api")
 
 
 def create_app(container: Container | None = None) -> Litestar:
@@ -67,6 +70,15 @@ async def _queue_lifespan(app: Litestar) -> AsyncIterator[None]:
     # Resolving the queue at start-up surfaces a bad setting (no REDIS_URL) before the
     # first request; it does not connect.
     queue = container_of(app.state).job_queue()
+    try:
+        for warning in await queue.verify():
+            log.warning(warning)
+    except UnsafeBackendError as exc:
+        log.error("refusing to start: %s", exc)
+        raise
+    except QueueUnavailableError as exc:
+        # Serve anyway: submissions get 503 until the backend is back.
+        log.warning("could not check the backend's configuration yet: %s", exc.reason)
     try:
         yield
     finally:

@@ -111,6 +111,33 @@ class JobsController(Controller):
             raise JobNotFoundError(job_id)
         return JobView.from_domain(await jobs.get(job_id))
 
+    @post(
+        "/{job_id:str}/retry",
+        operation_id="retryJob",
+        summary="Retry a dead or cancelled job",
+        description="Send the job back to its queue with fresh attempts. Its history stays.",
+        status_code=HTTPStatus.ACCEPTED,
+        operation_class=ConveyorOperation,
+        responses={
+            404: _problem("No job has this id."),
+            409: _problem("The job is neither dead nor cancelled."),
+            503: UNAVAILABLE,
+        },
+    )
+    async def retry_job(
+        self,
+        job_id: Annotated[str, PathParameter(description="The job's id.")],
+        jobs: NamedDependency[JobService],
+    ) -> Response[JobView]:
+        if not is_job_id(job_id):
+            raise JobNotFoundError(job_id)
+        job = await jobs.retry(job_id)
+        return Response(
+            JobView.from_domain(job),
+            status_code=HTTPStatus.ACCEPTED,
+            headers={"Location": f"/jobs/{job.id}"},
+        )
+
     @get(
         "/",
         operation_id="listJobs",

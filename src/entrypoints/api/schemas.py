@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from domain.job_types import JobType
-from domain.jobs import ErrorKind, Job, JobError, JobStatus
+from domain.jobs import AttemptOutcome, AttemptRecord, ErrorKind, Job, JobError, JobStatus
 from domain.ports import JobPage
 
 
@@ -19,11 +19,40 @@ class JobErrorView(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     kind: ErrorKind
     traceback: str | None
+    exit_code: int | None
+    signal: str | None
 
     @classmethod
     def from_domain(cls, error: JobError) -> JobErrorView:
         return cls(
-            message=error.message, type=error.type, kind=error.kind, traceback=error.traceback
+            message=error.message,
+            type=error.type,
+            kind=error.kind,
+            traceback=error.traceback,
+            exit_code=error.exit_code,
+            signal=error.signal,
+        )
+
+
+class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of the job: who ran it, when, and how it ended."""
+
+    attempt: int
+    worker: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    outcome: AttemptOutcome
+    error: str | None
+
+    @classmethod
+    def from_domain(cls, record: AttemptRecord) -> AttemptView:
+        return cls(
+            attempt=record.attempt,
+            worker=record.worker,
+            started_at=record.started_at,
+            ended_at=record.ended_at,
+            outcome=record.outcome,
+            error=record.error,
         )
 
 
@@ -44,6 +73,8 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     progress: int | None
     result: Any
     error: JobErrorView | None
+    worker: str | None
+    history: list[AttemptView]
 
     @classmethod
     def from_domain(cls, job: Job) -> JobView:
@@ -62,6 +93,8 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
             progress=job.progress,
             result=job.result,
             error=None if job.error is None else JobErrorView.from_domain(job.error),
+            worker=job.worker,
+            history=[AttemptView.from_domain(record) for record in job.history],
         )
 
 

@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from domain.errors import QueueUnavailableError
 from domain.job_types import JobContext
 from domain.jobs import Lease
 from domain.ports import JobQueue
+from entrypoints.worker.board import Board, Observed
 
 T = TypeVar("T")
 log = logging.getLogger("conveyor.worker")
 
 
 class WorkerJobContext(JobContext):
-    def __init__(self, lease: Lease, queue: JobQueue, executor: Executor) -> None:
+    def __init__(
+        self, lease: Lease, queue: JobQueue, executor: Executor, board: Board | None = None
+    ) -> None:
         self._lease = lease
+        self._board = board
         self._queue = queue
         self._executor = executor
         self._loop = asyncio.get_running_loop()
         # Progress writes are coalesced: at most one in flight, the latest value wins.
         self._pending: int | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._blocking: set[Future[Any]] = set()
 
     @property
     def job_id(self) -> str:
@@ -69,5 +74,29 @@ class WorkerJobContext(JobContext):
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
 
+    def observe(self, work: Awaitable[T]) -> Awaitable[T]:
+        if self._board is None:
+            return work
+        return Observed(work, self._board, self.job_id)
+
     async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._loop.run_in_executor(self._executor, fn, *args)
+        board, job_id = self._board, self.job_id
+
+        def call() -> T:
+            if board is None:
+                return fn(*args)
+            slot = board.take_thread_slot()
+            board.mark_thread(slot, job_id)
+            try:
+                return fn(*args)
+            finally:
+                board.give_back_thread_slot(slot)
+
+        future = self._executor.submit(call)
+        self._blocking.add(future)
+        return await asyncio.wrap_future(future)
+
+    @property
+    def blocking_calls_running(self) -> bool:
+        """Blocking code this job started still runs, although the attempt may be over."""
+        return any(not f.done() for f in self._blocking)

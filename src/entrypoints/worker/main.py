@@ -1,77 +1,165 @@
-"""`conveyor worker`: build the container, run the worker loop, stop cleanly on a signal."""
+"""Worker processes: `conveyor worker` (the supervisor) and the children it starts."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import signal
-import socket
-import uuid
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
 import uvloop
 
 from domain.ports import JobQueue
-from entrypoints.container import build_container
+from entrypoints.container import Container, build_container
 from entrypoints.logs import redact_url
 from entrypoints.settings import Backend, Settings
+from entrypoints.worker.audit import AuditLog
+from entrypoints.worker.board import Board
 from entrypoints.worker.runner import Worker, WorkerConfig
+from entrypoints.worker.supervisor import EXIT_CONFIG, PoolConfig, Supervisor
 
 log = logging.getLogger("conveyor.worker")
 
 _CLAIM_WAIT = 1.0
+_PR_SET_PDEATHSIG = 1
 
 
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def run_worker(settings: Settings, *, concurrency: int, queues: tuple[str, ...]) -> int:
-    """Run a worker in this process until SIGTERM or SIGINT. Answers the exit code."""
+def _container(settings: Settings) -> Container | None:
     if settings.queue_backend is Backend.MEMORY:
         log.error(
             "QUEUE_BACKEND=memory lives inside one process and cannot feed a separate worker; "
             "use QUEUE_BACKEND=redis"
         )
-        return 2
-    url = settings.require_redis_url()
-    log.info("connecting", extra={"redis_url": redact_url(url)})
-    container = build_container(settings, redis_socket_timeout=_CLAIM_WAIT + 5.0)
+        return None
+    log.info("connecting", extra={"redis_url": redact_url(settings.require_redis_url())})
+    # Above the blocking claim's wait, so a quiet queue is not mistaken for a dead Redis.
+    return build_container(settings, redis_socket_timeout=_CLAIM_WAIT + 5.0)
+
+
+def run_worker(
+    settings: Settings, *, processes: int, concurrency: int, queues: tuple[str, ...]
+) -> int:
+    """Run the supervisor and its children until SIGTERM or SIGINT; answers the exit code."""
+    if settings.queue_backend is Backend.RQ:  # RQ's own worker runs the jobs
+        from entrypoints.worker.rq_worker import run_rq_worker
+
+        return run_rq_worker(settings, queues=queues)
+    container = _container(settings)
+    if container is None:
+        return EXIT_CONFIG
+    config = PoolConfig(
+        processes=processes,
+        concurrency=concurrency,
+        queues=queues,
+        drain_grace=settings.drain_grace_seconds,
+        kill_grace=settings.kill_grace_seconds,
+    )
+    supervisor = Supervisor(container.job_queue(), container.job_processor(), config)
+    return asyncio.run(_until_signalled(supervisor.run, container.job_queue()))
+
+
+def run_child(
+    settings: Settings,
+    *,
+    worker_id: str,
+    control_fd: int,
+    concurrency: int,
+    queues: tuple[str, ...],
+    board: Path | None = None,
+) -> int:
+    """One worker process under a supervisor. Ends the process itself (see the end)."""
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the supervisor died before we could ask to follow it
+        os._exit(1)
+    container = _container(settings)
+    if container is None:
+        os._exit(EXIT_CONFIG)
+    control = os.fdopen(control_fd, "wb", buffering=0)
+
+    def retire(reason: str) -> None:
+        # If the supervisor is gone the write fails; we are about to stop anyway.
+        with contextlib.suppress(OSError):
+            control.write(f"retire {reason}\n".encode())
+
+    audit = AuditLog(settings.audit_log, worker_id) if settings.audit_log else None
     config = WorkerConfig(
-        worker_id=new_worker_id(),
+        worker_id=worker_id,
         queues=queues,
         concurrency=concurrency,
         batch=settings.claim_batch,
         lease_seconds=settings.lease_seconds,
         claim_wait=_CLAIM_WAIT,
+        recover_interval=settings.recover_interval_seconds,
+        drain_grace=settings.drain_grace_seconds,
+        recycle_after_jobs=settings.recycle_after_jobs,
+        recycle_rss_mb=settings.recycle_rss_mb,
     )
-    worker = Worker(container.job_queue(), container.job_processor(), config)
-    uvloop.run(_serve(worker, container.job_queue()))
-    return 0
+    processor = container.job_processor(cancel_grace=settings.kill_grace_seconds)
+    worker = Worker(
+        container.job_queue(),
+        processor,
+        config,
+        audit=audit,
+        board=Board(board, threads=concurrency) if board is not None else None,
+        on_retire=retire,
+    )
+
+    async def work(stop: asyncio.Event) -> int:
+        await worker.run(stop)
+        return 0
+
+    code = uvloop.run(_until_signalled(work, container.job_queue(), on_second=worker.abort))
+    if audit is not None:
+        audit.close()
+    logging.shutdown()
+    sys.stdout.flush()
+    # A handler stuck in a thread would keep the interpreter alive at exit; its job is
+    # settled already, so end the process regardless.
+    os._exit(code)
 
 
-async def _serve(worker: Worker, queue: JobQueue) -> None:
+async def _until_signalled(
+    main: Callable[[asyncio.Event], Awaitable[int]],
+    queue: JobQueue,
+    on_second: Callable[[], Coroutine[Any, Any, None]] | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
-    aborting: list[asyncio.Task[None]] = []
+    pending: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
         nonlocal signals
         signals += 1
+        name = signal.Signals(signum).name
         if signals == 1:
             log.info(
-                "stop requested: finishing jobs in flight (signal again to abandon them)",
-                extra={"signal": signal.Signals(signum).name},
+                "stop requested: finishing jobs in flight (signal again to hand them back)",
+                extra={"signal": name},
             )
             stop.set()
-        else:
-            log.warning("second stop request: abandoning jobs in flight")
-            aborting.append(loop.create_task(worker.abort()))
+        elif on_second is not None:
+            log.warning("second stop request: handing jobs in flight back to the queue")
+            pending.append(loop.create_task(on_second()))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        await worker.run(stop)
+        code = await main(stop)
+        return code
     finally:
         await queue.close()
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

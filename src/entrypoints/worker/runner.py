@@ -1,12 +1,19 @@
-"""The worker loop: claim batches, run up to C jobs at once, keep their leases alive."""
+"""The worker loop: claim batches, run up to C jobs at once, keep their leases alive.
+
+One `Worker` runs in each worker process. It stops claiming when asked to stop, gives the
+jobs in flight a grace period, and hands whatever is still running back to the queue
+without using an attempt. It asks to be retired (replaced by a fresh process) when a job's
+handler would not stop after its timeout, or when it has run its share of jobs or memory.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import attrs
@@ -15,6 +22,8 @@ from domain.errors import QueueUnavailableError
 from domain.jobs import Lease
 from domain.ports import JobQueue
 from domain.services import JobProcessor, Outcome, ProcessResult, describe
+from entrypoints.worker.audit import AuditLog
+from entrypoints.worker.board import Board
 from entrypoints.worker.context import WorkerJobContext
 
 log = logging.getLogger("conveyor.worker")
@@ -29,23 +38,60 @@ class WorkerConfig:
     lease_seconds: float = 30.0
     # How long one claim call waits for work; also bounds how late a stop request is noticed.
     claim_wait: float = 1.0
+    recover_interval: float = 1.0
+    drain_grace: float = 30.0
+    recycle_after_jobs: int = 0  # 0: never
+    recycle_rss_mb: int = 0  # 0: never
     backoff_first: float = 0.1
     backoff_cap: float = 5.0
 
 
+class _Stop(enum.Enum):
+    """Why a job's task was cancelled; decides what happens to its job."""
+
+    LEASE_LOST = "lease_lost"  # someone else owns the job now: just stop
+    RELEASE = "released"  # the worker is stopping: hand the job back
+
+
+@attrs.define
+class _Running:
+    lease: Lease
+    task: asyncio.Task[None]
+    stop: _Stop | None = None
+    seen_stop: bool = False  # the task caught its cancellation and is acting on it
+
+
+RetireRequest = Callable[[str], None]
+
+
 class Worker:
-    def __init__(self, queue: JobQueue, processor: JobProcessor, config: WorkerConfig) -> None:
+    def __init__(
+        self,
+        queue: JobQueue,
+        processor: JobProcessor,
+        config: WorkerConfig,
+        *,
+        audit: AuditLog | None = None,
+        board: Board | None = None,
+        on_retire: RetireRequest | None = None,
+    ) -> None:
+        self._board = board
         self._queue = queue
         self._processor = processor
         self._config = config
-        self._running: dict[str, tuple[Lease, asyncio.Task[None]]] = {}
+        self._audit = audit
+        self._on_retire = on_retire
+        self._running: dict[str, _Running] = {}
         self._executor = ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix="conveyor-job"
         )
+        self._stop = asyncio.Event()
+        self._retiring: str | None = None
+        self._baseline_rss: int | None = None
         self.completed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set, then finish the jobs in flight and return."""
+        """Work until `stop` is set (or the worker retires), drain, and return."""
         cfg = self._config
         log.info(
             "worker started",
@@ -55,35 +101,46 @@ class Worker:
                 "concurrency": cfg.concurrency,
             },
         )
-        renewer = asyncio.create_task(self._renew_forever())
+        self._baseline_rss = _rss_bytes()
+        background = [
+            asyncio.create_task(self._renew_forever()),
+            asyncio.create_task(self._recover_forever()),
+            asyncio.create_task(self._relay(stop)),
+        ]
         try:
-            await self._claim_until(stop)
-            if self._running:
-                log.info("draining", extra={"in_flight": len(self._running)})
-                await asyncio.wait([task for _, task in self._running.values()])
+            await self._claim_until()
+            await self._drain()
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            await _cancel(background)
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"worker_id": cfg.worker_id, "completed": self.completed})
 
     async def abort(self) -> None:
-        """Stop every job now; their leases lapse and other workers take them over."""
-        tasks = [task for _, task in self._running.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        """Stop every job now and hand them back to the queue."""
+        self._stop.set()
+        await self._release(list(self._running.values()))
 
-    async def _claim_until(self, stop: asyncio.Event) -> None:
+    async def _relay(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._stop.set()
+
+    def _retire(self, reason: str) -> None:
+        if self._retiring is not None:
+            return
+        self._retiring = reason
+        log.warning("retiring this worker process", extra={"reason": reason})
+        if self._on_retire is not None:
+            self._on_retire(reason)
+        self._stop.set()
+
+    async def _claim_until(self) -> None:
         cfg = self._config
         backoff = cfg.backoff_first
         outage_since: float | None = None
-        while not stop.is_set():
+        while not self._stop.is_set():
             free = cfg.concurrency - len(self._running)
             if free <= 0:
-                await self._wait_for_slot(stop)
+                await self._wait_for_slot()
                 continue
             try:
                 leases = await self._queue.claim(
@@ -97,7 +154,7 @@ class Worker:
                 if outage_since is None:
                     outage_since = time.monotonic()
                     log.warning("queue unavailable, retrying", extra={"reason": exc.reason})
-                await _wait(stop, backoff)
+                await _wait(self._stop, backoff)
                 backoff = min(backoff * 2, cfg.backoff_cap)
                 continue
             if outage_since is not None:
@@ -110,43 +167,94 @@ class Worker:
             for lease in leases:
                 self._start(lease)
 
-    async def _wait_for_slot(self, stop: asyncio.Event) -> None:
-        stopper = asyncio.create_task(stop.wait())
+    async def _wait_for_slot(self) -> None:
+        stopper = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait(
-                [stopper, *(task for _, task in self._running.values())],
+                [stopper, *(r.task for r in self._running.values())],
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             stopper.cancel()
 
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        grace = self._config.drain_grace
+        log.info("draining", extra={"in_flight": len(self._running), "grace_s": grace})
+        await asyncio.wait([r.task for r in self._running.values()], timeout=grace)
+        await self._release(list(self._running.values()))
+
+    async def _release(self, running: Sequence[_Running]) -> None:
+        """Cancel these jobs' handlers and give the jobs back, their attempts not counted."""
+        for entry in running:
+            entry.stop = _Stop.RELEASE
+        # Cancel again any task that has not yet seen its cancellation (see `_cancel`), but
+        # never one already handing its job back.
+        while pending := [e for e in running if not e.task.done()]:
+            for entry in pending:
+                if not entry.seen_stop:
+                    entry.task.cancel()
+            await asyncio.wait([e.task for e in pending], timeout=0.1)
+
     def _start(self, lease: Lease) -> None:
         log.info("job claimed", extra=describe(lease.job))
+        if self._audit is not None:
+            self._audit.started(lease)
         task = asyncio.create_task(self._execute(lease))
-        self._running[lease.job_id] = (lease, task)
+        self._running[lease.job_id] = _Running(lease, task)
         task.add_done_callback(lambda _: self._running.pop(lease.job_id, None))
 
     async def _execute(self, lease: Lease) -> None:
-        context = WorkerJobContext(lease, self._queue, self._executor)
+        context = WorkerJobContext(lease, self._queue, self._executor, self._board)
         started = time.monotonic()
         try:
             result = await self._processor.process(lease, context)
         except asyncio.CancelledError:
-            log.warning("job stopped: lease lost", extra=describe(lease.job))
-            raise
+            await self._stopped(lease)
+            return
         except Exception:
             # The processor records handler failures itself; reaching here is a bug in the
             # machinery. The lease will lapse and the job runs again elsewhere.
             log.exception("job processing crashed", extra=describe(lease.job))
             return
         self.completed += 1
+        if self._audit is not None:
+            self._audit.ended(lease, str(result.outcome))
         _log_outcome(lease, result, time.monotonic() - started)
+        if result.abandoned or context.blocking_calls_running:
+            # Its handler still runs (a thread cannot be interrupted): only replacing this
+            # process stops it.
+            self._retire(f"job {lease.job_id} did not stop after its timeout")
+        elif self._config.recycle_after_jobs and self.completed >= self._config.recycle_after_jobs:
+            self._retire(f"ran {self.completed} jobs")
+
+    async def _stopped(self, lease: Lease) -> None:
+        entry = self._running.get(lease.job_id)
+        if entry is not None:
+            entry.seen_stop = True
+        reason = entry.stop if entry is not None else None
+        if reason is _Stop.RELEASE:
+            try:
+                released = await self._queue.release(lease)
+            except QueueUnavailableError:
+                released = False  # the lease will lapse and the job runs again elsewhere
+            log.info(
+                "job released" if released else "job left to its lease", extra=describe(lease.job)
+            )
+            outcome = "released" if released else "cancelled"
+        else:
+            log.warning("job stopped: lease lost", extra=describe(lease.job))
+            outcome = "lease_lost"
+        if self._audit is not None:
+            self._audit.ended(lease, outcome)
 
     async def _renew_forever(self) -> None:
         interval = self._config.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            leases = [lease for lease, _ in self._running.values()]
+            self._check_memory()
+            leases = [r.lease for r in self._running.values()]
             if not leases:
                 continue
             try:
@@ -154,13 +262,55 @@ class Worker:
             except QueueUnavailableError as exc:
                 log.warning("lease renewal failed", extra={"reason": exc.reason})
                 continue
-            self._stop_lost(leases, held)
+            for lease in leases:
+                entry = self._running.get(lease.job_id)
+                if entry is None or entry.lease is not lease:
+                    continue
+                if lease.job_id in held:
+                    if self._audit is not None:
+                        self._audit.renewed(lease)
+                elif entry.stop is None:
+                    entry.stop = _Stop.LEASE_LOST
+                    entry.task.cancel()
 
-    def _stop_lost(self, leases: Sequence[Lease], held: set[str]) -> None:
-        for lease in leases:
-            entry = self._running.get(lease.job_id)
-            if lease.job_id not in held and entry is not None and entry[0] is lease:
-                entry[1].cancel()
+    async def _recover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.recover_interval)
+            try:
+                moved = await self._queue.recover(self._config.queues)
+            except QueueUnavailableError:
+                continue  # the claim loop reports outages
+            if moved:
+                log.info("recovered jobs", extra={"moved": moved})
+
+    def _check_memory(self) -> None:
+        limit = self._config.recycle_rss_mb
+        rss = _rss_bytes()
+        if limit and rss is not None and self._baseline_rss is not None:
+            grown = (rss - self._baseline_rss) / 2**20
+            if grown > limit:
+                self._retire(f"memory grew by {grown:.0f} MiB")
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel tasks and wait until they are done.
+
+    Asks again while any still runs: on Python 3.11, `asyncio.wait_for` (which redis-py wraps
+    around every command) can swallow a cancellation that lands as its inner call finishes.
+    """
+    while pending := [task for task in tasks if not task.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

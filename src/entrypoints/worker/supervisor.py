@@ -1,0 +1,276 @@
+"""`conveyor worker`: a supervisor process and its N worker children.
+
+The supervisor runs no jobs. It starts the children, replaces one the moment it dies, and
+settles the jobs a dead child held: each attempt is recorded as `worker_lost` with the exit
+code or signal, and retried or dead-lettered by its job type's policy. So a job that kills
+its process reaches `dead` after exactly its max attempts while the other children keep
+serving. A child that asks to retire (a handler that would not stop, or recycling) gets its
+replacement at once and is killed if it has not finished within its grace period.
+
+On SIGTERM or SIGINT the supervisor asks every child to drain and waits for them; a child
+still running after its grace is killed and its jobs handed back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import attrs
+
+from domain.errors import QueueUnavailableError, UnsafeBackendError
+from domain.jobs import ErrorKind, JobError
+from domain.ports import JobQueue
+from domain.services import JobProcessor
+from entrypoints.worker.board import executing
+
+log = logging.getLogger("conveyor.supervisor")
+
+EXIT_CONFIG = 2  # a child that exits with this cannot work with this configuration
+_RESTART_WINDOW = 10.0
+_RESTARTS_BEFORE_BACKOFF = 20
+
+
+@attrs.frozen(kw_only=True)
+class PoolConfig:
+    processes: int
+    concurrency: int
+    queues: tuple[str, ...]
+    drain_grace: float
+    kill_grace: float
+
+
+@attrs.define
+class _Child:
+    slot: int
+    worker_id: str
+    proc: asyncio.subprocess.Process
+    started: float
+    retiring: bool = False
+    stopping: bool = False
+
+
+def describe_exit(code: int) -> tuple[str, int | None, str | None]:
+    """A readable cause, the exit code and the signal name of a process's end."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return f"killed by {name}", None, name
+    return f"exited with code {code}", code, None
+
+
+class Supervisor:
+    def __init__(self, queue: JobQueue, processor: JobProcessor, config: PoolConfig) -> None:
+        self._queue = queue
+        self._processor = processor
+        self._config = config
+        self._id = f"{socket.gethostname()}:{os.getpid()}"
+        self._generation = 0
+        self._children: dict[int, _Child] = {}  # by pid
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._exit_code = 0
+        self._deaths: list[float] = []
+        self._done = asyncio.Event()
+        self._boards = Path(tempfile.mkdtemp(prefix="conveyor-boards-"))
+
+    def _board_path(self, worker_id: str) -> Path:
+        return self._boards / (worker_id.rsplit("/", 1)[-1] + ".board")
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self._children.values()]
+
+    async def run(self, stop: asyncio.Event) -> int:
+        cfg = self._config
+        log.info(
+            "supervisor started",
+            extra={
+                "processes": cfg.processes,
+                "concurrency": cfg.concurrency,
+                "queues": ",".join(cfg.queues),
+            },
+        )
+        try:
+            for warning in await self._queue.verify():
+                log.warning(warning)
+        except UnsafeBackendError as exc:
+            log.error("refusing to start: %s", exc)
+            return EXIT_CONFIG
+        except QueueUnavailableError as exc:
+            log.warning(
+                "could not check the backend's configuration yet", extra={"reason": exc.reason}
+            )
+        for slot in range(cfg.processes):
+            await self._spawn(slot)
+        stopper = asyncio.create_task(stop.wait())
+        done = asyncio.create_task(self._done.wait())
+        await asyncio.wait([stopper, done], return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        done.cancel()
+        await self._stop_all()
+        log.info("supervisor stopped", extra={"exit_code": self._exit_code})
+        return self._exit_code
+
+    async def _spawn(self, slot: int) -> None:
+        self._generation += 1
+        worker_id = f"{self._id}/{slot}.{self._generation}"
+        read_fd, write_fd = os.pipe()
+        cfg = self._config
+        command = [
+            *(sys.executable, "-m", "entrypoints", "worker-child"),
+            *("--worker-id", worker_id),
+            *("--control-fd", str(write_fd)),
+            *("--concurrency", str(cfg.concurrency)),
+            *("--queues", ",".join(cfg.queues)),
+            *("--board", str(self._board_path(worker_id))),
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            pass_fds=(write_fd,),
+            # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
+            # then asks each child once. Children die with the supervisor (they set
+            # PR_SET_PDEATHSIG themselves).
+            start_new_session=True,
+        )
+        os.close(write_fd)
+        child = _Child(slot, worker_id, proc, time.monotonic())
+        self._children[proc.pid] = child
+        log.info("child started", extra={"pid": proc.pid, "worker_id": worker_id, "slot": slot})
+        watcher = asyncio.create_task(self._watch(child, read_fd))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, child: _Child, read_fd: int) -> None:
+        listener = asyncio.create_task(self._listen(child, read_fd))
+        code = await child.proc.wait()
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        self._children.pop(child.proc.pid, None)
+        cause, exit_code, signal_name = describe_exit(code)
+        expected = child.stopping or (child.retiring and code == 0)
+        if expected:
+            log.info("child exited", extra={"pid": child.proc.pid, "cause": cause})
+        else:
+            log.error(
+                "child died",
+                extra={"pid": child.proc.pid, "cause": cause, "worker_id": child.worker_id},
+            )
+        if code == EXIT_CONFIG and not child.stopping:
+            log.error("a worker cannot start with this configuration; stopping")
+            self._exit_code = EXIT_CONFIG
+            self._done.set()
+            return
+        if not expected and not child.retiring and not self._stopping:
+            await self._respawn(child.slot)
+        await self._settle(
+            child,
+            expected=expected,
+            error=JobError(
+                message=f"worker process {child.proc.pid} {cause}",
+                type="WorkerLost",
+                kind=ErrorKind.WORKER_LOST,
+                exit_code=exit_code,
+                signal=signal_name,
+            ),
+        )
+
+    async def _respawn(self, slot: int) -> None:
+        now = time.monotonic()
+        self._deaths = [t for t in self._deaths if now - t < _RESTART_WINDOW] + [now]
+        if len(self._deaths) > _RESTARTS_BEFORE_BACKOFF:
+            # Children dying faster than jobs could explain (a broken deployment): slow down
+            # instead of spinning.
+            await asyncio.sleep(1.0)
+        await self._spawn(slot)
+
+    async def _listen(self, child: _Child, read_fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+        )
+        try:
+            while line := await reader.readline():
+                if line.startswith(b"retire") and not child.retiring and not self._stopping:
+                    await self._retire(
+                        child, line[len(b"retire") :].strip().decode(errors="replace")
+                    )
+        finally:
+            transport.close()
+
+    async def _retire(self, child: _Child, reason: str) -> None:
+        child.retiring = True
+        log.warning("replacing a retiring child", extra={"pid": child.proc.pid, "reason": reason})
+        await self._spawn(child.slot)
+        deadline = self._config.drain_grace + self._config.kill_grace
+        task = asyncio.create_task(self._kill_after(child, deadline))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+
+    async def _kill_after(self, child: _Child, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(child.proc.wait(), timeout=seconds)
+        except TimeoutError:
+            log.warning("child did not exit in time; killing it", extra={"pid": child.proc.pid})
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+
+    async def _settle(self, child: _Child, *, expected: bool, error: JobError) -> None:
+        """Record what became of the jobs a child held when it ended.
+
+        After a crash, the jobs whose code was executing at that moment (the board says
+        which) are charged an attempt; the others were only waiting and go back to the
+        queue uncharged. When the board names none of them (the process was killed from
+        outside), every job it held is charged.
+        """
+        board = self._board_path(child.worker_id)
+        culprits = set() if expected else executing(board)
+        while True:
+            try:
+                leases = await self._queue.held_by(child.worker_id, self._config.queues)
+                held = {lease.job_id for lease in leases}
+                charged = (held & culprits) or held
+                for lease in leases:
+                    if expected or lease.job_id not in charged:
+                        await self._queue.release(lease)
+                        continue
+                    result = await self._processor.record_lost(lease, error)
+                    log.warning(
+                        "job lost with its worker",
+                        extra={
+                            "job_id": lease.job_id,
+                            "attempt": lease.attempt,
+                            "outcome": str(result.outcome),
+                        },
+                    )
+                break
+            except QueueUnavailableError:
+                if self._stopping:
+                    break  # their leases lapse; another worker reclaims them
+                await asyncio.sleep(1.0)
+        board.unlink(missing_ok=True)
+
+    async def _stop_all(self) -> None:
+        self._stopping = True
+        children = list(self._children.values())
+        for child in children:
+            child.stopping = True
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = self._config.drain_grace + 2.0
+        waits = [asyncio.create_task(self._kill_after(c, deadline)) for c in children]
+        if waits:
+            await asyncio.wait(waits)
+        if self._watchers:
+            await asyncio.wait(list(self._watchers), timeout=5.0)
+        shutil.rmtree(self._boards, ignore_errors=True)
