@@ -10,6 +10,7 @@ from adapters.console_email import ConsoleEmailSender
 from adapters.memory_queue import InMemoryJobQueue
 from adapters.redis_client import create_redis
 from adapters.redis_queue import RedisJobQueue
+from adapters.rq_queue import RqJobQueue, create_rq_redis
 from adapters.system_clock import SystemClock
 from domain.job_types.registry import default_registry
 from domain.services import JobProcessor, JobService
@@ -37,6 +38,13 @@ class Container(containers.DeclarativeContainer):
         connect_timeout=config.redis_timeout,
         socket_timeout=redis_socket_timeout,
     )
+    # rq cannot use redis.asyncio (nor decoded responses): its own synchronous, bytes-mode client.
+    rq_redis_client = providers.Singleton(
+        create_rq_redis,
+        url=providers.Callable(_redis_url, settings),
+        connect_timeout=config.redis_timeout,
+        socket_timeout=redis_socket_timeout,
+    )
     job_queue = providers.Selector(
         config.queue_backend,
         redis=providers.Singleton(
@@ -46,6 +54,13 @@ class Container(containers.DeclarativeContainer):
             result_ttl=config.result_ttl_seconds,
         ),
         memory=providers.Singleton(InMemoryJobQueue, clock=clock),
+        rq=providers.Singleton(
+            RqJobQueue,
+            client=rq_redis_client,
+            registry=registry,
+            prefix=config.key_prefix,
+            result_ttl=config.result_ttl_seconds,
+        ),
     )
     job_service = providers.Factory(JobService, queue=job_queue, registry=registry, clock=clock)
     job_processor = providers.Factory(

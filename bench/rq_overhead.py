@@ -1,0 +1,244 @@
+"""What Conveyor's RQ backend costs over raw RQ, on the same Redis, in the same run.
+
+    .venv/bin/python bench/rq_overhead.py [--jobs 20000] [--worker fork|simple|both]
+
+Uses REDIS_URL if set (loopback hosts only), else starts a throwaway local server. Every RQ
+key of the run lives under its own RQ_KEY_PREFIX (``rqbench-<uuid>``), and Conveyor's under
+its own prefix; all of them are deleted at the end.
+
+For each worker kind, `--jobs` no-op jobs go through each path, in `--rounds` alternating
+rounds (ABBA order, so drift and other load on the machine hit both paths alike); in each
+round one worker per path, in burst mode, drains what was just enqueued:
+- raw RQ: `Queue(serializer=JSONSerializer).enqueue_call("os.getpid")`, a stock `rq.Worker`
+  (or `rq.SimpleWorker`);
+- Conveyor: `RqJobQueue.enqueue` of `dummy` jobs (`{"mode": "succeed"}`), Conveyor's RQ
+  worker class: the dispatcher, registry lookup, payload validation, `JobProcessor`, the
+  attempt counted in the job's meta.
+Enqueueing is timed too (one at a time, like an API handling one request), but the target
+is the worker's throughput: Conveyor within 15 % of raw RQ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+# RQ reads its key prefix once, at import: set it before anything imports rq.
+RQ_PREFIX = f"rqbench-{uuid.uuid4().hex[:8]}"
+os.environ["RQ_KEY_PREFIX"] = RQ_PREFIX
+
+import redis  # noqa: E402
+import rq  # noqa: E402
+from rq.serializers import JSONSerializer  # noqa: E402
+
+from adapters.rq_queue import RqJobQueue, create_rq_redis  # noqa: E402
+from domain.job_types import JobTypeRegistry  # noqa: E402
+from domain.job_types.dummy import dummy_job_type  # noqa: E402
+from domain.jobs import Job  # noqa: E402
+from entrypoints.local_redis import LocalRedis  # noqa: E402
+from entrypoints.worker import rq_tasks  # noqa: E402
+from entrypoints.worker.rq_worker import (  # noqa: E402
+    ConveyorSimpleWorker,
+    ConveyorWorker,
+    RqWorkerConfig,
+    build_worker,
+)
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+_MAX_JOBS = 200_000
+TYPES = JobTypeRegistry([dummy_job_type()])
+
+
+@contextlib.contextmanager
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        if urlsplit(url).hostname not in _LOOPBACK:
+            sys.exit(f"refusing a non-loopback REDIS_URL: {url}")
+        yield url
+        return
+    with tempfile.TemporaryDirectory() as data, LocalRedis(data_dir=Path(data)) as server:
+        yield server.url
+
+
+def drain(worker: rq.worker.BaseWorker) -> float:
+    started = time.perf_counter()
+    worker.work(burst=True, logging_level="WARNING")
+    return time.perf_counter() - started
+
+
+class Side:
+    """One way of running jobs: it enqueues a chunk, then its one worker drains it."""
+
+    label = ""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.enqueue_seconds = 0.0
+        self.worker_seconds = 0.0
+        self.round_rates: list[float] = []
+
+    def enqueue(self, n: int) -> None:
+        raise NotImplementedError
+
+    def worker(self) -> rq.worker.BaseWorker:
+        raise NotImplementedError
+
+    def finished(self) -> int:
+        raise NotImplementedError
+
+    def round(self, n: int) -> None:
+        started = time.perf_counter()
+        self.enqueue(n)
+        self.enqueue_seconds += time.perf_counter() - started
+        took = drain(self.worker())
+        self.worker_seconds += took
+        self.jobs += n
+        self.round_rates.append(n / took)
+        assert self.finished() == self.jobs, (self.finished(), self.jobs)
+
+
+class RawRq(Side):
+    label = "raw RQ"
+
+    def __init__(self, client: redis.Redis, kind: str) -> None:
+        super().__init__()
+        self.queue = rq.Queue(f"raw-{kind}", connection=client, serializer=JSONSerializer)
+        worker_class = rq.Worker if kind == "fork" else rq.SimpleWorker
+        self._worker = worker_class([self.queue], connection=client, serializer=JSONSerializer)
+        self._worker.log_result_lifespan = False
+
+    def enqueue(self, n: int) -> None:
+        for _ in range(n):
+            self.queue.enqueue_call("os.getpid", result_ttl=3600)
+
+    def worker(self) -> rq.worker.BaseWorker:
+        return self._worker
+
+    def finished(self) -> int:
+        count: int = self.queue.finished_job_registry.count
+        return count
+
+
+class Conveyor(Side):
+    label = "Conveyor on RQ"
+
+    def __init__(self, client: redis.Redis, kind: str, prefix: str) -> None:
+        super().__init__()
+        self.name = f"conveyor-{kind}"
+        self.queue = RqJobQueue(client, TYPES, prefix=prefix, result_ttl=3600)
+        rq_tasks.configure(TYPES)
+        self._worker = build_worker(
+            client,
+            (self.name,),
+            prefix=prefix,
+            config=RqWorkerConfig(),
+            result_ttl=3600,
+            worker_class=ConveyorWorker if kind == "fork" else ConveyorSimpleWorker,
+        )
+        self._worker.log_result_lifespan = False
+        self._finished = rq.Queue(f"{prefix}:{self.name}", connection=client).finished_job_registry
+
+    def enqueue(self, n: int) -> None:
+        now = datetime.now(UTC)
+        jobs = [
+            Job.submitted(
+                id=uuid.uuid4().hex,
+                type="dummy",
+                payload={"mode": "succeed"},
+                queue=self.name,
+                max_attempts=3,
+                timeout=30.0,
+                now=now,
+            )
+            for _ in range(n)
+        ]
+
+        async def enqueue_all() -> None:
+            for job in jobs:  # one at a time, like an API handling one request
+                await self.queue.enqueue(job)
+
+        asyncio.run(enqueue_all())
+
+    def worker(self) -> rq.worker.BaseWorker:
+        return self._worker
+
+    def finished(self) -> int:
+        count: int = self._finished.count
+        return count
+
+
+def delete_keys(client: redis.Redis, patterns: list[str]) -> int:
+    deleted = 0
+    for pattern in patterns:
+        batch = []
+        for key in client.scan_iter(match=pattern, count=5000):
+            batch.append(key)
+            if len(batch) == 5000:
+                deleted += client.unlink(*batch)
+                batch.clear()
+        if batch:
+            deleted += client.unlink(*batch)
+    return deleted
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000, help="no-op jobs per path")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds per path")
+    parser.add_argument("--worker", choices=("fork", "simple", "both"), default="both")
+    args = parser.parse_args()
+    n = max(1, min(args.jobs, _MAX_JOBS))
+    rounds = max(1, min(args.rounds, n))
+    kinds = ["fork", "simple"] if args.worker == "both" else [args.worker]
+    logging.basicConfig(level=logging.WARNING)
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    results: list[tuple[str, Side, Side]] = []
+    with redis_url() as url:
+        client = create_rq_redis(url, connect_timeout=2.0, socket_timeout=30.0)
+        try:
+            client.ping()
+            for kind in kinds:
+                raw, ours = RawRq(client, kind), Conveyor(client, kind, prefix)
+                for r in range(rounds):
+                    chunk = n // rounds + (1 if r < n % rounds else 0)
+                    # ABBA: neither path always runs first while the machine warms or drifts.
+                    for side in (raw, ours) if r % 2 == 0 else (ours, raw):
+                        side.round(chunk)
+                results.append((kind, raw, ours))
+        finally:
+            delete_keys(client, [f"{RQ_PREFIX}:*", f"*{prefix}*"])
+            client.close()
+
+    print(
+        f"\n{n:,} no-op jobs per path, one worker, {rounds} alternating rounds, "
+        f"rq {rq.VERSION}, Python {sys.version.split()[0]}"
+    )
+    header = (
+        f"{'worker':<7} {'path':<15} {'enqueue/s':>10} {'worker jobs/s':>14} {'median round':>13}"
+    )
+    print(header + f" {'vs raw':>7}")
+    for kind, raw, ours in results:
+        for side in (raw, ours):
+            rate = side.jobs / side.worker_seconds
+            ratio = rate / (raw.jobs / raw.worker_seconds)
+            print(
+                f"{kind:<7} {side.label:<15} {side.jobs / side.enqueue_seconds:>10,.0f} "
+                f"{rate:>14,.0f} {statistics.median(side.round_rates):>13,.0f} {ratio:>7.0%}"
+            )
+
+
+if __name__ == "__main__":
+    main()

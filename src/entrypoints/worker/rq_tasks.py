@@ -1,0 +1,314 @@
+"""The one function RQ runs for Conveyor: `execute(type, payload, envelope)`.
+
+The adapter enqueues every job as a call of this function, by its dotted name, with plain-JSON
+arguments. It looks the type up in the registry (nothing named by data is ever imported), and
+runs one attempt through the domain's `JobProcessor`, as the native worker does: payload
+validation, the type's timeout (cancel, then a grace), non-retryable errors, results that
+cannot be stored. The attempt's outcome goes back to RQ the way RQ expects it: a return value
+on success; an exception otherwise, after the job's `retries_left` is zeroed when another
+attempt cannot help, so RQ dead-letters it instead of retrying. Progress goes to the job's
+meta as the handler reports it.
+
+It runs inside RQ's work-horse, a synchronous process, so it drives the attempt on an event loop
+of its own (one per process and thread, kept between attempts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, TypeVar
+
+import attrs
+from redis.exceptions import RedisError
+from rq import get_current_job
+
+from adapters.rq_codec import (
+    ATTEMPT,
+    PROGRESS,
+    ConveyorRqJob,
+    UndecodableJobError,
+    job_from_args,
+    note_failure,
+)
+from domain.errors import UnstorableResultError, UnsupportedOperationError
+from domain.job_types import JobContext, JobTypeRegistry
+from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONValue, Lease
+from domain.ports import Capabilities, JobPage, JobQuery, JobQueue
+from domain.services import JobProcessor, Outcome, ProcessResult
+
+T = TypeVar("T")
+log = logging.getLogger("conveyor.worker.rq")
+
+_RANDOM: Final = 0.0  # the retry delays were fixed at enqueue (RQ's Retry intervals)
+
+
+@attrs.frozen
+class Runtime:
+    registry: JobTypeRegistry
+    cancel_grace: float = 2.0
+
+
+_runtime: Runtime | None = None
+
+
+def configure(registry: JobTypeRegistry, *, cancel_grace: float = 2.0) -> None:
+    """Set what `execute` runs with; the RQ worker calls it once, before it forks work-horses."""
+    global _runtime
+    _runtime = Runtime(registry, cancel_grace)
+
+
+def _current_runtime() -> Runtime:
+    if _runtime is None:
+        # A horse of a worker that did not configure us (should not happen): build the same
+        # registry the container would.
+        from entrypoints.container import build_container
+        from entrypoints.settings import Settings
+
+        configure(build_container(Settings.from_env()).registry())
+    assert _runtime is not None
+    return _runtime
+
+
+class AttemptFailedError(Exception):
+    """What RQ sees when an attempt failed; the job's meta holds the real error."""
+
+    def __init__(self, error: JobError) -> None:
+        super().__init__(f"{error.type}: {error.message}")
+        self.error = error
+
+
+def execute(type_name: object, payload: object, envelope: object) -> JSONValue:
+    """Run one attempt of a Conveyor job inside RQ; answers its result or raises."""
+    rq_job = get_current_job()
+    if not isinstance(rq_job, ConveyorRqJob):
+        raise RuntimeError("execute() runs only inside Conveyor's RQ worker")
+    meta = rq_job.conveyor_meta()
+    attempt = meta.get(ATTEMPT)
+    attempts = attempt if isinstance(attempt, int) and attempt > 0 else 1
+    try:
+        job = job_from_args(
+            rq_job.id, [type_name, payload, envelope], status=JobStatus.ACTIVE, attempts=attempts
+        )
+    except UndecodableJobError as exc:
+        _give_up(rq_job)
+        error = JobError(
+            f"stored job cannot be decoded: {exc}", "UndecodableJob", ErrorKind.INVALID
+        )
+        _record_error(rq_job, error)
+        raise AttemptFailedError(error) from None
+    runtime = _current_runtime()
+    attempt_record = RqAttempt(rq_job)
+    processor = JobProcessor(
+        attempt_record, runtime.registry, lambda: _RANDOM, cancel_grace=runtime.cancel_grace
+    )
+    result = _run(_process(processor, Lease(job, rq_job.id), attempt_record))
+    if result.outcome is Outcome.SUCCEEDED:
+        return attempt_record.result
+    error = result.error or JobError("the attempt failed", "AttemptFailed")
+    if result.outcome is not Outcome.RETRYING:
+        _give_up(rq_job)
+    _record_error(rq_job, error)
+    raise AttemptFailedError(error)
+
+
+# One event loop per process and thread, kept between attempts: a forked work-horse makes its
+# own (it runs one attempt), a simple worker reuses its loop instead of building one per job.
+_loops: dict[tuple[int, int], asyncio.AbstractEventLoop] = {}
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    key = (os.getpid(), threading.get_ident())
+    loop = _loops.get(key)
+    if loop is None or loop.is_closed():
+        loop = _loops[key] = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        # Like asyncio.run: nothing of this attempt may run on into the next one.
+        leftover = asyncio.all_tasks(loop)
+        for task in leftover:
+            task.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+
+
+async def _process(processor: JobProcessor, lease: Lease, attempt: RqAttempt) -> ProcessResult:
+    context = RqJobContext(lease, attempt)
+    try:
+        return await processor.process(lease, context)
+    finally:
+        context.close()
+
+
+def _give_up(rq_job: ConveyorRqJob) -> None:
+    # Read by RQ's failure handling in this same process, right after we raise.
+    rq_job.retries_left = 0
+
+
+def _record_error(rq_job: ConveyorRqJob, error: JobError) -> None:
+    rq_job.meta = note_failure(rq_job, error)
+    try:
+        rq_job.save_meta()  # type: ignore[no-untyped-call]
+    except RedisError as exc:
+        log.warning("could not record the error of job %s: %s", rq_job.id, exc)
+
+
+class RqAttempt(JobQueue):
+    """One attempt, seen by `JobProcessor` as the queue it reports to.
+
+    Only the calls about this attempt work: progress (to the job's meta), complete and fail
+    (kept here, for `execute` to hand to RQ). The job's own id serves as its lease token:
+    RQ has no fencing.
+    """
+
+    capabilities = Capabilities(
+        leases=False,
+        shared_across_processes=False,
+        blocking_claim=False,
+        worker_claims=True,
+        batch_claims=False,
+        priorities=False,
+    )
+
+    def __init__(self, rq_job: ConveyorRqJob) -> None:
+        self._rq_job = rq_job
+        self.result: JSONValue = None
+        self.error: JobError | None = None
+
+    async def set_progress(self, lease: Lease, progress: int) -> bool:
+        meta = self._rq_job.conveyor_meta()
+        meta[PROGRESS] = max(0, min(100, int(progress)))
+        self._rq_job.meta = meta
+        try:
+            # On the loop, not in a thread: one short HSET, and no two writers of the meta.
+            self._rq_job.save_meta()  # type: ignore[no-untyped-call]
+        except RedisError as exc:
+            log.warning("progress of job %s not recorded: %s", lease.job_id, exc)
+        return True
+
+    async def complete(self, lease: Lease, result: JSONValue) -> bool:
+        try:
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise UnstorableResultError(str(exc)) from None
+        self.result = result
+        return True
+
+    async def fail(self, lease: Lease, error: JobError, retry_in: float | None) -> bool:
+        self.error = error
+        return True
+
+    async def enqueue(self, job: Job) -> None:
+        raise _outside("enqueue")
+
+    async def get(self, job_id: str) -> Job | None:
+        raise _outside("get")
+
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        raise _outside("list_jobs")
+
+    async def claim(
+        self,
+        queues: Sequence[str],
+        *,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        wait_seconds: float,
+    ) -> Sequence[Lease]:
+        raise _outside("claim")
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
+        raise _outside("renew")
+
+    async def release(self, lease: Lease) -> bool:
+        raise _outside("release")
+
+    async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
+        raise _outside("held_by")
+
+    async def recover(self, queues: Sequence[str]) -> int:
+        raise _outside("recover")
+
+    async def requeue(self, job_id: str) -> Job:
+        raise _outside("requeue")
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+def _outside(operation: str) -> UnsupportedOperationError:
+    return UnsupportedOperationError(operation, "worker_claims", "not part of one RQ attempt")
+
+
+class RqJobContext(JobContext):
+    """The context a handler sees inside RQ's work-horse."""
+
+    def __init__(self, lease: Lease, attempt: RqAttempt) -> None:
+        self._lease = lease
+        self._attempt = attempt
+        self._loop = asyncio.get_running_loop()
+        self._writes: set[asyncio.Task[bool]] = set()
+        self._pending: int | None = None
+        # Its own threads (made on first use), never joined: a handler stuck in one must not
+        # keep the attempt from ending (the horse exits with os._exit; RQ's death penalty is
+        # the backstop).
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self._lease.job_id
+
+    @property
+    def attempt(self) -> int:
+        return self._lease.attempt
+
+    def report_progress(self, percent: int) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._write(percent)
+        else:  # from a handler's blocking function, in a thread
+            self._loop.call_soon_threadsafe(self._write, percent)
+
+    def _write(self, percent: int) -> None:
+        # One write in flight; the latest value wins.
+        if self._writes:
+            self._pending = percent
+            return
+        task = self._loop.create_task(self._attempt.set_progress(self._lease, percent))
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[bool]) -> None:
+        self._writes.discard(task)
+        if self._pending is not None:
+            percent, self._pending = self._pending, None
+            self._write(percent)
+
+    async def settle(self) -> None:
+        while self._writes:
+            await asyncio.wait(set(self._writes))
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rq-blocking")
+        return await self._loop.run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,447 @@
+"""`conveyor worker` with QUEUE_BACKEND=rq: RQ's own worker, made safe and prompt.
+
+What it adds to a stock `rq worker -S json --with-scheduler`:
+
+- It runs only Conveyor's dispatcher. A job in Redis that names any other function, carries a
+  pickle (or anything but JSON), names callbacks, or is otherwise not one of ours is refused
+  before anything in it is resolved, and dead-lettered (RQ's failed registry) without a retry.
+  The serializer only ever JSON-decodes.
+- Abandoned jobs are found in seconds, not RQ's ten-odd minutes: an execution's heartbeat entry
+  lives `heartbeat + grace` seconds (RQ: up to 90), the registries are swept every
+  `maintenance` seconds (RQ: 600), an idle worker wakes every `idle_wait` seconds to do it, and
+  a busy one does it between heartbeats. A job whose worker and work-horse were SIGKILLed is
+  retried (or dead-lettered, if out of attempts) by any live worker of its queue within
+  `abandoned_bound` seconds of the kill (20 s by default), then runs after its retry backoff.
+- A killed work-horse (OOM killer, SIGKILL, segfault) is seen at once by its parent: the job
+  gets our WORKER_LOST error and is retried or dead-lettered; never left `started`.
+- The work-horse and the scheduler process die with the worker (Linux: PR_SET_PDEATHSIG), so a
+  SIGKILLed worker leaves no orphan running its job or holding the scheduler lock.
+
+The forking `Worker` is the default (each job in its own process); `CONVEYOR_RQ_WORKER_CLASS=
+simple` runs jobs in the worker process instead (no fork; a crash takes the worker with it, and
+a job is only known abandoned once its timeout has passed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import enum
+import gc
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+import redis
+import rq
+from redis.exceptions import RedisError
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.job import Job as RqJob
+from rq.queue import Queue
+from rq.scheduler import RQScheduler
+from rq.timeouts import JobTimeoutException
+from rq.version import VERSION as RQ_VERSION
+from rq.worker import WorkerStatus
+from rq.worker.base import BaseWorker
+
+from adapters.rq_codec import (
+    ATTEMPT,
+    DISPATCHER,
+    PID,
+    PROGRESS,
+    SERIALIZER,
+    ConveyorRqJob,
+    ForeignJobError,
+    note_failure,
+    rq_queue_name,
+    worker_lost,
+)
+from adapters.rq_queue import (
+    HARD_TIMEOUT_GRACE,
+    RqJobQueue,
+    create_rq_redis,
+    record_abandoned,
+)
+from domain.errors import QueueUnavailableError, UnsafeBackendError
+from domain.jobs import ErrorKind, JobError
+from entrypoints.container import build_container
+from entrypoints.logs import redact_url
+from entrypoints.settings import Settings, SettingsError
+from entrypoints.worker import rq_tasks
+from entrypoints.worker.rq_tasks import execute
+
+log = logging.getLogger("conveyor.worker.rq")
+
+if f"{execute.__module__}.{execute.__qualname__}" != DISPATCHER:  # pragma: no cover
+    raise ImportError(f"the dispatcher moved: update DISPATCHER ({DISPATCHER})")
+
+EXIT_CONFIG: Final = 2
+_PR_SET_PDEATHSIG: Final = 1
+_MAINTENANCE_LOCK_SECONDS: Final = 60  # RQ's is 899: a worker killed mid-sweep blocks sweeps
+
+
+class WorkerKind(enum.StrEnum):
+    FORK = "fork"
+    SIMPLE = "simple"
+
+
+@attrs.frozen(kw_only=True)
+class RqWorkerConfig:
+    """Timings of the RQ worker; each from an environment variable (seconds, whole numbers)."""
+
+    kind: WorkerKind = WorkerKind.FORK  # CONVEYOR_RQ_WORKER_CLASS=fork|simple
+    # How often a busy worker refreshes its job's heartbeat (RQ's job_monitoring_interval).
+    heartbeat: int = 5  # CONVEYOR_RQ_HEARTBEAT_SECONDS
+    # How long a heartbeat outlives the next one being due (RQ: 60).
+    grace: int = 5  # CONVEYOR_RQ_HEARTBEAT_GRACE_SECONDS
+    # How often the registries are swept for abandoned jobs (RQ: 600).
+    maintenance: int = 5  # CONVEYOR_RQ_MAINTENANCE_SECONDS
+    # How long an idle worker blocks waiting for a job before it looks around again.
+    idle_wait: int = 5  # CONVEYOR_RQ_IDLE_WAIT_SECONDS
+
+    @property
+    def worker_ttl(self) -> int:
+        return self.idle_wait + 15  # RQ blocks for worker_ttl - 15 seconds
+
+    @property
+    def abandoned_bound(self) -> int:
+        """Seconds from a SIGKILL of a forking worker (and its work-horse) until a live worker
+        of the queue has retried or dead-lettered the job: its heartbeat entry expires within
+        `heartbeat + grace`, and a sweep follows within `maintenance + max(idle_wait,
+        heartbeat)`."""
+        return self.heartbeat + self.grace + self.maintenance + max(self.idle_wait, self.heartbeat)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RqWorkerConfig:
+        env = os.environ if environ is None else environ
+
+        def seconds(name: str, default: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            if not raw.isdigit() or int(raw) < 1:
+                raise SettingsError(f"{name}={raw!r} is not valid: must be a whole number >= 1")
+            return int(raw)
+
+        raw_kind = env.get("CONVEYOR_RQ_WORKER_CLASS", "").strip() or WorkerKind.FORK.value
+        try:
+            kind = WorkerKind(raw_kind)
+        except ValueError:
+            raise SettingsError(
+                f"CONVEYOR_RQ_WORKER_CLASS={raw_kind!r} is not valid: must be fork or simple"
+            ) from None
+        return cls(
+            kind=kind,
+            heartbeat=seconds("CONVEYOR_RQ_HEARTBEAT_SECONDS", 5),
+            grace=seconds("CONVEYOR_RQ_HEARTBEAT_GRACE_SECONDS", 5),
+            maintenance=seconds("CONVEYOR_RQ_MAINTENANCE_SECONDS", 5),
+            idle_wait=seconds("CONVEYOR_RQ_IDLE_WAIT_SECONDS", 5),
+        )
+
+
+class DispatchJob(ConveyorRqJob):
+    """A job as the worker sees it: it resolves to `execute` and nothing else."""
+
+    @property
+    def func(self) -> Any:
+        reason = self.refusal()
+        if reason is not None:
+            raise ForeignJobError(f"refused to run job {self.id}: {reason}")
+        return execute
+
+    @property
+    def should_retry(self) -> bool:
+        return self.refusal() is None and bool(super().should_retry)
+
+    def prepare_for_execution(self, worker_name: str, pipeline: Any) -> None:
+        """RQ marks the job started; in the same round trip, our meta starts the attempt."""
+        super().prepare_for_execution(worker_name, pipeline)
+        meta = self.conveyor_meta()
+        previous = meta.get(ATTEMPT)
+        meta[ATTEMPT] = (previous if isinstance(previous, int) and previous > 0 else 0) + 1
+        meta.pop(PROGRESS, None)
+        meta[PID] = os.getpid()
+        self.meta = meta
+        pipeline.hset(self.key, "meta", self._serialize_meta())
+
+
+class ConveyorRqQueue(Queue):
+    def acquire_maintenance_lock(self) -> bool:
+        return bool(
+            self.connection.set(
+                self.registry_cleaning_key, 1, nx=True, ex=_MAINTENANCE_LOCK_SECONDS
+            )
+        )
+
+
+class _ParentBoundScheduler(RQScheduler):
+    """RQ's scheduler process, ended (releasing its locks) when its worker dies."""
+
+    def work(self) -> None:
+        _die_with_parent(signal.SIGTERM)
+        super().work()  # type: ignore[no-untyped-call]
+
+
+class _ConveyorWorkerBase(BaseWorker):
+    config: RqWorkerConfig = RqWorkerConfig()
+    stop_asked = False  # SIGTERM/SIGINT arrived (RQ's own flag misses a stop while idle)
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        self.stop_asked = True
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    def execute_job(self, job: RqJob, queue: Queue) -> None:
+        reason = job.refusal() if isinstance(job, ConveyorRqJob) else "not a Conveyor job class"
+        if reason is None:
+            super().execute_job(job, queue)
+            return
+        # Dead-lettered here, in the worker: nothing of the job is resolved, no horse forked.
+        log.warning("refusing job %s and dead-lettering it: %s", job.id, reason)
+        execution = self.prepare_execution(job)
+        if len(self.queues) == 1:  # RQ dequeued it through its intermediate list
+            self.connection.lrem(queue.intermediate_queue_key, 1, job.id)
+        self.handle_job_failure(
+            job,
+            queue,
+            exc_string=f"ForeignJobError: refused to run: {reason}",
+            execution=execution,
+        )
+        self.set_state(WorkerStatus.IDLE)
+
+    def handle_work_horse_killed(self, job: RqJob, retpid: Any, ret_val: Any, rusage: Any) -> None:
+        code = ret_val if isinstance(ret_val, int) else None
+        signal_name: str | None = None
+        exit_code: int | None = None
+        if code is not None and os.WIFSIGNALED(code):
+            with contextlib.suppress(ValueError):
+                signal_name = signal.Signals(os.WTERMSIG(code)).name
+        elif code is not None and os.WIFEXITED(code):
+            exit_code = os.WEXITSTATUS(code)
+        error = worker_lost(
+            f"the work-horse running this attempt died ({signal_name or f'exit {exit_code}'})",
+            exit_code=exit_code,
+            signal=signal_name,
+        )
+        job.worker_name = job.worker_name or self.name  # the horse set it in its own copy
+        _record(job, error)
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        # RQ's own, with a scheduler process that ends when this worker dies.
+        self.scheduler = _ParentBoundScheduler(
+            self.queues,
+            connection=self.connection,
+            logging_level=logging_level if logging_level is not None else self.log.level,
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,
+        )
+        self.scheduler.acquire_locks()  # type: ignore[no-untyped-call]
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()  # type: ignore[no-untyped-call]
+                finally:
+                    self.scheduler.release_locks()  # type: ignore[no-untyped-call]
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()  # type: ignore[no-untyped-call]
+
+
+class ConveyorWorker(_ConveyorWorkerBase, rq.Worker):
+    """The forking worker: each attempt runs in a work-horse process of its own."""
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        _ready_to_fork()
+        return bool(super().work(*args, **kwargs))
+
+    def get_heartbeat_ttl(self, job: RqJob, working_time: float = 0.0) -> int:
+        return self.config.heartbeat + self.config.grace
+
+    def maintain_heartbeats(self, job: RqJob, execution: Any) -> None:
+        super().maintain_heartbeats(job, execution)
+        # A busy worker sweeps too, so one long job cannot delay finding abandoned ones.
+        if self.should_run_maintenance_tasks:
+            try:
+                self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            except Exception:
+                log.exception("maintenance failed; trying again at the next heartbeat")
+
+    def main_work_horse(self, job: RqJob, queue: Queue) -> None:
+        _die_with_parent(signal.SIGKILL)
+        if os.getppid() != self.pid:  # the worker died before we could follow it
+            os._exit(1)
+        super().main_work_horse(job, queue)
+
+
+class ConveyorSimpleWorker(_ConveyorWorkerBase, rq.SimpleWorker):
+    """Runs attempts in the worker process itself (no fork): for tests and debugging."""
+
+    def get_heartbeat_ttl(self, job: RqJob, working_time: float = 0.0) -> int:
+        # Nothing heartbeats while the job runs in this process: the entry must outlive the
+        # job's own time limit.
+        return math.ceil(job.timeout or Queue.DEFAULT_TIMEOUT) + self.config.grace
+
+
+def record_failure(job: Any, kind: type[BaseException], *_: Any) -> bool:
+    """An RQ exception handler: failures our dispatcher could not record itself."""
+    if issubclass(kind, JobTimeoutException) and isinstance(job, ConveyorRqJob):
+        error = JobError(
+            message="the attempt ran past its hard time limit and was stopped by RQ",
+            type="TimeoutError",
+            kind=ErrorKind.TIMED_OUT,
+        )
+        _record(job, error)
+    return record_abandoned(job, kind)
+
+
+def _record(job: RqJob, error: JobError) -> None:
+    if not isinstance(job, ConveyorRqJob):
+        return
+    with contextlib.suppress(Exception):  # bookkeeping only: never block RQ's failure path
+        job.get_meta(refresh=True)  # the work-horse wrote it last
+        job.meta = note_failure(job, error)
+        job.save_meta()  # type: ignore[no-untyped-call]
+
+
+def build_worker(
+    client: redis.Redis,
+    queues: tuple[str, ...],
+    *,
+    prefix: str,
+    config: RqWorkerConfig,
+    result_ttl: float,
+    worker_class: type[_ConveyorWorkerBase] | None = None,
+) -> _ConveyorWorkerBase:
+    """An RQ worker for our queues; the caller configures `rq_tasks` first."""
+    if worker_class is None:
+        worker_class = ConveyorWorker if config.kind is WorkerKind.FORK else ConveyorSimpleWorker
+    worker = worker_class(
+        [rq_queue_name(prefix, queue) for queue in queues],
+        connection=client,
+        serializer=SERIALIZER,
+        job_class=DispatchJob,
+        queue_class=ConveyorRqQueue,
+        worker_ttl=config.worker_ttl,
+        maintenance_interval=config.maintenance,
+        job_monitoring_interval=config.heartbeat,
+        exception_handlers=[record_failure],
+        log_job_description=False,
+        default_result_ttl=max(1, math.ceil(result_ttl)),
+    )
+    worker.config = config
+    return worker
+
+
+def run_rq_worker(settings: Settings, *, queues: tuple[str, ...]) -> int:
+    """Run one RQ worker (one job at a time) until SIGTERM/SIGINT; answers the exit code.
+
+    Run more `conveyor worker` processes for more throughput.
+    """
+    config = RqWorkerConfig.from_env()
+    url = settings.require_redis_url()
+    container = build_container(settings)
+    # The handler's grace after our timeout must end well before RQ's hard limit.
+    cancel_grace = min(settings.kill_grace_seconds, HARD_TIMEOUT_GRACE - 5)
+    rq_tasks.configure(container.registry(), cancel_grace=cancel_grace)
+    client = create_rq_redis(url, connect_timeout=settings.redis_timeout, socket_timeout=None)
+    if _unsafe(client, container):
+        return EXIT_CONFIG
+
+    def new_worker() -> _ConveyorWorkerBase:
+        return build_worker(
+            client,
+            queues,
+            prefix=settings.key_prefix,
+            config=config,
+            result_ttl=settings.result_ttl_seconds,
+        )
+
+    log.info(
+        "rq worker starting",
+        extra={
+            "redis_url": redact_url(url),
+            "queues": list(queues),
+            "worker_class": config.kind.value,
+            "abandoned_job_bound_seconds": config.abandoned_bound,
+            "rq_version": RQ_VERSION,
+        },
+    )
+    return _work_until_stopped(new_worker, settings.log_level)
+
+
+def _work_until_stopped(new_worker: Callable[[], _ConveyorWorkerBase], logging_level: str) -> int:
+    """RQ's worker quits when Redis goes away (a restart, a failover); start a new one (a new
+    name: the old one may not have recorded its death), with a backoff, until a signal asks
+    it to stop. A job it was running when it quit is left `started` and is retried by the
+    abandoned-job sweep, like a killed worker's."""
+    stopping = False
+
+    def stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        worker = new_worker()
+        try:
+            worker.work(with_scheduler=True, logging_level=logging_level)
+        except RedisError as exc:  # while starting or recording its own end
+            log.warning("the RQ worker could not reach Redis: %s", exc)
+        if worker.stop_asked or stopping:
+            return 0
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
+        if time.monotonic() - started > 60:
+            delay = 1.0  # it had been working: not a crash loop
+        log.warning("the RQ worker stopped on an error; starting it again in %.0f s", delay)
+        deadline = time.monotonic() + delay
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if stopping:
+            return 0
+        delay = min(delay * 2, 30.0)
+
+
+def _unsafe(client: redis.Redis, container: Any) -> bool:
+    queue = RqJobQueue(client, container.registry())
+    try:
+        for warning in asyncio.run(queue.verify()):
+            log.warning(warning)
+    except UnsafeBackendError as exc:
+        log.error("refusing to start: %s", exc)
+        return True
+    except QueueUnavailableError as exc:
+        log.warning("could not check the backend's configuration yet: %s", exc.reason)
+    return False
+
+
+def _ready_to_fork() -> None:
+    """Do once, in the worker, what every work-horse would otherwise do on its own: run an
+    event loop once (its lazy set-up), then move every object to the GC's permanent generation
+    so a horse's collections do not touch, and so copy, the pages it shares with the worker."""
+    asyncio.run(asyncio.sleep(0))
+    gc.collect()
+    gc.freeze()
+
+
+def _die_with_parent(signum: int) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)

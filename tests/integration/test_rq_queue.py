@@ -1,0 +1,476 @@
+"""The port contract on the RQ adapter with a real Redis and real `conveyor worker` processes
+(QUEUE_BACKEND=rq), plus what only real processes show: hostile jobs planted in Redis, a
+SIGKILLed work-horse, a SIGKILLed worker, the scheduler's delayed retries, the HTTP API.
+
+Each factory uses its own key prefix (`test-<uuid>`), so its RQ queues are its own, and
+deletes its keys (and those of its jobs) afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from adapters.rq_codec import PID
+from adapters.rq_queue import RqJobQueue, create_rq_redis
+from domain.job_types import JobTypeRegistry
+from domain.job_types.dummy import dummy_job_type
+from domain.job_types.report import report_job_type
+from domain.jobs import AttemptOutcome, ErrorKind, Job, JobStatus
+from domain.ports import JobQueue
+from entrypoints.local_redis import LocalRedis
+from entrypoints.worker.rq_worker import RqWorkerConfig
+from tests.integration.processes import Api, Conveyor, wait_for_job
+from tests.queue_contract import QueueContract, QueueFactory
+from tests.queue_driving import SETTLE_WITHIN, describe, driven_job, settled
+from tests.unit.test_rq_queue_fakeredis import plant_hostile_jobs
+
+TYPES = JobTypeRegistry([dummy_job_type(), report_job_type()])
+S = JobStatus
+BOUND = RqWorkerConfig().abandoned_bound  # what the README promises, with the defaults
+TERMINAL = {"succeeded", "dead", "cancelled", "expired"}
+
+
+class RqRedisFactory(QueueFactory):
+    """Queues under a fresh prefix; `drain` starts a real worker for it, once."""
+
+    def __init__(self, url: str, log_dir: Path, *, random: float = 0.0) -> None:
+        self.url = url
+        self.log_dir = log_dir
+        self.prefix = f"test-{uuid.uuid4().hex[:16]}"
+        self.random = random
+        self.workers: list[Conveyor] = []
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "REDIS_URL": self.url,
+            "QUEUE_BACKEND": "rq",
+            "CONVEYOR_KEY_PREFIX": self.prefix,
+            "LOG_FORMAT": "json",
+            **extra,
+        }
+
+    def client(self) -> redis.Redis:
+        return create_rq_redis(self.url, connect_timeout=2.0, socket_timeout=10.0)
+
+    def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
+        return self.open()
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[RqJobQueue]:
+        queue = RqJobQueue(self.client(), TYPES, prefix=self.prefix, random=lambda: self.random)
+        try:
+            yield queue
+        finally:
+            self.stop_workers()
+            await queue.close()
+            self.delete_keys()
+
+    def start_worker(self, **env: str) -> Conveyor:
+        worker = Conveyor(["worker"], self.env(**env), self.log_dir).start()
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            with suppress(Exception):
+                worker.stop(timeout=15)
+        self.workers.clear()
+
+    async def drain(self, queue: JobQueue, job_ids: Sequence[str]) -> None:
+        if not self.workers:
+            self.start_worker()
+        deadline = time.monotonic() + SETTLE_WITHIN
+        while not await settled(queue, job_ids):
+            if time.monotonic() > deadline:
+                logs = "\n".join(w.output()[-3000:] for w in self.workers)
+                raise AssertionError(f"not settled: {await describe(queue, job_ids)}\n{logs}")
+            await asyncio.sleep(0.05)
+
+    def delete_keys(self) -> None:
+        client = self.client()
+        try:
+            doomed = set(client.scan_iter(match=f"*{self.prefix}*", count=1000))
+            ids: set[str] = set()  # every job in our index, queues and registries
+            for key in doomed:
+                kind = client.type(key)
+                if kind == b"zset":
+                    ids |= {m.decode().split(":")[0] for m in client.zrange(key, 0, -1)}
+                elif kind == b"list":
+                    ids |= {m.decode() for m in client.lrange(key, 0, -1)}
+            if ids:
+                for key in client.scan_iter(match="rq:*", count=1000):
+                    if any(job_id in key.decode() for job_id in ids):
+                        doomed.add(key)
+            doomed_list = sorted(doomed)
+            for start in range(0, len(doomed_list), 500):
+                client.unlink(*doomed_list[start : start + 500])
+        finally:
+            client.close()
+
+
+class TestRqJobQueueOnRedis(QueueContract):
+    @pytest.fixture
+    def queue_factory(self, redis_url: str, tmp_path: Path) -> QueueFactory:
+        return RqRedisFactory(redis_url, tmp_path)
+
+
+@pytest.fixture
+def factory(redis_url: str, tmp_path: Path) -> Iterator[RqRedisFactory]:
+    factory = RqRedisFactory(redis_url, tmp_path)
+    yield factory
+    factory.stop_workers()
+    factory.delete_keys()
+
+
+def run(coro: Any, within: float = 90.0) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, within))
+
+
+def meta_of(factory: RqRedisFactory, job_id: str) -> dict[str, Any]:
+    client = factory.client()
+    try:
+        raw = client.hget(f"rq:job:{job_id}", "meta")
+    finally:
+        client.close()
+    meta: dict[str, Any] = json.loads(raw) if raw else {}
+    return meta
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def children_of(pid: int) -> set[int]:
+    found: set[int] = set()
+    with suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def wait_until(
+    queue: JobQueue, job_id: str, ok: Any, within: float, what: str = "the condition"
+) -> Job:
+    deadline = time.monotonic() + within
+    while True:
+        job = await queue.get(job_id)
+        if job is not None and ok(job):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {within} s: {job}")
+        await asyncio.sleep(0.05)
+
+
+async def horse_running(factory: RqRedisFactory, queue: JobQueue, job_id: str, attempt: int) -> int:
+    """The pid of the work-horse running attempt `attempt` of the job, once it runs."""
+    await wait_until(
+        queue, job_id, lambda j: j.status == S.ACTIVE and j.attempts == attempt, 20, "running"
+    )
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pid = meta_of(factory, job_id).get(PID)
+        if isinstance(pid, int) and alive(pid):
+            return pid
+        await asyncio.sleep(0.02)
+    raise AssertionError("no live work-horse recorded for the job")
+
+
+# -- untrusted data -------------------------------------------------------------------------
+
+
+def test_a_real_worker_dead_letters_planted_pickles_and_foreign_calls_running_nothing(
+    factory: RqRedisFactory, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+
+    async def main() -> None:
+        async with factory.open() as queue:
+            client = factory.client()
+            planted = plant_hostile_jobs(client, marker, factory.prefix)
+            good = driven_job({"mode": "succeed"})
+            await queue.enqueue(good)
+            await factory.drain(queue, [good.id])
+            failed_key = f"rq:failed:{factory.prefix}:default"
+            deadline = time.monotonic() + 10
+            while {m.decode() for m in client.zrange(failed_key, 0, -1)} != set(planted):
+                assert time.monotonic() < deadline, client.zrange(failed_key, 0, -1)
+                await asyncio.sleep(0.05)
+            for job_id in planted:
+                assert client.hget(f"rq:job:{job_id}", "status") == b"failed"
+            client.close()
+            output = factory.workers[0].output()
+            assert output.count("refusing job") == len(planted), output[-3000:]
+
+    run(main())
+    assert not marker.exists(), "code from a planted job ran"
+
+
+# -- progress and the scheduler -------------------------------------------------------------
+
+
+def test_progress_shows_while_a_report_runs_and_a_delayed_retry_comes_from_the_scheduler(
+    redis_url: str, tmp_path: Path
+) -> None:
+    factory = RqRedisFactory(redis_url, tmp_path, random=1.0)  # retries wait the longest
+
+    async def main() -> None:
+        async with factory.open() as queue:
+            report = Job.submitted(
+                id=uuid.uuid4().hex,
+                type="report",
+                payload={"name": "q3", "rows": 10, "seconds": 1.5},
+                queue="default",
+                max_attempts=1,
+                timeout=30.0,
+                now=driven_job({}).created_at,
+            )
+            flaky = driven_job({"mode": "fail", "times": 1}, max_attempts=3)
+            await queue.enqueue(report)
+            await queue.enqueue(flaky)
+            factory.start_worker()
+            seen: set[int] = set()
+            job = await queue.get(report.id)
+            while job is not None and not job.status.is_terminal:
+                if job.status == S.ACTIVE and job.progress is not None:
+                    seen.add(job.progress)
+                await asyncio.sleep(0.05)
+                job = await queue.get(report.id)
+            assert job is not None
+            assert (job.status, job.progress, job.result["rows"]) == (S.SUCCEEDED, 100, 10)
+            assert any(0 < p < 100 for p in seen), seen
+            # The flaky job's first attempt failed; its retry waits 1 s in RQ's scheduled
+            # registry (our FAILED), and the worker's scheduler process queues it.
+            waiting = await wait_until(queue, flaky.id, lambda j: j.attempts >= 1, 10, "a try")
+            if waiting.status != S.SUCCEEDED:
+                assert waiting.status in (S.FAILED, S.ACTIVE, S.QUEUED), waiting
+            done = await wait_until(queue, flaky.id, lambda j: j.status.is_terminal, 15, "done")
+            assert (done.status, done.attempts) == (S.SUCCEEDED, 2)
+
+    try:
+        run(main())
+    finally:
+        factory.stop_workers()
+        factory.delete_keys()
+
+
+# -- SIGKILL ----------------------------------------------------------------------------------
+
+
+def test_a_sigkilled_work_horse_is_retried_at_once_or_dead_lettered_without_retries_left(
+    factory: RqRedisFactory,
+) -> None:
+    async def main() -> None:
+        async with factory.open() as queue:
+            retried = driven_job({"mode": "sleep", "seconds": 3}, max_attempts=2)
+            spent = driven_job({"mode": "sleep", "seconds": 3}, max_attempts=1)
+            await queue.enqueue(retried)
+            factory.start_worker()
+
+            horse = await horse_running(factory, queue, retried.id, 1)
+            os.kill(horse, signal.SIGKILL)
+            killed = time.monotonic()
+            again = await wait_until(
+                queue, retried.id, lambda j: j.attempts == 2, 10, "the second attempt"
+            )
+            rerun_after = time.monotonic() - killed
+            assert again.error is not None
+            assert (again.error.kind, again.error.signal) == (ErrorKind.WORKER_LOST, "SIGKILL")
+            done = await wait_until(queue, retried.id, lambda j: j.status.is_terminal, 15, "done")
+            assert (done.status, done.attempts) == (S.SUCCEEDED, 2)
+            assert [r.outcome for r in done.history] == [
+                AttemptOutcome.WORKER_LOST,
+                AttemptOutcome.SUCCEEDED,
+            ]
+            assert rerun_after < 2.0, rerun_after  # the parent sees the horse die at once
+
+            await queue.enqueue(spent)
+            horse = await horse_running(factory, queue, spent.id, 1)
+            os.kill(horse, signal.SIGKILL)
+            dead = await wait_until(queue, spent.id, lambda j: j.status.is_terminal, 5, "dead")
+            assert (dead.status, dead.attempts) == (S.DEAD, 1)
+            assert dead.error is not None
+            assert dead.error.kind == ErrorKind.WORKER_LOST
+
+    run(main())
+
+
+def test_a_sigkilled_worker_loses_nothing_and_its_job_runs_again_within_the_bound(
+    factory: RqRedisFactory,
+) -> None:
+    async def main() -> None:
+        async with factory.open() as queue:
+            jobs = [driven_job({"mode": "sleep", "seconds": 2}, max_attempts=3) for _ in range(6)]
+            for job in jobs:
+                await queue.enqueue(job)
+            first, second = factory.start_worker(), factory.start_worker()
+            by_pid = {w.proc.pid: w for w in (first, second) if w.proc is not None}
+
+            victim_job = jobs[0]
+            horse = await horse_running(factory, queue, victim_job.id, 1)
+            worker_pid = parent_of(horse)
+            assert worker_pid in by_pid, (worker_pid, list(by_pid))
+            helpers = children_of(worker_pid)  # the work-horse and the scheduler process
+            assert horse in helpers
+            os.kill(worker_pid, signal.SIGKILL)
+            killed = time.monotonic()
+            by_pid[worker_pid].wait(timeout=5)
+
+            # Its work-horse and scheduler die with it: nothing runs on behind its back.
+            deadline = time.monotonic() + 3
+            while any(alive(pid) for pid in helpers):
+                assert time.monotonic() < deadline, [p for p in helpers if alive(p)]
+                await asyncio.sleep(0.05)
+
+            again = await wait_until(
+                queue, victim_job.id, lambda j: j.attempts == 2, BOUND + 5, "the re-run"
+            )
+            rerun_after = time.monotonic() - killed
+            assert again.error is not None
+            assert again.error.kind == ErrorKind.WORKER_LOST
+            for job in jobs:  # lost: 0
+                done = await wait_until(
+                    queue, job.id, lambda j: j.status.is_terminal, BOUND + 30, "all done"
+                )
+                assert done.status == S.SUCCEEDED, done
+            assert rerun_after <= BOUND + 1, rerun_after
+            print(f"\nre-run {rerun_after:.1f} s after the SIGKILL (bound {BOUND} s)")
+
+    run(main(), within=BOUND + 90)
+
+
+# -- the HTTP API on this backend -----------------------------------------------------------
+
+
+def test_the_api_walkthrough_works_on_rq(factory: RqRedisFactory) -> None:
+    env = factory.env()
+    with Api(env, factory.log_dir) as api, api.client() as client:
+        factory.start_worker()
+        ids = {}
+        for type_, payload in (
+            ("email", {"to": "user@example.com", "subject": "Hi", "body": "Yo"}),
+            ("report", {"name": "q3", "rows": 500, "seconds": 1.0}),
+            ("dummy", {"mode": "succeed", "result": {"answer": 42}}),
+            ("dummy", {"mode": "fatal"}),
+        ):
+            response = client.post("/jobs", json={"type": type_, "payload": payload})
+            assert response.status_code == 202, response.text
+            ids[(type_, payload.get("mode"))] = response.json()["id"]
+        progress: set[int] = set()
+        report = ids[("report", None)]
+        deadline = time.monotonic() + 20
+        while (view := client.get(f"/jobs/{report}").json())["status"] not in TERMINAL:
+            if view["status"] == "active" and view["progress"] is not None:
+                progress.add(view["progress"])
+            assert time.monotonic() < deadline, view
+            time.sleep(0.05)
+        assert any(0 < p < 100 for p in progress), progress
+        views = {key: wait_for_job(client, job_id, TERMINAL) for key, job_id in ids.items()}
+        assert views[("email", None)]["status"] == "succeeded"
+        assert "message_id" in views[("email", None)]["result"]
+        assert views[("report", None)]["result"]["rows"] == 500
+        assert views[("dummy", "succeed")]["result"] == {"answer": 42}
+        fatal = ids[("dummy", "fatal")]
+        assert views[("dummy", "fatal")]["status"] == "dead"
+        listed = client.get("/jobs", params={"status": "dead"}).json()
+        assert [job["id"] for job in listed["jobs"]] == [fatal]
+        retried = client.post(f"/jobs/{fatal}/retry")
+        assert retried.status_code == 202, retried.text
+        assert retried.json()["status"] == "queued"
+        again = wait_for_job(client, fatal, TERMINAL)
+        assert (again["status"], again["attempts"]) == ("dead", 1)
+        assert client.post(f"/jobs/{ids[('email', None)]}/retry").status_code == 409
+
+
+# -- a Redis restart ------------------------------------------------------------------------
+
+
+def test_a_redis_restart_mid_job_loses_nothing_and_the_worker_carries_on(tmp_path: Path) -> None:
+    """Redis (AOF on) stops while a job runs and comes back 3 s later: the worker survives
+    (RQ's own worker quits on a lost connection; ours starts it again), the interrupted job is
+    retried through the abandoned-job sweep, and every job succeeds."""
+    data_dir = tmp_path / "redis"
+    server = LocalRedis(data_dir=data_dir).start()
+    port = server.port
+    factory = RqRedisFactory(server.url, tmp_path)
+
+    async def main() -> None:
+        nonlocal server
+        async with factory.open() as queue:
+            jobs = [driven_job({"mode": "sleep", "seconds": 2}, max_attempts=3) for _ in range(3)]
+            for job in jobs:
+                await queue.enqueue(job)
+            worker = factory.start_worker()
+            await horse_running(factory, queue, jobs[0].id, 1)
+            server.stop()
+            await asyncio.sleep(3)
+            assert worker.proc is not None
+            assert worker.proc.poll() is None, worker.output()[-3000:]
+            server = LocalRedis(data_dir=data_dir, port=port).start()
+            for job in jobs:
+                done = await wait_until(
+                    queue, job.id, lambda j: j.status.is_terminal, BOUND + 40, "all done"
+                )
+                assert done.status == S.SUCCEEDED, (done, worker.output()[-3000:])
+            assert worker.proc.poll() is None
+
+    try:
+        run(main(), within=BOUND + 90)
+    finally:
+        factory.stop_workers()
+        server.stop()
+
+
+def test_blocking_work_runs_in_threads_and_a_hung_handler_times_out(
+    factory: RqRedisFactory,
+) -> None:
+    async def main() -> None:
+        async with factory.open() as queue:
+            busy = driven_job({"mode": "cpu", "seconds": 0.2})
+            hung = Job.submitted(
+                id=uuid.uuid4().hex,
+                type="dummy",
+                payload={"mode": "hang", "seconds": 600},
+                queue="default",
+                max_attempts=1,
+                timeout=1.0,
+                now=busy.created_at,
+            )
+            await queue.enqueue(busy)
+            await queue.enqueue(hung)
+            factory.start_worker(CONVEYOR_KILL_GRACE_SECONDS="1")
+            done = await wait_until(queue, busy.id, lambda j: j.status.is_terminal, 20, "cpu")
+            assert done.status == S.SUCCEEDED
+            assert done.result["spins"] > 0
+            started = time.monotonic()
+            dead = await wait_until(queue, hung.id, lambda j: j.status.is_terminal, 20, "hang")
+            assert (dead.status, dead.attempts) == (S.DEAD, 1)
+            assert dead.error is not None
+            assert dead.error.kind == ErrorKind.TIMED_OUT
+            assert time.monotonic() - started < 10  # timeout 1 s + grace 1 s, not RQ's limit
+
+    run(main())
