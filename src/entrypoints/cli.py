@@ -157,12 +157,14 @@ def _run_worker_child(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from entrypoints.local_redis import LocalRedis
+    from entrypoints.local_redis import LocalRedis, find_server_binary, server_identity
 
     if settings.redis_url:
         return _run_children(args, settings.redis_url)
-    with LocalRedis(data_dir=DEV_DATA_DIR.resolve()) as server:
-        print(f"conveyor dev: local Redis at {server.url} (data in {DEV_DATA_DIR})", flush=True)
+    binary = find_server_binary()
+    data_dir = DEV_DATA_DIR / server_identity(binary)
+    with LocalRedis(data_dir=data_dir.resolve(), binary=binary) as server:
+        print(f"conveyor dev: local Redis at {server.url} (data in {data_dir})", flush=True)
         return _run_children(args, server.url)
 
 

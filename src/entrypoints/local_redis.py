@@ -75,6 +75,22 @@ def find_server_binary() -> Path:
     )
 
 
+def server_identity(binary: Path) -> str:
+    """`<name>-<version>` of a server binary, e.g. ``redis-server-7.0.15``.
+
+    Data files are not portable between servers and versions (Valkey 8 writes an RDB format
+    Redis 7 cannot read), so callers keep one data directory per identity.
+    """
+    try:
+        out = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LocalRedisError(f"cannot run {binary}: {exc}") from exc
+    version = next((word[2:] for word in out.split() if word.startswith("v=")), "unknown")
+    return f"{binary.name}-{version}"
+
+
 def _embedded_valkey_server() -> Path | None:
     # find_spec locates the package without importing (and running) its Python code.
     try:
