@@ -114,7 +114,7 @@ def _positive_int(raw: str) -> int:
 def _run_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    if settings.queue_backend is Backend.REDIS:
+    if settings.queue_backend in (Backend.REDIS, Backend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
     # handler was there before it; with these, a clean stop exits 0 instead of dying by it.
