@@ -39,6 +39,3 @@ class RetryPolicy:
     def delay(self, attempt: int, random: Random) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
         return random() * self.ceiling(attempt)
-
-    def should_retry(self, attempts_made: int, max_attempts: int) -> bool:
-        return attempts_made < max_attempts

@@ -233,7 +233,7 @@ class JobProcessor:
     ) -> ProcessResult:
         job = lease.job
         retry_in: float | None = None
-        if job_type is not None and error.retryable and job.attempts < job.max_attempts:
+        if job_type is not None and error.retryable and job.attempts_left > 0:
             retry_in = job_type.retry.delay(job.attempts, self._random)
         if not await _until_stored(lambda: self._queue.fail(lease, error, retry_in)):
             return ProcessResult(Outcome.LEASE_LOST, error)

@@ -25,7 +25,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import importlib.util
 import os
@@ -33,9 +32,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -43,6 +40,8 @@ from typing import Self
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from entrypoints.lifetime import parent_death_signal
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 5.0
@@ -52,7 +51,6 @@ LOCK_FILE_NAME = "server.lock"
 
 _POLL_INTERVAL_S = 0.02
 _PORT_ATTEMPTS = 3  # retries only when an auto-picked port was grabbed by someone else
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class LocalRedisError(RuntimeError):
@@ -280,25 +278,10 @@ def _spawn(binary: Path, data_dir: Path, port: int, lock_fd: int) -> subprocess.
                 cwd=data_dir,
                 pass_fds=(lock_fd,),  # the server keeps the data dir locked while it lives
                 start_new_session=True,
-                preexec_fn=_die_with_parent_hook(),
+                preexec_fn=parent_death_signal(signal.SIGTERM, os.getpid()),
             )
         except OSError as exc:
             raise LocalRedisError(f"cannot run {binary}: {exc}") from exc
-
-
-def _die_with_parent_hook() -> Callable[[], None] | None:
-    if sys.platform != "linux":
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork
-    parent_pid = os.getpid()
-
-    def die_with_parent() -> None:  # runs in the child between fork and exec
-        if prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return die_with_parent
 
 
 def _wait_until_ours(

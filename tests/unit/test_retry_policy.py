@@ -38,9 +38,3 @@ def test_ceiling_never_decreases(attempt: int) -> None:
 def test_default_attempts_cannot_exceed_the_limit() -> None:
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=5, max_attempts_limit=3)
-
-
-def test_retries_while_attempts_remain() -> None:
-    policy = RetryPolicy()
-    assert policy.should_retry(2, 3)
-    assert not policy.should_retry(3, 3)

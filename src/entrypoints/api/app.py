@@ -11,7 +11,6 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 
-from domain.errors import QueueUnavailableError, UnsafeBackendError
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
 from entrypoints.api.deps import CONTAINER_KEY, container_of, dependencies
 from entrypoints.api.openapi import add_submission_schemas
@@ -19,6 +18,7 @@ from entrypoints.api.problems import problem_response
 from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging
 from entrypoints.settings import Settings
+from entrypoints.startup import backend_is_safe
 
 API_VERSION = "0.1.0"
 log = logging.getLogger("conveyor.api")
@@ -70,15 +70,8 @@ async def _queue_lifespan(app: Litestar) -> AsyncIterator[None]:
     # Resolving the queue at start-up surfaces a bad setting (no REDIS_URL) before the
     # first request; it does not connect.
     queue = container_of(app.state).job_queue()
-    try:
-        for warning in await queue.verify():
-            log.warning(warning)
-    except UnsafeBackendError as exc:
-        log.error("refusing to start: %s", exc)
-        raise
-    except QueueUnavailableError as exc:
-        # Serve anyway: submissions get 503 until the backend is back.
-        log.warning("could not check the backend's configuration yet: %s", exc.reason)
+    if not await backend_is_safe(queue, log):
+        raise RuntimeError("refusing to start on a backend that could lose jobs (see above)")
     try:
         yield
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -17,6 +16,7 @@ import uvloop
 
 from domain.ports import JobQueue
 from entrypoints.container import Container, build_container
+from entrypoints.lifetime import follow_parent
 from entrypoints.logs import redact_url
 from entrypoints.settings import Backend, Settings
 from entrypoints.worker.audit import AuditLog
@@ -27,7 +27,6 @@ from entrypoints.worker.supervisor import EXIT_CONFIG, PoolConfig, Supervisor
 log = logging.getLogger("conveyor.worker")
 
 _CLAIM_WAIT = 1.0
-_PR_SET_PDEATHSIG = 1
 
 
 def _container(settings: Settings) -> Container | None:
@@ -74,10 +73,7 @@ def run_child(
     board: Path | None = None,
 ) -> int:
     """One worker process under a supervisor. Ends the process itself (see the end)."""
-    parent = os.getppid()
-    _die_with_parent()
-    if os.getppid() != parent:  # the supervisor died before we could ask to follow it
-        os._exit(1)
+    follow_parent(signal.SIGTERM)
     container = _container(settings)
     if container is None:
         os._exit(EXIT_CONFIG)
@@ -156,10 +152,3 @@ async def _until_signalled(
         return code
     finally:
         await queue.close()
-
-
-def _die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

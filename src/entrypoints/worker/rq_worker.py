@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import gc
 import logging
 import math
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -69,21 +67,21 @@ from adapters.rq_queue import (
     create_rq_redis,
     record_abandoned,
 )
-from domain.errors import QueueUnavailableError, UnsafeBackendError
 from domain.jobs import ErrorKind, JobError
 from entrypoints.container import build_container
+from entrypoints.lifetime import follow_parent
 from entrypoints.logs import redact_url
 from entrypoints.settings import Settings, SettingsError
+from entrypoints.startup import backend_is_safe
 from entrypoints.worker import rq_tasks
 from entrypoints.worker.rq_tasks import execute
+from entrypoints.worker.supervisor import EXIT_CONFIG
 
 log = logging.getLogger("conveyor.worker.rq")
 
 if f"{execute.__module__}.{execute.__qualname__}" != DISPATCHER:  # pragma: no cover
     raise ImportError(f"the dispatcher moved: update DISPATCHER ({DISPATCHER})")
 
-EXIT_CONFIG: Final = 2
-_PR_SET_PDEATHSIG: Final = 1
 _MAINTENANCE_LOCK_SECONDS: Final = 60  # RQ's is 899: a worker killed mid-sweep blocks sweeps
 
 
@@ -185,7 +183,7 @@ class _ParentBoundScheduler(RQScheduler):
     """RQ's scheduler process, ended (releasing its locks) when its worker dies."""
 
     def work(self) -> None:
-        _die_with_parent(signal.SIGTERM)
+        follow_parent(signal.SIGTERM)
         super().work()  # type: ignore[no-untyped-call]
 
 
@@ -282,7 +280,7 @@ class ConveyorWorker(_ConveyorWorkerBase, rq.Worker):
                 log.exception("maintenance failed; trying again at the next heartbeat")
 
     def main_work_horse(self, job: RqJob, queue: Queue) -> None:
-        _die_with_parent(signal.SIGKILL)
+        follow_parent(signal.SIGKILL)
         if os.getppid() != self.pid:  # the worker died before we could follow it
             os._exit(1)
         super().main_work_horse(job, queue)
@@ -420,15 +418,7 @@ def _work_until_stopped(new_worker: Callable[[], _ConveyorWorkerBase], logging_l
 
 def _unsafe(client: redis.Redis, container: Any) -> bool:
     queue = RqJobQueue(client, container.registry())
-    try:
-        for warning in asyncio.run(queue.verify()):
-            log.warning(warning)
-    except UnsafeBackendError as exc:
-        log.error("refusing to start: %s", exc)
-        return True
-    except QueueUnavailableError as exc:
-        log.warning("could not check the backend's configuration yet: %s", exc.reason)
-    return False
+    return not asyncio.run(backend_is_safe(queue, log))
 
 
 def _ready_to_fork() -> None:
@@ -438,10 +428,3 @@ def _ready_to_fork() -> None:
     asyncio.run(asyncio.sleep(0))
     gc.collect()
     gc.freeze()
-
-
-def _die_with_parent(signum: int) -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import attrs
 
-from domain.errors import QueueUnavailableError, UnsafeBackendError
+from domain.errors import QueueUnavailableError
 from domain.jobs import ErrorKind, JobError
 from domain.ports import JobQueue
 from domain.services import JobProcessor
+from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
 
 log = logging.getLogger("conveyor.supervisor")
@@ -85,10 +86,6 @@ class Supervisor:
     def _board_path(self, worker_id: str) -> Path:
         return self._boards / (worker_id.rsplit("/", 1)[-1] + ".board")
 
-    @property
-    def pids(self) -> list[int]:
-        return [c.proc.pid for c in self._children.values()]
-
     async def run(self, stop: asyncio.Event) -> int:
         cfg = self._config
         log.info(
@@ -99,16 +96,8 @@ class Supervisor:
                 "queues": ",".join(cfg.queues),
             },
         )
-        try:
-            for warning in await self._queue.verify():
-                log.warning(warning)
-        except UnsafeBackendError as exc:
-            log.error("refusing to start: %s", exc)
+        if not await backend_is_safe(self._queue, log):
             return EXIT_CONFIG
-        except QueueUnavailableError as exc:
-            log.warning(
-                "could not check the backend's configuration yet", extra={"reason": exc.reason}
-            )
         for slot in range(cfg.processes):
             await self._spawn(slot)
         stopper = asyncio.create_task(stop.wait())
