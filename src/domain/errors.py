@@ -85,3 +85,31 @@ class UnstorableResultError(DomainError):
 
 class NonRetryableError(Exception):
     """Raised by a handler when another attempt cannot succeed; the job goes straight to dead."""
+
+
+class IdempotencyConflictError(DomainError):
+    """An idempotency key already names a submission with a different body."""
+
+    def __init__(self, key: str, index: int | None = None) -> None:
+        where = "" if index is None else f" (batch item {index})"
+        super().__init__(
+            f"idempotency key {key!r}{where} was already used for a different submission"
+        )
+        self.key = key
+        self.index = index
+
+
+class AdmissionRefusedError(DomainError):
+    """A limit refuses new work for now: nothing was stored; try again after `retry_after`."""
+
+    def __init__(self, queue: str | None, reason: str, retry_after: float = 1.0) -> None:
+        where = "the job store" if queue is None else f"queue {queue!r}"
+        super().__init__(f"{where} is over its admission limit: {reason}")
+        self.queue = queue
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class JobCancelledError(Exception):
+    """Raised by a handler that saw its job's cancel request (`JobContext.cancel_requested`)
+    and stopped: the job ends `cancelled`."""

@@ -106,6 +106,7 @@ class ErrorKind(enum.StrEnum):
     TIMED_OUT = "timed_out"
     WORKER_LOST = "worker_lost"  # the process running it died
     INVALID = "invalid"  # what was stored cannot be run (unknown type, bad payload)
+    EXPIRED = "expired"  # the job's deadline passed
 
 
 @attrs.frozen
@@ -135,6 +136,8 @@ class AttemptOutcome(enum.StrEnum):
     WORKER_LOST = "worker_lost"  # its process died, or its lease lapsed
     INVALID = "invalid"
     RELEASED = "released"  # a stopping worker handed it back; the attempt does not count
+    CANCELLED = "cancelled"  # stopped on a cancel request
+    EXPIRED = "expired"  # stopped, or not retried, because the job's deadline passed
 
     @classmethod
     def of(cls, kind: ErrorKind) -> AttemptOutcome:
@@ -151,6 +154,18 @@ class AttemptRecord:
     ended_at: datetime | None
     outcome: AttemptOutcome
     error: str | None = None  # the error's type and message, for the failed outcomes
+
+
+# A job's priority orders claims within its queue: higher first, FIFO within one priority.
+PRIORITY_MIN: Final = -100
+PRIORITY_MAX: Final = 100
+# Idempotency keys: printable ASCII without spaces, as HTTP header values allow.
+IDEMPOTENCY_KEY_MAX: Final = 200
+_IDEMPOTENCY_KEY: Final = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
+
+
+def is_idempotency_key(value: str) -> bool:
+    return bool(_IDEMPOTENCY_KEY.fullmatch(value))
 
 
 # A job keeps at most this many attempts in its history, the most recent ones.
@@ -187,7 +202,10 @@ class Job:
     max_attempts: int = attrs.field(validator=attrs.validators.ge(1))
     timeout: float = attrs.field(validator=attrs.validators.gt(0))
     created_at: datetime = attrs.field(validator=_aware)
-    priority: int = 0
+    priority: int = attrs.field(
+        default=0,
+        validator=[attrs.validators.ge(PRIORITY_MIN), attrs.validators.le(PRIORITY_MAX)],
+    )
     attempts: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     started_at: datetime | None = attrs.field(default=None, validator=_aware)
     finished_at: datetime | None = attrs.field(default=None, validator=_aware)
@@ -199,6 +217,17 @@ class Job:
     error: JobError | None = None
     worker: str | None = None  # the worker holding (or last holding) its lease
     history: tuple[AttemptRecord, ...] = ()
+    # Not to start before this time (a scheduled job); kept once it has started.
+    run_at: datetime | None = attrs.field(default=None, validator=_aware)
+    # Across all attempts: a job not finished by then ends `expired`.
+    deadline: datetime | None = attrs.field(default=None, validator=_aware)
+    # When the retry of a `failed` job is due.
+    retry_at: datetime | None = attrs.field(default=None, validator=_aware)
+    # A cancel was asked for while the job was active; its worker stops it cooperatively.
+    cancel_requested_at: datetime | None = attrs.field(default=None, validator=_aware)
+    # The last lease renewal of the current attempt: the worker was alive then.
+    heartbeat_at: datetime | None = attrs.field(default=None, validator=_aware)
+    idempotency_key: str | None = None
 
     @classmethod
     def submitted(
@@ -212,22 +241,37 @@ class Job:
         timeout: float,
         now: datetime,
         priority: int = 0,
+        run_at: datetime | None = None,
+        deadline: datetime | None = None,
+        idempotency_key: str | None = None,
     ) -> Job:
+        """A new job: `scheduled` when it has a `run_at` in the future of `now`, else
+        `queued`. (The backend decides again on its own clock when it stores the job.)"""
+        scheduled = run_at is not None and run_at > now
         return cls(
             id=id,
             type=type,
             payload=payload,
             queue=queue,
-            status=JobStatus.QUEUED,
+            status=JobStatus.SCHEDULED if scheduled else JobStatus.QUEUED,
             max_attempts=max_attempts,
             timeout=timeout,
             created_at=now,
             priority=priority,
+            run_at=run_at,
+            deadline=deadline,
+            idempotency_key=idempotency_key,
         )
 
     @property
     def attempts_left(self) -> int:
         return max(0, self.max_attempts - self.attempts)
+
+    def remaining(self, now: datetime) -> float | None:
+        """Seconds left before the deadline (0 once passed), or None without one."""
+        if self.deadline is None:
+            return None
+        return max(0.0, (self.deadline - now).total_seconds())
 
     def transition(self, target: JobStatus, **changes: Any) -> Job:
         """The job in `target` status, with `changes`; refuses a move the state machine forbids."""

@@ -17,8 +17,11 @@ import attrs
 
 from domain.errors import FieldError, InvalidJobError
 
+# A local part without the characters that need quoting, then a host name: labels of 1-63
+# letters, digits and inner hyphens, and a top-level domain of letters.
 _EMAIL: Final = re.compile(
-    r"^[^@\s\"<>()\[\],;:\\]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}\.)+[A-Za-z]{2,63}$"
+    r"^[^@\s\"<>()\[\],;:\\]{1,64}"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}\Z"
 )
 _MISSING: Final = object()
 
@@ -89,8 +92,9 @@ class Field:
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"description": self.description}
+        # An optional field given as null counts as not given (see `PayloadSchema.validate`).
         if self.kind is not Kind.ANY:
-            schema["type"] = str(self.kind)
+            schema["type"] = str(self.kind) if self.required else [str(self.kind), "null"]
         for key, value in (
             ("minimum", self.minimum),
             ("maximum", self.maximum),
@@ -101,7 +105,7 @@ class Field:
             if value is not None:
                 schema[key] = value
         if self.choices is not None:
-            schema["enum"] = list(self.choices)
+            schema["enum"] = [*self.choices] if self.required else [*self.choices, None]
         if self.email:
             schema["format"] = "email"
         if not self.required and self.default is not None:
@@ -117,6 +121,8 @@ CrossCheck = Callable[[Mapping[str, Any]], Sequence[FieldError]]
 class PayloadSchema:
     fields: tuple[Field, ...]
     cross_checks: tuple[CrossCheck, ...] = ()
+    # JSON Schema keywords saying what the cross checks enforce, for the documents.
+    rules: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
     def validate(self, data: object, *, path: str = "payload") -> dict[str, Any]:
         """The payload with defaults filled in; raises InvalidJobError listing every bad field."""
@@ -156,4 +162,5 @@ class PayloadSchema:
             "properties": {f.name: f.json_schema() for f in self.fields},
             "required": [f.name for f in self.fields if f.required],
             "additionalProperties": False,
+            **self.rules,
         }

@@ -32,6 +32,19 @@ class JobContext(abc.ABC):
     def attempt(self) -> int:
         """1 for the first attempt."""
 
+    @property
+    def cancel_requested(self) -> bool:
+        """The job's cancellation was asked for: stop soon by raising JobCancelledError.
+
+        A handler that does not stop within the worker's grace period is cancelled (and, if
+        it still runs, its process replaced)."""
+        return False
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left before the job's deadline, or None when it has none."""
+        return None
+
     @abc.abstractmethod
     def report_progress(self, percent: int) -> None:
         """Record progress 0-100. Returns at once; the write happens in the background."""

@@ -64,6 +64,26 @@ def _fields_fit_mode(payload: Mapping[str, Any]) -> Sequence[FieldError]:
     ]
 
 
+def _mode_rules() -> dict[str, Any]:
+    """`_fields_fit_mode` as JSON Schema: an optional field, unless null, needs a mode that
+    uses it."""
+    return {
+        "dependentSchemas": {
+            name: {
+                "anyOf": [
+                    {"properties": {name: {"type": "null"}}},
+                    {
+                        "properties": {
+                            "mode": {"enum": [m.value for m in Mode if name in _FIELDS_BY_MODE[m]]}
+                        }
+                    },
+                ]
+            }
+            for name in sorted(_OPTIONAL)
+        }
+    }
+
+
 SCHEMA = PayloadSchema(
     (
         Field(
@@ -103,6 +123,7 @@ SCHEMA = PayloadSchema(
         ),
     ),
     cross_checks=(_fields_fit_mode,),
+    rules=_mode_rules(),
 )
 
 

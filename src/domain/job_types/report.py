@@ -6,6 +6,7 @@ import hashlib
 import math
 import time
 
+from domain.errors import JobCancelledError
 from domain.job_types import JobContext, JobType
 from domain.jobs import JSONObject, JSONValue
 from domain.retry import RetryPolicy
@@ -55,6 +56,8 @@ async def build_report(payload: JSONObject, context: JobContext) -> JSONValue:
     steps = max(1, min(_MAX_STEPS, math.ceil(seconds / _STEP_SECONDS)))
     context.report_progress(0)
     for step in range(1, steps + 1):
+        if context.cancel_requested:
+            raise JobCancelledError(f"cancelled at step {step - 1} of {steps}")
         await context.sleep(seconds / steps)
         context.report_progress(step * 100 // steps)
     return {

@@ -1,0 +1,206 @@
+"""Explainable state: what happened to a job so far, and why it is not running now.
+
+Both are derived from what the job records (its times, attempt history and status) and, for
+the waiting reason, from its situation in its queue. Nothing here is stored: a timeline costs
+no write on the hot path.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Final
+
+import attrs
+
+from domain.jobs import AttemptOutcome, Job, JobStatus
+from domain.ports import JobSituation
+
+# A timeline shows at most this many events: the first few and the most recent.
+TIMELINE_LIMIT: Final = 100
+_TIMELINE_HEAD: Final = 4
+
+
+class EventKind(enum.StrEnum):
+    """What happened. Shown to clients: never change a value."""
+
+    SUBMITTED = "submitted"
+    SCHEDULED = "scheduled"  # waits until `until`
+    CLAIMED = "claimed"  # a worker started an attempt
+    HEARTBEAT = "heartbeat"  # the latest lease renewal of the running attempt
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    NON_RETRYABLE = "non_retryable"
+    TIMED_OUT = "timed_out"
+    WORKER_LOST = "worker_lost"
+    INVALID = "invalid"
+    RELEASED = "released"
+    RETRY_SCHEDULED = "retry_scheduled"  # the next attempt is due at `until`
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    DEAD = "dead"
+
+
+@attrs.frozen(kw_only=True)
+class TimelineEvent:
+    at: datetime | None
+    kind: EventKind
+    attempt: int | None = None
+    worker: str | None = None
+    until: datetime | None = None
+    detail: str | None = None
+
+
+class WaitingKind(enum.StrEnum):
+    """Why a job that is not running waits. Shown to clients: never change a value."""
+
+    SCHEDULED = "scheduled"  # its run_at has not come
+    RETRY_BACKOFF = "retry_backoff"  # its next attempt is due later
+    QUEUE_PAUSED = "queue_paused"
+    NO_WORKER = "no_worker"  # no live worker serves its queue
+    BEHIND_JOBS = "behind_jobs"  # `ahead` jobs will be claimed before it
+    NEXT = "next"  # first in line: the next free worker takes it
+    QUEUED = "queued"  # waiting its turn (the backend cannot say more)
+
+
+@attrs.frozen(kw_only=True)
+class WaitingReason:
+    kind: WaitingKind
+    message: str
+    until: datetime | None = None
+    ahead: int | None = None
+
+
+def waiting_reason(job: Job, situation: JobSituation | None, now: datetime) -> WaitingReason | None:
+    """Why `job` is not running, or None when it is running or finished."""
+    if job.status is JobStatus.SCHEDULED:
+        when = "" if job.run_at is None else f" until {_iso(job.run_at)}"
+        return WaitingReason(
+            kind=WaitingKind.SCHEDULED, message=f"scheduled{when}", until=job.run_at
+        )
+    if job.status is JobStatus.FAILED:
+        when = "" if job.retry_at is None else f" at {_iso(job.retry_at)}"
+        return WaitingReason(
+            kind=WaitingKind.RETRY_BACKOFF,
+            message=f"attempt {job.attempts} failed; the next is due{when}",
+            until=job.retry_at,
+        )
+    if job.status is not JobStatus.QUEUED:
+        return None
+    if situation is None:
+        return WaitingReason(kind=WaitingKind.QUEUED, message="queued")
+    if situation.paused:
+        return WaitingReason(
+            kind=WaitingKind.QUEUE_PAUSED,
+            message=f"queue {job.queue!r} is paused",
+            ahead=situation.ahead,
+        )
+    if situation.workers == 0:
+        return WaitingReason(
+            kind=WaitingKind.NO_WORKER,
+            message=f"no live worker serves queue {job.queue!r}",
+            ahead=situation.ahead,
+        )
+    if situation.ahead:
+        return WaitingReason(
+            kind=WaitingKind.BEHIND_JOBS,
+            message=f"behind {situation.ahead} jobs in queue {job.queue!r}",
+            ahead=situation.ahead,
+        )
+    return WaitingReason(
+        kind=WaitingKind.NEXT, message="next in line for a free worker", ahead=situation.ahead
+    )
+
+
+def timeline(job: Job) -> Sequence[TimelineEvent]:
+    """What happened to `job`, oldest first, at most TIMELINE_LIMIT events."""
+    events = [TimelineEvent(at=job.created_at, kind=EventKind.SUBMITTED, detail=job.queue)]
+    if job.run_at is not None:
+        events.append(TimelineEvent(at=job.created_at, kind=EventKind.SCHEDULED, until=job.run_at))
+    recorded_final = False
+    for record in job.history:
+        events.append(
+            TimelineEvent(
+                at=record.started_at,
+                kind=EventKind.CLAIMED,
+                attempt=record.attempt,
+                worker=record.worker,
+            )
+        )
+        events.append(
+            TimelineEvent(
+                at=record.ended_at,
+                kind=EventKind(record.outcome.value),
+                attempt=record.attempt,
+                worker=record.worker,
+                detail=record.error,
+            )
+        )
+        recorded_final = record.outcome in (
+            AttemptOutcome.SUCCEEDED,
+            AttemptOutcome.CANCELLED,
+            AttemptOutcome.EXPIRED,
+        )
+    if job.status is JobStatus.ACTIVE:
+        events.append(
+            TimelineEvent(
+                at=job.started_at, kind=EventKind.CLAIMED, attempt=job.attempts, worker=job.worker
+            )
+        )
+        if job.heartbeat_at is not None:
+            events.append(
+                TimelineEvent(
+                    at=job.heartbeat_at,
+                    kind=EventKind.HEARTBEAT,
+                    attempt=job.attempts,
+                    worker=job.worker,
+                )
+            )
+    if job.cancel_requested_at is not None:
+        events.append(TimelineEvent(at=job.cancel_requested_at, kind=EventKind.CANCEL_REQUESTED))
+    if job.status is JobStatus.FAILED and job.retry_at is not None:
+        last = job.history[-1].ended_at if job.history else None
+        events.append(
+            TimelineEvent(
+                at=last,
+                kind=EventKind.RETRY_SCHEDULED,
+                attempt=job.attempts + 1,
+                until=job.retry_at,
+            )
+        )
+    final = {
+        JobStatus.SUCCEEDED: EventKind.SUCCEEDED,
+        JobStatus.CANCELLED: EventKind.CANCELLED,
+        JobStatus.EXPIRED: EventKind.EXPIRED,
+        JobStatus.DEAD: EventKind.DEAD,
+    }.get(job.status)
+    if final is not None and not (recorded_final and final is not EventKind.DEAD):
+        detail = None
+        if job.error is not None and final in (EventKind.DEAD, EventKind.EXPIRED):
+            detail = f"{job.error.type}: {job.error.message}"[:200]
+        events.append(TimelineEvent(at=job.finished_at, kind=final, detail=detail))
+    events = _by_time(events)
+    if len(events) > TIMELINE_LIMIT:
+        tail = TIMELINE_LIMIT - _TIMELINE_HEAD
+        events = events[:_TIMELINE_HEAD] + events[-tail:]
+    return events
+
+
+def _by_time(events: list[TimelineEvent]) -> list[TimelineEvent]:
+    """Oldest first; events of one time keep the order they were derived in, and an event
+    without a time stays after the one before it."""
+    keyed: list[tuple[datetime | None, int, TimelineEvent]] = []
+    last: datetime | None = None
+    for position, event in enumerate(events):
+        last = event.at if event.at is not None else last
+        keyed.append((last, position, event))
+    if any(at is None for at, _, _ in keyed):
+        return events
+    keyed.sort(key=lambda item: (item[0], item[1]))
+    return [event for _, _, event in keyed]
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
