@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-# The contract suite is a plain module shared by several test files: let pytest explain its
-# failed asserts as it does in test modules.
-pytest.register_assert_rewrite("tests.queue_contract")
+# The contract suites are plain modules shared by several test files: let pytest explain
+# their failed asserts as it does in test modules.
+pytest.register_assert_rewrite("tests.queue_contract", "tests.queue_contract_lifecycle")
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 

@@ -5,8 +5,13 @@ so pytest collects only the subclasses) and provides a ``queue_factory`` fixture
 `QueueFactory` that opens a fresh, empty queue and says how time passes for it.
 
 Time: leases and retry delays use short real durations (a few hundred ms). A backend on a
-fake clock makes `QueueFactory.elapse` advance that clock; one on Redis's clock sleeps.
-Claims that wait always use real time. Every test runs under `TEST_TIMEOUT`.
+fake clock makes `QueueFactory.elapse` advance that clock, and `QueueFactory.now` read it; one
+on Redis's clock sleeps, and reads the local clock. Claims that wait always use real time.
+Every test runs under `TEST_TIMEOUT`.
+
+Retention and admission are set when a queue is built: `QueueOptions` carries them, and
+`QueueFactory.configured(options)` opens a queue built with them (`scenario_with(options)`
+runs a test on one). The lifecycle suite (`tests/queue_contract_lifecycle.py`) relies on it.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from datetime import UTC, datetime
 from typing import Any
 
+import attrs
 import pytest
 
 from domain.errors import InvalidTransitionError, JobNotFoundError, UnsupportedOperationError
@@ -35,7 +41,7 @@ from domain.jobs import (
     Lease,
     can_transition,
 )
-from domain.ports import JobQuery, JobQueue
+from domain.ports import AdmissionPolicy, JobQuery, JobQueue
 from tests.queue_driving import claim_and_process, driven_job
 
 TEST_TIMEOUT = 20.0
@@ -46,6 +52,26 @@ FOREVER = 60.0  # a lease that does not expire during a test
 S = JobStatus
 
 
+@attrs.frozen(kw_only=True)
+class QueueOptions:
+    """What a queue is built with besides its connection: retention and admission.
+
+    The names are the adapters' constructor keywords: `kwargs()` passes them on as they are,
+    e.g. ``RedisJobQueue(client, prefix=prefix, **options.kwargs())``.
+    """
+
+    result_ttl: float = 86400.0  # seconds succeeded, cancelled and expired jobs are kept
+    dead_ttl: float = 7 * 86400.0  # seconds dead jobs are kept
+    idempotency_ttl: float = 86400.0  # seconds an idempotency key is held
+    admission: AdmissionPolicy | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        return attrs.asdict(self, recurse=False)
+
+
+DEFAULTS = QueueOptions()
+
+
 class QueueFactory(abc.ABC):
     """Opens queues for one backing, and controls how time passes for them."""
 
@@ -53,9 +79,23 @@ class QueueFactory(abc.ABC):
     def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
         """A fresh, empty queue, closed (and its data removed) on exit."""
 
+    def configured(self, options: QueueOptions) -> AbstractAsyncContextManager[JobQueue]:
+        """A fresh, empty queue built with `options`, closed (and its data removed) on exit.
+
+        A backend without `capabilities.admission` refuses a policy it cannot enforce: here,
+        or at its first `submit`, with UnsupportedOperationError naming `admission`.
+        """
+        if options == DEFAULTS:
+            return self()
+        raise NotImplementedError(f"{type(self).__name__} cannot build a queue with {options}")
+
     async def elapse(self, seconds: float) -> None:
         """Let `seconds` pass on the clock the queue reads for leases and delays."""
         await asyncio.sleep(seconds)
+
+    async def now(self, queue: JobQueue) -> datetime:
+        """The time on the clock the queue reads: what run_at and deadlines are measured on."""
+        return datetime.now(UTC)
 
     async def stale_writes(self, queue: JobQueue) -> int | None:
         """The backend's count of rejected stale writes, or None if it exposes none."""
@@ -76,20 +116,46 @@ def scenario(fn: Scenario) -> Callable[[Any, QueueFactory], None]:
 
     (No pytest-asyncio: each test runs its own event loop with `asyncio.run`.)
     """
+    return scenario_with(DEFAULTS)(fn)
 
-    def test(self: Any, queue_factory: QueueFactory) -> None:
-        async def main() -> None:
-            async with queue_factory() as queue:
-                await asyncio.wait_for(
-                    refusing(fn(self, queue, queue_factory), queue), TEST_TIMEOUT
-                )
 
-        asyncio.run(main())
+def scenario_with(
+    options: QueueOptions,
+) -> Callable[[Scenario], Callable[[Any, QueueFactory], None]]:
+    """`scenario`, on a fresh queue built with `options` (see `QueueFactory.configured`)."""
 
-    test.__name__ = fn.__name__
-    test.__qualname__ = fn.__qualname__
-    test.__doc__ = fn.__doc__
-    return test
+    def decorate(fn: Scenario) -> Callable[[Any, QueueFactory], None]:
+        def test(self: Any, queue_factory: QueueFactory) -> None:
+            async def main() -> None:
+                async with AsyncExitStack() as stack:
+                    try:
+                        opened = queue_factory.configured(options)
+                        queue = await stack.enter_async_context(opened)
+                    except UnsupportedOperationError as refused:
+                        await refused_when_built(queue_factory, refused)
+                        return
+                    await asyncio.wait_for(
+                        refusing(fn(self, queue, queue_factory), queue), TEST_TIMEOUT
+                    )
+
+            asyncio.run(main())
+
+        test.__name__ = fn.__name__
+        test.__qualname__ = fn.__qualname__
+        test.__doc__ = fn.__doc__
+        return test
+
+    return decorate
+
+
+async def refused_when_built(factory: QueueFactory, refused: UnsupportedOperationError) -> None:
+    """A backend may refuse, as it is built, options a capability flag says it cannot honour
+    (an admission policy without `admission`); a refusal the flags do not admit fails."""
+    async with factory() as plain:
+        flag = getattr(plain.capabilities, refused.capability, None)
+    if flag is not False:
+        message = f"{refused}, but capabilities.{refused.capability} is {flag}"
+        raise AssertionError(message) from refused
 
 
 async def refusing(scenario: Awaitable[None], queue: JobQueue) -> None:
@@ -106,8 +172,17 @@ async def refusing(scenario: Awaitable[None], queue: JobQueue) -> None:
 
 
 def new_job(
-    *, queue: str = "default", type: str = "dummy", max_attempts: int = 3, n: int = 0
+    *,
+    queue: str = "default",
+    type: str = "dummy",
+    max_attempts: int = 3,
+    n: int = 0,
+    priority: int = 0,
+    run_at: datetime | None = None,
+    deadline: datetime | None = None,
+    now: datetime | None = None,
 ) -> Job:
+    """A job as a client submits it: queued, or scheduled when `run_at` is after `now`."""
     return Job.submitted(
         id=uuid.uuid4().hex,
         type=type,
@@ -115,7 +190,10 @@ def new_job(
         queue=queue,
         max_attempts=max_attempts,
         timeout=30.0,
-        now=datetime.now(UTC),
+        now=now or datetime.now(UTC),
+        priority=priority,
+        run_at=run_at,
+        deadline=deadline,
     )
 
 
@@ -204,8 +282,10 @@ class StatusLog:
                     ok = can_transition(before, JobStatus.QUEUED) and can_transition(
                         JobStatus.QUEUED, after
                     )
-                elif before == JobStatus.FAILED and after == JobStatus.ACTIVE:
-                    # A due retry is queued, then claimed, within one claim call.
+                elif (
+                    before in (JobStatus.FAILED, JobStatus.SCHEDULED) and after == JobStatus.ACTIVE
+                ):
+                    # A due retry or scheduled job is queued, then claimed, within one claim.
                     ok = can_transition(before, JobStatus.QUEUED) and can_transition(
                         JobStatus.QUEUED, after
                     )

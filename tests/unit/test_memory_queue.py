@@ -1,4 +1,4 @@
-"""The port contract on the in-memory queue, with a settable clock."""
+"""The port contracts on the in-memory queue, with a settable clock."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from adapters.memory_queue import InMemoryJobQueue
 from domain.ports import Clock, JobQueue
-from tests.queue_contract import QueueContract, QueueFactory
+from tests.queue_contract import DEFAULTS, QueueContract, QueueFactory, QueueOptions
+from tests.queue_contract_lifecycle import LifecycleContract
 
 
 class FakeClock(Clock):
@@ -29,11 +30,14 @@ class MemoryFactory(QueueFactory):
         self.clock = FakeClock()
 
     def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
-        return self._open()
+        return self.configured(DEFAULTS)
+
+    def configured(self, options: QueueOptions) -> AbstractAsyncContextManager[JobQueue]:
+        return self._open(options)
 
     @asynccontextmanager
-    async def _open(self) -> AsyncIterator[JobQueue]:
-        queue = InMemoryJobQueue(self.clock)
+    async def _open(self, options: QueueOptions) -> AsyncIterator[JobQueue]:
+        queue = InMemoryJobQueue(self.clock, **options.kwargs())
         try:
             yield queue
         finally:
@@ -42,12 +46,21 @@ class MemoryFactory(QueueFactory):
     async def elapse(self, seconds: float) -> None:
         self.clock.advance(seconds)
 
+    async def now(self, queue: JobQueue) -> datetime:
+        return self.clock.now()
+
     async def stale_writes(self, queue: JobQueue) -> int | None:
         assert isinstance(queue, InMemoryJobQueue)
         return queue.stale_writes
 
 
 class TestInMemoryJobQueue(QueueContract):
+    @pytest.fixture
+    def queue_factory(self) -> QueueFactory:
+        return MemoryFactory()
+
+
+class TestInMemoryJobQueueLifecycle(LifecycleContract):
     @pytest.fixture
     def queue_factory(self) -> QueueFactory:
         return MemoryFactory()
