@@ -7,6 +7,7 @@ so a developer's REDIS_URL is never flushed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import pickle
 import random
 import socket
@@ -14,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -22,45 +24,65 @@ from redis.crc import key_slot
 
 from adapters.redis_client import create_redis
 from adapters.redis_queue import RedisJobQueue
-from domain.errors import QueueUnavailableError, UnsafeBackendError
+from adapters.redis_queue.codec import encode_job
+from domain.errors import (
+    AdmissionRefusedError,
+    IdempotencyConflictError,
+    QueueUnavailableError,
+    UnsafeBackendError,
+)
 from domain.job_types import JobContext, JobTypeRegistry
-from domain.jobs import AttemptOutcome, ErrorKind, JobError, JobStatus
-from domain.ports import JobQuery, JobQueue
+from domain.jobs import AttemptOutcome, ErrorKind, JobError, JobStatus, Lease
+from domain.ports import AdmissionPolicy, JobQuery, JobQueue, NewJob, QueueLimits, Submitted
 from domain.services import JobProcessor, Outcome
 from tests.queue_contract import (
+    DEFAULTS,
     FOREVER,
     QueueContract,
     QueueFactory,
+    QueueOptions,
     all_pages,
     claim,
     claim_one,
     new_job,
     scenario,
+    status_of,
 )
+from tests.queue_contract_lifecycle import LifecycleContract
 
 T = TypeVar("T")
+S = JobStatus
 
 
 class RedisFactory(QueueFactory):
-    def __init__(self, url: str, *, result_ttl: float = 86400.0) -> None:
+    def __init__(self, url: str, options: QueueOptions = DEFAULTS) -> None:
         self.url = url
         self.prefix = f"test-{uuid.uuid4().hex}"
-        self.result_ttl = result_ttl
+        self.options = options
 
     def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
         return self.open()
+
+    def configured(self, options: QueueOptions) -> AbstractAsyncContextManager[JobQueue]:
+        return self.open(options)
 
     def client(self) -> redis.asyncio.Redis:
         return create_redis(self.url, connect_timeout=2.0, socket_timeout=5.0)
 
     @asynccontextmanager
-    async def open(self) -> AsyncIterator[RedisJobQueue]:
-        queue = RedisJobQueue(self.client(), prefix=self.prefix, result_ttl=self.result_ttl)
+    async def open(self, options: QueueOptions | None = None) -> AsyncIterator[RedisJobQueue]:
+        kwargs = (options or self.options).kwargs()
+        queue = RedisJobQueue(self.client(), prefix=self.prefix, **kwargs)
         try:
             yield queue
         finally:
             await queue.close()
             await self.delete_keys()
+
+    async def now(self, queue: JobQueue) -> datetime:
+        async with self.raw() as client:
+            seconds, micros = await client.time()
+        return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
 
     @asynccontextmanager
     async def raw(self) -> AsyncIterator[redis.asyncio.Redis]:
@@ -142,6 +164,19 @@ async def _config(client: redis.asyncio.Redis, name: str) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+async def dataset_memory(client: redis.asyncio.Redis) -> int:
+    """The server's memory for data: what it uses less its own overhead (client buffers,
+    script caches, ...)."""
+    info = await client.info("memory")
+    return int(info["used_memory_dataset"])
+
+
+async def _script_calls(client: redis.asyncio.Redis) -> int:
+    """How many EVALSHA calls the server has run so far."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -160,38 +195,57 @@ class TestRedisJobQueueOnRedis(QueueContract):
     async def test_every_key_of_a_queue_shares_its_hash_tag(
         self, queue: JobQueue, factory: QueueFactory
     ) -> None:
+        assert isinstance(queue, RedisJobQueue)
         assert isinstance(factory, RedisFactory)
         p = factory.prefix
+        now = await factory.now(queue)
         done, dead, retried, running, waiting = (new_job(n=n) for n in range(5))
-        for job in (done, dead, retried, running, waiting):
+        doomed = new_job(n=5, deadline=now + timedelta(seconds=FOREVER), now=now)
+        later = new_job(n=6, run_at=now + timedelta(seconds=FOREVER), now=now)
+        for job in (done, dead, retried, running, waiting, doomed, later):
             await queue.enqueue(job)
         leases = {lease.job_id: lease for lease in await claim(queue, limit=4)}
         assert await queue.complete(leases[done.id], "ok")
         assert await queue.fail(leases[dead.id], JobError("x", "E"), retry_in=None)
         assert await queue.fail(leases[retried.id], JobError("x", "E"), retry_in=FOREVER)
         assert not await queue.complete(leases[done.id], "again")  # counted as stale
+        await queue.cancel(running.id)  # active: a cancel request
+        await queue.pause("default")
+        await queue.heartbeat("w1", ["default"], FOREVER)
+        await queue.submit([NewJob(job=new_job(n=7), idempotency_key="k", fingerprint="f")])
 
         tag = factory.tag()
-        assert await factory.keys() == {
+        jobs = (done, dead, retried, running, waiting, doomed, later)
+        statuses = ("scheduled", "queued", "active", "succeeded", "failed", "dead")
+        keys = await factory.keys()
+        assert {k for k in keys if not k.startswith(tag)} == {
             f"{p}:queues",
-            *(f"{tag}:job:{job.id}" for job in (done, dead, retried, running, waiting)),
-            f"{tag}:ready",
+            f"{p}:idem:{hashlib.sha256(b'k').hexdigest()}",
+        }
+        assert {k for k in keys if k.startswith(tag) and ":job:" not in k} == {
+            f"{tag}:queued",
             f"{tag}:active",
             f"{tag}:delayed",
+            f"{tag}:deadlines",
+            f"{tag}:cancelling",
             f"{tag}:marker",
+            f"{tag}:paused",
+            f"{tag}:seq",
             f"{tag}:tokens",
             f"{tag}:stale",
-            *(f"{tag}:index:{s}" for s in ("queued", "active", "succeeded", "failed", "dead")),
+            f"{tag}:workers",
+            *(f"{tag}:index:{s}" for s in statuses),
         }
-        slots = {key_slot(k.encode()) for k in await factory.keys() if k.startswith(tag)}
+        assert {f"{tag}:job:{job.id}" for job in jobs} < keys
+        slots = {key_slot(k.encode()) for k in keys if k.startswith(tag)}
         assert len(slots) == 1
 
     @scenario
-    async def test_a_succeeded_job_expires_after_result_ttl_and_a_dead_job_is_kept(
+    async def test_finished_jobs_expire_after_their_retention_and_recover_forgets_them(
         self, queue: JobQueue, factory: QueueFactory
     ) -> None:
         assert isinstance(factory, RedisFactory)
-        short_lived = RedisFactory(factory.url, result_ttl=0.5)
+        short_lived = RedisFactory(factory.url, QueueOptions(result_ttl=0.5, dead_ttl=1.0))
         tag = short_lived.tag()
         async with short_lived.open() as short, short_lived.raw() as client:
             done, dead, later = new_job(), new_job(), new_job()
@@ -201,17 +255,112 @@ class TestRedisJobQueueOnRedis(QueueContract):
             assert await short.complete(first, {"n": 1})
             assert await short.fail(second, JobError("x", "E"), retry_in=None)
             assert 0 < await client.pttl(f"{tag}:job:{done.id}") <= 500
-            assert await client.pttl(f"{tag}:job:{dead.id}") == -1  # the dead-letter set
+            assert 500 < await client.pttl(f"{tag}:job:{dead.id}") <= 1000
+            assert await client.pttl(f"{tag}:job:{later.id}") == -1  # waiting: kept
             await asyncio.sleep(0.7)
             assert await short.get(done.id) is None
-            dead_job = await short.get(dead.id)
-            assert dead_job is not None
-            assert dead_job.status == JobStatus.DEAD
-            # The next completion forgets the index entry of the expired result.
+            assert await status_of(short, dead.id) == JobStatus.DEAD
+            # Maintenance forgets the index entry of the expired result, not the dead job's.
             assert await client.zscore(f"{tag}:index:succeeded", done.id) is not None
-            assert await short.complete(await claim_one(short), None)
+            assert await short.recover(["default"]) == 0
             assert await client.zscore(f"{tag}:index:succeeded", done.id) is None
-            assert await client.zcard(f"{tag}:index:succeeded") == 1
+            assert await client.zscore(f"{tag}:index:dead", dead.id) is not None
+            await asyncio.sleep(0.5)
+            assert await short.get(dead.id) is None
+            await short.recover(["default"])
+            assert await client.zcard(f"{tag}:index:dead") == 0
+            # A requeued job is kept for good again.
+            assert await short.fail(await claim_one(short), JobError("x", "E"), retry_in=None)
+            assert await client.pttl(f"{tag}:job:{later.id}") > 0
+            await short.requeue(later.id)
+            assert await client.pttl(f"{tag}:job:{later.id}") == -1
+
+    @scenario
+    async def test_a_dead_job_stored_without_an_expiry_is_forgotten_once_past_dead_ttl(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        short_lived = RedisFactory(factory.url, QueueOptions(dead_ttl=0.3))
+        tag = short_lived.tag()
+        async with short_lived.open() as short, short_lived.raw() as client:
+            job = new_job()
+            await short.enqueue(job)
+            assert await short.fail(await claim_one(short), JobError("x", "E"), retry_in=None)
+            # As an earlier version left dead jobs: kept for good.
+            await client.persist(f"{tag}:job:{job.id}")
+            await asyncio.sleep(0.5)
+            assert await status_of(short, job.id) == JobStatus.DEAD
+            await short.recover(["default"])
+            assert await short.get(job.id) is None
+            assert await client.zcard(f"{tag}:index:dead") == 0
+
+    @scenario
+    async def test_memory_returns_to_its_baseline_once_finished_jobs_are_past_retention(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        options = QueueOptions(result_ttl=2.0, dead_ttl=2.0, idempotency_ttl=2.0)
+        short_lived = RedisFactory(factory.url, options)
+        tag = short_lived.tag()
+        async with short_lived.open() as short, short_lived.raw() as client:
+
+            async def settle() -> None:
+                await asyncio.sleep(2.2)
+                await short.recover(["default"])
+                await claim(short, wait_seconds=0.05)  # takes the marker, if any
+
+            warm = new_job()
+            await short.enqueue(warm)
+            assert await short.complete(await claim_one(short), "ok")
+            await settle()
+            baseline_keys = await short_lived.keys()
+            baseline_memory = await dataset_memory(client)
+
+            n = 2000
+            now = await short_lived.now(short)
+            soon, later = now + timedelta(seconds=0.2), now + timedelta(seconds=FOREVER)
+            # Every fifth job is scheduled for later with a deadline before then: it expires.
+            jobs = [
+                new_job(n=i, run_at=later, deadline=soon, now=now) if i % 5 == 4 else new_job(n=i)
+                for i in range(n)
+            ]
+            await short.submit(
+                [
+                    NewJob(job=job, idempotency_key=f"key-{i}" if i % 2 else None, fingerprint="f")
+                    for i, job in enumerate(jobs)
+                ]
+            )
+            await asyncio.gather(*(short.cancel(job.id) for job in jobs[3::5]))  # queued
+            leases = await claim(short, limit=n)
+            assert len(leases) == 3 * n // 5
+
+            async def finish(i: int, lease: Lease) -> None:
+                if i % 3 == 0:
+                    assert await short.complete(lease, {"i": i, "pad": "x" * 200})
+                elif i % 3 == 1:
+                    assert await short.fail(lease, JobError("boom", "E"), retry_in=None)
+                else:
+                    await short.cancel(lease.job_id)
+                    assert await short.cancelled(lease)
+
+            await asyncio.gather(*(finish(i, lease) for i, lease in enumerate(leases)))
+            await asyncio.sleep(0.3)
+            await short.recover(["default"])  # the deadlines pass: the rest expire
+            finished = {S.SUCCEEDED: n // 5, S.DEAD: n // 5, S.CANCELLED: 2 * n // 5}
+            finished[S.EXPIRED] = n // 5
+            for status in JobStatus:
+                count = await client.zcard(f"{tag}:index:{status.value}")
+                assert count == finished.get(status, 0), status
+            grown = await dataset_memory(client) - baseline_memory
+            assert grown > 1_000_000
+
+            await settle()
+            assert await short_lived.keys() == baseline_keys
+            for status in JobStatus:
+                assert await client.zcard(f"{tag}:index:{status.value}") == 0, status
+            # Back to the baseline, give or take what the server keeps for itself (its
+            # slow log, for one).
+            assert await dataset_memory(client) - baseline_memory < grown / 10
 
     @scenario
     async def test_a_job_that_cannot_be_decoded_is_dead_lettered_and_nothing_in_it_runs(
@@ -263,7 +412,7 @@ class TestRedisJobQueueOnRedis(QueueContract):
         assert stored.error.kind == ErrorKind.INVALID
 
     @scenario
-    async def test_an_id_in_the_ready_list_whose_job_is_gone_is_skipped(
+    async def test_an_id_in_line_whose_job_is_gone_is_skipped(
         self, queue: JobQueue, factory: QueueFactory
     ) -> None:
         assert isinstance(factory, RedisFactory)
@@ -274,7 +423,7 @@ class TestRedisJobQueueOnRedis(QueueContract):
             await client.delete(f"{factory.tag()}:job:{gone.id}")
             leases = await claim(queue, limit=10)
             assert [lease.job_id for lease in leases] == [kept.id]
-            assert await client.llen(f"{factory.tag()}:ready") == 0
+            assert await client.zcard(f"{factory.tag()}:queued") == 0
             assert await client.exists(f"{factory.tag()}:job:{gone.id}") == 0
 
     @scenario
@@ -373,6 +522,128 @@ class TestRedisJobQueueOnRedis(QueueContract):
         assert [r.outcome for r in stored.history] == [AttemptOutcome.SUCCEEDED]
 
     @scenario
+    async def test_jobs_left_in_the_earlier_layouts_list_are_recovered_first_in_their_order(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        tag = factory.tag()
+        old = [new_job(n=n) for n in range(3)]
+        async with factory.raw() as client:  # as the FIFO-list layout stored them
+            for job in old:
+                await client.hset(f"{tag}:job:{job.id}", items=encode_job(job))
+                await client.rpush(f"{tag}:ready", job.id)
+            await client.sadd(f"{factory.prefix}:queues", "default")
+        fresh = new_job(n=3)
+        await queue.enqueue(fresh)
+        assert [lease.job_id for lease in await claim(queue, limit=10)] == [fresh.id]
+        await queue.release((await queue.held_by("worker-1", ["default"]))[0])
+        assert await queue.recover(["default"]) == 0  # moved in line, no status changed
+        leases = await claim(queue, limit=10)
+        assert [lease.job_id for lease in leases] == [*(job.id for job in old), fresh.id]
+        assert leases[0].job.run_at is None  # a hash without the later fields decodes
+        async with factory.raw() as client:
+            assert await client.exists(f"{tag}:ready") == 0
+
+    @scenario
+    async def test_idempotency_keys_are_stored_hashed_and_expire_after_their_retention(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        options = QueueOptions(idempotency_ttl=5.0)
+        async with factory.configured(options) as keyed, factory.raw() as client:
+            key = "order {42}: caf\u00e9 *\r\n"
+            job = new_job()
+            answer = await keyed.submit([NewJob(job=job, idempotency_key=key, fingerprint="a b")])
+            assert list(answer) == [Submitted(job.id, created=True)]
+            name = f"{factory.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+            assert await client.get(name) == f"a b {job.id}".encode()
+            assert 4000 < await client.pttl(name) <= 5000
+            again = await keyed.submit(
+                [NewJob(job=new_job(), idempotency_key=key, fingerprint="a b")]
+            )
+            assert list(again) == [Submitted(job.id, created=False)]
+            with pytest.raises(IdempotencyConflictError):
+                await keyed.submit([NewJob(job=new_job(), idempotency_key=key, fingerprint="a")])
+
+    @scenario
+    async def test_memory_admission_reads_used_memory_in_the_submitting_script(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        tight = QueueOptions(admission=AdmissionPolicy(max_memory=1, retry_after=2.5))
+        async with factory.configured(tight) as full:
+            job = new_job()
+            with pytest.raises(AdmissionRefusedError) as refusal:
+                await full.submit([NewJob(job=job)])
+            assert (refusal.value.queue, refusal.value.retry_after) == (None, 2.5)
+            assert "bytes of memory, over the limit of 1" in refusal.value.reason
+            assert await full.get(job.id) is None
+            assert await full.verify() is not None  # INFO answers: no warning about it
+            assert not any("memory" in w for w in await full.verify())
+        roomy = QueueOptions(admission=AdmissionPolicy(max_memory=2**50))
+        async with factory.configured(roomy) as spacious:
+            job = new_job()
+            assert list(await spacious.submit([NewJob(job=job)])) == [Submitted(job.id, True)]
+
+    @scenario
+    async def test_calls_coalesced_in_one_tick_each_get_their_own_answer_or_refusal(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        policy = AdmissionPolicy(queues={"tight": QueueLimits(max_depth=0)})
+        async with factory.configured(QueueOptions(admission=policy)) as limited:
+            held = new_job(n=0)
+            await limited.submit([NewJob(job=held, idempotency_key="k", fingerprint="1")])
+            fine, clash, twin = new_job(n=1), new_job(n=2), new_job(n=4)
+            refused = new_job(n=3, queue="tight")
+            await limited.enqueue(twin)
+            outcomes = await asyncio.gather(
+                limited.submit([NewJob(job=fine)]),
+                limited.submit([NewJob(job=clash, idempotency_key="k", fingerprint="2")]),
+                limited.submit([NewJob(job=refused)]),
+                limited.enqueue(twin),
+                limited.submit([NewJob(job=new_job(n=5), idempotency_key="k", fingerprint="1")]),
+                return_exceptions=True,
+            )
+            assert outcomes[0] == [Submitted(fine.id, True)]
+            assert isinstance(outcomes[1], IdempotencyConflictError)
+            assert isinstance(outcomes[2], AdmissionRefusedError)
+            assert outcomes[2].queue == "tight"
+            assert isinstance(outcomes[3], ValueError)
+            assert outcomes[4] == [Submitted(held.id, False)]
+            assert await limited.get(fine.id) is not None
+            assert await limited.get(clash.id) is None
+            assert await limited.get(refused.id) is None
+
+    @scenario
+    async def test_a_claimer_waiting_on_a_paused_queue_with_work_in_it_does_not_spin(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        assert isinstance(factory, RedisFactory)
+        await queue.pause("default")
+        for n in range(5):
+            await queue.enqueue(new_job(n=n))
+        async with factory.raw() as client:
+            before = await _script_calls(client)
+            started = time.monotonic()
+            assert await claim(queue, wait_seconds=1.5) == []
+            assert time.monotonic() - started >= 1.4
+            # One claim at first, one after the marker the enqueues left, one per 1 s slice.
+            assert await _script_calls(client) - before <= 6
+
+    @scenario
+    async def test_cancel_requested_answers_only_for_the_lease_currently_held(
+        self, queue: JobQueue, factory: QueueFactory
+    ) -> None:
+        job = new_job()
+        await queue.enqueue(job)
+        lease = await claim_one(queue)
+        await queue.cancel(job.id)
+        stale = Lease(lease.job, lease.token + "-old")
+        assert await queue.cancel_requested([stale]) == set()
+        assert await queue.cancel_requested([lease, stale]) == {job.id}
+
+    @scenario
     async def test_verify_refuses_a_maxmemory_policy_that_evicts(
         self, queue: JobQueue, factory: QueueFactory
     ) -> None:
@@ -430,3 +701,9 @@ class TestRedisJobQueueOnRedis(QueueContract):
             assert time.monotonic() - started < 5.0
 
         asyncio.run(main())
+
+
+class TestRedisJobQueueLifecycleOnRedis(LifecycleContract):
+    @pytest.fixture
+    def queue_factory(self, redis_url: str) -> RedisFactory:
+        return RedisFactory(redis_url)

@@ -1,14 +1,16 @@
 """Coalescing the calls made in one event-loop tick into one round trip.
 
 A worker that finishes 100 jobs at once calls `complete` 100 times; an API under load calls
-`enqueue` from many requests at once. Each call is queued here with a future, and a flush
+`submit` from many requests at once. Each call is queued here with a future, and a flush
 scheduled with `call_soon` runs once every coroutine that was ready in this tick has had its
-turn: it sends one script call per (script, queue) with every call's arguments (all in one
-pipeline) and resolves each future with that call's own integer answer. A lone call costs
-one loop iteration of latency, nothing more.
+turn: it sends one script call per (script, group) with every call's arguments (all in one
+pipeline) and resolves each future with that call's own answer. A lone call costs one loop
+iteration of latency, nothing more.
 
-A call whose caller is cancelled after submitting may still be written, exactly like a
-command already sent on a socket.
+The script answers each call on its own: a call refused (a stale lease, a submission over an
+admission limit) does not affect the calls batched with it, and its caller alone sees the
+refusal. A call whose caller is cancelled after submitting may still be written, exactly
+like a command already sent on a socket.
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ MAX_CALLS_PER_SCRIPT: Final = 256  # keeps each script run short (well under a m
 
 @attrs.define
 class Batch:
-    """Calls of one script on one queue, to be run as one script invocation."""
+    """Calls of one script on one group of keys (a queue), to be run as one invocation."""
 
     script: object  # a tag the runner dispatches on
-    queue: str
-    calls: list[Sequence[Any]] = attrs.field(factory=list)
-    futures: list[asyncio.Future[int]] = attrs.field(factory=list)
+    group: str
+    calls: list[Any] = attrs.field(factory=list)
+    futures: list[asyncio.Future[Any]] = attrs.field(factory=list)
 
 
-# Runs batches (in order, one round trip) and answers one list of integers per batch.
-Runner = Callable[[Sequence[Batch]], Awaitable[Sequence[Sequence[int]]]]
+# Runs batches (in order, one round trip) and answers, per batch, one answer per call.
+Runner = Callable[[Sequence[Batch]], Awaitable[Sequence[Sequence[Any]]]]
 
 
 class TickBatcher:
@@ -43,16 +45,16 @@ class TickBatcher:
         self._open: dict[tuple[object, str], Batch] = {}  # the ones still taking calls
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def submit(self, script: object, queue: str, call: Sequence[Any]) -> int:
-        """Queue one call; answers the script's integer for it."""
+    async def submit(self, script: object, group: str, call: Any) -> Any:
+        """Queue one call; answers the script's answer to it."""
         loop = asyncio.get_running_loop()
         if not self._batches:
             loop.call_soon(self._flush)
-        batch = self._open.get((script, queue))
+        batch = self._open.get((script, group))
         if batch is None or len(batch.calls) >= MAX_CALLS_PER_SCRIPT:
-            batch = self._open[(script, queue)] = Batch(script, queue)
+            batch = self._open[(script, group)] = Batch(script, group)
             self._batches.append(batch)
-        future: asyncio.Future[int] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         batch.calls.append(call)
         batch.futures.append(future)
         return await future

@@ -3,7 +3,10 @@
 One hash field per attribute, so scripts change a status or a counter without decoding
 anything. Numbers are decimal strings, timestamps are integer microseconds since the Unix
 epoch (UTC), and payload, result and error are JSON (msgspec). Nothing is ever unpickled:
-whatever sits in Redis is data, and data that does not decode is reported, not run.
+whatever sits in Redis is data, and data that does not decode is reported, not run. A field
+that is None is not stored, so a hash written before a field existed (``run_at``,
+``deadline``, ``retry_at``, ``cancel_requested_at``, ``heartbeat_at``, ``idempotency_key``)
+still decodes.
 
 ``history`` is a JSON array of attempt records, oldest first, that the scripts extend (with
 cjson) as each attempt ends, except the final `succeeded` one: it is implied by the hash's
@@ -55,6 +58,12 @@ FIELDS: Final = (
     "error",
     "worker",
     "history",
+    "run_at",
+    "deadline",
+    "retry_at",
+    "cancel_requested_at",
+    "heartbeat_at",
+    "idempotency_key",
 )
 TOKEN_FIELD: Final = "token"  # noqa: S105 - a field name, not a secret
 FIELDS_WITH_TOKEN: Final = (*FIELDS, TOKEN_FIELD)
@@ -136,8 +145,11 @@ def from_micros(raw: bytes) -> datetime:
     return _EPOCH + timedelta(microseconds=int(raw))
 
 
-def encode_job(job: Job) -> list[str | bytes]:
-    """HSET arguments (field, value, field, value, ...) for a job; None fields are omitted."""
+def encode_job(job: Job, *, with_status: bool = True) -> list[str | bytes]:
+    """HSET arguments (field, value, field, value, ...) for a job; None fields are omitted.
+
+    Without `with_status` the status is left out, for a script that decides it.
+    """
     args: list[str | bytes] = [
         "id",
         job.id,
@@ -145,8 +157,6 @@ def encode_job(job: Job) -> list[str | bytes]:
         job.type,
         "queue",
         job.queue,
-        "status",
-        job.status.value,
         "payload",
         _json_encode(job.payload),
         "max_attempts",
@@ -160,6 +170,8 @@ def encode_job(job: Job) -> list[str | bytes]:
         "attempts",
         str(job.attempts),
     ]
+    if with_status:
+        args += ("status", job.status.value)
     if job.started_at is not None:
         args += ("started_at", str(to_micros(job.started_at)))
     if job.finished_at is not None:
@@ -173,10 +185,22 @@ def encode_job(job: Job) -> list[str | bytes]:
     if job.worker is not None:
         args += ("worker", job.worker)
     history = job.history
-    if job.status is JobStatus.SUCCEEDED and history:
+    if history and job.status is JobStatus.SUCCEEDED:
         history = history[:-1]  # implied by the other fields (see the module's docstring)
     if history:
         args += ("history", encode_history(history))
+    if job.run_at is not None:
+        args += ("run_at", str(to_micros(job.run_at)))
+    if job.deadline is not None:
+        args += ("deadline", str(to_micros(job.deadline)))
+    if job.retry_at is not None:
+        args += ("retry_at", str(to_micros(job.retry_at)))
+    if job.cancel_requested_at is not None:
+        args += ("cancel_requested_at", str(to_micros(job.cancel_requested_at)))
+    if job.heartbeat_at is not None:
+        args += ("heartbeat_at", str(to_micros(job.heartbeat_at)))
+    if job.idempotency_key is not None:
+        args += ("idempotency_key", job.idempotency_key)
     return args
 
 
@@ -203,6 +227,12 @@ def decode_job(raw: RawFields) -> Job | None:
         error,
         worker,
         history,
+        run_at,
+        deadline,
+        retry_at,
+        cancel_requested_at,
+        heartbeat_at,
+        idempotency_key,
     ) = raw[: len(FIELDS)]
     if id_ is None and status is None:
         return None
@@ -251,12 +281,22 @@ def decode_job(raw: RawFields) -> Job | None:
             error=_decode_error(error) if error is not None else None,
             worker=worker_id,
             history=records,
+            run_at=_optional_moment(run_at),
+            deadline=_optional_moment(deadline),
+            retry_at=_optional_moment(retry_at),
+            cancel_requested_at=_optional_moment(cancel_requested_at),
+            heartbeat_at=_optional_moment(heartbeat_at),
+            idempotency_key=idempotency_key.decode() if idempotency_key is not None else None,
         )
     except UndecodableJobError:
         raise
     except (ValueError, TypeError, OverflowError, msgspec.DecodeError) as exc:
         # UnicodeDecodeError and attrs' validator errors are ValueErrors.
         raise UndecodableJobError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _optional_moment(raw: bytes | None) -> datetime | None:
+    return from_micros(raw) if raw is not None else None
 
 
 def _decode_error(raw: bytes) -> JobError:

@@ -1,10 +1,11 @@
 """`RedisJobQueue`: the JobQueue port on `redis.asyncio`, one Lua script per move.
 
 Every operation is one round trip (a script call, or a pipeline), except a claim over several
-queues (one script call per queue until the limit is filled), `requeue` (finding the job's
-queue, like `get`, then the script) and `list_jobs` (see `listing.py`). `enqueue` and
-`complete` calls made in the same event-loop tick share one round trip (see `batching.py`).
-Key layout and scripts: `scripts.py`.
+queues (one script call per queue until the limit is filled), the calls that must first find
+a job's queue (`requeue`, `cancel`, `situation`: one read, like `get`, then the script),
+`queue_stats` and `forget_worker` over every queue (the queue names first) and `list_jobs`
+(see `listing.py`). `submit` and `complete` calls made in the same event-loop tick share one
+round trip (see `batching.py`). Key layout and scripts: `scripts.py`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from typing import Any, Final
 
 import redis.asyncio
 from redis.asyncio.client import Pipeline
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from adapters.redis_client import redis_errors
-from adapters.redis_queue import listing, scripts
+from adapters.redis_queue import listing, scripts, submission
 from adapters.redis_queue.batching import Batch, TickBatcher
 from adapters.redis_queue.codec import (
     FIELDS,
@@ -28,10 +29,9 @@ from adapters.redis_queue.codec import (
     UndecodableJobError,
     decode_job,
     encode_error,
-    encode_job,
     encode_json,
 )
-from adapters.redis_queue.keys import QueueKeys
+from adapters.redis_queue.keys import QueueKeys, queues_key
 from adapters.redis_queue.scripts import Script
 from domain.errors import (
     InvalidTransitionError,
@@ -51,25 +51,46 @@ from domain.jobs import (
     error_summary,
     is_job_id,
 )
-from domain.ports import Capabilities, JobPage, JobQuery, JobQueue
+from domain.ports import (
+    AdmissionPolicy,
+    Capabilities,
+    JobPage,
+    JobQuery,
+    JobQueue,
+    JobSituation,
+    NewJob,
+    QueueStats,
+    Submitted,
+)
 
 log = logging.getLogger("conveyor.redis_queue")
 
 # What a reclaimed job records: its error, and that error's line in the job's history.
 _LEASE_EXPIRED: Final = (encode_error(LEASE_EXPIRED), error_summary(LEASE_EXPIRED))
+_DAY: Final = 86400.0
 
 
 class RedisJobQueue(JobQueue):
     """Jobs in Redis, shared by every process that uses the same server and prefix.
 
-    Semantics follow `InMemoryJobQueue`: leases on the Redis clock fenced by a token, failed
-    attempts retried from a delayed set, expired leases reclaimed by the next claim on their
-    queue (or by `recover`, for a queue no claimer asks for), dead jobs kept (the
-    dead-letter set), succeeded jobs kept for `result_ttl` seconds, each job's last
-    attempts in its history. What it cannot do (yet): order by job priority (each queue is
-    FIFO; the priority is stored). On Redis Cluster every
-    script works (one hash tag per queue), but a *waiting* claim over several queues BLPOPs
-    their markers together, which Cluster refuses unless they share a slot.
+    Semantics follow `InMemoryJobQueue`: leases on the Redis clock fenced by a token, claims
+    in priority order (FIFO within a priority), scheduled jobs and failed attempts' retries
+    waiting in a delayed set, deadlines enforced on the Redis clock, expired leases
+    reclaimed by the next claim on their queue (or by `recover`, for a queue no claimer asks
+    for), cancellation (at once while waiting, by request while active), paused queues,
+    idempotency keys held for `idempotency_ttl` seconds, and admission checked in the same
+    script that stores the jobs. Succeeded, cancelled and expired jobs are kept for
+    `result_ttl` seconds, dead ones for `dead_ttl` (None: for good); each job keeps its last
+    attempts in its history.
+
+    Every script of one queue works on Redis Cluster (one hash tag per queue), but a
+    submission spanning queues or carrying an idempotency key, and a *waiting* claim over
+    several queues (it BLPOPs their markers together), need one Redis primary.
+
+    Memory admission reads ``used_memory`` from INFO inside the submitting script, so the
+    check and the write are one atomic step; a server that refuses INFO to scripts
+    (fakeredis does, an ACL may) cannot be checked, and a policy with `max_memory` then
+    refuses every new job rather than admit it unchecked (`verify` warns of it).
     """
 
     capabilities = Capabilities(
@@ -78,7 +99,16 @@ class RedisJobQueue(JobQueue):
         blocking_claim=True,
         worker_claims=True,
         batch_claims=True,
-        priorities=False,
+        priorities=True,
+        idempotency=True,
+        scheduling=True,
+        deadlines=True,
+        pause=True,
+        cancel_queued=True,
+        cancel_active=True,
+        admission=True,
+        queue_stats=True,
+        worker_presence=True,
     )
 
     # The longest single BLPOP of a waiting claim: a waiting claimer re-checks for due
@@ -87,16 +117,31 @@ class RedisJobQueue(JobQueue):
     MAX_BLOCK_SECONDS: Final = 1.0
 
     def __init__(
-        self, client: redis.asyncio.Redis, *, prefix: str = "conveyor", result_ttl: float = 86400.0
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str = "conveyor",
+        result_ttl: float = _DAY,
+        dead_ttl: float | None = 7 * _DAY,
+        idempotency_ttl: float = _DAY,
+        admission: AdmissionPolicy | None = None,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty and hold no braces, got {prefix!r}")
-        if result_ttl <= 0:
-            raise ValueError("result_ttl must be positive")
+        for name, ttl in (
+            ("result_ttl", result_ttl),
+            ("dead_ttl", dead_ttl),
+            ("idempotency_ttl", idempotency_ttl),
+        ):
+            if ttl is not None and ttl <= 0:
+                raise ValueError(f"{name} must be positive")
         self._client = client
         self._prefix = prefix
-        self._result_ttl_ms = max(1, round(result_ttl * 1000))
-        self._queues_key = f"{prefix}:queues"
+        self._result_ttl_ms = _ms(result_ttl)
+        self._dead_ttl_ms = 0 if dead_ttl is None else _ms(dead_ttl)  # 0: kept for good
+        self._idempotency_ttl_ms = _ms(idempotency_ttl)
+        self._admission = admission if admission is not None and admission.enabled else None
+        self._queues_key = queues_key(prefix)
         self._keys: dict[str, QueueKeys] = {}
         self._known_queues: set[str] = set()
         self._batcher = TickBatcher(self._run_batches)
@@ -104,18 +149,14 @@ class RedisJobQueue(JobQueue):
 
     # -- writing ----------------------------------------------------------------------------
 
-    async def enqueue(self, job: Job) -> None:
-        if job.status is not JobStatus.QUEUED:
-            raise ValueError(f"job {job.id} must be queued to be enqueued, not {job.status}")
-        self._keys_of(job.queue)  # validates the name before anything is sent
-        fields = encode_job(job)
+    async def submit(self, jobs: Sequence[NewJob]) -> Sequence[Submitted]:
+        if not jobs:
+            return []
+        items = submission.items_of(jobs, prefix=self._prefix, keys_of=self._keys_of)
         with redis_errors():
-            stored = await self._batcher.submit(
-                scripts.ENQUEUE, job.queue, (job.id, len(fields), *fields)
-            )
-        self._known_queues.add(job.queue)
-        if not stored:
-            raise ValueError(f"job {job.id} already exists")
+            answer = await self._batcher.submit(scripts.SUBMIT, submission.group_of(items), items)
+        self._known_queues.update(item.queue for item in items)
+        return submission.answer_of(answer, items, self._admission)
 
     async def claim(
         self,
@@ -136,8 +177,9 @@ class RedisJobQueue(JobQueue):
                 remaining = deadline - loop.time()
                 if leases or remaining <= 0 or limit <= 0 or not keys:
                     return leases
-                # Sleep until work is enqueued (the marker), a retry is due or a lease
-                # expires, or the wait ends; whichever comes first.
+                # Sleep until work is submitted or a queue resumes (the marker), a retry or
+                # a scheduled job is due or a lease expires, or the wait ends; whichever
+                # comes first.
                 block = min(remaining, self.MAX_BLOCK_SECONDS)
                 if wake_in is not None:
                     block = min(block, wake_in)
@@ -154,14 +196,8 @@ class RedisJobQueue(JobQueue):
                 break
             claimed, wake_ms = await self._eval(
                 scripts.CLAIM,
-                (
-                    queue_keys.ready,
-                    queue_keys.active,
-                    queue_keys.delayed,
-                    queue_keys.marker,
-                    queue_keys.tokens,
-                ),
-                (queue_keys.base, wanted, lease_ms, worker_id, *_LEASE_EXPIRED),
+                queue_keys.queued,
+                (queue_keys.base, wanted, lease_ms, worker_id, *self._maintenance_args()),
             )
             for raw in claimed:
                 try:
@@ -183,9 +219,7 @@ class RedisJobQueue(JobQueue):
             f"stored job cannot be decoded: {exc}", "UndecodableJob", ErrorKind.INVALID
         )
         await self._eval(
-            scripts.FAIL,
-            (keys.active, keys.stale, keys.delayed),
-            (keys.base, job_id, token, *_failure_args(error)),
+            scripts.FAIL, keys.active, (keys.base, job_id, token, *self._failure_args(error))
         )
 
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
@@ -212,7 +246,7 @@ class RedisJobQueue(JobQueue):
         with redis_errors():
             done = await self._eval(
                 scripts.SET_PROGRESS,
-                (keys.active, keys.stale),
+                keys.active,
                 (keys.base, lease.job_id, lease.token, progress),
             )
         return bool(done)
@@ -232,18 +266,24 @@ class RedisJobQueue(JobQueue):
         with redis_errors():
             done = await self._eval(
                 scripts.FAIL,
-                (keys.active, keys.stale, keys.delayed),
-                (keys.base, lease.job_id, lease.token, *_failure_args(error, retry_ms)),
+                keys.active,
+                (keys.base, lease.job_id, lease.token, *self._failure_args(error, retry_ms)),
             )
         return bool(done)
 
     async def release(self, lease: Lease) -> bool:
+        return await self._settle(scripts.RELEASE, lease)
+
+    async def cancelled(self, lease: Lease) -> bool:
+        return await self._settle(scripts.CANCELLED, lease)
+
+    async def _settle(self, script: Script, lease: Lease) -> bool:
         keys = self._keys_of(lease.job.queue)
         with redis_errors():
             done = await self._eval(
-                scripts.RELEASE,
-                (keys.ready, keys.active, keys.marker, keys.stale),
-                (keys.base, lease.job_id, lease.token),
+                script,
+                keys.active,
+                (keys.base, lease.job_id, lease.token, self._result_ttl_ms),
             )
         return bool(done)
 
@@ -251,69 +291,128 @@ class RedisJobQueue(JobQueue):
         if not queues:
             return 0
         keys = [self._keys_of(queue) for queue in queues]
+        args = self._maintenance_args()
 
         def build(pipe: Pipeline) -> None:
             for k in keys:
-                pipe.evalsha(
-                    scripts.RECOVER.sha,
-                    4,
-                    k.ready,
-                    k.active,
-                    k.delayed,
-                    k.marker,
-                    k.base,
-                    *_LEASE_EXPIRED,
-                )
+                pipe.evalsha(scripts.RECOVER.sha, 1, k.queued, k.base, *args)
 
         with redis_errors():
             moved = await self._pipeline(build)
         return sum(int(m) for m in moved)
 
     async def requeue(self, job_id: str) -> Job:
-        if not is_job_id(job_id):
-            raise JobNotFoundError(job_id)
-        with redis_errors():
-            found = [
-                queue
-                for queue, (status,) in await self._read_everywhere(job_id, ("status",))
-                if status is not None
-            ]
-            if not found:
-                raise JobNotFoundError(job_id)
-            keys = self._keys_of(found[0])
-            answer = await self._eval(
-                scripts.REQUEUE,
-                (keys.ready, keys.active, keys.delayed, keys.marker),
-                (keys.base, job_id),
-            )
+        answer = await self._on_job(scripts.REQUEUE, job_id)
         if answer[0] != 1:
-            if len(answer) < 2:  # gone since we looked
-                raise JobNotFoundError(job_id)
             raise InvalidTransitionError(job_id, answer[1].decode(), JobStatus.QUEUED)
-        job = decode_job(answer[1])
-        if job is None:  # pragma: no cover - the script just wrote it
-            raise JobNotFoundError(job_id)
-        return job
+        return _job_from(job_id, answer[1])
 
-    async def _run_batches(self, batches: Sequence[Batch]) -> list[list[int]]:
-        """One pipeline for the coalesced enqueue and complete calls (see `batching.py`)."""
+    async def cancel(self, job_id: str) -> Job:
+        answer = await self._on_job(scripts.CANCEL, job_id, self._result_ttl_ms)
+        if answer[0] != 1:
+            raise InvalidTransitionError(job_id, answer[1].decode(), JobStatus.CANCELLED)
+        return _job_from(job_id, answer[1])
+
+    async def _on_job(self, script: Script, job_id: str, *args: Any) -> Any:
+        """Run `script` on the job's queue. Raises JobNotFoundError when there is no such job
+        (the script answers ``{0}``)."""
+        with redis_errors():
+            queue = await self._queue_of(job_id)
+            if queue is None:
+                raise JobNotFoundError(job_id)
+            keys = self._keys_of(queue)
+            answer = await self._eval(script, keys.queued, (keys.base, job_id, *args))
+        if answer[0] != 1 and len(answer) < 2:  # gone since we looked
+            raise JobNotFoundError(job_id)
+        return answer
+
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        if not leases:
+            return set()
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for lease in leases:
+            by_queue[lease.job.queue] += (lease.job_id, lease.token)
+
+        def build(pipe: Pipeline) -> None:
+            for queue, pairs in by_queue.items():
+                keys = self._keys_of(queue)
+                pipe.evalsha(scripts.CANCEL_REQUESTED.sha, 1, keys.cancelling, keys.base, *pairs)
+
+        with redis_errors():
+            results = await self._pipeline(build)
+        return {job_id.decode() for asked in results for job_id in asked}
+
+    async def pause(self, queue: str) -> None:
+        keys = self._keys_of(queue)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.sadd(self._queues_key, queue)
+            pipe.set(keys.paused, 1)
+
+        with redis_errors():
+            await self._pipeline(build)
+        self._known_queues.add(queue)
+
+    async def resume(self, queue: str) -> None:
+        keys = self._keys_of(queue)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.sadd(self._queues_key, queue)
+            pipe.evalsha(scripts.RESUME.sha, 1, keys.paused, keys.base)
+
+        with redis_errors():
+            await self._pipeline(build)
+        self._known_queues.add(queue)
+
+    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+        if not queues:
+            return
+        keys = [self._keys_of(queue) for queue in queues]
+        ttl_ms = _ms(ttl)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.sadd(self._queues_key, *queues)
+            for k in keys:
+                pipe.evalsha(scripts.HEARTBEAT.sha, 1, k.workers, k.base, worker_id, ttl_ms)
+
+        with redis_errors():
+            await self._pipeline(build)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        with redis_errors():
+            names = sorted(await self._queues())
+            if not names:
+                return
+
+            def build(pipe: Pipeline) -> None:
+                for queue in names:
+                    pipe.zrem(self._keys_of(queue).workers, worker_id)
+
+            await self._pipeline(build)
+
+    async def _run_batches(self, batches: Sequence[Batch]) -> list[list[Any]]:
+        """One pipeline for the coalesced submit and complete calls (see `batching.py`)."""
 
         def build(pipe: Pipeline) -> None:
             for batch in batches:
-                keys = self._keys_of(batch.queue)
-                args = [arg for call in batch.calls for arg in call]
-                if batch.script is scripts.ENQUEUE:
-                    pipe.sadd(self._queues_key, batch.queue)  # idempotent, so safe to resend
-                    pipe.evalsha(scripts.ENQUEUE.sha, 2, keys.ready, keys.marker, keys.base, *args)
+                if batch.script is scripts.SUBMIT:
+                    names, args = submission.script_call(
+                        batch.calls,
+                        idempotency_ttl_ms=self._idempotency_ttl_ms,
+                        admission=self._admission,
+                    )
+                    queues = {item.queue for items in batch.calls for item in items}
+                    pipe.sadd(self._queues_key, *sorted(queues))  # idempotent: safe to resend
+                    pipe.evalsha(scripts.SUBMIT.sha, len(names), *names, *args)
                 elif batch.script is scripts.COMPLETE:
+                    keys = self._keys_of(batch.group)
                     pipe.evalsha(
                         scripts.COMPLETE.sha,
-                        2,
+                        1,
                         keys.active,
-                        keys.stale,
                         keys.base,
                         self._result_ttl_ms,
-                        *args,
+                        *(arg for call in batch.calls for arg in call),
                     )
                 else:  # pragma: no cover - only the two above are submitted
                     raise AssertionError(batch.script)
@@ -333,6 +432,13 @@ class RedisJobQueue(JobQueue):
             if job is not None:
                 return job
         return None
+
+    async def _queue_of(self, job_id: str) -> str | None:
+        """The queue holding job `job_id`, or None."""
+        if not is_job_id(job_id):
+            return None
+        found = await self._read_everywhere(job_id, ("status",))
+        return next((queue for queue, (status,) in found if status is not None), None)
 
     async def _read_everywhere(
         self, job_id: str, fields: Sequence[str]
@@ -392,6 +498,48 @@ class RedisJobQueue(JobQueue):
                 decode=_decoded_or_none,
             )
 
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
+        with redis_errors():
+            names = sorted(await self._queues()) if queues is None else list(queues)
+            keys = [self._keys_of(queue) for queue in names]
+            if not keys:
+                return []
+
+            def build(pipe: Pipeline) -> None:
+                for k in keys:
+                    pipe.evalsha(scripts.QUEUE_STATS.sha, 1, k.queued, k.base)
+
+            answers = await self._pipeline(build)
+        return [
+            QueueStats(
+                name=name,
+                counts=dict(zip(JobStatus, (int(c) for c in counts), strict=True)),
+                oldest_queued_age=None if oldest < 0 else oldest / 1e6,
+                paused=bool(paused),
+                workers=int(workers),
+            )
+            for name, (counts, oldest, paused, workers) in zip(names, answers, strict=True)
+        ]
+
+    async def situation(self, job_id: str) -> JobSituation | None:
+        with redis_errors():
+            queue = await self._queue_of(job_id)
+            if queue is None:
+                return None
+            keys = self._keys_of(queue)
+            raw, ahead, paused, workers = await self._eval(
+                scripts.SITUATION, keys.queued, (keys.base, job_id)
+            )
+        job = _decoded_or_none(raw)
+        if job is None:
+            return None
+        return JobSituation(
+            job=job,
+            ahead=None if ahead < 0 else int(ahead),
+            paused=bool(paused),
+            workers=int(workers),
+        )
+
     async def _queues(self) -> set[str]:
         members: set[bytes] = await self._client.smembers(self._queues_key)  # type: ignore[assignment]
         names = {m.decode() for m in members}
@@ -419,9 +567,11 @@ class RedisJobQueue(JobQueue):
         Raises UnsafeBackendError when `maxmemory-policy` lets Redis evict keys (anything but
         ``noeviction``: an evicted job hash or list is a job lost without a trace). Answers
         warnings: AOF off (a restart loses what was acknowledged since the last snapshot),
-        or that the check could not be made (CONFIG refused by an ACL or renamed away, as
-        managed services do).
+        that the check could not be made (CONFIG refused by an ACL or renamed away, as
+        managed services do), or that the admission policy's memory limit cannot be checked
+        (INFO refused: every new job would be refused).
         """
+        warnings = await self._memory_warnings()
         try:
             with redis_errors():
                 pipe = self._client.pipeline(transaction=False)
@@ -431,11 +581,11 @@ class RedisJobQueue(JobQueue):
         except ResponseError as exc:
             return [
                 f"could not check the Redis configuration (CONFIG GET refused: {exc}); make"
-                " sure maxmemory-policy is noeviction and appendonly is yes"
+                " sure maxmemory-policy is noeviction and appendonly is yes",
+                *warnings,
             ]
         policy = _config_value(policy_reply, "maxmemory-policy")
         aof = _config_value(aof_reply, "appendonly")
-        warnings: list[str] = []
         if policy is None:
             warnings.append(
                 "could not read maxmemory-policy from CONFIG GET; make sure it is noeviction"
@@ -453,6 +603,19 @@ class RedisJobQueue(JobQueue):
             )
         return warnings
 
+    async def _memory_warnings(self) -> list[str]:
+        if self._admission is None or self._admission.max_memory is None:
+            return []
+        try:
+            with redis_errors():
+                await self._client.info("memory")
+        except RedisError as exc:
+            return [
+                f"the admission limit on memory cannot be checked (INFO refused: {exc}):"
+                " every new job will be refused"
+            ]
+        return []
+
     async def close(self) -> None:
         if self._closed:
             return
@@ -468,13 +631,31 @@ class RedisJobQueue(JobQueue):
             keys = self._keys[queue] = QueueKeys.of(self._prefix, queue)
         return keys
 
-    async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a script by its SHA, loading the scripts first if the server lost them."""
+    def _maintenance_args(self) -> tuple[bytes | str | int, ...]:
+        """What maintenance needs: the lapsed lease's error and summary, the retentions."""
+        return (*_LEASE_EXPIRED, self._result_ttl_ms, self._dead_ttl_ms)
+
+    def _failure_args(self, error: JobError, retry_ms: str = "") -> tuple[bytes | str | int, ...]:
+        """FAIL's ARGV[4..9]: error JSON, retry in ms ('' for dead), outcome, error summary,
+        the retentions."""
+        outcome = AttemptOutcome.of(error.kind).value
+        return (
+            encode_error(error),
+            retry_ms,
+            outcome,
+            error_summary(error),
+            self._result_ttl_ms,
+            self._dead_ttl_ms,
+        )
+
+    async def _eval(self, script: Script, key: str, args: Sequence[Any]) -> Any:
+        """Run a script of one queue by its SHA (`key` routes it), loading the scripts first
+        if the server lost them."""
         try:
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            return await self._client.evalsha(script.sha, 1, key, *args)
         except NoScriptError:
             await self._load_scripts()
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
+            return await self._client.evalsha(script.sha, 1, key, *args)
 
     async def _pipeline(self, build: Callable[[Pipeline], None]) -> list[Any]:
         """One round trip of the commands `build` queues (not a transaction).
@@ -483,8 +664,9 @@ class RedisJobQueue(JobQueue):
         second round trip); we EVALSHA directly and, if the server lost the scripts, load
         them and run the pipeline again. Only when *every* script in it answered NOSCRIPT,
         so none ran; the other commands we pipeline with scripts are idempotent reads or
-        SADDs. (If the scripts vanished halfway through, which takes a SCRIPT FLUSH landing
-        inside the pipeline, the error is raised instead of running some scripts twice.)
+        writes (SADD, SET). (If the scripts vanished halfway through, which takes a SCRIPT
+        FLUSH landing inside the pipeline, the error is raised instead of running some
+        scripts twice.)
         """
         for attempt in range(2):
             pipe = self._client.pipeline(transaction=False)
@@ -508,10 +690,8 @@ class RedisJobQueue(JobQueue):
                 raise RuntimeError(f"script {script.name}: server SHA {sha} != {script.sha}")
 
 
-def _failure_args(error: JobError, retry_ms: str = "") -> tuple[bytes | str, ...]:
-    """FAIL's ARGV[4..7]: error JSON, retry in ms ('' for dead), outcome, error summary."""
-    outcome = AttemptOutcome.of(error.kind).value
-    return encode_error(error), retry_ms, outcome, error_summary(error)
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _config_value(reply: Any, name: str) -> str | None:
@@ -533,6 +713,13 @@ def _lease_from(raw: RawFields) -> Lease:
     if job is None or token is None:
         raise UndecodableJobError("the claimed job has no hash or no token")
     return Lease(job, token.decode())
+
+
+def _job_from(job_id: str, raw: RawFields) -> Job:
+    job = decode_job(raw)
+    if job is None:  # pragma: no cover - the script just read it
+        raise JobNotFoundError(job_id)
+    return job
 
 
 def _decoded_or_none(raw: RawFields) -> Job | None:

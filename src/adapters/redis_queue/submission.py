@@ -1,0 +1,177 @@
+"""Submissions: the arguments of the SUBMIT script, and what its answers mean.
+
+One SUBMIT run stores the submissions of every `submit` call made in one event-loop tick
+(see `batching.py`), each all or nothing on its own. A submission that touches one queue and
+carries no idempotency key is batched with the others of its queue, so its script run
+touches only that queue's hash tag; the others share one run across queues, which needs one
+Redis primary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple
+
+import attrs
+
+from adapters.redis_queue.codec import encode_job, to_micros
+from adapters.redis_queue.keys import QueueKeys, idempotency_key
+from domain.errors import AdmissionRefusedError, IdempotencyConflictError
+from domain.jobs import JobStatus
+from domain.ports import AdmissionPolicy, NewJob, QueueLimits, Submitted
+
+# The batching group of submissions that span queues or carry idempotency keys (no queue
+# name is empty).
+SHARED_GROUP: Final = ""
+_SUBMITTABLE: Final = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED})
+# SUBMIT's flags, one per job: stored; the idempotency key holds another job (its id follows).
+_STORED: Final = ord("1")
+_HELD: Final = ord("k")
+
+
+class Item(NamedTuple):
+    """One job of a submission, ready to be sent (a tuple: one is built per job submitted)."""
+
+    keys: QueueKeys
+    queue: str
+    job_id: str
+    client_key: str | None  # the client's idempotency key
+    key_name: str | None  # where Redis holds it
+    fingerprint: str
+    run_at_ms: int | None
+    deadline_ms: int | None
+    priority: int
+    fields: Sequence[str | bytes]
+
+
+def items_of(
+    jobs: Sequence[NewJob], *, prefix: str, keys_of: Callable[[str], QueueKeys]
+) -> list[Item]:
+    """The items to send for `jobs`; raises ValueError (before anything is sent) for a job
+    that is neither queued nor scheduled, or an invalid queue name."""
+    items: list[Item] = []
+    for new in jobs:
+        job = new.job
+        if job.status not in _SUBMITTABLE:
+            raise ValueError(
+                f"job {job.id} must be queued or scheduled to be submitted, not {job.status}"
+            )
+        key = new.idempotency_key
+        if key is not None:
+            job = attrs.evolve(job, idempotency_key=key)
+        items.append(
+            Item(
+                keys=keys_of(job.queue),
+                queue=job.queue,
+                job_id=job.id,
+                client_key=key,
+                key_name=None if key is None else idempotency_key(prefix, key),
+                fingerprint=new.fingerprint,
+                run_at_ms=None if job.run_at is None else _ms_ceil(to_micros(job.run_at)),
+                deadline_ms=None if job.deadline is None else _ms_ceil(to_micros(job.deadline)),
+                priority=job.priority,
+                fields=encode_job(job, with_status=False),
+            )
+        )
+    return items
+
+
+def group_of(items: Sequence[Item]) -> str:
+    """The batching group: the queue when the submission touches only its keys."""
+    queue = items[0].queue
+    if all(item.queue == queue and item.key_name is None for item in items):
+        return queue
+    return SHARED_GROUP
+
+
+def script_call(
+    submissions: Sequence[Sequence[Item]],
+    *,
+    idempotency_ttl_ms: int,
+    admission: AdmissionPolicy | None,
+) -> tuple[list[str], list[Any]]:
+    """SUBMIT's KEYS and ARGV for these submissions (see the script)."""
+    queues: dict[str, int] = {}  # queue name -> its number in the script, from 1
+    keys: list[QueueKeys] = []
+    for item in (item for items in submissions for item in items):
+        if item.queue not in queues:
+            queues[item.queue] = len(queues) + 1
+            keys.append(item.keys)
+    max_memory = admission.max_memory if admission is not None else None
+    args: list[Any] = [keys[0].base, idempotency_ttl_ms, _opt(max_memory), len(queues)]
+    for name, queue_keys in zip(queues, keys, strict=True):
+        limits = admission.limits(name) if admission is not None else QueueLimits()
+        max_age = None if limits.max_age is None else max_age_ms(limits.max_age)
+        args += (queue_keys.base, _opt(limits.max_depth), _opt(max_age))
+    args.append(len(submissions))
+    idempotency_names: list[str] = []
+    for items in submissions:
+        args.append(len(items))
+        for item in items:
+            if item.key_name is not None:
+                idempotency_names.append(item.key_name)
+            args += (
+                queues[item.queue],
+                item.job_id,
+                item.key_name or "",
+                item.fingerprint,
+                _opt(item.run_at_ms),
+                _opt(item.deadline_ms),
+                item.priority,
+                len(item.fields),
+                *item.fields,
+            )
+    return [k.queued for k in keys] + idempotency_names, args
+
+
+def answer_of(
+    answer: Sequence[Any], items: Sequence[Item], admission: AdmissionPolicy | None
+) -> list[Submitted]:
+    """The submission's outcome from SUBMIT's answer; raises what refused it."""
+    if answer[0] == 1:
+        holders = iter(answer[2:])
+        return [
+            Submitted(next(holders).decode(), False)
+            if flag == _HELD
+            else Submitted(item.job_id, flag == _STORED)
+            for flag, item in zip(answer[1], items, strict=True)
+        ]
+    kind = answer[1].decode()
+    if kind == "conflict":
+        index = int(answer[2])
+        raise IdempotencyConflictError(items[index].client_key or "", index)
+    retry_after = admission.retry_after if admission is not None else 1.0
+    if kind == "memory":
+        used, limit = int(answer[2]), int(answer[3])
+        if used < 0:
+            reason = "Redis refuses INFO to scripts, so its memory use cannot be checked"
+        else:
+            reason = f"Redis uses {used} bytes of memory, over the limit of {limit}"
+        raise AdmissionRefusedError(None, reason, retry_after)
+    queue = _queue_named(answer[2], items)
+    if kind == "depth":
+        reason = f"{int(answer[3])} jobs would be queued, over its limit of {int(answer[4])}"
+    else:
+        reason = (
+            f"its oldest queued job has waited {int(answer[3]) / 1000:.1f} s,"
+            f" over its limit of {int(answer[4]) / 1000:g} s"
+        )
+    raise AdmissionRefusedError(queue, reason, retry_after)
+
+
+def max_age_ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def _queue_named(base: bytes, items: Sequence[Item]) -> str | None:
+    text = base.decode()
+    return next((item.queue for item in items if item.keys.base == text), None)
+
+
+def _ms_ceil(micros: int) -> int:
+    """Milliseconds, rounded up: a time in ms is never earlier than the exact one."""
+    return -(-micros // 1000)
+
+
+def _opt(value: int | None) -> int | str:
+    return "" if value is None else value
