@@ -3,9 +3,12 @@
 Every job is a call of one fixed dispatcher, named by the string `DISPATCHER` (the adapter never
 imports the worker), with three plain-JSON arguments: the job type, the payload and an
 envelope holding the rest of our `Job` (queue, attempts allowed, timeout, creation time,
-priority). Everything RQ stores for us goes through `StrictJSONSerializer`; nothing is ever
-unpickled. The job's RQ `meta` carries what RQ has no field for: the attempt number, progress,
-our error, and the pid of the process running the attempt.
+priority, and when given its run_at and idempotency key). Everything RQ stores for us goes
+through `StrictJSONSerializer`; nothing is ever unpickled. The job's RQ `meta` carries what RQ
+has no field for: the attempt number, progress, our error, and the pid of the process running
+the attempt. Two fields of the job's hash, written by nobody but us, carry cancellation (see
+`CANCELLED_AT` and `CANCEL_REQUESTED_AT`): not the meta, which the running attempt rewrites
+whole as it reports progress.
 
 `ConveyorRqJob` is RQ's job class with every door to code closed: it never resolves the
 callable it names (the worker's subclass resolves only the dispatcher), never runs callbacks
@@ -14,6 +17,7 @@ and never sends webhooks. `refusal()` says why a stored job is not one of ours.
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -47,6 +51,14 @@ PROGRESS: Final = "progress"
 ERROR: Final = "error"
 PID: Final = "pid"  # the process running the attempt (the forked work-horse)
 HISTORY: Final = "history"  # the attempts that failed, oldest first (a success is RQ's own)
+
+# Fields of the job's hash (beside RQ's own; RQ never writes or clears them).
+# Set when a waiting job is cancelled: an attempt that starts anyway (a worker had already
+# taken the job off its queue) sees it and stops before the handler runs.
+CANCELLED_AT: Final = "conveyor_cancelled_at"
+# Set when cancelling an active job: its attempt is asked to stop (`JobContext.cancel_requested`),
+# and is stopped by its worker after a grace period.
+CANCEL_REQUESTED_AT: Final = "conveyor_cancel_requested_at"
 
 
 class UndecodableJobError(ValueError):
@@ -84,6 +96,10 @@ def job_args(job: Job) -> list[JSONValue]:
         "created_at": job.created_at.isoformat(),
         "priority": job.priority,
     }
+    if job.run_at is not None:
+        envelope["run_at"] = job.run_at.isoformat()
+    if job.idempotency_key is not None:
+        envelope["idempotency_key"] = job.idempotency_key
     return [job.type, dict(job.payload), envelope]
 
 
@@ -99,6 +115,7 @@ def job_from_args(
     if envelope.get("id") != job_id:
         raise UndecodableJobError("its envelope names another job id")
     try:
+        key = envelope.get("idempotency_key")
         return Job(
             id=job_id,
             type=type_,
@@ -110,6 +127,8 @@ def job_from_args(
             created_at=datetime.fromisoformat(envelope["created_at"]),
             priority=int(envelope.get("priority", 0)),
             attempts=attempts,
+            run_at=_moment(envelope.get("run_at")),
+            idempotency_key=key if isinstance(key, str) else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise UndecodableJobError(f"its envelope is invalid: {type(exc).__name__}: {exc}") from exc
@@ -175,8 +194,21 @@ class ForeignJobError(Exception):
     """A job in Redis that is not a call of our dispatcher: it is dead-lettered, never run."""
 
 
+class AttemptEnd(enum.Enum):
+    """How the dispatcher ended an attempt that did not succeed (known in its process only)."""
+
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
 class ConveyorRqJob(rq.job.Job):
     """An RQ job that never resolves what it names, never calls back and never calls out."""
+
+    # Known only in the worker's process, never stored: the job was cancelled before this
+    # attempt started (the worker reads it as the attempt starts), and how the dispatcher
+    # ended the attempt (None: it did not, e.g. its work-horse died).
+    cancelled_before_start: bool = False
+    attempt_end: AttemptEnd | None = None
 
     @property
     def func(self) -> Any:
@@ -250,6 +282,17 @@ def note_failure(rq_job: rq.job.Job, error: JobError) -> dict[str, Any]:
     """The job's meta with a failed attempt noted: the error, and a record in the history.
 
     The caller saves it (and sets it on the job object, which RQ may save again)."""
+    meta = _noted(rq_job, AttemptOutcome.of(error.kind), error_summary(error))
+    meta[ERROR] = encode_error(error)
+    return meta
+
+
+def note_cancelled(rq_job: rq.job.Job) -> dict[str, Any]:
+    """The job's meta with its attempt recorded as stopped on a cancel request."""
+    return _noted(rq_job, AttemptOutcome.CANCELLED, None)
+
+
+def _noted(rq_job: rq.job.Job, outcome: AttemptOutcome, error: str | None) -> dict[str, Any]:
     meta = rq_job.meta if isinstance(rq_job.meta, dict) else {}
     attempt = meta.get(ATTEMPT)
     record = AttemptRecord(
@@ -257,13 +300,12 @@ def note_failure(rq_job: rq.job.Job, error: JobError) -> dict[str, Any]:
         worker=rq_job.worker_name,
         started_at=_aware(rq_job.started_at),
         ended_at=datetime.now(UTC),
-        outcome=AttemptOutcome.of(error.kind),
-        error=error_summary(error),
+        outcome=outcome,
+        error=error,
     )
     history = meta.get(HISTORY)
     records = [*(history if isinstance(history, list) else []), _encode_record(record)]
     meta[HISTORY] = records[-HISTORY_LIMIT:]
-    meta[ERROR] = encode_error(error)
     return meta
 
 
@@ -312,8 +354,20 @@ def read_meta_error(meta: Mapping[str, Any]) -> JobError | None:
         return None
 
 
-def decode_job(rq_job: ConveyorRqJob, latest: Result | None) -> Job:
-    """Our view of an RQ job; raises UndecodableJobError for anything that is not ours."""
+def decode_job(
+    rq_job: ConveyorRqJob,
+    latest: Result | None,
+    *,
+    cancelled_at: datetime | None = None,
+    cancel_requested_at: datetime | None = None,
+) -> Job:
+    """Our view of an RQ job; raises UndecodableJobError for anything that is not ours.
+
+    The cancel marks come separately (fields of the job's hash RQ's job object does not read).
+    A job cancelled while it waited stays `cancelled` even if RQ's scheduler, racing the
+    cancel, wrote it back as queued: no attempt of it can start. A pending retry's due time is
+    the caller's to add: it is the job's score in RQ's scheduled registry.
+    """
     reason = rq_job.refusal()
     if reason is not None:
         raise UndecodableJobError(reason)
@@ -324,6 +378,8 @@ def decode_job(rq_job: ConveyorRqJob, latest: Result | None) -> Job:
     status = _STATUSES.get(rq_status, JobStatus.QUEUED)
     if rq_status is RqStatus.SCHEDULED and attempts > 0:
         status = JobStatus.FAILED  # a retry waits for its time
+    if cancelled_at is not None and status.is_waiting:
+        status = JobStatus.CANCELLED
     job = job_from_args(rq_job.id, rq_job.args, status=status, attempts=attempts)
     if not is_name(job.queue):  # pragma: no cover - job_from_args validated it
         raise UndecodableJobError("invalid queue")
@@ -342,7 +398,10 @@ def decode_job(rq_job: ConveyorRqJob, latest: Result | None) -> Job:
         if error is None and latest is not None and latest.exc_string:
             error = error_from_rq(latest.exc_string)
         finished_at = (
-            _aware(rq_job.ended_at) or _result_time(latest) or _aware(rq_job.enqueued_at)
+            _aware(rq_job.ended_at)
+            or (cancelled_at if status is JobStatus.CANCELLED else None)
+            or _result_time(latest)
+            or _aware(rq_job.enqueued_at)
         ) or job.created_at
     started = _aware(rq_job.started_at) if attempts > 0 else None
     history = _decode_history(meta)
@@ -374,6 +433,10 @@ def decode_job(rq_job: ConveyorRqJob, latest: Result | None) -> Job:
         error=error,
         worker=rq_job.worker_name if attempts > 0 else None,
         history=tuple(history[-HISTORY_LIMIT:]),
+        run_at=job.run_at,
+        cancel_requested_at=cancel_requested_at,
+        heartbeat_at=_aware(rq_job.last_heartbeat) if status is JobStatus.ACTIVE else None,
+        idempotency_key=job.idempotency_key,
     )
 
 

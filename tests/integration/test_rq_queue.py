@@ -16,9 +16,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import redis
 
@@ -30,11 +32,19 @@ from domain.job_types.report import report_job_type
 from domain.jobs import AttemptOutcome, ErrorKind, Job, JobStatus
 from domain.ports import JobQueue
 from entrypoints.local_redis import LocalRedis
-from entrypoints.worker.rq_worker import RqWorkerConfig
+from entrypoints.worker import rq_tasks
+from entrypoints.worker.rq_worker import RqWorkerConfig, build_worker
 from tests.integration.processes import Api, Conveyor, wait_for_job
-from tests.queue_contract import QueueContract, QueueFactory
+from tests.queue_contract import (
+    DEFAULTS,
+    QueueContract,
+    QueueFactory,
+    QueueOptions,
+    status_of,
+)
+from tests.queue_contract_lifecycle import LifecycleContract
 from tests.queue_driving import SETTLE_WITHIN, describe, driven_job, settled
-from tests.unit.test_rq_queue_fakeredis import plant_hostile_jobs
+from tests.unit.test_rq_queue_fakeredis import BurstWorker, plant_hostile_jobs
 
 TYPES = JobTypeRegistry([dummy_job_type(), report_job_type()])
 S = JobStatus
@@ -68,9 +78,18 @@ class RqRedisFactory(QueueFactory):
     def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
         return self.open()
 
+    def configured(self, options: QueueOptions) -> AbstractAsyncContextManager[JobQueue]:
+        return self.open(options)
+
     @asynccontextmanager
-    async def open(self) -> AsyncIterator[RqJobQueue]:
-        queue = RqJobQueue(self.client(), TYPES, prefix=self.prefix, random=lambda: self.random)
+    async def open(self, options: QueueOptions = DEFAULTS) -> AsyncIterator[RqJobQueue]:
+        queue = RqJobQueue(
+            self.client(),
+            TYPES,
+            prefix=self.prefix,
+            random=lambda: self.random,
+            **options.kwargs(),
+        )
         try:
             yield queue
         finally:
@@ -125,6 +144,36 @@ class TestRqJobQueueOnRedis(QueueContract):
     @pytest.fixture
     def queue_factory(self, redis_url: str, tmp_path: Path) -> QueueFactory:
         return RqRedisFactory(redis_url, tmp_path)
+
+
+class RqRedisBurstFactory(RqRedisFactory):
+    """`drain` runs Conveyor's RQ worker class in this process, in bursts, then `recover` (what
+    RQ's scheduler does in a `conveyor worker`). A worker process takes longer to start than
+    the lifecycle contract's scheduled jobs wait; the tests below run the real processes."""
+
+    async def drain(self, queue: JobQueue, job_ids: Sequence[str]) -> None:
+        queues = sorted({job.queue for job in [await queue.get(i) for i in job_ids] if job})
+        rq_tasks.configure(TYPES)
+        deadline = time.monotonic() + SETTLE_WITHIN
+        while not await settled(queue, job_ids):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not settled: {await describe(queue, job_ids)}")
+            worker = build_worker(
+                self.client(),
+                tuple(queues),
+                prefix=self.prefix,
+                config=RqWorkerConfig(),
+                result_ttl=3600,
+                worker_class=BurstWorker,
+            )
+            await asyncio.to_thread(worker.work, burst=True, logging_level="WARNING")
+            await queue.recover(queues)
+
+
+class TestRqJobQueueLifecycleOnRedis(LifecycleContract):
+    @pytest.fixture
+    def queue_factory(self, redis_url: str, tmp_path: Path) -> QueueFactory:
+        return RqRedisBurstFactory(redis_url, tmp_path)
 
 
 @pytest.fixture
@@ -472,5 +521,168 @@ def test_blocking_work_runs_in_threads_and_a_hung_handler_times_out(
             assert dead.error is not None
             assert dead.error.kind == ErrorKind.TIMED_OUT
             assert time.monotonic() - started < 10  # timeout 1 s + grace 1 s, not RQ's limit
+
+    run(main())
+
+
+# -- the job lifecycle with real workers ----------------------------------------------------
+
+
+async def workers_on(queue: RqJobQueue, name: str = "default") -> int | None:
+    (stats,) = await queue.queue_stats([name])
+    return stats.workers
+
+
+async def wait_for_workers(queue: RqJobQueue, count: int, within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while await workers_on(queue) != count:
+        assert time.monotonic() < deadline, f"not {count} live workers within {within} s"
+        await asyncio.sleep(0.1)
+
+
+def test_a_cancelled_queued_job_never_runs_on_a_real_worker(factory: RqRedisFactory) -> None:
+    async def main() -> None:
+        async with factory.open() as queue:
+            blocker = driven_job({"mode": "sleep", "seconds": 1.5})
+            doomed, after = driven_job({"mode": "succeed"}), driven_job({"mode": "succeed"})
+            for job in (blocker, doomed, after):
+                await queue.enqueue(job)
+            factory.start_worker()
+            await wait_until(queue, blocker.id, lambda j: j.status == S.ACTIVE, 20, "running")
+            cancelled = await queue.cancel(doomed.id)
+            assert (cancelled.status, cancelled.attempts) == (S.CANCELLED, 0)
+            # The job queued behind it ran: the worker went past where it was.
+            done = await wait_until(queue, after.id, lambda j: j.status.is_terminal, 20, "after")
+            assert done.status == S.SUCCEEDED
+            final = await queue.get(doomed.id)
+            assert final is not None
+            assert (final.status, final.attempts, final.started_at, final.result) == (
+                S.CANCELLED,
+                0,
+                None,
+                None,
+            )
+            client = factory.client()
+            try:
+                assert client.exists(f"rq:results:{doomed.id}") == 0  # no attempt ended
+                assert client.hget(f"rq:job:{doomed.id}", "worker_name") in (None, b"")
+            finally:
+                client.close()
+
+    run(main())
+
+
+def test_a_scheduled_job_is_run_by_the_workers_scheduler_after_its_time_and_not_before(
+    factory: RqRedisFactory,
+) -> None:
+    async def main() -> None:
+        async with factory.open() as queue:
+            factory.start_worker()
+            await wait_for_workers(queue, 1)
+            run_at = datetime.now(UTC) + timedelta(seconds=2)
+            job = Job.submitted(
+                id=uuid.uuid4().hex,
+                type="dummy",
+                payload={"mode": "succeed"},
+                queue="default",
+                max_attempts=1,
+                timeout=10.0,
+                now=datetime.now(UTC),
+                run_at=run_at,
+            )
+            dropped = attrs.evolve(job, id=uuid.uuid4().hex)
+            await queue.enqueue(job)
+            await queue.enqueue(dropped)
+            assert await status_of(queue, job.id) == S.SCHEDULED
+            assert (await queue.cancel(dropped.id)).status == S.CANCELLED
+            done = await wait_until(queue, job.id, lambda j: j.status.is_terminal, 15, "done")
+            assert done.status == S.SUCCEEDED
+            assert done.started_at is not None
+            late = (done.started_at - run_at).total_seconds()
+            assert 0 <= late < 3.0, late  # the scheduler looks every second, by whole seconds
+            await asyncio.sleep(1.0)
+            final = await queue.get(dropped.id)
+            assert final is not None
+            assert (final.status, final.attempts, final.started_at) == (S.CANCELLED, 0, None)
+
+    run(main())
+
+
+def test_a_cancelled_active_job_stops_on_request_or_is_killed_after_the_grace(
+    factory: RqRedisFactory,
+) -> None:
+    async def main() -> None:
+        async with factory.open() as queue:
+            report = Job.submitted(
+                id=uuid.uuid4().hex,
+                type="report",
+                payload={"name": "q3", "rows": 10, "seconds": 30},
+                queue="default",
+                max_attempts=3,
+                timeout=60.0,
+                now=datetime.now(UTC),
+            )
+            stubborn = driven_job({"mode": "sleep", "seconds": 60}, max_attempts=3)
+            then = driven_job({"mode": "succeed"})
+            for job in (report, stubborn, then):
+                await queue.enqueue(job)
+            factory.start_worker(
+                CONVEYOR_CANCEL_GRACE_SECONDS="1", CONVEYOR_RQ_HEARTBEAT_SECONDS="1"
+            )
+
+            # A handler that listens stops at once.
+            await wait_until(queue, report.id, lambda j: (j.progress or 0) > 0, 20, "progress")
+            asked = await queue.cancel(report.id)
+            assert (asked.status, asked.cancel_requested_at is not None) == (S.ACTIVE, True)
+            started = time.monotonic()
+            stopped = await wait_until(
+                queue, report.id, lambda j: j.status.is_terminal, 5, "cancelled"
+            )
+            assert time.monotonic() - started < 2.0
+            assert (stopped.status, stopped.attempts) == (S.CANCELLED, 1)
+            assert [r.outcome for r in stopped.history] == [AttemptOutcome.CANCELLED]
+
+            # One that does not is killed with its work-horse after the grace.
+            horse = await horse_running(factory, queue, stubborn.id, 1)
+            await queue.cancel(stubborn.id)
+            started = time.monotonic()
+            killed = await wait_until(
+                queue, stubborn.id, lambda j: j.status.is_terminal, 10, "killed"
+            )
+            took = time.monotonic() - started
+            assert took < 1 + 1 + 2.0, took  # grace + heartbeat, and some slack
+            assert (killed.status, killed.attempts) == (S.CANCELLED, 1)
+            assert [r.outcome for r in killed.history] == [AttemptOutcome.CANCELLED]
+            deadline = time.monotonic() + 3
+            while alive(horse):
+                assert time.monotonic() < deadline, "the work-horse still runs"
+                await asyncio.sleep(0.05)
+
+            # Neither is retried; the worker carries on.
+            done = await wait_until(queue, then.id, lambda j: j.status.is_terminal, 10, "then")
+            assert done.status == S.SUCCEEDED
+            for job_id in (report.id, stubborn.id):
+                assert await status_of(queue, job_id) == S.CANCELLED
+
+    run(main())
+
+
+def test_the_queue_figures_count_a_live_worker_until_it_stops(factory: RqRedisFactory) -> None:
+    async def main() -> None:
+        async with factory.open() as queue:
+            first, second = driven_job({"mode": "succeed"}), driven_job({"mode": "succeed"})
+            await queue.enqueue(first)
+            await queue.enqueue(second)
+            assert await workers_on(queue) == 0
+            situation = await queue.situation(second.id)
+            assert situation is not None
+            assert (situation.ahead, situation.workers) == (1, 0)
+            worker = factory.start_worker()
+            await wait_for_workers(queue, 1)
+            await factory.drain(queue, [first.id, second.id])
+            (stats,) = await queue.queue_stats(["default"])
+            assert (stats.counts[S.SUCCEEDED], stats.counts[S.QUEUED]) == (2, 0)
+            assert worker.stop() == 0
+            assert await workers_on(queue) == 0
 
     run(main())

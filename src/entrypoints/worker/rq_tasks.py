@@ -1,13 +1,18 @@
 """The one function RQ runs for Conveyor: `execute(type, payload, envelope)`.
 
-The adapter enqueues every job as a call of this function, by its dotted name, with plain-JSON
+The adapter stores every job as a call of this function, by its dotted name, with plain-JSON
 arguments. It looks the type up in the registry (nothing named by data is ever imported), and
 runs one attempt through the domain's `JobProcessor`, as the native worker does: payload
 validation, the type's timeout (cancel, then a grace), non-retryable errors, results that
-cannot be stored. The attempt's outcome goes back to RQ the way RQ expects it: a return value
-on success; an exception otherwise, after the job's `retries_left` is zeroed when another
-attempt cannot help, so RQ dead-letters it instead of retrying. Progress goes to the job's
-meta as the handler reports it.
+cannot be stored, a handler stopping on a cancel request. The attempt's outcome goes back to
+RQ the way RQ expects it: a return value on success; an exception otherwise, after the job's
+`retries_left` is zeroed when another attempt cannot help, so RQ dead-letters it instead of
+retrying (a cancelled attempt is settled by the worker, see `rq_worker`). Progress goes to the
+job's meta as the handler reports it; the handler learns of a cancel request from the job's
+hash (`JobContext.cancel_requested`).
+
+A job cancelled before its attempt started (a worker had taken it off its queue already) runs
+nothing: the worker reads its cancel mark as the attempt starts, and `execute` stops at once.
 
 It runs inside RQ's work-horse, a synchronous process, so it drives the attempt on an event loop
 of its own (one per process and thread, kept between attempts).
@@ -18,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
@@ -30,7 +37,9 @@ from rq import get_current_job
 
 from adapters.rq_codec import (
     ATTEMPT,
+    CANCEL_REQUESTED_AT,
     PROGRESS,
+    AttemptEnd,
     ConveyorRqJob,
     UndecodableJobError,
     job_from_args,
@@ -39,13 +48,15 @@ from adapters.rq_codec import (
 from domain.errors import UnstorableResultError, UnsupportedOperationError
 from domain.job_types import JobContext, JobTypeRegistry
 from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONValue, Lease
-from domain.ports import Capabilities, JobPage, JobQuery, JobQueue
+from domain.ports import Capabilities, JobPage, JobQuery, JobQueue, NewJob, Submitted
 from domain.services import JobProcessor, Outcome, ProcessResult
 
 T = TypeVar("T")
 log = logging.getLogger("conveyor.worker.rq")
 
-_RANDOM: Final = 0.0  # the retry delays were fixed at enqueue (RQ's Retry intervals)
+_RANDOM: Final = 0.0  # the retry delays were fixed at submission (RQ's Retry intervals)
+# A handler asking whether its job's cancellation was requested reads Redis at most this often.
+CANCEL_POLL_SECONDS: Final = 0.25
 
 
 @attrs.frozen
@@ -83,11 +94,19 @@ class AttemptFailedError(Exception):
         self.error = error
 
 
+class AttemptCancelledError(Exception):
+    """What RQ sees when an attempt stopped on its job's cancellation (or never started)."""
+
+
 def execute(type_name: object, payload: object, envelope: object) -> JSONValue:
     """Run one attempt of a Conveyor job inside RQ; answers its result or raises."""
     rq_job = get_current_job()
     if not isinstance(rq_job, ConveyorRqJob):
         raise RuntimeError("execute() runs only inside Conveyor's RQ worker")
+    if rq_job.cancelled_before_start:
+        _give_up(rq_job)
+        rq_job.attempt_end = AttemptEnd.CANCELLED
+        raise AttemptCancelledError("the job was cancelled before its attempt started")
     meta = rq_job.conveyor_meta()
     attempt = meta.get(ATTEMPT)
     attempts = attempt if isinstance(attempt, int) and attempt > 0 else 1
@@ -110,6 +129,10 @@ def execute(type_name: object, payload: object, envelope: object) -> JSONValue:
     result = _run(_process(processor, Lease(job, rq_job.id), attempt_record))
     if result.outcome is Outcome.SUCCEEDED:
         return attempt_record.result
+    if result.outcome is Outcome.CANCELLED:
+        _give_up(rq_job)
+        rq_job.attempt_end = AttemptEnd.CANCELLED
+        raise AttemptCancelledError("the handler stopped on the job's cancel request")
     error = result.error or JobError("the attempt failed", "AttemptFailed")
     if result.outcome is not Outcome.RETRYING:
         _give_up(rq_job)
@@ -152,6 +175,7 @@ def _give_up(rq_job: ConveyorRqJob) -> None:
 
 
 def _record_error(rq_job: ConveyorRqJob, error: JobError) -> None:
+    rq_job.attempt_end = AttemptEnd.FAILED
     rq_job.meta = note_failure(rq_job, error)
     try:
         rq_job.save_meta()  # type: ignore[no-untyped-call]
@@ -163,8 +187,8 @@ class RqAttempt(JobQueue):
     """One attempt, seen by `JobProcessor` as the queue it reports to.
 
     Only the calls about this attempt work: progress (to the job's meta), complete and fail
-    (kept here, for `execute` to hand to RQ). The job's own id serves as its lease token:
-    RQ has no fencing.
+    (kept here, for `execute` to hand to RQ), cancelled, and reading the job's cancel request.
+    The job's own id serves as its lease token: RQ has no fencing.
     """
 
     capabilities = Capabilities(
@@ -204,8 +228,19 @@ class RqAttempt(JobQueue):
         self.error = error
         return True
 
-    async def enqueue(self, job: Job) -> None:
-        raise _outside("enqueue")
+    async def cancelled(self, lease: Lease) -> bool:
+        return True  # `execute` learns it from the processor's outcome, and hands it to RQ
+
+    def cancel_was_requested(self) -> bool:
+        """Whether the job's cancellation was asked for, as Redis says now."""
+        try:
+            return bool(self._rq_job.connection.hexists(self._rq_job.key, CANCEL_REQUESTED_AT))
+        except RedisError as exc:
+            log.warning("could not read the cancel request of job %s: %s", self._rq_job.id, exc)
+            return False
+
+    async def submit(self, jobs: Sequence[NewJob]) -> Sequence[Submitted]:
+        raise _outside("submit")
 
     async def get(self, job_id: str) -> Job | None:
         raise _outside("get")
@@ -257,6 +292,8 @@ class RqJobContext(JobContext):
         self._lease = lease
         self._attempt = attempt
         self._loop = asyncio.get_running_loop()
+        self._cancel_seen = False
+        self._cancel_read_at = -math.inf
         self._writes: set[asyncio.Task[bool]] = set()
         self._pending: int | None = None
         # Its own threads (made on first use), never joined: a handler stuck in one must not
@@ -271,6 +308,17 @@ class RqJobContext(JobContext):
     @property
     def attempt(self) -> int:
         return self._lease.attempt
+
+    @property
+    def cancel_requested(self) -> bool:
+        # Read lazily (a handler that never asks costs nothing), at most every
+        # CANCEL_POLL_SECONDS; once seen, it stays.
+        if not self._cancel_seen:
+            now = time.monotonic()
+            if now - self._cancel_read_at >= CANCEL_POLL_SECONDS:
+                self._cancel_read_at = now
+                self._cancel_seen = self._attempt.cancel_was_requested()
+        return self._cancel_seen
 
     def report_progress(self, percent: int) -> None:
         try:

@@ -16,6 +16,13 @@ What it adds to a stock `rq worker -S json --with-scheduler`:
   gets our WORKER_LOST error and is retried or dead-lettered; never left `started`.
 - The work-horse and the scheduler process die with the worker (Linux: PR_SET_PDEATHSIG), so a
   SIGKILLed worker leaves no orphan running its job or holding the scheduler lock.
+- Cancellation (see `RqJobQueue.cancel`). As an attempt starts, in the same transaction that
+  marks it started, the worker reads the job's cancel marks: a job cancelled after a worker
+  took it off its queue (or whose cancellation was requested during an earlier attempt) runs
+  nothing. A handler that stops on a cancel request ends the job `cancelled`; one that has not
+  stopped `cancel_grace` seconds after the request is killed with its work-horse (checked at
+  each heartbeat), and the job ends `cancelled` too. A cancelled job leaves RQ's started
+  registry for its canceled registry, kept as long as a result, and is never retried.
 
 The forking `Worker` is the default (each job in its own process); `CONVEYOR_RQ_WORKER_CLASS=
 simple` runs jobs in the worker process instead (no fork; a crash takes the worker with it, and
@@ -34,6 +41,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import attrs
@@ -41,22 +49,30 @@ import redis
 import rq
 from redis.exceptions import RedisError
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.executions import Execution
 from rq.job import Job as RqJob
+from rq.job import JobStatus as RqStatus
 from rq.queue import Queue
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException
+from rq.utils import now as rq_now
+from rq.utils import utcformat
 from rq.version import VERSION as RQ_VERSION
 from rq.worker import WorkerStatus
 from rq.worker.base import BaseWorker
 
 from adapters.rq_codec import (
     ATTEMPT,
+    CANCEL_REQUESTED_AT,
+    CANCELLED_AT,
     DISPATCHER,
     PID,
     PROGRESS,
     SERIALIZER,
+    AttemptEnd,
     ConveyorRqJob,
     ForeignJobError,
+    note_cancelled,
     note_failure,
     rq_queue_name,
     worker_lost,
@@ -190,6 +206,103 @@ class _ParentBoundScheduler(RQScheduler):
 class _ConveyorWorkerBase(BaseWorker):
     config: RqWorkerConfig = RqWorkerConfig()
     stop_asked = False  # SIGTERM/SIGINT arrived (RQ's own flag misses a stop while idle)
+    # Seconds a handler has to stop after its job's cancellation was asked for.
+    cancel_grace: float = 5.0
+
+    def prepare_job_execution(
+        self, job: RqJob, remove_from_intermediate_queue: bool = False
+    ) -> None:
+        """RQ's, reading the job's cancel marks in the same transaction that marks it
+        started: a cancel either came before (the attempt runs nothing) or finds the job
+        started (a cancel request, which the handler hears)."""
+        with self.connection.pipeline() as pipeline:
+            heartbeat_ttl = self.get_heartbeat_ttl(job)
+            self.heartbeat(heartbeat_ttl, pipeline=pipeline)
+            job.heartbeat(rq_now(), heartbeat_ttl, pipeline=pipeline)
+            job.prepare_for_execution(self.name, pipeline=pipeline)
+            pipeline.persist(job.key)
+            if remove_from_intermediate_queue:
+                queue = Queue(job.origin, connection=self.connection)
+                pipeline.lrem(queue.intermediate_queue_key, 1, job.id)
+            pipeline.hmget(job.key, [CANCELLED_AT, CANCEL_REQUESTED_AT])
+            marks = pipeline.execute()[-1]
+        if isinstance(job, ConveyorRqJob):
+            job.cancelled_before_start = any(marks)
+        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]
+
+    def handle_exception(self, job: RqJob, *exc_info: Any) -> None:
+        if isinstance(job, ConveyorRqJob) and job.attempt_end is AttemptEnd.CANCELLED:
+            log.info("job %s: its attempt stopped on the job's cancellation", job.id)
+            return  # not an error: nothing to report
+        super().handle_exception(job, *exc_info)
+
+    def handle_job_failure(
+        self,
+        job: RqJob,
+        queue: Queue,
+        started_job_registry: Any = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        if isinstance(job, ConveyorRqJob) and self._ends_cancelled(job):
+            if self._stopped_job_id == job.id:
+                self._stopped_job_id = None
+            self._settle_cancelled(job, queue, execution)
+            return
+        super().handle_job_failure(
+            job,
+            queue,
+            started_job_registry=started_job_registry,
+            exc_string=exc_string,
+            execution=execution,
+        )
+
+    def _ends_cancelled(self, job: ConveyorRqJob) -> bool:
+        if job.attempt_end is not None:
+            return job.attempt_end is AttemptEnd.CANCELLED
+        # The dispatcher did not end the attempt (its work-horse died or was stopped, or RQ's
+        # time limit struck): with a cancel request the job is cancelled, not retried.
+        try:
+            return bool(self.connection.hexists(job.key, CANCEL_REQUESTED_AT))
+        except RedisError:
+            return False
+
+    def _settle_cancelled(
+        self, job: ConveyorRqJob, queue: Queue, execution: Execution | None
+    ) -> None:
+        """End the job `cancelled`: out of RQ's started registry, into its canceled registry
+        for as long as a result is kept, never retried."""
+        try:
+            with self.connection.pipeline() as pipeline:
+                # A work-horse killed as it ended may have settled it already.
+                if job.get_status(refresh=True) is not RqStatus.CANCELED:
+                    self._write_cancelled(job, queue, pipeline)
+                self.cleanup_execution(job, pipeline=pipeline, execution=execution)
+                pipeline.execute()
+        except RedisError:
+            log.exception("could not record the cancellation of job %s", job.id)
+            return
+        log.info("job %s cancelled", job.id)
+
+    def _write_cancelled(self, job: ConveyorRqJob, queue: Queue, pipeline: Any) -> None:
+        job.get_meta(refresh=True)  # the work-horse wrote it last
+        if job.cancelled_before_start:
+            # It never ran: the attempt RQ started does not count.
+            meta = job.conveyor_meta()
+            started = meta.get(ATTEMPT)
+            meta[ATTEMPT] = max(0, started - 1) if isinstance(started, int) else 0
+            meta.pop(PID, None)
+            job.meta = meta
+            pipeline.hset(job.key, "started_at", "")
+        else:
+            job.meta = note_cancelled(job)
+        ttl = job.get_result_ttl(self.default_result_ttl)
+        ended = rq_now()
+        job.set_status(RqStatus.CANCELED, pipeline=pipeline)
+        pipeline.hset(job.key, "meta", job._serialize_meta())
+        pipeline.hset(job.key, "ended_at", utcformat(ended))
+        pipeline.zadd(queue.canceled_job_registry.key, {job.id: ended.timestamp() + ttl})
+        pipeline.expire(job.key, ttl)
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.stop_asked = True
@@ -272,12 +385,30 @@ class ConveyorWorker(_ConveyorWorkerBase, rq.Worker):
 
     def maintain_heartbeats(self, job: RqJob, execution: Any) -> None:
         super().maintain_heartbeats(job, execution)
+        self._stop_if_cancel_overdue(job, execution)
         # A busy worker sweeps too, so one long job cannot delay finding abandoned ones.
         if self.should_run_maintenance_tasks:
             try:
                 self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
             except Exception:
                 log.exception("maintenance failed; trying again at the next heartbeat")
+
+    def _stop_if_cancel_overdue(self, job: RqJob, execution: Any) -> None:
+        """Kill the work-horse of a job whose handler has not stopped within `cancel_grace`
+        of its cancel request (RQ's stop: the job is settled as it ends)."""
+        try:
+            raw = self.connection.hget(job.key, CANCEL_REQUESTED_AT)
+            asked = datetime.fromisoformat(raw.decode()) if isinstance(raw, bytes) else None
+        except (RedisError, ValueError):
+            return
+        if asked is None or (datetime.now(UTC) - asked).total_seconds() < self.cancel_grace:
+            return
+        log.warning(
+            "job %s did not stop within %g s of its cancel request: stopping its work-horse",
+            job.id,
+            self.cancel_grace,
+        )
+        self.request_stop_execution(execution.id)
 
     def main_work_horse(self, job: RqJob, queue: Queue) -> None:
         follow_parent(signal.SIGKILL)
@@ -323,6 +454,7 @@ def build_worker(
     prefix: str,
     config: RqWorkerConfig,
     result_ttl: float,
+    cancel_grace: float = 5.0,
     worker_class: type[_ConveyorWorkerBase] | None = None,
 ) -> _ConveyorWorkerBase:
     """An RQ worker for our queues; the caller configures `rq_tasks` first."""
@@ -342,6 +474,7 @@ def build_worker(
         default_result_ttl=max(1, math.ceil(result_ttl)),
     )
     worker.config = config
+    worker.cancel_grace = cancel_grace
     return worker
 
 
@@ -367,6 +500,7 @@ def run_rq_worker(settings: Settings, *, queues: tuple[str, ...]) -> int:
             prefix=settings.key_prefix,
             config=config,
             result_ttl=settings.result_ttl_seconds,
+            cancel_grace=settings.cancel_grace_seconds,
         )
 
     log.info(
