@@ -1,14 +1,27 @@
 import asyncio
-from collections.abc import Awaitable, Callable
+import json
+import random
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from adapters.memory_queue import InMemoryJobQueue
 from adapters.system_clock import SystemClock
+from domain.errors import QueueUnavailableError
 from domain.job_types.registry import default_registry
-from domain.jobs import JobStatus
+from domain.jobs import Job, JobStatus, Lease
 from domain.services import JobProcessor, JobService, Submission
-from entrypoints.worker.runner import Worker, WorkerConfig
-from tests.fakes import RecordingEmailSender
+from entrypoints.settings import parse_weighted_queues
+from entrypoints.worker.audit import AuditLog
+from entrypoints.worker.context import WorkerJobContext
+from entrypoints.worker.runner import Worker, WorkerConfig, claim_order
+from entrypoints.worker.supervisor import queues_argument
+from tests.fakes import FakeClock, RecordingEmailSender
 
 
 class Rig:
@@ -18,8 +31,14 @@ class Rig:
         lease_seconds: float = 30.0,
         drain_grace: float = 30.0,
         recycle_after_jobs: int = 0,
+        cancel_grace: float = 5.0,
+        queues: tuple[str, ...] = ("default",),
+        queue_weights: tuple[int, ...] | None = None,
+        draw: Callable[[], float] = random.random,
+        audit: AuditLog | None = None,
+        queue: InMemoryJobQueue | None = None,
     ) -> None:
-        self.queue = InMemoryJobQueue(SystemClock())
+        self.queue = queue or InMemoryJobQueue(SystemClock())
         registry = default_registry(RecordingEmailSender())
         self.service = JobService(self.queue, registry, SystemClock())
         self.retired: list[str] = []
@@ -28,21 +47,34 @@ class Rig:
             JobProcessor(self.queue, registry, lambda: 0.0, cancel_grace=0.1),
             WorkerConfig(
                 worker_id="test",
-                queues=("default",),
+                queues=queues,
+                queue_weights=queue_weights,
                 concurrency=concurrency,
                 lease_seconds=lease_seconds,
                 claim_wait=0.05,
                 drain_grace=drain_grace,
                 recycle_after_jobs=recycle_after_jobs,
+                cancel_grace=cancel_grace,
+                cancel_poll=0.05,
+                heartbeat_interval=0.05,
             ),
+            audit=audit,
             on_retire=self.retired.append,
+            draw=draw,
         )
 
     async def submit(self, type_: str, payload: dict[str, Any], **extra: Any) -> str:
-        return (await self.service.submit(Submission(type=type_, payload=payload, **extra))).id
+        submission = Submission(type=type_, payload=payload, **extra)
+        return (await self.service.submit(submission)).job.id
 
     async def status(self, job_id: str) -> JobStatus:
         return (await self.service.get(job_id)).status
+
+    async def until_status(self, job_id: str, status: JobStatus, within: float = 5.0) -> None:
+        async def reached() -> bool:
+            return await self.status(job_id) is status
+
+        await until(reached, within)
 
 
 async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
@@ -207,5 +239,286 @@ def test_a_worker_retires_after_its_share_of_jobs() -> None:
         await asyncio.wait_for(rig.worker.run(asyncio.Event()), 5)
         assert rig.worker.completed == 3
         assert rig.retired == ["ran 3 jobs"]
+
+    asyncio.run(scenario())
+
+
+# -- cancelling an active job ------------------------------------------------------------------
+
+
+def audit_ends(path: Path) -> dict[str, str]:
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    return {e["job_id"]: e["outcome"] for e in events if e["event"] == "end"}
+
+
+def test_a_handler_that_sees_the_cancel_request_stops_and_its_job_ends_cancelled(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        audit = AuditLog(str(tmp_path / "audit.jsonl"), "test")
+        rig = Rig(cancel_grace=10.0, audit=audit)
+        job_id = await rig.submit("report", {"name": "r", "rows": 1, "seconds": 30})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus.ACTIVE)
+        asked = asyncio.get_running_loop().time()
+        await rig.service.cancel(job_id)
+        await rig.until_status(job_id, JobStatus.CANCELLED, within=2.0)
+        took = asyncio.get_running_loop().time() - asked
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        job = await rig.service.get(job_id)
+        assert took < 1.0  # the handler stopped by itself, long before the grace ran out
+        assert job.attempts == 1
+        assert [r.outcome for r in job.history] == ["cancelled"]
+        assert job.progress is not None
+        assert job.progress < 100
+        assert audit_ends(tmp_path / "audit.jsonl") == {job_id: "cancelled"}
+        assert rig.retired == []
+
+    asyncio.run(scenario())
+
+
+def test_a_handler_that_ignores_the_cancel_request_is_stopped_after_the_grace(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        audit = AuditLog(str(tmp_path / "audit.jsonl"), "test")
+        rig = Rig(cancel_grace=0.4, audit=audit)
+        job_id = await rig.submit("dummy", {"mode": "sleep", "seconds": 30})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus.ACTIVE)
+        asked = asyncio.get_running_loop().time()
+        await rig.service.cancel(job_id)
+        await rig.until_status(job_id, JobStatus.CANCELLED, within=3.0)
+        took = asyncio.get_running_loop().time() - asked
+        # The worker goes on serving.
+        after = await rig.submit("dummy", {"mode": "succeed"})
+        await rig.until_status(after, JobStatus.SUCCEEDED)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert 0.4 <= took < 1.5
+        job = await rig.service.get(job_id)
+        assert [r.outcome for r in job.history] == ["cancelled"]
+        assert audit_ends(tmp_path / "audit.jsonl")[job_id] == "cancelled"
+        assert rig.retired == []
+
+    asyncio.run(scenario())
+
+
+def test_a_blocking_handler_that_ignores_the_cancel_request_retires_the_process() -> None:
+    async def scenario() -> None:
+        rig = Rig(cancel_grace=0.2)
+        job_id = await rig.submit("dummy", {"mode": "hang", "seconds": 2})
+        running = asyncio.create_task(rig.worker.run(asyncio.Event()))
+        await rig.until_status(job_id, JobStatus.ACTIVE)
+        await rig.service.cancel(job_id)
+        await rig.until_status(job_id, JobStatus.CANCELLED, within=3.0)
+        await asyncio.wait_for(running, 5)  # retiring stops the worker by itself
+        assert len(rig.retired) == 1
+        assert "did not stop after its cancel request" in rig.retired[0]
+
+    asyncio.run(scenario())
+
+
+def test_a_job_whose_cancel_was_requested_is_not_handed_back_when_the_worker_stops() -> None:
+    async def scenario() -> None:
+        rig = Rig(cancel_grace=30.0, drain_grace=0.2)
+        job_id = await rig.submit("dummy", {"mode": "sleep", "seconds": 30})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus.ACTIVE)
+        await rig.service.cancel(job_id)
+        await asyncio.sleep(0.3)  # the worker sees the request
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert await rig.status(job_id) is JobStatus.CANCELLED
+
+    asyncio.run(scenario())
+
+
+class CancelPollRecorder(InMemoryJobQueue):
+    """The in-memory queue, recording `cancel_requested` calls; the first `outages` fail."""
+
+    def __init__(self, outages: int = 0) -> None:
+        super().__init__(SystemClock())
+        self.asked: list[list[str]] = []
+        self.outages = outages
+
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        self.asked.append([lease.job_id for lease in leases])
+        if self.outages:
+            self.outages -= 1
+            raise QueueUnavailableError("down for the test")
+        return await super().cancel_requested(leases)
+
+
+def test_the_worker_asks_about_cancels_only_while_it_runs_jobs_in_one_call() -> None:
+    async def scenario() -> None:
+        queue = CancelPollRecorder()
+        rig = Rig(queue=queue)
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await asyncio.sleep(0.3)
+        assert queue.asked == []  # idle: nothing to ask about
+        ids = {await rig.submit("dummy", {"mode": "sleep", "seconds": 0.5}) for _ in range(3)}
+        for job_id in ids:
+            await rig.until_status(job_id, JobStatus.SUCCEEDED)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert queue.asked
+        assert all(set(asked) <= ids for asked in queue.asked)
+        assert any(set(asked) == ids for asked in queue.asked)  # all three in one call
+
+    asyncio.run(scenario())
+
+
+def test_a_cancel_request_is_acted_on_once_the_queue_answers_again() -> None:
+    async def scenario() -> None:
+        queue = CancelPollRecorder(outages=5)
+        rig = Rig(queue=queue)
+        job_id = await rig.submit("report", {"name": "r", "rows": 1, "seconds": 30})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus.ACTIVE)
+        await rig.service.cancel(job_id)
+        await rig.until_status(job_id, JobStatus.CANCELLED, within=3.0)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert queue.outages == 0
+
+    asyncio.run(scenario())
+
+
+# -- what a handler can read -------------------------------------------------------------------
+
+
+def lease_of(deadline: datetime | None, now: datetime) -> Lease:
+    job = Job.submitted(
+        id="a" * 32,
+        type="dummy",
+        payload={"mode": "succeed"},
+        queue="default",
+        max_attempts=1,
+        timeout=60.0,
+        now=now,
+        deadline=deadline,
+    )
+    return Lease(job, "token")
+
+
+def test_the_context_counts_down_the_seconds_to_the_jobs_deadline() -> None:
+    async def scenario() -> None:
+        clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+        queue = InMemoryJobQueue(clock)
+        start = clock.now()
+        with_deadline = lease_of(start + timedelta(seconds=10), start)
+        executor = ThreadPoolExecutor(max_workers=1)
+        context = WorkerJobContext(with_deadline, queue, executor, clock=clock)
+        assert context.remaining == 10.0
+        clock.advance(4)
+        assert context.remaining == 6.0
+        clock.advance(30)
+        assert context.remaining == 0.0
+        without = WorkerJobContext(lease_of(None, start), queue, executor, clock=clock)
+        assert without.remaining is None
+        assert not without.cancel_requested
+        without.request_cancel()
+        assert without.cancel_requested
+        executor.shutdown()
+
+    asyncio.run(scenario())
+
+
+# -- queues and weights ------------------------------------------------------------------------
+
+
+def test_without_weights_every_claim_tries_the_queues_in_the_given_order() -> None:
+    draw = random.Random(1).random
+    assert {claim_order(("a", "b", "c"), None, draw) for _ in range(100)} == {("a", "b", "c")}
+
+
+def test_weighted_claims_put_each_queue_first_in_proportion_to_its_weight() -> None:
+    draw = random.Random(20260101).random
+    draws = 20_000
+    orders = [claim_order(("a", "b", "c"), (6, 3, 1), draw) for _ in range(draws)]
+    assert all(sorted(order) == ["a", "b", "c"] for order in orders)  # none is ever left out
+    first = Counter(order[0] for order in orders)
+    for name, share in (("a", 0.6), ("b", 0.3), ("c", 0.1)):
+        assert abs(first[name] / draws - share) < 0.015, first
+    # Second place, after a was drawn first: b 3/4 of the time.
+    after_a = [order[1] for order in orders if order[0] == "a"]
+    assert abs(after_a.count("b") / len(after_a) - 0.75) < 0.02
+
+
+def test_a_worker_with_weights_claims_in_the_drawn_order() -> None:
+    async def scenario() -> None:
+        # A draw of 0.5 over weights (1, 3) lands on b: b is tried before a.
+        rig = Rig(concurrency=1, queues=("a", "b"), queue_weights=(1, 3), draw=lambda: 0.5)
+        in_a = await rig.submit("dummy", {"mode": "succeed"}, queue="a")
+        in_b = await rig.submit("dummy", {"mode": "succeed"}, queue="b")
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(in_a, JobStatus.SUCCEEDED)
+        await rig.until_status(in_b, JobStatus.SUCCEEDED)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        a, b = await rig.service.get(in_a), await rig.service.get(in_b)
+        assert a.started_at is not None
+        assert b.started_at is not None
+        assert b.started_at < a.started_at
+
+    asyncio.run(scenario())
+
+
+def test_weights_must_name_one_positive_weight_per_queue() -> None:
+    with pytest.raises(ValueError, match="one weight"):
+        WorkerConfig(worker_id="w", queues=("a", "b"), concurrency=1, queue_weights=(3,))
+    with pytest.raises(ValueError, match="one weight"):
+        WorkerConfig(worker_id="w", queues=("a",), concurrency=1, queue_weights=(0,))
+
+
+def test_the_supervisor_hands_its_children_the_queues_as_the_cli_reads_them() -> None:
+    assert queues_argument(("a", "b"), None) == "a,b"
+    assert queues_argument(("a", "b"), (3, 1)) == "a:3,b:1"
+    assert parse_weighted_queues(queues_argument(("a", "b"), (3, 1))) == (("a", "b"), (3, 1))
+    assert parse_weighted_queues(queues_argument(("a", "b"), None)) == (("a", "b"), None)
+
+
+# -- presence ----------------------------------------------------------------------------------
+
+
+class PresenceRecorder(InMemoryJobQueue):
+    def __init__(self) -> None:
+        super().__init__(SystemClock())
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+        self.calls.append(("heartbeat", worker_id, tuple(queues), ttl))
+        await super().heartbeat(worker_id, queues, ttl)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        self.calls.append(("forget", worker_id))
+        await super().forget_worker(worker_id)
+
+
+def test_a_worker_says_it_is_alive_while_it_runs_and_that_it_stopped_at_the_end() -> None:
+    async def scenario() -> None:
+        queue = PresenceRecorder()
+        rig = Rig(queue=queue)
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await asyncio.sleep(0.3)
+        (live,) = await queue.queue_stats(["default"])
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        (gone,) = await queue.queue_stats(["default"])
+        beats = [c for c in queue.calls if c[0] == "heartbeat"]
+        assert len(beats) >= 3  # at start and every interval (0.05 s here)
+        assert {c[1:3] for c in beats} == {("test", ("default",))}
+        assert all(c[3] == pytest.approx(0.15) for c in beats)  # three intervals
+        assert queue.calls[-1] == ("forget", "test")
+        assert (live.workers, gone.workers) == (1, 0)
 
     asyncio.run(scenario())

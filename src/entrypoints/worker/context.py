@@ -8,10 +8,11 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+from adapters.system_clock import SystemClock
 from domain.errors import QueueUnavailableError
 from domain.job_types import JobContext
 from domain.jobs import Lease
-from domain.ports import JobQueue
+from domain.ports import Clock, JobQueue
 from entrypoints.worker.board import Board, Observed
 
 T = TypeVar("T")
@@ -20,12 +21,20 @@ log = logging.getLogger("conveyor.worker")
 
 class WorkerJobContext(JobContext):
     def __init__(
-        self, lease: Lease, queue: JobQueue, executor: Executor, board: Board | None = None
+        self,
+        lease: Lease,
+        queue: JobQueue,
+        executor: Executor,
+        board: Board | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._lease = lease
         self._board = board
         self._queue = queue
         self._executor = executor
+        self._clock = clock or SystemClock()
+        # Set once by the worker; read by the handler, possibly from one of its threads.
+        self._cancel_requested = False
         self._loop = asyncio.get_running_loop()
         # Progress writes are coalesced: at most one in flight, the latest value wins.
         self._pending: int | None = None
@@ -39,6 +48,18 @@ class WorkerJobContext(JobContext):
     @property
     def attempt(self) -> int:
         return self._lease.attempt
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+    def request_cancel(self) -> None:
+        """The worker learnt that the job's cancellation was asked for."""
+        self._cancel_requested = True
+
+    @property
+    def remaining(self) -> float | None:
+        return self._lease.job.remaining(self._clock.now())
 
     def report_progress(self, percent: int) -> None:
         percent = max(0, min(100, int(percent)))

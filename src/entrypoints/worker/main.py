@@ -42,9 +42,18 @@ def _container(settings: Settings) -> Container | None:
 
 
 def run_worker(
-    settings: Settings, *, processes: int, concurrency: int, queues: tuple[str, ...]
+    settings: Settings,
+    *,
+    processes: int,
+    concurrency: int,
+    queues: tuple[str, ...],
+    weights: tuple[int, ...] | None = None,
 ) -> int:
-    """Run the supervisor and its children until SIGTERM or SIGINT; answers the exit code."""
+    """Run the supervisor and its children until SIGTERM or SIGINT; answers the exit code.
+
+    With `weights` (one per queue), each claim tries the queues in a random order drawn by
+    weight; without, in the order given.
+    """
     if settings.queue_backend is Backend.RQ:  # RQ's own worker runs the jobs
         from entrypoints.worker.rq_worker import run_rq_worker
 
@@ -56,6 +65,7 @@ def run_worker(
         processes=processes,
         concurrency=concurrency,
         queues=queues,
+        queue_weights=weights,
         drain_grace=settings.drain_grace_seconds,
         kill_grace=settings.kill_grace_seconds,
     )
@@ -70,6 +80,7 @@ def run_child(
     control_fd: int,
     concurrency: int,
     queues: tuple[str, ...],
+    weights: tuple[int, ...] | None = None,
     board: Path | None = None,
 ) -> int:
     """One worker process under a supervisor. Ends the process itself (see the end)."""
@@ -88,6 +99,7 @@ def run_child(
     config = WorkerConfig(
         worker_id=worker_id,
         queues=queues,
+        queue_weights=weights,
         concurrency=concurrency,
         batch=settings.claim_batch,
         lease_seconds=settings.lease_seconds,
@@ -96,6 +108,7 @@ def run_child(
         drain_grace=settings.drain_grace_seconds,
         recycle_after_jobs=settings.recycle_after_jobs,
         recycle_rss_mb=settings.recycle_rss_mb,
+        cancel_grace=settings.cancel_grace_seconds,
     )
     processor = container.job_processor(cancel_grace=settings.kill_grace_seconds)
     worker = Worker(
@@ -105,6 +118,7 @@ def run_child(
         audit=audit,
         board=Board(board, threads=concurrency) if board is not None else None,
         on_retire=retire,
+        clock=container.clock(),
     )
 
     async def work(stop: asyncio.Event) -> int:

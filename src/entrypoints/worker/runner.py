@@ -3,7 +3,14 @@
 One `Worker` runs in each worker process. It stops claiming when asked to stop, gives the
 jobs in flight a grace period, and hands whatever is still running back to the queue
 without using an attempt. It asks to be retired (replaced by a fresh process) when a job's
-handler would not stop after its timeout, or when it has run its share of jobs or memory.
+handler would not stop after its timeout or its cancel request, or when it has run its share
+of jobs or memory.
+
+Cancelling an active job is cooperative first: the worker asks the queue which of its jobs
+have a cancel request, and shows the request to the handler (`JobContext.cancel_requested`).
+A handler still running `cancel_grace` seconds later is cancelled and its attempt recorded
+`cancelled`. While it runs, the worker says it is alive (`JobQueue.heartbeat`) so the queue
+can tell whether anyone serves it.
 """
 
 from __future__ import annotations
@@ -12,15 +19,16 @@ import asyncio
 import contextlib
 import enum
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 
-from domain.errors import QueueUnavailableError
+from domain.errors import QueueUnavailableError, UnsupportedOperationError
 from domain.jobs import Lease
-from domain.ports import JobQueue
+from domain.ports import Clock, JobQueue
 from domain.services import JobProcessor, Outcome, ProcessResult, describe
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
@@ -44,6 +52,49 @@ class WorkerConfig:
     recycle_rss_mb: int = 0  # 0: never
     backoff_first: float = 0.1
     backoff_cap: float = 5.0
+    # One weight per queue: each claim tries the queues in an order drawn by weight (see
+    # `claim_order`). None: always in the order of `queues`.
+    queue_weights: tuple[int, ...] | None = attrs.field(default=None)
+    # How long a handler has to stop by itself once its job's cancellation is requested.
+    cancel_grace: float = 5.0
+    # How often the worker asks whether any of its running jobs is to be cancelled.
+    cancel_poll: float = 0.5
+    # How often the worker says it is alive; each heartbeat lasts three intervals.
+    heartbeat_interval: float = 2.0
+
+    @queue_weights.validator
+    def _one_weight_per_queue(
+        self, _: attrs.Attribute[tuple[int, ...] | None], value: tuple[int, ...] | None
+    ) -> None:
+        if value is not None and (len(value) != len(self.queues) or min(value) < 1):
+            raise ValueError("queue_weights needs one weight of at least 1 per queue")
+
+
+def claim_order(
+    queues: Sequence[str], weights: Sequence[int] | None, draw: Callable[[], float]
+) -> tuple[str, ...]:
+    """The order in which one claim tries `queues`.
+
+    Without weights, as given. With weights, drawn without replacement: each place goes to
+    one of the queues not yet placed with a chance proportional to its weight. A queue of
+    weight 3 beside one of weight 1 is tried first three times in four, and every queue is
+    tried on every claim, so a light queue is served less often but never starves. `draw`
+    answers a number in [0, 1).
+    """
+    if weights is None:
+        return tuple(queues)
+    pool = list(zip(queues, weights, strict=True))
+    order: list[str] = []
+    while pool:
+        point = draw() * sum(weight for _, weight in pool)
+        chosen = len(pool) - 1  # if rounding leaves `point` past the last weight
+        for index, (_, weight) in enumerate(pool):
+            point -= weight
+            if point < 0:
+                chosen = index
+                break
+        order.append(pool.pop(chosen)[0])
+    return tuple(order)
 
 
 class _Stop(enum.Enum):
@@ -51,14 +102,18 @@ class _Stop(enum.Enum):
 
     LEASE_LOST = "lease_lost"  # someone else owns the job now: just stop
     RELEASE = "released"  # the worker is stopping: hand the job back
+    CANCELLED = "cancelled"  # its cancel request outlived the grace: record it cancelled
 
 
 @attrs.define
 class _Running:
     lease: Lease
     task: asyncio.Task[None]
+    context: WorkerJobContext
     stop: _Stop | None = None
     seen_stop: bool = False  # the task caught its cancellation and is acting on it
+    cancel_seen: bool = False  # the worker learnt of the job's cancel request
+    cancel_timer: asyncio.TimerHandle | None = None  # ends the grace the handler has left
 
 
 RetireRequest = Callable[[str], None]
@@ -74,8 +129,12 @@ class Worker:
         audit: AuditLog | None = None,
         board: Board | None = None,
         on_retire: RetireRequest | None = None,
+        clock: Clock | None = None,
+        draw: Callable[[], float] = random.random,
     ) -> None:
         self._board = board
+        self._clock = clock
+        self._draw = draw
         self._queue = queue
         self._processor = processor
         self._config = config
@@ -105,6 +164,8 @@ class Worker:
         background = [
             asyncio.create_task(self._renew_forever()),
             asyncio.create_task(self._recover_forever()),
+            asyncio.create_task(self._watch_cancels_forever()),
+            asyncio.create_task(self._heartbeat_forever()),
             asyncio.create_task(self._relay(stop)),
         ]
         try:
@@ -112,6 +173,7 @@ class Worker:
             await self._drain()
         finally:
             await _cancel(background)
+            await self._forget()
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"worker_id": cfg.worker_id, "completed": self.completed})
 
@@ -144,7 +206,7 @@ class Worker:
                 continue
             try:
                 leases = await self._queue.claim(
-                    cfg.queues,
+                    claim_order(cfg.queues, cfg.queue_weights, self._draw),
                     worker_id=cfg.worker_id,
                     limit=min(free, cfg.batch),
                     lease_seconds=cfg.lease_seconds,
@@ -186,9 +248,14 @@ class Worker:
         await self._release(list(self._running.values()))
 
     async def _release(self, running: Sequence[_Running]) -> None:
-        """Cancel these jobs' handlers and give the jobs back, their attempts not counted."""
+        """Cancel these jobs' handlers and give the jobs back, their attempts not counted.
+
+        A job whose cancellation was requested is recorded cancelled instead: handing it
+        back would only run it again.
+        """
         for entry in running:
-            entry.stop = _Stop.RELEASE
+            if entry.stop is not _Stop.CANCELLED:
+                entry.stop = _Stop.CANCELLED if entry.cancel_seen else _Stop.RELEASE
         # Cancel again any task that has not yet seen its cancellation (see `_cancel`), but
         # never one already handing its job back.
         while pending := [e for e in running if not e.task.done()]:
@@ -201,17 +268,24 @@ class Worker:
         log.info("job claimed", extra=describe(lease.job))
         if self._audit is not None:
             self._audit.started(lease)
-        task = asyncio.create_task(self._execute(lease))
-        self._running[lease.job_id] = _Running(lease, task)
-        task.add_done_callback(lambda _: self._running.pop(lease.job_id, None))
+        context = WorkerJobContext(lease, self._queue, self._executor, self._board, self._clock)
+        task = asyncio.create_task(self._execute(lease, context))
+        entry = _Running(lease, task, context)
+        self._running[lease.job_id] = entry
+        task.add_done_callback(lambda _: self._finished(entry))
 
-    async def _execute(self, lease: Lease) -> None:
-        context = WorkerJobContext(lease, self._queue, self._executor, self._board)
+    def _finished(self, entry: _Running) -> None:
+        if entry.cancel_timer is not None:
+            entry.cancel_timer.cancel()
+        if self._running.get(entry.lease.job_id) is entry:
+            del self._running[entry.lease.job_id]
+
+    async def _execute(self, lease: Lease, context: WorkerJobContext) -> None:
         started = time.monotonic()
         try:
             result = await self._processor.process(lease, context)
         except asyncio.CancelledError:
-            await self._stopped(lease)
+            await self._stopped(lease, context)
             return
         except Exception:
             # The processor records handler failures itself; reaching here is a bug in the
@@ -229,12 +303,14 @@ class Worker:
         elif self._config.recycle_after_jobs and self.completed >= self._config.recycle_after_jobs:
             self._retire(f"ran {self.completed} jobs")
 
-    async def _stopped(self, lease: Lease) -> None:
+    async def _stopped(self, lease: Lease, context: WorkerJobContext) -> None:
         entry = self._running.get(lease.job_id)
         if entry is not None:
             entry.seen_stop = True
         reason = entry.stop if entry is not None else None
-        if reason is _Stop.RELEASE:
+        if reason is _Stop.CANCELLED:
+            outcome = await self._record_cancelled(lease, context)
+        elif reason is _Stop.RELEASE:
             try:
                 released = await self._queue.release(lease)
             except QueueUnavailableError:
@@ -242,12 +318,97 @@ class Worker:
             log.info(
                 "job released" if released else "job left to its lease", extra=describe(lease.job)
             )
-            outcome = "released" if released else "cancelled"
+            outcome = "released" if released else "left_to_lease"
         else:
             log.warning("job stopped: lease lost", extra=describe(lease.job))
             outcome = "lease_lost"
         if self._audit is not None:
             self._audit.ended(lease, outcome)
+
+    async def _record_cancelled(self, lease: Lease, context: WorkerJobContext) -> str:
+        """Record the attempt of a handler stopped on its cancel request; answers the outcome."""
+        await context.settle()
+        try:
+            # Bounded: once the lease lapses, the queue ends the job cancelled by itself.
+            result = await asyncio.wait_for(
+                self._processor.record_cancelled(lease), timeout=self._config.lease_seconds
+            )
+        except TimeoutError:
+            log.warning("job left to its lease (it ends cancelled)", extra=describe(lease.job))
+            outcome = str(Outcome.CANCELLED)
+        else:
+            outcome = str(result.outcome)
+            if result.outcome is Outcome.CANCELLED:
+                log.warning(
+                    "job cancelled: its handler did not stop within the grace period",
+                    extra=describe(lease.job),
+                )
+            else:
+                log.warning("job stopped: lease lost", extra=describe(lease.job))
+        self.completed += 1
+        if context.blocking_calls_running:
+            # A thread cannot be interrupted: only replacing this process stops it.
+            self._retire(f"job {lease.job_id} did not stop after its cancel request")
+        return outcome
+
+    async def _watch_cancels_forever(self) -> None:
+        cfg = self._config
+        while True:
+            await asyncio.sleep(cfg.cancel_poll)
+            unseen = [
+                entry
+                for entry in self._running.values()
+                if not entry.cancel_seen and entry.stop is None and not entry.task.done()
+            ]
+            if not unseen:
+                continue
+            try:
+                requested = await self._queue.cancel_requested([e.lease for e in unseen])
+            except QueueUnavailableError:
+                continue  # the claim loop reports outages
+            except UnsupportedOperationError:
+                return
+            for entry in unseen:
+                if entry.lease.job_id in requested and not entry.task.done():
+                    self._ask_to_stop(entry)
+
+    def _ask_to_stop(self, entry: _Running) -> None:
+        grace = self._config.cancel_grace
+        log.info(
+            "job cancel requested: asking its handler to stop",
+            extra={**describe(entry.lease.job), "grace_s": grace},
+        )
+        entry.cancel_seen = True
+        entry.context.request_cancel()
+        loop = asyncio.get_running_loop()
+        entry.cancel_timer = loop.call_later(grace, self._stop_cancelled, entry)
+
+    def _stop_cancelled(self, entry: _Running) -> None:
+        if entry.task.done() or entry.stop is not None:
+            return
+        log.warning(
+            "job handler ignored its cancel request; stopping it",
+            extra=describe(entry.lease.job),
+        )
+        entry.stop = _Stop.CANCELLED
+        entry.task.cancel()
+
+    async def _heartbeat_forever(self) -> None:
+        cfg = self._config
+        ttl = cfg.heartbeat_interval * 3
+        while True:
+            try:
+                await self._queue.heartbeat(cfg.worker_id, cfg.queues, ttl)
+            except QueueUnavailableError:
+                pass  # the claim loop reports outages; the next beat may get through
+            except UnsupportedOperationError:
+                return
+            await asyncio.sleep(cfg.heartbeat_interval)
+
+    async def _forget(self) -> None:
+        """Stop counting as a live worker; if the queue cannot be told, the heartbeat lapses."""
+        with contextlib.suppress(QueueUnavailableError, UnsupportedOperationError, TimeoutError):
+            await asyncio.wait_for(self._queue.forget_worker(self._config.worker_id), timeout=2.0)
 
     async def _renew_forever(self) -> None:
         interval = self._config.lease_seconds / 3
@@ -330,5 +491,7 @@ def _log_outcome(lease: Lease, result: ProcessResult, elapsed: float) -> None:
             log.warning("job failed, will retry", extra=fields | {"retry_in_s": retry_in})
         case Outcome.DEAD:
             log.error("job dead", extra=fields)
+        case Outcome.CANCELLED:
+            log.info("job cancelled", extra=fields)
         case Outcome.LEASE_LOST:
             log.warning("job result discarded: lease lost", extra=fields)

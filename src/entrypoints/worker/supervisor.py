@@ -23,6 +23,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -48,6 +49,14 @@ class PoolConfig:
     queues: tuple[str, ...]
     drain_grace: float
     kill_grace: float
+    queue_weights: tuple[int, ...] | None = None  # one per queue; None: strict order
+
+
+def queues_argument(queues: Sequence[str], weights: Sequence[int] | None) -> str:
+    """`queues` as the worker's `--queues` takes them: `a,b`, or `a:3,b:1` with weights."""
+    if weights is None:
+        return ",".join(queues)
+    return ",".join(f"{name}:{weight}" for name, weight in zip(queues, weights, strict=True))
 
 
 @attrs.define
@@ -93,7 +102,7 @@ class Supervisor:
             extra={
                 "processes": cfg.processes,
                 "concurrency": cfg.concurrency,
-                "queues": ",".join(cfg.queues),
+                "queues": queues_argument(cfg.queues, cfg.queue_weights),
             },
         )
         if not await backend_is_safe(self._queue, log):
@@ -119,7 +128,7 @@ class Supervisor:
             *("--worker-id", worker_id),
             *("--control-fd", str(write_fd)),
             *("--concurrency", str(cfg.concurrency)),
-            *("--queues", ",".join(cfg.queues)),
+            *("--queues", queues_argument(cfg.queues, cfg.queue_weights)),
             *("--board", str(self._board_path(worker_id))),
         ]
         proc = await asyncio.create_subprocess_exec(
@@ -248,6 +257,10 @@ class Supervisor:
                     break  # their leases lapse; another worker reclaims them
                 await asyncio.sleep(1.0)
         board.unlink(missing_ok=True)
+        # A child that died could not say it stopped; one that exited has said so already.
+        if not expected:
+            with contextlib.suppress(QueueUnavailableError):
+                await self._queue.forget_worker(child.worker_id)
 
     async def _stop_all(self) -> None:
         self._stopping = True
