@@ -1,4 +1,5 @@
-"""The `conveyor` command: run the API, a worker or the whole service; submit and inspect jobs."""
+"""The `conveyor` command: run the API, a worker or the whole service; submit, inspect and
+manage jobs and queues."""
 
 from __future__ import annotations
 
@@ -11,30 +12,46 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from domain.errors import DomainError, InvalidJobError
-from domain.jobs import Job
+from domain.errors import DomainError, InvalidJobError, QueueUnavailableError
+from domain.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, JobStatus, is_name
+from domain.ports import JobQuery, QueueStats
 from domain.services import JobService, Submission
-from entrypoints.container import build_container
+from entrypoints.api.schemas import JobView, QueueView
+from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging, redact_url
-from entrypoints.settings import Backend, Settings, SettingsError, parse_queues
+from entrypoints.settings import Backend, Settings, SettingsError, parse_weighted_queues
+
+if TYPE_CHECKING:  # rich is imported by the commands that draw, not by every process
+    from rich.console import Console
+    from rich.table import Table
 
 DEV_DATA_DIR = Path(".conveyor") / "redis"
 _CHILD_STOP_GRACE = 30.0
+# How often `submit --wait` looks at the job again.
+FOLLOW_INTERVAL: Final = 0.25
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, container: Container | None = None) -> int:
+    """Run one command. With `container`, the job and queue commands use it (and its
+    settings) instead of building one from the environment."""
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_level, settings.log_format)
+    args.container = container
+    if container is not None:
+        settings: Settings = container.settings()
+    else:
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            print(f"conveyor: {exc}", file=sys.stderr)
+            return 2
+        configure_logging(settings.log_level, settings.log_format)
     try:
         code: int = args.run(args, settings)
     except SettingsError as exc:
@@ -67,9 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--queues",
-        type=parse_queues,
+        type=parse_weighted_queues,
         default=None,
-        help="comma-separated queues, in priority order (default CONVEYOR_WORKER_QUEUES)",
+        help="comma-separated queues: `a,b` in strict order, `a:3,b:1` in random order by"
+        " weight for each claim (default CONVEYOR_WORKER_QUEUES)",
     )
     worker.set_defaults(run=_run_worker)
 
@@ -78,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     child.add_argument("--worker-id", required=True)
     child.add_argument("--control-fd", type=int, required=True)
     child.add_argument("--concurrency", type=_positive_int, required=True)
-    child.add_argument("--queues", type=parse_queues, required=True)
+    child.add_argument("--queues", type=parse_weighted_queues, required=True)
     child.add_argument("--board", type=Path, default=None)
     child.set_defaults(run=_run_worker_child)
 
@@ -91,17 +109,95 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default=None, help="API bind address (default 127.0.0.1)")
     dev.set_defaults(run=_run_dev)
 
-    submit = commands.add_parser("submit", help="submit a job and print it")
+    submit = commands.add_parser(
+        "submit",
+        help="submit a job and print it",
+        description="Submit a job and print it. With --wait, follow it until it ends and exit "
+        "0 if it succeeded, 1 otherwise.",
+    )
     submit.add_argument("type", help="job type, e.g. email, report, dummy")
     submit.add_argument("payload", help='payload as JSON, e.g. \'{"mode": "succeed"}\'')
     submit.add_argument("--max-attempts", type=int, default=None)
     submit.add_argument("--timeout", type=float, default=None)
+    submit.add_argument("--queue", type=_name, default=None, help="default: the type's queue")
+    submit.add_argument(
+        "--priority",
+        type=int,
+        default=None,
+        help=f"{PRIORITY_MIN} to {PRIORITY_MAX}, higher runs first (default: the type's)",
+    )
+    when = submit.add_mutually_exclusive_group()
+    when.add_argument("--delay", type=float, default=None, help="seconds before it may run")
+    when.add_argument("--run-at", default=None, help="RFC 3339 time before which it does not run")
+    submit.add_argument(
+        "--deadline",
+        type=_deadline,
+        default=None,
+        help="RFC 3339 time, or seconds from now, after which it expires unless finished",
+    )
+    submit.add_argument(
+        "--idempotency-key", default=None, help="a repeat with this key answers the first job"
+    )
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job, with a progress bar, until it ends"
+    )
     submit.set_defaults(run=_run_submit)
 
     status = commands.add_parser("status", help="print a job's current state")
     status.add_argument("job_id")
     status.set_defaults(run=_run_status)
+
+    jobs = commands.add_parser("jobs", help="list, show, cancel and retry jobs")
+    job_commands = jobs.add_subparsers(required=True, metavar="ACTION")
+    listing = job_commands.add_parser("list", help="jobs newest first, as a table")
+    listing.add_argument("--status", choices=[s.value for s in JobStatus], default=None)
+    listing.add_argument("--type", type=_name, default=None, dest="job_type")
+    listing.add_argument("--queue", type=_name, default=None)
+    listing.add_argument("--limit", type=_page_size, default=50, help="1-500 (default 50)")
+    listing.add_argument("--cursor", default=None, help="the next page's cursor, as printed")
+    listing.set_defaults(run=_run_jobs_list)
+    for action, run, text in (
+        ("show", _run_jobs_show, "print a job with its waiting reason and timeline"),
+        ("cancel", _run_jobs_cancel, "cancel a waiting job, or ask a running one to stop"),
+        ("retry", _run_jobs_retry, "send a dead or cancelled job back to its queue"),
+    ):
+        command = job_commands.add_parser(action, help=text)
+        command.add_argument("job_id")
+        command.set_defaults(run=run)
+
+    queues = commands.add_parser("queues", help="list, pause and resume queues")
+    queue_commands = queues.add_subparsers(required=True, metavar="ACTION")
+    queue_commands.add_parser("list", help="every queue's figures, as a table").set_defaults(
+        run=_run_queues_list
+    )
+    for action, run, text in (
+        ("pause", _run_queues_pause, "stop workers claiming from a queue"),
+        ("resume", _run_queues_resume, "let workers claim from a paused queue again"),
+    ):
+        command = queue_commands.add_parser(action, help=text)
+        command.add_argument("name", type=_name)
+        command.set_defaults(run=run)
     return parser
+
+
+def _name(raw: str) -> str:
+    if not is_name(raw):
+        raise argparse.ArgumentTypeError("expected 1-64 of a-z, 0-9, '_' or '-', from a letter")
+    return raw
+
+
+def _page_size(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 500:
+        raise argparse.ArgumentTypeError("must be 1 to 500")
+    return value
+
+
+def _deadline(raw: str) -> str | float:
+    try:
+        return float(raw)
+    except ValueError:
+        return raw  # an RFC 3339 time, or nonsense the domain names
 
 
 def _positive_int(raw: str) -> int:
@@ -135,23 +231,27 @@ def _run_api(args: argparse.Namespace, settings: Settings) -> int:
 def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from entrypoints.worker.main import run_worker
 
+    queues, weights = args.queues or (settings.worker_queues, settings.worker_queue_weights)
     return run_worker(
         settings,
         processes=args.processes or settings.worker_processes,
         concurrency=args.concurrency or settings.worker_concurrency,
-        queues=args.queues or settings.worker_queues,
+        queues=queues,
+        weights=weights,
     )
 
 
 def _run_worker_child(args: argparse.Namespace, settings: Settings) -> int:
     from entrypoints.worker.main import run_child
 
+    queues, weights = args.queues
     return run_child(
         settings,
         worker_id=args.worker_id,
         control_fd=args.control_fd,
         concurrency=args.concurrency,
-        queues=args.queues,
+        queues=queues,
+        weights=weights,
         board=args.board,
     )
 
@@ -220,21 +320,188 @@ def _run_submit(args: argparse.Namespace, settings: Settings) -> int:
         print(f"conveyor: payload is not valid JSON: {exc}", file=sys.stderr)
         return 2
     submission = Submission(
-        type=args.type, payload=payload, max_attempts=args.max_attempts, timeout=args.timeout
+        type=args.type,
+        payload=payload,
+        max_attempts=args.max_attempts,
+        timeout=args.timeout,
+        queue=args.queue,
+        priority=args.priority,
+        delay=args.delay,
+        run_at=args.run_at,
+        deadline=args.deadline,
     )
-    return asyncio.run(_with_service(settings, lambda s: s.submit(submission)))
+
+    async def submit(service: JobService) -> int:
+        accepted = await service.submit(submission, idempotency_key=args.idempotency_key)
+        if not accepted.created:
+            note = f"the idempotency key was used before: this is job {accepted.job.id}"
+            print(f"conveyor: {note}", file=sys.stderr)
+        if not args.wait:
+            _print_json(JobView.from_domain(accepted.job))
+            return 0
+        job = await follow(service, accepted.job.id, _console(stderr=True))
+        _print_json(JobView.from_domain(job))
+        return 0 if job.status is JobStatus.SUCCEEDED else 1
+
+    return _with_service(args, settings, submit)
+
+
+async def follow(
+    service: JobService, job_id: str, console: Console, interval: float = FOLLOW_INTERVAL
+) -> Job:
+    """Show the job's status and progress on `console` until it ends; answers the job then."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(job_id, total=100)
+        while True:
+            try:
+                job = await service.get(job_id)
+            except QueueUnavailableError:
+                # The job goes on without us; so does following it once the store answers.
+                bar.update(task, description=f"{job_id[:8]} (job store unreachable, retrying)")
+                await asyncio.sleep(interval)
+                continue
+            bar.update(
+                task,
+                completed=job.progress or 0,
+                description=f"{job.type} {job.id[:8]} {job.status.value} "
+                f"(attempt {job.attempts}/{job.max_attempts})",
+            )
+            if job.status.is_terminal:
+                if job.status is JobStatus.SUCCEEDED:
+                    bar.update(task, completed=100)
+                return job
+            await asyncio.sleep(interval)
 
 
 def _run_status(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_with_service(settings, lambda s: s.get(args.job_id)))
+    return _with_job(args, settings, lambda s: s.get(args.job_id))
 
 
-async def _with_service(settings: Settings, action: Callable[[JobService], Awaitable[Job]]) -> int:
-    from entrypoints.api.schemas import JobView
+def _run_jobs_show(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(service: JobService) -> int:
+        _print_json(JobView.from_details(await service.details(args.job_id)))
+        return 0
 
-    container = build_container(settings)
+    return _with_service(args, settings, show)
+
+
+def _run_jobs_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_job(args, settings, lambda s: s.cancel(args.job_id))
+
+
+def _run_jobs_retry(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_job(args, settings, lambda s: s.retry(args.job_id))
+
+
+def _run_jobs_list(args: argparse.Namespace, settings: Settings) -> int:
+    query = JobQuery(
+        status=None if args.status is None else JobStatus(args.status),
+        type=args.job_type,
+        queue=args.queue,
+        limit=args.limit,
+        cursor=args.cursor,
+    )
+
+    async def listing(service: JobService) -> int:
+        page = await service.list(query)
+        table = _table("ID", "TYPE", "STATUS", "QUEUE", "PRIORITY", "ATTEMPTS", "PROGRESS", "AGE")
+        now = datetime.now(UTC)
+        for job in page.jobs:
+            table.add_row(
+                job.id,
+                job.type,
+                job.status.value,
+                job.queue,
+                str(job.priority),
+                f"{job.attempts}/{job.max_attempts}",
+                "" if job.progress is None else f"{job.progress}%",
+                _age((now - job.created_at).total_seconds()),
+            )
+        _console().print(table)
+        if page.next_cursor:
+            print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+        return 0
+
+    return _with_service(args, settings, listing)
+
+
+def _run_queues_list(args: argparse.Namespace, settings: Settings) -> int:
+    async def listing(service: JobService) -> int:
+        stats = await service.queues()
+        statuses = (status.value.upper() for status in JobStatus)
+        table = _table("QUEUE", "PAUSED", "WORKERS", "OLDEST QUEUED", *statuses)
+        for queue in stats:
+            table.add_row(
+                queue.name,
+                "yes" if queue.paused else "no",
+                "?" if queue.workers is None else str(queue.workers),
+                "" if queue.oldest_queued_age is None else _age(queue.oldest_queued_age),
+                *(str(queue.counts.get(status, 0)) for status in JobStatus),
+            )
+        _console().print(table)
+        return 0
+
+    return _with_service(args, settings, listing)
+
+
+def _run_queues_pause(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_queue(args, settings, lambda s: s.pause(args.name))
+
+
+def _run_queues_resume(args: argparse.Namespace, settings: Settings) -> int:
+    return _with_queue(args, settings, lambda s: s.resume(args.name))
+
+
+def _with_job(
+    args: argparse.Namespace, settings: Settings, action: Callable[[JobService], Awaitable[Job]]
+) -> int:
+    async def run(service: JobService) -> int:
+        _print_json(JobView.from_domain(await action(service)))
+        return 0
+
+    return _with_service(args, settings, run)
+
+
+def _with_queue(
+    args: argparse.Namespace,
+    settings: Settings,
+    action: Callable[[JobService], Awaitable[QueueStats]],
+) -> int:
+    async def run(service: JobService) -> int:
+        _print_json(QueueView.from_domain(await action(service)))
+        return 0
+
+    return _with_service(args, settings, run)
+
+
+def _with_service(
+    args: argparse.Namespace, settings: Settings, action: Callable[[JobService], Awaitable[int]]
+) -> int:
+    """Run `action` on the job service; a domain error is a message and exit code 2 (the
+    request is invalid) or 1 (anything else)."""
+    return asyncio.run(_serve(args.container, settings, action))
+
+
+async def _serve(
+    given: Container | None, settings: Settings, action: Callable[[JobService], Awaitable[int]]
+) -> int:
+    container = build_container(settings) if given is None else given
     try:
-        job = await action(container.job_service())
+        return await action(container.job_service())
     except InvalidJobError as exc:
         for error in exc.errors:
             print(f"conveyor: {error.path}: {error.message}", file=sys.stderr)
@@ -243,6 +510,34 @@ async def _with_service(settings: Settings, action: Callable[[JobService], Await
         print(f"conveyor: {exc}", file=sys.stderr)
         return 1
     finally:
-        await container.job_queue().close()
-    print(msgspec.json.format(msgspec.json.encode(JobView.from_domain(job))).decode())
-    return 0
+        if given is None:  # a container passed in is its owner's to close
+            await container.job_queue().close()
+
+
+def _print_json(view: Any) -> None:
+    print(msgspec.json.format(msgspec.json.encode(view)).decode())
+
+
+def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Wide enough for a job id and every column when the output is not a terminal.
+    return Console(file=stream, width=None if stream.isatty() else 160)
+
+
+def _table(*columns: str) -> Table:
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"

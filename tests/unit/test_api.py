@@ -16,7 +16,16 @@ from litestar.testing import TestClient
 from adapters.memory_queue import InMemoryJobQueue
 from domain.errors import QueueUnavailableError
 from domain.jobs import ErrorKind, Job, JobError, JSONValue, Lease
-from domain.ports import Capabilities, JobPage, JobQuery, JobQueue
+from domain.ports import (
+    Capabilities,
+    JobPage,
+    JobQuery,
+    JobQueue,
+    JobSituation,
+    NewJob,
+    QueueStats,
+    Submitted,
+)
 from entrypoints.api.app import create_app
 from entrypoints.container import Container, build_container
 from entrypoints.settings import Backend, Settings
@@ -45,6 +54,13 @@ JOB_VIEW_FIELDS = {
     "error",
     "worker",
     "history",
+    "run_at",
+    "deadline",
+    "retry_at",
+    "cancel_requested_at",
+    "heartbeat_at",
+    "waiting_reason",
+    "timeline",
 }
 
 
@@ -127,7 +143,11 @@ def test_a_submitted_job_reads_back_the_same(client: TestClient[Litestar]) -> No
     response = client.get(f"/jobs/{posted['id']}")
 
     assert response.status_code == 200
-    assert response.json() == posted
+    read = response.json()
+    # Only the read asks the backend where the job stands in its queue.
+    assert posted.pop("waiting_reason")["kind"] == "queued"
+    assert read.pop("waiting_reason")["kind"] == "no_worker"
+    assert read == posted
 
 
 def test_submission_limits_come_from_the_job_type_unless_given(
@@ -140,6 +160,21 @@ def test_submission_limits_come_from_the_job_type_unless_given(
 
     assert (default["max_attempts"], default["timeout"]) == (5, 30.0)
     assert (chosen["max_attempts"], chosen["timeout"]) == (2, 12.5)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "user@example.com",
+        "first.last+tag@sub.example.co.uk",
+        "0@" + ".".join(["0" * 63, "a" * 63, "a" * 63, "a" * 59]),  # 254 characters
+        "o'hara@x-y.example",
+    ],
+)
+def test_every_well_formed_address_is_accepted(client: TestClient[Litestar], address: str) -> None:
+    response = client.post("/jobs", json={"type": "email", "payload": {**EMAIL, "to": address}})
+
+    assert response.status_code == 202, response.text
 
 
 def test_json_media_types_with_suffix_and_charset_are_accepted(
@@ -398,7 +433,7 @@ class BrokenQueue(JobQueue):
         self.error = error
         self.closed = False
 
-    async def enqueue(self, job: Job) -> None:
+    async def submit(self, jobs: Sequence[NewJob]) -> Sequence[Submitted]:
         raise self.error
 
     async def get(self, job_id: str) -> Job | None:
@@ -442,6 +477,21 @@ class BrokenQueue(JobQueue):
     async def requeue(self, job_id: str) -> Job:
         raise self.error
 
+    async def cancel(self, job_id: str) -> Job:
+        raise self.error
+
+    async def pause(self, queue: str) -> None:
+        raise self.error
+
+    async def resume(self, queue: str) -> None:
+        raise self.error
+
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
+        raise self.error
+
+    async def situation(self, job_id: str) -> JobSituation | None:
+        raise self.error
+
     async def ping(self) -> None:
         raise self.error
 
@@ -458,8 +508,15 @@ def client_over(container: Container, queue: JobQueue) -> TestClient[Litestar]:
     ("method", "path", "body"),
     [
         ("POST", "/jobs", {"type": "email", "payload": EMAIL}),
+        ("POST", "/jobs/batch", {"jobs": [{"type": "email", "payload": EMAIL}]}),
         ("GET", "/jobs/" + "0" * 32, None),
         ("GET", "/jobs", None),
+        ("POST", f"/jobs/{'0' * 32}/cancel", None),
+        ("POST", f"/jobs/{'0' * 32}/retry", None),
+        ("GET", "/queues", None),
+        ("GET", "/queues/default", None),
+        ("POST", "/queues/default/pause", None),
+        ("POST", "/queues/default/resume", None),
         ("GET", "/health/ready", None),
     ],
 )

@@ -142,11 +142,14 @@ CORPUS: Final[dict[str, Case]] = {
     "missing type": Case(422, raw(json.dumps({"payload": EMAIL})), paths=("type",)),
     "missing payload": Case(422, raw(json.dumps({"type": "email"})), paths=("payload",)),
     "missing everything": Case(422, b"{}", paths=("type", "payload")),
-    "extra top-level field": Case(422, envelope(priority=9), paths=("priority",)),
+    "extra top-level field": Case(422, envelope(colour="red"), paths=("colour",)),
     "extra top-level fields with a bad payload": Case(
         422,
-        raw(json.dumps({"type": "email", "payload": {}, "queue": "x", "run_at": 1})),
-        paths=("queue", "run_at"),
+        raw(json.dumps({"type": "email", "payload": {}, "colour": "x", "when": 1})),
+        paths=("colour", "when"),
+    ),
+    "idempotency_key in a single submission's body": Case(
+        422, envelope(idempotency_key="k"), paths=("idempotency_key",)
     ),
     "payload is null": Case(422, envelope(payload=None), paths=("payload",)),
     "payload is a list": Case(422, envelope(payload=[EMAIL]), paths=("payload",)),
@@ -164,6 +167,12 @@ CORPUS: Final[dict[str, Case]] = {
     ),
     "100,000-element array as a string field": Case(
         422, envelope(payload={**EMAIL, "to": [0] * 100_000}), paths=("payload.to",)
+    ),
+    "address with a trailing newline": Case(
+        422, envelope(payload={**EMAIL, "to": "user@example.com\n"}), paths=("payload.to",)
+    ),
+    "address with a host label ending in a hyphen": Case(
+        422, envelope(payload={**EMAIL, "to": "user@exa-.com"}), paths=("payload.to",)
     ),
     "string over its length limit": Case(
         422, envelope(payload={**EMAIL, "subject": "x" * 201}), paths=("payload.subject",)
@@ -199,6 +208,50 @@ CORPUS: Final[dict[str, Case]] = {
     "timeout 10**9": Case(422, envelope(timeout=10**9), paths=("timeout",)),
     'timeout "10"': Case(422, envelope(timeout="10"), paths=("timeout",)),
     "timeout false": Case(422, envelope(timeout=False), paths=("timeout",)),
+    # -- the options: queue, priority, schedule, deadline
+    "queue with upper case": Case(422, envelope(queue="Default"), paths=("queue",)),
+    "queue that could break a key": Case(422, envelope(queue="a}:{b"), paths=("queue",)),
+    "queue is a number": Case(422, envelope(queue=7), paths=("queue",)),
+    "queue 65 characters": Case(422, envelope(queue="q" * 65), paths=("queue",)),
+    "priority 101": Case(422, envelope(priority=101), paths=("priority",)),
+    "priority -101": Case(422, envelope(priority=-101), paths=("priority",)),
+    'priority "1"': Case(422, envelope(priority="1"), paths=("priority",)),
+    "priority 1.5": Case(422, envelope(priority=1.5), paths=("priority",)),
+    "priority true": Case(422, envelope(priority=True), paths=("priority",)),
+    "priority 10**400": Case(
+        422,
+        raw(f'{{"type": "email", "payload": {json.dumps(EMAIL)}, "priority": 1{"0" * 400}}}'),
+        paths=("priority",),
+    ),
+    "delay -1": Case(422, envelope(delay=-1), paths=("delay",)),
+    "delay over a year": Case(422, envelope(delay=400 * 86400), paths=("delay",)),
+    'delay "5"': Case(422, envelope(delay="5"), paths=("delay",)),
+    "delay and run_at together": Case(
+        422, envelope(delay=5, run_at="2030-01-01T00:00:00Z"), paths=("run_at",)
+    ),
+    "run_at a number": Case(422, envelope(run_at=1_700_000_000), paths=("run_at",)),
+    "run_at without an offset": Case(
+        422, envelope(run_at="2030-01-01T00:00:00"), paths=("run_at",)
+    ),
+    "run_at a date only": Case(422, envelope(run_at="2030-01-01"), paths=("run_at",)),
+    "run_at nonsense": Case(422, envelope(run_at="tomorrow at noon"), paths=("run_at",)),
+    "run_at in ten years": Case(422, envelope(run_at="2099-01-01T00:00:00Z"), paths=("run_at",)),
+    "run_at 10,000 characters": Case(422, envelope(run_at="2" * 10_000), paths=("run_at",)),
+    "deadline in the past": Case(
+        422, envelope(deadline="2000-01-01T00:00:00Z"), paths=("deadline",)
+    ),
+    "deadline 0 seconds": Case(422, envelope(deadline=0), paths=("deadline",)),
+    "deadline -5 seconds": Case(422, envelope(deadline=-5), paths=("deadline",)),
+    "deadline true": Case(422, envelope(deadline=True), paths=("deadline",)),
+    "deadline an object": Case(422, envelope(deadline={"in": 5}), paths=("deadline",)),
+    "deadline before the job may start": Case(
+        422, envelope(delay=600, deadline=60), paths=("deadline",)
+    ),
+    "every option wrong at once": Case(
+        422,
+        envelope(queue="", priority=None, delay="x", deadline="y", max_attempts=0),
+        paths=("queue", "delay", "deadline", "max_attempts"),
+    ),
 }
 
 # Names that must never be taken for code, a path or another type: each is an unknown type.
@@ -270,10 +323,94 @@ def test_a_bad_request_is_refused_with_a_problem_and_stores_nothing(
     assert stored_jobs(container) == 0
 
 
+BATCH_CORPUS: Final[dict[str, Case]] = {
+    "malformed json": Case(400, b'{"jobs": [', mentions="JSON"),
+    "empty body": Case(400, b"", mentions="empty"),
+    "duplicate key in an item": Case(
+        400, raw('{"jobs": [{"type": "email", "type": "dummy", "payload": {}}]}'), mentions="type"
+    ),
+    "NaN in an item": Case(400, raw('{"jobs": [{"type": "dummy", "payload": {}, "delay": NaN}]}')),
+    "deep nesting in an item": Case(
+        400, raw(f'{{"jobs": [{{"type": "dummy", "payload": {deep(40)}}}]}}'), mentions="nested"
+    ),
+    "wrong content type": Case(415, compact({"jobs": []}), {"content-type": "text/plain"}),
+    "far over the batch limit, chunked": Case(413, chunks_of(b"[" * (8 * LIMIT))),
+    "over the batch limit, with Content-Length": Case(
+        413, compact({"jobs": []}) + b" " * (4 * LIMIT)
+    ),
+    "top level is an array": Case(422, compact([{"type": "email", "payload": EMAIL}])),
+    "no jobs": Case(422, b"{}", paths=("jobs",)),
+    "jobs is an object": Case(422, compact({"jobs": {"type": "email"}}), paths=("jobs",)),
+    "jobs is empty": Case(422, compact({"jobs": []}), paths=("jobs",)),
+    "1001 jobs": Case(
+        422, compact({"jobs": [{"type": "dummy", "payload": {}}] * 1001}), paths=("jobs",)
+    ),
+    "an extra top-level field": Case(
+        422, compact({"jobs": [{"type": "email", "payload": EMAIL}], "x": 1}), paths=("x",)
+    ),
+    "an item is a string": Case(422, compact({"jobs": ["email"]}), paths=("jobs[0]",)),
+    "an item of an unknown type": Case(
+        422, compact({"jobs": [{"type": "os.system", "payload": {}}]}), paths=("jobs[0].type",)
+    ),
+    "an item's key is a number": Case(
+        422,
+        compact({"jobs": [{"type": "email", "payload": EMAIL, "idempotency_key": 7}]}),
+        paths=("jobs[0].idempotency_key",),
+    ),
+    "an item's key has a space": Case(
+        422,
+        compact({"jobs": [{"type": "email", "payload": EMAIL, "idempotency_key": "a b"}]}),
+        paths=("jobs[0].idempotency_key",),
+    ),
+    "the last of many items is bad": Case(
+        422,
+        compact({"jobs": [{"type": "email", "payload": EMAIL}] * 999 + [{"type": "email"}]}),
+        paths=("jobs[999].payload",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BATCH_CORPUS.values(), ids=BATCH_CORPUS.keys())
+def test_a_bad_batch_is_refused_with_a_problem_and_stores_nothing(
+    client: TestClient[Litestar], container: Container, case: Case
+) -> None:
+    body = case.body if isinstance(case.body, bytes) else case.body()
+
+    response = client.post("/jobs/batch", content=body, headers=case.headers)
+
+    assert response.status_code == case.status, response.text[:500]
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == case.status
+    assert len(problem["detail"]) > 10
+    assert case.mentions.lower() in problem["detail"].lower()
+    assert len(response.content) < 20_000, "a refusal must not echo the request back"
+    assert set(case.paths) <= {error["path"] for error in problem.get("errors", [])}
+    assert stored_jobs(container) == 0
+
+
+@pytest.mark.parametrize(
+    "key", [b"", b" ", b"a b", b"x" * 201, b"\x7f", "\u00e9".encode(), b"k\x00"]
+)
+def test_a_bad_idempotency_key_is_refused_and_stores_nothing(
+    client: TestClient[Litestar], container: Container, key: bytes
+) -> None:
+    response = client.post("/jobs", content=envelope(), headers={**JSON, "Idempotency-Key": key})
+
+    assert response.status_code == 422, response.text[:500]
+    assert response.json()["errors"] == [
+        {"path": "Idempotency-Key", "message": response.json()["errors"][0]["message"]}
+    ]
+    assert stored_jobs(container) == 0
+
+
 def test_the_corpus_leaves_the_api_serving(client: TestClient[Litestar]) -> None:
     for case in CORPUS.values():
         body = case.body if isinstance(case.body, bytes) else case.body()
         client.post("/jobs", content=body, headers=case.headers)
+    for case in BATCH_CORPUS.values():
+        body = case.body if isinstance(case.body, bytes) else case.body()
+        client.post("/jobs/batch", content=body, headers=case.headers)
 
     response = client.post("/jobs", content=envelope(), headers=JSON)
 

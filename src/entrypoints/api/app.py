@@ -6,21 +6,24 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
-from litestar.datastructures import State
+from litestar import Litestar, Router
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
+from litestar.types import Message, Scope
 
+from entrypoints.api.batch import BATCH_BODY_FACTOR, BatchController
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
 from entrypoints.api.deps import CONTAINER_KEY, container_of, dependencies
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
+from entrypoints.api.queues import QueuesController
 from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging
 from entrypoints.settings import Settings
 from entrypoints.startup import backend_is_safe
 
-API_VERSION = "0.1.0"
+API_VERSION = "0.2.0"
 log = logging.getLogger("conveyor.api")
 
 
@@ -38,11 +41,23 @@ def create_app(container: Container | None = None) -> Litestar:
         # answers 503 quickly instead of holding the client.
         container = build_container(settings, redis_socket_timeout=settings.redis_timeout)
     settings = container.settings()
+    batch = Router(
+        path="/",
+        route_handlers=[BatchController],
+        request_max_body_size=settings.max_body_bytes * BATCH_BODY_FACTOR,
+    )
     app = Litestar(
-        route_handlers=[JobsController, JobTypesController, HealthController],
+        route_handlers=[
+            JobsController,
+            batch,
+            QueuesController,
+            JobTypesController,
+            HealthController,
+        ],
         dependencies=dependencies(),
         state=State({CONTAINER_KEY: container}),
         exception_handlers={Exception: problem_response},
+        before_send=[_allow_every_method],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[_queue_lifespan],
         # Logging is the process's (structured, see entrypoints.logs), not Litestar's.
@@ -53,7 +68,8 @@ def create_app(container: Container | None = None) -> Litestar:
             description="Submit background jobs; workers run them. Errors are RFC 9457 "
             "`application/problem+json`.",
             tags=[
-                Tag(name="jobs", description="Submit jobs and follow them."),
+                Tag(name="jobs", description="Submit jobs, follow, cancel and retry them."),
+                Tag(name="queues", description="Queue figures; pause and resume."),
                 Tag(name="job-types", description="What can be submitted."),
                 Tag(name="health", description="Liveness and readiness probes."),
             ],
@@ -63,6 +79,23 @@ def create_app(container: Container | None = None) -> Litestar:
     # Builds the document now (no I/O), with the job types' schemas in it.
     add_submission_schemas(app.openapi_schema, container.registry())
     return app
+
+
+async def _allow_every_method(message: Message, scope: Scope) -> None:
+    """Make the automatic answer to OPTIONS list every method of its path.
+
+    Litestar 2 lists only some of them when several handlers share a path
+    (litestar-org/litestar#4169), e.g. `GET, OPTIONS` for `/jobs`, which also takes POST.
+    """
+    if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+        return
+    app = scope["app"]
+    handler = scope.get("route_handler")
+    if not isinstance(app, Litestar) or handler is None:
+        return
+    methods = {m for path in handler.paths for m in app.route_handler_method_map.get(path, {})}
+    if methods:
+        MutableScopeHeaders.from_message(message)["Allow"] = ", ".join(sorted(methods))
 
 
 @asynccontextmanager

@@ -1,7 +1,9 @@
-"""The HTTP endpoints: thin adapters from HTTP to the domain's use cases and back."""
+"""The HTTP endpoints for jobs, job types and health: thin adapters from HTTP to the domain's
+use cases and back. (`POST /jobs/batch` is in `batch.py`, queues in `queues.py`.)"""
 
 from __future__ import annotations
 
+import math
 import re
 from http import HTTPStatus
 from typing import Annotated, Any, Final
@@ -10,49 +12,67 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType
-from litestar.params import PathParameter, QueryParameter
 
-from domain.errors import FieldError, JobNotFoundError, QueueUnavailableError
+from domain.errors import (
+    FieldError,
+    IdempotencyConflictError,
+    JobNotFoundError,
+    QueueUnavailableError,
+)
 from domain.job_types import JobTypeRegistry
 from domain.jobs import NAME_PATTERN, JobStatus, is_job_id, is_name
 from domain.ports import JobQuery, JobQueue
-from domain.services import JobService
-from entrypoints.api.body import decode_json, require_json, submission_from
-from entrypoints.api.openapi import ConveyorOperation, SubmitJobOperation
-from entrypoints.api.problems import PROBLEM_MEDIA_TYPE, ProblemError, logger, summarize
+from domain.services import Accepted, JobService
+from entrypoints.api.body import (
+    decode_json,
+    idempotency_key_from,
+    require_json,
+    submission_from,
+)
+from entrypoints.api.openapi import (
+    BAD_PARAMETER,
+    IDEMPOTENCY_KEY_PATTERN,
+    JOB_ID_PATTERN,
+    NO_JOB,
+    SUBMIT_ERRORS,
+    UNAVAILABLE,
+    ConveyorOperation,
+    LocatedOperation,
+    SubmitJobOperation,
+    header_parameter,
+    path_parameter,
+    problem,
+    query_parameter,
+    unsupported,
+)
+from entrypoints.api.problems import ProblemError, logger, summarize
 from entrypoints.api.schemas import (
     HealthView,
     JobPageView,
     JobTypeList,
     JobTypeView,
     JobView,
-    Problem,
+    job_location,
 )
+from entrypoints.settings import Settings
 
 MAX_PAGE: Final = 500
 DEFAULT_PAGE: Final = 50
-_MAX_CURSOR: Final = 256
+# Cursors are printable ASCII, as every backend makes them.
+_CURSOR: Final = re.compile(r"[!-~]{1,256}")
+CURSOR_PATTERN: Final = f"^{_CURSOR.pattern}$"
 _DIGITS: Final = re.compile(r"[0-9]{1,4}")
+# A JSON number that is not negative: how `?wait=` gives its seconds.
+_SECONDS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+JobId = Annotated[str, path_parameter("The job's id: 32 lowercase hex digits.", JOB_ID_PATTERN)]
 
 
-def _problem(description: str) -> ResponseSpec:
-    return ResponseSpec(
-        Problem, description=description, media_type=PROBLEM_MEDIA_TYPE, generate_examples=False
-    )
-
-
-def _query(description: str, *, name: str | None = None, **schema: Any) -> QueryParameter:
-    # The handler validates query values itself (one 422 lists every bad one), so Litestar
-    # hands them over as optional strings; the document shows what is accepted instead.
-    return QueryParameter(
-        name=name,
-        description=description,
-        schema_extra={"one_of": None, "type": OpenAPIType.STRING, **schema},
-    )
-
-
-UNAVAILABLE: Final = _problem("The job store is unreachable; retry after `Retry-After` seconds.")
-BAD_PARAMETER: Final = _problem("A parameter has the wrong shape.")
+def _accepted_headers(accepted: Accepted) -> dict[str, str]:
+    headers = {"Location": job_location(accepted.job)}
+    if not accepted.created:
+        headers["Idempotent-Replayed"] = "true"
+    return headers
 
 
 class JobsController(Controller):
@@ -63,53 +83,118 @@ class JobsController(Controller):
         "/",
         operation_id="submitJob",
         summary="Submit a job",
-        description="Validate a job and store it, queued. Answers at once: a worker runs it "
-        "later. Poll `Location` for its status.",
+        description="Validate a job and store it, queued (or scheduled, with `delay` or "
+        "`run_at`). Answers at once: a worker runs it later. Poll `Location` for its status. "
+        "With an `Idempotency-Key`, a repeat of the same body answers the first job "
+        "(`Idempotent-Replayed: true`) and stores nothing; another body under the key is a 422.",
         status_code=HTTPStatus.ACCEPTED,
         operation_class=SubmitJobOperation,
         responses={
-            400: _problem("The body is not strict JSON (syntax, NaN, depth, repeated keys)."),
-            413: _problem("The body is larger than the limit."),
-            415: _problem("The body is not `application/json`."),
-            422: _problem(
-                "The JSON is not a valid submission: unknown type, invalid payload (every "
-                "bad field is listed in `errors`), or limits out of range."
+            **SUBMIT_ERRORS,
+            422: problem(
+                "The JSON is not a valid submission (unknown type, invalid payload or option; "
+                "every bad field is listed in `errors`), the `Idempotency-Key` is malformed, or "
+                "it was used before for another body (`idempotency-conflict`)."
             ),
-            503: UNAVAILABLE,
         },
     )
     async def submit_job(
-        self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService]
+        self,
+        request: Request[Any, Any, Any],
+        jobs: NamedDependency[JobService],
+        idempotency_key: Annotated[
+            str | None,
+            header_parameter(
+                "Idempotency-Key",
+                "Makes retries of this request safe: 1-200 printable ASCII characters, no "
+                "spaces. Keys are remembered for a day (`CONVEYOR_IDEMPOTENCY_TTL_SECONDS`).",
+                pattern=IDEMPOTENCY_KEY_PATTERN,
+            ),
+        ] = None,
     ) -> Response[JobView]:
         require_json(request)
         submission = submission_from(decode_json(await request.body()))
-        job = await jobs.submit(submission)
+        key = idempotency_key_from(idempotency_key)
+        try:
+            accepted = await jobs.submit(submission, idempotency_key=key)
+        except IdempotencyConflictError as conflict:
+            # One job, so no batch index: the conflict is the header's.
+            raise IdempotencyConflictError(conflict.key) from None
         return Response(
-            JobView.from_domain(job),
+            JobView.from_domain(accepted.job),
             status_code=HTTPStatus.ACCEPTED,
-            headers={"Location": f"/jobs/{job.id}"},
+            headers=_accepted_headers(accepted),
         )
 
     @get(
         "/{job_id:str}",
         operation_id="getJob",
         summary="Get a job",
-        description="The job's status, attempts, progress, result and last error.",
+        description="The job's status, attempts, progress, result and last error; why it waits "
+        "(`waiting_reason`) and what happened to it so far (`timeline`). With `wait`, the answer "
+        "comes once the job has finished, or after that many seconds.",
         operation_class=ConveyorOperation,
         responses={
             400: BAD_PARAMETER,
-            404: _problem("No job has this id."),
+            404: NO_JOB,
+            422: problem("`wait` is not a number of seconds."),
             503: UNAVAILABLE,
         },
     )
     async def get_job(
         self,
-        job_id: Annotated[str, PathParameter(description="The job's id.")],
+        job_id: JobId,
         jobs: NamedDependency[JobService],
+        settings: NamedDependency[Settings],
+        wait: Annotated[
+            str | None,
+            query_parameter(
+                "Seconds to wait for the job to finish before answering (long polling); "
+                "more than the server's limit (`CONVEYOR_WAIT_MAX_SECONDS`, 30 by default) "
+                "waits that limit.",
+                type=OpenAPIType.NUMBER,
+                minimum=0,
+            ),
+        ] = None,
     ) -> JobView:
+        seconds = wait_seconds(wait, settings.wait_max_seconds)
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
-        return JobView.from_domain(await jobs.get(job_id))
+        return JobView.from_details(await jobs.details(job_id, wait=seconds))
+
+    @post(
+        "/{job_id:str}/cancel",
+        operation_id="cancelJob",
+        summary="Cancel a job",
+        description="A waiting job (scheduled, queued, or failed and due for a retry) is "
+        "cancelled at once and never runs: 200. An active job is asked to stop: 202, with "
+        "`cancel_requested_at` set; its worker stops it cooperatively (the job ends "
+        "`cancelled`), or it finishes first.",
+        status_code=HTTPStatus.OK,
+        operation_class=ConveyorOperation,
+        responses={
+            400: BAD_PARAMETER,
+            202: ResponseSpec(
+                JobView,
+                description="The job is running: its worker was asked to stop it.",
+                generate_examples=False,
+            ),
+            404: NO_JOB,
+            409: problem("The job has already finished."),
+            501: unsupported("cancel jobs (or cancel running ones)"),
+            503: UNAVAILABLE,
+        },
+    )
+    async def cancel_job(
+        self, job_id: JobId, jobs: NamedDependency[JobService]
+    ) -> Response[JobView]:
+        if not is_job_id(job_id):
+            raise JobNotFoundError(job_id)
+        job = await jobs.cancel(job_id)
+        done = job.status is JobStatus.CANCELLED
+        return Response(
+            JobView.from_domain(job), status_code=HTTPStatus.OK if done else HTTPStatus.ACCEPTED
+        )
 
     @post(
         "/{job_id:str}/retry",
@@ -117,17 +202,16 @@ class JobsController(Controller):
         summary="Retry a dead or cancelled job",
         description="Send the job back to its queue with fresh attempts. Its history stays.",
         status_code=HTTPStatus.ACCEPTED,
-        operation_class=ConveyorOperation,
+        operation_class=LocatedOperation,
         responses={
-            404: _problem("No job has this id."),
-            409: _problem("The job is neither dead nor cancelled."),
+            400: BAD_PARAMETER,
+            404: NO_JOB,
+            409: problem("The job is neither dead nor cancelled."),
             503: UNAVAILABLE,
         },
     )
     async def retry_job(
-        self,
-        job_id: Annotated[str, PathParameter(description="The job's id.")],
-        jobs: NamedDependency[JobService],
+        self, job_id: JobId, jobs: NamedDependency[JobService]
     ) -> Response[JobView]:
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
@@ -135,7 +219,7 @@ class JobsController(Controller):
         return Response(
             JobView.from_domain(job),
             status_code=HTTPStatus.ACCEPTED,
-            headers={"Location": f"/jobs/{job.id}"},
+            headers={"Location": job_location(job)},
         )
 
     @get(
@@ -146,7 +230,7 @@ class JobsController(Controller):
         operation_class=ConveyorOperation,
         responses={
             400: BAD_PARAMETER,
-            422: _problem("A filter, `limit` or `cursor` is invalid."),
+            422: problem("A filter, `limit` or `cursor` is invalid."),
             503: UNAVAILABLE,
         },
     )
@@ -155,17 +239,18 @@ class JobsController(Controller):
         jobs: NamedDependency[JobService],
         status: Annotated[
             str | None,
-            _query("Only jobs in this status.", enum=[s.value for s in JobStatus]),
+            query_parameter("Only jobs in this status.", enum=[s.value for s in JobStatus]),
         ] = None,
         job_type: Annotated[
-            str | None, _query("Only jobs of this type.", name="type", pattern=NAME_PATTERN)
+            str | None,
+            query_parameter("Only jobs of this type.", name="type", pattern=NAME_PATTERN),
         ] = None,
         queue: Annotated[
-            str | None, _query("Only jobs in this queue.", pattern=NAME_PATTERN)
+            str | None, query_parameter("Only jobs in this queue.", pattern=NAME_PATTERN)
         ] = None,
         limit: Annotated[
             str | None,
-            _query(
+            query_parameter(
                 f"Jobs per page (default {DEFAULT_PAGE}).",
                 type=OpenAPIType.INTEGER,
                 minimum=1,
@@ -174,11 +259,24 @@ class JobsController(Controller):
         ] = None,
         cursor: Annotated[
             str | None,
-            _query("`next_cursor` from the previous page.", max_length=_MAX_CURSOR),
+            query_parameter("`next_cursor` from the previous page.", pattern=CURSOR_PATTERN),
         ] = None,
     ) -> JobPageView:
         query = job_query(status, job_type, queue, limit, cursor)
         return JobPageView.from_domain(await jobs.list(query))
+
+
+def wait_seconds(raw: str | None, limit: float) -> float:
+    """`?wait=` as seconds, at most `limit`; raises a 422 problem unless it is a number >= 0."""
+    if raw is None:
+        return 0.0
+    if not _SECONDS.fullmatch(raw):
+        error = FieldError("wait", "expected a number of seconds, 0 or more")
+        raise ProblemError(
+            HTTPStatus.UNPROCESSABLE_ENTITY, "invalid-query", summarize([error]), errors=[error]
+        )
+    seconds = float(raw)
+    return min(seconds, limit) if math.isfinite(seconds) else limit
 
 
 def job_query(
@@ -207,15 +305,13 @@ def job_query(
             page = int(limit)
         else:
             errors.append(FieldError("limit", f"expected an integer from 1 to {MAX_PAGE}"))
-    if cursor is not None and not (len(cursor) <= _MAX_CURSOR and cursor.isprintable()):
+    if cursor is not None and not _CURSOR.fullmatch(cursor):
         errors.append(FieldError("cursor", "expected the `next_cursor` of a previous page"))
     if errors:
         raise ProblemError(
             HTTPStatus.UNPROCESSABLE_ENTITY, "invalid-query", summarize(errors), errors=errors
         )
-    return JobQuery(
-        status=parsed_status, type=job_type, queue=queue, limit=page, cursor=cursor or None
-    )
+    return JobQuery(status=parsed_status, type=job_type, queue=queue, limit=page, cursor=cursor)
 
 
 class JobTypesController(Controller):

@@ -16,6 +16,7 @@ from domain.job_types import JobTypeRegistry
 from domain.ports import JobQueue
 from domain.services import JobService
 from entrypoints.container import Container
+from entrypoints.settings import Settings
 
 CONTAINER_KEY: Final = "container"
 
@@ -40,8 +41,14 @@ def provide_registry(state: State) -> JobTypeRegistry:
     return registry
 
 
+def provide_settings(state: State) -> Settings:
+    settings: Settings = container_of(state).settings()
+    return settings
+
+
 def dependencies() -> dict[str, Provide]:
     return {
+        "settings": Provide(provide_settings, sync_to_thread=False),
         "jobs": Provide(provide_job_service, sync_to_thread=False),
         "job_queue": Provide(provide_job_queue, sync_to_thread=False),
         "job_types": Provide(provide_registry, sync_to_thread=False),

@@ -18,12 +18,15 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from domain.errors import (
+    AdmissionRefusedError,
     FieldError,
+    IdempotencyConflictError,
     InvalidJobError,
     InvalidTransitionError,
     JobNotFoundError,
     QueueUnavailableError,
     UnknownJobTypeError,
+    UnsupportedOperationError,
 )
 from entrypoints.api.schemas import FieldErrorView, Problem
 
@@ -110,6 +113,34 @@ def _to_problem(request: Request[Any, Any, Any], exc: Exception) -> tuple[Proble
             return _problem(HTTPStatus.NOT_FOUND, "job-not-found", detail, instance), {}
         case InvalidTransitionError():
             return _problem(HTTPStatus.CONFLICT, "invalid-transition", str(exc), instance), {}
+        case IdempotencyConflictError():
+            where = "" if exc.index is None else f" (jobs[{exc.index}])"
+            detail = (
+                f"the idempotency key {clip(exc.key)!r}{where} was already used for a different "
+                "submission; send the same body again, or use a new key"
+            )
+            path = "Idempotency-Key" if exc.index is None else f"jobs[{exc.index}].idempotency_key"
+            return _problem(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "idempotency-conflict",
+                detail,
+                instance,
+                [FieldError(path, "already used for a different submission")],
+            ), {}
+        case AdmissionRefusedError():
+            where = "the job store" if exc.queue is None else f"queue {exc.queue!r}"
+            detail = f"{where} is over its admission limit ({exc.reason}); retry later"
+            problem = _problem(HTTPStatus.TOO_MANY_REQUESTS, "over-limit", detail, instance)
+            return problem, retry_after(exc.retry_after)
+        case UnsupportedOperationError():
+            detail = (
+                f"this backend cannot {exc.operation.replace('_', ' ')}: it lacks the "
+                f"`{exc.capability}` capability ({exc.reason})"
+            )
+            problem = _problem(
+                HTTPStatus.NOT_IMPLEMENTED, "unsupported-by-backend", detail, instance
+            )
+            return msgspec.structs.replace(problem, capability=exc.capability), {}
         case QueueUnavailableError():
             logger.warning("queue backend unavailable: %s", exc.reason)
             detail = "the job store cannot be reached right now; retry later"

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from domain.job_types import JobType
 from domain.jobs import AttemptOutcome, AttemptRecord, ErrorKind, Job, JobError, JobStatus
-from domain.ports import JobPage
+from domain.ports import JobPage, QueueStats
+from domain.services import Accepted, JobDetails
+from domain.timeline import (
+    EventKind,
+    TimelineEvent,
+    WaitingKind,
+    WaitingReason,
+    timeline,
+    waiting_reason,
+)
 
 
 class JobErrorView(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +66,41 @@ class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+class WaitingReasonView(msgspec.Struct, frozen=True, kw_only=True):
+    """Why a job that is not running waits, and until when or behind how many jobs."""
+
+    kind: WaitingKind
+    message: str
+    until: datetime | None
+    ahead: int | None
+
+    @classmethod
+    def from_domain(cls, reason: WaitingReason) -> WaitingReasonView:
+        return cls(kind=reason.kind, message=reason.message, until=reason.until, ahead=reason.ahead)
+
+
+class TimelineEventView(msgspec.Struct, frozen=True, kw_only=True):
+    """One thing that happened to the job."""
+
+    at: datetime | None
+    kind: EventKind
+    attempt: int | None
+    worker: str | None
+    until: datetime | None
+    detail: str | None
+
+    @classmethod
+    def from_domain(cls, event: TimelineEvent) -> TimelineEventView:
+        return cls(
+            at=event.at,
+            kind=event.kind,
+            attempt=event.attempt,
+            worker=event.worker,
+            until=event.until,
+            detail=event.detail,
+        )
+
+
 class JobView(msgspec.Struct, frozen=True, kw_only=True):
     """One job as a client sees it. The payload is left out: it may hold secrets."""
 
@@ -70,14 +115,23 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    run_at: datetime | None
+    deadline: datetime | None
+    retry_at: datetime | None
+    cancel_requested_at: datetime | None
+    heartbeat_at: datetime | None
     progress: int | None
     result: Any
     error: JobErrorView | None
     worker: str | None
     history: list[AttemptView]
+    waiting_reason: WaitingReasonView | None
+    timeline: list[TimelineEventView]
 
     @classmethod
-    def from_domain(cls, job: Job) -> JobView:
+    def from_details(cls, details: JobDetails) -> JobView:
+        """The job with what explains it, as `JobService.details` found it."""
+        job = details.job
         return cls(
             id=job.id,
             type=job.type,
@@ -90,12 +144,60 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            run_at=job.run_at,
+            deadline=job.deadline,
+            retry_at=job.retry_at,
+            cancel_requested_at=job.cancel_requested_at,
+            heartbeat_at=job.heartbeat_at,
             progress=job.progress,
             result=job.result,
             error=None if job.error is None else JobErrorView.from_domain(job.error),
             worker=job.worker,
             history=[AttemptView.from_domain(record) for record in job.history],
+            waiting_reason=(
+                None
+                if details.waiting_reason is None
+                else WaitingReasonView.from_domain(details.waiting_reason)
+            ),
+            timeline=[TimelineEventView.from_domain(event) for event in details.timeline],
         )
+
+    @classmethod
+    def from_domain(cls, job: Job) -> JobView:
+        """The job explained by what it records alone: its waiting reason cannot say where it
+        stands in its queue (`GET /jobs/{id}` asks the backend for that)."""
+        reason = waiting_reason(job, None, datetime.now(UTC))
+        return cls.from_details(JobDetails(job=job, waiting_reason=reason, timeline=timeline(job)))
+
+
+class BatchEntryView(msgspec.Struct, frozen=True, kw_only=True):
+    """One job of a batch: its id and status, and whether this request created it."""
+
+    id: str
+    status: JobStatus
+    created: bool
+    location: str
+
+    @classmethod
+    def from_domain(cls, accepted: Accepted) -> BatchEntryView:
+        job = accepted.job
+        return cls(
+            id=job.id, status=job.status, created=accepted.created, location=job_location(job)
+        )
+
+
+class BatchView(msgspec.Struct, frozen=True, kw_only=True):
+    """A batch's jobs, one entry per submitted item, in the order they were sent."""
+
+    jobs: list[BatchEntryView]
+
+    @classmethod
+    def from_domain(cls, accepted: Sequence[Accepted]) -> BatchView:
+        return cls(jobs=[BatchEntryView.from_domain(item) for item in accepted])
+
+
+def job_location(job: Job) -> str:
+    return f"/jobs/{job.id}"
 
 
 class JobPageView(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +211,36 @@ class JobPageView(msgspec.Struct, frozen=True, kw_only=True):
         return cls(
             jobs=[JobView.from_domain(job) for job in page.jobs], next_cursor=page.next_cursor
         )
+
+
+class QueueView(msgspec.Struct, frozen=True, kw_only=True):
+    """One queue: its jobs by status, how long the oldest queued one has waited, whether it is
+    paused, and how many live workers serve it (null when the backend cannot tell)."""
+
+    name: str
+    counts: dict[str, int]
+    oldest_queued_age: float | None
+    paused: bool
+    workers: int | None
+
+    @classmethod
+    def from_domain(cls, stats: QueueStats) -> QueueView:
+        return cls(
+            name=stats.name,
+            # Every status, so a client never has to tell "none" from "not reported".
+            counts={str(status): stats.counts.get(status, 0) for status in JobStatus},
+            oldest_queued_age=stats.oldest_queued_age,
+            paused=stats.paused,
+            workers=stats.workers,
+        )
+
+
+class QueueList(msgspec.Struct, frozen=True, kw_only=True):
+    queues: list[QueueView]
+
+    @classmethod
+    def from_domain(cls, stats: Sequence[QueueStats]) -> QueueList:
+        return cls(queues=[QueueView.from_domain(queue) for queue in stats])
 
 
 class JobTypeView(msgspec.Struct, frozen=True, kw_only=True):
@@ -164,3 +296,5 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     instance: str | msgspec.UnsetType = msgspec.UNSET
     errors: list[FieldErrorView] | msgspec.UnsetType = msgspec.UNSET
     known_types: list[str] | msgspec.UnsetType = msgspec.UNSET
+    # A 501's missing backend capability (a `Capabilities` flag, e.g. `pause`).
+    capability: str | msgspec.UnsetType = msgspec.UNSET

@@ -1,0 +1,96 @@
+"""Schemathesis hooks for `test_schemathesis.py`: the API's rules that a JSON Schema cannot state.
+
+They touch only the cases schemathesis generates as valid ("positive"), and only values whose
+validity depends on something outside the request:
+
+- the clock: a job's `run_at` and `deadline` may lie at most a year ahead, and its deadline must
+  fall after the job may start. Generated times are moved into that window, keeping their kind
+  (RFC 3339 text stays text, seconds stay seconds).
+- earlier requests: an idempotency key names one body, so the API refuses (422) a key reused
+  for another one. A valid case's key is derived from its body, so two bodies never share one.
+
+Loaded by path through SCHEMATHESIS_HOOKS, in schemathesis' own process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import schemathesis
+
+from domain.services import MAX_SCHEDULE_AHEAD
+
+# Well inside the year the API allows, so a slow run cannot push a time out of it.
+_HORIZON = MAX_SCHEDULE_AHEAD / 2
+_SUBMISSIONS = {"/jobs", "/jobs/batch"}
+
+
+@schemathesis.hook
+def map_case(context: Any, case: Any) -> Any:
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive:
+        return case
+    if case.method.upper() != "POST" or case.operation.path not in _SUBMISSIONS:
+        return case
+    body = case.body
+    if case.operation.path == "/jobs" and isinstance(body, dict):
+        _fit_times(body)
+        headers = case.headers  # a mapping, not always a dict
+        if headers is not None and "Idempotency-Key" in headers:
+            headers["Idempotency-Key"] = _key_for(body)
+    elif isinstance(body, dict) and isinstance(body.get("jobs"), list):
+        for item in body["jobs"]:
+            if isinstance(item, dict):
+                _fit_times(item)
+                if isinstance(item.get("idempotency_key"), str):
+                    item["idempotency_key"] = _key_for(
+                        {k: v for k, v in item.items() if k != "idempotency_key"}
+                    )
+    return case
+
+
+def _key_for(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _fit_times(item: dict[str, Any]) -> None:
+    """Move `delay`, `run_at` and `deadline` into the window the API accepts now."""
+    now = datetime.now(UTC)
+    delay = item.get("delay")
+    if isinstance(delay, int | float) and not isinstance(delay, bool) and delay > _HORIZON:
+        item["delay"] = delay = 60.0
+    run_at = item.get("run_at")
+    start = now
+    if isinstance(run_at, str):
+        moment = _parse(run_at)
+        if moment is None or moment > now + timedelta(seconds=_HORIZON):
+            moment = now + timedelta(minutes=5)
+            item["run_at"] = moment.isoformat()
+        start = max(now, moment)
+    elif isinstance(delay, int | float) and not isinstance(delay, bool):
+        start = now + timedelta(seconds=delay)
+    deadline = item.get("deadline")
+    lead = (start - now).total_seconds()
+    if isinstance(deadline, str):
+        moment = _parse(deadline)
+        if moment is None or not start + timedelta(minutes=1) < moment < now + timedelta(
+            seconds=_HORIZON
+        ):
+            item["deadline"] = (start + timedelta(hours=1)).isoformat()
+    elif (
+        isinstance(deadline, int | float)
+        and not isinstance(deadline, bool)
+        and not lead + 60 < deadline < _HORIZON
+    ):
+        item["deadline"] = lead + 3600
+
+
+def _parse(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        return None
+    return moment if moment.utcoffset() is not None else None
