@@ -13,12 +13,17 @@ from adapters.redis_queue import RedisJobQueue
 from adapters.rq_queue import RqJobQueue, create_rq_redis
 from adapters.system_clock import SystemClock
 from domain.job_types.registry import default_registry
+from domain.ports import AdmissionPolicy
 from domain.services import JobProcessor, JobService
 from entrypoints.settings import Settings
 
 
 def _redis_url(settings: Settings) -> str:
     return settings.require_redis_url()
+
+
+def _admission(settings: Settings) -> AdmissionPolicy | None:
+    return settings.admission if settings.admission.enabled else None
 
 
 class Container(containers.DeclarativeContainer):
@@ -45,6 +50,7 @@ class Container(containers.DeclarativeContainer):
         connect_timeout=config.redis_timeout,
         socket_timeout=redis_socket_timeout,
     )
+    admission = providers.Callable(_admission, settings)
     job_queue = providers.Selector(
         config.queue_backend,
         redis=providers.Singleton(
@@ -52,19 +58,38 @@ class Container(containers.DeclarativeContainer):
             client=redis_client,
             prefix=config.key_prefix,
             result_ttl=config.result_ttl_seconds,
+            dead_ttl=config.dead_ttl_seconds,
+            idempotency_ttl=config.idempotency_ttl_seconds,
+            admission=admission,
         ),
-        memory=providers.Singleton(InMemoryJobQueue, clock=clock),
+        memory=providers.Singleton(
+            InMemoryJobQueue,
+            clock=clock,
+            result_ttl=config.result_ttl_seconds,
+            dead_ttl=config.dead_ttl_seconds,
+            idempotency_ttl=config.idempotency_ttl_seconds,
+            admission=admission,
+        ),
         rq=providers.Singleton(
             RqJobQueue,
             client=rq_redis_client,
             registry=registry,
             prefix=config.key_prefix,
             result_ttl=config.result_ttl_seconds,
+            dead_ttl=config.dead_ttl_seconds,
+            idempotency_ttl=config.idempotency_ttl_seconds,
+            # RQ cannot check limits atomically: configured limits stop start-up with a
+            # message rather than being ignored.
+            admission=admission,
         ),
     )
     job_service = providers.Factory(JobService, queue=job_queue, registry=registry, clock=clock)
     job_processor = providers.Factory(
-        JobProcessor, queue=job_queue, registry=registry, random=providers.Object(random.random)
+        JobProcessor,
+        queue=job_queue,
+        registry=registry,
+        random=providers.Object(random.random),
+        clock=clock,
     )
 
 
@@ -75,6 +100,8 @@ def build_container(settings: Settings, *, redis_socket_timeout: float | None = 
             "queue_backend": str(settings.queue_backend),
             "key_prefix": settings.key_prefix,
             "result_ttl_seconds": settings.result_ttl_seconds,
+            "dead_ttl_seconds": settings.dead_ttl_seconds,
+            "idempotency_ttl_seconds": settings.idempotency_ttl_seconds,
             "redis_timeout": settings.redis_timeout,
         }
     )

@@ -6,11 +6,15 @@ A bad value stops start-up with a message that names the variable.
 from __future__ import annotations
 
 import enum
+import json
 import os
 from collections.abc import Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import attrs
+
+from domain.jobs import is_name
+from domain.ports import AdmissionPolicy, QueueLimits
 
 T = TypeVar("T")
 
@@ -45,10 +49,17 @@ class Settings:
     recycle_rss_mb: int = 0
     audit_log: str | None = None
     worker_queues: tuple[str, ...] = ("default",)
+    # Claim from the queues in random order by these weights, one per queue; None: in order.
+    worker_queue_weights: tuple[int, ...] | None = None
     claim_batch: int = 100
     max_body_bytes: int = 256 * 1024
     redis_timeout: float = 1.0
     result_ttl_seconds: float = 86_400.0
+    dead_ttl_seconds: float = 7 * 86_400.0
+    idempotency_ttl_seconds: float = 86_400.0
+    admission: AdmissionPolicy = attrs.field(factory=AdmissionPolicy)
+    cancel_grace_seconds: float = 5.0
+    wait_max_seconds: float = 30.0
     log_level: str = "INFO"
     log_format: LogFormat = LogFormat.CONSOLE
     api_host: str = "127.0.0.1"
@@ -58,6 +69,10 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         read = _Reader(env)
+        in_order: tuple[tuple[str, ...], tuple[int, ...] | None] = (("default",), None)
+        queues, weights = read("CONVEYOR_WORKER_QUEUES", parse_weighted_queues, in_order)
+        no_limits: dict[str, QueueLimits] = {}
+        limits = dict(read("CONVEYOR_QUEUE_LIMITS", parse_queue_limits, no_limits))
         return cls(
             redis_url=read("REDIS_URL", str, None),
             queue_backend=read("QUEUE_BACKEND", Backend, Backend.REDIS),
@@ -73,11 +88,24 @@ class Settings:
             recycle_after_jobs=read("CONVEYOR_RECYCLE_AFTER_JOBS", _non_negative(int), 0),
             recycle_rss_mb=read("CONVEYOR_RECYCLE_RSS_MB", _non_negative(int), 0),
             audit_log=read("CONVEYOR_AUDIT_LOG", str, None),
-            worker_queues=read("CONVEYOR_WORKER_QUEUES", parse_queues, ("default",)),
+            worker_queues=queues,
+            worker_queue_weights=weights,
             claim_batch=read("CONVEYOR_CLAIM_BATCH", _positive(int), 100),
             max_body_bytes=read("CONVEYOR_MAX_BODY_BYTES", _positive(int), 256 * 1024),
             redis_timeout=read("CONVEYOR_REDIS_TIMEOUT", _positive(float), 1.0),
             result_ttl_seconds=read("CONVEYOR_RESULT_TTL_SECONDS", _positive(float), 86_400.0),
+            dead_ttl_seconds=read("CONVEYOR_DEAD_TTL_SECONDS", _positive(float), 7 * 86_400.0),
+            idempotency_ttl_seconds=read(
+                "CONVEYOR_IDEMPOTENCY_TTL_SECONDS", _positive(float), 86_400.0
+            ),
+            admission=AdmissionPolicy(
+                default=limits.pop("*", QueueLimits()),
+                queues=limits,
+                max_memory=read("CONVEYOR_ADMIT_MAX_MEMORY_BYTES", _positive(int), None),
+                retry_after=read("CONVEYOR_ADMIT_RETRY_AFTER_SECONDS", _positive(float), 1.0),
+            ),
+            cancel_grace_seconds=read("CONVEYOR_CANCEL_GRACE_SECONDS", _positive(float), 5.0),
+            wait_max_seconds=read("CONVEYOR_WAIT_MAX_SECONDS", _positive(float), 30.0),
             log_level=read("LOG_LEVEL", _log_level, "INFO"),
             log_format=read("LOG_FORMAT", LogFormat, LogFormat.CONSOLE),
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
@@ -147,8 +175,51 @@ def _log_level(raw: str) -> str:
     return level
 
 
-def parse_queues(raw: str) -> tuple[str, ...]:
-    queues = tuple(q.strip() for q in raw.split(",") if q.strip())
-    if not queues:
+def parse_weighted_queues(raw: str) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """`a,b` (strict order: a first) or `a:3,b:1` (random order by weight, per claim)."""
+    names: list[str] = []
+    weights: list[int] = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, _, weight = item.partition(":")
+        name = name.strip()
+        if not is_name(name):
+            raise ValueError(f"{name!r} is not a queue name (1-64 of a-z, 0-9, '_', '-')")
+        if name in names:
+            raise ValueError(f"queue {name!r} named twice")
+        names.append(name)
+        if weight.strip():
+            value = int(weight)
+            if not 1 <= value <= 1000:
+                raise ValueError(f"weight of {name!r} must be 1-1000")
+            weights.append(value)
+    if not names:
         raise ValueError("name at least one queue")
-    return queues
+    if weights and len(weights) != len(names):
+        raise ValueError("give every queue a weight (a:3,b:1), or none for strict order")
+    return tuple(names), tuple(weights) if weights else None
+
+
+def parse_queue_limits(raw: str) -> dict[str, QueueLimits]:
+    """JSON: queue name (or `*` for every other queue) -> {"max_depth": n, "max_age": s}."""
+    document: Any = json.loads(raw)
+    if not isinstance(document, dict):
+        raise ValueError('expected an object like {"*": {"max_depth": 10000}}')
+    limits: dict[str, QueueLimits] = {}
+    for queue, spec in document.items():
+        if queue != "*" and not is_name(queue):
+            raise ValueError(f"{queue!r} is not a queue name")
+        if not isinstance(spec, dict) or not set(spec) <= {"max_depth", "max_age"}:
+            raise ValueError(f"{queue}: expected an object with max_depth and/or max_age")
+        depth, age = spec.get("max_depth"), spec.get("max_age")
+        if depth is not None and (
+            isinstance(depth, bool) or not isinstance(depth, int) or depth < 0
+        ):
+            raise ValueError(f"{queue}.max_depth: expected an integer >= 0")
+        if age is not None and (
+            isinstance(age, bool) or not isinstance(age, int | float) or age <= 0
+        ):
+            raise ValueError(f"{queue}.max_age: expected seconds > 0")
+        limits[queue] = QueueLimits(max_depth=depth, max_age=None if age is None else float(age))
+    return limits

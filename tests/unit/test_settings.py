@@ -1,5 +1,6 @@
 import pytest
 
+from domain.ports import QueueLimits
 from entrypoints.settings import Backend, LogFormat, Settings, SettingsError
 
 
@@ -69,3 +70,30 @@ def test_every_setting_is_documented_in_env_example() -> None:
         "CONVEYOR_API_PORT",
     ]
     assert [n for n in names if n not in example] == []
+
+
+def test_worker_queues_in_strict_order_or_by_weight() -> None:
+    assert Settings.from_env({"CONVEYOR_WORKER_QUEUES": "a, b"}).worker_queues == ("a", "b")
+    weighted = Settings.from_env({"CONVEYOR_WORKER_QUEUES": "a:3,b:1"})
+    assert (weighted.worker_queues, weighted.worker_queue_weights) == (("a", "b"), (3, 1))
+    for bad in ("a:3,b", "a,a", "A", "a:0", "a:x", " , "):
+        with pytest.raises(SettingsError, match="CONVEYOR_WORKER_QUEUES"):
+            Settings.from_env({"CONVEYOR_WORKER_QUEUES": bad})
+
+
+def test_queue_limits_and_memory_watermark_make_an_admission_policy() -> None:
+    settings = Settings.from_env(
+        {
+            "CONVEYOR_QUEUE_LIMITS": '{"*": {"max_depth": 100}, "report": {"max_age": 30}}',
+            "CONVEYOR_ADMIT_MAX_MEMORY_BYTES": "1000000",
+        }
+    )
+    policy = settings.admission
+    assert policy.enabled
+    assert policy.limits("email") == QueueLimits(max_depth=100)
+    assert policy.limits("report") == QueueLimits(max_age=30.0)
+    assert policy.max_memory == 1_000_000
+    assert not Settings.from_env({}).admission.enabled
+    for bad in ("[]", '{"report": 3}', '{"report": {"max_depth": -1}}', '{"X": {}}', "{"):
+        with pytest.raises(SettingsError, match="CONVEYOR_QUEUE_LIMITS"):
+            Settings.from_env({"CONVEYOR_QUEUE_LIMITS": bad})
