@@ -101,6 +101,8 @@ from domain.ports import (
 from domain.retry import Random, RetryPolicy
 
 log = logging.getLogger("conveyor.rq_queue")
+# RQ's worker dequeues from every queue it serves; nothing in its protocol could hold one back.
+_NO_PAUSE: Final = "RQ has no per-queue pause"
 
 T = TypeVar("T")
 
@@ -651,6 +653,12 @@ class RqJobQueue(JobQueue):
         more = len(found) > query.limit
         jobs = self._with_retry_times([job for job, _ in page])
         return JobPage(jobs, str(page[-1][1]) if more else None)
+
+    async def pause(self, queue: str) -> None:
+        raise UnsupportedOperationError("pause", "pause", _NO_PAUSE)
+
+    async def resume(self, queue: str) -> None:
+        raise UnsupportedOperationError("resume", "pause", _NO_PAUSE)
 
     async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
         names = None if queues is None else list(queues)

@@ -73,7 +73,7 @@ class Settings:
         queues, weights = read("CONVEYOR_WORKER_QUEUES", parse_weighted_queues, in_order)
         no_limits: dict[str, QueueLimits] = {}
         limits = dict(read("CONVEYOR_QUEUE_LIMITS", parse_queue_limits, no_limits))
-        return cls(
+        settings = cls(
             redis_url=read("REDIS_URL", str, None),
             queue_backend=read("QUEUE_BACKEND", Backend, Backend.REDIS),
             key_prefix=read("CONVEYOR_KEY_PREFIX", _prefix, "conveyor"),
@@ -111,6 +111,12 @@ class Settings:
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
         )
+        if settings.queue_backend is Backend.RQ and settings.admission.enabled:
+            raise SettingsError(
+                "CONVEYOR_QUEUE_LIMITS and CONVEYOR_ADMIT_MAX_MEMORY_BYTES need a backend that"
+                " checks them atomically with the enqueue; QUEUE_BACKEND=rq cannot"
+            )
+        return settings
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

@@ -97,3 +97,10 @@ def test_queue_limits_and_memory_watermark_make_an_admission_policy() -> None:
     for bad in ("[]", '{"report": 3}', '{"report": {"max_depth": -1}}', '{"X": {}}', "{"):
         with pytest.raises(SettingsError, match="CONVEYOR_QUEUE_LIMITS"):
             Settings.from_env({"CONVEYOR_QUEUE_LIMITS": bad})
+
+
+def test_admission_limits_on_rq_stop_start_up_with_a_message() -> None:
+    with pytest.raises(SettingsError, match="QUEUE_BACKEND=rq"):
+        Settings.from_env(
+            {"QUEUE_BACKEND": "rq", "CONVEYOR_QUEUE_LIMITS": '{"*": {"max_depth": 10}}'}
+        )
