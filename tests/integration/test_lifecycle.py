@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
 import time
 from collections import Counter
 from datetime import datetime
@@ -19,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from entrypoints.local_redis import LocalRedis
 from tests.integration.http_load import Request, send_all
 from tests.integration.processes import Api, Conveyor, service_env, wait_for_job
 
@@ -278,3 +281,41 @@ def test_a_queued_job_says_why_it_waits(redis_url: str, tmp_path: Path, ahead: i
         assert view["waiting_reason"]["kind"] == "no_worker", view
         assert view["waiting_reason"]["ahead"] == ahead
         assert [e["kind"] for e in view["timeline"]] == ["submitted"]
+
+
+def test_idempotency_keys_hold_across_a_redis_kill_and_restart(tmp_path: Path) -> None:
+    """Keys answered before Redis was SIGKILLed (AOF fsynced every second) still answer the
+    same job after it restarts, and still refuse another body."""
+    data_dir = tmp_path / "redis"
+    server = LocalRedis(data_dir=data_dir).start()
+    port = server.port
+    env = _env(server.url, tmp_path, CONVEYOR_REDIS_TIMEOUT="0.5")
+    keys = [f"pay-{n}" for n in range(50)]
+
+    def post(client: httpx.Client, key: str, body: str = "same") -> httpx.Response:
+        return client.post(
+            "/jobs",
+            json=_job(payload={"mode": "succeed", "result": body}),
+            headers={"Idempotency-Key": key},
+        )
+
+    try:
+        with Api(env, tmp_path) as api, api.client() as client:
+            first = {key: post(client, key).json()["id"] for key in keys}
+            time.sleep(1.5)  # past appendfsync everysec
+            os.kill(server.pid, signal.SIGKILL)
+            server.stop()
+            server = LocalRedis(data_dir=data_dir, port=port).start()
+            deadline = time.monotonic() + 10
+            while client.get("/health/ready").status_code != 200:
+                assert time.monotonic() < deadline, "API never saw Redis return"
+                time.sleep(0.1)
+            for key in keys:
+                again = post(client, key)
+                assert again.status_code == 202, again.text
+                assert again.json()["id"] == first[key]
+                assert again.headers.get("idempotent-replayed") == "true"
+            assert post(client, keys[0], body="other").status_code == 422
+            assert _depth(client, "default") == len(keys)
+    finally:
+        server.stop()
