@@ -241,6 +241,18 @@ local function past(deadline)
   local at = tonumber(deadline)
   return at ~= nil and now_us >= at
 end
+
+-- How an ending attempt must end whatever its outcome, from its job's hash fields: its
+-- cancellation was asked for -> cancelled; its deadline has passed, or will have by `due_ms`
+-- (when a retry would be due) -> expired. Answers status and history outcome, or nil, nil.
+local function overriding_end(cancel_requested_at, deadline, due_ms)
+  if cancel_requested_at then return $CANCELLED, $OUT_CANCELLED end
+  local at = tonumber(deadline)
+  if at and (now_us >= at or (due_ms and due_ms * 1000 >= at)) then
+    return $EXPIRED, $OUT_EXPIRED
+  end
+  return nil, nil
+end
 """
 
 _ORDER: Final = """
@@ -401,13 +413,8 @@ local function maintain(lost, lost_summary, result_ttl, dead_ttl)
                          'cancel_requested_at')
     if f[1] == $ACTIVE then
       redis.call('HDEL', key, 'token')
-      local ending, outcome = nil, nil
-      if f[9] then
-        ending, outcome = $CANCELLED, $OUT_CANCELLED
-        redis.call('SREM', Q.cancelling, id)
-      elseif past(f[8]) then
-        ending, outcome = $EXPIRED, $OUT_EXPIRED
-      end
+      local ending, outcome = overriding_end(f[9], f[8], nil)
+      if f[9] then redis.call('SREM', Q.cancelling, id) end
       if ending then
         local history = with_record(f[6], f[2], f[4], f[5], outcome, lost_summary)
         redis.call('HSET', key, 'status', ending, 'error', lost, 'finished_at', now,
@@ -881,12 +888,9 @@ local f = redis.call('HMGET', key, 'status', 'deadline', 'cancel_requested_at')
 local retry = ARGV[5] ~= ''
 local outcome = ARGV[6]
 local due_ms = retry and now_ms + tonumber(ARGV[5]) or nil
-local deadline = tonumber(f[2])
-local target
-if f[3] then
-  target, outcome = $CANCELLED, $OUT_CANCELLED
-elseif deadline and (now_us >= deadline or (retry and due_ms * 1000 >= deadline)) then
-  target, outcome = $EXPIRED, $OUT_EXPIRED
+local target, overridden = overriding_end(f[3], f[2], due_ms)
+if target then
+  outcome = overridden
 elseif retry then
   target = $FAILED
 else
@@ -906,7 +910,7 @@ if target == $FAILED then
   redis.call('HSET', key, 'status', $FAILED, 'error', ARGV[4], 'history', history,
              'retry_at', int(due_ms * 1000))
   redis.call('ZADD', Q.delayed, int(due_ms), id)
-  if deadline then redis.call('ZADD', Q.deadlines, deadline_ms(f[2]), id) end
+  if f[2] then redis.call('ZADD', Q.deadlines, deadline_ms(f[2]), id) end
 else
   redis.call('HSET', key, 'status', target, 'error', ARGV[4], 'finished_at', now,
              'history', history)
@@ -943,13 +947,8 @@ if not (RELEASABLE[f[1]] and holds(id, ARGV[3])) then
 end
 redis.call('HDEL', key, 'token')
 redis.call('ZREM', Q.active, id)
-local ending, outcome = nil, nil
-if f[5] then
-  ending, outcome = $CANCELLED, $OUT_CANCELLED
-  redis.call('SREM', Q.cancelling, id)
-elseif past(f[4]) then
-  ending, outcome = $EXPIRED, $OUT_EXPIRED
-end
+local ending, outcome = overriding_end(f[5], f[4], nil)
+if f[5] then redis.call('SREM', Q.cancelling, id) end
 if ending then
   local history = ended(key, outcome, nil)
   redis.call('HSET', key, 'status', ending, 'finished_at', now, 'history', history)
