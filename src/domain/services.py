@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import attrs
 
+from domain.eager import start_eagerly
 from domain.errors import (
     FieldError,
     InvalidJobError,
@@ -442,13 +443,15 @@ class JobProcessor:
             # Whatever sits in the backend is data, not code: a job we cannot vouch for is
             # dead-lettered without running anything.
             return await self._record_failure(lease, None, error_from(exc, ErrorKind.INVALID))
-        handler = asyncio.ensure_future(context.observe(job_type.handler(payload, context)))
-        try:
-            done, _ = await asyncio.wait({handler}, timeout=timeout)
-        except asyncio.CancelledError:  # the worker stops this attempt (its lease is gone)
-            handler.cancel()
-            raise
-        if not done:
+        # Most short handlers never wait: those end here, without a task or a turn of the loop.
+        handler = start_eagerly(context.observe(job_type.handler(payload, context)))
+        if not handler.done():
+            try:
+                await asyncio.wait({handler}, timeout=timeout)
+            except asyncio.CancelledError:  # the worker stops this attempt (its lease is gone)
+                handler.cancel()
+                raise
+        if not handler.done():
             handler.cancel()
             # A handler that ignores cancellation is left behind; the worker learns it from
             # `abandoned` and retires the process that still runs it.

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, cast
 
 import attrs
 from redis.exceptions import RedisError
@@ -45,6 +45,7 @@ from adapters.rq_codec import (
     job_from_args,
     note_failure,
 )
+from domain.eager import resumed
 from domain.errors import UnstorableResultError, UnsupportedOperationError
 from domain.job_types import JobContext, JobTypeRegistry
 from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONValue, Lease
@@ -140,18 +141,58 @@ def execute(type_name: object, payload: object, envelope: object) -> JSONValue:
     raise AttemptFailedError(error)
 
 
-# One event loop per process and thread, kept between attempts: a forked work-horse makes its
-# own (it runs one attempt), a simple worker reuses its loop instead of building one per job.
+# One event loop per process and thread, kept between attempts: a simple worker reuses its loop
+# instead of building one per job; a forked work-horse uses the one its worker made before
+# forking (see `prepare_horse_loop`).
 _loops: dict[tuple[int, int], asyncio.AbstractEventLoop] = {}
+_horse_loop: tuple[int, asyncio.AbstractEventLoop] | None = None
 
 
-def _run(main: Coroutine[Any, Any, T]) -> T:
+def prepare_horse_loop() -> None:
+    """Make, in the forking worker, the event loop its work-horses will run on.
+
+    Building a loop (a selector, a self-pipe) and first running one cost a fresh process over a
+    millisecond; made once here, every horse inherits it ready. The worker itself never runs
+    it, and its horses run one at a time (RQ waits for each before forking the next), each
+    exiting after its one attempt, so no two processes ever use the loop (or its selector) at
+    once.
+    """
+    global _horse_loop
+    _horse_loop = (os.getpid(), asyncio.new_event_loop())
+
+
+def _loop() -> asyncio.AbstractEventLoop:
     key = (os.getpid(), threading.get_ident())
     loop = _loops.get(key)
     if loop is None or loop.is_closed():
-        loop = _loops[key] = asyncio.new_event_loop()
+        inherited = _horse_loop
+        if (
+            inherited is not None
+            and inherited[0] == os.getppid()
+            and threading.current_thread() is threading.main_thread()
+            and not inherited[1].is_closed()
+        ):
+            loop = inherited[1]
+        else:
+            loop = asyncio.new_event_loop()
+        _loops[key] = loop
+    return loop
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to its end on this thread's loop. Its first step runs at once, with the loop
+    marked running: an attempt that never waits (most short jobs) ends there, without a task
+    or a turn of the loop; one that waits carries on where it stopped, on the loop."""
+    loop = _loop()
     try:
-        return loop.run_until_complete(main)
+        asyncio._set_running_loop(loop)
+        try:
+            first = main.send(None)
+        except StopIteration as stop:
+            return cast(T, stop.value)
+        finally:
+            asyncio._set_running_loop(None)
+        return loop.run_until_complete(resumed(main, first))
     finally:
         # Like asyncio.run: nothing of this attempt may run on into the next one.
         leftover = asyncio.all_tasks(loop)

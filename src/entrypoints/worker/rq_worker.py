@@ -557,8 +557,10 @@ def _unsafe(client: redis.Redis, container: Any) -> bool:
 
 def _ready_to_fork() -> None:
     """Do once, in the worker, what every work-horse would otherwise do on its own: run an
-    event loop once (its lazy set-up), then move every object to the GC's permanent generation
-    so a horse's collections do not touch, and so copy, the pages it shares with the worker."""
+    event loop once (its lazy set-up) and make the loop the horses run on; then move every
+    object to the GC's permanent generation so a horse's collections do not touch, and so
+    copy, the pages it shares with the worker."""
     asyncio.run(asyncio.sleep(0))
+    rq_tasks.prepare_horse_loop()
     gc.collect()
     gc.freeze()

@@ -1,0 +1,195 @@
+"""Starting a handler eagerly: the same outcomes a task would give, without the task when it
+never waits."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any
+
+import pytest
+
+from domain.eager import start_eagerly
+from entrypoints.worker import rq_tasks
+
+
+async def returns(value: int) -> int:
+    return value
+
+
+async def raises() -> None:
+    raise ValueError("boom")
+
+
+async def cancels_itself() -> None:
+    raise asyncio.CancelledError
+
+
+async def waits_then_returns(seconds: float, value: int) -> int:
+    await asyncio.sleep(seconds)
+    return value
+
+
+def in_a_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
+
+
+@in_a_loop
+async def test_a_handler_that_never_waits_is_done_at_once_without_a_task() -> None:
+    before = len(asyncio.all_tasks())
+
+    future = start_eagerly(returns(7))
+
+    assert future.done()
+    assert future.result() == 7
+    assert not isinstance(future, asyncio.Task)
+    assert len(asyncio.all_tasks()) == before
+
+
+@in_a_loop
+async def test_an_exception_or_self_cancel_in_the_first_step_ends_the_future_like_a_task() -> None:
+    failed = start_eagerly(raises())
+    cancelled = start_eagerly(cancels_itself())
+
+    assert isinstance(failed.exception(), ValueError)
+    assert cancelled.cancelled()
+
+
+@in_a_loop
+async def test_a_handler_that_waits_carries_on_in_a_task_where_it_stopped() -> None:
+    steps: list[str] = []
+
+    async def handler() -> str:
+        steps.append("first")
+        await asyncio.sleep(0.01)
+        steps.append("second")
+        return "done"
+
+    future = start_eagerly(handler())
+
+    assert steps == ["first"]
+    assert isinstance(future, asyncio.Task)
+    assert await future == "done"
+    assert steps == ["first", "second"]
+
+
+@in_a_loop
+async def test_cancelling_a_waiting_handler_reaches_it_and_its_cleanup_runs() -> None:
+    cleaned = asyncio.Event()
+
+    async def handler() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            cleaned.set()
+
+    future = start_eagerly(handler())
+    await asyncio.sleep(0)
+    future.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await future
+    assert cleaned.is_set()
+
+
+@in_a_loop
+async def test_a_waiting_handler_sees_the_exceptions_and_values_of_what_it_awaits() -> None:
+    async def handler() -> int:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, fut.set_result, 41)
+        value = await fut
+        try:
+            await waits_then_returns(0.01, 0)
+            raise KeyError("inner")
+        except KeyError:
+            return value + 1
+
+    assert await start_eagerly(handler()) == 42
+
+
+@in_a_loop
+async def test_an_awaitable_that_is_not_a_coroutine_runs_as_a_task() -> None:
+    class Later:
+        def __await__(self) -> Generator[Any, None, int]:
+            return waits_then_returns(0.001, 5).__await__()
+
+    work: Awaitable[int] = Later()
+    future = start_eagerly(work)
+
+    assert await future == 5
+
+
+def test_rq_attempts_that_never_wait_run_without_turning_the_loop() -> None:
+    async def attempt() -> int:
+        return os.getpid()
+
+    assert rq_tasks._run(attempt()) == os.getpid()
+
+
+def test_rq_attempts_that_wait_finish_on_the_loop_and_leave_no_task_behind() -> None:
+    leftovers: list[asyncio.Task[None]] = []
+
+    async def attempt() -> int:
+        leftovers.append(asyncio.get_running_loop().create_task(asyncio.sleep(60)))
+        await asyncio.sleep(0.01)
+        return 3
+
+    async def fire_and_forget() -> int:
+        # Never waits itself, but leaves a task behind on the loop.
+        leftovers.append(asyncio.get_running_loop().create_task(asyncio.sleep(60)))
+        return 4
+
+    assert rq_tasks._run(attempt()) == 3
+    assert rq_tasks._run(fire_and_forget()) == 4
+    assert all(task.cancelled() for task in leftovers)
+    assert len(leftovers) == 2
+
+
+def test_rq_attempt_errors_propagate_from_the_first_step_and_after_waiting() -> None:
+    async def fails_later() -> None:
+        await asyncio.sleep(0.001)
+        raise ValueError("later")
+
+    with pytest.raises(ValueError, match="boom"):
+        rq_tasks._run(raises())
+    with pytest.raises(ValueError, match="later"):
+        rq_tasks._run(fails_later())
+    # The loop was left usable, and not marked running.
+    assert rq_tasks._run(returns(1)) == 1
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+
+
+def test_a_forked_work_horse_runs_on_the_loop_its_worker_made_before_forking() -> None:
+    rq_tasks.prepare_horse_loop()
+    assert rq_tasks._horse_loop is not None
+    made = rq_tasks._horse_loop[1]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the horse
+        os.close(read)
+        try:
+
+            async def attempt() -> bool:
+                await asyncio.sleep(0.001)  # runs the inherited loop, too
+                return asyncio.get_running_loop() is made
+
+            ok = rq_tasks._run(attempt())
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        answer = os.read(read, 1)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert answer == b"1"
+    # The worker itself never runs it: its own attempts get a loop of their own.
+    assert rq_tasks._loop() is not made
