@@ -89,6 +89,7 @@ class Side:
         self.enqueue_seconds = 0.0
         self.worker_seconds = 0.0
         self.round_rates: list[float] = []
+        self.shortfalls: list[str] = []
 
     def enqueue(self, n: int) -> None:
         raise NotImplementedError
@@ -96,8 +97,32 @@ class Side:
     def worker(self) -> rq.worker.BaseWorker:
         raise NotImplementedError
 
-    def finished(self) -> int:
+    def rq_queue(self) -> rq.Queue:
         raise NotImplementedError
+
+    def finished(self) -> int:
+        count: int = self.rq_queue().finished_job_registry.count
+        return count
+
+    def census(self) -> str:
+        """Where this side's jobs are, and why the first failed one failed."""
+        queue = self.rq_queue()
+        places = {
+            "queued": queue.count,
+            "started": queue.started_job_registry.count,
+            "scheduled": queue.scheduled_job_registry.count,
+            "deferred": queue.deferred_job_registry.count,
+            "failed": queue.failed_job_registry.count,
+            "canceled": queue.canceled_job_registry.count,
+            "finished": queue.finished_job_registry.count,
+        }
+        text = ", ".join(f"{place} {count}" for place, count in places.items())
+        failed = queue.failed_job_registry.get_job_ids(0, 0)
+        if failed:
+            job = queue.fetch_job(failed[0])
+            info = (job.exc_info or "").strip().splitlines()[-1:] if job is not None else []
+            text += f"; first failed job {failed[0]}: {info[0] if info else '?'}"
+        return text
 
     def round(self, n: int) -> None:
         started = time.perf_counter()
@@ -107,7 +132,12 @@ class Side:
         self.worker_seconds += took
         self.jobs += n
         self.round_rates.append(n / took)
-        assert self.finished() == self.jobs, (self.finished(), self.jobs)
+        finished = self.finished()
+        if finished != self.jobs:
+            self.shortfalls.append(
+                f"{self.label}: {finished:,} of {self.jobs:,} finished after round "
+                f"{len(self.round_rates)} ({self.census()})"
+            )
 
 
 class RawRq(Side):
@@ -127,9 +157,8 @@ class RawRq(Side):
     def worker(self) -> rq.worker.BaseWorker:
         return self._worker
 
-    def finished(self) -> int:
-        count: int = self.queue.finished_job_registry.count
-        return count
+    def rq_queue(self) -> rq.Queue:
+        return self.queue
 
 
 class Conveyor(Side):
@@ -149,7 +178,9 @@ class Conveyor(Side):
             worker_class=ConveyorWorker if kind == "fork" else ConveyorSimpleWorker,
         )
         self._worker.log_result_lifespan = False
-        self._finished = rq.Queue(f"{prefix}:{self.name}", connection=client).finished_job_registry
+        self._rq_queue = rq.Queue(
+            f"{prefix}:{self.name}", connection=client, serializer=JSONSerializer
+        )
 
     def enqueue(self, n: int) -> None:
         now = datetime.now(UTC)
@@ -175,9 +206,8 @@ class Conveyor(Side):
     def worker(self) -> rq.worker.BaseWorker:
         return self._worker
 
-    def finished(self) -> int:
-        count: int = self._finished.count
-        return count
+    def rq_queue(self) -> rq.Queue:
+        return self._rq_queue
 
 
 def delete_keys(client: redis.Redis, patterns: list[str]) -> int:
@@ -238,6 +268,10 @@ def main() -> None:
                 f"{kind:<7} {side.label:<15} {side.jobs / side.enqueue_seconds:>10,.0f} "
                 f"{rate:>14,.0f} {statistics.median(side.round_rates):>13,.0f} {ratio:>7.0%}"
             )
+    shortfalls = [line for _, raw, ours in results for line in raw.shortfalls + ours.shortfalls]
+    if shortfalls:
+        print("\nNOT every job finished:", *shortfalls, sep="\n  ")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import attrs
 import rq.job
 from rq.exceptions import DeserializationError
 from rq.job import JobStatus as RqStatus
@@ -65,13 +66,17 @@ class UndecodableJobError(ValueError):
     """What RQ holds for a job is not a Conveyor job we can read."""
 
 
+# One encoder for every write (json.dumps with options builds a new one per call).
+_ENCODER: Final = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 class StrictJSONSerializer(JSONSerializer):
     """RQ's JSON serializer, stricter: no NaN or Infinity on the way out, UTF-8 JSON only on the
     way in. A pickle is just bytes that do not parse."""
 
     @staticmethod
     def dumps(obj: Any, *args: Any, **kwargs: Any) -> bytes:
-        return json.dumps(obj, allow_nan=False, separators=(",", ":")).encode()
+        return _ENCODER.encode(obj).encode()
 
     @staticmethod
     def loads(s: bytes, *args: Any, **kwargs: Any) -> Any:
@@ -209,6 +214,8 @@ class ConveyorRqJob(rq.job.Job):
     # ended the attempt (None: it did not, e.g. its work-horse died).
     cancelled_before_start: bool = False
     attempt_end: AttemptEnd | None = None
+    # The `Job` its next attempt runs, made by the worker before it forks (see `plan_attempt`).
+    planned_attempt: Job | None = None
 
     @property
     def func(self) -> Any:
@@ -243,7 +250,23 @@ class ConveyorRqJob(rq.job.Job):
 
     def restore(self, raw_data: Any) -> Any:
         self._conveyor_refusal = None
+        self._conveyor_job: Job | None = None
+        self.planned_attempt = None
         return super().restore(raw_data)
+
+    def next_attempt(self) -> int:
+        """The number of the attempt that starts next, from the meta as fetched."""
+        previous = self.conveyor_meta().get(ATTEMPT)
+        return (previous if isinstance(previous, int) and previous > 0 else 0) + 1
+
+    def plan_attempt(self) -> None:
+        """Decode, once and ahead, the `Job` the next attempt runs: the worker does it before it
+        forks, so the work-horse (where every page it writes is copied) does not."""
+        job = self._conveyor_job if self.refusal() is None else None
+        if job is not None:
+            self.planned_attempt = attrs.evolve(
+                job, status=JobStatus.ACTIVE, attempts=self.next_attempt()
+            )
 
     def _refusal(self) -> str | None:
         try:
@@ -268,7 +291,7 @@ class ConveyorRqJob(rq.job.Job):
         if not is_job_id(self.id):
             return "its id is not a Conveyor job id"
         try:
-            job_from_args(self.id, args)
+            self._conveyor_job = job_from_args(self.id, args)
         except UndecodableJobError as exc:
             return str(exc)
         return None

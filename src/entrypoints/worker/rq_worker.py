@@ -178,8 +178,7 @@ class DispatchJob(ConveyorRqJob):
         """RQ marks the job started; in the same round trip, our meta starts the attempt."""
         super().prepare_for_execution(worker_name, pipeline)
         meta = self.conveyor_meta()
-        previous = meta.get(ATTEMPT)
-        meta[ATTEMPT] = (previous if isinstance(previous, int) and previous > 0 else 0) + 1
+        meta[ATTEMPT] = self.next_attempt()
         meta.pop(PROGRESS, None)
         meta[PID] = os.getpid()
         self.meta = meta
@@ -311,6 +310,8 @@ class _ConveyorWorkerBase(BaseWorker):
     def execute_job(self, job: RqJob, queue: Queue) -> None:
         reason = job.refusal() if isinstance(job, ConveyorRqJob) else "not a Conveyor job class"
         if reason is None:
+            assert isinstance(job, ConveyorRqJob)
+            job.plan_attempt()
             super().execute_job(job, queue)
             return
         # Dead-lettered here, in the worker: nothing of the job is resolved, no horse forked.
@@ -377,7 +378,7 @@ class ConveyorWorker(_ConveyorWorkerBase, rq.Worker):
     """The forking worker: each attempt runs in a work-horse process of its own."""
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
-        _ready_to_fork()
+        _ready_to_fork(self.connection)
         return bool(super().work(*args, **kwargs))
 
     def get_heartbeat_ttl(self, job: RqJob, working_time: float = 0.0) -> int:
@@ -555,12 +556,13 @@ def _unsafe(client: redis.Redis, container: Any) -> bool:
     return not asyncio.run(backend_is_safe(queue, log))
 
 
-def _ready_to_fork() -> None:
+def _ready_to_fork(connection: redis.Redis) -> None:
     """Do once, in the worker, what every work-horse would otherwise do on its own: run an
-    event loop once (its lazy set-up) and make the loop the horses run on; then move every
-    object to the GC's permanent generation so a horse's collections do not touch, and so
-    copy, the pages it shares with the worker."""
+    event loop once (its lazy set-up), make the loop the horses run on, and rehearse an
+    attempt; then move every object to the GC's permanent generation so a horse's
+    collections do not touch, and so copy, the pages it shares with the worker."""
     asyncio.run(asyncio.sleep(0))
     rq_tasks.prepare_horse_loop()
+    rq_tasks.rehearse(connection)
     gc.collect()
     gc.freeze()
