@@ -263,10 +263,14 @@ class ConveyorRqJob(rq.job.Job):
         """Decode, once and ahead, the `Job` the next attempt runs: the worker does it before it
         forks, so the work-horse (where every page it writes is copied) does not."""
         job = self._conveyor_job if self.refusal() is None else None
-        if job is not None:
+        if job is None:
+            return
+        try:
             self.planned_attempt = attrs.evolve(
                 job, status=JobStatus.ACTIVE, attempts=self.next_attempt()
             )
+        except (TypeError, ValueError):
+            self.planned_attempt = None  # the dispatcher decodes it, and refuses what it must
 
     def _refusal(self) -> str | None:
         try:
