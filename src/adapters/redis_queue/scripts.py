@@ -168,10 +168,17 @@ class Script:
 
 
 def _script(name: str, body: str, *fragments: str) -> Script:
-    """A script: the prelude, the fragments it uses (in the order they build on each other),
-    then its body."""
-    used = sorted(fragments, key=_FRAGMENTS.index)
-    source = Template(_PRELUDE + "".join(used) + body).substitute(_SUBSTITUTIONS)
+    """A script: the prelude, the fragments its body calls and those they call in turn (in
+    the order they build on each other), then its body."""
+    used: set[str] = set()
+    wanted = list(fragments)
+    while wanted:
+        fragment = wanted.pop()
+        if fragment not in used:
+            used.add(fragment)
+            wanted.extend(_NEEDS.get(fragment, ()))
+    ordered = sorted(used, key=_FRAGMENTS.index)
+    source = Template(_PRELUDE + "".join(ordered) + body).substitute(_SUBSTITUTIONS)
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())  # noqa: S324
 
 
@@ -483,6 +490,12 @@ _FRAGMENTS: Final = (
     _MAINTAIN,
     _TIDY,
 )
+# The fragments each fragment calls (a script names only those its own body calls).
+_NEEDS: Final = {
+    _FORGET: (_BATCH,),
+    _MAINTAIN: (_RETAIN, _DEADLINE, _ORDER, _HISTORY),
+    _TIDY: (_ORDER, _FORGET),
+}
 
 
 SUBMIT: Final = _script(
@@ -748,9 +761,7 @@ return {jobs, wake_in}
     _WAKE,
     _RETAIN,
     _DEADLINE,
-    _ORDER,
     _BATCH,
-    _HISTORY,
     _MAINTAIN,
 )
 
@@ -771,12 +782,6 @@ if queued > 0 then wake() end
 return moved
 """,
     _WAKE,
-    _RETAIN,
-    _DEADLINE,
-    _ORDER,
-    _BATCH,
-    _HISTORY,
-    _FORGET,
     _MAINTAIN,
     _TIDY,
 )
