@@ -216,6 +216,8 @@ class ConveyorRqJob(rq.job.Job):
     attempt_end: AttemptEnd | None = None
     # The `Job` its next attempt runs, made by the worker before it forks (see `plan_attempt`).
     planned_attempt: Job | None = None
+    # The `Job` it describes, as stored, once `refusal()` found nothing to refuse.
+    _conveyor_job: Job | None = None
 
     @property
     def func(self) -> Any:
@@ -250,7 +252,7 @@ class ConveyorRqJob(rq.job.Job):
 
     def restore(self, raw_data: Any) -> Any:
         self._conveyor_refusal = None
-        self._conveyor_job: Job | None = None
+        self._conveyor_job = None
         self.planned_attempt = None
         return super().restore(raw_data)
 

@@ -39,11 +39,10 @@ def start_eagerly(work: Awaitable[T]) -> asyncio.Future[T]:
     except BaseException as exc:
         future.set_exception(exc)
         return future
-    return loop.create_task(resumed(work, first))
+    return loop.create_task(_resumed(work, first))
 
 
-async def resumed(coro: Coroutine[Any, Any, T], first: Any) -> T:
-    """Carry on `coro`, which yielded `first` when it was started with `send(None)`."""
+async def _resumed(coro: Coroutine[Any, Any, T], first: Any) -> T:
     result: T = await _Relay(coro, first)
     return result
 

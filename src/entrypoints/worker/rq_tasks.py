@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar, cast
+from typing import Any, Final, TypeVar
 
 import attrs
 from redis import Redis
@@ -49,7 +49,7 @@ from adapters.rq_codec import (
     job_from_args,
     note_failure,
 )
-from domain.eager import resumed
+from domain.eager import start_eagerly
 from domain.errors import UnstorableResultError, UnsupportedOperationError
 from domain.job_types import JobContext, JobType, JobTypeRegistry
 from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONObject, JSONValue, Lease
@@ -190,19 +190,19 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 def _run(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` to its end on this thread's loop. Its first step runs at once, with the loop
-    marked running: an attempt that never waits (most short jobs) ends there, without a task
-    or a turn of the loop; one that waits carries on where it stopped, on the loop."""
+    """Run `main` to its end on this thread's loop. It starts eagerly, with the loop marked
+    running: an attempt that never waits (most short jobs) ends there, without a task or a
+    turn of the loop; one that waits carries on where it stopped, on the loop."""
     loop = _loop()
     try:
         asyncio._set_running_loop(loop)
         try:
-            first = main.send(None)
-        except StopIteration as stop:
-            return cast(T, stop.value)
+            attempt = start_eagerly(main)
         finally:
             asyncio._set_running_loop(None)
-        return loop.run_until_complete(resumed(main, first))
+        if not attempt.done():
+            loop.run_until_complete(attempt)
+        return attempt.result()
     finally:
         # Like asyncio.run: nothing of this attempt may run on into the next one.
         leftover = asyncio.all_tasks(loop)
