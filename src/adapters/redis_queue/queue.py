@@ -226,18 +226,7 @@ class RedisJobQueue(JobQueue):
         if not leases:
             return set()
         lease_ms = max(1, round(lease_seconds * 1000))
-        by_queue: dict[str, list[str]] = defaultdict(list)
-        for lease in leases:
-            by_queue[lease.job.queue] += (lease.job_id, lease.token)
-
-        def build(pipe: Pipeline) -> None:
-            for queue, pairs in by_queue.items():
-                keys = self._keys_of(queue)
-                pipe.evalsha(scripts.RENEW.sha, 1, keys.active, keys.base, lease_ms, *pairs)
-
-        with redis_errors():
-            results = await self._pipeline(build)
-        return {job_id.decode() for held in results for job_id in held}
+        return await self._per_queue(leases, scripts.RENEW, lambda keys: keys.active, lease_ms)
 
     async def set_progress(self, lease: Lease, progress: int) -> bool:
         if not 0 <= progress <= 100:
@@ -329,18 +318,7 @@ class RedisJobQueue(JobQueue):
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         if not leases:
             return set()
-        by_queue: dict[str, list[str]] = defaultdict(list)
-        for lease in leases:
-            by_queue[lease.job.queue] += (lease.job_id, lease.token)
-
-        def build(pipe: Pipeline) -> None:
-            for queue, pairs in by_queue.items():
-                keys = self._keys_of(queue)
-                pipe.evalsha(scripts.CANCEL_REQUESTED.sha, 1, keys.cancelling, keys.base, *pairs)
-
-        with redis_errors():
-            results = await self._pipeline(build)
-        return {job_id.decode() for asked in results for job_id in asked}
+        return await self._per_queue(leases, scripts.CANCEL_REQUESTED, lambda keys: keys.cancelling)
 
     async def pause(self, queue: str) -> None:
         keys = self._keys_of(queue)
@@ -656,6 +634,28 @@ class RedisJobQueue(JobQueue):
         except NoScriptError:
             await self._load_scripts()
             return await self._client.evalsha(script.sha, 1, key, *args)
+
+    async def _per_queue(
+        self,
+        leases: Sequence[Lease],
+        script: Script,
+        key: Callable[[QueueKeys], str],
+        *args: int,
+    ) -> set[str]:
+        """`script` once per queue of `leases`, all in one pipeline: KEYS[1] the queue's `key`,
+        ARGV the key base, `args`, then the leases' id and token pairs. The job ids answered."""
+        by_queue: dict[str, list[str]] = defaultdict(list)
+        for lease in leases:
+            by_queue[lease.job.queue] += (lease.job_id, lease.token)
+
+        def build(pipe: Pipeline) -> None:
+            for queue, pairs in by_queue.items():
+                keys = self._keys_of(queue)
+                pipe.evalsha(script.sha, 1, key(keys), keys.base, *args, *pairs)
+
+        with redis_errors():
+            results = await self._pipeline(build)
+        return {job_id.decode() for answered in results for job_id in answered}
 
     async def _pipeline(self, build: Callable[[Pipeline], None]) -> list[Any]:
         """One round trip of the commands `build` queues (not a transaction).
