@@ -63,7 +63,9 @@ class UnsafeBackendError(DomainError):
 
 
 class UnsupportedOperationError(DomainError):
-    """The backend cannot do this at all; `capability` names the `Capabilities` flag that says so.
+    """The backend cannot do this at all: it does not play the role it needs, or cannot take
+    an option of the request; `capability` names which (`ports.ROLE_NAMES`, or the
+    `SubmitTraits` field).
 
     Raised at once, before anything is read or written, so a caller can rely on nothing having
     happened.

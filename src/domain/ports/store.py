@@ -1,0 +1,53 @@
+"""Reading jobs: one job, a page of them, and where a waiting one stands."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import attrs
+
+from domain.jobs import Job, JobStatus
+
+
+@attrs.frozen(kw_only=True)
+class JobQuery:
+    status: JobStatus | None = None
+    type: str | None = None
+    queue: str | None = None
+    limit: int = attrs.field(
+        default=50, validator=[attrs.validators.ge(1), attrs.validators.le(500)]
+    )
+    cursor: str | None = None
+
+
+@attrs.frozen
+class JobPage:
+    jobs: Sequence[Job]
+    next_cursor: str | None
+
+
+@attrs.frozen(kw_only=True)
+class JobSituation:
+    """A job and what decides when it runs: what `waiting_reason` is derived from."""
+
+    job: Job
+    ahead: int | None  # jobs claimed before it, when it is queued
+    paused: bool  # its queue is paused
+    workers: int | None  # live workers serving its queue; None when unknown
+
+
+class JobStore(abc.ABC):
+    """Where jobs are kept, as any process reads them."""
+
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> Job | None:
+        """The job as stored now, or None."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        """Jobs matching the query, newest first, one page at a time."""
+
+    @abc.abstractmethod
+    async def situation(self, job_id: str) -> JobSituation | None:
+        """The job and what decides when it runs, or None if there is no such job."""

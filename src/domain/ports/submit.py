@@ -1,0 +1,93 @@
+"""Storing new jobs: all or nothing, with idempotency keys and admission limits."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from domain.jobs import Job
+
+
+@attrs.frozen(kw_only=True)
+class NewJob:
+    """One job to store: `queued`, or `scheduled` with a `run_at` (stored queued if that time
+    has passed on the backend's clock)."""
+
+    job: Job
+    # Repeats under the same key answer the job stored first, while the key is retained.
+    idempotency_key: str | None = None
+    # Identifies the request's body: a repeat under the same key with another fingerprint
+    # is refused (IdempotencyConflictError).
+    fingerprint: str = ""
+
+
+@attrs.frozen
+class Submitted:
+    job_id: str
+    created: bool  # False: an earlier submission under the same idempotency key made it
+
+
+@attrs.frozen(kw_only=True)
+class QueueLimits:
+    """Admission limits of one queue; None means no limit."""
+
+    max_depth: int | None = None  # jobs queued (ready to claim)
+    max_age: float | None = None  # seconds the oldest queued job has waited
+
+
+@attrs.frozen(kw_only=True)
+class AdmissionPolicy:
+    """When to refuse new work (`AdmissionRefusedError`) rather than store it."""
+
+    default: QueueLimits = QueueLimits()
+    queues: Mapping[str, QueueLimits] = attrs.field(factory=dict)
+    max_memory: int | None = None  # bytes the backend may use before refusing new jobs
+    retry_after: float = 1.0  # what a refused client is told to wait
+
+    def limits(self, queue: str) -> QueueLimits:
+        return self.queues.get(queue, self.default)
+
+    @property
+    def enabled(self) -> bool:
+        limits = (self.default, *self.queues.values())
+        return self.max_memory is not None or any(
+            lim.max_depth is not None or lim.max_age is not None for lim in limits
+        )
+
+
+@attrs.frozen(kw_only=True)
+class SubmitTraits:
+    """What a submitter does with the options a job may carry. Every submitter stores a job's
+    idempotency key, `run_at` and priority; these say what it makes of the rest."""
+
+    # A job's deadline is enforced (a waiting job expires, an attempt and its retries are cut
+    # at it). Without it a job that has a deadline cannot be stored: the service refuses it.
+    deadlines: bool
+    # A job's priority orders claims within its queue (else it is stored, and claims are FIFO).
+    priorities: bool
+
+
+class JobSubmitter(abc.ABC):
+    """Stores new jobs."""
+
+    traits: SubmitTraits
+
+    @abc.abstractmethod
+    async def submit(self, jobs: Sequence[NewJob]) -> Sequence[Submitted]:
+        """Store new jobs, all or nothing, in one atomic step; one answer per job, in order.
+
+        A job whose idempotency key is held answers the job stored under it (created False);
+        with a different fingerprint, IdempotencyConflictError and nothing is stored. With
+        an admission policy, AdmissionRefusedError and nothing is stored. A job whose id
+        exists is not stored again (created False). QueueUnavailableError if the backend is
+        down.
+        """
+
+
+async def store_new(submitter: JobSubmitter, job: Job) -> None:
+    """Store one new job with no idempotency key; ValueError if its id exists already."""
+    (submitted,) = await submitter.submit([NewJob(job=job)])
+    if not submitted.created:
+        raise ValueError(f"job {job.id} already exists")

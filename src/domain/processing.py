@@ -1,0 +1,170 @@
+"""Running one claimed attempt to its end, and reporting how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Final, TypeVar
+
+import attrs
+
+from domain.eager import start_eagerly
+from domain.errors import (
+    InvalidJobError,
+    JobCancelledError,
+    NonRetryableError,
+    QueueUnavailableError,
+    UnknownJobTypeError,
+    UnstorableResultError,
+)
+from domain.job_types import JobContext, JobType, JobTypeRegistry
+from domain.jobs import ErrorKind, Job, JobError, JobStatus, JSONObject, Lease
+from domain.ports import AttemptReporter, Clock
+from domain.retry import Random
+from domain.settlement import Ending
+
+T = TypeVar("T")
+
+_TRACEBACK_TAIL: Final = 2000
+_STORE_RETRY_FIRST: Final = 0.05
+_STORE_RETRY_CAP: Final = 2.0
+
+
+@attrs.frozen
+class ProcessResult:
+    """How an attempt ended, and what its settlement stored."""
+
+    ending: Ending
+    # The status the backend gave the job; None when the lease was lost (someone else owns
+    # the job now, and nothing was written).
+    status: JobStatus | None
+    # The handler did not stop when its attempt timed out and still runs somewhere.
+    abandoned: bool = False
+
+    @property
+    def error(self) -> JobError | None:
+        return self.ending.error
+
+
+def error_from(exc: BaseException, kind: ErrorKind) -> JobError:
+    tail = "".join(traceback.format_exception(exc))[-_TRACEBACK_TAIL:]
+    return JobError(
+        message=str(exc) or type(exc).__name__, type=type(exc).__name__, kind=kind, traceback=tail
+    )
+
+
+@attrs.define
+class JobProcessor:
+    """Runs one claimed job to the end of its attempt and reports how it ended."""
+
+    _reporter: AttemptReporter
+    _registry: JobTypeRegistry
+    _random: Random
+    # How long a timed-out handler gets to stop once cancelled.
+    _cancel_grace: float = 2.0
+    # Reads deadlines; without it, attempts are bounded by their timeout alone.
+    _clock: Clock | None = None
+
+    async def process(self, lease: Lease, context: JobContext) -> ProcessResult:
+        job = lease.job
+        timeout, deadline_bound = job.timeout, False
+        if self._clock is not None:
+            remaining = job.remaining(self._clock.now())
+            if remaining is not None and remaining < timeout:
+                timeout, deadline_bound = max(remaining, 0.001), True
+        try:
+            job_type = self._registry.resolve(job.type)
+            payload = job_type.schema.validate(job.payload)
+        except (UnknownJobTypeError, InvalidJobError) as exc:
+            # Whatever sits in the backend is data, not code: a job we cannot vouch for is
+            # dead-lettered without running anything.
+            return await self._failed(lease, None, error_from(exc, ErrorKind.INVALID))
+        # Most short handlers never wait: those end here, without a task or a turn of the loop.
+        handler = start_eagerly(context.observe(job_type.handler(payload, context)))
+        if not handler.done():
+            try:
+                await asyncio.wait({handler}, timeout=timeout)
+            except asyncio.CancelledError:  # the worker stops this attempt (its lease is gone)
+                handler.cancel()
+                raise
+        if not handler.done():
+            handler.cancel()
+            # A handler that ignores cancellation is left behind; the worker learns it from
+            # `abandoned` and retires the process that still runs it.
+            await asyncio.wait({handler}, timeout=self._cancel_grace)
+            await context.settle()
+            result = await self._failed(lease, job_type, _timed_out(job, deadline_bound))
+            return attrs.evolve(result, abandoned=not handler.done())
+        await context.settle()
+        if handler.cancelled():
+            error = JobError(message="the handler cancelled itself", type="CancelledError")
+            return await self._failed(lease, job_type, error)
+        failure = handler.exception()
+        if isinstance(failure, JobCancelledError):
+            return await self.record(lease, Ending.cancelled())
+        if isinstance(failure, NonRetryableError):
+            return await self._failed(lease, job_type, error_from(failure, ErrorKind.NON_RETRYABLE))
+        if failure is not None:
+            return await self._failed(lease, job_type, error_from(failure, ErrorKind.ERROR))
+        try:
+            return await self.record(lease, Ending.succeeded(handler.result()))
+        except UnstorableResultError as exc:
+            # The handler will return the same thing next time: another attempt cannot help.
+            return await self._failed(lease, job_type, error_from(exc, ErrorKind.NON_RETRYABLE))
+
+    async def record(self, lease: Lease, ending: Ending) -> ProcessResult:
+        """Settle the attempt as `ending` says, waiting out a backend outage."""
+        status = await _until_stored(lambda: self._reporter.settle(lease, ending))
+        return ProcessResult(ending, status)
+
+    async def record_lost(self, lease: Lease, error: JobError) -> ProcessResult:
+        """Record an attempt whose process died under it: retried per policy, or dead."""
+        try:
+            job_type: JobType | None = self._registry.resolve(lease.job.type)
+        except UnknownJobTypeError:
+            job_type = None
+        return await self._failed(lease, job_type, error)
+
+    async def _failed(
+        self, lease: Lease, job_type: JobType | None, error: JobError
+    ) -> ProcessResult:
+        retry_in = None
+        if job_type is not None:
+            retry_in = job_type.retry.delay(lease.job.attempts, self._random)
+        return await self.record(lease, Ending.failed(error, retry_in))
+
+
+def _timed_out(job: Job, deadline_bound: bool) -> JobError:
+    if deadline_bound:
+        return JobError(
+            message="the job's deadline passed while it ran",
+            type="DeadlineExceeded",
+            kind=ErrorKind.EXPIRED,
+        )
+    return JobError(
+        message=f"attempt exceeded its timeout of {job.timeout:g} s",
+        type="TimeoutError",
+        kind=ErrorKind.TIMED_OUT,
+    )
+
+
+async def _until_stored(write: Callable[[], Awaitable[T]]) -> T:
+    """Retry an outcome write while the backend is unreachable.
+
+    The result of work already done is worth waiting for; the lease's token decides whether
+    the write still counts once the backend answers. The worker cancels this wait when it
+    learns the lease is gone.
+    """
+    delay = _STORE_RETRY_FIRST
+    while True:
+        try:
+            return await write()
+        except QueueUnavailableError:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _STORE_RETRY_CAP)
+
+
+def describe(job: Job) -> JSONObject:
+    """The fields every log line about a job carries; never the payload (it may hold secrets)."""
+    return {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts}
