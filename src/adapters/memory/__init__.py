@@ -1,0 +1,57 @@
+"""An in-process backend: the reference semantics for unit tests and single-process demos.
+
+It keeps the same contract as the Redis backend (leases fenced by tokens, priorities, delayed
+retries and scheduled jobs, deadlines, cancellation, paused queues, idempotency keys,
+admission limits, retention, an attempt history per job) and plays every role, but lives in
+one process's memory, so it cannot serve an API and workers in different processes.
+"""
+
+from __future__ import annotations
+
+from adapters.memory.control import (
+    MemoryConnection,
+    MemoryJobControl,
+    MemoryJobStore,
+    MemoryQueueMonitor,
+    MemoryQueuePauser,
+)
+from adapters.memory.leases import MemoryLeaseQueue
+from adapters.memory.state import MemoryState
+from adapters.memory.submitter import MemorySubmitter
+from domain.ports import AdmissionPolicy, Backend, Clock
+
+__all__ = ["MemoryState", "memory_backend", "memory_roles"]
+
+
+def memory_backend(
+    clock: Clock,
+    *,
+    result_ttl: float = 86400.0,
+    dead_ttl: float = 7 * 86400.0,
+    idempotency_ttl: float = 86400.0,
+    admission: AdmissionPolicy | None = None,
+) -> Backend:
+    """Every role, over one in-memory state read on `clock`."""
+    state = MemoryState(
+        clock,
+        result_ttl=result_ttl,
+        dead_ttl=dead_ttl,
+        idempotency_ttl=idempotency_ttl,
+        admission=admission,
+    )
+    return memory_roles(state)
+
+
+def memory_roles(state: MemoryState) -> Backend:
+    """Every role, over `state` (which a test may read: its stale writes, its clock)."""
+    return Backend(
+        name="memory",
+        connection=MemoryConnection(),
+        store=MemoryJobStore(state),
+        submitter=MemorySubmitter(state),
+        control=MemoryJobControl(state),
+        monitor=MemoryQueueMonitor(state),
+        pauser=MemoryQueuePauser(state),
+        leases=MemoryLeaseQueue(state),
+        shared_across_processes=False,
+    )

@@ -1,0 +1,170 @@
+"""Reading jobs, operators' moves and queue figures, in memory."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+
+import attrs
+
+from adapters.memory.state import MemoryState, Presence
+from domain.errors import InvalidTransitionError, JobNotFoundError
+from domain.jobs import REQUEUABLE, Job, JobStatus
+from domain.ports import (
+    Connection,
+    JobControl,
+    JobPage,
+    JobQuery,
+    JobSituation,
+    JobStore,
+    QueueMonitor,
+    QueuePauser,
+    QueueStats,
+)
+
+S = JobStatus
+
+
+class MemoryJobStore(JobStore):
+    def __init__(self, state: MemoryState) -> None:
+        self._state = state
+
+    async def get(self, job_id: str) -> Job | None:
+        return self._state.jobs.get(job_id)
+
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        # The cursor is a position in `order`, which only grows at its end: jobs submitted
+        # while a client pages do not shift the pages it has yet to read.
+        order = self._state.order
+        end = len(order)
+        if query.cursor and query.cursor.isdigit():
+            end = min(end, int(query.cursor))
+        page: list[Job] = []
+        for position in range(end - 1, -1, -1):
+            job_id = order[position]
+            if job_id is None:
+                continue
+            job = self._state.jobs[job_id]
+            if (
+                (query.status is None or job.status == query.status)
+                and (query.type is None or job.type == query.type)
+                and (query.queue is None or job.queue == query.queue)
+            ):
+                if len(page) == query.limit:
+                    return JobPage(page, str(position + 1))
+                page.append(job)
+        return JobPage(page, None)
+
+    async def situation(self, job_id: str) -> JobSituation | None:
+        state = self._state
+        job = state.jobs.get(job_id)
+        if job is None:
+            return None
+        ahead = state.ready[job.queue].ahead_of(job) if job.status is S.QUEUED else None
+        return JobSituation(
+            job=job,
+            ahead=ahead,
+            paused=job.queue in state.paused,
+            workers=state.live_workers(state.clock.now()).get(job.queue, 0),
+        )
+
+
+class MemoryJobControl(JobControl):
+    def __init__(self, state: MemoryState) -> None:
+        self._state = state
+
+    async def requeue(self, job_id: str) -> Job:
+        state = self._state
+        job = state.jobs.get(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        if job.status not in REQUEUABLE:
+            raise InvalidTransitionError(job_id, job.status, S.QUEUED)
+        job = job.transition(
+            S.QUEUED,
+            attempts=0,
+            error=None,
+            result=None,
+            progress=None,
+            started_at=None,
+            finished_at=None,
+            retry_at=None,
+            cancel_requested_at=None,
+        )
+        state.put(job, state.clock.now())
+        return job
+
+    async def cancel(self, job_id: str) -> Job:
+        state = self._state
+        job = state.jobs.get(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        now = state.clock.now()
+        if job.status.is_waiting:
+            state.unready(job)
+            job = job.transition(S.CANCELLED, finished_at=now)
+            state.put(job, now)
+        elif job.status is S.ACTIVE:
+            if job.cancel_requested_at is None:
+                job = attrs.evolve(job, cancel_requested_at=now)
+                state.jobs[job_id] = job
+        else:
+            raise InvalidTransitionError(job_id, job.status, S.CANCELLED)
+        return job
+
+
+class MemoryQueuePauser(QueuePauser):
+    def __init__(self, state: MemoryState) -> None:
+        self._state = state
+
+    async def pause(self, queue: str) -> None:
+        self._state.paused.add(queue)
+
+    async def resume(self, queue: str) -> None:
+        self._state.paused.discard(queue)
+        self._state.wakeup.set()
+
+
+class MemoryQueueMonitor(QueueMonitor):
+    def __init__(self, state: MemoryState) -> None:
+        self._state = state
+
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
+        state = self._state
+        now = state.clock.now()
+        counts: dict[str, Counter[JobStatus]] = {}
+        for job in state.jobs.values():
+            counts.setdefault(job.queue, Counter())[job.status] += 1
+        workers = state.live_workers(now)
+        names = sorted({*counts, *state.paused, *workers}) if queues is None else queues
+        return [
+            QueueStats(
+                name=name,
+                counts={status: counts.get(name, Counter())[status] for status in JobStatus},
+                oldest_queued_age=state.oldest_age(name, now),
+                paused=name in state.paused,
+                workers=workers.get(name, 0),
+            )
+            for name in names
+        ]
+
+    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+        expires = self._state.clock.now() + timedelta(seconds=ttl)
+        self._state.workers[worker_id] = Presence(frozenset(queues), expires)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        self._state.workers.pop(worker_id, None)
+
+
+class MemoryConnection(Connection):
+    """Nothing to connect to: always up, always safe."""
+
+    async def ping(self) -> None:
+        return None
+
+    async def verify(self) -> Sequence[str]:
+        return ()
+
+    async def close(self) -> None:
+        return None

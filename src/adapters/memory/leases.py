@@ -1,0 +1,123 @@
+"""Leases on jobs in memory: claims, renewals, progress and settlements, fenced by tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+
+import attrs
+
+from adapters.memory.state import Held, MemoryState
+from domain.errors import UnstorableResultError
+from domain.jobs import AttemptOutcome, JobStatus, Lease
+from domain.ports import ClaimRequest, LeaseQueue
+from domain.settlement import Ending
+
+S = JobStatus
+
+
+class MemoryLeaseQueue(LeaseQueue):
+    def __init__(self, state: MemoryState) -> None:
+        self._state = state
+
+    async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.wait_seconds
+        wakeup = self._state.wakeup
+        while True:
+            wakeup.clear()
+            leases = self._claim_now(request)
+            remaining = deadline - loop.time()
+            if leases or remaining <= 0:
+                return leases
+            # Wake for new work, or soon enough to promote retries and reclaim leases.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), timeout=min(remaining, 0.05))
+
+    def _claim_now(self, request: ClaimRequest) -> list[Lease]:
+        state = self._state
+        now = state.clock.now()
+        state.maintain(now, None)
+        leases: list[Lease] = []
+        for queue in request.queues:
+            ready = state.ready.get(queue)
+            if ready is None or queue in state.paused:
+                continue
+            while len(leases) < request.limit and (job_id := ready.pop()) is not None:
+                del state.queued_since[job_id]
+                job = state.jobs[job_id]
+                job = job.transition(
+                    S.ACTIVE,
+                    attempts=job.attempts + 1,
+                    started_at=now,
+                    progress=None,
+                    worker=request.worker_id,
+                    retry_at=None,
+                    heartbeat_at=None,
+                )
+                state.jobs[job_id] = job
+                token = uuid.uuid4().hex
+                expires = now + timedelta(seconds=request.lease_seconds)
+                state.held[job_id] = Held(token, expires)
+                leases.append(Lease(job, token))
+        return leases
+
+    async def recover(self, queues: Sequence[str]) -> int:
+        moved = self._state.maintain(self._state.clock.now(), frozenset(queues))
+        if moved:
+            self._state.wakeup.set()
+        return moved
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
+        state = self._state
+        now = state.clock.now()
+        kept: set[str] = set()
+        for lease in leases:
+            held = state.held.get(lease.job_id)
+            if held is not None and held.token == lease.token and held.expires > now:
+                held.expires = now + timedelta(seconds=lease_seconds)
+                state.jobs[lease.job_id] = attrs.evolve(state.jobs[lease.job_id], heartbeat_at=now)
+                kept.add(lease.job_id)
+        return kept
+
+    async def set_progress(self, lease: Lease, progress: int) -> bool:
+        if not 0 <= progress <= 100:
+            raise ValueError(f"progress must be 0-100, got {progress}")
+        if not self._state.current(lease.job_id, lease.token):
+            return False
+        job = self._state.jobs[lease.job_id]
+        self._state.jobs[job.id] = attrs.evolve(job, progress=progress)
+        return True
+
+    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
+        if ending.outcome is AttemptOutcome.SUCCEEDED:
+            try:
+                json.dumps(ending.result, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise UnstorableResultError(str(exc)) from None
+        if not self._state.current(lease.job_id, lease.token):
+            return None
+        return self._state.settle(lease.job_id, ending, self._state.clock.now())
+
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        state = self._state
+        asked: set[str] = set()
+        for lease in leases:
+            held = state.held.get(lease.job_id)
+            current = held is not None and held.token == lease.token
+            if current and state.jobs[lease.job_id].cancel_requested_at is not None:
+                asked.add(lease.job_id)
+        return asked
+
+    async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
+        wanted = frozenset(queues)
+        leases: list[Lease] = []
+        for job_id, held in self._state.held.items():
+            job = self._state.jobs[job_id]
+            if job.worker == worker_id and job.queue in wanted:
+                leases.append(Lease(job, held.token))
+        return leases
