@@ -136,7 +136,7 @@ class Rig:
 
 
 # The optional roles, by the attribute of `Backend` that holds each.
-_ROLES: Final = {
+_ROLES: Final[dict[type, str]] = {
     LeaseQueue: "leases",
     JobControl: "control",
     QueueMonitor: "monitor",
