@@ -94,6 +94,37 @@ class SettleContract:
         assert await claim(rig.leases) == []
 
     @scenario(LeaseQueue)
+    async def test_a_failure_retried_at_once_goes_back_to_the_head_of_its_queue(
+        self, rig: Rig
+    ) -> None:
+        failing, waiting = new_job(n=0), new_job(n=1)
+        await enqueue_all(rig.submitter, [failing, waiting])
+        lease = await claim_one(rig.leases)
+        assert await rig.leases.settle(lease, Ending.failed(ERROR, 0.0)) == S.QUEUED
+        queued = await stored(rig.store, failing.id)
+        assert (queued.status, queued.attempts, queued.error) == (S.QUEUED, 1, ERROR)
+        assert (queued.retry_at, queued.finished_at) == (None, None)
+        assert [r.outcome for r in queued.history] == [O.FAILED]
+        again = await claim_one(rig.leases)
+        assert (again.job_id, again.attempt) == (failing.id, 2)  # ahead of `waiting`
+
+    @scenario(LeaseQueue)
+    async def test_a_retryable_failure_on_the_last_attempt_ends_the_job_dead(
+        self, rig: Rig
+    ) -> None:
+        job = new_job(max_attempts=2)
+        await enqueue(rig.submitter, job)
+        first = await claim_one(rig.leases)
+        assert await rig.leases.settle(first, Ending.failed(ERROR, 0.0)) == S.QUEUED
+        last = await claim_one(rig.leases)
+        assert await rig.leases.settle(last, Ending.failed(ERROR, 0.0)) == S.DEAD
+        dead = await stored(rig.store, job.id)
+        assert (dead.status, dead.attempts, dead.error) == (S.DEAD, 2, ERROR)
+        assert dead.finished_at is not None
+        assert [r.outcome for r in dead.history] == [O.FAILED, O.FAILED]
+        assert await claim(rig.leases) == []
+
+    @scenario(LeaseQueue)
     async def test_a_failure_keeps_the_exit_code_or_signal_of_the_process_that_died(
         self, rig: Rig
     ) -> None:
