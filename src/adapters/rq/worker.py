@@ -207,6 +207,15 @@ class ConveyorBaseWorker(BaseWorker):
         now = datetime.now(UTC)
         settle(job, stored.job, ending, cancel_requested=stored.cancel_requested, now=now)
 
+    def release_scheduler_locks(self) -> None:
+        """Let go of the locks this worker's scheduler holds. A worker that stopped because
+        Redis went away could not release them as it stopped; released once Redis is back,
+        the next worker's scheduler takes them at once instead of after their 61 s expiry
+        (delayed retries and scheduled jobs wait for it). Raises RedisError while Redis is
+        still away."""
+        if self.scheduler is not None:
+            self.scheduler.release_locks()  # type: ignore[no-untyped-call]  # unannotated
+
     def _start_scheduler(
         self,
         burst: bool = False,

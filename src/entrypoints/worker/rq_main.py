@@ -115,7 +115,8 @@ def _work_until_stopped(new_worker: Callable[[], ConveyorBaseWorker], logging_le
     """RQ's worker quits when Redis goes away (a restart, a failover); start a new one (a new
     name: the old one may not have recorded its death), with a backoff, until a signal asks
     it to stop. A job it was running when it quit is left `started` and is settled by the
-    abandoned-job sweep, like a killed worker's."""
+    abandoned-job sweep, like a killed worker's; the scheduler locks it could not release are
+    released once Redis answers again."""
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:
@@ -123,7 +124,14 @@ def _work_until_stopped(new_worker: Callable[[], ConveyorBaseWorker], logging_le
         stopping = True
 
     delay = 1.0
+    stopped: list[ConveyorBaseWorker] = []  # workers RQ stopped on an error, locks maybe held
     while True:
+        for earlier in list(stopped):
+            try:
+                earlier.release_scheduler_locks()
+            except RedisError:
+                continue  # Redis is still away: the new worker fails too, and we try again
+            stopped.remove(earlier)
         started = time.monotonic()
         worker = new_worker()
         try:
@@ -132,6 +140,7 @@ def _work_until_stopped(new_worker: Callable[[], ConveyorBaseWorker], logging_le
             log.warning("the RQ worker could not reach Redis: %s", exc)
         if worker.stop_asked or stopping:
             return 0
+        stopped.append(worker)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, stop)
         if time.monotonic() - started > 60:
