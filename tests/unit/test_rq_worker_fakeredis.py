@@ -19,6 +19,7 @@ from typing import Any
 
 import attrs
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq.job import JobStatus as RqStatus
 from rq.registry import CanceledJobRegistry, StartedJobRegistry
 from rq.timeouts import JobTimeoutException
@@ -352,6 +353,27 @@ def test_a_work_horse_that_wrote_its_settlement_before_dying_is_left_as_it_wrote
             left = await stored(backend.store, job.id)
             assert (left.status, left.history) == (S.QUEUED, ())
             assert queued_ids(factory) == [job.id]
+
+    run(main())
+
+
+def test_a_work_horse_that_died_while_redis_was_away_is_left_started_for_the_sweep(
+    factory: RqFakeRedisFactory,
+) -> None:
+    async def main() -> None:
+        async with factory.open() as backend:
+            job = driven_job({"mode": "succeed"}, max_attempts=3)
+            await enqueue(backend.submitter, job)
+            worker = factory.worker()
+            rq_job, _, _ = start_attempt(worker)
+            factory.server.connected = False
+            with pytest.raises(RedisConnectionError):
+                worker.handle_work_horse_killed(rq_job, 1234, sigkilled(), None)
+            factory.server.connected = True
+            assert rq_job.settlement is None
+            left = await stored(backend.store, job.id)
+            assert (left.status, left.history) == (S.ACTIVE, ())
+            assert factory.client().zcard(registry_key("wip")) == 1
 
     run(main())
 

@@ -181,9 +181,8 @@ class SettleUnsettled:
         except UndecodableJobError:
             job.retries_left = 0  # not ours: dead-lettered, never retried
             return True
-        except RedisError as exc:
-            log.warning("could not settle the attempt of job %s: %s", job.id, exc)
-            return True
+        # A RedisError goes up and stops RQ's failure path: the job stays started, and a
+        # sweep settles it once Redis is back (unsettled, RQ would dead-letter it).
         if issubclass(kind, AbandonedJobError):
             error = worker_lost("the worker running this attempt stopped heartbeating")
         elif issubclass(kind, JobTimeoutException):

@@ -66,6 +66,7 @@ from adapters.rq.codec import (
     PID,
     PROGRESS,
     SERIALIZER,
+    UndecodableJobError,
     rq_queue_name,
     worker_lost,
 )
@@ -150,7 +151,8 @@ class ConveyorBaseWorker(BaseWorker):
             marks = pipeline.execute()[-1]
         if isinstance(job, ConveyorRqJob):
             job.cancelled_before_start = any(marks)
-        self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+        message = f"Processing {job.func_name} from {job.origin} since {time.time()}"
+        self.procline(message)  # type: ignore[no-untyped-call]  # rq leaves it unannotated
 
     def handle_exception(self, job: RqJob, *exc_info: Any) -> None:
         settlement = job.settlement if isinstance(job, ConveyorRqJob) else None
@@ -192,9 +194,10 @@ class ConveyorBaseWorker(BaseWorker):
             return
         try:
             stored = read_attempt(job)
-        except (RedisError, ValueError) as exc:
-            log.warning("could not settle job %s after its work-horse died: %s", job.id, exc)
-            return
+        except UndecodableJobError:
+            return  # not ours: RQ dead-letters it
+        # A RedisError goes up: the job stays started, and the sweep settles it once its
+        # heartbeat has lapsed (RQ's failure path would dead-letter it unsettled).
         if stored.status is not RqStatus.STARTED or stored.worker_name != self.name:
             job.settled_elsewhere = True  # the horse wrote its settlement before it died
             return
