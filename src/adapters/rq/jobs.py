@@ -125,6 +125,7 @@ class ConveyorRqJob(rq.job.Job):
         self._conveyor_refusal = None
         self._conveyor_job = None
         self.planned_attempt = None
+        self.cancelled_before_start = False
         self.settlement = None
         self.settled_elsewhere = False
         return super().restore(raw_data)
