@@ -181,7 +181,13 @@ def _fragments(needs: Iterable[str]) -> list[str]:
 
 def load(name: str) -> Script:
     """The script of ``lua/<name>.lua``, assembled and rendered, with its checks made."""
-    body = _read(f"{name}.lua")
+    return assemble(name, _read(f"{name}.lua"))
+
+
+def assemble(name: str, body: str) -> Script:
+    """The script whose file ``lua/<name>.lua`` holds `body`: the prelude, the fragments it
+    needs, then `body`, rendered. Raises RuntimeError when its header does not list its keys,
+    or lists keys a queue does not have, or when the script uses a key it does not list."""
     declared = _KEYS_LINE.search(body)
     if declared is None:
         raise RuntimeError(f"lua/{name}.lua does not list its KEYS")
