@@ -373,15 +373,16 @@ def wait_settled(
 def stale_writes(redis_url: str, prefix: str) -> int:
     """Writes Redis refused for a stale lease token, over every queue of the deployment."""
     from adapters.redis_client import create_redis
-    from adapters.redis_queue import RedisJobQueue
+    from adapters.redis_queue import redis_backend
+    from adapters.redis_queue import stale_writes as count_stale
 
     async def count() -> int:
         client = create_redis(redis_url, connect_timeout=2.0, socket_timeout=5.0)
-        queue = RedisJobQueue(client, prefix=prefix)
+        backend = redis_backend(client, prefix=prefix)
         try:
-            return await queue.stale_writes()
+            return await count_stale(backend)
         finally:
-            await queue.close()
+            await backend.connection.close()
 
     return asyncio.run(count())
 
