@@ -17,6 +17,7 @@ import redis.asyncio
 from adapters.redis_client import create_redis
 from adapters.redis_queue import redis_backend, stale_writes
 from domain.ports import Backend
+from tests.contracts.all import AllContracts
 from tests.contracts.base import DEFAULTS, BackendFactory, BackendOptions
 
 
@@ -74,6 +75,7 @@ class RedisFactory(BackendFactory):
                 await client.unlink(*keys[start : start + 500])
 
 
-@pytest.fixture
-def backend_factory(redis_url: str) -> BackendFactory:
-    return RedisFactory(redis_url)
+class TestRedisBackend(AllContracts):
+    @pytest.fixture
+    def backend_factory(self, redis_url: str) -> BackendFactory:
+        return RedisFactory(redis_url)

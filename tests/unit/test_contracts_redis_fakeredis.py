@@ -14,6 +14,7 @@ import pytest
 
 from adapters.redis_queue import redis_backend, stale_writes
 from domain.ports import Backend
+from tests.contracts.all import AllContracts
 from tests.contracts.base import DEFAULTS, BackendFactory, BackendOptions
 
 
@@ -48,6 +49,7 @@ class FakeRedisFactory(BackendFactory):
         return await stale_writes(backend)
 
 
-@pytest.fixture
-def backend_factory() -> BackendFactory:
-    return FakeRedisFactory()
+class TestRedisBackendOnFakeRedis(AllContracts):
+    @pytest.fixture
+    def backend_factory(self) -> BackendFactory:
+        return FakeRedisFactory()
