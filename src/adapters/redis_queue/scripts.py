@@ -19,7 +19,7 @@ are rendered into the scripts (``$NAME``) from the domain at import time: the st
 and the settlement rule are defined once, in the domain, and this module refuses to load if
 a move a script makes is not in `TRANSITIONS`.
 
-Requires Redis >= 6.2 (ZPOPMIN with a count, BLPOP with a fractional timeout).
+Needs Redis 6.0 or later (BLPOP with a fractional timeout); the suite runs on 7.0.
 """
 
 from __future__ import annotations
