@@ -95,10 +95,12 @@ def test_a_script_must_list_its_keys_and_only_keys_a_queue_has() -> None:
 
 def test_every_call_passes_the_keys_its_script_lists_all_in_the_queues_hash_tag() -> None:
     for call in one_call_per_script():
-        assert list(call.keys) == [KEYS.base + name for name in call.script.keys], call
-        assert {key_slot(k.encode()) for k in call.keys} == {key_slot(b"{p:mail}")}, call
+        keys = [k.encode() if isinstance(k, str) else k for k in call.keys]
+        assert keys == [(KEYS.base + name).encode() for name in call.script.keys], call
+        assert {key_slot(k) for k in keys} == {key_slot(b"{p:mail}")}, call
         # Nothing the script could name a key with comes in ARGV.
-        assert not any(isinstance(a, str) and a.startswith("{p:") for a in call.args), call
+        args = [a.encode() if isinstance(a, str) else a for a in call.args]
+        assert not any(isinstance(a, bytes) and a.startswith(b"{p:") for a in args), call
 
 
 def test_a_submission_passes_each_queues_keys_once_then_each_idempotency_key_once() -> None:
@@ -129,7 +131,8 @@ def test_a_submission_passes_each_queues_keys_once_then_each_idempotency_key_onc
     assert list(third) == [1, jobs[2].id, at_key, "f"]
 
 
-# The values each script takes per lease or attempt, after its fixed arguments.
+# The values each script takes per lease or attempt (one that did not succeed), after its
+# fixed arguments.
 _PER_ITEM: Final = {"renew": 2, "settle": 6, "cancel_requested": 2}
 
 
@@ -143,22 +146,24 @@ def test_each_builder_passes_as_many_arguments_as_its_script_documents() -> None
         )
 
 
-def test_a_settled_attempt_carries_its_outcome_retry_time_and_error() -> None:
+def test_a_settled_attempt_carries_its_outcome_and_result_or_error_and_retry_time() -> None:
     boom = JobError("boom", "ValueError")
     assert calls.attempt("j", "t", Ending.failed(boom, 2.5)) == (
         "j",
         "t",
-        "failed",
-        "2.5",
+        b"failed",
         b'{"message":"boom","type":"ValueError"}',
+        b"2.5",
         "ValueError: boom",
     )
-    assert calls.attempt("j", "t", Ending.failed(boom, None)).retry_in == ""
-    assert calls.attempt("j", "t", Ending.succeeded([1, "x"]))[2:] == (
-        "succeeded",
-        "",
+    assert calls.attempt("j", "t", Ending.failed(boom, None))[4] == b""
+    assert calls.attempt("j", "t", Ending.released()) == ("j", "t", b"released", b"", b"", b"")
+    # A success, the hot path, sends four values.
+    assert calls.attempt("j", "t", Ending.succeeded([1, "x"])) == (
+        "j",
+        "t",
+        b"succeeded",
         b'[1,"x"]',
-        "",
     )
     with pytest.raises(ValueError, match="finite"):
         calls.attempt("j", "t", Ending.failed(boom, float("inf")))

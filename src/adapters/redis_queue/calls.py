@@ -27,7 +27,7 @@ Arg = str | bytes | int | float
 
 class ScriptCall(NamedTuple):
     script: Script
-    keys: Sequence[str]
+    keys: Sequence[str | bytes]
     args: Sequence[Arg]
 
 
@@ -53,7 +53,7 @@ def submit(
     """SUBMIT of these submissions (each a non-empty sequence of jobs), stored in one run."""
     script = scripts.SUBMIT
     queues: dict[str, int] = {}  # queue name -> its number in the script, from 1
-    keys: list[str] = []
+    keys: list[str | bytes] = []
     for item in (item for items in submissions for item in items):
         if item.queue not in queues:
             queues[item.queue] = len(queues) + 1
@@ -120,18 +120,12 @@ def set_progress(keys: QueueKeys, lease: Lease, progress: int) -> ScriptCall:
     return ScriptCall(script, keys.named(script.keys), (lease.job_id, lease.token, progress))
 
 
-class Attempt(NamedTuple):
-    """SETTLE's six values for one attempt (a tuple: one is made per job settled)."""
+# SETTLE's values for one attempt (see lua/settle.lua): four for a success, six otherwise.
+Attempt = tuple[str | bytes, ...]
 
-    job_id: str | bytes
-    token: str | bytes
-    outcome: str
-    retry_in: str
-    data: bytes
-    summary: str
-
-
-_SUCCEEDED: Final = AttemptOutcome.SUCCEEDED.value
+# The outcomes, as sent: bytes, so nothing is encoded again per call.
+_OUTCOMES: Final = {o: o.value.encode() for o in AttemptOutcome}
+_SUCCEEDED: Final = _OUTCOMES[AttemptOutcome.SUCCEEDED]
 
 
 def attempt(job_id: str | bytes, token: str | bytes, ending: Ending) -> Attempt:
@@ -142,18 +136,17 @@ def attempt(job_id: str | bytes, token: str | bytes, ending: Ending) -> Attempt:
             result = encode_json(ending.result)
         except (TypeError, ValueError, OverflowError) as exc:
             raise UnstorableResultError(str(exc)) from None
-        return Attempt(job_id, token, _SUCCEEDED, "", result, "")
-    retry_in = ""
+        return (job_id, token, _SUCCEEDED, result)
+    retry_in = b""
     if ending.retry_in is not None:
         if not math.isfinite(ending.retry_in):
             raise ValueError(f"a retry time must be a finite number, got {ending.retry_in}")
-        retry_in = repr(float(ending.retry_in))
+        retry_in = repr(float(ending.retry_in)).encode()
     error = ending.error
     if error is None:
-        return Attempt(job_id, token, ending.outcome.value, retry_in, b"", "")
-    return Attempt(
-        job_id, token, ending.outcome.value, retry_in, encode_error(error), error_summary(error)
-    )
+        return (job_id, token, _OUTCOMES[ending.outcome], b"", retry_in, b"")
+    summary = error_summary(error)
+    return (job_id, token, _OUTCOMES[ending.outcome], encode_error(error), retry_in, summary)
 
 
 def settle(keys: QueueKeys, retention: Retention, attempts: Sequence[Attempt]) -> ScriptCall:

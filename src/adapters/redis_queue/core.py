@@ -11,7 +11,7 @@ round trip (see `batching.py`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -124,13 +124,16 @@ class RedisCore:
 
     # -- calls coalesced per event-loop tick ------------------------------------------------
 
-    async def submit(self, items: Sequence[Item], group: str) -> Any:
-        """SUBMIT's answer to one submission, sent with the others of this tick."""
-        return await self.batcher.submit(scripts.SUBMIT, group, items)
+    # Plain functions answering the batcher's coroutine: no coroutine of their own on the
+    # hot paths.
 
-    async def settle(self, queue: str, attempt: Attempt) -> Any:
+    def submit(self, items: Sequence[Item], group: str) -> Awaitable[Any]:
+        """SUBMIT's answer to one submission, sent with the others of this tick."""
+        return self.batcher.submit(scripts.SUBMIT, group, items)
+
+    def settle(self, queue: str, attempt: Attempt) -> Awaitable[Any]:
         """SETTLE's answer for one attempt, sent with the others of its queue this tick."""
-        return await self.batcher.submit(scripts.SETTLE, queue, attempt)
+        return self.batcher.submit(scripts.SETTLE, queue, attempt)
 
     async def _run_batches(self, batches: Sequence[Batch]) -> list[list[Any]]:
         def build(pipe: Pipeline) -> None:

@@ -71,8 +71,9 @@ class QueueKeys:
     tokens: str
     stale: str
     workers: str
-    # The keys named by each script's KEYS list, made once per queue and script.
-    _selected: dict[tuple[str, ...], tuple[str, ...]] = attrs.field(
+    # The keys named by each script's KEYS list, made (and encoded) once per queue and
+    # script.
+    _selected: dict[tuple[str, ...], tuple[bytes, ...]] = attrs.field(
         factory=dict, init=False, eq=False, repr=False
     )
 
@@ -83,11 +84,11 @@ class QueueKeys:
         base = f"{{{prefix}:{queue}}}:"
         return cls(base, *(base + name for name in NAMES))
 
-    def named(self, names: tuple[str, ...]) -> tuple[str, ...]:
-        """The keys called `names`, in that order (a script's KEYS)."""
+    def named(self, names: tuple[str, ...]) -> tuple[bytes, ...]:
+        """The keys called `names`, in that order, encoded (a script's KEYS)."""
         keys = self._selected.get(names)
         if keys is None:
-            keys = self._selected[names] = tuple(self.base + name for name in names)
+            keys = self._selected[names] = tuple((self.base + name).encode() for name in names)
         return keys
 
     def job(self, job_id: str) -> str:
