@@ -32,8 +32,8 @@ _CLAIM_WAIT = 1.0
 
 
 @attrs.frozen
-class _Wired:
-    """What the native worker runs on: the backend's roles it uses."""
+class NativeRoles:
+    """What the native worker runs on: the roles of the backend it uses."""
 
     container: Container
     connection: Connection
@@ -41,11 +41,9 @@ class _Wired:
     monitor: QueueMonitor | None
 
 
-def _wire(settings: Settings) -> _Wired | None:
-    """The backend's roles, or None (with the reason logged) when the native worker cannot
-    run on it."""
-    # Above the blocking claim's wait, so a quiet queue is not mistaken for a dead Redis.
-    container = build_container(settings, redis_socket_timeout=_CLAIM_WAIT + 5.0)
+def native_roles(container: Container) -> NativeRoles | None:
+    """The roles the native worker needs from the container's backend, or None (with the
+    reason logged) when it cannot run on that backend."""
     backend = container.backend()
     if not backend.shared_across_processes:
         log.error(
@@ -61,9 +59,15 @@ def _wire(settings: Settings) -> _Wired | None:
             backend.name,
         )
         return None
-    if settings.redis_url:
+    return NativeRoles(container, backend.connection, backend.leases, backend.monitor)
+
+
+def _wire(settings: Settings) -> NativeRoles | None:
+    # Above the blocking claim's wait, so a quiet queue is not mistaken for a dead Redis.
+    roles = native_roles(build_container(settings, redis_socket_timeout=_CLAIM_WAIT + 5.0))
+    if roles is not None and settings.redis_url:
         log.info("connecting", extra={"redis_url": redact_url(settings.redis_url)})
-    return _Wired(container, backend.connection, backend.leases, backend.monitor)
+    return roles
 
 
 def run_worker(
