@@ -29,8 +29,10 @@ from domain.ports import (
     QueueMonitor,
     QueuePauser,
 )
+from tests.contracts.driving import claim_and_process
 
 TEST_TIMEOUT: Final = 20.0
+DRAIN_TICK: Final = 0.001  # seconds a drain lets pass before each claim
 P = TypeVar("P")
 
 
@@ -81,11 +83,14 @@ class BackendFactory(abc.ABC):
 
     async def drain(self, backend: Backend, job_ids: Sequence[str]) -> None:
         """Run jobs the way this backend's workers do, until every one of `job_ids` has
-        settled. The default drives the backend's LeaseQueue with the domain's JobProcessor;
-        a backend whose own worker runs the jobs (RQ) overrides it."""
-        from tests.contracts.driving import claim_and_process
+        settled, one after the other, each started at a later time than the one before. The
+        default drives the backend's LeaseQueue with the domain's JobProcessor; a backend
+        whose own worker runs the jobs (RQ) overrides it."""
 
-        await claim_and_process(Rig(backend, self).leases, backend.store, job_ids)
+        async def tick() -> None:
+            await self.elapse(DRAIN_TICK)
+
+        await claim_and_process(Rig(backend, self).leases, backend.store, job_ids, tick=tick)
 
 
 def _present(port: P | None, role: type, backend: Backend) -> P:
@@ -134,6 +139,14 @@ class Rig:
     async def drain(self, job_ids: Sequence[str]) -> None:
         await self.factory.drain(self.backend, job_ids)
 
+    async def stale_writes(self) -> int:
+        """The backend's count of rejected stale writes. Skips the scenario, with the reason,
+        on a backend that exposes none: call it before the scenario does anything."""
+        count = await self.factory.stale_writes(self.backend)
+        if count is None:
+            pytest.skip(f"the {self.factory.name} backend exposes no count of stale writes")
+        return count
+
 
 # The optional roles, by the attribute of `Backend` that holds each.
 _ROLES: Final[dict[type, str]] = {
@@ -179,7 +192,7 @@ def scenario(
                     try:
                         backend = await stack.enter_async_context(backend_factory.open(options))
                     except UnsupportedOperationError as refused:
-                        return f"the {backend_factory.name} backend refuses {refused}"
+                        return f"the {backend_factory.name} backend cannot be built so: {refused}"
                     reason = missing(backend, roles, traits)
                     if reason is not None:
                         return reason

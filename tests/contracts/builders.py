@@ -5,19 +5,36 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import attrs
 
-from domain.jobs import Job, JobStatus, Lease, can_transition
-from domain.ports import ClaimRequest, JobQuery, JobStore, JobSubmitter, LeaseQueue, store_new
+from domain.jobs import Job, JobError, JobStatus, Lease, can_transition
+from domain.ports import (
+    ClaimRequest,
+    JobQuery,
+    JobStore,
+    JobSubmitter,
+    LeaseQueue,
+    NewJob,
+    QueueMonitor,
+    QueueStats,
+    store_new,
+)
 
 LEASE: Final = 0.3  # seconds; short so expiry tests stay fast
 PAST_LEASE: Final = 0.5  # long enough after LEASE for an expiry to be certain
 RETRY_IN: Final = 0.3
 FOREVER: Final = 60.0  # a lease that does not expire during a test
+SOON: Final = 0.3  # seconds: a run_at, deadline or retention that comes during a test
+PAST_SOON: Final = 0.5  # long enough after SOON for it to have come
+ERROR: Final = JobError("smtp said no", "SMTPError")  # what a failed attempt reports
 S = JobStatus
+
+
+def at(moment: datetime, seconds: float) -> datetime:
+    return moment + timedelta(seconds=seconds)
 
 
 def new_job(
@@ -55,6 +72,13 @@ async def enqueue_all(submitter: JobSubmitter, jobs: Sequence[Job]) -> None:
         await store_new(submitter, job)
 
 
+def keyed(job: Job, key: str, fingerprint: str) -> NewJob:
+    """A submission under an idempotency key, as the submit use case makes it."""
+    return NewJob(
+        job=attrs.evolve(job, idempotency_key=key), idempotency_key=key, fingerprint=fingerprint
+    )
+
+
 async def claim(
     leases: LeaseQueue,
     queues: Sequence[str] = ("default",),
@@ -87,6 +111,20 @@ async def claim_one(
     return claimed[0]
 
 
+async def claimed_ids(
+    leases: LeaseQueue, queues: Sequence[str] = ("default",), n: int = 1
+) -> list[str]:
+    """The ids of up to `n` jobs claimed one at a time, in the order they are handed out."""
+    ids: list[str] = []
+    for _ in range(n):
+        ids += [lease.job_id for lease in await claim(leases, queues, limit=1)]
+    return ids
+
+
+def ids_of(leases: Sequence[Lease]) -> list[str]:
+    return [lease.job_id for lease in leases]
+
+
 async def stored(store: JobStore, job_id: str) -> Job:
     job = await store.get(job_id)
     assert job is not None, f"job {job_id} is not stored"
@@ -95,6 +133,17 @@ async def stored(store: JobStore, job_id: str) -> Job:
 
 async def status_of(store: JobStore, job_id: str) -> JobStatus:
     return (await stored(store, job_id)).status
+
+
+async def stats_of(monitor: QueueMonitor, name: str = "default") -> QueueStats:
+    (stats,) = await monitor.queue_stats([name])
+    assert stats.name == name
+    return stats
+
+
+def counts(stats: QueueStats) -> dict[JobStatus, int]:
+    """Every status's count; a backend may leave the zeros out."""
+    return {status: stats.counts.get(status, 0) for status in JobStatus}
 
 
 async def all_pages(store: JobStore, query: JobQuery, max_pages: int = 100) -> list[list[str]]:
@@ -126,7 +175,7 @@ class StatusLog:
         return [status for status, _ in self.seen[job_id]]
 
     def illegal_moves(self) -> list[tuple[str, JobStatus, JobStatus]]:
-        illegal = []
+        illegal: list[tuple[str, JobStatus, JobStatus]] = []
         for job_id, seen in self.seen.items():
             for (before, tries_before), (after, tries_after) in itertools.pairwise(seen):
                 if before == after and tries_before == tries_after:

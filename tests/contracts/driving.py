@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -56,20 +56,29 @@ async def describe(store: JobStore, job_ids: Sequence[str]) -> str:
 
 
 async def claim_and_process(
-    leases: LeaseQueue, store: JobStore, job_ids: Sequence[str], *, within: float = SETTLE_WITHIN
+    leases: LeaseQueue,
+    store: JobStore,
+    job_ids: Sequence[str],
+    *,
+    within: float = SETTLE_WITHIN,
+    tick: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Claim and run jobs through `leases` until every one of `job_ids` has settled."""
+    """Claim and run jobs through `leases`, one at a time, until every one of `job_ids` has
+    settled. `tick` runs before each claim: letting a moment pass on the backend's clock
+    there makes the jobs' `started_at` tell the order they ran in, even on a fake clock."""
     processor = JobProcessor(leases, DRIVEN_TYPES, lambda: 0.0)  # retries come due at once
     deadline = time.monotonic() + within
     while not await settled(store, job_ids):
         if time.monotonic() > deadline:
             raise AssertionError(f"not settled within {within} s: {await describe(store, job_ids)}")
         queues = sorted({job.queue for job in [await store.get(i) for i in job_ids] if job})
+        if tick is not None:
+            await tick()
         claimed = await leases.claim(
             ClaimRequest(
                 queues=tuple(queues),
                 worker_id="drain",
-                limit=10,
+                limit=1,
                 lease_seconds=60.0,
                 wait_seconds=0.05,
             )

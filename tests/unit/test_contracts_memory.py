@@ -10,6 +10,7 @@ import pytest
 
 from adapters.memory import MemoryState, memory_roles
 from domain.ports import Backend
+from tests.contracts.all import AllContracts
 from tests.contracts.base import DEFAULTS, BackendFactory, BackendOptions
 from tests.fakes import FakeClock
 
@@ -41,6 +42,7 @@ class MemoryFactory(BackendFactory):
         return self._states[id(backend)].stale_writes
 
 
-@pytest.fixture
-def backend_factory() -> BackendFactory:
-    return MemoryFactory()
+class TestMemoryBackend(AllContracts):
+    @pytest.fixture
+    def backend_factory(self) -> BackendFactory:
+        return MemoryFactory()
