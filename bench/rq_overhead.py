@@ -11,9 +11,9 @@ rounds (ABBA order, so drift and other load on the machine hit both paths alike)
 round one worker per path, in burst mode, drains what was just enqueued:
 - raw RQ: `Queue(serializer=JSONSerializer).enqueue_call("os.getpid")`, a stock `rq.Worker`
   (or `rq.SimpleWorker`);
-- Conveyor: `RqJobQueue.enqueue` of `dummy` jobs (`{"mode": "succeed"}`), Conveyor's RQ
-  worker class: the dispatcher, registry lookup, payload validation, `JobProcessor`, the
-  attempt counted in the job's meta.
+- Conveyor: the RQ backend's submitter storing `dummy` jobs (`{"mode": "succeed"}`), one at a
+  time, and Conveyor's RQ worker class: the dispatcher, registry lookup, payload validation,
+  `JobProcessor`, the attempt counted in the job's meta and settled by the domain's rule.
 Enqueueing is timed too (one at a time, like an API handling one request), but the target
 is the worker's throughput: Conveyor within 15 % of raw RQ.
 """
@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -43,19 +44,21 @@ os.environ["RQ_KEY_PREFIX"] = RQ_PREFIX
 import redis  # noqa: E402
 import rq  # noqa: E402
 from rq.serializers import JSONSerializer  # noqa: E402
+from rq.version import VERSION as RQ_VERSION  # noqa: E402
 
-from adapters.rq_queue import RqJobQueue, create_rq_redis  # noqa: E402
-from domain.job_types import JobTypeRegistry  # noqa: E402
-from domain.job_types.dummy import dummy_job_type  # noqa: E402
-from domain.jobs import Job  # noqa: E402
-from entrypoints.local_redis import LocalRedis  # noqa: E402
-from entrypoints.worker import rq_tasks  # noqa: E402
-from entrypoints.worker.rq_worker import (  # noqa: E402
+from adapters.rq import (  # noqa: E402
     ConveyorSimpleWorker,
     ConveyorWorker,
     RqWorkerConfig,
     build_worker,
+    create_rq_redis,
+    rq_backend,
 )
+from domain.job_types import JobTypeRegistry  # noqa: E402
+from domain.job_types.dummy import dummy_job_type  # noqa: E402
+from domain.jobs import Job  # noqa: E402
+from domain.ports import store_new  # noqa: E402
+from entrypoints.local_redis import LocalRedis  # noqa: E402
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _MAX_JOBS = 200_000
@@ -168,14 +171,15 @@ class Conveyor(Side):
     def __init__(self, client: redis.Redis, kind: str, prefix: str) -> None:
         super().__init__()
         self.name = f"conveyor-{kind}"
-        self.queue = RqJobQueue(client, TYPES, prefix=prefix, result_ttl=3600)
-        rq_tasks.configure(TYPES)
+        self.backend = rq_backend(client, prefix=prefix, result_ttl=3600)
         self._worker = build_worker(
             client,
             (self.name,),
+            registry=TYPES,
             prefix=prefix,
             config=RqWorkerConfig(),
             result_ttl=3600,
+            random=random.random,
             worker_class=ConveyorWorker if kind == "fork" else ConveyorSimpleWorker,
         )
         self._worker.log_result_lifespan = False
@@ -200,7 +204,7 @@ class Conveyor(Side):
 
         async def enqueue_all() -> None:
             for job in jobs:  # one at a time, like an API handling one request
-                await self.queue.enqueue(job)
+                await store_new(self.backend.submitter, job)
 
         asyncio.run(enqueue_all())
 
@@ -254,8 +258,9 @@ def main() -> None:
                 for r in range(rounds):
                     chunk = n // rounds + (1 if r < n % rounds else 0)
                     # ABBA: neither path always runs first while the machine warms or drifts.
-                    for side in (raw, ours) if r % 2 == 0 else (ours, raw):
-                        side.round(chunk)
+                    order: tuple[Side, Side] = (raw, ours) if r % 2 == 0 else (ours, raw)
+                    for path in order:
+                        path.round(chunk)
                 results.append((kind, raw, ours))
         finally:
             delete_keys(client, [f"{RQ_PREFIX}:*", f"*{prefix}*"])
@@ -263,21 +268,21 @@ def main() -> None:
 
     print(
         f"\n{n:,} no-op jobs per path, one worker, {rounds} alternating rounds, "
-        f"rq {rq.VERSION}, Python {sys.version.split()[0]}"
+        f"rq {RQ_VERSION}, Python {sys.version.split()[0]}"
     )
     header = (
         f"{'worker':<7} {'path':<15} {'enqueue/s':>10} {'worker jobs/s':>14} {'median round':>13}"
     )
     print(header + f" {'vs raw':>7}")
-    for kind, raw, ours in results:
-        for side in (raw, ours):
+    for kind, baseline, conveyor in results:
+        for side in (baseline, conveyor):
             rate = side.jobs / side.worker_seconds
-            ratio = rate / (raw.jobs / raw.worker_seconds)
+            ratio = rate / (baseline.jobs / baseline.worker_seconds)
             print(
                 f"{kind:<7} {side.label:<15} {side.jobs / side.enqueue_seconds:>10,.0f} "
                 f"{rate:>14,.0f} {statistics.median(side.round_rates):>13,.0f} {ratio:>7.0%}"
             )
-    shortfalls = [line for _, raw, ours in results for line in raw.shortfalls + ours.shortfalls]
+    shortfalls = [line for _, a, b in results for line in a.shortfalls + b.shortfalls]
     if shortfalls:
         print("\nNOT every job finished:", *shortfalls, sep="\n  ")
         sys.exit(1)

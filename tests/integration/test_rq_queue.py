@@ -1,9 +1,7 @@
-"""The port contract on the RQ adapter with a real Redis and real `conveyor worker` processes
-(QUEUE_BACKEND=rq), plus what only real processes show: hostile jobs planted in Redis, a
-SIGKILLed work-horse, a SIGKILLed worker, the scheduler's delayed retries, the HTTP API.
-
-Each factory uses its own key prefix (`test-<uuid>`), so its RQ queues are its own, and
-deletes its keys (and those of its jobs) afterwards.
+"""What only real processes show of the RQ backend: hostile jobs planted in Redis, a
+SIGKILLed work-horse, a SIGKILLed worker, the scheduler's delayed retries, a Redis restart,
+cancelling running jobs, the HTTP API, all with real `conveyor worker` processes
+(QUEUE_BACKEND=rq) on a real Redis. The contracts run on it in `test_contracts_rq.py`.
 """
 
 from __future__ import annotations
@@ -14,174 +12,47 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
+from collections.abc import Iterator
+from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
-import redis
 
-from adapters.rq_codec import PID
-from adapters.rq_queue import RqJobQueue, create_rq_redis
-from domain.job_types import JobTypeRegistry
-from domain.job_types.dummy import dummy_job_type
-from domain.job_types.report import report_job_type
+from adapters.rq import RqWorkerConfig
+from adapters.rq.client import text
+from adapters.rq.codec import PID
 from domain.jobs import AttemptOutcome, ErrorKind, Job, JobStatus
-from domain.ports import JobQueue
+from domain.ports import Backend, JobControl, JobStore, QueueMonitor
 from entrypoints.local_redis import LocalRedis
-from entrypoints.worker import rq_tasks
-from entrypoints.worker.rq_worker import RqWorkerConfig, build_worker
-from tests.integration.processes import Api, Conveyor, wait_for_job
-from tests.queue_contract import (
-    DEFAULTS,
-    QueueContract,
-    QueueFactory,
-    QueueOptions,
-    status_of,
-)
-from tests.queue_contract_lifecycle import LifecycleContract
-from tests.queue_driving import SETTLE_WITHIN, describe, driven_job, settled
-from tests.unit.test_rq_queue_fakeredis import BurstWorker, plant_hostile_jobs
+from tests.contracts.builders import enqueue, status_of
+from tests.contracts.driving import driven_job
+from tests.integration.processes import Api, wait_for_job
+from tests.integration.rq_processes import RqRedisFactory
+from tests.unit.rq_support import plant_hostile_jobs
 
-TYPES = JobTypeRegistry([dummy_job_type(), report_job_type()])
 S = JobStatus
 BOUND = RqWorkerConfig().abandoned_bound  # what the README promises, with the defaults
 TERMINAL = {"succeeded", "dead", "cancelled", "expired"}
-
-
-class RqRedisFactory(QueueFactory):
-    """Queues under a fresh prefix; `drain` starts a real worker for it, once."""
-
-    def __init__(self, url: str, log_dir: Path, *, random: float = 0.0) -> None:
-        self.url = url
-        self.log_dir = log_dir
-        self.prefix = f"test-{uuid.uuid4().hex[:16]}"
-        self.random = random
-        self.workers: list[Conveyor] = []
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return {
-            **os.environ,
-            "REDIS_URL": self.url,
-            "QUEUE_BACKEND": "rq",
-            "CONVEYOR_KEY_PREFIX": self.prefix,
-            "LOG_FORMAT": "json",
-            **extra,
-        }
-
-    def client(self) -> redis.Redis:
-        return create_rq_redis(self.url, connect_timeout=2.0, socket_timeout=10.0)
-
-    def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
-        return self.open()
-
-    def configured(self, options: QueueOptions) -> AbstractAsyncContextManager[JobQueue]:
-        return self.open(options)
-
-    @asynccontextmanager
-    async def open(self, options: QueueOptions = DEFAULTS) -> AsyncIterator[RqJobQueue]:
-        queue = RqJobQueue(
-            self.client(),
-            TYPES,
-            prefix=self.prefix,
-            random=lambda: self.random,
-            **options.kwargs(),
-        )
-        try:
-            yield queue
-        finally:
-            self.stop_workers()
-            await queue.close()
-            self.delete_keys()
-
-    def start_worker(self, **env: str) -> Conveyor:
-        worker = Conveyor(["worker"], self.env(**env), self.log_dir).start()
-        self.workers.append(worker)
-        return worker
-
-    def stop_workers(self) -> None:
-        for worker in self.workers:
-            with suppress(Exception):
-                worker.stop(timeout=15)
-        self.workers.clear()
-
-    async def drain(self, queue: JobQueue, job_ids: Sequence[str]) -> None:
-        if not self.workers:
-            self.start_worker()
-        deadline = time.monotonic() + SETTLE_WITHIN
-        while not await settled(queue, job_ids):
-            if time.monotonic() > deadline:
-                logs = "\n".join(w.output()[-3000:] for w in self.workers)
-                raise AssertionError(f"not settled: {await describe(queue, job_ids)}\n{logs}")
-            await asyncio.sleep(0.05)
-
-    def delete_keys(self) -> None:
-        client = self.client()
-        try:
-            doomed = set(client.scan_iter(match=f"*{self.prefix}*", count=1000))
-            ids: set[str] = set()  # every job in our index, queues and registries
-            for key in doomed:
-                kind = client.type(key)
-                if kind == b"zset":
-                    ids |= {m.decode().split(":")[0] for m in client.zrange(key, 0, -1)}
-                elif kind == b"list":
-                    ids |= {m.decode() for m in client.lrange(key, 0, -1)}
-            if ids:
-                for key in client.scan_iter(match="rq:*", count=1000):
-                    if any(job_id in key.decode() for job_id in ids):
-                        doomed.add(key)
-            doomed_list = sorted(doomed)
-            for start in range(0, len(doomed_list), 500):
-                client.unlink(*doomed_list[start : start + 500])
-        finally:
-            client.close()
-
-
-class TestRqJobQueueOnRedis(QueueContract):
-    @pytest.fixture
-    def queue_factory(self, redis_url: str, tmp_path: Path) -> QueueFactory:
-        return RqRedisFactory(redis_url, tmp_path)
-
-
-class RqRedisBurstFactory(RqRedisFactory):
-    """`drain` runs Conveyor's RQ worker class in this process, in bursts, then `recover` (what
-    RQ's scheduler does in a `conveyor worker`). A worker process takes longer to start than
-    the lifecycle contract's scheduled jobs wait; the tests below run the real processes."""
-
-    async def drain(self, queue: JobQueue, job_ids: Sequence[str]) -> None:
-        queues = sorted({job.queue for job in [await queue.get(i) for i in job_ids] if job})
-        rq_tasks.configure(TYPES)
-        deadline = time.monotonic() + SETTLE_WITHIN
-        while not await settled(queue, job_ids):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not settled: {await describe(queue, job_ids)}")
-            worker = build_worker(
-                self.client(),
-                tuple(queues),
-                prefix=self.prefix,
-                config=RqWorkerConfig(),
-                result_ttl=3600,
-                worker_class=BurstWorker,
-            )
-            await asyncio.to_thread(worker.work, burst=True, logging_level="WARNING")
-            await queue.recover(queues)
-
-
-class TestRqJobQueueLifecycleOnRedis(LifecycleContract):
-    @pytest.fixture
-    def queue_factory(self, redis_url: str, tmp_path: Path) -> QueueFactory:
-        return RqRedisBurstFactory(redis_url, tmp_path)
 
 
 @pytest.fixture
 def factory(redis_url: str, tmp_path: Path) -> Iterator[RqRedisFactory]:
     factory = RqRedisFactory(redis_url, tmp_path)
     yield factory
-    factory.stop_workers()
-    factory.delete_keys()
+    factory.cleanup()
+
+
+def control(backend: Backend) -> JobControl:
+    assert backend.control is not None
+    return backend.control
+
+
+def monitor(backend: Backend) -> QueueMonitor:
+    assert backend.monitor is not None
+    return backend.monitor
 
 
 def run(coro: Any, within: float = 90.0) -> Any:
@@ -223,11 +94,11 @@ def alive(pid: int) -> bool:
 
 
 async def wait_until(
-    queue: JobQueue, job_id: str, ok: Any, within: float, what: str = "the condition"
+    store: JobStore, job_id: str, ok: Any, within: float, what: str = "the condition"
 ) -> Job:
     deadline = time.monotonic() + within
     while True:
-        job = await queue.get(job_id)
+        job = await store.get(job_id)
         if job is not None and ok(job):
             return job
         if time.monotonic() > deadline:
@@ -235,10 +106,10 @@ async def wait_until(
         await asyncio.sleep(0.05)
 
 
-async def horse_running(factory: RqRedisFactory, queue: JobQueue, job_id: str, attempt: int) -> int:
+async def horse_running(factory: RqRedisFactory, store: JobStore, job_id: str, attempt: int) -> int:
     """The pid of the work-horse running attempt `attempt` of the job, once it runs."""
     await wait_until(
-        queue, job_id, lambda j: j.status == S.ACTIVE and j.attempts == attempt, 20, "running"
+        store, job_id, lambda j: j.status == S.ACTIVE and j.attempts == attempt, 20, "running"
     )
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -258,15 +129,15 @@ def test_a_real_worker_dead_letters_planted_pickles_and_foreign_calls_running_no
     marker = tmp_path / "pwned"
 
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             client = factory.client()
             planted = plant_hostile_jobs(client, marker, factory.prefix)
             good = driven_job({"mode": "succeed"})
-            await queue.enqueue(good)
-            await factory.drain(queue, [good.id])
+            await enqueue(backend.submitter, good)
+            await factory.drain(backend, [good.id])
             failed_key = f"rq:failed:{factory.prefix}:default"
             deadline = time.monotonic() + 10
-            while {m.decode() for m in client.zrange(failed_key, 0, -1)} != set(planted):
+            while {text(m) for m in client.zrange(failed_key, 0, -1)} != set(planted):
                 assert time.monotonic() < deadline, client.zrange(failed_key, 0, -1)
                 await asyncio.sleep(0.05)
             for job_id in planted:
@@ -285,10 +156,10 @@ def test_a_real_worker_dead_letters_planted_pickles_and_foreign_calls_running_no
 def test_progress_shows_while_a_report_runs_and_a_delayed_retry_comes_from_the_scheduler(
     redis_url: str, tmp_path: Path
 ) -> None:
-    factory = RqRedisFactory(redis_url, tmp_path, random=1.0)  # retries wait the longest
+    factory = RqRedisFactory(redis_url, tmp_path)
 
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             report = Job.submitted(
                 id=uuid.uuid4().hex,
                 type="report",
@@ -299,25 +170,29 @@ def test_progress_shows_while_a_report_runs_and_a_delayed_retry_comes_from_the_s
                 now=driven_job({}).created_at,
             )
             flaky = driven_job({"mode": "fail", "times": 1}, max_attempts=3)
-            await queue.enqueue(report)
-            await queue.enqueue(flaky)
+            await enqueue(backend.submitter, report)
+            await enqueue(backend.submitter, flaky)
             factory.start_worker()
             seen: set[int] = set()
-            job = await queue.get(report.id)
+            job = await backend.store.get(report.id)
             while job is not None and not job.status.is_terminal:
                 if job.status == S.ACTIVE and job.progress is not None:
                     seen.add(job.progress)
                 await asyncio.sleep(0.05)
-                job = await queue.get(report.id)
+                job = await backend.store.get(report.id)
             assert job is not None
             assert (job.status, job.progress, job.result["rows"]) == (S.SUCCEEDED, 100, 10)
             assert any(0 < p < 100 for p in seen), seen
             # The flaky job's first attempt failed; its retry waits 1 s in RQ's scheduled
             # registry (our FAILED), and the worker's scheduler process queues it.
-            waiting = await wait_until(queue, flaky.id, lambda j: j.attempts >= 1, 10, "a try")
+            waiting = await wait_until(
+                backend.store, flaky.id, lambda j: j.attempts >= 1, 10, "a try"
+            )
             if waiting.status != S.SUCCEEDED:
                 assert waiting.status in (S.FAILED, S.ACTIVE, S.QUEUED), waiting
-            done = await wait_until(queue, flaky.id, lambda j: j.status.is_terminal, 15, "done")
+            done = await wait_until(
+                backend.store, flaky.id, lambda j: j.status.is_terminal, 15, "done"
+            )
             assert (done.status, done.attempts) == (S.SUCCEEDED, 2)
 
     try:
@@ -334,22 +209,24 @@ def test_a_sigkilled_work_horse_is_retried_at_once_or_dead_lettered_without_retr
     factory: RqRedisFactory,
 ) -> None:
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             retried = driven_job({"mode": "sleep", "seconds": 3}, max_attempts=2)
             spent = driven_job({"mode": "sleep", "seconds": 3}, max_attempts=1)
-            await queue.enqueue(retried)
+            await enqueue(backend.submitter, retried)
             factory.start_worker()
 
-            horse = await horse_running(factory, queue, retried.id, 1)
+            horse = await horse_running(factory, backend.store, retried.id, 1)
             os.kill(horse, signal.SIGKILL)
             killed = time.monotonic()
             again = await wait_until(
-                queue, retried.id, lambda j: j.attempts == 2, 10, "the second attempt"
+                backend.store, retried.id, lambda j: j.attempts == 2, 10, "the second attempt"
             )
             rerun_after = time.monotonic() - killed
             assert again.error is not None
             assert (again.error.kind, again.error.signal) == (ErrorKind.WORKER_LOST, "SIGKILL")
-            done = await wait_until(queue, retried.id, lambda j: j.status.is_terminal, 15, "done")
+            done = await wait_until(
+                backend.store, retried.id, lambda j: j.status.is_terminal, 15, "done"
+            )
             assert (done.status, done.attempts) == (S.SUCCEEDED, 2)
             assert [r.outcome for r in done.history] == [
                 AttemptOutcome.WORKER_LOST,
@@ -357,10 +234,12 @@ def test_a_sigkilled_work_horse_is_retried_at_once_or_dead_lettered_without_retr
             ]
             assert rerun_after < 2.0, rerun_after  # the parent sees the horse die at once
 
-            await queue.enqueue(spent)
-            horse = await horse_running(factory, queue, spent.id, 1)
+            await enqueue(backend.submitter, spent)
+            horse = await horse_running(factory, backend.store, spent.id, 1)
             os.kill(horse, signal.SIGKILL)
-            dead = await wait_until(queue, spent.id, lambda j: j.status.is_terminal, 5, "dead")
+            dead = await wait_until(
+                backend.store, spent.id, lambda j: j.status.is_terminal, 5, "dead"
+            )
             assert (dead.status, dead.attempts) == (S.DEAD, 1)
             assert dead.error is not None
             assert dead.error.kind == ErrorKind.WORKER_LOST
@@ -372,15 +251,15 @@ def test_a_sigkilled_worker_loses_nothing_and_its_job_runs_again_within_the_boun
     factory: RqRedisFactory,
 ) -> None:
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             jobs = [driven_job({"mode": "sleep", "seconds": 2}, max_attempts=3) for _ in range(6)]
             for job in jobs:
-                await queue.enqueue(job)
+                await enqueue(backend.submitter, job)
             first, second = factory.start_worker(), factory.start_worker()
             by_pid = {w.proc.pid: w for w in (first, second) if w.proc is not None}
 
             victim_job = jobs[0]
-            horse = await horse_running(factory, queue, victim_job.id, 1)
+            horse = await horse_running(factory, backend.store, victim_job.id, 1)
             worker_pid = parent_of(horse)
             assert worker_pid in by_pid, (worker_pid, list(by_pid))
             helpers = children_of(worker_pid)  # the work-horse and the scheduler process
@@ -396,14 +275,14 @@ def test_a_sigkilled_worker_loses_nothing_and_its_job_runs_again_within_the_boun
                 await asyncio.sleep(0.05)
 
             again = await wait_until(
-                queue, victim_job.id, lambda j: j.attempts == 2, BOUND + 5, "the re-run"
+                backend.store, victim_job.id, lambda j: j.attempts == 2, BOUND + 5, "the re-run"
             )
             rerun_after = time.monotonic() - killed
             assert again.error is not None
             assert again.error.kind == ErrorKind.WORKER_LOST
             for job in jobs:  # lost: 0
                 done = await wait_until(
-                    queue, job.id, lambda j: j.status.is_terminal, BOUND + 30, "all done"
+                    backend.store, job.id, lambda j: j.status.is_terminal, BOUND + 30, "all done"
                 )
                 assert done.status == S.SUCCEEDED, done
             assert rerun_after <= BOUND + 1, rerun_after
@@ -469,12 +348,12 @@ def test_a_redis_restart_mid_job_loses_nothing_and_the_worker_carries_on(tmp_pat
 
     async def main() -> None:
         nonlocal server
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             jobs = [driven_job({"mode": "sleep", "seconds": 2}, max_attempts=3) for _ in range(3)]
             for job in jobs:
-                await queue.enqueue(job)
+                await enqueue(backend.submitter, job)
             worker = factory.start_worker()
-            await horse_running(factory, queue, jobs[0].id, 1)
+            await horse_running(factory, backend.store, jobs[0].id, 1)
             server.stop()
             await asyncio.sleep(3)
             assert worker.proc is not None
@@ -482,7 +361,7 @@ def test_a_redis_restart_mid_job_loses_nothing_and_the_worker_carries_on(tmp_pat
             server = LocalRedis(data_dir=data_dir, port=port).start()
             for job in jobs:
                 done = await wait_until(
-                    queue, job.id, lambda j: j.status.is_terminal, BOUND + 40, "all done"
+                    backend.store, job.id, lambda j: j.status.is_terminal, BOUND + 40, "all done"
                 )
                 assert done.status == S.SUCCEEDED, (done, worker.output()[-3000:])
             assert worker.proc.poll() is None
@@ -498,7 +377,7 @@ def test_blocking_work_runs_in_threads_and_a_hung_handler_times_out(
     factory: RqRedisFactory,
 ) -> None:
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             busy = driven_job({"mode": "cpu", "seconds": 0.2})
             hung = Job.submitted(
                 id=uuid.uuid4().hex,
@@ -509,14 +388,18 @@ def test_blocking_work_runs_in_threads_and_a_hung_handler_times_out(
                 timeout=1.0,
                 now=busy.created_at,
             )
-            await queue.enqueue(busy)
-            await queue.enqueue(hung)
+            await enqueue(backend.submitter, busy)
+            await enqueue(backend.submitter, hung)
             factory.start_worker(CONVEYOR_KILL_GRACE_SECONDS="1")
-            done = await wait_until(queue, busy.id, lambda j: j.status.is_terminal, 20, "cpu")
+            done = await wait_until(
+                backend.store, busy.id, lambda j: j.status.is_terminal, 20, "cpu"
+            )
             assert done.status == S.SUCCEEDED
             assert done.result["spins"] > 0
             started = time.monotonic()
-            dead = await wait_until(queue, hung.id, lambda j: j.status.is_terminal, 20, "hang")
+            dead = await wait_until(
+                backend.store, hung.id, lambda j: j.status.is_terminal, 20, "hang"
+            )
             assert (dead.status, dead.attempts) == (S.DEAD, 1)
             assert dead.error is not None
             assert dead.error.kind == ErrorKind.TIMED_OUT
@@ -528,33 +411,37 @@ def test_blocking_work_runs_in_threads_and_a_hung_handler_times_out(
 # -- the job lifecycle with real workers ----------------------------------------------------
 
 
-async def workers_on(queue: RqJobQueue, name: str = "default") -> int | None:
-    (stats,) = await queue.queue_stats([name])
+async def workers_on(backend: Backend, name: str = "default") -> int | None:
+    (stats,) = await monitor(backend).queue_stats([name])
     return stats.workers
 
 
-async def wait_for_workers(queue: RqJobQueue, count: int, within: float = 20.0) -> None:
+async def wait_for_workers(backend: Backend, count: int, within: float = 20.0) -> None:
     deadline = time.monotonic() + within
-    while await workers_on(queue) != count:
+    while await workers_on(backend) != count:
         assert time.monotonic() < deadline, f"not {count} live workers within {within} s"
         await asyncio.sleep(0.1)
 
 
 def test_a_cancelled_queued_job_never_runs_on_a_real_worker(factory: RqRedisFactory) -> None:
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             blocker = driven_job({"mode": "sleep", "seconds": 1.5})
             doomed, after = driven_job({"mode": "succeed"}), driven_job({"mode": "succeed"})
             for job in (blocker, doomed, after):
-                await queue.enqueue(job)
+                await enqueue(backend.submitter, job)
             factory.start_worker()
-            await wait_until(queue, blocker.id, lambda j: j.status == S.ACTIVE, 20, "running")
-            cancelled = await queue.cancel(doomed.id)
+            await wait_until(
+                backend.store, blocker.id, lambda j: j.status == S.ACTIVE, 20, "running"
+            )
+            cancelled = await control(backend).cancel(doomed.id)
             assert (cancelled.status, cancelled.attempts) == (S.CANCELLED, 0)
             # The job queued behind it ran: the worker went past where it was.
-            done = await wait_until(queue, after.id, lambda j: j.status.is_terminal, 20, "after")
+            done = await wait_until(
+                backend.store, after.id, lambda j: j.status.is_terminal, 20, "after"
+            )
             assert done.status == S.SUCCEEDED
-            final = await queue.get(doomed.id)
+            final = await backend.store.get(doomed.id)
             assert final is not None
             assert (final.status, final.attempts, final.started_at, final.result) == (
                 S.CANCELLED,
@@ -576,9 +463,9 @@ def test_a_scheduled_job_is_run_by_the_workers_scheduler_after_its_time_and_not_
     factory: RqRedisFactory,
 ) -> None:
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             factory.start_worker()
-            await wait_for_workers(queue, 1)
+            await wait_for_workers(backend, 1)
             run_at = datetime.now(UTC) + timedelta(seconds=2)
             job = Job.submitted(
                 id=uuid.uuid4().hex,
@@ -591,17 +478,19 @@ def test_a_scheduled_job_is_run_by_the_workers_scheduler_after_its_time_and_not_
                 run_at=run_at,
             )
             dropped = attrs.evolve(job, id=uuid.uuid4().hex)
-            await queue.enqueue(job)
-            await queue.enqueue(dropped)
-            assert await status_of(queue, job.id) == S.SCHEDULED
-            assert (await queue.cancel(dropped.id)).status == S.CANCELLED
-            done = await wait_until(queue, job.id, lambda j: j.status.is_terminal, 15, "done")
+            await enqueue(backend.submitter, job)
+            await enqueue(backend.submitter, dropped)
+            assert await status_of(backend.store, job.id) == S.SCHEDULED
+            assert (await control(backend).cancel(dropped.id)).status == S.CANCELLED
+            done = await wait_until(
+                backend.store, job.id, lambda j: j.status.is_terminal, 15, "done"
+            )
             assert done.status == S.SUCCEEDED
             assert done.started_at is not None
             late = (done.started_at - run_at).total_seconds()
             assert 0 <= late < 3.0, late  # the scheduler looks every second, by whole seconds
             await asyncio.sleep(1.0)
-            final = await queue.get(dropped.id)
+            final = await backend.store.get(dropped.id)
             assert final is not None
             assert (final.status, final.attempts, final.started_at) == (S.CANCELLED, 0, None)
 
@@ -612,7 +501,7 @@ def test_a_cancelled_active_job_stops_on_request_or_is_killed_after_the_grace(
     factory: RqRedisFactory,
 ) -> None:
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             report = Job.submitted(
                 id=uuid.uuid4().hex,
                 type="report",
@@ -625,29 +514,31 @@ def test_a_cancelled_active_job_stops_on_request_or_is_killed_after_the_grace(
             stubborn = driven_job({"mode": "sleep", "seconds": 60}, max_attempts=3)
             then = driven_job({"mode": "succeed"})
             for job in (report, stubborn, then):
-                await queue.enqueue(job)
+                await enqueue(backend.submitter, job)
             factory.start_worker(
                 CONVEYOR_CANCEL_GRACE_SECONDS="1", CONVEYOR_RQ_HEARTBEAT_SECONDS="1"
             )
 
             # A handler that listens stops at once.
-            await wait_until(queue, report.id, lambda j: (j.progress or 0) > 0, 20, "progress")
-            asked = await queue.cancel(report.id)
+            await wait_until(
+                backend.store, report.id, lambda j: (j.progress or 0) > 0, 20, "progress"
+            )
+            asked = await control(backend).cancel(report.id)
             assert (asked.status, asked.cancel_requested_at is not None) == (S.ACTIVE, True)
             started = time.monotonic()
             stopped = await wait_until(
-                queue, report.id, lambda j: j.status.is_terminal, 5, "cancelled"
+                backend.store, report.id, lambda j: j.status.is_terminal, 5, "cancelled"
             )
             assert time.monotonic() - started < 2.0
             assert (stopped.status, stopped.attempts) == (S.CANCELLED, 1)
             assert [r.outcome for r in stopped.history] == [AttemptOutcome.CANCELLED]
 
             # One that does not is killed with its work-horse after the grace.
-            horse = await horse_running(factory, queue, stubborn.id, 1)
-            await queue.cancel(stubborn.id)
+            horse = await horse_running(factory, backend.store, stubborn.id, 1)
+            await control(backend).cancel(stubborn.id)
             started = time.monotonic()
             killed = await wait_until(
-                queue, stubborn.id, lambda j: j.status.is_terminal, 10, "killed"
+                backend.store, stubborn.id, lambda j: j.status.is_terminal, 10, "killed"
             )
             took = time.monotonic() - started
             assert took < 1 + 1 + 2.0, took  # grace + heartbeat, and some slack
@@ -659,30 +550,32 @@ def test_a_cancelled_active_job_stops_on_request_or_is_killed_after_the_grace(
                 await asyncio.sleep(0.05)
 
             # Neither is retried; the worker carries on.
-            done = await wait_until(queue, then.id, lambda j: j.status.is_terminal, 10, "then")
+            done = await wait_until(
+                backend.store, then.id, lambda j: j.status.is_terminal, 10, "then"
+            )
             assert done.status == S.SUCCEEDED
             for job_id in (report.id, stubborn.id):
-                assert await status_of(queue, job_id) == S.CANCELLED
+                assert await status_of(backend.store, job_id) == S.CANCELLED
 
     run(main())
 
 
 def test_the_queue_figures_count_a_live_worker_until_it_stops(factory: RqRedisFactory) -> None:
     async def main() -> None:
-        async with factory.open() as queue:
+        async with factory.open() as backend:
             first, second = driven_job({"mode": "succeed"}), driven_job({"mode": "succeed"})
-            await queue.enqueue(first)
-            await queue.enqueue(second)
-            assert await workers_on(queue) == 0
-            situation = await queue.situation(second.id)
+            await enqueue(backend.submitter, first)
+            await enqueue(backend.submitter, second)
+            assert await workers_on(backend) == 0
+            situation = await backend.store.situation(second.id)
             assert situation is not None
             assert (situation.ahead, situation.workers) == (1, 0)
             worker = factory.start_worker()
-            await wait_for_workers(queue, 1)
-            await factory.drain(queue, [first.id, second.id])
-            (stats,) = await queue.queue_stats(["default"])
+            await wait_for_workers(backend, 1)
+            await factory.drain(backend, [first.id, second.id])
+            (stats,) = await monitor(backend).queue_stats(["default"])
             assert (stats.counts[S.SUCCEEDED], stats.counts[S.QUEUED]) == (2, 0)
             assert worker.stop() == 0
-            assert await workers_on(queue) == 0
+            assert await workers_on(backend) == 0
 
     run(main())

@@ -12,10 +12,10 @@ import fakeredis
 import pytest
 import redis
 
-from adapters.rq_codec import ATTEMPT, SERIALIZER, job_args
+from adapters.rq import dispatcher, loop
+from adapters.rq.codec import ATTEMPT, DISPATCHER, SERIALIZER, job_args
+from adapters.rq.worker import DispatchJob
 from domain.jobs import Job, JobStatus
-from entrypoints.worker import rq_tasks
-from entrypoints.worker.rq_worker import DispatchJob
 
 
 async def returns(value: int) -> int:
@@ -30,7 +30,7 @@ def test_rq_attempts_that_never_wait_run_without_turning_the_loop() -> None:
     async def attempt() -> int:
         return os.getpid()
 
-    assert rq_tasks._run(attempt()) == os.getpid()
+    assert loop.run(attempt()) == os.getpid()
 
 
 def test_rq_attempts_that_wait_finish_on_the_loop_and_leave_no_task_behind() -> None:
@@ -46,8 +46,8 @@ def test_rq_attempts_that_wait_finish_on_the_loop_and_leave_no_task_behind() -> 
         leftovers.append(asyncio.get_running_loop().create_task(asyncio.sleep(60)))
         return 4
 
-    assert rq_tasks._run(attempt()) == 3
-    assert rq_tasks._run(fire_and_forget()) == 4
+    assert loop.run(attempt()) == 3
+    assert loop.run(fire_and_forget()) == 4
     assert all(task.cancelled() for task in leftovers)
     assert len(leftovers) == 2
 
@@ -58,19 +58,17 @@ def test_rq_attempt_errors_propagate_from_the_first_step_and_after_waiting() -> 
         raise ValueError("later")
 
     with pytest.raises(ValueError, match="boom"):
-        rq_tasks._run(raises())
+        loop.run(raises())
     with pytest.raises(ValueError, match="later"):
-        rq_tasks._run(fails_later())
+        loop.run(fails_later())
     # The loop was left usable, and not marked running.
-    assert rq_tasks._run(returns(1)) == 1
+    assert loop.run(returns(1)) == 1
     with pytest.raises(RuntimeError):
         asyncio.get_running_loop()
 
 
 def test_a_forked_work_horse_runs_on_the_loop_its_worker_made_before_forking() -> None:
-    rq_tasks.prepare_horse_loop()
-    assert rq_tasks._horse_loop is not None
-    made = rq_tasks._horse_loop[1]
+    made = loop.prepare_horse_loop()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the horse
@@ -81,7 +79,7 @@ def test_a_forked_work_horse_runs_on_the_loop_its_worker_made_before_forking() -
                 await asyncio.sleep(0.001)  # runs the inherited loop, too
                 return asyncio.get_running_loop() is made
 
-            ok = rq_tasks._run(attempt())
+            ok = loop.run(attempt())
             os.write(write, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -93,13 +91,13 @@ def test_a_forked_work_horse_runs_on_the_loop_its_worker_made_before_forking() -
         os.waitpid(pid, 0)
     assert answer == b"1"
     # The worker itself never runs it: its own attempts get a loop of their own.
-    assert rq_tasks._loop() is not made
+    assert loop.current_loop() is not made
 
 
 def test_the_rehearsal_before_forking_runs_the_machinery_without_touching_redis() -> None:
     unreachable = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.1)
 
-    rq_tasks.rehearse(unreachable, times=3)  # would raise ConnectionError on any command
+    dispatcher.rehearse(unreachable, times=3)  # would raise ConnectionError on any command
 
 
 def test_the_worker_decodes_the_next_attempt_ahead_with_its_number() -> None:
@@ -114,7 +112,7 @@ def test_the_worker_decodes_the_next_attempt_ahead_with_its_number() -> None:
     )
     connection = fakeredis.FakeStrictRedis()
     rq_job = DispatchJob.create(
-        rq_tasks.execute,
+        dispatcher.execute,
         args=job_args(stored),
         id=stored.id,
         connection=connection,
@@ -123,6 +121,7 @@ def test_the_worker_decodes_the_next_attempt_ahead_with_its_number() -> None:
     )
     rq_job.save()
     fetched = DispatchJob.fetch(stored.id, connection=connection, serializer=SERIALIZER)
+    assert isinstance(fetched, DispatchJob)
 
     fetched.plan_attempt()
 
@@ -130,3 +129,7 @@ def test_the_worker_decodes_the_next_attempt_ahead_with_its_number() -> None:
     assert planned is not None
     assert (planned.id, planned.status, planned.attempts) == (stored.id, JobStatus.ACTIVE, 2)
     assert planned.payload == stored.payload
+
+
+def test_the_dispatcher_lives_where_stored_jobs_name_it() -> None:
+    assert f"{dispatcher.execute.__module__}.{dispatcher.execute.__qualname__}" == DISPATCHER
