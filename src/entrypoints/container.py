@@ -19,7 +19,6 @@ from adapters.redis_client import create_redis
 from adapters.system_clock import SystemClock
 from domain.errors import UnsupportedOperationError
 from domain.job_service import JobService
-from domain.job_types import JobTypeRegistry
 from domain.job_types.registry import default_registry
 from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, LeaseQueue
 from domain.processing import JobProcessor
@@ -67,7 +66,6 @@ def _rq_redis(url: str, *, connect_timeout: float, socket_timeout: float) -> red
 
 def _rq_backend(
     client: redis.Redis,
-    registry: JobTypeRegistry,
     *,
     prefix: str,
     result_ttl: float,
@@ -79,7 +77,6 @@ def _rq_backend(
 
     return rq_backend(
         client,
-        registry,
         prefix=prefix,
         result_ttl=result_ttl,
         dead_ttl=dead_ttl,
@@ -144,7 +141,6 @@ class Container(containers.DeclarativeContainer):
         rq=providers.Singleton(
             _rq_backend,
             client=rq_redis_client,
-            registry=registry,
             prefix=config.key_prefix,
             result_ttl=config.result_ttl_seconds,
             dead_ttl=config.dead_ttl_seconds,
