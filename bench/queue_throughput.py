@@ -1,19 +1,22 @@
-"""How many jobs/s one Python process moves through `RedisJobQueue`.
+"""How many jobs/s one Python process moves through the Redis backend's roles.
 
     REDIS_URL=redis://127.0.0.1:6379/0 .venv/bin/python bench/queue_throughput.py [--jobs N]
 
 Needs REDIS_URL (it starts nothing) and refuses anything but a loopback host. Keys live under
 a fresh ``bench-<uuid>`` prefix, deleted at the end. Prints one table row per scenario:
 
-- enqueue, c=K:    K concurrent `enqueue` calls in flight (each one pipelined SADD + script)
+- enqueue, c=K:    K concurrent one-job `submit` calls in flight (those of one event-loop tick
+                   share one pipelined SADD + SUBMIT)
 - claim+complete, b=B xL: L concurrent loops in one process, each `claim(limit=B)` then B
-                           concurrent `complete` calls (no-op jobs), until the queue is empty
+                           concurrent `settle` calls of a success (no-op jobs), until the
+                           queue is empty
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 import time
@@ -23,8 +26,10 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from adapters.redis_client import create_redis
-from adapters.redis_queue import RedisJobQueue
-from domain.jobs import Job
+from adapters.redis_queue import redis_backend
+from domain.jobs import Job, JobStatus
+from domain.ports import Backend, ClaimRequest, LeaseQueue, store_new
+from domain.settlement import Ending
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -55,25 +60,26 @@ async def _bounded(calls: list[Callable[[], Awaitable[object]]], concurrency: in
     await asyncio.gather(*(lane() for _ in range(concurrency)))
 
 
-async def enqueue_rate(queue: RedisJobQueue, name: str, n: int, concurrency: int) -> float:
+async def enqueue_rate(backend: Backend, name: str, n: int, concurrency: int) -> float:
     jobs = _jobs(n, name)
+    submitter = backend.submitter
     started = time.perf_counter()
-    await _bounded([lambda j=j: queue.enqueue(j) for j in jobs], concurrency)
+    await _bounded([functools.partial(store_new, submitter, j) for j in jobs], concurrency)
     return n / (time.perf_counter() - started)
 
 
 async def claim_complete_rate(
-    queue: RedisJobQueue, name: str, batch: int, claimers: int
+    leases: LeaseQueue, name: str, batch: int, claimers: int
 ) -> tuple[float, int]:
     done = 0
+    request = ClaimRequest(queues=(name,), worker_id="bench", limit=batch, lease_seconds=60)
+    success = Ending.succeeded(None)
 
     async def claimer() -> None:
         nonlocal done
-        while leases := await queue.claim(
-            [name], worker_id="bench", limit=batch, lease_seconds=60, wait_seconds=0
-        ):
-            results = await asyncio.gather(*(queue.complete(lease, None) for lease in leases))
-            done += sum(results)
+        while claimed := await leases.claim(request):
+            results = await asyncio.gather(*(leases.settle(lease, success) for lease in claimed))
+            done += sum(status is JobStatus.SUCCEEDED for status in results)
 
     started = time.perf_counter()
     await asyncio.gather(*(claimer() for _ in range(claimers)))
@@ -82,21 +88,22 @@ async def claim_complete_rate(
 
 async def main(url: str, n: int) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    queue = RedisJobQueue(
+    backend = redis_backend(
         create_redis(url, connect_timeout=2.0, socket_timeout=10.0, max_connections=128),
         prefix=prefix,
     )
+    assert backend.leases is not None
     rows: list[tuple[str, int, float]] = []
     try:
-        await queue.ping()
+        await backend.connection.ping()
         for concurrency in (1, 16, 64):
             name = f"enqueue-c{concurrency}"
-            rate = await enqueue_rate(queue, name, n, concurrency)
+            rate = await enqueue_rate(backend, name, n, concurrency)
             rows.append((f"enqueue, c={concurrency}", n, rate))
         for batch, claimers in ((10, 1), (100, 1), (100, 2), (100, 4)):
             name = f"cc-b{batch}-{claimers}"
-            await enqueue_rate(queue, name, n, 64)
-            rate, done = await claim_complete_rate(queue, name, batch, claimers)
+            await enqueue_rate(backend, name, n, 64)
+            rate, done = await claim_complete_rate(backend.leases, name, batch, claimers)
             assert done == n, (done, n)
             rows.append((f"claim+complete, b={batch} x{claimers}", done, rate))
     finally:
@@ -106,7 +113,7 @@ async def main(url: str, n: int) -> None:
             for start in range(0, len(keys), 1000):
                 await client.unlink(*keys[start : start + 1000])
         await client.aclose()
-        await queue.close()
+        await backend.connection.close()
 
     print(f"{'scenario':<28} {'jobs':>7} {'jobs/s':>9}")
     for label, jobs, rate in rows:

@@ -38,8 +38,8 @@ def create_redis(
     byte planted in Redis cannot break a whole reply.
 
     `socket_timeout` bounds every read, so it must exceed the longest blocking command the
-    process issues: `RedisJobQueue.claim` blocks in BLPOP for at most
-    `RedisJobQueue.MAX_BLOCK_SECONDS` (1 s) at a time, so use at least 2 s, or None.
+    process issues: a waiting `RedisLeaseQueue.claim` blocks in BLPOP for at most
+    `RedisLeaseQueue.MAX_BLOCK_SECONDS` (1 s) at a time, so use at least 2 s, or None.
 
     The pool holds at most `max_connections`; a command issued while all are busy waits up
     to `pool_timeout` for one (redis-py's default pool raises at once instead, which turns a

@@ -1,8 +1,6 @@
-"""The port contract on a real Redis, plus what only a real server can show.
-
-Each test uses its own key prefix (``test-<uuid>``) and deletes that prefix's keys afterwards,
-so a developer's REDIS_URL is never flushed.
-"""
+"""What only a real Redis shows about the Redis backend, beyond the contracts
+(`test_contracts_redis.py`): its keys, retention and memory, data planted in it, blocking
+claims across processes, admission read from INFO, and its configuration checks."""
 
 from __future__ import annotations
 
@@ -12,19 +10,16 @@ import pickle
 import random
 import socket
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Final, TypeVar
 
 import pytest
 import redis.asyncio
 from redis.crc import key_slot
 
 from adapters.redis_client import create_redis
-from adapters.redis_queue import RedisJobQueue
-from adapters.redis_queue.codec import encode_job
+from adapters.redis_queue import RedisConnection, redis_backend
 from domain.errors import (
     AdmissionRefusedError,
     IdempotencyConflictError,
@@ -33,92 +28,50 @@ from domain.errors import (
 )
 from domain.job_types import JobContext, JobTypeRegistry
 from domain.jobs import AttemptOutcome, ErrorKind, JobError, JobStatus, Lease
-from domain.ports import AdmissionPolicy, JobQuery, JobQueue, NewJob, QueueLimits, Submitted
-from domain.services import JobProcessor, Outcome
-from tests.queue_contract import (
-    DEFAULTS,
+from domain.ports import (
+    AdmissionPolicy,
+    JobControl,
+    JobQuery,
+    LeaseQueue,
+    NewJob,
+    QueueLimits,
+    QueueMonitor,
+    QueuePauser,
+    Submitted,
+)
+from domain.processing import JobProcessor
+from domain.settlement import Ending
+from tests.contracts.base import BackendFactory, BackendOptions, Rig, scenario
+from tests.contracts.builders import (
     FOREVER,
-    QueueContract,
-    QueueFactory,
-    QueueOptions,
     all_pages,
     claim,
     claim_one,
+    enqueue,
     new_job,
-    scenario,
     status_of,
+    stored,
 )
-from tests.queue_contract_lifecycle import LifecycleContract
+from tests.integration.test_contracts_redis import RedisFactory
 
 T = TypeVar("T")
 S = JobStatus
+BOOM: Final = JobError("x", "E")
 
 
-class RedisFactory(QueueFactory):
-    def __init__(self, url: str, options: QueueOptions = DEFAULTS) -> None:
-        self.url = url
-        self.prefix = f"test-{uuid.uuid4().hex}"
-        self.options = options
+@pytest.fixture
+def backend_factory(redis_url: str) -> BackendFactory:
+    return RedisFactory(redis_url)
 
-    def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
-        return self.open()
 
-    def configured(self, options: QueueOptions) -> AbstractAsyncContextManager[JobQueue]:
-        return self.open(options)
+def factory_of(rig: Rig) -> RedisFactory:
+    assert isinstance(rig.factory, RedisFactory)
+    return rig.factory
 
-    def client(self) -> redis.asyncio.Redis:
-        return create_redis(self.url, connect_timeout=2.0, socket_timeout=5.0)
 
-    @asynccontextmanager
-    async def open(self, options: QueueOptions | None = None) -> AsyncIterator[RedisJobQueue]:
-        kwargs = (options or self.options).kwargs()
-        queue = RedisJobQueue(self.client(), prefix=self.prefix, **kwargs)
-        try:
-            yield queue
-        finally:
-            await queue.close()
-            await self.delete_keys()
-
-    async def now(self, queue: JobQueue) -> datetime:
-        async with self.raw() as client:
-            seconds, micros = await client.time()
-        return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
-
-    @asynccontextmanager
-    async def raw(self) -> AsyncIterator[redis.asyncio.Redis]:
-        """A client of its own, to read or plant keys the way another program would."""
-        client = self.client()
-        try:
-            yield client
-        finally:
-            await client.aclose()
-
-    def tag(self, queue: str = "default") -> str:
-        return f"{{{self.prefix}:{queue}}}"
-
-    async def keys(self) -> set[str]:
-        client = self.client()
-        try:
-            found: set[str] = set()
-            for pattern in (f"{{{self.prefix}:*", f"{self.prefix}:*"):
-                async for key in client.scan_iter(match=pattern, count=1000):
-                    found.add(key.decode())
-            return found
-        finally:
-            await client.aclose()
-
-    async def delete_keys(self) -> None:
-        keys = await self.keys()
-        client = self.client()
-        try:
-            for start in range(0, len(keys), 500):
-                await client.unlink(*sorted(keys)[start : start + 500])
-        finally:
-            await client.aclose()
-
-    async def stale_writes(self, queue: JobQueue) -> int | None:
-        assert isinstance(queue, RedisJobQueue)
-        return await queue.stale_writes()
+def connection_of(rig: Rig) -> RedisConnection:
+    assert isinstance(rig.backend.connection, RedisConnection)
+    return rig.backend.connection
 
 
 # Set if anything ever unpickles the planted payload below.
@@ -184,35 +137,28 @@ def _free_port() -> int:
         return port
 
 
-class TestRedisJobQueueOnRedis(QueueContract):
-    @pytest.fixture
-    def queue_factory(self, redis_url: str) -> RedisFactory:
-        return RedisFactory(redis_url)
-
-    # -- what only Redis shows --------------------------------------------------------------
-
-    @scenario
-    async def test_every_key_of_a_queue_shares_its_hash_tag(
-        self, queue: JobQueue, factory: QueueFactory
-    ) -> None:
-        assert isinstance(queue, RedisJobQueue)
-        assert isinstance(factory, RedisFactory)
+class TestRedisBackendOnRedis:
+    @scenario(LeaseQueue, JobControl, QueuePauser, QueueMonitor)
+    async def test_every_key_of_a_queue_shares_its_hash_tag(self, rig: Rig) -> None:
+        factory = factory_of(rig)
         p = factory.prefix
-        now = await factory.now(queue)
+        now = await rig.now()
         done, dead, retried, running, waiting = (new_job(n=n) for n in range(5))
         doomed = new_job(n=5, deadline=now + timedelta(seconds=FOREVER), now=now)
         later = new_job(n=6, run_at=now + timedelta(seconds=FOREVER), now=now)
         for job in (done, dead, retried, running, waiting, doomed, later):
-            await queue.enqueue(job)
-        leases = {lease.job_id: lease for lease in await claim(queue, limit=4)}
-        assert await queue.complete(leases[done.id], "ok")
-        assert await queue.fail(leases[dead.id], JobError("x", "E"), retry_in=None)
-        assert await queue.fail(leases[retried.id], JobError("x", "E"), retry_in=FOREVER)
-        assert not await queue.complete(leases[done.id], "again")  # counted as stale
-        await queue.cancel(running.id)  # active: a cancel request
-        await queue.pause("default")
-        await queue.heartbeat("w1", ["default"], FOREVER)
-        await queue.submit([NewJob(job=new_job(n=7), idempotency_key="k", fingerprint="f")])
+            await enqueue(rig.submitter, job)
+        leases = {lease.job_id: lease for lease in await claim(rig.leases, limit=4)}
+        assert await rig.leases.settle(leases[done.id], Ending.succeeded("ok")) == S.SUCCEEDED
+        assert await rig.leases.settle(leases[dead.id], Ending.failed(BOOM, None)) == S.DEAD
+        assert await rig.leases.settle(leases[retried.id], Ending.failed(BOOM, FOREVER)) == (
+            S.FAILED
+        )
+        assert await rig.leases.settle(leases[done.id], Ending.succeeded("again")) is None
+        await rig.control.cancel(running.id)  # active: a cancel request
+        await rig.pauser.pause("default")
+        await rig.monitor.heartbeat("w1", ["default"], FOREVER)
+        await rig.submitter.submit([NewJob(job=new_job(n=7), idempotency_key="k", fingerprint="f")])
 
         tag = factory.tag()
         jobs = (done, dead, retried, running, waiting, doomed, later)
@@ -240,112 +186,116 @@ class TestRedisJobQueueOnRedis(QueueContract):
         slots = {key_slot(k.encode()) for k in keys if k.startswith(tag)}
         assert len(slots) == 1
 
-    @scenario
+    @scenario(LeaseQueue, JobControl, options=BackendOptions(result_ttl=0.5, dead_ttl=1.0))
     async def test_finished_jobs_expire_after_their_retention_and_recover_forgets_them(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
-        short_lived = RedisFactory(factory.url, QueueOptions(result_ttl=0.5, dead_ttl=1.0))
-        tag = short_lived.tag()
-        async with short_lived.open() as short, short_lived.raw() as client:
+        factory = factory_of(rig)
+        tag = factory.tag()
+        async with factory.raw() as client:
             done, dead, later = new_job(), new_job(), new_job()
             for job in (done, dead, later):
-                await short.enqueue(job)
-            first, second = await claim(short, limit=2)
-            assert await short.complete(first, {"n": 1})
-            assert await short.fail(second, JobError("x", "E"), retry_in=None)
+                await enqueue(rig.submitter, job)
+            first, second = await claim(rig.leases, limit=2)
+            assert await rig.leases.settle(first, Ending.succeeded({"n": 1}))
+            assert await rig.leases.settle(second, Ending.failed(BOOM, None))
             assert 0 < await client.pttl(f"{tag}:job:{done.id}") <= 500
             assert 500 < await client.pttl(f"{tag}:job:{dead.id}") <= 1000
             assert await client.pttl(f"{tag}:job:{later.id}") == -1  # waiting: kept
             await asyncio.sleep(0.7)
-            assert await short.get(done.id) is None
-            assert await status_of(short, dead.id) == JobStatus.DEAD
+            assert await rig.store.get(done.id) is None
+            assert await status_of(rig.store, dead.id) == S.DEAD
             # Maintenance forgets the index entry of the expired result, not the dead job's.
             assert await client.zscore(f"{tag}:index:succeeded", done.id) is not None
-            assert await short.recover(["default"]) == 0
+            assert await rig.leases.recover(["default"]) == 0
             assert await client.zscore(f"{tag}:index:succeeded", done.id) is None
             assert await client.zscore(f"{tag}:index:dead", dead.id) is not None
             await asyncio.sleep(0.5)
-            assert await short.get(dead.id) is None
-            await short.recover(["default"])
+            assert await rig.store.get(dead.id) is None
+            await rig.leases.recover(["default"])
             assert await client.zcard(f"{tag}:index:dead") == 0
             # A requeued job is kept for good again.
-            assert await short.fail(await claim_one(short), JobError("x", "E"), retry_in=None)
+            last = await claim_one(rig.leases)
+            assert await rig.leases.settle(last, Ending.failed(BOOM, None)) == S.DEAD
             assert await client.pttl(f"{tag}:job:{later.id}") > 0
-            await short.requeue(later.id)
+            await rig.control.requeue(later.id)
             assert await client.pttl(f"{tag}:job:{later.id}") == -1
 
-    @scenario
+    @scenario(LeaseQueue, options=BackendOptions(dead_ttl=0.3))
     async def test_a_dead_job_stored_without_an_expiry_is_forgotten_once_past_dead_ttl(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
-        short_lived = RedisFactory(factory.url, QueueOptions(dead_ttl=0.3))
-        tag = short_lived.tag()
-        async with short_lived.open() as short, short_lived.raw() as client:
+        factory = factory_of(rig)
+        tag = factory.tag()
+        async with factory.raw() as client:
             job = new_job()
-            await short.enqueue(job)
-            assert await short.fail(await claim_one(short), JobError("x", "E"), retry_in=None)
+            await enqueue(rig.submitter, job)
+            lease = await claim_one(rig.leases)
+            assert await rig.leases.settle(lease, Ending.failed(BOOM, None)) == S.DEAD
             # As an earlier version left dead jobs: kept for good.
             await client.persist(f"{tag}:job:{job.id}")
             await asyncio.sleep(0.5)
-            assert await status_of(short, job.id) == JobStatus.DEAD
-            await short.recover(["default"])
-            assert await short.get(job.id) is None
+            assert await status_of(rig.store, job.id) == S.DEAD
+            await rig.leases.recover(["default"])
+            assert await rig.store.get(job.id) is None
             assert await client.zcard(f"{tag}:index:dead") == 0
 
-    @scenario
+    @scenario(
+        LeaseQueue,
+        JobControl,
+        options=BackendOptions(result_ttl=2.0, dead_ttl=2.0, idempotency_ttl=2.0),
+    )
     async def test_memory_returns_to_its_baseline_once_finished_jobs_are_past_retention(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
-        options = QueueOptions(result_ttl=2.0, dead_ttl=2.0, idempotency_ttl=2.0)
-        short_lived = RedisFactory(factory.url, options)
-        tag = short_lived.tag()
-        async with short_lived.open() as short, short_lived.raw() as client:
+        factory = factory_of(rig)
+        tag = factory.tag()
+        leases_, control = rig.leases, rig.control
+        async with factory.raw() as client:
 
             async def settle() -> None:
                 await asyncio.sleep(2.2)
-                await short.recover(["default"])
-                await claim(short, wait_seconds=0.05)  # takes the marker, if any
+                await leases_.recover(["default"])
+                await claim(leases_, wait_seconds=0.05)  # takes the marker, if any
 
             warm = new_job()
-            await short.enqueue(warm)
-            assert await short.complete(await claim_one(short), "ok")
+            await enqueue(rig.submitter, warm)
+            assert await leases_.settle(await claim_one(leases_), Ending.succeeded("ok"))
             await settle()
-            baseline_keys = await short_lived.keys()
+            baseline_keys = await factory.keys()
             baseline_memory = await dataset_memory(client)
 
             n = 2000
-            now = await short_lived.now(short)
+            now = await rig.now()
             soon, later = now + timedelta(seconds=0.2), now + timedelta(seconds=FOREVER)
             # Every fifth job is scheduled for later with a deadline before then: it expires.
             jobs = [
                 new_job(n=i, run_at=later, deadline=soon, now=now) if i % 5 == 4 else new_job(n=i)
                 for i in range(n)
             ]
-            await short.submit(
+            await rig.submitter.submit(
                 [
                     NewJob(job=job, idempotency_key=f"key-{i}" if i % 2 else None, fingerprint="f")
                     for i, job in enumerate(jobs)
                 ]
             )
-            await asyncio.gather(*(short.cancel(job.id) for job in jobs[3::5]))  # queued
-            leases = await claim(short, limit=n)
+            await asyncio.gather(*(control.cancel(job.id) for job in jobs[3::5]))  # queued
+            leases = await claim(leases_, limit=n)
             assert len(leases) == 3 * n // 5
 
             async def finish(i: int, lease: Lease) -> None:
                 if i % 3 == 0:
-                    assert await short.complete(lease, {"i": i, "pad": "x" * 200})
+                    ending = Ending.succeeded({"i": i, "pad": "x" * 200})
+                    assert await leases_.settle(lease, ending) == S.SUCCEEDED
                 elif i % 3 == 1:
-                    assert await short.fail(lease, JobError("boom", "E"), retry_in=None)
+                    assert await leases_.settle(lease, Ending.failed(BOOM, None)) == S.DEAD
                 else:
-                    await short.cancel(lease.job_id)
-                    assert await short.cancelled(lease)
+                    await control.cancel(lease.job_id)
+                    assert await leases_.settle(lease, Ending.cancelled()) == S.CANCELLED
 
             await asyncio.gather(*(finish(i, lease) for i, lease in enumerate(leases)))
             await asyncio.sleep(0.3)
-            await short.recover(["default"])  # the deadlines pass: the rest expire
+            await leases_.recover(["default"])  # the deadlines pass: the rest expire
             finished = {S.SUCCEEDED: n // 5, S.DEAD: n // 5, S.CANCELLED: 2 * n // 5}
             finished[S.EXPIRED] = n // 5
             for status in JobStatus:
@@ -355,355 +305,327 @@ class TestRedisJobQueueOnRedis(QueueContract):
             assert grown > 1_000_000
 
             await settle()
-            assert await short_lived.keys() == baseline_keys
+            assert await factory.keys() == baseline_keys
             for status in JobStatus:
                 assert await client.zcard(f"{tag}:index:{status.value}") == 0, status
             # Back to the baseline, give or take what the server keeps for itself (its
             # slow log, for one).
             assert await dataset_memory(client) - baseline_memory < grown / 10
 
-    @scenario
+    @scenario(LeaseQueue)
     async def test_a_job_that_cannot_be_decoded_is_dead_lettered_and_nothing_in_it_runs(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
+        factory = factory_of(rig)
         planted, sound = new_job(), new_job()
-        await queue.enqueue(planted)
-        await queue.enqueue(sound)
+        await enqueue(rig.submitter, planted)
+        await enqueue(rig.submitter, sound)
         tag = factory.tag()
         async with factory.raw() as client:  # planting data the way an attacker could
             await client.hset(f"{tag}:job:{planted.id}", "payload", pickle.dumps(_Booby()))
 
-            leases = await claim(queue, limit=10)
+            leases = await claim(rig.leases, limit=10)
 
             assert [lease.job_id for lease in leases] == [sound.id]
             assert _UNPICKLED == []
             fields = await client.hmget(f"{tag}:job:{planted.id}", ["status", "attempts", "error"])
             assert fields[:2] == [b"dead", b"1"]
+            assert isinstance(fields[2], bytes)
             assert b'"kind":"invalid"' in fields[2]
             assert await client.zscore(f"{tag}:index:dead", planted.id) is not None
             assert await client.zscore(f"{tag}:active", planted.id) is None
-        assert await queue.get(planted.id) is None  # unreadable, so never shown as a Job
-        assert await claim(queue) == []
+        assert await rig.store.get(planted.id) is None  # unreadable, so never shown as a Job
+        assert await claim(rig.leases) == []
 
-    @scenario
+    @scenario(LeaseQueue)
     async def test_a_job_of_an_unknown_type_is_claimed_as_data_and_the_processor_rejects_it(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
+        factory = factory_of(rig)
         planted = new_job()
-        await queue.enqueue(planted)
+        await enqueue(rig.submitter, planted)
         async with factory.raw() as client:
             await client.hset(
                 f"{factory.tag()}:job:{planted.id}",
                 mapping={"type": "os-system", "payload": '{"cmd":"rm"}'},
             )
-        lease = await claim_one(queue)
+        lease = await claim_one(rig.leases)
         assert (lease.job.type, lease.job.payload) == ("os-system", {"cmd": "rm"})
 
-        processor = JobProcessor(queue, JobTypeRegistry([]), random.random)
-        outcome = await processor.process(lease, _Context(lease.job_id, lease.attempt))
+        processor = JobProcessor(rig.leases, JobTypeRegistry([]), random.random)
+        result = await processor.process(lease, _Context(lease.job_id, lease.attempt))
 
-        assert outcome.outcome == Outcome.DEAD
-        stored = await queue.get(planted.id)
-        assert stored is not None
-        assert stored.status == JobStatus.DEAD
-        assert stored.error is not None
-        assert stored.error.kind == ErrorKind.INVALID
+        assert result.status == S.DEAD
+        job = await stored(rig.store, planted.id)
+        assert job.status == S.DEAD
+        assert job.error is not None
+        assert job.error.kind == ErrorKind.INVALID
 
-    @scenario
-    async def test_an_id_in_line_whose_job_is_gone_is_skipped(
-        self, queue: JobQueue, factory: QueueFactory
-    ) -> None:
-        assert isinstance(factory, RedisFactory)
+    @scenario(LeaseQueue)
+    async def test_an_id_in_line_whose_job_is_gone_is_skipped(self, rig: Rig) -> None:
+        factory = factory_of(rig)
         gone, kept = new_job(), new_job()
-        await queue.enqueue(gone)
-        await queue.enqueue(kept)
+        await enqueue(rig.submitter, gone)
+        await enqueue(rig.submitter, kept)
         async with factory.raw() as client:
             await client.delete(f"{factory.tag()}:job:{gone.id}")
-            leases = await claim(queue, limit=10)
+            leases = await claim(rig.leases, limit=10)
             assert [lease.job_id for lease in leases] == [kept.id]
             assert await client.zcard(f"{factory.tag()}:queued") == 0
             assert await client.exists(f"{factory.tag()}:job:{gone.id}") == 0
 
-    @scenario
-    async def test_a_waiting_claim_wakes_when_a_retry_falls_due(
-        self, queue: JobQueue, factory: QueueFactory
-    ) -> None:
+    @scenario(LeaseQueue)
+    async def test_a_waiting_claim_wakes_when_a_retry_falls_due(self, rig: Rig) -> None:
         job = new_job()
-        await queue.enqueue(job)
-        lease = await claim_one(queue)
-        assert await queue.fail(lease, JobError("x", "E"), retry_in=0.3)
+        await enqueue(rig.submitter, job)
+        lease = await claim_one(rig.leases)
+        assert await rig.leases.settle(lease, Ending.failed(BOOM, 0.3)) == S.FAILED
         started = time.monotonic()
-        again = await claim(queue, wait_seconds=5.0)
+        again = await claim(rig.leases, wait_seconds=5.0)
         waited = time.monotonic() - started
         assert [(a.job_id, a.attempt) for a in again] == [(job.id, 2)]
         # Woken by the retry's due time, not by the 1 s BLPOP slice or the 5 s wait.
         assert 0.25 <= waited < 0.8, waited
 
-    @scenario
+    @scenario(LeaseQueue)
     async def test_a_claimer_in_one_process_wakes_for_a_job_another_process_enqueues(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
-        other = RedisJobQueue(factory.client(), prefix=factory.prefix)  # its own connections
+        factory = factory_of(rig)
+        other = redis_backend(factory.client(), prefix=factory.prefix)  # its own connections
         try:
             job = new_job(queue="mail")
             started = time.monotonic()
-            waiting = asyncio.create_task(claim(queue, ["mail"], wait_seconds=5.0))
+            waiting = asyncio.create_task(claim(rig.leases, ["mail"], wait_seconds=5.0))
             await asyncio.sleep(0.3)
-            await other.enqueue(job)
+            await enqueue(other.submitter, job)
             leases = await waiting
             assert [lease.job_id for lease in leases] == [job.id]
             assert time.monotonic() - started < 1.0
             # `other` never saw queue "mail" listed when it started, yet finds the job.
-            fresh = RedisJobQueue(factory.client(), prefix=factory.prefix)
+            fresh = redis_backend(factory.client(), prefix=factory.prefix)
             try:
-                stored = await fresh.get(job.id)
-                assert stored is not None
-                assert stored.status == JobStatus.ACTIVE
+                assert await status_of(fresh.store, job.id) == S.ACTIVE
             finally:
-                await fresh.close()
+                await fresh.connection.close()
         finally:
-            await other.close()
+            await other.connection.close()
 
-    @scenario
+    @scenario()
     async def test_a_page_filtered_by_type_is_bounded_and_paging_still_reaches_every_match(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
         wanted = [new_job(type="email", n=n) for n in range(3)]
         for job in wanted:  # the oldest
-            await queue.enqueue(job)
+            await enqueue(rig.submitter, job)
         others = [new_job(n=n) for n in range(2500)]
         for start in range(0, len(others), 250):
-            await asyncio.gather(*(queue.enqueue(j) for j in others[start : start + 250]))
+            batch = others[start : start + 250]
+            await asyncio.gather(*(enqueue(rig.submitter, j) for j in batch))
 
-        first = await queue.list_jobs(JobQuery(type="email", limit=10))
+        first = await rig.store.list_jobs(JobQuery(type="email", limit=10))
         assert first.jobs == []  # the scan stopped at its bound, 2000 newer jobs in
         assert first.next_cursor is not None
-        pages = await all_pages(queue, JobQuery(type="email", limit=10, cursor=first.next_cursor))
-        assert pages == [[job.id for job in reversed(wanted)]]
+        query = JobQuery(type="email", limit=10, cursor=first.next_cursor)
+        assert await all_pages(rig.store, query) == [[job.id for job in reversed(wanted)]]
 
-    @scenario
+    @scenario(LeaseQueue)
     async def test_a_corrupt_history_does_not_fail_the_reclaim_of_the_jobs_around_it(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
+        factory = factory_of(rig)
         planted, sound = new_job(), new_job()
-        await queue.enqueue(planted)
-        await queue.enqueue(sound)
-        await claim(queue, limit=2, lease_seconds=0.2)
+        await enqueue(rig.submitter, planted)
+        await enqueue(rig.submitter, sound)
+        await claim(rig.leases, limit=2, lease_seconds=0.2)
         async with factory.raw() as client:
             await client.hset(f"{factory.tag()}:job:{planted.id}", "history", "{not json")
-        assert await queue.get(planted.id) is None  # unreadable, so never shown as a Job
+        assert await rig.store.get(planted.id) is None  # unreadable, so never shown as a Job
         await asyncio.sleep(0.4)
         # One script run reclaims both: the planted history must not abort it.
-        assert await queue.recover(["default"]) == 2
+        assert await rig.leases.recover(["default"]) == 2
         for job in (planted, sound):
-            stored = await queue.get(job.id)
-            assert stored is not None
-            assert stored.status == JobStatus.QUEUED
-            assert [r.outcome for r in stored.history] == [AttemptOutcome.WORKER_LOST]
+            found = await stored(rig.store, job.id)
+            assert found.status == S.QUEUED
+            assert [r.outcome for r in found.history] == [AttemptOutcome.WORKER_LOST]
 
-    @scenario
-    async def test_a_retained_result_keeps_the_compact_hash_encoding(
-        self, queue: JobQueue, factory: QueueFactory
-    ) -> None:
-        assert isinstance(factory, RedisFactory)
+    @scenario(LeaseQueue)
+    async def test_a_retained_result_keeps_the_compact_hash_encoding(self, rig: Rig) -> None:
+        factory = factory_of(rig)
         job = new_job()
-        await queue.enqueue(job)
-        assert await queue.complete(await claim_one(queue), {"ok": True})
+        await enqueue(rig.submitter, job)
+        lease = await claim_one(rig.leases)
+        assert await rig.leases.settle(lease, Ending.succeeded({"ok": True})) == S.SUCCEEDED
         async with factory.raw() as client:
             key = f"{factory.tag()}:job:{job.id}"
             assert await client.hexists(key, "history") == 0  # the record is implied
             assert await client.object("encoding", key) in (b"listpack", b"ziplist")
-        stored = await queue.get(job.id)
-        assert stored is not None
-        assert [r.outcome for r in stored.history] == [AttemptOutcome.SUCCEEDED]
+        found = await stored(rig.store, job.id)
+        assert [r.outcome for r in found.history] == [AttemptOutcome.SUCCEEDED]
 
-    @scenario
-    async def test_jobs_left_in_the_earlier_layouts_list_are_recovered_first_in_their_order(
-        self, queue: JobQueue, factory: QueueFactory
-    ) -> None:
-        assert isinstance(factory, RedisFactory)
-        tag = factory.tag()
-        old = [new_job(n=n) for n in range(3)]
-        async with factory.raw() as client:  # as the FIFO-list layout stored them
-            for job in old:
-                await client.hset(f"{tag}:job:{job.id}", items=encode_job(job))
-                await client.rpush(f"{tag}:ready", job.id)
-            await client.sadd(f"{factory.prefix}:queues", "default")
-        fresh = new_job(n=3)
-        await queue.enqueue(fresh)
-        assert [lease.job_id for lease in await claim(queue, limit=10)] == [fresh.id]
-        await queue.release((await queue.held_by("worker-1", ["default"]))[0])
-        assert await queue.recover(["default"]) == 0  # moved in line, no status changed
-        leases = await claim(queue, limit=10)
-        assert [lease.job_id for lease in leases] == [*(job.id for job in old), fresh.id]
-        assert leases[0].job.run_at is None  # a hash without the later fields decodes
-        async with factory.raw() as client:
-            assert await client.exists(f"{tag}:ready") == 0
-
-    @scenario
+    @scenario(options=BackendOptions(idempotency_ttl=5.0))
     async def test_idempotency_keys_are_stored_hashed_and_expire_after_their_retention(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
-        options = QueueOptions(idempotency_ttl=5.0)
-        async with factory.configured(options) as keyed, factory.raw() as client:
+        factory = factory_of(rig)
+        async with factory.raw() as client:
             key = "order {42}: caf\u00e9 *\r\n"
             job = new_job()
-            answer = await keyed.submit([NewJob(job=job, idempotency_key=key, fingerprint="a b")])
-            assert list(answer) == [Submitted(job.id, created=True)]
+            first = NewJob(job=job, idempotency_key=key, fingerprint="a b")
+            assert list(await rig.submitter.submit([first])) == [Submitted(job.id, created=True)]
             name = f"{factory.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
             assert await client.get(name) == f"a b {job.id}".encode()
             assert 4000 < await client.pttl(name) <= 5000
-            again = await keyed.submit(
-                [NewJob(job=new_job(), idempotency_key=key, fingerprint="a b")]
-            )
-            assert list(again) == [Submitted(job.id, created=False)]
+            again = NewJob(job=new_job(), idempotency_key=key, fingerprint="a b")
+            assert list(await rig.submitter.submit([again])) == [Submitted(job.id, created=False)]
+            other = NewJob(job=new_job(), idempotency_key=key, fingerprint="a")
             with pytest.raises(IdempotencyConflictError):
-                await keyed.submit([NewJob(job=new_job(), idempotency_key=key, fingerprint="a")])
+                await rig.submitter.submit([other])
 
-    @scenario
+    @scenario(options=BackendOptions(admission=AdmissionPolicy(max_memory=1, retry_after=2.5)))
     async def test_memory_admission_reads_used_memory_in_the_submitting_script(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
-        tight = QueueOptions(admission=AdmissionPolicy(max_memory=1, retry_after=2.5))
-        async with factory.configured(tight) as full:
+        job = new_job()
+        with pytest.raises(AdmissionRefusedError) as refusal:
+            await rig.submitter.submit([NewJob(job=job)])
+        assert (refusal.value.queue, refusal.value.retry_after) == (None, 2.5)
+        assert "bytes of memory, over the limit of 1" in refusal.value.reason
+        assert await rig.store.get(job.id) is None
+        # INFO answers: no warning about it.
+        assert not any("memory" in w for w in await rig.backend.connection.verify())
+        roomy = BackendOptions(admission=AdmissionPolicy(max_memory=2**50))
+        async with factory_of(rig).open(roomy) as spacious:
             job = new_job()
-            with pytest.raises(AdmissionRefusedError) as refusal:
-                await full.submit([NewJob(job=job)])
-            assert (refusal.value.queue, refusal.value.retry_after) == (None, 2.5)
-            assert "bytes of memory, over the limit of 1" in refusal.value.reason
-            assert await full.get(job.id) is None
-            assert await full.verify() is not None  # INFO answers: no warning about it
-            assert not any("memory" in w for w in await full.verify())
-        roomy = QueueOptions(admission=AdmissionPolicy(max_memory=2**50))
-        async with factory.configured(roomy) as spacious:
-            job = new_job()
-            assert list(await spacious.submit([NewJob(job=job)])) == [Submitted(job.id, True)]
+            assert list(await spacious.submitter.submit([NewJob(job=job)])) == [
+                Submitted(job.id, True)
+            ]
 
-    @scenario
+    @scenario(
+        options=BackendOptions(
+            admission=AdmissionPolicy(queues={"tight": QueueLimits(max_depth=0)})
+        )
+    )
     async def test_calls_coalesced_in_one_tick_each_get_their_own_answer_or_refusal(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
-        policy = AdmissionPolicy(queues={"tight": QueueLimits(max_depth=0)})
-        async with factory.configured(QueueOptions(admission=policy)) as limited:
-            held = new_job(n=0)
-            await limited.submit([NewJob(job=held, idempotency_key="k", fingerprint="1")])
-            fine, clash, twin = new_job(n=1), new_job(n=2), new_job(n=4)
-            refused = new_job(n=3, queue="tight")
-            await limited.enqueue(twin)
-            outcomes = await asyncio.gather(
-                limited.submit([NewJob(job=fine)]),
-                limited.submit([NewJob(job=clash, idempotency_key="k", fingerprint="2")]),
-                limited.submit([NewJob(job=refused)]),
-                limited.enqueue(twin),
-                limited.submit([NewJob(job=new_job(n=5), idempotency_key="k", fingerprint="1")]),
-                return_exceptions=True,
-            )
-            assert outcomes[0] == [Submitted(fine.id, True)]
-            assert isinstance(outcomes[1], IdempotencyConflictError)
-            assert isinstance(outcomes[2], AdmissionRefusedError)
-            assert outcomes[2].queue == "tight"
-            assert isinstance(outcomes[3], ValueError)
-            assert outcomes[4] == [Submitted(held.id, False)]
-            assert await limited.get(fine.id) is not None
-            assert await limited.get(clash.id) is None
-            assert await limited.get(refused.id) is None
+        submitter = rig.submitter
+        held = new_job(n=0)
+        await submitter.submit([NewJob(job=held, idempotency_key="k", fingerprint="1")])
+        fine, clash, twin = new_job(n=1), new_job(n=2), new_job(n=4)
+        refused = new_job(n=3, queue="tight")
+        await enqueue(submitter, twin)
+        outcomes = await asyncio.gather(
+            submitter.submit([NewJob(job=fine)]),
+            submitter.submit([NewJob(job=clash, idempotency_key="k", fingerprint="2")]),
+            submitter.submit([NewJob(job=refused)]),
+            enqueue(submitter, twin),
+            submitter.submit([NewJob(job=new_job(n=5), idempotency_key="k", fingerprint="1")]),
+            return_exceptions=True,
+        )
+        assert outcomes[0] == [Submitted(fine.id, True)]
+        assert isinstance(outcomes[1], IdempotencyConflictError)
+        assert isinstance(outcomes[2], AdmissionRefusedError)
+        assert outcomes[2].queue == "tight"
+        assert isinstance(outcomes[3], ValueError)
+        assert outcomes[4] == [Submitted(held.id, False)]
+        assert await rig.store.get(fine.id) is not None
+        assert await rig.store.get(clash.id) is None
+        assert await rig.store.get(refused.id) is None
 
-    @scenario
+    @scenario(LeaseQueue, QueuePauser)
     async def test_a_claimer_waiting_on_a_paused_queue_with_work_in_it_does_not_spin(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
-        assert isinstance(factory, RedisFactory)
-        await queue.pause("default")
+        await rig.pauser.pause("default")
         for n in range(5):
-            await queue.enqueue(new_job(n=n))
-        async with factory.raw() as client:
+            await enqueue(rig.submitter, new_job(n=n))
+        async with factory_of(rig).raw() as client:
             before = await _script_calls(client)
             started = time.monotonic()
-            assert await claim(queue, wait_seconds=1.5) == []
+            assert await claim(rig.leases, wait_seconds=1.5) == []
             assert time.monotonic() - started >= 1.4
             # One claim at first, one after the marker the enqueues left, one per 1 s slice.
             assert await _script_calls(client) - before <= 6
 
-    @scenario
+    @scenario(LeaseQueue, JobControl)
     async def test_cancel_requested_answers_only_for_the_lease_currently_held(
-        self, queue: JobQueue, factory: QueueFactory
+        self, rig: Rig
     ) -> None:
         job = new_job()
-        await queue.enqueue(job)
-        lease = await claim_one(queue)
-        await queue.cancel(job.id)
+        await enqueue(rig.submitter, job)
+        lease = await claim_one(rig.leases)
+        await rig.control.cancel(job.id)
         stale = Lease(lease.job, lease.token + "-old")
-        assert await queue.cancel_requested([stale]) == set()
-        assert await queue.cancel_requested([lease, stale]) == {job.id}
+        assert await rig.leases.cancel_requested([stale]) == set()
+        assert await rig.leases.cancel_requested([lease, stale]) == {job.id}
 
-    @scenario
-    async def test_verify_refuses_a_maxmemory_policy_that_evicts(
-        self, queue: JobQueue, factory: QueueFactory
-    ) -> None:
-        assert isinstance(queue, RedisJobQueue)
-        assert isinstance(factory, RedisFactory)
-        async with factory.raw() as client:
+    @scenario(LeaseQueue)
+    async def test_settlements_of_one_tick_run_one_script_call_per_queue(self, rig: Rig) -> None:
+        for n in range(30):
+            await enqueue(rig.submitter, new_job(n=n, queue="mail" if n % 2 else "sms"))
+        leases = [
+            *await claim(rig.leases, ["mail"], limit=15),
+            *await claim(rig.leases, ["sms"], limit=15),
+        ]
+        async with factory_of(rig).raw() as client:
+            before = await _script_calls(client)
+            endings = [Ending.succeeded(n) if n % 4 else Ending.released() for n in range(30)]
+            await asyncio.gather(
+                *(rig.leases.settle(lease, e) for lease, e in zip(leases, endings, strict=True))
+            )
+            assert await _script_calls(client) - before == 2
+
+    @scenario()
+    async def test_verify_refuses_a_maxmemory_policy_that_evicts(self, rig: Rig) -> None:
+        connection = connection_of(rig)
+        async with factory_of(rig).raw() as client:
             previous = await _config(client, "maxmemory-policy")
             await client.config_set("maxmemory-policy", "allkeys-lru")
             try:
                 with pytest.raises(UnsafeBackendError, match=r"maxmemory-policy.*allkeys-lru"):
-                    await queue.verify()
+                    await connection.verify()
             finally:
                 await client.config_set("maxmemory-policy", previous)
             if previous == "noeviction":
-                await queue.verify()  # accepted again (warnings aside)
+                await connection.verify()  # accepted again (warnings aside)
 
-    @scenario
-    async def test_verify_warns_when_aof_is_off(
-        self, queue: JobQueue, factory: QueueFactory
-    ) -> None:
-        assert isinstance(queue, RedisJobQueue)
-        assert isinstance(factory, RedisFactory)
-        async with factory.raw() as client:
+    @scenario()
+    async def test_verify_warns_when_aof_is_off(self, rig: Rig) -> None:
+        connection = connection_of(rig)
+        async with factory_of(rig).raw() as client:
             if await _config(client, "maxmemory-policy") != "noeviction":
                 pytest.skip("this server's maxmemory-policy is refused before AOF is looked at")
             previous = await _config(client, "appendonly")
             await client.config_set("appendonly", "no")
             try:
-                warnings = await queue.verify()
+                warnings = await connection.verify()
             finally:
                 await client.config_set("appendonly", previous)
             assert warnings == [
                 "AOF is off (appendonly no): a Redis restart loses jobs answered 202"
             ]
             if previous == "yes":
-                assert await queue.verify() == []
+                assert await connection.verify() == []
 
     def test_an_unreachable_server_raises_queue_unavailable_quickly(self) -> None:
         async def main() -> None:
             url = f"redis://127.0.0.1:{_free_port()}/0"
-            queue = RedisJobQueue(create_redis(url, connect_timeout=0.5, socket_timeout=1.0))
+            backend = redis_backend(create_redis(url, connect_timeout=0.5, socket_timeout=1.0))
+            assert backend.leases is not None
             started = time.monotonic()
             try:
                 for call in (
-                    queue.ping(),
-                    queue.enqueue(new_job()),
-                    queue.get(new_job().id),
-                    claim(queue, wait_seconds=1.0),
-                    queue.list_jobs(JobQuery()),
+                    backend.connection.ping(),
+                    enqueue(backend.submitter, new_job()),
+                    backend.store.get(new_job().id),
+                    claim(backend.leases, wait_seconds=1.0),
+                    backend.store.list_jobs(JobQuery()),
                 ):
                     with pytest.raises(QueueUnavailableError):
                         await call
             finally:
-                await queue.close()
+                await backend.connection.close()
             assert time.monotonic() - started < 5.0
 
         asyncio.run(main())
-
-
-class TestRedisJobQueueLifecycleOnRedis(LifecycleContract):
-    @pytest.fixture
-    def queue_factory(self, redis_url: str) -> RedisFactory:
-        return RedisFactory(redis_url)

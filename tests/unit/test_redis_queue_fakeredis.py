@@ -1,122 +1,99 @@
-"""The port contracts on the Redis adapter over fakeredis (Lua through lupa): no server needed."""
+"""What the Redis backend does beyond the contracts, shown on fakeredis (no server needed)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import UTC, datetime
+from typing import Any, Final
 
-import fakeredis
 import pytest
+from redis.asyncio.client import Pipeline
 
-from adapters.redis_queue import RedisJobQueue
+from adapters.redis_queue import RedisConnection, scripts
+from adapters.redis_queue.core import Build
 from domain.errors import AdmissionRefusedError
-from domain.ports import AdmissionPolicy, JobQueue, NewJob
-from tests.queue_contract import (
-    DEFAULTS,
-    FOREVER,
-    QueueContract,
-    QueueFactory,
-    QueueOptions,
-    claim_one,
-    new_job,
-)
-from tests.queue_contract_lifecycle import LifecycleContract
+from domain.jobs import JobError, JobStatus
+from domain.ports import AdmissionPolicy, LeaseQueue, NewJob
+from domain.settlement import Ending
+from tests.contracts.base import BackendFactory, BackendOptions, Rig, scenario
+from tests.contracts.builders import FOREVER, claim, claim_one, enqueue, new_job
+from tests.unit.test_contracts_redis_fakeredis import FakeRedisFactory
+
+S = JobStatus
+BOOM: Final = JobError("boom", "ValueError")
 
 
-class FakeRedisFactory(QueueFactory):
-    """Each test gets its own FakeServer; leases and delays run on real (short) time."""
+@pytest.fixture
+def backend_factory() -> BackendFactory:
+    return FakeRedisFactory()
 
-    def __init__(self) -> None:
-        self.server = fakeredis.FakeServer(version=(7,))
 
-    def __call__(self) -> AbstractAsyncContextManager[JobQueue]:
-        return self.configured(DEFAULTS)
-
-    def configured(self, options: QueueOptions) -> AbstractAsyncContextManager[JobQueue]:
-        return self._open(options)
-
-    def client(self) -> fakeredis.FakeAsyncRedis:
-        return fakeredis.FakeAsyncRedis(server=self.server, version=(7,))
-
-    @asynccontextmanager
-    async def _open(self, options: QueueOptions) -> AsyncIterator[JobQueue]:
-        queue = RedisJobQueue(self.client(), prefix="test", **options.kwargs())
+class TestRedisOnFakeRedis:
+    @scenario(LeaseQueue)
+    async def test_scripts_the_server_lost_are_loaded_again(self, rig: Rig) -> None:
+        assert isinstance(rig.factory, FakeRedisFactory)
+        flusher = rig.factory.client()
         try:
-            yield queue
+            job = new_job()
+            await enqueue(rig.submitter, job)  # a pipelined script call
+            await flusher.script_flush()
+            lease = await claim_one(rig.leases)  # a single script call
+            await flusher.script_flush()
+            assert await rig.leases.renew([lease], FOREVER) == {job.id}  # pipelined again
+            await flusher.script_flush()
+            assert await rig.leases.settle(lease, Ending.succeeded("ok")) == "succeeded"
         finally:
-            await queue.close()
+            await flusher.aclose()
 
-    async def now(self, queue: JobQueue) -> datetime:
-        client = self.client()
-        try:
-            seconds, micros = await client.time()
-        finally:
-            await client.aclose()
-        return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
+    @scenario()
+    async def test_verify_warns_when_the_server_refuses_config(self, rig: Rig) -> None:
+        assert isinstance(rig.backend.connection, RedisConnection)
+        warnings = await rig.backend.connection.verify()  # fakeredis has no CONFIG command
+        assert len(warnings) == 1
+        assert "could not check" in warnings[0]
+        assert "maxmemory-policy" in warnings[0]
 
-    async def stale_writes(self, queue: JobQueue) -> int | None:
-        assert isinstance(queue, RedisJobQueue)
-        return await queue.stale_writes()
-
-
-class TestRedisJobQueueOnFakeRedis(QueueContract):
-    @pytest.fixture
-    def queue_factory(self) -> QueueFactory:
-        return FakeRedisFactory()
-
-    def test_scripts_the_server_lost_are_loaded_again(self) -> None:
-        async def main() -> None:
-            factory = FakeRedisFactory()
-            async with factory() as queue:
-                job = new_job()
-                await queue.enqueue(job)  # a pipelined script call
-                flusher = factory.client()
-                await flusher.script_flush()
-                lease = await claim_one(queue)  # a single script call
-                await flusher.script_flush()
-                assert await queue.renew([lease], FOREVER) == {job.id}  # pipelined again
-                await flusher.script_flush()
-                assert await queue.complete(lease, "ok") is True
-                await flusher.aclose()
-
-        asyncio.run(main())
-
-    def test_verify_warns_when_the_server_refuses_config(self) -> None:
-        async def main() -> None:
-            async with FakeRedisFactory()() as queue:  # fakeredis has no CONFIG command
-                assert isinstance(queue, RedisJobQueue)
-                warnings = await queue.verify()
-                assert len(warnings) == 1
-                assert "could not check" in warnings[0]
-                assert "maxmemory-policy" in warnings[0]
-
-        asyncio.run(main())
-
-    def test_a_memory_limit_a_server_cannot_report_refuses_new_jobs_and_verify_says_so(
-        self,
+    @scenario(options=BackendOptions(admission=AdmissionPolicy(max_memory=10**12, retry_after=3.0)))
+    async def test_a_memory_limit_a_server_cannot_report_refuses_new_jobs_and_verify_says_so(
+        self, rig: Rig
     ) -> None:
         """fakeredis has no INFO: the limit cannot be checked, so nothing is admitted."""
+        job = new_job()
+        with pytest.raises(AdmissionRefusedError) as refusal:
+            await rig.submitter.submit([NewJob(job=job)])
+        assert (refusal.value.queue, refusal.value.retry_after) == (None, 3.0)
+        assert "INFO" in refusal.value.reason
+        assert await rig.store.get(job.id) is None
+        warnings = await rig.backend.connection.verify()
+        assert any("memory cannot be checked" in w for w in warnings), warnings
 
-        async def main() -> None:
-            policy = AdmissionPolicy(max_memory=10**12, retry_after=3.0)
-            factory = FakeRedisFactory()
-            async with factory.configured(QueueOptions(admission=policy)) as queue:
-                assert isinstance(queue, RedisJobQueue)
-                job = new_job()
-                with pytest.raises(AdmissionRefusedError) as refusal:
-                    await queue.submit([NewJob(job=job)])
-                assert (refusal.value.queue, refusal.value.retry_after) == (None, 3.0)
-                assert "INFO" in refusal.value.reason
-                assert await queue.get(job.id) is None
-                warnings = await queue.verify()
-                assert any("memory cannot be checked" in w for w in warnings), warnings
+    @scenario(LeaseQueue)
+    async def test_settlements_made_in_one_tick_share_one_round_trip_one_script_call_per_queue(
+        self, rig: Rig
+    ) -> None:
+        connection = rig.backend.connection
+        assert isinstance(connection, RedisConnection)
+        jobs = [new_job(queue="mail" if n % 2 else "sms", n=n) for n in range(20)]
+        for job in jobs:
+            await enqueue(rig.submitter, job)
+        leases = [
+            *await claim(rig.leases, ["mail"], limit=10),
+            *await claim(rig.leases, ["sms"], limit=10),
+        ]
+        assert len(leases) == 20
+        sent: list[list[tuple[str, str]]] = []
+        pipeline = connection.core.pipeline
 
-        asyncio.run(main())
+        async def recorded(build: Build) -> list[Any]:
+            def build_and_record(pipe: Pipeline) -> None:
+                build(pipe)
+                sent.append([(str(args[0]), str(args[1])) for args, _ in pipe.command_stack])
 
+            return await pipeline(build_and_record)
 
-class TestRedisJobQueueLifecycleOnFakeRedis(LifecycleContract):
-    @pytest.fixture
-    def queue_factory(self) -> QueueFactory:
-        return FakeRedisFactory()
+        setattr(connection.core, "pipeline", recorded)  # noqa: B010 - one instance only
+        endings = [Ending.succeeded(n) if n % 3 else Ending.failed(BOOM, 60.0) for n in range(20)]
+        statuses = await asyncio.gather(
+            *(rig.leases.settle(lease, end) for lease, end in zip(leases, endings, strict=True))
+        )
+        assert statuses == [S.SUCCEEDED if n % 3 else S.FAILED for n in range(20)]
+        assert sent == [[("EVALSHA", scripts.SETTLE.sha), ("EVALSHA", scripts.SETTLE.sha)]]

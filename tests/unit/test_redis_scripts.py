@@ -1,24 +1,169 @@
-"""The Lua scripts are assembled from shared fragments: each carries every fragment it calls."""
+"""The Lua scripts as the loader assembles them, and the calls `calls.py` builds for them."""
 
 from __future__ import annotations
 
 import re
+from importlib import resources
+from typing import Final
 
-from adapters.redis_queue import scripts
+import pytest
+from redis.crc import key_slot
+
+from adapters.redis_queue import calls, scripts
+from adapters.redis_queue.calls import Retention, ScriptCall
+from adapters.redis_queue.keys import QueueKeys, idempotency_key
+from adapters.redis_queue.submission import items_of
+from domain.jobs import Job, JobError, Lease
+from domain.ports import AdmissionPolicy, NewJob, QueueLimits
+from domain.settlement import Ending
+from tests.contracts.builders import new_job
+
+LUA: Final = resources.files("adapters.redis_queue").joinpath("lua")
+KEYS: Final = QueueKeys.of("p", "mail")
+RETENTION: Final = Retention(1000, 2000)
 
 
-def all_scripts() -> list[scripts.Script]:
-    return [value for value in vars(scripts).values() if isinstance(value, scripts.Script)]
+def fragment_names() -> list[str]:
+    return sorted(f.name.removesuffix(".lua") for f in LUA.joinpath("lib").iterdir())
+
+
+def lease(job: Job | None = None) -> Lease:
+    return Lease(job or new_job(queue="mail"), "7:1")
+
+
+def one_call_per_script() -> list[ScriptCall]:
+    """A call of every script but SUBMIT, on queue `mail`, with one lease where it takes
+    leases."""
+    held = [lease()]
+    return [
+        calls.claim(KEYS, limit=5, lease_ms=1000, worker_id="w1", retention=RETENTION),
+        calls.recover(KEYS, RETENTION),
+        calls.renew(KEYS, 1000, held),
+        calls.set_progress(KEYS, held[0], 50),
+        calls.settle(KEYS, RETENTION, [calls.attempt("a" * 32, "7:1", Ending.released())]),
+        calls.held_by(KEYS, "w1"),
+        calls.requeue(KEYS, "a" * 32),
+        calls.cancel(KEYS, "a" * 32, RETENTION),
+        calls.cancel_requested(KEYS, held),
+        calls.resume(KEYS),
+        calls.queue_stats(KEYS),
+        calls.situation(KEYS, "a" * 32),
+        calls.heartbeat(KEYS, "w1", 1000),
+    ]
 
 
 def test_every_script_defines_each_fragment_function_it_calls() -> None:
     defined_by_fragments = {
         name
-        for fragment in scripts._FRAGMENTS
-        for name in re.findall(r"local function (\w+)", fragment)
+        for fragment in fragment_names()
+        for name in re.findall(
+            r"local function (\w+)", LUA.joinpath("lib", f"{fragment}.lua").read_text()
+        )
     }
-    assert len(all_scripts()) >= 15
-    for script in all_scripts():
+    assert len(scripts.ALL) == 14
+    for script in scripts.ALL:
         defined = set(re.findall(r"local function (\w+)", script.source))
         called = {name for name in defined_by_fragments if re.search(rf"\b{name}\(", script.source)}
         assert called <= defined, (script.name, sorted(called - defined))
+
+
+def test_every_fragment_is_needed_by_a_script_and_every_script_has_a_file() -> None:
+    used = {
+        name
+        for script in scripts.ALL
+        for name in fragment_names()
+        if f"\n-- {name}: " in "\n" + script.source
+    }
+    assert used == set(fragment_names())
+    files = {f.name.removesuffix(".lua") for f in LUA.iterdir() if f.name.endswith(".lua")}
+    assert files == {script.name for script in scripts.ALL}
+
+
+def test_a_script_that_uses_a_key_it_does_not_list_does_not_load() -> None:
+    body = "-- KEYS: active\nredis.call('INCR', Q.stale)\n"
+    with pytest.raises(RuntimeError, match=r"uses keys it does not list: \['stale'\]"):
+        scripts.assemble("probe", body)
+    assert scripts.assemble("probe", body.replace("KEYS: active", "KEYS: active stale"))
+
+
+def test_a_script_must_list_its_keys_and_only_keys_a_queue_has() -> None:
+    with pytest.raises(RuntimeError, match="does not list its KEYS"):
+        scripts.assemble("probe", "return 1\n")
+    with pytest.raises(RuntimeError, match="unknown keys"):
+        scripts.assemble("probe", "-- KEYS: active elsewhere\nreturn 1\n")
+
+
+def test_every_call_passes_the_keys_its_script_lists_all_in_the_queues_hash_tag() -> None:
+    for call in one_call_per_script():
+        keys = [k.encode() if isinstance(k, str) else k for k in call.keys]
+        assert keys == [(KEYS.base + name).encode() for name in call.script.keys], call
+        assert {key_slot(k) for k in keys} == {key_slot(b"{p:mail}")}, call
+        # Nothing the script could name a key with comes in ARGV.
+        args = [a.encode() if isinstance(a, str) else a for a in call.args]
+        assert not any(isinstance(a, bytes) and a.startswith(b"{p:") for a in args), call
+
+
+def test_a_submission_passes_each_queues_keys_once_then_each_idempotency_key_once() -> None:
+    jobs = [new_job(queue="mail"), new_job(queue="sms"), new_job(queue="mail")]
+    items = items_of(
+        [
+            NewJob(job=jobs[0], idempotency_key="k1", fingerprint="f"),
+            NewJob(job=jobs[1]),
+            NewJob(job=jobs[2], idempotency_key="k1", fingerprint="f"),
+        ],
+        prefix="p",
+        keys_of=lambda queue: QueueKeys.of("p", queue),
+    )
+    policy = AdmissionPolicy(queues={"sms": QueueLimits(max_depth=5)})
+    call = calls.submit([items], idempotency_ttl_ms=1000, admission=policy)
+    mail, sms = QueueKeys.of("p", "mail"), QueueKeys.of("p", "sms")
+    group = scripts.SUBMIT.keys
+    assert list(call.keys) == [
+        *mail.named(group),
+        *sms.named(group),
+        idempotency_key("p", "k1"),
+    ]
+    # The retention, no memory limit, two queues (mail unlimited, sms at most 5 queued).
+    assert list(call.args[:7]) == [1000, "", 2, "", "", 5, ""]
+    at_key = 2 * len(group) + 1
+    first, third = call.args[9 : 9 + 4], call.args[-len(items[2].fields) - 8 :][:4]
+    assert list(first) == [1, jobs[0].id, at_key, "f"]
+    assert list(third) == [1, jobs[2].id, at_key, "f"]
+
+
+# The values each script takes per lease or attempt (one that did not succeed), after its
+# fixed arguments.
+_PER_ITEM: Final = {"renew": 2, "settle": 6, "cancel_requested": 2}
+
+
+def test_each_builder_passes_as_many_arguments_as_its_script_documents() -> None:
+    for call in one_call_per_script():
+        header = LUA.joinpath(f"{call.script.name}.lua").read_text()
+        fixed = max((int(n) for n in re.findall(r"^-- ARGV\[(\d+)\]", header, re.M)), default=0)
+        items = 1 if call.script.name in _PER_ITEM else 0
+        assert len(call.args) == fixed + items * _PER_ITEM.get(call.script.name, 0), (
+            call.script.name
+        )
+
+
+def test_a_settled_attempt_carries_its_outcome_and_result_or_error_and_retry_time() -> None:
+    boom = JobError("boom", "ValueError")
+    assert calls.attempt("j", "t", Ending.failed(boom, 2.5)) == (
+        "j",
+        "t",
+        b"failed",
+        b'{"message":"boom","type":"ValueError"}',
+        b"2.5",
+        "ValueError: boom",
+    )
+    assert calls.attempt("j", "t", Ending.failed(boom, None))[4] == b""
+    assert calls.attempt("j", "t", Ending.released()) == ("j", "t", b"released", b"", b"", b"")
+    # A success, the hot path, sends four values.
+    assert calls.attempt("j", "t", Ending.succeeded([1, "x"])) == (
+        "j",
+        "t",
+        b"succeeded",
+        b'[1,"x"]',
+    )
+    with pytest.raises(ValueError, match="finite"):
+        calls.attempt("j", "t", Ending.failed(boom, float("inf")))

@@ -1,5 +1,96 @@
-"""The native Redis queue adapter: `RedisJobQueue` on `redis.asyncio` with Lua scripts."""
+"""The native Redis backend: every role, on `redis.asyncio`, one Lua script per move.
 
-from adapters.redis_queue.queue import RedisJobQueue
+Jobs live in Redis, shared by every process that uses the same server and key prefix. The
+semantics are the memory backend's (`adapters.memory`, the reference): leases on the Redis
+clock fenced by a token, claims in priority order (FIFO within a priority), scheduled jobs
+and retries waiting in a delayed set, deadlines enforced on the Redis clock, attempts
+settled by `domain.settlement` (rendered in Lua, `lua/lib/decide.lua`), lapsed leases
+settled by the next claim on their queue or by `recover`, cancellation (at once while
+waiting, by request while active), paused queues, idempotency keys, and admission checked in
+the script that stores the jobs. Succeeded, cancelled and expired jobs are kept for
+`result_ttl` seconds, dead ones for `dead_ttl` (None: for good).
 
-__all__ = ["RedisJobQueue"]
+Layout: `core.py` (the client, keys, running scripts, the batcher) under the roles
+(`store.py`, `submitter.py`, `leases.py`, `control.py`, `connection.py`); the scripts in
+`lua/`, loaded by `scripts.py`, each called through its builder in `calls.py`; the keys in
+`keys.py`, the hash fields in `codec.py`.
+
+Every script of one queue works on Redis Cluster (one hash tag per queue, every key in
+KEYS), but a submission spanning queues or carrying an idempotency key, and a *waiting*
+claim over several queues, need one Redis primary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import redis.asyncio
+
+from adapters.redis_client import redis_errors
+from adapters.redis_queue.connection import RedisConnection
+from adapters.redis_queue.control import RedisJobControl, RedisQueueMonitor, RedisQueuePauser
+from adapters.redis_queue.core import RedisCore
+from adapters.redis_queue.leases import RedisLeaseQueue
+from adapters.redis_queue.store import RedisJobStore
+from adapters.redis_queue.submitter import RedisJobSubmitter
+from domain.ports import AdmissionPolicy, Backend
+
+__all__ = [
+    "RedisConnection",
+    "RedisJobControl",
+    "RedisJobStore",
+    "RedisJobSubmitter",
+    "RedisLeaseQueue",
+    "RedisQueueMonitor",
+    "RedisQueuePauser",
+    "redis_backend",
+    "stale_writes",
+]
+
+_DAY = 86400.0
+
+
+def redis_backend(
+    client: redis.asyncio.Redis,
+    *,
+    prefix: str = "conveyor",
+    result_ttl: float = _DAY,
+    dead_ttl: float | None = 7 * _DAY,
+    idempotency_ttl: float = _DAY,
+    admission: AdmissionPolicy | None = None,
+) -> Backend:
+    """Every role, over `client` (bytes replies: see `adapters.redis_client.create_redis`),
+    under the key prefix `prefix`. Closing the connection closes the client."""
+    core = RedisCore(
+        client,
+        prefix=prefix,
+        result_ttl=result_ttl,
+        dead_ttl=dead_ttl,
+        idempotency_ttl=idempotency_ttl,
+        admission=admission,
+    )
+    return Backend(
+        name="redis",
+        connection=RedisConnection(core),
+        store=RedisJobStore(core),
+        submitter=RedisJobSubmitter(core),
+        control=RedisJobControl(core),
+        monitor=RedisQueueMonitor(core),
+        pauser=RedisQueuePauser(core),
+        leases=RedisLeaseQueue(core),
+        shared_across_processes=True,
+    )
+
+
+async def stale_writes(backend: Backend, queues: Sequence[str] | None = None) -> int:
+    """Writes a Redis backend rejected for a stale lease token so far, over `queues` (default:
+    every queue of its prefix): for tests and the fault harness."""
+    if not isinstance(backend.connection, RedisConnection):
+        raise TypeError(f"not a Redis backend: {backend.name}")
+    core = backend.connection.core
+    with redis_errors():
+        names = sorted(await core.queues()) if queues is None else list(queues)
+        if not names:
+            return 0
+        counts = await core.client.mget([core.keys(q).stale for q in names])
+    return sum(int(c) for c in counts if c is not None)

@@ -1,4 +1,33 @@
-"""The Redis keys of one queue (the layout is described in `scripts.py`)."""
+"""The Redis keys of one queue, and of the whole prefix.
+
+Keys of one queue (``B`` = its key base ``{prefix:queue}:``, so every key of a queue shares
+one hash tag and one Redis Cluster slot):
+
+- ``B job:<id>``          hash, one field per Job attribute (see `codec.FIELDS`) + ``token``;
+                          ``worker`` names the lease's holder, ``history`` is a JSON array of
+                          attempt records (see `codec`), the last HISTORY_LIMIT kept. A job
+                          that succeeded, was cancelled or expired expires after the result
+                          retention, a dead one after the dead retention; PERSIST on requeue
+- ``B queued``            zset of the jobs ready to claim, in claim order (`lua/lib/order.lua`)
+- ``B active``            zset job id -> lease expiry, ms on the Redis clock
+- ``B delayed``           zset job id -> when it is due, ms: retries, and scheduled jobs
+- ``B deadlines``         zset job id -> its deadline, ms: the waiting jobs that have one
+- ``B cancelling``        set of the active jobs whose cancellation was asked for
+- ``B index:<status>``    zset job id -> when it entered that status, us on the Redis clock
+- ``B marker``            list holding at most one element: wakes one blocked claimer
+- ``B paused``            exists while the queue is paused: claims hand out nothing from it
+- ``B seq``               counter behind the claim order; reset when the queue empties
+- ``B tokens``            counter behind the fencing tokens
+- ``B stale``             counter of writes rejected for a stale lease token
+- ``B workers``           zset worker id -> when its presence lapses, ms (`heartbeat`)
+
+Keys of the whole prefix ``P``: ``P:queues`` (set of queue names) and ``P:idem:<sha256 of
+the client's key>`` (string ``"<fingerprint> <job id>"``, expiring after the idempotency
+retention).
+
+A script receives the fixed keys it touches in KEYS, by the names of `NAMES` (its header
+lists them); it derives job hashes and index keys from the key base it reads off the first.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +38,21 @@ import attrs
 
 from domain.jobs import JobStatus
 
-# What follows the key base of a queue, for each of its keys. The scripts name each key by
-# its suffix (``Q.active`` is the key base followed by ``active``; see `scripts.py`).
-SUFFIXES: Final = {
-    "queued": "queued",
-    "active": "active",
-    "delayed": "delayed",
-    "deadlines": "deadlines",
-    "cancelling": "cancelling",
-    "marker": "marker",
-    "paused": "paused",
-    "seq": "seq",
-    "tokens": "tokens",
-    "stale": "stale",
-    "workers": "workers",
-    # The FIFO list of an earlier layout; claims drain what is left in it (see `scripts.py`).
-    "legacy_ready": "ready",
-}
+# The fixed keys of a queue, by the name scripts know them by (`Q.active` in Lua); each is
+# the key base followed by its name.
+NAMES: Final = (
+    "queued",
+    "active",
+    "delayed",
+    "deadlines",
+    "cancelling",
+    "marker",
+    "paused",
+    "seq",
+    "tokens",
+    "stale",
+    "workers",
+)
 
 
 @attrs.frozen
@@ -44,14 +71,25 @@ class QueueKeys:
     tokens: str
     stale: str
     workers: str
-    legacy_ready: str
+    # The keys named by each script's KEYS list, made (and encoded) once per queue and
+    # script.
+    _selected: dict[tuple[str, ...], tuple[bytes, ...]] = attrs.field(
+        factory=dict, init=False, eq=False, repr=False
+    )
 
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:
         if not queue or "{" in queue or "}" in queue:
             raise ValueError(f"invalid queue name {queue!r}")
         base = f"{{{prefix}:{queue}}}:"
-        return cls(base=base, **{name: base + suffix for name, suffix in SUFFIXES.items()})
+        return cls(base, *(base + name for name in NAMES))
+
+    def named(self, names: tuple[str, ...]) -> tuple[bytes, ...]:
+        """The keys called `names`, in that order, encoded (a script's KEYS)."""
+        keys = self._selected.get(names)
+        if keys is None:
+            keys = self._selected[names] = tuple((self.base + name).encode() for name in names)
+        return keys
 
     def job(self, job_id: str) -> str:
         return self.base + "job:" + job_id

@@ -1,4 +1,4 @@
-"""Submissions: the arguments of the SUBMIT script, and what its answers mean.
+"""Submissions: the jobs to send to the SUBMIT script, and what its answers mean.
 
 One SUBMIT run stores the submissions of every `submit` call made in one event-loop tick
 (see `batching.py`), each all or nothing on its own. A submission that touches one queue and
@@ -18,7 +18,7 @@ from adapters.redis_queue.codec import encode_job, to_micros
 from adapters.redis_queue.keys import QueueKeys, idempotency_key
 from domain.errors import AdmissionRefusedError, IdempotencyConflictError
 from domain.jobs import JobStatus
-from domain.ports import AdmissionPolicy, NewJob, QueueLimits, Submitted
+from domain.ports import AdmissionPolicy, NewJob, Submitted
 
 # The batching group of submissions that span queues or carry idempotency keys (no queue
 # name is empty).
@@ -84,46 +84,6 @@ def group_of(items: Sequence[Item]) -> str:
     return SHARED_GROUP
 
 
-def script_call(
-    submissions: Sequence[Sequence[Item]],
-    *,
-    idempotency_ttl_ms: int,
-    admission: AdmissionPolicy | None,
-) -> tuple[list[str], list[Any]]:
-    """SUBMIT's KEYS and ARGV for these submissions (see the script)."""
-    queues: dict[str, int] = {}  # queue name -> its number in the script, from 1
-    keys: list[QueueKeys] = []
-    for item in (item for items in submissions for item in items):
-        if item.queue not in queues:
-            queues[item.queue] = len(queues) + 1
-            keys.append(item.keys)
-    max_memory = admission.max_memory if admission is not None else None
-    args: list[Any] = [keys[0].base, idempotency_ttl_ms, _opt(max_memory), len(queues)]
-    for name, queue_keys in zip(queues, keys, strict=True):
-        limits = admission.limits(name) if admission is not None else QueueLimits()
-        max_age = None if limits.max_age is None else max_age_ms(limits.max_age)
-        args += (queue_keys.base, _opt(limits.max_depth), _opt(max_age))
-    args.append(len(submissions))
-    idempotency_names: list[str] = []
-    for items in submissions:
-        args.append(len(items))
-        for item in items:
-            if item.key_name is not None:
-                idempotency_names.append(item.key_name)
-            args += (
-                queues[item.queue],
-                item.job_id,
-                item.key_name or "",
-                item.fingerprint,
-                _opt(item.run_at_ms),
-                _opt(item.deadline_ms),
-                item.priority,
-                len(item.fields),
-                *item.fields,
-            )
-    return [k.queued for k in keys] + idempotency_names, args
-
-
 def answer_of(
     answer: Sequence[Any], items: Sequence[Item], admission: AdmissionPolicy | None
 ) -> list[Submitted]:
@@ -159,10 +119,6 @@ def answer_of(
     raise AdmissionRefusedError(queue, reason, retry_after)
 
 
-def max_age_ms(seconds: float) -> int:
-    return max(0, round(seconds * 1000))
-
-
 def _queue_named(base: bytes, items: Sequence[Item]) -> str | None:
     text = base.decode()
     return next((item.queue for item in items if item.keys.base == text), None)
@@ -171,7 +127,3 @@ def _queue_named(base: bytes, items: Sequence[Item]) -> str | None:
 def _ms_ceil(micros: int) -> int:
     """Milliseconds, rounded up: a time in ms is never earlier than the exact one."""
     return -(-micros // 1000)
-
-
-def _opt(value: int | None) -> int | str:
-    return "" if value is None else value

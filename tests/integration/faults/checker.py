@@ -378,7 +378,13 @@ def check(
     reclaims: list[Reclaim] = []
     for kill in kills:
         for job_id, token in kill.executions:
-            later = [r.started for r in by_job.get(job_id, []) if r.started > kill.ts]
+            # Runs after the kill, not counting the killed run itself (it may have started
+            # between the harness's last look and the signal landing).
+            later = [
+                r.started
+                for r in by_job.get(job_id, [])
+                if r.started > kill.ts and r.token != token
+            ]
             killed = next((r for r in by_job.get(job_id, []) if r.token == token), None)
             state = final.get(job_id, JobState("missing"))
             finished = (

@@ -373,15 +373,16 @@ def wait_settled(
 def stale_writes(redis_url: str, prefix: str) -> int:
     """Writes Redis refused for a stale lease token, over every queue of the deployment."""
     from adapters.redis_client import create_redis
-    from adapters.redis_queue import RedisJobQueue
+    from adapters.redis_queue import redis_backend
+    from adapters.redis_queue import stale_writes as count_stale
 
     async def count() -> int:
         client = create_redis(redis_url, connect_timeout=2.0, socket_timeout=5.0)
-        queue = RedisJobQueue(client, prefix=prefix)
+        backend = redis_backend(client, prefix=prefix)
         try:
-            return await queue.stale_writes()
+            return await count_stale(backend)
         finally:
-            await queue.close()
+            await backend.connection.close()
 
     return asyncio.run(count())
 
@@ -391,7 +392,7 @@ def kill_busy_child(
 ) -> Kill:
     """Signal a child of `pool` that is running jobs now (per the ledger: the one with the
     most executions started and not ended), waiting up to `within` s for one to be busy;
-    answers the kill with the executions open in it at that moment."""
+    answers the kill with the executions open in it once the signal has landed."""
     deadline = time.monotonic() + within
     while True:
         children = {c.pid for c in pool.children()}
@@ -406,7 +407,25 @@ def kill_busy_child(
     pid = busy[0]
     ts = time.time()
     os.kill(pid, signum)
-    return Kill(pid, ts, signal.Signals(signum).name, tuple(open_runs[pid]))
+    _wait_halted(pid)
+    # Look again: the child may have started a job between the look above and the signal.
+    executions = ledger.open_executions().get(pid, [])
+    return Kill(pid, ts, signal.Signals(signum).name, tuple(executions))
+
+
+def _wait_halted(pid: int, within: float = 2.0) -> None:
+    """Wait until a signalled process runs no more (stopped, dead or gone), so that it can
+    write nothing more to the ledger."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            status = psutil.Process(pid).status()
+        except psutil.NoSuchProcess:
+            return
+        if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD, psutil.STATUS_STOPPED):
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} still runs {within} s after it was signalled")
 
 
 @dataclass

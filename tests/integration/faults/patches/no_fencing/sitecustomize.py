@@ -2,15 +2,15 @@
 
 Loaded only by the worker processes of `test_negative_controls`, through PYTHONPATH. A worker
 ignores what Redis says about its lease token: a renewal that Redis refused counts as held
-(so a stale holder is never told to stop), and a completion Redis refused is written anyway,
-unconditionally. In the W7 scenario the frozen holder's late completion is then accepted on
-top of the new holder's, and the checker must report a duplicate completion.
+(so a stale holder is never told to stop), and a success Redis refused to settle is written
+anyway, unconditionally. In the W7 scenario the frozen holder's late completion is then
+accepted on top of the new holder's, and the checker must report a duplicate completion.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 
 def _report(line: str) -> None:
@@ -24,32 +24,42 @@ def _report(line: str) -> None:
 
 
 def _apply() -> None:
-    from adapters.redis_queue import RedisJobQueue
+    from adapters.redis_queue import RedisLeaseQueue
     from adapters.redis_queue.codec import encode_json
-    from adapters.redis_queue.keys import QueueKeys
+    from adapters.redis_queue.core import RedisCore
+    from domain.jobs import AttemptOutcome, JobStatus
 
-    renew, complete = RedisJobQueue.renew, RedisJobQueue.complete
-    QueueKeys.of("probe", "probe").job("probe")  # the key layout the write below relies on
+    renew, settle = RedisLeaseQueue.renew, RedisLeaseQueue.settle
+    # The layout the forced write below relies on: a lease queue's core, its client, and
+    # the keys of a queue.
+    probe = RedisCore(
+        cast(Any, None), prefix="probe", result_ttl=1, dead_ttl=1, idempotency_ttl=1, admission=None
+    )
+    keys = RedisLeaseQueue(probe)._core.keys("probe")
+    _ = (probe.client, keys.job("probe"), keys.active)
 
     async def renew_ignoring_tokens(
-        self: RedisJobQueue, leases: Any, lease_seconds: float
+        self: RedisLeaseQueue, leases: Any, lease_seconds: float
     ) -> set[str]:
         await renew(self, leases, lease_seconds)  # still extends the leases really held
         return {lease.job_id for lease in leases}
 
-    async def complete_unfenced(self: RedisJobQueue, lease: Any, result: Any) -> bool:
-        if await complete(self, lease, result):
-            return True
-        keys = self._keys_of(lease.job.queue)
-        await self._client.hset(
-            keys.job(lease.job_id), mapping={"status": "succeeded", "result": encode_json(result)}
+    async def settle_unfenced(self: RedisLeaseQueue, lease: Any, ending: Any) -> Any:
+        status = await settle(self, lease, ending)
+        if status is not None or ending.outcome is not AttemptOutcome.SUCCEEDED:
+            return status
+        core = self._core
+        keys = core.keys(lease.job.queue)
+        await core.client.hset(
+            keys.job(lease.job_id),
+            mapping={"status": "succeeded", "result": encode_json(ending.result)},
         )
-        await self._client.zrem(keys.active, lease.job_id)
+        await core.client.zrem(keys.active, lease.job_id)
         _report(f"forced a refused completion of {lease.job_id} ({lease.token})")
-        return True
+        return JobStatus.SUCCEEDED
 
-    RedisJobQueue.renew = renew_ignoring_tokens  # type: ignore[method-assign]
-    RedisJobQueue.complete = complete_unfenced  # type: ignore[method-assign]
+    RedisLeaseQueue.renew = renew_ignoring_tokens  # type: ignore[method-assign]
+    RedisLeaseQueue.settle = settle_unfenced  # type: ignore[method-assign]
 
 
 try:

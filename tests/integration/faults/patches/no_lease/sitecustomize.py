@@ -25,24 +25,25 @@ def _report(line: str) -> None:
 
 
 def _apply() -> None:
-    from adapters.redis_queue import RedisJobQueue
+    import attrs
 
-    claim, held_by, renew = RedisJobQueue.claim, RedisJobQueue.held_by, RedisJobQueue.renew
+    from adapters.redis_queue import RedisLeaseQueue
+
+    claim, held_by, renew = RedisLeaseQueue.claim, RedisLeaseQueue.held_by, RedisLeaseQueue.renew
     del held_by, renew  # present: checked by the attribute lookups above
 
-    async def claim_without_lease(self: RedisJobQueue, *args: Any, **kwargs: Any) -> Any:
-        kwargs["lease_seconds"] = 1_000_000.0
-        return await claim(self, *args, **kwargs)
+    async def claim_without_lease(self: RedisLeaseQueue, request: Any) -> Any:
+        return await claim(self, attrs.evolve(request, lease_seconds=1_000_000.0))
 
-    async def renew_nothing(self: RedisJobQueue, leases: Any, lease_seconds: float) -> set[str]:
+    async def renew_nothing(self: RedisLeaseQueue, leases: Any, lease_seconds: float) -> set[str]:
         return {lease.job_id for lease in leases}
 
-    async def held_by_nobody(self: RedisJobQueue, worker_id: str, queues: Any) -> list[Any]:
+    async def held_by_nobody(self: RedisLeaseQueue, worker_id: str, queues: Any) -> list[Any]:
         return []
 
-    RedisJobQueue.claim = claim_without_lease  # type: ignore[method-assign]
-    RedisJobQueue.renew = renew_nothing  # type: ignore[method-assign]
-    RedisJobQueue.held_by = held_by_nobody  # type: ignore[method-assign]
+    RedisLeaseQueue.claim = claim_without_lease  # type: ignore[method-assign]
+    RedisLeaseQueue.renew = renew_nothing  # type: ignore[method-assign]
+    RedisLeaseQueue.held_by = held_by_nobody  # type: ignore[method-assign]
 
 
 try:

@@ -1,0 +1,204 @@
+"""One builder per script: typed values in, the script call (script, KEYS, ARGV) out.
+
+Each ARGV layout is built here and nowhere else, in the order the script's file documents
+at its top (``lua/<name>.lua``); KEYS are the queue keys the file's ``-- KEYS:`` line names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+import attrs
+
+from adapters.redis_queue import scripts
+from adapters.redis_queue.codec import encode_error, encode_json
+from adapters.redis_queue.keys import QueueKeys
+from adapters.redis_queue.scripts import Script
+from adapters.redis_queue.submission import Item
+from domain.errors import UnstorableResultError
+from domain.jobs import AttemptOutcome, Lease, error_summary
+from domain.ports import AdmissionPolicy, QueueLimits
+from domain.settlement import Ending
+
+Arg = str | bytes | int | float
+
+
+class ScriptCall(NamedTuple):
+    script: Script
+    keys: Sequence[str | bytes]
+    args: Sequence[Arg]
+
+
+@attrs.frozen
+class Retention:
+    """How long finished jobs are kept, in ms."""
+
+    result_ttl_ms: int  # succeeded, cancelled, expired
+    dead_ttl_ms: int  # dead; 0: kept for good
+
+
+def ms(seconds: float) -> int:
+    """A duration in whole ms, at least 1."""
+    return max(1, round(seconds * 1000))
+
+
+def submit(
+    submissions: Sequence[Sequence[Item]],
+    *,
+    idempotency_ttl_ms: int,
+    admission: AdmissionPolicy | None,
+) -> ScriptCall:
+    """SUBMIT of these submissions (each a non-empty sequence of jobs), stored in one run."""
+    script = scripts.SUBMIT
+    queues: dict[str, int] = {}  # queue name -> its number in the script, from 1
+    keys: list[str | bytes] = []
+    for item in (item for items in submissions for item in items):
+        if item.queue not in queues:
+            queues[item.queue] = len(queues) + 1
+            keys += item.keys.named(script.keys)
+    max_memory = admission.max_memory if admission is not None else None
+    args: list[Arg] = [idempotency_ttl_ms, _opt(max_memory), len(queues)]
+    for name in queues:
+        limits = admission.limits(name) if admission is not None else QueueLimits()
+        max_age = None if limits.max_age is None else max_age_ms(limits.max_age)
+        args += (_opt(limits.max_depth), _opt(max_age))
+    idempotency: dict[str, int] = {}  # key name -> its position in KEYS, from 1
+    args.append(len(submissions))
+    for items in submissions:
+        args.append(len(items))
+        for item in items:
+            at: int | str = ""
+            if item.key_name is not None:
+                at = idempotency.get(item.key_name, 0)
+                if not at:
+                    keys.append(item.key_name)
+                    at = idempotency[item.key_name] = len(keys)
+            args += (
+                queues[item.queue],
+                item.job_id,
+                at,
+                item.fingerprint,
+                _opt(item.run_at_ms),
+                _opt(item.deadline_ms),
+                item.priority,
+                len(item.fields),
+                *item.fields,
+            )
+    return ScriptCall(script, keys, args)
+
+
+def max_age_ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
+
+
+def claim(
+    keys: QueueKeys, *, limit: int, lease_ms: int, worker_id: str, retention: Retention
+) -> ScriptCall:
+    script = scripts.CLAIM
+    args = (limit, lease_ms, worker_id, retention.result_ttl_ms, retention.dead_ttl_ms)
+    return ScriptCall(script, keys.named(script.keys), args)
+
+
+def recover(keys: QueueKeys, retention: Retention) -> ScriptCall:
+    script = scripts.RECOVER
+    args = (retention.result_ttl_ms, retention.dead_ttl_ms)
+    return ScriptCall(script, keys.named(script.keys), args)
+
+
+def renew(keys: QueueKeys, lease_ms: int, leases: Sequence[Lease]) -> ScriptCall:
+    script = scripts.RENEW
+    args: list[Arg] = [lease_ms]
+    for lease in leases:
+        args += (lease.job_id, lease.token)
+    return ScriptCall(script, keys.named(script.keys), args)
+
+
+def set_progress(keys: QueueKeys, lease: Lease, progress: int) -> ScriptCall:
+    script = scripts.SET_PROGRESS
+    return ScriptCall(script, keys.named(script.keys), (lease.job_id, lease.token, progress))
+
+
+# SETTLE's values for one attempt (see lua/settle.lua): four for a success, six otherwise.
+Attempt = tuple[str | bytes, ...]
+
+# The outcomes, as sent: bytes, so nothing is encoded again per call.
+_OUTCOMES: Final = {o: o.value.encode() for o in AttemptOutcome}
+_SUCCEEDED: Final = _OUTCOMES[AttemptOutcome.SUCCEEDED]
+
+
+def attempt(job_id: str | bytes, token: str | bytes, ending: Ending) -> Attempt:
+    """How one attempt ended, for SETTLE. Raises UnstorableResultError for a success whose
+    result cannot be stored, and ValueError for a retry time that is not a number."""
+    if ending.outcome is AttemptOutcome.SUCCEEDED:
+        try:
+            result = encode_json(ending.result)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise UnstorableResultError(str(exc)) from None
+        return (job_id, token, _SUCCEEDED, result)
+    retry_in = b""
+    if ending.retry_in is not None:
+        if not math.isfinite(ending.retry_in):
+            raise ValueError(f"a retry time must be a finite number, got {ending.retry_in}")
+        retry_in = repr(float(ending.retry_in)).encode()
+    error = ending.error
+    if error is None:
+        return (job_id, token, _OUTCOMES[ending.outcome], b"", retry_in, b"")
+    summary = error_summary(error)
+    return (job_id, token, _OUTCOMES[ending.outcome], encode_error(error), retry_in, summary)
+
+
+def settle(keys: QueueKeys, retention: Retention, attempts: Sequence[Attempt]) -> ScriptCall:
+    script = scripts.SETTLE
+    args: list[Arg] = [retention.result_ttl_ms, retention.dead_ttl_ms]
+    for one in attempts:
+        args += one
+    return ScriptCall(script, keys.named(script.keys), args)
+
+
+def held_by(keys: QueueKeys, worker_id: str) -> ScriptCall:
+    script = scripts.HELD_BY
+    return ScriptCall(script, keys.named(script.keys), (worker_id,))
+
+
+def requeue(keys: QueueKeys, job_id: str) -> ScriptCall:
+    script = scripts.REQUEUE
+    return ScriptCall(script, keys.named(script.keys), (job_id,))
+
+
+def cancel(keys: QueueKeys, job_id: str, retention: Retention) -> ScriptCall:
+    script = scripts.CANCEL
+    return ScriptCall(script, keys.named(script.keys), (job_id, retention.result_ttl_ms))
+
+
+def cancel_requested(keys: QueueKeys, leases: Sequence[Lease]) -> ScriptCall:
+    script = scripts.CANCEL_REQUESTED
+    args: list[Arg] = []
+    for lease in leases:
+        args += (lease.job_id, lease.token)
+    return ScriptCall(script, keys.named(script.keys), args)
+
+
+def resume(keys: QueueKeys) -> ScriptCall:
+    script = scripts.RESUME
+    return ScriptCall(script, keys.named(script.keys), ())
+
+
+def queue_stats(keys: QueueKeys) -> ScriptCall:
+    script = scripts.QUEUE_STATS
+    return ScriptCall(script, keys.named(script.keys), ())
+
+
+def situation(keys: QueueKeys, job_id: str) -> ScriptCall:
+    script = scripts.SITUATION
+    return ScriptCall(script, keys.named(script.keys), (job_id,))
+
+
+def heartbeat(keys: QueueKeys, worker_id: str, ttl_ms: int) -> ScriptCall:
+    script = scripts.HEARTBEAT
+    return ScriptCall(script, keys.named(script.keys), (worker_id, ttl_ms))
+
+
+def _opt(value: int | None) -> int | str:
+    return "" if value is None else value

@@ -1,0 +1,95 @@
+"""The Redis backend's connection: is the server up, is it safe, and letting go of it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from adapters.redis_client import redis_errors
+from adapters.redis_queue.core import RedisCore
+from domain.errors import UnsafeBackendError
+from domain.ports import Connection
+
+
+class RedisConnection(Connection):
+    def __init__(self, core: RedisCore) -> None:
+        self.core = core
+
+    async def ping(self) -> None:
+        with redis_errors():
+            await self.core.client.ping()
+
+    async def verify(self) -> Sequence[str]:
+        """Refuse a server that may lose jobs by design; answer warnings for lesser risks.
+
+        Raises UnsafeBackendError when `maxmemory-policy` lets Redis evict keys (anything but
+        ``noeviction``: an evicted job hash or list is a job lost without a trace). Answers
+        warnings: AOF off (a restart loses what was acknowledged since the last snapshot),
+        that the check could not be made (CONFIG refused by an ACL or renamed away, as
+        managed services do), or that the admission policy's memory limit cannot be checked
+        (INFO refused: every new job would be refused).
+        """
+        warnings = await self._memory_warnings()
+        try:
+            with redis_errors():
+                pipe = self.core.client.pipeline(transaction=False)
+                pipe.config_get("maxmemory-policy")
+                pipe.config_get("appendonly")
+                policy_reply, aof_reply = await pipe.execute()
+        except ResponseError as exc:
+            return [
+                f"could not check the Redis configuration (CONFIG GET refused: {exc}); make"
+                " sure maxmemory-policy is noeviction and appendonly is yes",
+                *warnings,
+            ]
+        policy = _config_value(policy_reply, "maxmemory-policy")
+        aof = _config_value(aof_reply, "appendonly")
+        if policy is None:
+            warnings.append(
+                "could not read maxmemory-policy from CONFIG GET; make sure it is noeviction"
+            )
+        elif policy != "noeviction":
+            raise UnsafeBackendError(
+                f"Redis maxmemory-policy is {policy!r}: the server may evict job keys and"
+                " lose jobs; set maxmemory-policy to noeviction"
+            )
+        if aof is None:
+            warnings.append("could not read appendonly from CONFIG GET; make sure AOF is on")
+        elif aof != "yes":
+            warnings.append(
+                f"AOF is off (appendonly {aof}): a Redis restart loses jobs answered 202"
+            )
+        return warnings
+
+    async def _memory_warnings(self) -> list[str]:
+        admission = self.core.admission
+        if admission is None or admission.max_memory is None:
+            return []
+        try:
+            with redis_errors():
+                await self.core.client.info("memory")
+        except RedisError as exc:
+            return [
+                f"the admission limit on memory cannot be checked (INFO refused: {exc}):"
+                " every new job will be refused"
+            ]
+        return []
+
+    async def close(self) -> None:
+        """Send what the batcher holds, then close the client. Idempotent."""
+        await self.core.close()
+
+
+def _config_value(reply: Any, name: str) -> str | None:
+    """One setting from a CONFIG GET reply (a dict, or a flat list on some clients)."""
+    if isinstance(reply, list):
+        reply = dict(zip(reply[::2], reply[1::2], strict=False))
+    if not isinstance(reply, dict):
+        return None
+    for key, value in reply.items():
+        text = key.decode() if isinstance(key, bytes) else str(key)
+        if text == name:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return None

@@ -1,0 +1,140 @@
+"""Operators' moves in Redis: on one job (cancel, requeue), on a queue (pause), its figures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+
+from adapters.redis_client import redis_errors
+from adapters.redis_queue import calls
+from adapters.redis_queue.calls import ScriptCall, ms
+from adapters.redis_queue.codec import decode_job
+from adapters.redis_queue.core import RedisCore, evalsha
+from adapters.redis_queue.keys import QueueKeys
+from domain.errors import InvalidTransitionError, JobNotFoundError
+from domain.jobs import Job, JobStatus
+from domain.ports import JobControl, QueueMonitor, QueuePauser, QueueStats
+
+
+class RedisJobControl(JobControl):
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+
+    async def requeue(self, job_id: str) -> Job:
+        answer = await self._on_job(job_id, calls.requeue)
+        if answer[0] != 1:
+            raise InvalidTransitionError(job_id, answer[1].decode(), JobStatus.QUEUED)
+        return _job_from(job_id, answer[1])
+
+    async def cancel(self, job_id: str) -> Job:
+        retention = self._core.retention
+        answer = await self._on_job(job_id, lambda keys, i: calls.cancel(keys, i, retention))
+        if answer[0] != 1:
+            raise InvalidTransitionError(job_id, answer[1].decode(), JobStatus.CANCELLED)
+        return _job_from(job_id, answer[1])
+
+    async def _on_job(self, job_id: str, call: Callable[[QueueKeys, str], ScriptCall]) -> Any:
+        """Run the script `call` makes for the job's queue. Raises JobNotFoundError when
+        there is no such job (the script answers ``{0}``)."""
+        with redis_errors():
+            queue = await self._core.queue_of(job_id)
+            if queue is None:
+                raise JobNotFoundError(job_id)
+            answer = await self._core.run(call(self._core.keys(queue), job_id))
+        if answer[0] != 1 and len(answer) < 2:  # gone since we looked
+            raise JobNotFoundError(job_id)
+        return answer
+
+
+class RedisQueuePauser(QueuePauser):
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+
+    async def pause(self, queue: str) -> None:
+        keys = self._core.keys(queue)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.sadd(self._core.queues_key, queue)
+            pipe.set(keys.paused, 1)
+
+        with redis_errors():
+            await self._core.pipeline(build)
+        self._core.known_queues.add(queue)
+
+    async def resume(self, queue: str) -> None:
+        keys = self._core.keys(queue)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.sadd(self._core.queues_key, queue)
+            evalsha(pipe, calls.resume(keys))
+
+        with redis_errors():
+            await self._core.pipeline(build)
+        self._core.known_queues.add(queue)
+
+
+class RedisQueueMonitor(QueueMonitor):
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
+        core = self._core
+        with redis_errors():
+            names = sorted(await core.queues()) if queues is None else list(queues)
+            keys = [core.keys(queue) for queue in names]
+            if not keys:
+                return []
+
+            def build(pipe: Pipeline) -> None:
+                for k in keys:
+                    evalsha(pipe, calls.queue_stats(k))
+
+            answers = await core.pipeline(build)
+        return [
+            QueueStats(
+                name=name,
+                counts=dict(zip(JobStatus, (int(c) for c in counts), strict=True)),
+                oldest_queued_age=None if oldest < 0 else oldest / 1e6,
+                paused=bool(paused),
+                workers=int(workers),
+            )
+            for name, (counts, oldest, paused, workers) in zip(names, answers, strict=True)
+        ]
+
+    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+        if not queues:
+            return
+        core = self._core
+        keys = [core.keys(queue) for queue in queues]
+        ttl_ms = ms(ttl)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.sadd(core.queues_key, *queues)
+            for k in keys:
+                evalsha(pipe, calls.heartbeat(k, worker_id, ttl_ms))
+
+        with redis_errors():
+            await core.pipeline(build)
+
+    async def forget_worker(self, worker_id: str) -> None:
+        core = self._core
+        with redis_errors():
+            names = sorted(await core.queues())
+            if not names:
+                return
+            keys: list[QueueKeys] = [core.keys(queue) for queue in names]
+
+            def build(pipe: Pipeline) -> None:
+                for k in keys:
+                    pipe.zrem(k.workers, worker_id)
+
+            await core.pipeline(build)
+
+
+def _job_from(job_id: str, raw: Any) -> Job:
+    job = decode_job(raw)
+    if job is None:  # pragma: no cover - the script just read it
+        raise JobNotFoundError(job_id)
+    return job

@@ -1,0 +1,177 @@
+"""Leases on jobs in Redis: claims, renewals, progress and settlements, fenced by tokens."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from redis.asyncio.client import Pipeline
+
+from adapters.redis_client import redis_errors
+from adapters.redis_queue import calls
+from adapters.redis_queue.calls import ScriptCall, ms
+from adapters.redis_queue.codec import RawFields, UndecodableJobError
+from adapters.redis_queue.core import RedisCore, evalsha, lease_from, log
+from adapters.redis_queue.keys import QueueKeys
+from domain.jobs import ErrorKind, JobError, JobStatus, Lease
+from domain.ports import ClaimRequest, LeaseQueue
+from domain.settlement import Ending
+
+# The status SETTLE answers, by its name as the script returns it.
+_STATUSES: Final = {s.value.encode(): s for s in JobStatus}
+
+
+class RedisLeaseQueue(LeaseQueue):
+    """Leases on the Redis clock, fenced by a token per attempt.
+
+    Claims hand out jobs in priority order (FIFO within a priority). Expired leases are
+    settled by the next claim on their queue, or by `recover` for a queue nobody claims
+    from. Settlements made in one event-loop tick go to Redis as one SETTLE call per queue,
+    in one round trip.
+
+    A *waiting* claim over several queues BLPOPs their markers together, which needs one
+    Redis primary (not Redis Cluster).
+    """
+
+    # The longest single BLPOP of a waiting claim: a waiting claimer re-checks for due
+    # retries and expired leases at least this often. The client's socket timeout must
+    # exceed it.
+    MAX_BLOCK_SECONDS: Final = 1.0
+
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+
+    async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
+        keys = [self._core.keys(queue) for queue in request.queues]
+        lease_ms = ms(request.lease_seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + request.wait_seconds
+        with redis_errors():
+            while True:
+                leases, wake_in = await self._claim_now(
+                    keys, request.worker_id, request.limit, lease_ms
+                )
+                remaining = deadline - loop.time()
+                if leases or remaining <= 0 or not keys:
+                    return leases
+                # Sleep until work is submitted or a queue resumes (the marker), a retry or
+                # a scheduled job is due or a lease expires, or the wait ends; whichever
+                # comes first.
+                block = min(remaining, self.MAX_BLOCK_SECONDS)
+                if wake_in is not None:
+                    block = min(block, wake_in)
+                await self._core.client.blpop([k.marker for k in keys], timeout=max(block, 0.01))
+
+    async def _claim_now(
+        self, keys: Sequence[QueueKeys], worker_id: str, limit: int, lease_ms: int
+    ) -> tuple[list[Lease], float | None]:
+        core = self._core
+        leases: list[Lease] = []
+        wake_in: float | None = None
+        for queue_keys in keys:
+            wanted = limit - len(leases)
+            if wanted <= 0:
+                break
+            call = calls.claim(
+                queue_keys,
+                limit=wanted,
+                lease_ms=lease_ms,
+                worker_id=worker_id,
+                retention=core.retention,
+            )
+            claimed, wake_ms = await core.run(call)
+            for raw in claimed:
+                try:
+                    leases.append(lease_from(raw))
+                except UndecodableJobError as exc:
+                    await self._dead_letter(queue_keys, raw, exc)
+            if wake_ms >= 0 and (wake_in is None or wake_ms / 1000 < wake_in):
+                wake_in = wake_ms / 1000
+        return leases, wake_in
+
+    async def _dead_letter(self, keys: QueueKeys, raw: RawFields, exc: Exception) -> None:
+        """Whatever sits in Redis is data: a job we just claimed but cannot even decode is
+        settled here as an invalid job (dead), and nothing in it runs."""
+        job_id, token = raw[0], raw[-1]
+        log.warning("dead-lettering undecodable job %r: %s", job_id, exc)
+        if job_id is None or token is None:  # pragma: no cover - the claim just wrote both
+            return
+        error = JobError(
+            f"stored job cannot be decoded: {exc}", "UndecodableJob", ErrorKind.INVALID
+        )
+        attempt = calls.attempt(job_id, token, Ending.failed(error, None))
+        await self._core.run(calls.settle(keys, self._core.retention, [attempt]))
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
+        lease_ms = ms(lease_seconds)
+        return await self._per_queue(leases, lambda keys, held: calls.renew(keys, lease_ms, held))
+
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        return await self._per_queue(leases, calls.cancel_requested)
+
+    async def _per_queue(
+        self, leases: Sequence[Lease], call: Callable[[QueueKeys, Sequence[Lease]], ScriptCall]
+    ) -> set[str]:
+        """`call` once per queue of `leases`, all in one pipeline; the job ids answered."""
+        if not leases:
+            return set()
+        by_queue: dict[str, list[Lease]] = defaultdict(list)
+        for lease in leases:
+            by_queue[lease.job.queue].append(lease)
+
+        def build(pipe: Pipeline) -> None:
+            for queue, held in by_queue.items():
+                evalsha(pipe, call(self._core.keys(queue), held))
+
+        with redis_errors():
+            results = await self._core.pipeline(build)
+        return {job_id.decode() for answered in results for job_id in answered}
+
+    async def set_progress(self, lease: Lease, progress: int) -> bool:
+        if not 0 <= progress <= 100:
+            raise ValueError(f"progress must be 0-100, got {progress}")
+        call = calls.set_progress(self._core.keys(lease.job.queue), lease, progress)
+        with redis_errors():
+            return bool(await self._core.run(call))
+
+    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
+        attempt = calls.attempt(lease.job_id, lease.token, ending)  # raises before a write
+        with redis_errors():
+            status = await self._core.settle(lease.job.queue, attempt)
+        return _STATUSES[status] if isinstance(status, bytes) else None
+
+    async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
+        if not queues:
+            return []
+        keys = [self._core.keys(queue) for queue in queues]
+
+        def build(pipe: Pipeline) -> None:
+            for k in keys:
+                evalsha(pipe, calls.held_by(k, worker_id))
+
+        with redis_errors():
+            per_queue = await self._core.pipeline(build)
+        leases: list[Lease] = []
+        for raw in (raw for held in per_queue for raw in held):
+            try:
+                leases.append(lease_from(raw))
+            except UndecodableJobError as exc:
+                # Left to its lease's expiry; the claim that takes it next dead-letters it.
+                log.warning("held job %r cannot be decoded: %s", raw[0], exc)
+        return leases
+
+    async def recover(self, queues: Sequence[str]) -> int:
+        if not queues:
+            return 0
+        keys = [self._core.keys(queue) for queue in queues]
+        retention = self._core.retention
+
+        def build(pipe: Pipeline) -> None:
+            for k in keys:
+                evalsha(pipe, calls.recover(k, retention))
+
+        with redis_errors():
+            moved = await self._core.pipeline(build)
+        return sum(int(m) for m in moved)

@@ -1,0 +1,28 @@
+-- prelude: what every script starts with (the loader puts it first, then the fragments the
+-- script needs, then the script's body).
+--
+-- The queue's fixed keys come in KEYS, in the order the script's header names them:
+-- `Q.active` is the key named `active` (`keys.NAMES`). The queue's key base
+-- (`{prefix:queue}:`) is read off the first of them, and the keys of its jobs and indexes
+-- are derived from it, so every key a script touches shares the queue's hash tag. Times come
+-- from the Redis clock, so every process agrees on them; scripts are replicated by effects,
+-- so TIME is safe.
+
+-- The keys of the queue whose KEYS start after position `at`.
+local function queue_keys(at) return $QUEUE_KEYS end
+local Q = queue_keys(0)
+local base = string.match(KEYS[1], '^(%b{}:)')
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now_us / 1000)
+local function int(x) return string.format('%.0f', x) end
+local now = int(now_us)
+
+local function job_key(id) return base .. 'job:' .. id end
+local function index_key(status) return base .. 'index:' .. status end
+
+-- Move a job between the listing indexes; the score is when it entered `to`.
+local function reindex(id, from, to)
+  if from then redis.call('ZREM', index_key(from), id) end
+  redis.call('ZADD', index_key(to), now, id)
+end

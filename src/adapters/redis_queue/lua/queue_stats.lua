@@ -1,0 +1,16 @@
+-- queue_stats: the queue's figures (reads only).
+--
+-- KEYS: paused workers
+-- ARGV: none
+-- Returns {counts, oldest, paused, workers}: counts has one integer per status, in
+-- STATUS_LIST order (the index sizes); oldest is how long (us) the oldest queued job has
+-- waited, -1 if none; paused is 1 or 0; workers counts the live workers serving the queue.
+local counts = {}
+for _, status in ipairs($STATUS_LIST) do
+  counts[#counts + 1] = redis.call('ZCARD', index_key(status))
+end
+local oldest = -1
+local first = redis.call('ZRANGE', index_key($QUEUED), 0, 0, 'WITHSCORES')
+if first[2] then oldest = math.max(0, now_us - tonumber(first[2])) end
+return {counts, oldest, redis.call('EXISTS', Q.paused),
+        redis.call('ZCOUNT', Q.workers, '(' .. now_ms, '+inf')}

@@ -1,0 +1,55 @@
+"""Reading jobs from Redis: one job, a page of them, and where a waiting one stands."""
+
+from __future__ import annotations
+
+from adapters.redis_client import redis_errors
+from adapters.redis_queue import calls, listing
+from adapters.redis_queue.codec import FIELDS
+from adapters.redis_queue.core import RedisCore, decoded_or_none
+from domain.jobs import Job, is_job_id
+from domain.ports import JobPage, JobQuery, JobSituation, JobStore
+
+
+class RedisJobStore(JobStore):
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+
+    async def get(self, job_id: str) -> Job | None:
+        if not is_job_id(job_id):
+            return None
+        with redis_errors():
+            found = await self._core.read_everywhere(job_id, FIELDS)
+        for _, raw in found:
+            job = decoded_or_none(raw)
+            if job is not None:
+                return job
+        return None
+
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        """Newest first by the time each job entered its current status (see `listing.py`)."""
+        core = self._core
+        with redis_errors():
+            queues = [query.queue] if query.queue is not None else sorted(await core.queues())
+            return await listing.list_jobs(
+                query,
+                queues=[core.keys(queue) for queue in queues],
+                pipeline=core.pipeline,
+                decode=decoded_or_none,
+            )
+
+    async def situation(self, job_id: str) -> JobSituation | None:
+        core = self._core
+        with redis_errors():
+            queue = await core.queue_of(job_id)
+            if queue is None:
+                return None
+            raw, ahead, paused, workers = await core.run(calls.situation(core.keys(queue), job_id))
+        job = decoded_or_none(raw)
+        if job is None:
+            return None
+        return JobSituation(
+            job=job,
+            ahead=None if ahead < 0 else int(ahead),
+            paused=bool(paused),
+            workers=int(workers),
+        )

@@ -1,0 +1,36 @@
+"""Storing new jobs in Redis: all or nothing, with idempotency keys and admission limits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from adapters.redis_client import redis_errors
+from adapters.redis_queue import submission
+from adapters.redis_queue.core import RedisCore
+from domain.ports import JobSubmitter, NewJob, Submitted, SubmitTraits
+
+
+class RedisJobSubmitter(JobSubmitter):
+    """One SUBMIT script run stores the submissions of one event-loop tick (see
+    `submission.py`), with admission checked in the same script that stores the jobs.
+
+    Memory admission reads ``used_memory`` from INFO inside the submitting script, so the
+    check and the write are one atomic step; a server that refuses INFO to scripts
+    (fakeredis does, an ACL may) cannot be checked, and a policy with `max_memory` then
+    refuses every new job rather than admit it unchecked (`Connection.verify` warns of it).
+    """
+
+    traits = SubmitTraits(deadlines=True, priorities=True)
+
+    def __init__(self, core: RedisCore) -> None:
+        self._core = core
+
+    async def submit(self, jobs: Sequence[NewJob]) -> Sequence[Submitted]:
+        if not jobs:
+            return []
+        core = self._core
+        items = submission.items_of(jobs, prefix=core.prefix, keys_of=core.keys)
+        with redis_errors():
+            answer = await core.submit(items, submission.group_of(items))
+        core.known_queues.update(item.queue for item in items)
+        return submission.answer_of(answer, items, core.admission)

@@ -1,0 +1,55 @@
+"""Every contract on the Redis backend over fakeredis (Lua through lupa): no server needed.
+
+Leases and delays run on real (short) time: the backend reads the Redis clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import fakeredis
+import pytest
+
+from adapters.redis_queue import redis_backend, stale_writes
+from domain.ports import Backend
+from tests.contracts.all import AllContracts
+from tests.contracts.base import DEFAULTS, BackendFactory, BackendOptions
+
+
+class FakeRedisFactory(BackendFactory):
+    """Each factory has its own FakeServer, so each test starts from an empty one."""
+
+    name = "redis on fakeredis"
+
+    def __init__(self) -> None:
+        self.server = fakeredis.FakeServer(version=(7,))
+
+    def client(self) -> fakeredis.FakeAsyncRedis:
+        return fakeredis.FakeAsyncRedis(server=self.server, version=(7,))
+
+    @asynccontextmanager
+    async def open(self, options: BackendOptions = DEFAULTS) -> AsyncIterator[Backend]:
+        backend = redis_backend(self.client(), prefix="test", **options.kwargs())
+        try:
+            yield backend
+        finally:
+            await backend.connection.close()
+
+    async def now(self, backend: Backend) -> datetime:
+        client = self.client()
+        try:
+            seconds, micros = await client.time()
+        finally:
+            await client.aclose()
+        return datetime.fromtimestamp(seconds + micros / 1e6, UTC)
+
+    async def stale_writes(self, backend: Backend) -> int | None:
+        return await stale_writes(backend)
+
+
+class TestRedisBackendOnFakeRedis(AllContracts):
+    @pytest.fixture
+    def backend_factory(self) -> BackendFactory:
+        return FakeRedisFactory()
