@@ -28,12 +28,13 @@ from urllib.parse import urlsplit
 
 from adapters.console_email import ConsoleEmailSender
 from adapters.redis_client import create_redis
-from adapters.redis_queue import RedisJobQueue
+from adapters.redis_queue import redis_backend
 from adapters.redis_queue.keys import QueueKeys
 from adapters.system_clock import SystemClock
+from domain.job_service import JobService
 from domain.job_types.registry import default_registry
 from domain.jobs import JobStatus
-from domain.services import JobService, Submission
+from domain.submission import Submission
 from entrypoints.local_redis import LocalRedis
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -41,14 +42,14 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 async def fill(url: str, prefix: str, jobs: int) -> None:
     client = create_redis(url, connect_timeout=2.0, socket_timeout=10.0)
-    queue = RedisJobQueue(client, prefix=prefix)
-    service = JobService(queue, default_registry(ConsoleEmailSender()), SystemClock())
+    backend = redis_backend(client, prefix=prefix)
+    service = JobService(backend, default_registry(ConsoleEmailSender()), SystemClock())
     submission = Submission(type="dummy", payload={"mode": "succeed"})
     for start in range(0, jobs, 500):
         await asyncio.gather(
             *(service.submit(submission) for _ in range(start, min(jobs, start + 500)))
         )
-    await queue.close()
+    await backend.connection.close()
 
 
 async def count_succeeded(url: str, prefix: str) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 # The contract suites are plain modules shared by several test files: let pytest explain
 # their failed asserts as it does in test modules.
-pytest.register_assert_rewrite("tests.queue_contract", "tests.queue_contract_lifecycle")
+pytest.register_assert_rewrite("tests.contracts", "tests.unit.backends")
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 

@@ -1,20 +1,27 @@
-"""The composition root: what depends on what, built once per process."""
+"""The composition root: what depends on what, built once per process.
+
+`backend` is the one switch: QUEUE_BACKEND picks which technology plays the roles (a
+`domain.ports.Backend`), and everything else is built on whatever roles it plays. Nothing
+here asks what a backend can do: a role it lacks is None, and what needs it says so.
+"""
 
 from __future__ import annotations
 
 import random
 
+import redis
+import redis.asyncio
 from dependency_injector import containers, providers
 
 from adapters.console_email import ConsoleEmailSender
-from adapters.memory_queue import InMemoryJobQueue
+from adapters.memory import memory_backend
 from adapters.redis_client import create_redis
-from adapters.redis_queue import RedisJobQueue
-from adapters.rq_queue import RqJobQueue, create_rq_redis
 from adapters.system_clock import SystemClock
+from domain.errors import UnsupportedOperationError
+from domain.job_service import JobService
 from domain.job_types.registry import default_registry
-from domain.ports import AdmissionPolicy
-from domain.services import JobProcessor, JobService
+from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, LeaseQueue
+from domain.processing import JobProcessor
 from entrypoints.settings import Settings
 
 
@@ -24,6 +31,67 @@ def _redis_url(settings: Settings) -> str:
 
 def _admission(settings: Settings) -> AdmissionPolicy | None:
     return settings.admission if settings.admission.enabled else None
+
+
+# The Redis and RQ backends are imported when chosen: a process on one backend never loads
+# the other's packages (RQ's are the heavier).
+
+
+def _redis_backend(
+    client: redis.asyncio.Redis,
+    *,
+    prefix: str,
+    result_ttl: float,
+    dead_ttl: float,
+    idempotency_ttl: float,
+    admission: AdmissionPolicy | None,
+) -> Backend:
+    from adapters.redis_queue import redis_backend
+
+    return redis_backend(
+        client,
+        prefix=prefix,
+        result_ttl=result_ttl,
+        dead_ttl=dead_ttl,
+        idempotency_ttl=idempotency_ttl,
+        admission=admission,
+    )
+
+
+def _rq_redis(url: str, *, connect_timeout: float, socket_timeout: float) -> redis.Redis:
+    from adapters.rq import create_rq_redis
+
+    return create_rq_redis(url, connect_timeout=connect_timeout, socket_timeout=socket_timeout)
+
+
+def _rq_backend(
+    client: redis.Redis,
+    *,
+    prefix: str,
+    result_ttl: float,
+    dead_ttl: float,
+    idempotency_ttl: float,
+    admission: AdmissionPolicy | None,
+) -> Backend:
+    from adapters.rq import rq_backend
+
+    return rq_backend(
+        client,
+        prefix=prefix,
+        result_ttl=result_ttl,
+        dead_ttl=dead_ttl,
+        idempotency_ttl=idempotency_ttl,
+        admission=admission,
+    )
+
+
+def lease_queue(backend: Backend) -> LeaseQueue:
+    """The backend's LeaseQueue: what the native worker claims from and settles through."""
+    if backend.leases is None:
+        raise UnsupportedOperationError(
+            "work", ROLE_NAMES[LeaseQueue], f"the {backend.name} backend hands out no leases"
+        )
+    return backend.leases
 
 
 class Container(containers.DeclarativeContainer):
@@ -45,16 +113,16 @@ class Container(containers.DeclarativeContainer):
     )
     # rq cannot use redis.asyncio (nor decoded responses): its own synchronous, bytes-mode client.
     rq_redis_client = providers.Singleton(
-        create_rq_redis,
+        _rq_redis,
         url=providers.Callable(_redis_url, settings),
         connect_timeout=config.redis_timeout,
         socket_timeout=redis_socket_timeout,
     )
     admission = providers.Callable(_admission, settings)
-    job_queue = providers.Selector(
+    backend = providers.Selector(
         config.queue_backend,
         redis=providers.Singleton(
-            RedisJobQueue,
+            _redis_backend,
             client=redis_client,
             prefix=config.key_prefix,
             result_ttl=config.result_ttl_seconds,
@@ -63,7 +131,7 @@ class Container(containers.DeclarativeContainer):
             admission=admission,
         ),
         memory=providers.Singleton(
-            InMemoryJobQueue,
+            memory_backend,
             clock=clock,
             result_ttl=config.result_ttl_seconds,
             dead_ttl=config.dead_ttl_seconds,
@@ -71,9 +139,8 @@ class Container(containers.DeclarativeContainer):
             admission=admission,
         ),
         rq=providers.Singleton(
-            RqJobQueue,
+            _rq_backend,
             client=rq_redis_client,
-            registry=registry,
             prefix=config.key_prefix,
             result_ttl=config.result_ttl_seconds,
             dead_ttl=config.dead_ttl_seconds,
@@ -83,10 +150,11 @@ class Container(containers.DeclarativeContainer):
             admission=admission,
         ),
     )
-    job_service = providers.Factory(JobService, queue=job_queue, registry=registry, clock=clock)
+    job_service = providers.Factory(JobService, backend=backend, registry=registry, clock=clock)
+    # Only for a backend that hands out leases (see `lease_queue`).
     job_processor = providers.Factory(
         JobProcessor,
-        queue=job_queue,
+        reporter=providers.Callable(lease_queue, backend),
         registry=registry,
         random=providers.Object(random.random),
         clock=clock,

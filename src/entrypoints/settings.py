@@ -23,7 +23,9 @@ class SettingsError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-class Backend(enum.StrEnum):
+class QueueBackend(enum.StrEnum):
+    """QUEUE_BACKEND: which technology keeps the jobs."""
+
     REDIS = "redis"
     MEMORY = "memory"
     RQ = "rq"
@@ -37,7 +39,7 @@ class LogFormat(enum.StrEnum):
 @attrs.frozen(kw_only=True)
 class Settings:
     redis_url: str | None = None
-    queue_backend: Backend = Backend.REDIS
+    queue_backend: QueueBackend = QueueBackend.REDIS
     key_prefix: str = "conveyor"
     lease_seconds: float = 30.0
     worker_concurrency: int = 10
@@ -75,7 +77,7 @@ class Settings:
         limits = dict(read("CONVEYOR_QUEUE_LIMITS", parse_queue_limits, no_limits))
         settings = cls(
             redis_url=read("REDIS_URL", str, None),
-            queue_backend=read("QUEUE_BACKEND", Backend, Backend.REDIS),
+            queue_backend=read("QUEUE_BACKEND", QueueBackend, QueueBackend.REDIS),
             key_prefix=read("CONVEYOR_KEY_PREFIX", _prefix, "conveyor"),
             lease_seconds=read("CONVEYOR_LEASE_SECONDS", _positive(float), 30.0),
             worker_concurrency=read("CONVEYOR_WORKER_CONCURRENCY", _positive(int), 10),
@@ -111,7 +113,7 @@ class Settings:
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
         )
-        if settings.queue_backend is Backend.RQ and settings.admission.enabled:
+        if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
                 "CONVEYOR_QUEUE_LIMITS and CONVEYOR_ADMIT_MAX_MEMORY_BYTES need a backend that"
                 " checks them atomically with the enqueue; QUEUE_BACKEND=rq cannot"

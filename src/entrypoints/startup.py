@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 
 from domain.errors import QueueUnavailableError, UnsafeBackendError
-from domain.ports import JobQueue
+from domain.ports import Connection
 
 
-async def backend_is_safe(queue: JobQueue, log: logging.Logger) -> bool:
+async def backend_is_safe(connection: Connection, log: logging.Logger) -> bool:
     """Log the backend's warnings; False, with the reason logged, when it could lose jobs.
 
     A backend that cannot be asked right now passes: the process serves anyway (the API with
     503s, workers retrying) and the next start checks again.
     """
     try:
-        for warning in await queue.verify():
+        for warning in await connection.verify():
             log.warning(warning)
     except UnsafeBackendError as exc:
         log.error("refusing to start: %s", exc)

@@ -21,7 +21,7 @@ from typing import Any
 
 import schemathesis
 
-from domain.services import MAX_SCHEDULE_AHEAD
+from domain.submission import MAX_SCHEDULE_AHEAD
 
 # Well inside the year the API allows, so a slow run cannot push a time out of it.
 _HORIZON = MAX_SCHEDULE_AHEAD / 2

@@ -15,7 +15,7 @@ from litestar.testing import TestClient
 
 from entrypoints.api.app import create_app
 from entrypoints.container import build_container
-from entrypoints.settings import Backend, Settings
+from entrypoints.settings import QueueBackend, Settings
 
 PAYLOADS = {
     "email": {"to": "user@example.com", "subject": "Hello", "body": "Hi"},
@@ -29,7 +29,7 @@ FAST_503_SECONDS = 1.5
 def settings(redis_url: str) -> Iterator[Settings]:
     """Settings for one test: its own key prefix, whose keys are deleted afterwards."""
     prefix = f"api-test-{uuid.uuid4().hex}"
-    yield Settings(redis_url=redis_url, queue_backend=Backend.REDIS, key_prefix=prefix)
+    yield Settings(redis_url=redis_url, queue_backend=QueueBackend.REDIS, key_prefix=prefix)
     client = redis.Redis.from_url(redis_url)
     try:
         for pattern in (f"{{{prefix}:*", f"{prefix}:*"):
@@ -127,7 +127,9 @@ def silent_redis() -> Iterator[str]:
 def test_an_unreachable_redis_is_a_fast_503_with_retry_after(
     method: str, path: str, body: object
 ) -> None:
-    down = Settings(redis_url=f"redis://127.0.0.1:{closed_port()}/0", queue_backend=Backend.REDIS)
+    down = Settings(
+        redis_url=f"redis://127.0.0.1:{closed_port()}/0", queue_backend=QueueBackend.REDIS
+    )
     with client_for(down) as client:
         started = time.monotonic()
         response = client.request(method, path, json=body)
@@ -142,7 +144,7 @@ def test_an_unreachable_redis_is_a_fast_503_with_retry_after(
 
 
 def test_a_redis_that_never_answers_is_a_503_within_the_timeout(silent_redis: str) -> None:
-    hung = Settings(redis_url=silent_redis, queue_backend=Backend.REDIS, redis_timeout=0.5)
+    hung = Settings(redis_url=silent_redis, queue_backend=QueueBackend.REDIS, redis_timeout=0.5)
     with client_for(hung) as client:
         started = time.monotonic()
         response = client.post("/jobs", json={"type": "email", "payload": PAYLOADS["email"]})

@@ -1,6 +1,6 @@
 """A real `conveyor worker` on a real Redis: cancelling running jobs, and worker presence.
 
-The jobs are driven through the port (the same container the API builds), so these tests
+The jobs are driven through the job service (the same container the API builds), so these tests
 stand on the worker and the Redis adapter alone. What really ran is read from the workers'
 audit log, written outside Redis.
 """
@@ -15,8 +15,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from domain.job_service import JobService
 from domain.jobs import Job, JobStatus
-from domain.services import JobService, Submission
+from domain.submission import Submission
 from entrypoints.container import build_container
 from entrypoints.settings import Settings
 from tests.integration.processes import Conveyor, service_env
@@ -49,7 +50,7 @@ async def _service(env: dict[str, str]) -> AsyncIterator[JobService]:
     try:
         yield container.job_service()
     finally:
-        await container.job_queue().close()
+        await container.backend().connection.close()
 
 
 async def _until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
@@ -78,7 +79,7 @@ async def _cancel_once_active(service: JobService, job_id: str) -> tuple[Job, fl
     return done, time.monotonic() - asked
 
 
-def test_a_running_report_cancelled_through_the_port_stops_within_the_grace(
+def test_a_running_report_cancelled_through_the_job_service_stops_within_the_grace(
     redis_url: str, tmp_path: Path
 ) -> None:
     env = _env(redis_url, tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,22 +13,14 @@ from dependency_injector import providers
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from adapters.memory_queue import InMemoryJobQueue
 from domain.errors import QueueUnavailableError
-from domain.jobs import ErrorKind, Job, JobError, JSONValue, Lease
-from domain.ports import (
-    Capabilities,
-    JobPage,
-    JobQuery,
-    JobQueue,
-    JobSituation,
-    NewJob,
-    QueueStats,
-    Submitted,
-)
+from domain.jobs import ErrorKind, JobError
+from domain.ports import Backend
+from domain.settlement import Ending
 from entrypoints.api.app import create_app
 from entrypoints.container import Container, build_container
-from entrypoints.settings import Backend, Settings
+from entrypoints.settings import QueueBackend, Settings
+from tests.unit.backends import Broken, claim_one, leases_of, settle, stored_jobs
 
 PROBLEM = "application/problem+json"
 EMAIL = {"to": "user@example.com", "subject": "Hello", "body": "Hi there"}
@@ -66,12 +58,12 @@ JOB_VIEW_FIELDS = {
 
 @pytest.fixture
 def container() -> Container:
-    return build_container(Settings(queue_backend=Backend.MEMORY))
+    return build_container(Settings(queue_backend=QueueBackend.MEMORY))
 
 
 @pytest.fixture
-def queue(container: Container) -> InMemoryJobQueue:
-    memory: InMemoryJobQueue = container.job_queue()
+def backend(container: Container) -> Backend:
+    memory: Backend = container.backend()
     return memory
 
 
@@ -86,17 +78,6 @@ def submit(client: TestClient[Litestar], type_: str, payload: object, **extra: o
     assert response.status_code == 202, response.text
     job_id: str = response.json()["id"]
     return job_id
-
-
-def claim_one(queue: InMemoryJobQueue) -> Lease:
-    async def claim() -> Sequence[Lease]:
-        return await queue.claim(
-            ["default"], worker_id="w1", limit=1, lease_seconds=30, wait_seconds=0
-        )
-
-    leases = asyncio.run(claim())
-    assert len(leases) == 1
-    return leases[0]
 
 
 def assert_problem(response: Any, status: int) -> dict[str, Any]:
@@ -192,7 +173,7 @@ def test_json_media_types_with_suffix_and_charset_are_accepted(
 
 
 def test_an_invalid_payload_lists_every_bad_field_with_its_path(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     response = client.post(
         "/jobs",
@@ -219,7 +200,7 @@ def test_an_invalid_payload_lists_every_bad_field_with_its_path(
     assert paths["payload.colour"] == "unknown field"
     assert problem["detail"].startswith("6 invalid fields: payload.colour: unknown field; ")
     assert problem["detail"].endswith("and 3 more (`errors` lists 6)")
-    assert asyncio.run(queue.list_jobs(JobQuery())).jobs == []
+    assert stored_jobs(backend) == []
 
 
 def test_an_unknown_type_is_answered_with_the_known_types(client: TestClient[Litestar]) -> None:
@@ -247,14 +228,14 @@ def test_a_huge_number_of_bad_fields_gives_a_bounded_answer(
 
 
 def test_a_job_moved_by_a_worker_shows_its_progress_result_and_times(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     job_id = submit(client, "report", {"name": "q3", "rows": 10})
-    lease = claim_one(queue)
-    asyncio.run(queue.set_progress(lease, 40))
+    lease = claim_one(backend)
+    asyncio.run(leases_of(backend).set_progress(lease, 40))
 
     active = client.get(f"/jobs/{job_id}").json()
-    asyncio.run(queue.complete(lease, {"rows": 10}))
+    settle(backend, lease, Ending.succeeded({"rows": 10}))
     done = client.get(f"/jobs/{job_id}").json()
 
     assert (active["status"], active["progress"], active["attempts"]) == ("active", 40, 1)
@@ -263,15 +244,13 @@ def test_a_job_moved_by_a_worker_shows_its_progress_result_and_times(
     assert done["finished_at"] is not None
 
 
-def test_a_failed_attempt_shows_its_error(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
-) -> None:
+def test_a_failed_attempt_shows_its_error(client: TestClient[Litestar], backend: Backend) -> None:
     job_id = submit(client, "dummy", {"mode": "fatal"})
-    lease = claim_one(queue)
+    lease = claim_one(backend)
     error = JobError(
         message="boom", type="NonRetryableError", kind=ErrorKind.NON_RETRYABLE, traceback="tb"
     )
-    asyncio.run(queue.fail(lease, error, None))
+    settle(backend, lease, Ending.failed(error, retry_in=None))
 
     view = client.get(f"/jobs/{job_id}").json()
 
@@ -288,14 +267,11 @@ def test_a_failed_attempt_shows_its_error(
 
 
 def test_retrying_a_dead_job_queues_it_again_with_fresh_attempts(
-    client: TestClient[Litestar], container: Container
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     job_id = client.post("/jobs", json={"type": "dummy", "payload": {"mode": "fatal"}}).json()["id"]
-    queue = container.job_queue()
-    [lease] = asyncio.run(
-        queue.claim(["default"], worker_id="w", limit=1, lease_seconds=30, wait_seconds=0)
-    )
-    asyncio.run(queue.fail(lease, JobError(message="x", type="X"), None))
+    lease = claim_one(backend)
+    settle(backend, lease, Ending.failed(JobError(message="x", type="X"), retry_in=None))
 
     response = client.post(f"/jobs/{job_id}/retry")
 
@@ -327,7 +303,7 @@ def test_an_unknown_or_malformed_job_id_is_404(client: TestClient[Litestar], job
 
 
 def test_listing_filters_and_pages_through_jobs(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     emails = [submit(client, "email", EMAIL) for _ in range(3)]
     report = submit(client, "report", {"name": "r", "rows": 1})
@@ -336,7 +312,7 @@ def test_listing_filters_and_pages_through_jobs(
     only_emails = client.get("/jobs", params={"type": "email"}).json()
     first = client.get("/jobs", params={"limit": 2}).json()
     second = client.get("/jobs", params={"limit": 2, "cursor": first["next_cursor"]}).json()
-    claim_one(queue)
+    claim_one(backend)
     active = client.get("/jobs", params={"status": "active", "queue": "default"}).json()
 
     assert [j["id"] for j in everything["jobs"]] == [report, *reversed(emails)]
@@ -424,83 +400,8 @@ def test_a_wrong_method_is_a_405_problem_with_allow(client: TestClient[Litestar]
 # -- a backend that is down, or broken ------------------------------------------------------
 
 
-class BrokenQueue(JobQueue):
-    """A backend every call of which fails with `error`; records whether it was closed."""
-
-    capabilities = Capabilities(leases=True, shared_across_processes=True, blocking_claim=True)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        self.closed = False
-
-    async def submit(self, jobs: Sequence[NewJob]) -> Sequence[Submitted]:
-        raise self.error
-
-    async def get(self, job_id: str) -> Job | None:
-        raise self.error
-
-    async def list_jobs(self, query: JobQuery) -> JobPage:
-        raise self.error
-
-    async def claim(
-        self,
-        queues: Sequence[str],
-        *,
-        worker_id: str,
-        limit: int,
-        lease_seconds: float,
-        wait_seconds: float,
-    ) -> Sequence[Lease]:
-        raise self.error
-
-    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
-        raise self.error
-
-    async def set_progress(self, lease: Lease, progress: int) -> bool:
-        raise self.error
-
-    async def complete(self, lease: Lease, result: JSONValue) -> bool:
-        raise self.error
-
-    async def fail(self, lease: Lease, error: JobError, retry_in: float | None) -> bool:
-        raise self.error
-
-    async def release(self, lease: Lease) -> bool:
-        raise self.error
-
-    async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
-        raise self.error
-
-    async def recover(self, queues: Sequence[str]) -> int:
-        raise self.error
-
-    async def requeue(self, job_id: str) -> Job:
-        raise self.error
-
-    async def cancel(self, job_id: str) -> Job:
-        raise self.error
-
-    async def pause(self, queue: str) -> None:
-        raise self.error
-
-    async def resume(self, queue: str) -> None:
-        raise self.error
-
-    async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
-        raise self.error
-
-    async def situation(self, job_id: str) -> JobSituation | None:
-        raise self.error
-
-    async def ping(self) -> None:
-        raise self.error
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-def client_over(container: Container, queue: JobQueue) -> TestClient[Litestar]:
-    container.job_queue.override(providers.Object(queue))
+def client_over(container: Container, backend: Backend) -> TestClient[Litestar]:
+    container.backend.override(providers.Object(backend))
     return TestClient(create_app(container))
 
 
@@ -523,8 +424,8 @@ def client_over(container: Container, queue: JobQueue) -> TestClient[Litestar]:
 def test_an_unreachable_backend_is_503_with_retry_after(
     container: Container, method: str, path: str, body: object
 ) -> None:
-    down = BrokenQueue(QueueUnavailableError("connection refused", retry_after=2.5))
-    with client_over(container, down) as client:
+    down = Broken(QueueUnavailableError("connection refused", retry_after=2.5))
+    with client_over(container, down.backend()) as client:
         response = client.request(method, path, json=body)
 
     problem = assert_problem(response, 503)
@@ -533,7 +434,7 @@ def test_an_unreachable_backend_is_503_with_retry_after(
 
 
 def test_a_readiness_probe_that_fails_any_other_way_is_503_too(container: Container) -> None:
-    with client_over(container, BrokenQueue(PermissionError("NOPERM"))) as client:
+    with client_over(container, Broken(PermissionError("NOPERM")).backend()) as client:
         response = client.get("/health/ready")
 
     assert_problem(response, 503)
@@ -543,8 +444,8 @@ def test_a_readiness_probe_that_fails_any_other_way_is_503_too(container: Contai
 def test_an_unexpected_error_is_a_500_problem_that_reveals_nothing_and_is_logged(
     container: Container, caplog: pytest.LogCaptureFixture
 ) -> None:
-    broken = BrokenQueue(RuntimeError("internal detail: host=db-7 token=abc"))
-    with client_over(container, broken) as client, caplog.at_level(logging.ERROR):
+    broken = Broken(RuntimeError("internal detail: host=db-7 token=abc"))
+    with client_over(container, broken.backend()) as client, caplog.at_level(logging.ERROR):
         response = client.get("/jobs/" + "0" * 32)
 
     assert_problem(response, 500)
@@ -552,12 +453,12 @@ def test_an_unexpected_error_is_a_500_problem_that_reveals_nothing_and_is_logged
     assert "RuntimeError" in caplog.text
 
 
-def test_shutting_down_closes_the_queue(container: Container) -> None:
-    queue = BrokenQueue(QueueUnavailableError("down"))
-    with client_over(container, queue):
-        assert not queue.closed
+def test_shutting_down_closes_the_backends_connection(container: Container) -> None:
+    broken = Broken(QueueUnavailableError("down"))
+    with client_over(container, broken.backend()):
+        assert not broken.closed
 
-    assert queue.closed
+    assert broken.closed
 
 
 def test_payloads_never_reach_the_logs(

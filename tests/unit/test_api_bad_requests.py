@@ -15,13 +15,12 @@ from litestar import Litestar
 from litestar.testing import TestClient
 from litestar.types import Message, ReceiveMessage, Scope
 
-from adapters.memory_queue import InMemoryJobQueue
-from domain.ports import JobQuery
 from entrypoints.api.app import create_app
 from entrypoints.api.body import MAX_DEPTH, decode_json
 from entrypoints.api.problems import ProblemError
 from entrypoints.container import Container, build_container
-from entrypoints.settings import Backend, Settings
+from entrypoints.settings import QueueBackend, Settings
+from tests.unit import backends
 
 LIMIT: Final = Settings().max_body_bytes
 JSON: Final = {"content-type": "application/json"}
@@ -287,7 +286,7 @@ for label, value in NOT_STRINGS.items():
 
 @pytest.fixture
 def container() -> Container:
-    return build_container(Settings(queue_backend=Backend.MEMORY))
+    return build_container(Settings(queue_backend=QueueBackend.MEMORY))
 
 
 @pytest.fixture
@@ -297,8 +296,7 @@ def client(container: Container) -> Iterator[TestClient[Litestar]]:
 
 
 def stored_jobs(container: Container) -> int:
-    queue: InMemoryJobQueue = container.job_queue()
-    return len(asyncio.run(queue.list_jobs(JobQuery(limit=500))).jobs)
+    return len(backends.stored_jobs(container.backend()))
 
 
 @pytest.mark.parametrize("case", CORPUS.values(), ids=CORPUS.keys())
@@ -395,7 +393,8 @@ def test_a_bad_batch_is_refused_with_a_problem_and_stores_nothing(
 def test_a_bad_idempotency_key_is_refused_and_stores_nothing(
     client: TestClient[Litestar], container: Container, key: bytes
 ) -> None:
-    response = client.post("/jobs", content=envelope(), headers={**JSON, "Idempotency-Key": key})
+    headers = {b"content-type": b"application/json", b"idempotency-key": key}
+    response = client.post("/jobs", content=envelope(), headers=headers)
 
     assert response.status_code == 422, response.text[:500]
     assert response.json()["errors"] == [
@@ -424,7 +423,7 @@ def test_a_body_exactly_at_the_limit_is_accepted(client: TestClient[Litestar]) -
 
 
 def test_the_limit_follows_the_settings() -> None:
-    container = build_container(Settings(queue_backend=Backend.MEMORY, max_body_bytes=1024))
+    container = build_container(Settings(queue_backend=QueueBackend.MEMORY, max_body_bytes=1024))
     with TestClient(create_app(container)) as client:
         at_limit = client.post("/jobs", content=padded_to(1024), headers=JSON)
         over = client.post("/jobs", content=padded_to(1025), headers=JSON)

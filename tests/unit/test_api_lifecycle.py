@@ -1,26 +1,28 @@
 """The job lifecycle over HTTP, on the in-memory backend: options, idempotency keys, batches,
 explained state and long polling, cancellation, queues, admission limits and backends that
-lack a capability."""
+lack a role."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import attrs
 import pytest
 from dependency_injector import providers
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from adapters.memory_queue import InMemoryJobQueue
-from domain.jobs import JobError, JobStatus, Lease
-from domain.ports import AdmissionPolicy, JobQuery, JobQueue, QueueLimits
+from domain.jobs import JobError, JobStatus
+from domain.ports import AdmissionPolicy, Backend, QueueLimits
+from domain.settlement import Ending
 from entrypoints.api.app import create_app
 from entrypoints.container import Container, build_container
-from entrypoints.settings import Backend, Settings
+from entrypoints.settings import QueueBackend, Settings
+from tests.unit.backends import NoDeadlines, claim, leases_of, settle, stored_jobs
 
 PROBLEM: Final = "application/problem+json"
 EMAIL: Final = {"to": "user@example.com", "subject": "Hello", "body": "Hi there"}
@@ -28,7 +30,7 @@ SUCCEED: Final = {"type": "dummy", "payload": {"mode": "succeed"}}
 
 
 def container_for(**settings: Any) -> Container:
-    return build_container(Settings(queue_backend=Backend.MEMORY, **settings))
+    return build_container(Settings(queue_backend=QueueBackend.MEMORY, **settings))
 
 
 @pytest.fixture
@@ -37,8 +39,8 @@ def container() -> Container:
 
 
 @pytest.fixture
-def queue(container: Container) -> InMemoryJobQueue:
-    memory: InMemoryJobQueue = container.job_queue()
+def backend(container: Container) -> Backend:
+    memory: Backend = container.backend()
     return memory
 
 
@@ -55,16 +57,8 @@ def post_job(client: TestClient[Litestar], **fields: Any) -> dict[str, Any]:
     return view
 
 
-def claim(queue: InMemoryJobQueue, queues: Sequence[str] = ("default",)) -> list[Lease]:
-    return list(
-        asyncio.run(
-            queue.claim(list(queues), worker_id="w1", limit=10, lease_seconds=30, wait_seconds=0)
-        )
-    )
-
-
-def stored(queue: InMemoryJobQueue) -> int:
-    return len(asyncio.run(queue.list_jobs(JobQuery(limit=500))).jobs)
+def stored(backend: Backend) -> int:
+    return len(stored_jobs(backend))
 
 
 def problem_of(response: Any, status: int, slug: str | None = None) -> dict[str, Any]:
@@ -130,7 +124,7 @@ def test_a_run_at_in_the_future_schedules_and_one_in_the_past_queues(
 
 
 def test_every_bad_option_is_named_in_one_422(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     response = client.post(
         "/jobs",
@@ -146,14 +140,14 @@ def test_every_bad_option_is_named_in_one_422(
 
     problem = problem_of(response, 422, "invalid-job")
     assert paths_of(problem) == {"queue", "priority", "run_at", "deadline"}
-    assert stored(queue) == 0
+    assert stored(backend) == 0
 
 
 # -- idempotency keys -----------------------------------------------------------------------
 
 
 def test_a_repeat_under_an_idempotency_key_answers_the_first_job(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     headers = {"Idempotency-Key": "order-42/charge"}
 
@@ -165,11 +159,11 @@ def test_a_repeat_under_an_idempotency_key_answers_the_first_job(
     assert again.headers["location"] == first.headers["location"]
     assert "idempotent-replayed" not in first.headers
     assert again.headers["idempotent-replayed"] == "true"
-    assert stored(queue) == 1
+    assert stored(backend) == 1
 
 
 def test_another_body_under_a_used_key_is_a_422_conflict_naming_the_key(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     headers = {"Idempotency-Key": "order-42"}
     client.post("/jobs", json=SUCCEED, headers=headers)
@@ -179,31 +173,31 @@ def test_another_body_under_a_used_key_is_a_422_conflict_naming_the_key(
     problem = problem_of(response, 422, "idempotency-conflict")
     assert "'order-42'" in problem["detail"]
     assert paths_of(problem) == {"Idempotency-Key"}
-    assert stored(queue) == 1
+    assert stored(backend) == 1
 
 
 @pytest.mark.parametrize("key", [b"", b"has space", b"x" * 201, "cl\u00e9".encode(), b"tab\there"])
 def test_a_malformed_idempotency_key_is_a_422_and_stores_nothing(
-    client: TestClient[Litestar], queue: InMemoryJobQueue, key: bytes
+    client: TestClient[Litestar], backend: Backend, key: bytes
 ) -> None:
-    response = client.post("/jobs", json=SUCCEED, headers={"Idempotency-Key": key})
+    response = client.post("/jobs", json=SUCCEED, headers={b"Idempotency-Key": key})
 
     problem = problem_of(response, 422, "invalid-header")
     assert paths_of(problem) == {"Idempotency-Key"}
-    assert stored(queue) == 0
+    assert stored(backend) == 0
 
 
 def test_a_key_of_200_printable_characters_is_accepted(client: TestClient[Litestar]) -> None:
     key = ("!~" * 100).encode()
 
-    assert client.post("/jobs", json=SUCCEED, headers={"Idempotency-Key": key}).status_code == 202
+    assert client.post("/jobs", json=SUCCEED, headers={b"Idempotency-Key": key}).status_code == 202
 
 
 # -- batches --------------------------------------------------------------------------------
 
 
 def test_a_batch_answers_one_entry_per_job_in_order(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     items = [
         {"type": "email", "payload": EMAIL},
@@ -221,11 +215,11 @@ def test_a_batch_answers_one_entry_per_job_in_order(
     views = [client.get(entry["location"]).json() for entry in entries]
     assert [view["type"] for view in views] == ["email", "dummy", "report"]
     assert (views[1]["priority"], views[1]["queue"]) == (9, "fast")
-    assert stored(queue) == 3
+    assert stored(backend) == 3
 
 
 def test_a_batch_with_bad_items_lists_every_one_by_index_and_stores_none(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     items = [
         {**SUCCEED, "colour": "red"},
@@ -248,11 +242,11 @@ def test_a_batch_with_bad_items_lists_every_one_by_index_and_stores_none(
         "jobs[5]",
     }
     assert problem["errors"][0]["path"] == "jobs[0].colour"
-    assert stored(queue) == 0
+    assert stored(backend) == 0
 
 
 def test_a_batch_of_valid_envelopes_names_the_domains_errors_by_index_too(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     items = [SUCCEED, {"type": "email", "payload": {}}, {**SUCCEED, "delay": -1}]
 
@@ -264,7 +258,7 @@ def test_a_batch_of_valid_envelopes_names_the_domains_errors_by_index_too(
         "jobs[1].payload.body",
         "jobs[2].delay",
     }
-    assert stored(queue) == 0
+    assert stored(backend) == 0
 
 
 @pytest.mark.parametrize(
@@ -279,16 +273,16 @@ def test_a_batch_of_valid_envelopes_names_the_domains_errors_by_index_too(
     ],
 )
 def test_a_malformed_batch_is_a_422(
-    client: TestClient[Litestar], queue: InMemoryJobQueue, body: object, path: str
+    client: TestClient[Litestar], backend: Backend, body: object, path: str
 ) -> None:
     problem = problem_of(client.post("/jobs/batch", json=body), 422)
 
     assert path in paths_of(problem)
-    assert stored(queue) == 0
+    assert stored(backend) == 0
 
 
 def test_a_batch_item_key_answers_the_first_job_and_a_changed_item_is_a_conflict(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     keyed = {**SUCCEED, "idempotency_key": "item-1"}
     first = client.post("/jobs/batch", json={"jobs": [keyed]}).json()["jobs"][0]
@@ -302,7 +296,7 @@ def test_a_batch_item_key_answers_the_first_job_and_a_changed_item_is_a_conflict
     assert replayed[1]["id"] == first["id"]
     problem = problem_of(changed, 422, "idempotency-conflict")
     assert "jobs[1]" in problem["detail"]
-    assert stored(queue) == 2
+    assert stored(backend) == 2
 
 
 def test_a_batch_may_be_larger_than_one_job_but_not_than_four_times_the_limit() -> None:
@@ -321,13 +315,15 @@ def test_a_batch_may_be_larger_than_one_job_but_not_than_four_times_the_limit() 
 # -- reading: explained state and long polling -----------------------------------------------
 
 
-def test_a_job_explains_why_it_waits(client: TestClient[Litestar], queue: InMemoryJobQueue) -> None:
+def test_a_job_explains_why_it_waits(client: TestClient[Litestar], backend: Backend) -> None:
     first = post_job(client)
     second = post_job(client)
-    asyncio.run(queue.heartbeat("w1", ["default"], ttl=30))
+    assert backend.monitor is not None
+    assert backend.pauser is not None
+    asyncio.run(backend.monitor.heartbeat("w1", ["default"], ttl=30))
 
     reason = client.get(f"/jobs/{second['id']}").json()["waiting_reason"]
-    asyncio.run(queue.pause("default"))
+    asyncio.run(backend.pauser.pause("default"))
     paused = client.get(f"/jobs/{first['id']}").json()["waiting_reason"]
 
     assert (reason["kind"], reason["ahead"]) == ("behind_jobs", 1)
@@ -336,13 +332,13 @@ def test_a_job_explains_why_it_waits(client: TestClient[Litestar], queue: InMemo
 
 
 def test_the_timeline_follows_attempts_and_retries(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     job_id = post_job(client)["id"]
-    [lease] = claim(queue)
-    asyncio.run(queue.renew([lease], 30))
+    [lease] = claim(backend)
+    asyncio.run(leases_of(backend).renew([lease], 30))
     active = client.get(f"/jobs/{job_id}").json()
-    asyncio.run(queue.fail(lease, JobError(message="boom", type="RuntimeError"), 60))
+    settle(backend, lease, Ending.failed(JobError(message="boom", type="RuntimeError"), 60))
     failed = client.get(f"/jobs/{job_id}").json()
 
     assert active["waiting_reason"] is None
@@ -359,11 +355,11 @@ def test_the_timeline_follows_attempts_and_retries(
 
 
 def test_wait_answers_as_soon_as_the_job_finishes(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     job_id = post_job(client)["id"]
-    [lease] = claim(queue)
-    asyncio.run(queue.complete(lease, {"ok": True}))
+    [lease] = claim(backend)
+    settle(backend, lease, Ending.succeeded({"ok": True}))
 
     started = time.monotonic()
     view = client.get(f"/jobs/{job_id}", params={"wait": "30"}).json()
@@ -414,7 +410,7 @@ def test_waiting_on_an_unknown_job_is_a_404_at_once(client: TestClient[Litestar]
 
 
 def test_cancelling_a_waiting_job_is_200_and_final(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     job_id = post_job(client)["id"]
 
@@ -423,7 +419,7 @@ def test_cancelling_a_waiting_job_is_200_and_final(
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "cancelled"
     assert response.json()["finished_at"] is not None
-    assert claim(queue) == []
+    assert claim(backend) == []
     problem_of(client.post(f"/jobs/{job_id}/cancel"), 409, "invalid-transition")
 
 
@@ -436,27 +432,27 @@ def test_cancelling_a_scheduled_job_is_200(client: TestClient[Litestar]) -> None
 
 
 def test_cancelling_an_active_job_is_202_with_the_request_recorded(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     job_id = post_job(client)["id"]
-    [lease] = claim(queue)
+    [lease] = claim(backend)
 
     response = client.post(f"/jobs/{job_id}/cancel")
 
     assert response.status_code == 202, response.text
     view = response.json()
     assert (view["status"], view["cancel_requested_at"] is not None) == ("active", True)
-    assert asyncio.run(queue.cancel_requested([lease])) == {job_id}
-    asyncio.run(queue.cancelled(lease))
+    assert asyncio.run(leases_of(backend).cancel_requested([lease])) == {job_id}
+    assert settle(backend, lease, Ending.cancelled()) is JobStatus.CANCELLED
     assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
 
 
 def test_cancelling_a_finished_job_is_409_and_an_unknown_one_404(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     job_id = post_job(client)["id"]
-    [lease] = claim(queue)
-    asyncio.run(queue.complete(lease, None))
+    [lease] = claim(backend)
+    settle(backend, lease, Ending.succeeded(None))
 
     problem = problem_of(client.post(f"/jobs/{job_id}/cancel"), 409, "invalid-transition")
 
@@ -468,13 +464,11 @@ def test_cancelling_a_finished_job_is_409_and_an_unknown_one_404(
 # -- queues ---------------------------------------------------------------------------------
 
 
-def test_queues_show_their_jobs_by_status(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
-) -> None:
+def test_queues_show_their_jobs_by_status(client: TestClient[Litestar], backend: Backend) -> None:
     post_job(client)
     post_job(client)
     post_job(client, queue="reports", delay=60)
-    claim(queue)
+    claim(backend)
 
     listed = client.get("/queues")
     one = client.get("/queues/reports")
@@ -499,19 +493,19 @@ def test_a_queue_never_used_has_no_jobs(client: TestClient[Litestar]) -> None:
 
 
 def test_pausing_a_queue_stops_claims_until_it_is_resumed(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     job_id = post_job(client)["id"]
 
     paused = client.post("/queues/default/pause")
-    claimed_while_paused = claim(queue)
+    claimed_while_paused = claim(backend)
     resumed = client.post("/queues/default/resume")
 
     assert (paused.status_code, paused.json()["paused"]) == (200, True)
     assert paused.json()["counts"]["queued"] == 1
     assert claimed_while_paused == []
     assert (resumed.status_code, resumed.json()["paused"]) == (200, False)
-    assert [lease.job_id for lease in claim(queue)] == [job_id]
+    assert [lease.job_id for lease in claim(backend)] == [job_id]
 
 
 @pytest.mark.parametrize("name", ["Default", "a}:{b", "x" * 65, "..", "1abc", "%20"])
@@ -542,37 +536,58 @@ def test_a_queue_over_its_depth_limit_is_a_429_with_retry_after() -> None:
     assert batch.headers["retry-after"] == "3"
 
 
-class WithoutPauseOrCancel(InMemoryJobQueue):
-    """The memory backend, as a backend that cannot pause queues or cancel jobs would be."""
-
-    async def pause(self, queue: str) -> None:
-        await JobQueue.pause(self, queue)
-
-    async def resume(self, queue: str) -> None:
-        await JobQueue.resume(self, queue)
-
-    async def cancel(self, job_id: str) -> Any:
-        return await JobQueue.cancel(self, job_id)
+def without(container: Container, **roles: None) -> Container:
+    """`container` over its memory backend without the roles named."""
+    container.backend.override(providers.Object(attrs.evolve(container.backend(), **roles)))
+    return container
 
 
 @pytest.mark.parametrize(
-    ("path", "capability"),
+    ("role", "method", "path", "capability"),
     [
-        ("/queues/default/pause", "pause"),
-        ("/queues/default/resume", "pause"),
-        (f"/jobs/{'0' * 32}/cancel", "cancel_queued"),
+        ("pauser", "POST", "/queues/default/pause", "pause"),
+        ("pauser", "POST", "/queues/default/resume", "pause"),
+        ("control", "POST", f"/jobs/{'0' * 32}/cancel", "cancel"),
+        ("control", "POST", f"/jobs/{'0' * 32}/retry", "cancel"),
+        ("monitor", "GET", "/queues", "queue_stats"),
+        ("monitor", "GET", "/queues/default", "queue_stats"),
     ],
 )
-def test_what_a_backend_cannot_do_is_a_501_naming_the_capability(
-    container: Container, path: str, capability: str
+def test_a_role_the_backend_lacks_is_a_501_naming_it(
+    container: Container, role: str, method: str, path: str, capability: str
 ) -> None:
-    container.job_queue.override(providers.Object(WithoutPauseOrCancel(container.clock())))
-    with TestClient(create_app(container)) as client:
-        response = client.post(path)
+    with TestClient(create_app(without(container, **{role: None}))) as client:
+        response = client.request(method, path)
 
     problem = problem_of(response, 501, "unsupported-by-backend")
     assert problem["capability"] == capability
     assert f"`{capability}`" in problem["detail"]
+
+
+def test_a_backend_without_a_pauser_still_reports_its_queues(container: Container) -> None:
+    with TestClient(create_app(without(container, pauser=None))) as client:
+        post_job(client)
+        listed = client.get("/queues")
+
+    assert listed.status_code == 200
+    assert [q["counts"]["queued"] for q in listed.json()["queues"]] == [1]
+
+
+def test_a_deadline_on_a_backend_that_cannot_enforce_one_is_a_501_and_nothing_is_stored(
+    container: Container,
+) -> None:
+    backend: Backend = container.backend()
+    limited = attrs.evolve(backend, submitter=NoDeadlines(backend.submitter))
+    container.backend.override(providers.Object(limited))
+    with TestClient(create_app(container)) as client:
+        refused = client.post("/jobs", json={**SUCCEED, "deadline": 60})
+        batch = client.post("/jobs/batch", json={"jobs": [SUCCEED, {**SUCCEED, "deadline": 60}]})
+        accepted = client.post("/jobs", json=SUCCEED)
+
+    assert problem_of(refused, 501, "unsupported-by-backend")["capability"] == "deadlines"
+    assert problem_of(batch, 501, "unsupported-by-backend")["capability"] == "deadlines"
+    assert accepted.status_code == 202
+    assert stored(backend) == 1
 
 
 # -- framework answers are problems too ------------------------------------------------------
@@ -621,7 +636,7 @@ def test_options_lists_every_method_of_the_path(
 
 
 def test_a_whole_number_written_with_a_fraction_is_an_integer(
-    client: TestClient[Litestar], queue: InMemoryJobQueue
+    client: TestClient[Litestar], backend: Backend
 ) -> None:
     view = post_job(client, max_attempts=2.0, priority=-3.0)
     report = client.post(
@@ -630,9 +645,7 @@ def test_a_whole_number_written_with_a_fraction_is_an_integer(
 
     assert (view["max_attempts"], view["priority"]) == (2, -3)
     assert report.status_code == 202, report.text
-    [stored_report] = [
-        job for job in asyncio.run(queue.list_jobs(JobQuery())).jobs if job.type == "report"
-    ]
+    [stored_report] = [job for job in stored_jobs(backend) if job.type == "report"]
     assert stored_report.payload["rows"] == 5
     assert isinstance(stored_report.payload["rows"], int)
 

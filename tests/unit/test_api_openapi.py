@@ -20,7 +20,7 @@ from domain.jobs import NAME_PATTERN, JSONObject, JSONValue
 from domain.schema import Field, Kind, PayloadSchema
 from entrypoints.api.app import create_app
 from entrypoints.container import Container, build_container
-from entrypoints.settings import Backend, Settings
+from entrypoints.settings import QueueBackend, Settings
 from tests.fakes import RecordingEmailSender
 
 PROBLEM = "application/problem+json"
@@ -29,7 +29,7 @@ HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "tra
 
 @pytest.fixture
 def container() -> Container:
-    return build_container(Settings(queue_backend=Backend.MEMORY))
+    return build_container(Settings(queue_backend=QueueBackend.MEMORY))
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# The style guide's limit on a module in src/, Lua scripts included.
+MAX_LINES = 400
 LINT_IMPORTS = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
 
 
@@ -36,3 +38,11 @@ def test_a_domain_module_importing_redis_breaks_the_purity_contract(tmp_path: Pa
     assert run.returncode != 0
     assert "Domain is pure" in run.stdout
     assert "domain.jobs -> redis" in run.stdout
+
+
+def test_no_module_in_src_is_over_the_line_limit() -> None:
+    sources = sorted([*ROOT.glob("src/**/*.py"), *ROOT.glob("src/**/*.lua")])
+    lines = {str(path.relative_to(ROOT)): len(path.read_text().splitlines()) for path in sources}
+
+    assert len(lines) > 50  # the glob found the sources
+    assert {path: n for path, n in lines.items() if n > MAX_LINES} == {}

@@ -9,31 +9,35 @@ import threading
 import time
 from typing import Any
 
+import attrs
 import pytest
 
-from adapters.memory_queue import InMemoryJobQueue
+from adapters.memory import memory_backend
 from adapters.system_clock import SystemClock
 from domain.errors import QueueUnavailableError
+from domain.job_service import JobService
 from domain.job_types.registry import default_registry
-from domain.jobs import JobError, Lease
-from domain.ports import JobQuery
-from domain.services import JobService, Submission
+from domain.jobs import Job, JobError, Lease
+from domain.ports import Backend, ClaimRequest, JobPage, JobQuery, JobSituation, JobStore
+from domain.settlement import Ending
+from domain.submission import Submission
 from entrypoints.cli import follow, main
 from entrypoints.container import Container, build_container
-from entrypoints.settings import Backend, Settings
+from entrypoints.settings import QueueBackend, Settings
 from tests.fakes import RecordingEmailSender
+from tests.unit.backends import claim, leases_of, settle, stored_jobs
 
 SUCCEED = '{"mode": "succeed"}'
 
 
 @pytest.fixture
 def container() -> Container:
-    return build_container(Settings(queue_backend=Backend.MEMORY))
+    return build_container(Settings(queue_backend=QueueBackend.MEMORY))
 
 
 @pytest.fixture
-def queue(container: Container) -> InMemoryJobQueue:
-    memory: InMemoryJobQueue = container.job_queue()
+def backend(container: Container) -> Backend:
+    memory: Backend = container.backend()
     return memory
 
 
@@ -60,16 +64,8 @@ def conveyor(container: Container, capsys: pytest.CaptureFixture[str]) -> Any:
     return run
 
 
-def claim(queue: InMemoryJobQueue, queues: tuple[str, ...] = ("default",)) -> list[Lease]:
-    return list(
-        asyncio.run(
-            queue.claim(list(queues), worker_id="w1", limit=10, lease_seconds=30, wait_seconds=0)
-        )
-    )
-
-
-def stored(queue: InMemoryJobQueue) -> int:
-    return len(asyncio.run(queue.list_jobs(JobQuery(limit=500))).jobs)
+def stored(backend: Backend) -> int:
+    return len(stored_jobs(backend))
 
 
 # -- submit ---------------------------------------------------------------------------------
@@ -116,7 +112,7 @@ def test_submit_with_a_run_at_and_an_rfc3339_deadline(conveyor: Any) -> None:
 
 
 def test_submit_under_the_same_idempotency_key_answers_the_first_job(
-    conveyor: Any, queue: InMemoryJobQueue
+    conveyor: Any, backend: Backend
 ) -> None:
     first = conveyor("submit", "dummy", SUCCEED, "--idempotency-key", "k-1")
     again = conveyor("submit", "dummy", SUCCEED, "--idempotency-key", "k-1")
@@ -127,16 +123,16 @@ def test_submit_under_the_same_idempotency_key_answers_the_first_job(
     assert "was used before" in again.err
     assert other.code == 1
     assert "'k-1'" in other.err
-    assert stored(queue) == 1
+    assert stored(backend) == 1
 
 
-def test_submit_names_every_bad_option_and_exits_2(conveyor: Any, queue: InMemoryJobQueue) -> None:
+def test_submit_names_every_bad_option_and_exits_2(conveyor: Any, backend: Backend) -> None:
     run = conveyor("submit", "dummy", SUCCEED, "--priority", "500", "--delay", "-1")
 
     assert run.code == 2
     assert "priority: expected -100 to 100" in run.err
     assert "delay:" in run.err
-    assert stored(queue) == 0
+    assert stored(backend) == 0
 
 
 def test_delay_and_run_at_cannot_be_given_together(conveyor: Any) -> None:
@@ -150,7 +146,7 @@ def wait_and_finish(
     container: Container, finish: Any, outcome: dict[str, Any], argv: list[str]
 ) -> None:
     """Run `conveyor submit --wait` in a thread while this one plays the worker."""
-    queue: InMemoryJobQueue = container.job_queue()
+    backend: Backend = container.backend()
     thread = threading.Thread(
         target=lambda: outcome.update(code=main(argv, container=container)), daemon=True
     )
@@ -160,10 +156,10 @@ def wait_and_finish(
     while not leases:
         assert time.monotonic() < deadline, "the job was never submitted"
         time.sleep(0.05)
-        leases = claim(queue)
-    asyncio.run(queue.set_progress(leases[0], 40))
+        leases = claim(backend)
+    asyncio.run(leases_of(backend).set_progress(leases[0], 40))
     time.sleep(0.4)  # the bar shows the progress at least once
-    finish(queue, leases[0])
+    finish(backend, leases[0])
     thread.join(timeout=10)
     assert not thread.is_alive(), "submit --wait did not return"
 
@@ -173,8 +169,8 @@ def test_submit_and_wait_follows_the_job_to_success_with_a_progress_bar(
 ) -> None:
     outcome: dict[str, Any] = {}
 
-    def succeed(queue: InMemoryJobQueue, lease: Lease) -> None:
-        asyncio.run(queue.complete(lease, {"answer": 42}))
+    def succeed(backend: Backend, lease: Lease) -> None:
+        settle(backend, lease, Ending.succeeded({"answer": 42}))
 
     wait_and_finish(
         container, succeed, outcome, ["submit", "report", '{"name": "q", "rows": 1}', "--wait"]
@@ -194,8 +190,8 @@ def test_submit_and_wait_exits_1_when_the_job_ends_badly(
 ) -> None:
     outcome: dict[str, Any] = {}
 
-    def kill(queue: InMemoryJobQueue, lease: Lease) -> None:
-        asyncio.run(queue.fail(lease, JobError(message="boom", type="RuntimeError"), None))
+    def kill(backend: Backend, lease: Lease) -> None:
+        settle(backend, lease, Ending.failed(JobError(message="boom", type="RuntimeError"), None))
 
     wait_and_finish(container, kill, outcome, ["submit", "dummy", '{"mode": "fatal"}', "--wait"])
 
@@ -208,12 +204,12 @@ def test_submit_and_wait_exits_1_when_the_job_ends_badly(
 # -- jobs -----------------------------------------------------------------------------------
 
 
-def test_jobs_list_shows_a_table_and_filters(conveyor: Any, queue: InMemoryJobQueue) -> None:
+def test_jobs_list_shows_a_table_and_filters(conveyor: Any, backend: Backend) -> None:
     email = conveyor(
         "submit", "email", '{"to": "a@example.com", "subject": "s", "body": "b"}'
     ).json()["id"]
     dummy = conveyor("submit", "dummy", SUCCEED, "--queue", "other").json()["id"]
-    claim(queue, ("other",))
+    claim(backend, ("other",))
 
     everything = conveyor("jobs", "list")
     active = conveyor("jobs", "list", "--status", "active")
@@ -265,7 +261,7 @@ def test_jobs_show_explains_the_job(conveyor: Any) -> None:
     assert [event["kind"] for event in view["timeline"]] == ["submitted", "scheduled"]
 
 
-def test_jobs_cancel_then_retry(conveyor: Any, queue: InMemoryJobQueue) -> None:
+def test_jobs_cancel_then_retry(conveyor: Any, backend: Backend) -> None:
     job_id = conveyor("submit", "dummy", SUCCEED).json()["id"]
 
     cancelled = conveyor("jobs", "cancel", job_id)
@@ -276,7 +272,7 @@ def test_jobs_cancel_then_retry(conveyor: Any, queue: InMemoryJobQueue) -> None:
     assert again.code == 1
     assert "cannot go from cancelled to cancelled" in again.err
     assert (retried.code, retried.json()["status"]) == (0, "queued")
-    assert [lease.job_id for lease in claim(queue)] == [job_id]
+    assert [lease.job_id for lease in claim(backend)] == [job_id]
 
 
 def test_an_unknown_job_is_exit_1_with_a_message(conveyor: Any) -> None:
@@ -295,13 +291,13 @@ def test_the_status_command_still_prints_a_job(conveyor: Any) -> None:
 # -- queues ---------------------------------------------------------------------------------
 
 
-def test_queues_list_pause_and_resume(conveyor: Any, queue: InMemoryJobQueue) -> None:
+def test_queues_list_pause_and_resume(conveyor: Any, backend: Backend) -> None:
     conveyor("submit", "dummy", SUCCEED)
     conveyor("submit", "dummy", SUCCEED, "--queue", "bulk")
 
     paused = conveyor("queues", "pause", "default")
     listed = conveyor("queues", "list")
-    claimed = claim(queue)
+    claimed = claim(backend)
     resumed = conveyor("queues", "resume", "default")
 
     assert (paused.code, paused.json()["paused"]) == (0, True)
@@ -312,42 +308,49 @@ def test_queues_list_pause_and_resume(conveyor: Any, queue: InMemoryJobQueue) ->
     assert "no" in rows["bulk"]
     assert "QUEUED" in listed.out
     assert (resumed.code, resumed.json()["paused"]) == (0, False)
-    assert len(claim(queue)) == 1
+    assert len(claim(backend)) == 1
 
 
-class FlakyQueue(InMemoryJobQueue):
-    """The memory backend, unreachable for the first `outages` reads."""
+class FlakyStore(JobStore):
+    """A job store unreachable for its first `outages` reads."""
 
-    def __init__(self, clock: Any, outages: int) -> None:
-        super().__init__(clock)
+    def __init__(self, inner: JobStore, outages: int) -> None:
+        self._inner = inner
         self.outages = outages
 
-    async def get(self, job_id: str) -> Any:
+    async def get(self, job_id: str) -> Job | None:
         if self.outages:
             self.outages -= 1
             raise QueueUnavailableError("connection refused")
-        return await super().get(job_id)
+        return await self._inner.get(job_id)
+
+    async def list_jobs(self, query: JobQuery) -> JobPage:
+        return await self._inner.list_jobs(query)
+
+    async def situation(self, job_id: str) -> JobSituation | None:
+        return await self._inner.situation(job_id)
 
 
 def test_following_a_job_rides_out_an_unreachable_store() -> None:
     from rich.console import Console
 
     clock = SystemClock()
-    queue = FlakyQueue(clock, outages=0)
-    service = JobService(queue, default_registry(RecordingEmailSender()), clock)
+    memory = memory_backend(clock)
+    flaky = FlakyStore(memory.store, outages=0)
+    backend = attrs.evolve(memory, store=flaky)
+    service = JobService(backend, default_registry(RecordingEmailSender()), clock)
     console = Console(file=io.StringIO(), width=120)
 
     async def scenario() -> str:
         job_id = (
             await service.submit(Submission(type="dummy", payload={"mode": "succeed"}))
         ).job.id
-        [lease] = await queue.claim(
-            ["default"], worker_id="w", limit=1, lease_seconds=30, wait_seconds=0
-        )
-        await queue.complete(lease, None)
-        queue.outages = 2
+        request = ClaimRequest(queues=("default",), worker_id="w", limit=1, lease_seconds=30)
+        [lease] = await leases_of(backend).claim(request)
+        await leases_of(backend).settle(lease, Ending.succeeded(None))
+        flaky.outages = 2
         job = await follow(service, job_id, console, interval=0.01)
         return job.status.value
 
     assert asyncio.run(scenario()) == "succeeded"
-    assert queue.outages == 0  # both failed reads happened, and were ridden out
+    assert flaky.outages == 0  # both failed reads happened, and were ridden out

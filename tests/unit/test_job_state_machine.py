@@ -1,4 +1,5 @@
 from datetime import UTC, datetime
+from typing import Any
 
 import attrs
 import pytest
@@ -9,7 +10,7 @@ from domain.errors import InvalidTransitionError
 from domain.jobs import TRANSITIONS, Job, JobStatus, can_transition, sources_of
 
 
-def a_job(**changes: object) -> Job:
+def a_job(**changes: Any) -> Job:
     job = Job.submitted(
         id="0" * 32,
         type="dummy",

@@ -45,10 +45,16 @@ def registry(sender: RecordingEmailSender) -> JobTypeRegistry:
     return default_registry(sender)
 
 
-def run(registry, name: str, payload: dict[str, Any], ctx: JobContext | None = None) -> Any:
+def run(
+    registry: JobTypeRegistry, name: str, payload: dict[str, Any], ctx: JobContext | None = None
+) -> Any:
     job_type = registry.resolve(name)
     clean = job_type.schema.validate(payload)
-    return asyncio.run(job_type.handler(clean, ctx or ImmediateContext()))
+
+    async def handle() -> Any:
+        return await job_type.handler(clean, ctx or ImmediateContext())
+
+    return asyncio.run(handle())
 
 
 def errors_of(registry: JobTypeRegistry, name: str, payload: object) -> dict[str, str]:

@@ -1,13 +1,13 @@
 import pytest
 
 from domain.ports import QueueLimits
-from entrypoints.settings import Backend, LogFormat, Settings, SettingsError
+from entrypoints.settings import LogFormat, QueueBackend, Settings, SettingsError
 
 
 def test_defaults_need_no_environment() -> None:
     settings = Settings.from_env({})
     assert settings.redis_url is None
-    assert settings.queue_backend is Backend.REDIS
+    assert settings.queue_backend is QueueBackend.REDIS
     assert settings.max_body_bytes == 256 * 1024
 
 
@@ -21,7 +21,7 @@ def test_values_are_read_and_parsed() -> None:
             "LOG_FORMAT": "json",
         }
     )
-    assert settings.queue_backend is Backend.MEMORY
+    assert settings.queue_backend is QueueBackend.MEMORY
     assert settings.worker_queues == ("high", "default")
     assert settings.lease_seconds == 5.0
     assert settings.log_format is LogFormat.JSON

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 
@@ -18,7 +19,7 @@ def _at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def _job(**changes: object) -> Job:
+def _job(**changes: Any) -> Job:
     job = Job.submitted(
         id="a" * 32,
         type="report",

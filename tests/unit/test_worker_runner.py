@@ -1,5 +1,6 @@
 import asyncio
 import json
+import logging
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -10,18 +11,24 @@ from typing import Any
 
 import pytest
 
-from adapters.memory_queue import InMemoryJobQueue
+from adapters.memory import MemoryState, memory_backend, memory_roles
 from adapters.system_clock import SystemClock
 from domain.errors import QueueUnavailableError
+from domain.job_service import JobService
 from domain.job_types.registry import default_registry
 from domain.jobs import Job, JobStatus, Lease
-from domain.services import JobProcessor, JobService, Submission
+from domain.ports import Backend, ClaimRequest, LeaseQueue, QueueMonitor, QueueStats
+from domain.processing import JobProcessor
+from domain.settlement import Ending
+from domain.submission import Submission
 from entrypoints.settings import parse_weighted_queues
 from entrypoints.worker.audit import AuditLog
+from entrypoints.worker.config import WorkerConfig, claim_order
 from entrypoints.worker.context import WorkerJobContext
-from entrypoints.worker.runner import Worker, WorkerConfig, claim_order
+from entrypoints.worker.runner import Worker
 from entrypoints.worker.supervisor import queues_argument
 from tests.fakes import FakeClock, RecordingEmailSender
+from tests.unit.backends import leases_of
 
 
 class Rig:
@@ -36,15 +43,26 @@ class Rig:
         queue_weights: tuple[int, ...] | None = None,
         draw: Callable[[], float] = random.random,
         audit: AuditLog | None = None,
-        queue: InMemoryJobQueue | None = None,
+        leases: Callable[[LeaseQueue], LeaseQueue] = lambda leases: leases,
+        monitor: Callable[[QueueMonitor], QueueMonitor | None] = lambda monitor: monitor,
+        retry_draw: Callable[[], float] = lambda: 0.0,
     ) -> None:
-        self.queue = queue or InMemoryJobQueue(SystemClock())
+        """A worker on a fresh memory backend. `leases` and `monitor` may wrap (or, for the
+        monitor, remove) the roles the worker is given."""
+        clock = SystemClock()
+        self.state = MemoryState(
+            clock, result_ttl=86400.0, dead_ttl=86400.0, idempotency_ttl=86400.0, admission=None
+        )
+        self.backend: Backend = memory_roles(self.state)
+        assert self.backend.monitor is not None
         registry = default_registry(RecordingEmailSender())
-        self.service = JobService(self.queue, registry, SystemClock())
+        self.service = JobService(self.backend, registry, clock)
         self.retired: list[str] = []
+        self.leases = leases(leases_of(self.backend))
+        self.monitor = monitor(self.backend.monitor)
         self.worker = Worker(
-            self.queue,
-            JobProcessor(self.queue, registry, lambda: 0.0, cancel_grace=0.1),
+            self.leases,
+            JobProcessor(self.leases, registry, retry_draw, cancel_grace=0.1),
             WorkerConfig(
                 worker_id="test",
                 queues=queues,
@@ -58,6 +76,7 @@ class Rig:
                 cancel_poll=0.05,
                 heartbeat_interval=0.05,
             ),
+            monitor=self.monitor,
             audit=audit,
             on_retire=self.retired.append,
             draw=draw,
@@ -168,9 +187,9 @@ def test_report_progress_is_visible_while_it_runs() -> None:
     asyncio.run(scenario())
 
 
-def test_a_worker_that_loses_its_lease_stops_its_copy_of_the_job() -> None:
+def test_a_worker_that_loses_its_lease_stops_its_copy_of_the_job(tmp_path: Path) -> None:
     async def scenario() -> None:
-        rig = Rig(lease_seconds=0.3)
+        rig = Rig(lease_seconds=0.3, audit=AuditLog(str(tmp_path / "audit.jsonl"), "test"))
         job_id = await rig.submit("dummy", {"mode": "sleep", "seconds": 30})
         stop = asyncio.Event()
         running = asyncio.create_task(rig.worker.run(stop))
@@ -180,17 +199,20 @@ def test_a_worker_that_loses_its_lease_stops_its_copy_of_the_job() -> None:
 
         await until(active)
         # Another party takes the job over: the lease this worker holds is no longer current.
-        rig.queue._held[job_id].token = "someone-else"
+        rig.state.held[job_id].token = "someone-else"
         await until(lambda: asyncio.sleep(0, result=not rig.worker._running))
         stop.set()
         await asyncio.wait_for(running, 5)
+        assert audit_ends(tmp_path / "audit.jsonl") == {job_id: "lease_lost"}
 
     asyncio.run(scenario())
 
 
-def test_jobs_still_running_after_the_drain_grace_go_back_to_the_queue_unused() -> None:
+def test_jobs_still_running_after_the_drain_grace_go_back_to_the_queue_unused(
+    tmp_path: Path,
+) -> None:
     async def scenario() -> None:
-        rig = Rig(drain_grace=0.2)
+        rig = Rig(drain_grace=0.2, audit=AuditLog(str(tmp_path / "audit.jsonl"), "test"))
         quick = await rig.submit("dummy", {"mode": "sleep", "seconds": 0.05})
         slow = await rig.submit("dummy", {"mode": "sleep", "seconds": 30})
         stop = asyncio.Event()
@@ -206,13 +228,49 @@ def test_jobs_still_running_after_the_drain_grace_go_back_to_the_queue_unused() 
         released = await rig.service.get(slow)
         assert (released.status, released.attempts) == (JobStatus.QUEUED, 0)
         assert [r.outcome for r in released.history] == ["released"]
+        assert audit_ends(tmp_path / "audit.jsonl") == {quick: "succeeded", slow: "released"}
 
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(
+    ("options", "said", "audited"),
+    [
+        # Its retry is drawn half a second out, past its deadline: the job expires.
+        ({"deadline": 0.3}, "job expired", "expired"),
+        ({"max_attempts": 2}, "job failed, will retry", "failed"),
+        ({"max_attempts": 1}, "job dead", "dead"),
+    ],
+)
+def test_a_failed_attempt_is_logged_and_audited_as_the_status_the_backend_stored(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, Any],
+    said: str,
+    audited: str,
+) -> None:
+    async def scenario() -> None:
+        audit = AuditLog(str(tmp_path / "audit.jsonl"), "test")
+        rig = Rig(audit=audit, retry_draw=lambda: 0.99)
+        job_id = await rig.submit("dummy", {"mode": "fail"}, **options)
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus(audited))
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert audit_ends(tmp_path / "audit.jsonl") == {job_id: audited}
+
+    with caplog.at_level(logging.INFO, logger="conveyor.worker"):
+        asyncio.run(scenario())
+
+    endings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job ")]
+    assert endings[-1] == said
+    assert endings.count("job failed, will retry") == (audited == "failed")
+
+
 def test_a_handler_that_ignores_its_timeout_retires_the_process() -> None:
     async def scenario() -> None:
-        rig = Rig()
+        rig = Rig(retry_draw=lambda: 0.99)  # its retry waits about half a second
         job_id = await rig.submit("dummy", {"mode": "hang", "seconds": 1}, timeout=0.1)
         stop = asyncio.Event()
         running = asyncio.create_task(rig.worker.run(stop))
@@ -338,11 +396,39 @@ def test_a_job_whose_cancel_was_requested_is_not_handed_back_when_the_worker_sto
     asyncio.run(scenario())
 
 
-class CancelPollRecorder(InMemoryJobQueue):
-    """The in-memory queue, recording `cancel_requested` calls; the first `outages` fail."""
+class ForwardingLeases(LeaseQueue):
+    """A LeaseQueue that hands every call to another: a base for recording one."""
 
-    def __init__(self, outages: int = 0) -> None:
-        super().__init__(SystemClock())
+    def __init__(self, inner: LeaseQueue) -> None:
+        self._inner = inner
+
+    async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
+        return await self._inner.claim(request)
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
+        return await self._inner.renew(leases, lease_seconds)
+
+    async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
+        return await self._inner.cancel_requested(leases)
+
+    async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
+        return await self._inner.held_by(worker_id, queues)
+
+    async def recover(self, queues: Sequence[str]) -> int:
+        return await self._inner.recover(queues)
+
+    async def set_progress(self, lease: Lease, progress: int) -> bool:
+        return await self._inner.set_progress(lease, progress)
+
+    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
+        return await self._inner.settle(lease, ending)
+
+
+class CancelPollRecorder(ForwardingLeases):
+    """Records `cancel_requested` calls; the first `outages` fail."""
+
+    def __init__(self, inner: LeaseQueue, outages: int = 0) -> None:
+        super().__init__(inner)
         self.asked: list[list[str]] = []
         self.outages = outages
 
@@ -356,8 +442,9 @@ class CancelPollRecorder(InMemoryJobQueue):
 
 def test_the_worker_asks_about_cancels_only_while_it_runs_jobs_in_one_call() -> None:
     async def scenario() -> None:
-        queue = CancelPollRecorder()
-        rig = Rig(queue=queue)
+        rig = Rig(leases=CancelPollRecorder)
+        queue = rig.leases
+        assert isinstance(queue, CancelPollRecorder)
         stop = asyncio.Event()
         running = asyncio.create_task(rig.worker.run(stop))
         await asyncio.sleep(0.3)
@@ -376,8 +463,9 @@ def test_the_worker_asks_about_cancels_only_while_it_runs_jobs_in_one_call() -> 
 
 def test_a_cancel_request_is_acted_on_once_the_queue_answers_again() -> None:
     async def scenario() -> None:
-        queue = CancelPollRecorder(outages=5)
-        rig = Rig(queue=queue)
+        rig = Rig(leases=lambda inner: CancelPollRecorder(inner, outages=5))
+        queue = rig.leases
+        assert isinstance(queue, CancelPollRecorder)
         job_id = await rig.submit("report", {"name": "r", "rows": 1, "seconds": 30})
         stop = asyncio.Event()
         running = asyncio.create_task(rig.worker.run(stop))
@@ -411,17 +499,17 @@ def lease_of(deadline: datetime | None, now: datetime) -> Lease:
 def test_the_context_counts_down_the_seconds_to_the_jobs_deadline() -> None:
     async def scenario() -> None:
         clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
-        queue = InMemoryJobQueue(clock)
+        leases = leases_of(memory_backend(clock))
         start = clock.now()
         with_deadline = lease_of(start + timedelta(seconds=10), start)
         executor = ThreadPoolExecutor(max_workers=1)
-        context = WorkerJobContext(with_deadline, queue, executor, clock=clock)
+        context = WorkerJobContext(with_deadline, leases, executor, clock=clock)
         assert context.remaining == 10.0
         clock.advance(4)
         assert context.remaining == 6.0
         clock.advance(30)
         assert context.remaining == 0.0
-        without = WorkerJobContext(lease_of(None, start), queue, executor, clock=clock)
+        without = WorkerJobContext(lease_of(None, start), leases, executor, clock=clock)
         assert without.remaining is None
         assert not without.cancel_requested
         without.request_cancel()
@@ -489,36 +577,59 @@ def test_the_supervisor_hands_its_children_the_queues_as_the_cli_reads_them() ->
 # -- presence ----------------------------------------------------------------------------------
 
 
-class PresenceRecorder(InMemoryJobQueue):
-    def __init__(self) -> None:
-        super().__init__(SystemClock())
+class PresenceRecorder(QueueMonitor):
+    """Records heartbeats and goodbyes, and hands them on."""
+
+    def __init__(self, inner: QueueMonitor) -> None:
+        self._inner = inner
         self.calls: list[tuple[Any, ...]] = []
+
+    async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
+        return await self._inner.queue_stats(queues)
 
     async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
         self.calls.append(("heartbeat", worker_id, tuple(queues), ttl))
-        await super().heartbeat(worker_id, queues, ttl)
+        await self._inner.heartbeat(worker_id, queues, ttl)
 
     async def forget_worker(self, worker_id: str) -> None:
         self.calls.append(("forget", worker_id))
-        await super().forget_worker(worker_id)
+        await self._inner.forget_worker(worker_id)
 
 
 def test_a_worker_says_it_is_alive_while_it_runs_and_that_it_stopped_at_the_end() -> None:
     async def scenario() -> None:
-        queue = PresenceRecorder()
-        rig = Rig(queue=queue)
+        rig = Rig(monitor=PresenceRecorder)
+        monitor = rig.monitor
+        assert isinstance(monitor, PresenceRecorder)
         stop = asyncio.Event()
         running = asyncio.create_task(rig.worker.run(stop))
         await asyncio.sleep(0.3)
-        (live,) = await queue.queue_stats(["default"])
+        (live,) = await monitor.queue_stats(["default"])
         stop.set()
         await asyncio.wait_for(running, 5)
-        (gone,) = await queue.queue_stats(["default"])
-        beats = [c for c in queue.calls if c[0] == "heartbeat"]
+        (gone,) = await monitor.queue_stats(["default"])
+        beats = [c for c in monitor.calls if c[0] == "heartbeat"]
         assert len(beats) >= 3  # at start and every interval (0.05 s here)
         assert {c[1:3] for c in beats} == {("test", ("default",))}
         assert all(c[3] == pytest.approx(0.15) for c in beats)  # three intervals
-        assert queue.calls[-1] == ("forget", "test")
+        assert monitor.calls[-1] == ("forget", "test")
         assert (live.workers, gone.workers) == (1, 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_on_a_backend_without_a_monitor_works_without_saying_it_is_alive() -> None:
+    async def scenario() -> None:
+        rig = Rig(monitor=lambda _: None)
+        assert rig.backend.monitor is not None  # still there to read, not given to the worker
+        job_id = await rig.submit("dummy", {"mode": "sleep", "seconds": 0.3})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus.ACTIVE)
+        (while_running,) = await rig.backend.monitor.queue_stats(["default"])
+        await rig.until_status(job_id, JobStatus.SUCCEEDED)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert while_running.workers == 0
 
     asyncio.run(scenario())

@@ -14,7 +14,7 @@ from litestar.types import Message, Scope
 
 from entrypoints.api.batch import BATCH_BODY_FACTOR, BatchController
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
-from entrypoints.api.deps import CONTAINER_KEY, container_of, dependencies
+from entrypoints.api.deps import CONTAINER_KEY, backend_of, dependencies
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
@@ -30,7 +30,7 @@ log = logging.getLogger("conveyor.api")
 def create_app(container: Container | None = None) -> Litestar:
     """The API over `container` (default: one built from the environment).
 
-    Building the app connects to nothing: the queue's client connects on first use, and the
+    Building the app connects to nothing: the backend's client connects on first use, and the
     lifespan closes it on shutdown. Without a container (how uvicorn's factory calls it), the
     settings and logging come from the environment.
     """
@@ -59,7 +59,7 @@ def create_app(container: Container | None = None) -> Litestar:
         exception_handlers={Exception: problem_response},
         before_send=[_allow_every_method],
         request_max_body_size=settings.max_body_bytes,
-        lifespan=[_queue_lifespan],
+        lifespan=[_backend_lifespan],
         # Logging is the process's (structured, see entrypoints.logs), not Litestar's.
         logging_config=None,
         openapi_config=OpenAPIConfig(
@@ -99,13 +99,13 @@ async def _allow_every_method(message: Message, scope: Scope) -> None:
 
 
 @asynccontextmanager
-async def _queue_lifespan(app: Litestar) -> AsyncIterator[None]:
-    # Resolving the queue at start-up surfaces a bad setting (no REDIS_URL) before the
+async def _backend_lifespan(app: Litestar) -> AsyncIterator[None]:
+    # Resolving the backend at start-up surfaces a bad setting (no REDIS_URL) before the
     # first request; it does not connect.
-    queue = container_of(app.state).job_queue()
-    if not await backend_is_safe(queue, log):
+    connection = backend_of(app.state).connection
+    if not await backend_is_safe(connection, log):
         raise RuntimeError("refusing to start on a backend that could lose jobs (see above)")
     try:
         yield
     finally:
-        await queue.close()
+        await connection.close()

@@ -10,8 +10,9 @@ from litestar import Controller, Request, post
 from litestar.di import NamedDependency
 
 from domain.errors import FieldError, InvalidJobError, UnknownJobTypeError
+from domain.job_service import JobService
 from domain.jobs import is_idempotency_key
-from domain.services import MAX_BATCH, JobService
+from domain.submission import MAX_BATCH
 from entrypoints.api.body import BatchItem, batch_from, decode_json, require_json
 from entrypoints.api.openapi import SUBMIT_ERRORS, SubmitBatchOperation, problem
 from entrypoints.api.schemas import BatchView

@@ -21,7 +21,7 @@ from litestar import Request
 
 from domain.errors import FieldError, InvalidJobError
 from domain.jobs import IDEMPOTENCY_KEY_MAX, is_idempotency_key
-from domain.services import MAX_BATCH, Submission
+from domain.submission import MAX_BATCH, Submission
 from entrypoints.api.problems import ProblemError, clip
 
 # Deeper documents are refused: they are never needed for a job, and a deep tree stored in

@@ -19,10 +19,10 @@ from domain.errors import (
     JobNotFoundError,
     QueueUnavailableError,
 )
+from domain.job_service import Accepted, JobService
 from domain.job_types import JobTypeRegistry
 from domain.jobs import NAME_PATTERN, JobStatus, is_job_id, is_name
-from domain.ports import JobQuery, JobQueue
-from domain.services import Accepted, JobService
+from domain.ports import Connection, JobQuery
 from entrypoints.api.body import (
     decode_json,
     idempotency_key_from,
@@ -351,9 +351,9 @@ class HealthController(Controller):
         operation_class=ConveyorOperation,
         responses={503: UNAVAILABLE},
     )
-    async def ready(self, job_queue: NamedDependency[JobQueue]) -> HealthView:
+    async def ready(self, connection: NamedDependency[Connection]) -> HealthView:
         try:
-            await job_queue.ping()
+            await connection.ping()
         except QueueUnavailableError:
             raise
         except Exception as exc:

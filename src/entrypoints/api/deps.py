@@ -2,7 +2,8 @@
 
 Each provider is a typed function (Litestar reads its signature) that asks the container at
 request time, so a test's `container.<provider>.override(...)` takes effect, and nothing the
-client sends can stand in for a dependency.
+client sends can stand in for a dependency. A handler asks for the role it uses: the job
+service for the use cases, the backend's connection for readiness.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Final, cast
 from litestar.datastructures import State
 from litestar.di import Provide
 
+from domain.job_service import JobService
 from domain.job_types import JobTypeRegistry
-from domain.ports import JobQueue
-from domain.services import JobService
+from domain.ports import Backend, Connection
 from entrypoints.container import Container
 from entrypoints.settings import Settings
 
@@ -26,14 +27,18 @@ def container_of(state: State) -> Container:
     return cast(Container, state[CONTAINER_KEY])
 
 
+def backend_of(state: State) -> Backend:
+    backend: Backend = container_of(state).backend()
+    return backend
+
+
 def provide_job_service(state: State) -> JobService:
     service: JobService = container_of(state).job_service()
     return service
 
 
-def provide_job_queue(state: State) -> JobQueue:
-    queue: JobQueue = container_of(state).job_queue()
-    return queue
+def provide_connection(state: State) -> Connection:
+    return backend_of(state).connection
 
 
 def provide_registry(state: State) -> JobTypeRegistry:
@@ -50,6 +55,6 @@ def dependencies() -> dict[str, Provide]:
     return {
         "settings": Provide(provide_settings, sync_to_thread=False),
         "jobs": Provide(provide_job_service, sync_to_thread=False),
-        "job_queue": Provide(provide_job_queue, sync_to_thread=False),
+        "connection": Provide(provide_connection, sync_to_thread=False),
         "job_types": Provide(provide_registry, sync_to_thread=False),
     }

@@ -37,7 +37,7 @@ from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
 from domain.job_types import JobType, JobTypeRegistry
 from domain.jobs import IDEMPOTENCY_KEY_MAX, NAME_PATTERN, PRIORITY_MAX, PRIORITY_MIN
-from domain.services import MAX_BATCH, MAX_SCHEDULE_AHEAD
+from domain.submission import MAX_BATCH, MAX_SCHEDULE_AHEAD
 from entrypoints.api.problems import PROBLEM_MEDIA_TYPE
 from entrypoints.api.schemas import Problem
 

@@ -8,8 +8,8 @@ from typing import Annotated, Final
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 
+from domain.job_service import JobService
 from domain.jobs import NAME_PATTERN, is_name
-from domain.services import JobService
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
     UNAVAILABLE,

@@ -8,10 +8,10 @@ from typing import Any
 
 import msgspec
 
+from domain.job_service import Accepted, JobDetails
 from domain.job_types import JobType
 from domain.jobs import AttemptOutcome, AttemptRecord, ErrorKind, Job, JobError, JobStatus
 from domain.ports import JobPage, QueueStats
-from domain.services import Accepted, JobDetails
 from domain.timeline import (
     EventKind,
     TimelineEvent,
@@ -296,5 +296,6 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     instance: str | msgspec.UnsetType = msgspec.UNSET
     errors: list[FieldErrorView] | msgspec.UnsetType = msgspec.UNSET
     known_types: list[str] | msgspec.UnsetType = msgspec.UNSET
-    # A 501's missing backend capability (a `Capabilities` flag, e.g. `pause`).
+    # A 501's missing backend capability: the role it lacks (`domain.ports.ROLE_NAMES`, e.g.
+    # `pause`) or the option it cannot take (e.g. `deadlines`).
     capability: str | msgspec.UnsetType = msgspec.UNSET

@@ -42,6 +42,10 @@ class AuditLog:
         self._write("renewed", lease)
 
     def ended(self, lease: Lease, outcome: str) -> None:
+        """The attempt is over. `outcome` is the status its settlement stored (`succeeded`
+        only when the backend accepted the result under this lease's token), `released`
+        when a stopping worker handed the job back, `lease_lost` when the backend refused
+        the write, or `left_to_lease` when it could not be told (see `worker.endings`)."""
         self._write("end", lease, outcome=outcome)
 
     def close(self) -> None:

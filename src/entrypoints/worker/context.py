@@ -12,7 +12,7 @@ from adapters.system_clock import SystemClock
 from domain.errors import QueueUnavailableError
 from domain.job_types import JobContext
 from domain.jobs import Lease
-from domain.ports import Clock, JobQueue
+from domain.ports import AttemptReporter, Clock
 from entrypoints.worker.board import Board, Observed
 
 T = TypeVar("T")
@@ -23,14 +23,14 @@ class WorkerJobContext(JobContext):
     def __init__(
         self,
         lease: Lease,
-        queue: JobQueue,
+        reporter: AttemptReporter,
         executor: Executor,
         board: Board | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._lease = lease
         self._board = board
-        self._queue = queue
+        self._reporter = reporter
         self._executor = executor
         self._clock = clock or SystemClock()
         # Set once by the worker; read by the handler, possibly from one of its threads.
@@ -81,7 +81,7 @@ class WorkerJobContext(JobContext):
         while self._pending is not None:
             percent, self._pending = self._pending, None
             try:
-                await self._queue.set_progress(self._lease, percent)
+                await self._reporter.set_progress(self._lease, percent)
             except QueueUnavailableError as exc:
                 log.warning(
                     "progress not recorded", extra={"job_id": self.job_id, "reason": exc.reason}

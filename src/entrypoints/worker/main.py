@@ -12,16 +12,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import attrs
 import uvloop
 
-from domain.ports import JobQueue
+from domain.ports import Connection, LeaseQueue, QueueMonitor
 from entrypoints.container import Container, build_container
 from entrypoints.lifetime import follow_parent
 from entrypoints.logs import redact_url
-from entrypoints.settings import Backend, Settings
+from entrypoints.settings import QueueBackend, Settings
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
-from entrypoints.worker.runner import Worker, WorkerConfig
+from entrypoints.worker.config import WorkerConfig
+from entrypoints.worker.runner import Worker
 from entrypoints.worker.supervisor import EXIT_CONFIG, PoolConfig, Supervisor
 
 log = logging.getLogger("conveyor.worker")
@@ -29,16 +31,43 @@ log = logging.getLogger("conveyor.worker")
 _CLAIM_WAIT = 1.0
 
 
-def _container(settings: Settings) -> Container | None:
-    if settings.queue_backend is Backend.MEMORY:
+@attrs.frozen
+class NativeRoles:
+    """What the native worker runs on: the roles of the backend it uses."""
+
+    container: Container
+    connection: Connection
+    leases: LeaseQueue
+    monitor: QueueMonitor | None
+
+
+def native_roles(container: Container) -> NativeRoles | None:
+    """The roles the native worker needs from the container's backend, or None (with the
+    reason logged) when it cannot run on that backend."""
+    backend = container.backend()
+    if not backend.shared_across_processes:
         log.error(
-            "QUEUE_BACKEND=memory lives inside one process and cannot feed a separate worker; "
-            "use QUEUE_BACKEND=redis"
+            "QUEUE_BACKEND=%s lives inside one process and cannot feed a separate worker; "
+            "use QUEUE_BACKEND=redis",
+            backend.name,
         )
         return None
-    log.info("connecting", extra={"redis_url": redact_url(settings.require_redis_url())})
+    if backend.leases is None:
+        log.error(
+            "QUEUE_BACKEND=%s hands out no leases, so the native worker cannot claim from it; "
+            "use QUEUE_BACKEND=redis",
+            backend.name,
+        )
+        return None
+    return NativeRoles(container, backend.connection, backend.leases, backend.monitor)
+
+
+def _wire(settings: Settings) -> NativeRoles | None:
     # Above the blocking claim's wait, so a quiet queue is not mistaken for a dead Redis.
-    return build_container(settings, redis_socket_timeout=_CLAIM_WAIT + 5.0)
+    roles = native_roles(build_container(settings, redis_socket_timeout=_CLAIM_WAIT + 5.0))
+    if roles is not None and settings.redis_url:
+        log.info("connecting", extra={"redis_url": redact_url(settings.redis_url)})
+    return roles
 
 
 def run_worker(
@@ -54,12 +83,12 @@ def run_worker(
     With `weights` (one per queue), each claim tries the queues in a random order drawn by
     weight; without, in the order given.
     """
-    if settings.queue_backend is Backend.RQ:  # RQ's own worker runs the jobs
-        from entrypoints.worker.rq_worker import run_rq_worker
+    if settings.queue_backend is QueueBackend.RQ:  # RQ's own worker runs the jobs
+        from entrypoints.worker.rq_main import run_rq_worker
 
         return run_rq_worker(settings, queues=queues)
-    container = _container(settings)
-    if container is None:
+    wired = _wire(settings)
+    if wired is None:
         return EXIT_CONFIG
     config = PoolConfig(
         processes=processes,
@@ -69,8 +98,14 @@ def run_worker(
         drain_grace=settings.drain_grace_seconds,
         kill_grace=settings.kill_grace_seconds,
     )
-    supervisor = Supervisor(container.job_queue(), container.job_processor(), config)
-    return asyncio.run(_until_signalled(supervisor.run, container.job_queue()))
+    supervisor = Supervisor(
+        wired.connection,
+        wired.leases,
+        wired.container.job_processor(),
+        config,
+        monitor=wired.monitor,
+    )
+    return asyncio.run(_until_signalled(supervisor.run, wired.connection))
 
 
 def run_child(
@@ -85,8 +120,8 @@ def run_child(
 ) -> int:
     """One worker process under a supervisor. Ends the process itself (see the end)."""
     follow_parent(signal.SIGTERM)
-    container = _container(settings)
-    if container is None:
+    wired = _wire(settings)
+    if wired is None:
         os._exit(EXIT_CONFIG)
     control = os.fdopen(control_fd, "wb", buffering=0)
 
@@ -110,22 +145,23 @@ def run_child(
         recycle_rss_mb=settings.recycle_rss_mb,
         cancel_grace=settings.cancel_grace_seconds,
     )
-    processor = container.job_processor(cancel_grace=settings.kill_grace_seconds)
+    processor = wired.container.job_processor(cancel_grace=settings.kill_grace_seconds)
     worker = Worker(
-        container.job_queue(),
+        wired.leases,
         processor,
         config,
+        monitor=wired.monitor,
         audit=audit,
         board=Board(board, threads=concurrency) if board is not None else None,
         on_retire=retire,
-        clock=container.clock(),
+        clock=wired.container.clock(),
     )
 
     async def work(stop: asyncio.Event) -> int:
         await worker.run(stop)
         return 0
 
-    code = uvloop.run(_until_signalled(work, container.job_queue(), on_second=worker.abort))
+    code = uvloop.run(_until_signalled(work, wired.connection, on_second=worker.abort))
     if audit is not None:
         audit.close()
     logging.shutdown()
@@ -137,7 +173,7 @@ def run_child(
 
 async def _until_signalled(
     main: Callable[[asyncio.Event], Awaitable[int]],
-    queue: JobQueue,
+    connection: Connection,
     on_second: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
@@ -165,4 +201,4 @@ async def _until_signalled(
         code = await main(stop)
         return code
     finally:
-        await queue.close()
+        await connection.close()

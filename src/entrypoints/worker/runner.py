@@ -1,23 +1,22 @@
 """The worker loop: claim batches, run up to C jobs at once, keep their leases alive.
 
-One `Worker` runs in each worker process. It stops claiming when asked to stop, gives the
-jobs in flight a grace period, and hands whatever is still running back to the queue
-without using an attempt. It asks to be retired (replaced by a fresh process) when a job's
-handler would not stop after its timeout or its cancel request, or when it has run its share
-of jobs or memory.
+One `Worker` runs in each worker process, on the backend's `LeaseQueue`. It stops claiming
+when asked to stop, gives the jobs in flight a grace period, and hands whatever is still
+running back to the queue without using an attempt. It asks to be retired (replaced by a
+fresh process) when a job's handler would not stop after its timeout or its cancel request,
+or when it has run its share of jobs or memory.
 
 Cancelling an active job is cooperative first: the worker asks the queue which of its jobs
 have a cancel request, and shows the request to the handler (`JobContext.cancel_requested`).
 A handler still running `cancel_grace` seconds later is cancelled and its attempt recorded
-`cancelled`. While it runs, the worker says it is alive (`JobQueue.heartbeat`) so the queue
-can tell whether anyone serves it.
+`cancelled`. While it runs, the worker says it is alive (`QueueMonitor.heartbeat`) so the
+backend can tell whether anyone serves a queue; a backend without a monitor is not told.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import random
 import time
@@ -26,83 +25,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 
-from domain.errors import QueueUnavailableError, UnsupportedOperationError
-from domain.jobs import Lease
-from domain.ports import Clock, JobQueue
-from domain.services import JobProcessor, Outcome, ProcessResult, describe
+from domain.errors import QueueUnavailableError
+from domain.jobs import AttemptOutcome, Lease
+from domain.ports import ClaimRequest, Clock, LeaseQueue, QueueMonitor
+from domain.processing import JobProcessor, describe
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
+from entrypoints.worker.config import WorkerConfig, claim_order
 from entrypoints.worker.context import WorkerJobContext
+from entrypoints.worker.endings import LEASE_LOST, cut_short, hand_back, log_result, said
 
 log = logging.getLogger("conveyor.worker")
-
-
-@attrs.frozen(kw_only=True)
-class WorkerConfig:
-    worker_id: str
-    queues: tuple[str, ...]
-    concurrency: int = attrs.field(validator=attrs.validators.ge(1))
-    batch: int = attrs.field(default=100, validator=attrs.validators.ge(1))
-    lease_seconds: float = 30.0
-    # How long one claim call waits for work; also bounds how late a stop request is noticed.
-    claim_wait: float = 1.0
-    recover_interval: float = 1.0
-    drain_grace: float = 30.0
-    recycle_after_jobs: int = 0  # 0: never
-    recycle_rss_mb: int = 0  # 0: never
-    backoff_first: float = 0.1
-    backoff_cap: float = 5.0
-    # One weight per queue: each claim tries the queues in an order drawn by weight (see
-    # `claim_order`). None: always in the order of `queues`.
-    queue_weights: tuple[int, ...] | None = attrs.field(default=None)
-    # How long a handler has to stop by itself once its job's cancellation is requested.
-    cancel_grace: float = 5.0
-    # How often the worker asks whether any of its running jobs is to be cancelled.
-    cancel_poll: float = 0.5
-    # How often the worker says it is alive; each heartbeat lasts three intervals.
-    heartbeat_interval: float = 2.0
-
-    @queue_weights.validator
-    def _one_weight_per_queue(
-        self, _: attrs.Attribute[tuple[int, ...] | None], value: tuple[int, ...] | None
-    ) -> None:
-        if value is not None and (len(value) != len(self.queues) or min(value) < 1):
-            raise ValueError("queue_weights needs one weight of at least 1 per queue")
-
-
-def claim_order(
-    queues: Sequence[str], weights: Sequence[int] | None, draw: Callable[[], float]
-) -> tuple[str, ...]:
-    """The order in which one claim tries `queues`.
-
-    Without weights, as given. With weights, drawn without replacement: each place goes to
-    one of the queues not yet placed with a chance proportional to its weight. A queue of
-    weight 3 beside one of weight 1 is tried first three times in four, and every queue is
-    tried on every claim, so a light queue is served less often but never starves. `draw`
-    answers a number in [0, 1).
-    """
-    if weights is None:
-        return tuple(queues)
-    pool = list(zip(queues, weights, strict=True))
-    order: list[str] = []
-    while pool:
-        point = draw() * sum(weight for _, weight in pool)
-        chosen = len(pool) - 1  # if rounding leaves `point` past the last weight
-        for index, (_, weight) in enumerate(pool):
-            point -= weight
-            if point < 0:
-                chosen = index
-                break
-        order.append(pool.pop(chosen)[0])
-    return tuple(order)
-
-
-class _Stop(enum.Enum):
-    """Why a job's task was cancelled; decides what happens to its job."""
-
-    LEASE_LOST = "lease_lost"  # someone else owns the job now: just stop
-    RELEASE = "released"  # the worker is stopping: hand the job back
-    CANCELLED = "cancelled"  # its cancel request outlived the grace: record it cancelled
 
 
 @attrs.define
@@ -110,10 +43,18 @@ class _Running:
     lease: Lease
     task: asyncio.Task[None]
     context: WorkerJobContext
-    stop: _Stop | None = None
+    # Set once the worker stops the job's task, with how its attempt then ends: RELEASED
+    # (the worker is stopping: hand the job back), CANCELLED (its cancel request outlived
+    # the grace), or None (the lease was lost: someone else owns the job now, write nothing).
+    stopped: bool = False
+    ending: AttemptOutcome | None = None
     seen_stop: bool = False  # the task caught its cancellation and is acting on it
     cancel_seen: bool = False  # the worker learnt of the job's cancel request
     cancel_timer: asyncio.TimerHandle | None = None  # ends the grace the handler has left
+
+    def stop(self, ending: AttemptOutcome | None) -> None:
+        self.stopped, self.ending = True, ending
+        self.task.cancel()
 
 
 RetireRequest = Callable[[str], None]
@@ -122,10 +63,11 @@ RetireRequest = Callable[[str], None]
 class Worker:
     def __init__(
         self,
-        queue: JobQueue,
+        leases: LeaseQueue,
         processor: JobProcessor,
         config: WorkerConfig,
         *,
+        monitor: QueueMonitor | None = None,
         audit: AuditLog | None = None,
         board: Board | None = None,
         on_retire: RetireRequest | None = None,
@@ -135,7 +77,8 @@ class Worker:
         self._board = board
         self._clock = clock
         self._draw = draw
-        self._queue = queue
+        self._leases = leases
+        self._monitor = monitor
         self._processor = processor
         self._config = config
         self._audit = audit
@@ -165,9 +108,10 @@ class Worker:
             asyncio.create_task(self._renew_forever()),
             asyncio.create_task(self._recover_forever()),
             asyncio.create_task(self._watch_cancels_forever()),
-            asyncio.create_task(self._heartbeat_forever()),
             asyncio.create_task(self._relay(stop)),
         ]
+        if self._monitor is not None:
+            background.append(asyncio.create_task(self._heartbeat_forever(self._monitor)))
         try:
             await self._claim_until()
             await self._drain()
@@ -204,14 +148,15 @@ class Worker:
             if free <= 0:
                 await self._wait_for_slot()
                 continue
+            request = ClaimRequest(
+                queues=claim_order(cfg.queues, cfg.queue_weights, self._draw),
+                worker_id=cfg.worker_id,
+                limit=min(free, cfg.batch),
+                lease_seconds=cfg.lease_seconds,
+                wait_seconds=cfg.claim_wait,
+            )
             try:
-                leases = await self._queue.claim(
-                    claim_order(cfg.queues, cfg.queue_weights, self._draw),
-                    worker_id=cfg.worker_id,
-                    limit=min(free, cfg.batch),
-                    lease_seconds=cfg.lease_seconds,
-                    wait_seconds=cfg.claim_wait,
-                )
+                leases = await self._leases.claim(request)
             except QueueUnavailableError as exc:
                 if outage_since is None:
                     outage_since = time.monotonic()
@@ -254,8 +199,9 @@ class Worker:
         back would only run it again.
         """
         for entry in running:
-            if entry.stop is not _Stop.CANCELLED:
-                entry.stop = _Stop.CANCELLED if entry.cancel_seen else _Stop.RELEASE
+            if entry.ending is not AttemptOutcome.CANCELLED:
+                ending = AttemptOutcome.CANCELLED if entry.cancel_seen else AttemptOutcome.RELEASED
+                entry.stopped, entry.ending = True, ending
         # Cancel again any task that has not yet seen its cancellation (see `_cancel`), but
         # never one already handing its job back.
         while pending := [e for e in running if not e.task.done()]:
@@ -268,7 +214,7 @@ class Worker:
         log.info("job claimed", extra=describe(lease.job))
         if self._audit is not None:
             self._audit.started(lease)
-        context = WorkerJobContext(lease, self._queue, self._executor, self._board, self._clock)
+        context = WorkerJobContext(lease, self._leases, self._executor, self._board, self._clock)
         task = asyncio.create_task(self._execute(lease, context))
         entry = _Running(lease, task, context)
         self._running[lease.job_id] = entry
@@ -294,8 +240,8 @@ class Worker:
             return
         self.completed += 1
         if self._audit is not None:
-            self._audit.ended(lease, str(result.outcome))
-        _log_outcome(lease, result, time.monotonic() - started)
+            self._audit.ended(lease, said(result.status))
+        log_result(lease, result, time.monotonic() - started)
         if result.abandoned or context.blocking_calls_running:
             # Its handler still runs (a thread cannot be interrupted): only replacing this
             # process stops it.
@@ -307,49 +253,20 @@ class Worker:
         entry = self._running.get(lease.job_id)
         if entry is not None:
             entry.seen_stop = True
-        reason = entry.stop if entry is not None else None
-        if reason is _Stop.CANCELLED:
-            outcome = await self._record_cancelled(lease, context)
-        elif reason is _Stop.RELEASE:
-            try:
-                released = await self._queue.release(lease)
-            except QueueUnavailableError:
-                released = False  # the lease will lapse and the job runs again elsewhere
-            log.info(
-                "job released" if released else "job left to its lease", extra=describe(lease.job)
-            )
-            outcome = "released" if released else "left_to_lease"
+        ending = entry.ending if entry is not None and entry.stopped else None
+        if ending is AttemptOutcome.CANCELLED:
+            outcome = await cut_short(self._processor, lease, context, self._config.lease_seconds)
+            self.completed += 1
+            if context.blocking_calls_running:
+                # A thread cannot be interrupted: only replacing this process stops it.
+                self._retire(f"job {lease.job_id} did not stop after its cancel request")
+        elif ending is AttemptOutcome.RELEASED:
+            outcome = await hand_back(self._leases, lease)
         else:
             log.warning("job stopped: lease lost", extra=describe(lease.job))
-            outcome = "lease_lost"
+            outcome = LEASE_LOST
         if self._audit is not None:
             self._audit.ended(lease, outcome)
-
-    async def _record_cancelled(self, lease: Lease, context: WorkerJobContext) -> str:
-        """Record the attempt of a handler stopped on its cancel request; answers the outcome."""
-        await context.settle()
-        try:
-            # Bounded: once the lease lapses, the queue ends the job cancelled by itself.
-            result = await asyncio.wait_for(
-                self._processor.record_cancelled(lease), timeout=self._config.lease_seconds
-            )
-        except TimeoutError:
-            log.warning("job left to its lease (it ends cancelled)", extra=describe(lease.job))
-            outcome = str(Outcome.CANCELLED)
-        else:
-            outcome = str(result.outcome)
-            if result.outcome is Outcome.CANCELLED:
-                log.warning(
-                    "job cancelled: its handler did not stop within the grace period",
-                    extra=describe(lease.job),
-                )
-            else:
-                log.warning("job stopped: lease lost", extra=describe(lease.job))
-        self.completed += 1
-        if context.blocking_calls_running:
-            # A thread cannot be interrupted: only replacing this process stops it.
-            self._retire(f"job {lease.job_id} did not stop after its cancel request")
-        return outcome
 
     async def _watch_cancels_forever(self) -> None:
         cfg = self._config
@@ -358,16 +275,14 @@ class Worker:
             unseen = [
                 entry
                 for entry in self._running.values()
-                if not entry.cancel_seen and entry.stop is None and not entry.task.done()
+                if not entry.cancel_seen and not entry.stopped and not entry.task.done()
             ]
             if not unseen:
                 continue
             try:
-                requested = await self._queue.cancel_requested([e.lease for e in unseen])
+                requested = await self._leases.cancel_requested([e.lease for e in unseen])
             except QueueUnavailableError:
                 continue  # the claim loop reports outages
-            except UnsupportedOperationError:
-                return
             for entry in unseen:
                 if entry.lease.job_id in requested and not entry.task.done():
                     self._ask_to_stop(entry)
@@ -384,31 +299,29 @@ class Worker:
         entry.cancel_timer = loop.call_later(grace, self._stop_cancelled, entry)
 
     def _stop_cancelled(self, entry: _Running) -> None:
-        if entry.task.done() or entry.stop is not None:
+        if entry.task.done() or entry.stopped:
             return
         log.warning(
             "job handler ignored its cancel request; stopping it",
             extra=describe(entry.lease.job),
         )
-        entry.stop = _Stop.CANCELLED
-        entry.task.cancel()
+        entry.stop(AttemptOutcome.CANCELLED)
 
-    async def _heartbeat_forever(self) -> None:
+    async def _heartbeat_forever(self, monitor: QueueMonitor) -> None:
         cfg = self._config
         ttl = cfg.heartbeat_interval * 3
         while True:
-            try:
-                await self._queue.heartbeat(cfg.worker_id, cfg.queues, ttl)
-            except QueueUnavailableError:
-                pass  # the claim loop reports outages; the next beat may get through
-            except UnsupportedOperationError:
-                return
+            with contextlib.suppress(QueueUnavailableError):
+                # The claim loop reports outages; the next beat may get through.
+                await monitor.heartbeat(cfg.worker_id, cfg.queues, ttl)
             await asyncio.sleep(cfg.heartbeat_interval)
 
     async def _forget(self) -> None:
-        """Stop counting as a live worker; if the queue cannot be told, the heartbeat lapses."""
-        with contextlib.suppress(QueueUnavailableError, UnsupportedOperationError, TimeoutError):
-            await asyncio.wait_for(self._queue.forget_worker(self._config.worker_id), timeout=2.0)
+        """Stop counting as a live worker; if the backend cannot be told, the heartbeat lapses."""
+        if self._monitor is None:
+            return
+        with contextlib.suppress(QueueUnavailableError, TimeoutError):
+            await asyncio.wait_for(self._monitor.forget_worker(self._config.worker_id), 2.0)
 
     async def _renew_forever(self) -> None:
         interval = self._config.lease_seconds / 3
@@ -419,7 +332,7 @@ class Worker:
             if not leases:
                 continue
             try:
-                held = await self._queue.renew(leases, self._config.lease_seconds)
+                held = await self._leases.renew(leases, self._config.lease_seconds)
             except QueueUnavailableError as exc:
                 log.warning("lease renewal failed", extra={"reason": exc.reason})
                 continue
@@ -430,15 +343,14 @@ class Worker:
                 if lease.job_id in held:
                     if self._audit is not None:
                         self._audit.renewed(lease)
-                elif entry.stop is None:
-                    entry.stop = _Stop.LEASE_LOST
-                    entry.task.cancel()
+                elif not entry.stopped:
+                    entry.stop(None)
 
     async def _recover_forever(self) -> None:
         while True:
             await asyncio.sleep(self._config.recover_interval)
             try:
-                moved = await self._queue.recover(self._config.queues)
+                moved = await self._leases.recover(self._config.queues)
             except QueueUnavailableError:
                 continue  # the claim loop reports outages
             if moved:
@@ -477,21 +389,3 @@ async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
-
-
-def _log_outcome(lease: Lease, result: ProcessResult, elapsed: float) -> None:
-    fields = {**describe(lease.job), "elapsed_ms": round(elapsed * 1000, 1)}
-    if result.error is not None:
-        fields |= {"error_kind": str(result.error.kind), "error_type": result.error.type}
-    match result.outcome:
-        case Outcome.SUCCEEDED:
-            log.info("job succeeded", extra=fields)
-        case Outcome.RETRYING:
-            retry_in = round(result.retry_in or 0.0, 3)
-            log.warning("job failed, will retry", extra=fields | {"retry_in_s": retry_in})
-        case Outcome.DEAD:
-            log.error("job dead", extra=fields)
-        case Outcome.CANCELLED:
-            log.info("job cancelled", extra=fields)
-        case Outcome.LEASE_LOST:
-            log.warning("job result discarded: lease lost", extra=fields)

@@ -30,10 +30,12 @@ import attrs
 
 from domain.errors import QueueUnavailableError
 from domain.jobs import ErrorKind, JobError
-from domain.ports import JobQueue
-from domain.services import JobProcessor
+from domain.ports import Connection, LeaseQueue, QueueMonitor
+from domain.processing import JobProcessor
+from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
+from entrypoints.worker.endings import said
 
 log = logging.getLogger("conveyor.supervisor")
 
@@ -78,8 +80,18 @@ def describe_exit(code: int) -> tuple[str, int | None, str | None]:
 
 
 class Supervisor:
-    def __init__(self, queue: JobQueue, processor: JobProcessor, config: PoolConfig) -> None:
-        self._queue = queue
+    def __init__(
+        self,
+        connection: Connection,
+        leases: LeaseQueue,
+        processor: JobProcessor,
+        config: PoolConfig,
+        *,
+        monitor: QueueMonitor | None = None,
+    ) -> None:
+        self._connection = connection
+        self._leases = leases
+        self._monitor = monitor
         self._processor = processor
         self._config = config
         self._id = f"{socket.gethostname()}:{os.getpid()}"
@@ -105,7 +117,7 @@ class Supervisor:
                 "queues": queues_argument(cfg.queues, cfg.queue_weights),
             },
         )
-        if not await backend_is_safe(self._queue, log):
+        if not await backend_is_safe(self._connection, log):
             return EXIT_CONFIG
         for slot in range(cfg.processes):
             await self._spawn(slot)
@@ -235,12 +247,12 @@ class Supervisor:
         culprits = set() if expected else executing(board)
         while True:
             try:
-                leases = await self._queue.held_by(child.worker_id, self._config.queues)
+                leases = await self._leases.held_by(child.worker_id, self._config.queues)
                 held = {lease.job_id for lease in leases}
                 charged = (held & culprits) or held
                 for lease in leases:
                     if expected or lease.job_id not in charged:
-                        await self._queue.release(lease)
+                        await self._leases.settle(lease, Ending.released())
                         continue
                     result = await self._processor.record_lost(lease, error)
                     log.warning(
@@ -248,7 +260,7 @@ class Supervisor:
                         extra={
                             "job_id": lease.job_id,
                             "attempt": lease.attempt,
-                            "outcome": str(result.outcome),
+                            "outcome": said(result.status),
                         },
                     )
                 break
@@ -258,9 +270,9 @@ class Supervisor:
                 await asyncio.sleep(1.0)
         board.unlink(missing_ok=True)
         # A child that died could not say it stopped; one that exited has said so already.
-        if not expected:
+        if not expected and self._monitor is not None:
             with contextlib.suppress(QueueUnavailableError):
-                await self._queue.forget_worker(child.worker_id)
+                await self._monitor.forget_worker(child.worker_id)
 
     async def _stop_all(self) -> None:
         self._stopping = True

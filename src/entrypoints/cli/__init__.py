@@ -1,0 +1,50 @@
+"""The `conveyor` command: run the API, a worker or the whole service; submit, inspect and
+manage jobs and queues."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from entrypoints.cli import jobs, queues, serve, submit
+from entrypoints.cli.submit import follow
+from entrypoints.container import Container
+from entrypoints.logs import configure_logging
+from entrypoints.settings import Settings, SettingsError
+
+__all__ = ["follow", "main"]
+
+
+def main(argv: Sequence[str] | None = None, *, container: Container | None = None) -> int:
+    """Run one command. With `container`, the job and queue commands use it (and its
+    settings) instead of building one from the environment."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.container = container
+    if container is not None:
+        settings: Settings = container.settings()
+    else:
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            print(f"conveyor: {exc}", file=sys.stderr)
+            return 2
+        configure_logging(settings.log_level, settings.log_format)
+    try:
+        code: int = args.run(args, settings)
+    except SettingsError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    # In the order `conveyor --help` lists them.
+    serve.add_commands(commands)
+    submit.add_commands(commands)
+    jobs.add_commands(commands)
+    queues.add_commands(commands)
+    return parser

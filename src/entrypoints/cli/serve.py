@@ -1,0 +1,175 @@
+"""`conveyor api`, `worker` and `dev`: the commands that run the service."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from entrypoints.cli.arguments import positive_int
+from entrypoints.logs import redact_url
+from entrypoints.settings import QueueBackend, Settings, parse_weighted_queues
+
+if TYPE_CHECKING:
+    from entrypoints.cli.arguments import Commands
+
+DEV_DATA_DIR = Path(".conveyor") / "redis"
+_CHILD_STOP_GRACE = 30.0
+
+
+def add_commands(commands: Commands) -> None:
+    api = commands.add_parser("api", help="serve the HTTP API")
+    api.add_argument("--host", default=None, help="bind address (default CONVEYOR_API_HOST)")
+    api.add_argument("--port", type=int, default=None, help="port (default CONVEYOR_API_PORT)")
+    api.set_defaults(run=run_api)
+
+    worker = commands.add_parser("worker", help="run a supervisor and its worker processes")
+    worker.add_argument(
+        "--processes",
+        type=positive_int,
+        default=None,
+        help="worker processes to supervise (default CONVEYOR_WORKER_PROCESSES)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=None,
+        help="jobs run at once (default CONVEYOR_WORKER_CONCURRENCY)",
+    )
+    worker.add_argument(
+        "--queues",
+        type=parse_weighted_queues,
+        default=None,
+        help="comma-separated queues: `a,b` in strict order, `a:3,b:1` in random order by"
+        " weight for each claim (default CONVEYOR_WORKER_QUEUES)",
+    )
+    worker.set_defaults(run=run_worker)
+
+    # Started by `conveyor worker` for each of its processes; not for people.
+    child = commands.add_parser("worker-child")
+    child.add_argument("--worker-id", required=True)
+    child.add_argument("--control-fd", type=int, required=True)
+    child.add_argument("--concurrency", type=positive_int, required=True)
+    child.add_argument("--queues", type=parse_weighted_queues, required=True)
+    child.add_argument("--board", type=Path, default=None)
+    child.set_defaults(run=run_worker_child)
+
+    dev = commands.add_parser(
+        "dev",
+        help="the whole service in one terminal: local Redis (if REDIS_URL is unset), "
+        "the API and one worker; Ctrl-C stops all of them",
+    )
+    dev.add_argument("--port", type=int, default=None, help="API port (default 8000)")
+    dev.add_argument("--host", default=None, help="API bind address (default 127.0.0.1)")
+    dev.set_defaults(run=run_dev)
+
+
+def run_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
+        settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
+    # handler was there before it; with these, a clean stop exits 0 instead of dying by it.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    uvicorn.run(
+        "entrypoints.api.app:create_app",
+        factory=True,
+        host=args.host or settings.api_host,
+        port=args.port or settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        server_header=False,
+    )
+    return 0
+
+
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from entrypoints.worker.main import run_worker
+
+    queues, weights = args.queues or (settings.worker_queues, settings.worker_queue_weights)
+    return run_worker(
+        settings,
+        processes=args.processes or settings.worker_processes,
+        concurrency=args.concurrency or settings.worker_concurrency,
+        queues=queues,
+        weights=weights,
+    )
+
+
+def run_worker_child(args: argparse.Namespace, settings: Settings) -> int:
+    from entrypoints.worker.main import run_child
+
+    queues, weights = args.queues
+    return run_child(
+        settings,
+        worker_id=args.worker_id,
+        control_fd=args.control_fd,
+        concurrency=args.concurrency,
+        queues=queues,
+        weights=weights,
+        board=args.board,
+    )
+
+
+def run_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from entrypoints.local_redis import LocalRedis, find_server_binary, server_identity
+
+    if settings.redis_url:
+        return _run_children(args, settings.redis_url)
+    binary = find_server_binary()
+    data_dir = DEV_DATA_DIR / server_identity(binary)
+    with LocalRedis(data_dir=data_dir.resolve(), binary=binary) as server:
+        print(f"conveyor dev: local Redis at {server.url} (data in {data_dir})", flush=True)
+        return _run_children(args, server.url)
+
+
+def _run_children(args: argparse.Namespace, redis_url: str) -> int:
+    env = {**os.environ, "REDIS_URL": redis_url}
+    base = [sys.executable, "-m", "entrypoints"]
+    api_cmd = [*base, "api"]
+    if args.port:
+        api_cmd += ["--port", str(args.port)]
+    if args.host:
+        api_cmd += ["--host", args.host]
+    children = [
+        subprocess.Popen(api_cmd, env=env),
+        subprocess.Popen([*base, "worker"], env=env),
+    ]
+    print(
+        f"conveyor dev: API and worker started against {redact_url(redis_url)}; "
+        "Ctrl-C stops everything",
+        flush=True,
+    )
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            # A terminal's Ctrl-C already reached the children (same process group).
+            if signum != signal.SIGINT and child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    if not stopping:  # one of them died on its own: take the other down with it
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + _CHILD_STOP_GRACE
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return 0 if stopping else 1

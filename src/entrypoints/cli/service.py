@@ -1,0 +1,104 @@
+"""Running a command's action on the job service, and printing what it answers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from domain.errors import DomainError, InvalidJobError
+from domain.job_service import JobService
+from domain.jobs import Job
+from domain.ports import QueueStats
+from entrypoints.api.schemas import JobView, QueueView
+from entrypoints.container import Container, build_container
+from entrypoints.settings import Settings
+
+if TYPE_CHECKING:  # rich is imported by the commands that draw, not by every process
+    from rich.console import Console
+    from rich.table import Table
+
+
+def with_job(
+    args: argparse.Namespace, settings: Settings, action: Callable[[JobService], Awaitable[Job]]
+) -> int:
+    """Run `action` and print the job it answers."""
+
+    async def run(service: JobService) -> int:
+        print_json(JobView.from_domain(await action(service)))
+        return 0
+
+    return with_service(args, settings, run)
+
+
+def with_queue(
+    args: argparse.Namespace,
+    settings: Settings,
+    action: Callable[[JobService], Awaitable[QueueStats]],
+) -> int:
+    """Run `action` and print the queue it answers."""
+
+    async def run(service: JobService) -> int:
+        print_json(QueueView.from_domain(await action(service)))
+        return 0
+
+    return with_service(args, settings, run)
+
+
+def with_service(
+    args: argparse.Namespace, settings: Settings, action: Callable[[JobService], Awaitable[int]]
+) -> int:
+    """Run `action` on the job service; a domain error is a message and exit code 2 (the
+    request is invalid) or 1 (anything else)."""
+    return asyncio.run(_serve(args.container, settings, action))
+
+
+async def _serve(
+    given: Container | None, settings: Settings, action: Callable[[JobService], Awaitable[int]]
+) -> int:
+    container = build_container(settings) if given is None else given
+    try:
+        return await action(container.job_service())
+    except InvalidJobError as exc:
+        for error in exc.errors:
+            print(f"conveyor: {error.path}: {error.message}", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if given is None:  # a container passed in is its owner's to close
+            await container.backend().connection.close()
+
+
+def print_json(view: Any) -> None:
+    print(msgspec.json.format(msgspec.json.encode(view)).decode())
+
+
+def console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    # Wide enough for a job id and every column when the output is not a terminal.
+    return Console(file=stream, width=None if stream.isatty() else 160)
+
+
+def table(*columns: str) -> Table:
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+def age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"

@@ -1,0 +1,67 @@
+"""How one worker process works: its settings, and the order in which it tries its queues."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class WorkerConfig:
+    worker_id: str
+    queues: tuple[str, ...]
+    concurrency: int = attrs.field(validator=attrs.validators.ge(1))
+    batch: int = attrs.field(default=100, validator=attrs.validators.ge(1))
+    lease_seconds: float = 30.0
+    # How long one claim call waits for work; also bounds how late a stop request is noticed.
+    claim_wait: float = 1.0
+    recover_interval: float = 1.0
+    drain_grace: float = 30.0
+    recycle_after_jobs: int = 0  # 0: never
+    recycle_rss_mb: int = 0  # 0: never
+    backoff_first: float = 0.1
+    backoff_cap: float = 5.0
+    # One weight per queue: each claim tries the queues in an order drawn by weight (see
+    # `claim_order`). None: always in the order of `queues`.
+    queue_weights: tuple[int, ...] | None = attrs.field(default=None)
+    # How long a handler has to stop by itself once its job's cancellation is requested.
+    cancel_grace: float = 5.0
+    # How often the worker asks whether any of its running jobs is to be cancelled.
+    cancel_poll: float = 0.5
+    # How often the worker says it is alive; each heartbeat lasts three intervals.
+    heartbeat_interval: float = 2.0
+
+    @queue_weights.validator
+    def _one_weight_per_queue(
+        self, _: attrs.Attribute[tuple[int, ...] | None], value: tuple[int, ...] | None
+    ) -> None:
+        if value is not None and (len(value) != len(self.queues) or min(value) < 1):
+            raise ValueError("queue_weights needs one weight of at least 1 per queue")
+
+
+def claim_order(
+    queues: Sequence[str], weights: Sequence[int] | None, draw: Callable[[], float]
+) -> tuple[str, ...]:
+    """The order in which one claim tries `queues`.
+
+    Without weights, as given. With weights, drawn without replacement: each place goes to
+    one of the queues not yet placed with a chance proportional to its weight. A queue of
+    weight 3 beside one of weight 1 is tried first three times in four, and every queue is
+    tried on every claim, so a light queue is served less often but never starves. `draw`
+    answers a number in [0, 1).
+    """
+    if weights is None:
+        return tuple(queues)
+    pool = list(zip(queues, weights, strict=True))
+    order: list[str] = []
+    while pool:
+        point = draw() * sum(weight for _, weight in pool)
+        chosen = len(pool) - 1  # if rounding leaves `point` past the last weight
+        for index, (_, weight) in enumerate(pool):
+            point -= weight
+            if point < 0:
+                chosen = index
+                break
+        order.append(pool.pop(chosen)[0])
+    return tuple(order)
