@@ -29,6 +29,7 @@ when one applied, else the outcome reported.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -80,7 +81,7 @@ class Ending:
     result: JSONValue = attrs.field(default=None, eq=False)  # what a success returned
     # Seconds until a retry when the outcome allows one (the job type's retry policy, drawn
     # by the caller); None when no retry time is known (the job's type is not registered).
-    # Zero or less: the job goes straight back to the head of its queue.
+    # Under half a microsecond: the job goes straight back to the head of its queue.
     retry_in: float | None = None
 
     @classmethod
@@ -164,10 +165,12 @@ def decide(ending: Ending, facts: AttemptFacts, now: datetime) -> Settlement:
         and ending.retry_in is not None
         and attempts < facts.max_attempts
     ):
-        retry_at = now + timedelta(seconds=max(0.0, ending.retry_in))
+        # Whole microseconds, rounded the way the Redis scripts round them.
+        delay_us = math.floor(max(0.0, ending.retry_in) * 1_000_000 + 0.5)
+        retry_at = now + timedelta(microseconds=delay_us)
         if deadline is not None and retry_at >= deadline:
             return Settlement(status=S.EXPIRED, outcome=O.EXPIRED, attempts=attempts)
-        if ending.retry_in <= 0:
+        if delay_us <= 0:
             return Settlement(status=S.QUEUED, outcome=ending.outcome, attempts=attempts, head=True)
         return Settlement(
             status=S.FAILED, outcome=ending.outcome, attempts=attempts, retry_at=retry_at

@@ -23,11 +23,12 @@ local function decide(outcome, retry_in, attempts, max_attempts, deadline, cance
     return $QUEUED, $OUT_RELEASED, math.max(0, attempts - 1), nil, true
   end
   if RETRYABLE[outcome] and retry_in ~= nil and attempts < max_attempts then
-    local retry_at = now_us + math.floor(math.max(0, retry_in) * 1000000 + 0.5)
+    local delay_us = math.floor(math.max(0, retry_in) * 1000000 + 0.5)
+    local retry_at = now_us + delay_us
     if deadline ~= nil and retry_at >= deadline then
       return $EXPIRED, $OUT_EXPIRED, attempts, nil, false
     end
-    if retry_in <= 0 then
+    if delay_us <= 0 then
       return $QUEUED, outcome, attempts, nil, true
     end
     return $FAILED, outcome, attempts, retry_at, false
