@@ -103,7 +103,9 @@ class Container(containers.DeclarativeContainer):
 
     clock = providers.Singleton(SystemClock)
     email_sender = providers.Singleton(ConsoleEmailSender)
-    registry = providers.Singleton(default_registry, email_sender=email_sender)
+    registry = providers.Singleton(
+        default_registry, email_sender=email_sender, dummy_faults=config.dummy_faults
+    )
 
     redis_client = providers.Singleton(
         create_redis,
@@ -171,6 +173,7 @@ def build_container(settings: Settings, *, redis_socket_timeout: float | None = 
             "dead_ttl_seconds": settings.dead_ttl_seconds,
             "idempotency_ttl_seconds": settings.idempotency_ttl_seconds,
             "redis_timeout": settings.redis_timeout,
+            "dummy_faults": settings.dummy_faults,
         }
     )
     container.redis_socket_timeout.override(

@@ -66,6 +66,9 @@ class Settings:
     log_format: LogFormat = LogFormat.CONSOLE
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Hardening (operations): what a deployment offers that can harm its own workers.
+    # `dummy`'s fault modes (crash, memory, hang, cpu): off unless asked for.
+    dummy_faults: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +115,8 @@ class Settings:
             log_format=read("LOG_FORMAT", LogFormat, LogFormat.CONSOLE),
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
+            # Hardening (operations).
+            dummy_faults=read("CONVEYOR_DUMMY_FAULTS", parse_flag, False),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -174,6 +179,16 @@ def _prefix(raw: str) -> str:
     if any(c in raw for c in "{}: \t"):
         raise ValueError("must not contain braces, colons or spaces")
     return raw
+
+
+def parse_flag(raw: str) -> bool:
+    """`1`, `true`, `yes` or `on` (any case) for on; `0`, `false`, `no` or `off` for off."""
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1 or 0")
 
 
 def _log_level(raw: str) -> str:

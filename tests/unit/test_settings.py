@@ -104,3 +104,17 @@ def test_admission_limits_on_rq_stop_start_up_with_a_message() -> None:
         Settings.from_env(
             {"QUEUE_BACKEND": "rq", "CONVEYOR_QUEUE_LIMITS": '{"*": {"max_depth": 10}}'}
         )
+
+
+@pytest.mark.parametrize(
+    ("raw", "on"), [("1", True), ("true", True), ("ON", True), ("0", False), ("no", False)]
+)
+def test_dummy_fault_modes_are_off_unless_the_setting_turns_them_on(raw: str, on: bool) -> None:
+    assert Settings.from_env({}).dummy_faults is False
+    assert Settings().dummy_faults is False
+    assert Settings.from_env({"CONVEYOR_DUMMY_FAULTS": raw}).dummy_faults is on
+
+
+def test_a_dummy_faults_value_that_is_not_a_flag_is_refused() -> None:
+    with pytest.raises(SettingsError, match="CONVEYOR_DUMMY_FAULTS"):
+        Settings.from_env({"CONVEYOR_DUMMY_FAULTS": "maybe"})
