@@ -69,6 +69,9 @@ class Settings:
     # Hardening (operations): what a deployment offers that can harm its own workers.
     # `dummy`'s fault modes (crash, memory, hang, cpu): off unless asked for.
     dummy_faults: bool = False
+    # Seconds a worker process may stop answering its supervisor before it is replaced; None:
+    # the lease (`watchdog` says what applies), 0: never.
+    watchdog_seconds: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -117,6 +120,7 @@ class Settings:
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
             # Hardening (operations).
             dummy_faults=read("CONVEYOR_DUMMY_FAULTS", parse_flag, False),
+            watchdog_seconds=read("CONVEYOR_WATCHDOG_SECONDS", _non_negative(float), None),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -124,6 +128,11 @@ class Settings:
                 " checks them atomically with the enqueue; QUEUE_BACKEND=rq cannot"
             )
         return settings
+
+    @property
+    def watchdog(self) -> float:
+        """Seconds of silence after which a worker process is replaced (0: never)."""
+        return self.lease_seconds if self.watchdog_seconds is None else self.watchdog_seconds
 
     def require_redis_url(self) -> str:
         if not self.redis_url:

@@ -7,6 +7,12 @@ its process reaches `dead` after exactly its max attempts while the other childr
 serving. A child that asks to retire (a handler that would not stop, or recycling) gets its
 replacement at once and is killed if it has not finished within its grace period.
 
+A watchdog replaces a child that stops answering: each child's event loop says it is alive
+over its control pipe every `heartbeat_interval`, and one silent for `PoolConfig.watchdog`
+seconds (by default the lease: its leases have lapsed by then, so killing it loses nothing)
+is killed and replaced like a child that died. Its executing job is charged, as after a crash:
+a handler that blocks the event loop would otherwise hold a process forever.
+
 On SIGTERM or SIGINT the supervisor asks every child to drain and waits for them; a child
 still running after its grace is killed and its jobs handed back to the queue.
 """
@@ -52,6 +58,18 @@ class PoolConfig:
     drain_grace: float
     kill_grace: float
     queue_weights: tuple[int, ...] | None = None  # one per queue; None: strict order
+    # Seconds a child may go without saying it is alive before it is replaced; 0: never.
+    watchdog: float = 0.0
+
+
+# A child that has not said it is alive yet is starting (imports, connections): it gets at
+# least this long before the watchdog counts it as stuck.
+_STARTUP_GRACE = 20.0
+
+
+def heartbeat_interval(watchdog: float) -> float:
+    """How often a child says it is alive: often enough that one late beat is no alarm."""
+    return min(1.0, watchdog / 10) if watchdog > 0 else 1.0
 
 
 def queues_argument(queues: Sequence[str], weights: Sequence[int] | None) -> str:
@@ -69,6 +87,9 @@ class _Child:
     started: float
     retiring: bool = False
     stopping: bool = False
+    # When it last said it was alive (None: not yet); why the watchdog killed it, if it did.
+    last_beat: float | None = None
+    unresponsive: str | None = None
 
 
 def describe_exit(code: int) -> tuple[str, int | None, str | None]:
@@ -123,9 +144,12 @@ class Supervisor:
             await self._spawn(slot)
         stopper = asyncio.create_task(stop.wait())
         done = asyncio.create_task(self._done.wait())
+        watchdog = asyncio.create_task(self._watchdog()) if cfg.watchdog > 0 else None
         await asyncio.wait([stopper, done], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         done.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         await self._stop_all()
         log.info("supervisor stopped", extra={"exit_code": self._exit_code})
         return self._exit_code
@@ -167,6 +191,8 @@ class Supervisor:
             await listener
         self._children.pop(child.proc.pid, None)
         cause, exit_code, signal_name = describe_exit(code)
+        if child.unresponsive is not None:
+            cause = f"{child.unresponsive}; {cause}"
         expected = child.stopping or (child.retiring and code == 0)
         if expected:
             log.info("child exited", extra={"pid": child.proc.pid, "cause": cause})
@@ -211,12 +237,39 @@ class Supervisor:
         )
         try:
             while line := await reader.readline():
+                child.last_beat = time.monotonic()  # any line is a sign of life
                 if line.startswith(b"retire") and not child.retiring and not self._stopping:
                     await self._retire(
                         child, line[len(b"retire") :].strip().decode(errors="replace")
                     )
         finally:
             transport.close()
+
+    async def _watchdog(self) -> None:
+        """Kill every child silent for longer than the watchdog allows; `_watch` replaces it
+        and settles its jobs as for any child that died."""
+        limit = self._config.watchdog
+        while True:
+            await asyncio.sleep(min(1.0, limit / 5))
+            now = time.monotonic()
+            for child in list(self._children.values()):
+                if child.retiring or child.stopping or child.unresponsive is not None:
+                    continue  # a retiring or stopping child has its own deadline
+                since = child.started if child.last_beat is None else child.last_beat
+                allowed = limit if child.last_beat is not None else max(limit, _STARTUP_GRACE)
+                if now - since <= allowed:
+                    continue
+                child.unresponsive = f"stopped answering for {now - since:.1f} s"
+                log.error(
+                    "child stopped answering; killing it",
+                    extra={
+                        "pid": child.proc.pid,
+                        "worker_id": child.worker_id,
+                        "silent_s": round(now - since, 1),
+                    },
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
 
     async def _retire(self, child: _Child, reason: str) -> None:
         child.retiring = True

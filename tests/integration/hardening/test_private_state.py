@@ -82,9 +82,7 @@ def test_rq_deployments_with_different_prefixes_share_no_key(
     client = redis.Redis.from_url(redis_url)
     try:
         keys = sorted(k.decode() for k in client.scan_iter(match=f"*{job_id}*", count=1000))
-        blue_keys = sorted(
-            k.decode() for k in client.scan_iter(match=f"*{blue}*", count=1000)
-        )
+        blue_keys = sorted(k.decode() for k in client.scan_iter(match=f"*{blue}*", count=1000))
     finally:
         client.close()
     outside = [k for k in blue_keys if not k.startswith(f"{blue}:")]
