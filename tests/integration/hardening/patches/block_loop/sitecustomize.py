@@ -31,7 +31,8 @@ def _apply() -> None:
 
     async def blocking_dummy(payload: Any, context: Any) -> Any:
         if payload.get("result") == "block-the-loop" and context.attempt == 1:
-            time.sleep(seconds)  # on the event loop's thread: nothing else runs meanwhile
+            # On the event loop's thread, on purpose: nothing else runs meanwhile.
+            time.sleep(seconds)  # noqa: ASYNC251
         return await run_dummy(payload, context)
 
     dummy.run_dummy = blocking_dummy  # type: ignore[assignment]
