@@ -35,7 +35,7 @@ def _apply() -> None:
             time.sleep(seconds)  # noqa: ASYNC251
         return await run_dummy(payload, context)
 
-    dummy.run_dummy = blocking_dummy  # type: ignore[assignment]
+    dummy.run_dummy = blocking_dummy
 
 
 try:
