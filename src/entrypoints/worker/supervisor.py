@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,6 +41,7 @@ from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
 from entrypoints.worker.endings import said
+from entrypoints.worker.spawning import ForkedChild, ForkServer
 
 log = logging.getLogger("conveyor.supervisor")
 
@@ -83,7 +83,7 @@ def queues_argument(queues: Sequence[str], weights: Sequence[int] | None) -> str
 class _Child:
     slot: int
     worker_id: str
-    proc: asyncio.subprocess.Process
+    proc: ForkedChild
     started: float
     retiring: bool = False
     stopping: bool = False
@@ -124,6 +124,7 @@ class Supervisor:
         self._deaths: list[float] = []
         self._done = asyncio.Event()
         self._boards = Path(tempfile.mkdtemp(prefix="conveyor-boards-"))
+        self._forks = ForkServer()
 
     def _board_path(self, worker_id: str) -> Path:
         return self._boards / (worker_id.rsplit("/", 1)[-1] + ".board")
@@ -159,23 +160,19 @@ class Supervisor:
         worker_id = f"{self._id}/{slot}.{self._generation}"
         read_fd, write_fd = os.pipe()
         cfg = self._config
-        command = [
-            *(sys.executable, "-m", "entrypoints", "worker-child"),
+        args = [
             *("--worker-id", worker_id),
-            *("--control-fd", str(write_fd)),
             *("--concurrency", str(cfg.concurrency)),
             *("--queues", queues_argument(cfg.queues, cfg.queue_weights)),
             *("--board", str(self._board_path(worker_id))),
         ]
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            pass_fds=(write_fd,),
-            # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
-            # then asks each child once. Children die with the supervisor (they set
-            # PR_SET_PDEATHSIG themselves).
-            start_new_session=True,
-        )
-        os.close(write_fd)
+        try:
+            # Forked from the preloaded fork server: milliseconds, where starting an
+            # interpreter takes a third of a second (see `spawning`). Each child runs in its
+            # own session, and dies with its parent (it sets PR_SET_PDEATHSIG itself).
+            proc = self._forks.spawn(args, write_fd)
+        finally:
+            os.close(write_fd)
         child = _Child(slot, worker_id, proc, time.monotonic())
         self._children[proc.pid] = child
         log.info("child started", extra={"pid": proc.pid, "worker_id": worker_id, "slot": slot})
@@ -206,11 +203,13 @@ class Supervisor:
             self._exit_code = EXIT_CONFIG
             self._done.set()
             return
+        culprits = set() if expected else executing(self._board_path(child.worker_id))
         if not expected and not child.retiring and not self._stopping:
-            await self._respawn(child.slot)
+            await self._respawn(child.slot, explained=bool(culprits))
         await self._settle(
             child,
             expected=expected,
+            culprits=culprits,
             error=JobError(
                 message=f"worker process {child.proc.pid} {cause}",
                 type="WorkerLost",
@@ -220,13 +219,17 @@ class Supervisor:
             ),
         )
 
-    async def _respawn(self, slot: int) -> None:
+    async def _respawn(self, slot: int, *, explained: bool) -> None:
+        """Replace a dead child. A death a job explains (its board names the job whose code
+        was running) is replaced at once, however many there are: each costs that job an
+        attempt, so a burst of crashing jobs runs out, and the work queued behind it must not
+        wait. Deaths nothing explains (a child that cannot start, a broken deployment) slow
+        down past a few in a row instead of spinning."""
         now = time.monotonic()
-        self._deaths = [t for t in self._deaths if now - t < _RESTART_WINDOW] + [now]
-        if len(self._deaths) > _RESTARTS_BEFORE_BACKOFF:
-            # Children dying faster than jobs could explain (a broken deployment): slow down
-            # instead of spinning.
-            await asyncio.sleep(1.0)
+        if not explained:
+            self._deaths = [t for t in self._deaths if now - t < _RESTART_WINDOW] + [now]
+            if len(self._deaths) > _RESTARTS_BEFORE_BACKOFF:
+                await asyncio.sleep(1.0)
         await self._spawn(slot)
 
     async def _listen(self, child: _Child, read_fd: int) -> None:
@@ -288,7 +291,14 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
 
-    async def _settle(self, child: _Child, *, expected: bool, error: JobError) -> None:
+    async def _settle(
+        self,
+        child: _Child,
+        *,
+        expected: bool,
+        error: JobError,
+        culprits: set[str] | None = None,
+    ) -> None:
         """Record what became of the jobs a child held when it ended.
 
         After a crash, the jobs whose code was executing at that moment (the board says
@@ -297,7 +307,8 @@ class Supervisor:
         outside), every job it held is charged.
         """
         board = self._board_path(child.worker_id)
-        culprits = set() if expected else executing(board)
+        if culprits is None:
+            culprits = set() if expected else executing(board)
         while True:
             try:
                 leases = await self._leases.held_by(child.worker_id, self._config.queues)

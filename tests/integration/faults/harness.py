@@ -116,9 +116,14 @@ class Pool(Conveyor):
         return self.proc.pid
 
     def children(self) -> list[psutil.Process]:
-        """The supervisor's live (not zombie) worker children."""
+        """The supervisor's live (not zombie) worker children: its fork server's children
+        (the fork server is the supervisor's only child)."""
         try:
-            found = psutil.Process(self.pid).children()
+            found = [
+                child
+                for server in psutil.Process(self.pid).children()
+                for child in server.children()
+            ]
         except psutil.NoSuchProcess:
             return []
         live = [c for c in found if _live(c)]
