@@ -53,15 +53,6 @@ def add_commands(commands: Commands) -> None:
     )
     worker.set_defaults(run=run_worker)
 
-    # Started by `conveyor worker` for each of its processes; not for people.
-    child = commands.add_parser("worker-child")
-    child.add_argument("--worker-id", required=True)
-    child.add_argument("--control-fd", type=int, required=True)
-    child.add_argument("--concurrency", type=positive_int, required=True)
-    child.add_argument("--queues", type=parse_weighted_queues, required=True)
-    child.add_argument("--board", type=Path, default=None)
-    child.set_defaults(run=run_worker_child)
-
     dev = commands.add_parser(
         "dev",
         help="the whole service in one terminal: local Redis (if REDIS_URL is unset), "
@@ -113,21 +104,6 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         concurrency=args.concurrency or settings.worker_concurrency,
         queues=queues,
         weights=weights,
-    )
-
-
-def run_worker_child(args: argparse.Namespace, settings: Settings) -> int:
-    from entrypoints.worker.main import run_child
-
-    queues, weights = args.queues
-    return run_child(
-        settings,
-        worker_id=args.worker_id,
-        control_fd=args.control_fd,
-        concurrency=args.concurrency,
-        queues=queues,
-        weights=weights,
-        board=args.board,
     )
 
 

@@ -22,12 +22,14 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
-from collections.abc import Sequence
+import sys
+from pathlib import Path
 from typing import Any, Final
+
+import attrs
 
 # What a worker child imports, loaded once in the fork server.
 PRELOAD: Final = (
-    "entrypoints.cli",
     "entrypoints.worker.main",
     "entrypoints.worker.spawning",
     "adapters.redis_queue",
@@ -74,20 +76,31 @@ class ForkedChild:
         self.send_signal(signal.SIGKILL)
 
 
+@attrs.frozen(kw_only=True)
+class ChildSpec:
+    """What one worker child is to do (its settings come from the environment)."""
+
+    worker_id: str
+    concurrency: int
+    queues: tuple[str, ...]
+    weights: tuple[int, ...] | None
+    board: str
+
+
 class ForkServer:
-    """Forks worker children (`conveyor worker-child ARGS`) from one preloaded process."""
+    """Forks worker children from one preloaded process."""
 
     def __init__(self) -> None:
         self._context = multiprocessing.get_context("forkserver")
         self._context.set_forkserver_preload(list(PRELOAD))
 
-    def spawn(self, args: Sequence[str], control_fd: int) -> ForkedChild:
-        """A child running `conveyor worker-child --control-fd N ARGS`, N its copy of
-        `control_fd` (the caller keeps and closes its own)."""
+    def spawn(self, spec: ChildSpec, control_fd: int) -> ForkedChild:
+        """A child running `spec`, writing to its own copy of `control_fd` (the caller keeps
+        and closes its own)."""
         control = multiprocessing.connection.Connection(os.dup(control_fd), readable=False)
         try:
             process = self._context.Process(
-                target=_child, args=(list(args), control), daemon=True, name="conveyor-worker"
+                target=_child, args=(spec, control), daemon=True, name="conveyor-worker"
             )
             process.start()
         finally:
@@ -95,8 +108,8 @@ class ForkServer:
         return ForkedChild(process)
 
 
-def _child(args: list[str], control: multiprocessing.connection.Connection) -> None:
-    """In the forked child: become a `worker-child` as if started by `exec`."""
+def _child(spec: ChildSpec, control: multiprocessing.connection.Connection) -> None:
+    """In the forked child: run one worker process, as if started on its own."""
     code = 1
     try:
         fd = os.dup(control.fileno())
@@ -104,8 +117,26 @@ def _child(args: list[str], control: multiprocessing.connection.Connection) -> N
         # Its own session, as the supervisor gives every child: a terminal's Ctrl-C reaches
         # the supervisor only, which then asks each child once.
         os.setsid()
-        from entrypoints.cli import main
+        from entrypoints.logs import configure_logging
+        from entrypoints.settings import Settings, SettingsError
+        from entrypoints.worker.main import run_child
+        from entrypoints.worker.supervisor import EXIT_CONFIG
 
-        code = main(["worker-child", "--control-fd", str(fd), *args])
+        try:
+            settings = Settings.from_env()
+        except SettingsError as exc:
+            print(f"conveyor: {exc}", file=sys.stderr)
+            code = EXIT_CONFIG
+            return
+        configure_logging(settings.log_level, settings.log_format)
+        code = run_child(
+            settings,
+            worker_id=spec.worker_id,
+            control_fd=fd,
+            concurrency=spec.concurrency,
+            queues=spec.queues,
+            weights=spec.weights,
+            board=Path(spec.board),
+        )
     finally:
         os._exit(code)  # never back into the fork server's code

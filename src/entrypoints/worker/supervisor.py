@@ -41,7 +41,7 @@ from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
 from entrypoints.worker.endings import said
-from entrypoints.worker.spawning import ForkedChild, ForkServer
+from entrypoints.worker.spawning import ChildSpec, ForkedChild, ForkServer
 
 log = logging.getLogger("conveyor.supervisor")
 
@@ -160,17 +160,18 @@ class Supervisor:
         worker_id = f"{self._id}/{slot}.{self._generation}"
         read_fd, write_fd = os.pipe()
         cfg = self._config
-        args = [
-            *("--worker-id", worker_id),
-            *("--concurrency", str(cfg.concurrency)),
-            *("--queues", queues_argument(cfg.queues, cfg.queue_weights)),
-            *("--board", str(self._board_path(worker_id))),
-        ]
+        spec = ChildSpec(
+            worker_id=worker_id,
+            concurrency=cfg.concurrency,
+            queues=cfg.queues,
+            weights=cfg.queue_weights,
+            board=str(self._board_path(worker_id)),
+        )
         try:
             # Forked from the preloaded fork server: milliseconds, where starting an
             # interpreter takes a third of a second (see `spawning`). Each child runs in its
             # own session, and dies with its parent (it sets PR_SET_PDEATHSIG itself).
-            proc = self._forks.spawn(args, write_fd)
+            proc = self._forks.spawn(spec, write_fd)
         finally:
             os.close(write_fd)
         child = _Child(slot, worker_id, proc, time.monotonic())

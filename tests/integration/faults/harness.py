@@ -2,7 +2,7 @@
 
 Every process a test starts is tracked and killed *by pid* when the test ends (never by
 name): the API and the supervisor through their `Popen`, a supervisor's children through
-`psutil` (checked to be a `worker-child` of *this* deployment by its key prefix before any
+`psutil` (checked to be a worker process of *this* deployment by its key prefix before any
 signal is sent).
 """
 

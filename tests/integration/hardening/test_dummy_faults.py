@@ -44,9 +44,9 @@ def test_a_fault_mode_is_refused_naming_the_setting_and_nothing_is_stored(
         keys = [k.decode() for k in client_redis.scan_iter(match=f"*{prefix}*", count=1000)]
     finally:
         client_redis.close()
-    mode_schema = schema["components"]["schemas"]["DummyJobSubmission"]["properties"][
-        "payload"
-    ]["properties"]["mode"]
+    mode_schema = schema["components"]["schemas"]["DummyJobSubmission"]["properties"]["payload"][
+        "properties"
+    ]["mode"]
     problem = one.json()
     print(
         f"[faults off] crash={one.status_code} batch={batch.status_code} others={others} "
