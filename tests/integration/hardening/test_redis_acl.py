@@ -4,7 +4,8 @@ The rule below is the one the README's "Deploying safely" section gives (for the
 `acme`): its keys are `{acme:<queue>}:...` (each queue's keys share one hash tag) and
 `acme:...` (the queue registry and idempotency keys); its commands are those its Lua scripts
 call (a script runs with its caller's permissions, keys included) and those it sends itself.
-The API and a worker run as that user and drive jobs through every path; Redis's ACL log
+The API and a worker run as that user, over TLS (`rediss://`, the server's certificate
+checked against a CA of the test's own), and drive jobs through every path; Redis's ACL log
 must then hold no denial, and the user can reach neither another prefix's keys nor admin
 commands.
 """
@@ -12,15 +13,18 @@ commands.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
-from entrypoints.local_redis import LocalRedis
-from tests.integration.processes import Api, Conveyor, service_env, wait_for_job
+from entrypoints.local_redis import find_server_binary
+from tests.integration.processes import Api, Conveyor, free_port, service_env, wait_for_job
 
 PREFIX = "acme"
 PASSWORD = "s3cret-for-tests"
@@ -48,46 +52,149 @@ def submit(client: httpx.Client, body: dict[str, Any], **headers: str) -> str:
     return job_id
 
 
-def test_the_service_runs_every_path_as_an_acl_user_limited_to_its_prefix(
-    tmp_path: Path,
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A Redis that speaks TLS only, with a certificate for 127.0.0.1 signed by a CA made
+    here: its base URL (`rediss://127.0.0.1:PORT/0?ssl_ca_certs=...`) and the CA file."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca, key, cert = certs / "ca.pem", certs / "server.key", certs / "server.pem"
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=certs, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=conveyor-test-ca",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    )
+    (certs / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        str(ca),
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            str(find_server_binary()),
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(ca),
+            "--tls-auth-clients",
+            "no",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert server.poll() is None, "the Redis server would not start with TLS"
+            try:
+                redis.Redis.from_url(url, socket_timeout=1).ping()
+                break
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "the TLS Redis never answered"
+                time.sleep(0.05)
+        yield url, ca
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_the_service_runs_every_path_as_an_acl_user_limited_to_its_prefix_over_tls(
+    tmp_path: Path, tls_redis: tuple[str, Path]
 ) -> None:
-    with LocalRedis(data_dir=tmp_path / "redis") as server:
-        admin = redis.Redis.from_url(server.url)
-        acl: Any = admin.execute_command  # redis-py's is untyped
-        acl("ACL", "SETUSER", "conveyor", *RULE.split())
-        with contextlib.suppress(redis.exceptions.ResponseError):  # before 7.2: never sent
-            acl("ACL", "SETUSER", "conveyor", CLIENT_SETINFO)
-        acl("ACL", "LOG", "RESET")
-        url = server.url.replace("redis://", f"redis://conveyor:{PASSWORD}@")
-        env = {
-            **service_env(
-                url,
-                CONVEYOR_LEASE_SECONDS="5",
-                # Admission checks run in the submit script (INFO for the memory watermark).
-                CONVEYOR_ADMIT_MAX_MEMORY_BYTES=str(2**30),
-                CONVEYOR_QUEUE_LIMITS='{"*": {"max_depth": 100000}}',
-            ),
-            "CONVEYOR_KEY_PREFIX": PREFIX,
-        }
-        with (
-            Api(env, tmp_path) as api,
-            Conveyor(["worker", "--queues", "default,bulk"], env, tmp_path) as worker,
-            api.client() as client,
-        ):
-            paths = drive(client)
-            time.sleep(1.5)  # a few maintenance ticks and heartbeats more, as the user
-            api_log, worker_log = api.output(), worker.output()
-        denials = acl("ACL", "LOG")
-        user = redis.Redis.from_url(url)
-        try:
-            foreign = refused(lambda: user.get("{other:default}:queued"))
-            admin_command = refused(lambda: user.flushall())
-            config = refused(lambda: user.config_get("requirepass"))
-            own = user.exists(f"{PREFIX}:queues")
-        finally:
-            user.close()
-            admin.close()
+    base, _ = tls_redis
+    admin = redis.Redis.from_url(base)
+    acl: Any = admin.execute_command  # redis-py's is untyped
+    acl("ACL", "SETUSER", "conveyor", *RULE.split())
+    with contextlib.suppress(redis.exceptions.ResponseError):  # before 7.2: never sent
+        acl("ACL", "SETUSER", "conveyor", CLIENT_SETINFO)
+    acl("ACL", "LOG", "RESET")
+    url = base.replace("rediss://", f"rediss://conveyor:{PASSWORD}@")
+    plain = refused_plain(url.replace("rediss://", "redis://").split("?")[0])
+    env = {
+        **service_env(
+            url,
+            CONVEYOR_LEASE_SECONDS="5",
+            # Admission checks run in the submit script (INFO for the memory watermark).
+            CONVEYOR_ADMIT_MAX_MEMORY_BYTES=str(2**30),
+            CONVEYOR_QUEUE_LIMITS='{"*": {"max_depth": 100000}}',
+        ),
+        "CONVEYOR_KEY_PREFIX": PREFIX,
+    }
+    with (
+        Api(env, tmp_path) as api,
+        Conveyor(["worker", "--queues", "default,bulk"], env, tmp_path) as worker,
+        api.client() as client,
+    ):
+        paths = drive(client)
+        time.sleep(1.5)  # a few maintenance ticks and heartbeats more, as the user
+        api_log, worker_log = api.output(), worker.output()
+    denials = acl("ACL", "LOG")
+    user = redis.Redis.from_url(url)
+    try:
+        foreign = refused(lambda: user.get("{other:default}:queued"))
+        admin_command = refused(lambda: user.flushall())
+        config = refused(lambda: user.config_get("requirepass"))
+        own = user.exists(f"{PREFIX}:queues")
+    finally:
+        user.close()
+        admin.close()
     print(f"[redis acl] paths={paths} denials={len(denials)} own_keys_readable={own}")
+    print(f"[redis acl] over TLS; a plain-text connection refused={plain}")
     print(f"[redis acl] refused: other prefix={foreign} flushall={admin_command} config={config}")
     # CONFIG is left out on purpose (CONFIG GET reads every setting, passwords included): the
     # start-up check of maxmemory-policy and appendonly is then refused, and only warns.
@@ -96,7 +203,17 @@ def test_the_service_runs_every_path_as_an_acl_user_limited_to_its_prefix(
     assert "NOPERM" not in api_log + worker_log
     assert (foreign, admin_command, config) == (True, True, True)
     assert own == 1
+    assert plain
     assert all(paths.values()), paths
+
+
+def refused_plain(url: str) -> bool:
+    """Whether the server refuses to talk without TLS on its port."""
+    try:
+        redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError:
+        return True
+    return False
 
 
 def refused(call: Any) -> bool:
