@@ -186,9 +186,19 @@ def run_child(
 
 
 async def _say_alive(control: Any, interval: float) -> None:
+    """Tell the supervisor this process is alive, and learn whether it still is: a write to
+    the pipe it no longer reads fails, and this process then stops as if asked to. (Children
+    are forked by the fork server, so the kernel's parent-death signal follows that server,
+    which may outlive a supervisor killed with SIGKILL.)"""
     while True:
-        with contextlib.suppress(OSError):
+        try:
             control.write(b"alive\n")
+        except BrokenPipeError:
+            log.warning("the supervisor is gone: stopping")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        except OSError:
+            pass  # a full pipe (a frozen supervisor): the next beat may get through
         await asyncio.sleep(interval)
 
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tests.integration.faults.harness import Pool, fault_env, submit, wait_settled
 from tests.integration.processes import Api
 
@@ -103,3 +105,32 @@ def test_a_worker_whose_event_loop_is_blocked_is_replaced_and_its_job_runs_again
     assert all(final[o].status == "succeeded" for o in others)
     assert stuck.pid not in children_after
     assert len(children_after) == 1
+
+
+def test_a_supervisor_killed_outright_takes_its_fork_server_and_workers_with_it(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """The other direction: workers are forked by the fork server, so the kernel's
+    parent-death signal follows that server, not the supervisor; a worker learns from its
+    heartbeat's broken pipe that the supervisor is gone, drains and exits, and the fork
+    server follows once no worker holds it open."""
+    env = fault_env(redis_url, tmp_path / "audit.jsonl", CONVEYOR_DRAIN_GRACE_SECONDS="2")
+    with Pool(env, tmp_path, processes=2, concurrency=2) as pool:
+        pool.wait_children(2)
+        descendants = psutil.Process(pool.pid).children(recursive=True)
+        pool.remember(p.pid for p in descendants)
+        assert pool.proc is not None
+        killed = time.monotonic()
+        pool.proc.kill()
+        pool.proc.wait()
+        alive = descendants
+        while alive and time.monotonic() - killed < 15:
+            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            time.sleep(0.1)
+        gone_after = time.monotonic() - killed
+    print(
+        f"[supervisor killed] descendants={len(descendants)} left={len(alive)} "
+        f"gone_after_s={gone_after:.1f}"
+    )
+    assert len(descendants) >= 3  # the fork server and two workers
+    assert alive == []
