@@ -274,10 +274,10 @@ def drive(client: httpx.Client) -> dict[str, bool]:
     ).json()["id"]
     time.sleep(1.0)
     parked_view = client.get(f"/jobs/{parked}").json()
-    seen["paused_holds"] = (parked_view["status"], parked_view["waiting_reason"]) == (
+    seen["paused_holds"] = (parked_view["status"], parked_view["waiting_reason"]["kind"]) == (
         "queued",
         "queue_paused",
-    ) or parked_view["waiting_reason"].get("kind") == "queue_paused"
+    )
     seen["resume"] = client.post("/queues/bulk/resume").status_code == 200
     seen["resumed_runs"] = wait_for_job(client, parked, TERMINAL)["status"] == "succeeded"
     listed = client.get("/jobs", params={"status": "succeeded", "limit": 50}).json()
