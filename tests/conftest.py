@@ -14,6 +14,11 @@ pytest.register_assert_rewrite("tests.contracts", "tests.unit.backends")
 
 _INTEGRATION_DIR = Path(__file__).parent / "integration"
 
+# The suite drives `dummy`'s fault modes (crash, memory, hang, cpu): on for every settings
+# read from the environment here and every process the tests start (they inherit it). A
+# test of the refusal sets it to 0 for the deployment it starts.
+os.environ["CONVEYOR_DUMMY_FAULTS"] = "1"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test under tests/integration/ as ``integration``."""

@@ -47,6 +47,9 @@ class Field:
     min_length: int | None = None
     max_length: int | None = None
     choices: tuple[str, ...] | None = None
+    # Values this deployment knows but refuses, each with the reason a client is told (they
+    # are left out of `choices`, so the documents do not offer them).
+    refused: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     email: bool = False
 
     def check(self, value: object, path: str) -> list[FieldError]:
@@ -71,6 +74,8 @@ class Field:
     def _check_string(self, value: object, path: str) -> list[FieldError]:
         if not isinstance(value, str):
             return [FieldError(path, "expected a string")]
+        if value in self.refused:
+            return [FieldError(path, self.refused[value])]
         if self.choices is not None and value not in self.choices:
             return [FieldError(path, f"expected one of {', '.join(self.choices)}")]
         if self.min_length is not None and len(value) < self.min_length:

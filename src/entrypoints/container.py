@@ -22,7 +22,8 @@ from domain.job_service import JobService
 from domain.job_types.registry import default_registry
 from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, LeaseQueue
 from domain.processing import JobProcessor
-from entrypoints.settings import Settings
+from entrypoints.rq_keys import use_rq_key_prefix
+from entrypoints.settings import QueueBackend, Settings
 
 
 def _redis_url(settings: Settings) -> str:
@@ -103,7 +104,9 @@ class Container(containers.DeclarativeContainer):
 
     clock = providers.Singleton(SystemClock)
     email_sender = providers.Singleton(ConsoleEmailSender)
-    registry = providers.Singleton(default_registry, email_sender=email_sender)
+    registry = providers.Singleton(
+        default_registry, email_sender=email_sender, dummy_faults=config.dummy_faults
+    )
 
     redis_client = providers.Singleton(
         create_redis,
@@ -162,6 +165,9 @@ class Container(containers.DeclarativeContainer):
 
 
 def build_container(settings: Settings, *, redis_socket_timeout: float | None = None) -> Container:
+    if settings.queue_backend is QueueBackend.RQ:
+        # Its own RQ namespace, or SettingsError if rq was loaded with another deployment's.
+        use_rq_key_prefix(settings)
     container = Container(settings=settings)
     container.config.from_dict(
         {
@@ -171,6 +177,7 @@ def build_container(settings: Settings, *, redis_socket_timeout: float | None = 
             "dead_ttl_seconds": settings.dead_ttl_seconds,
             "idempotency_ttl_seconds": settings.idempotency_ttl_seconds,
             "redis_timeout": settings.redis_timeout,
+            "dummy_faults": settings.dummy_faults,
         }
     )
     container.redis_socket_timeout.override(

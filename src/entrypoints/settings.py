@@ -66,6 +66,12 @@ class Settings:
     log_format: LogFormat = LogFormat.CONSOLE
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # Hardening (operations): what a deployment offers that can harm its own workers.
+    # `dummy`'s fault modes (crash, memory, hang, cpu): off unless asked for.
+    dummy_faults: bool = False
+    # Seconds a worker process may stop answering its supervisor before it is replaced; None:
+    # the lease (`watchdog` says what applies), 0: never.
+    watchdog_seconds: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +118,9 @@ class Settings:
             log_format=read("LOG_FORMAT", LogFormat, LogFormat.CONSOLE),
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
+            # Hardening (operations).
+            dummy_faults=read("CONVEYOR_DUMMY_FAULTS", parse_flag, False),
+            watchdog_seconds=read("CONVEYOR_WATCHDOG_SECONDS", _non_negative(float), None),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -119,6 +128,11 @@ class Settings:
                 " checks them atomically with the enqueue; QUEUE_BACKEND=rq cannot"
             )
         return settings
+
+    @property
+    def watchdog(self) -> float:
+        """Seconds of silence after which a worker process is replaced (0: never)."""
+        return self.lease_seconds if self.watchdog_seconds is None else self.watchdog_seconds
 
     def require_redis_url(self) -> str:
         if not self.redis_url:
@@ -174,6 +188,16 @@ def _prefix(raw: str) -> str:
     if any(c in raw for c in "{}: \t"):
         raise ValueError("must not contain braces, colons or spaces")
     return raw
+
+
+def parse_flag(raw: str) -> bool:
+    """`1`, `true`, `yes` or `on` (any case) for on; `0`, `false`, `no` or `off` for off."""
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be 1 or 0")
 
 
 def _log_level(raw: str) -> str:

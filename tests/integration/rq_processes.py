@@ -16,6 +16,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import redis
+from rq.defaults import RQ_KEY_PREFIX
 
 from adapters.rq import create_rq_redis
 from adapters.rq.client import text
@@ -46,6 +47,9 @@ class RqRedisFactory(RqFactory):
             "REDIS_URL": self.url,
             "QUEUE_BACKEND": "rq",
             "CONVEYOR_KEY_PREFIX": self.prefix,
+            # The RQ namespace this test process loaded rq with (its backends are built here):
+            # the workers must look where they write.
+            "RQ_KEY_PREFIX": RQ_KEY_PREFIX,
             "LOG_FORMAT": "json",
             **extra,
         }

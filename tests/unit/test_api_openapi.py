@@ -357,17 +357,30 @@ DUMMY_PAYLOADS = [
 
 
 @pytest.mark.parametrize("payload", DUMMY_PAYLOADS, ids=[json.dumps(p) for p in DUMMY_PAYLOADS])
+@pytest.mark.parametrize("faults", [True, False], ids=["dummy faults on", "dummy faults off"])
 def test_the_documented_payload_schema_accepts_exactly_what_the_api_accepts(
-    document: dict[str, Any], container: Container, payload: dict[str, Any]
+    faults: bool, payload: dict[str, Any]
 ) -> None:
+    container = build_container(Settings(queue_backend=QueueBackend.MEMORY, dummy_faults=faults))
+    with TestClient(create_app(container)) as client:
+        document = client.get("/schema/openapi.json").json()
+        answer = client.post("/jobs", json={"type": "dummy", "payload": payload})
     mapping = document["components"]["schemas"]["JobSubmission"]["discriminator"]["mapping"]
     documented = resolve(document, mapping["dummy"])["properties"]["payload"]
-    with TestClient(create_app(container)) as client:
-        answer = client.post("/jobs", json={"type": "dummy", "payload": payload})
 
     assert jsonschema_rs.Draft202012Validator(documented).is_valid(payload) is (
         answer.status_code == 202
     ), answer.text
+
+
+def test_the_document_says_which_setting_the_dummy_fault_modes_need(
+    document: dict[str, Any],
+) -> None:
+    mapping = document["components"]["schemas"]["JobSubmission"]["discriminator"]["mapping"]
+    mode = resolve(document, mapping["dummy"])["properties"]["payload"]["properties"]["mode"]
+
+    assert mode["enum"] == ["succeed", "fail", "fatal", "sleep"]
+    assert "CONVEYOR_DUMMY_FAULTS=1" in mode["description"]
 
 
 def test_optional_payload_fields_are_documented_as_nullable(document: dict[str, Any]) -> None:

@@ -42,7 +42,7 @@ def sender() -> RecordingEmailSender:
 
 @pytest.fixture
 def registry(sender: RecordingEmailSender) -> JobTypeRegistry:
-    return default_registry(sender)
+    return default_registry(sender, dummy_faults=True)
 
 
 def run(
@@ -155,3 +155,21 @@ def test_every_schema_renders_as_a_closed_json_schema_object(registry: JobTypeRe
         assert schema["type"] == "object"
         assert schema["additionalProperties"] is False
         assert set(schema["required"]) <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("mode", ["crash", "memory", "hang", "cpu"])
+def test_dummy_fault_modes_are_refused_naming_the_setting_unless_it_is_on(mode: str) -> None:
+    safe = default_registry(RecordingEmailSender())
+
+    errors = errors_of(safe, "dummy", {"mode": mode})
+
+    assert set(errors) == {"payload.mode"}
+    assert "CONVEYOR_DUMMY_FAULTS=1" in errors["payload.mode"]
+    assert f"mode {mode} is off" in errors["payload.mode"]
+
+
+@pytest.mark.parametrize("mode", ["succeed", "fail", "fatal", "sleep"])
+def test_dummy_modes_that_harm_nothing_need_no_setting(mode: str) -> None:
+    safe = default_registry(RecordingEmailSender())
+
+    assert safe.resolve("dummy").schema.validate({"mode": mode})["mode"] == mode

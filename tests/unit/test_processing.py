@@ -316,3 +316,23 @@ def test_a_job_lost_with_its_process_is_retried_by_its_types_policy_or_dead(
         assert result.ending.outcome is AttemptOutcome.WORKER_LOST
 
     asyncio.run(scenario())
+
+
+def test_a_stored_fault_job_is_dead_lettered_unrun_where_fault_modes_are_off() -> None:
+    """A `crash` job stored while the fault modes were on (or by another deployment) meets a
+    worker where they are off: it is refused like any payload that does not validate."""
+    world = World(registry=default_registry(RecordingEmailSender(), dummy_faults=False))
+    on = JobService(
+        world.backend, default_registry(RecordingEmailSender(), dummy_faults=True), world.clock
+    )
+
+    async def scenario() -> None:
+        job = (await on.submit(Submission(type="dummy", payload={"mode": "crash"}))).job
+        result = await world.run_next()  # a crash here would end the test process
+        assert result.status is S.DEAD
+        dead = await world.service.get(job.id)
+        assert dead.error is not None
+        assert dead.error.kind is ErrorKind.INVALID
+        assert "CONVEYOR_DUMMY_FAULTS=1" in dead.error.message
+
+    asyncio.run(scenario())

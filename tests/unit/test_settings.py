@@ -68,6 +68,8 @@ def test_every_setting_is_documented_in_env_example() -> None:
         "LOG_FORMAT",
         "CONVEYOR_API_HOST",
         "CONVEYOR_API_PORT",
+        "CONVEYOR_DUMMY_FAULTS",
+        "CONVEYOR_WATCHDOG_SECONDS",
     ]
     assert [n for n in names if n not in example] == []
 
@@ -104,3 +106,25 @@ def test_admission_limits_on_rq_stop_start_up_with_a_message() -> None:
         Settings.from_env(
             {"QUEUE_BACKEND": "rq", "CONVEYOR_QUEUE_LIMITS": '{"*": {"max_depth": 10}}'}
         )
+
+
+@pytest.mark.parametrize(
+    ("raw", "on"), [("1", True), ("true", True), ("ON", True), ("0", False), ("no", False)]
+)
+def test_dummy_fault_modes_are_off_unless_the_setting_turns_them_on(raw: str, on: bool) -> None:
+    assert Settings.from_env({}).dummy_faults is False
+    assert Settings().dummy_faults is False
+    assert Settings.from_env({"CONVEYOR_DUMMY_FAULTS": raw}).dummy_faults is on
+
+
+def test_a_dummy_faults_value_that_is_not_a_flag_is_refused() -> None:
+    with pytest.raises(SettingsError, match="CONVEYOR_DUMMY_FAULTS"):
+        Settings.from_env({"CONVEYOR_DUMMY_FAULTS": "maybe"})
+
+
+def test_the_watchdog_waits_one_lease_unless_told_otherwise() -> None:
+    assert Settings.from_env({"CONVEYOR_LEASE_SECONDS": "12"}).watchdog == 12.0
+    assert Settings.from_env({"CONVEYOR_WATCHDOG_SECONDS": "7"}).watchdog == 7.0
+    assert Settings.from_env({"CONVEYOR_WATCHDOG_SECONDS": "0"}).watchdog == 0.0
+    with pytest.raises(SettingsError, match="CONVEYOR_WATCHDOG_SECONDS"):
+        Settings.from_env({"CONVEYOR_WATCHDOG_SECONDS": "-1"})

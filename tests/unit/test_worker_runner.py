@@ -55,7 +55,7 @@ class Rig:
         )
         self.backend: Backend = memory_roles(self.state)
         assert self.backend.monitor is not None
-        registry = default_registry(RecordingEmailSender())
+        registry = default_registry(RecordingEmailSender(), dummy_faults=True)
         self.service = JobService(self.backend, registry, clock)
         self.retired: list[str] = []
         self.leases = leases(leases_of(self.backend))

@@ -1,7 +1,12 @@
 """`dummy`: drives the machinery on demand (success, failures, timeouts, crashes, memory).
 
 Tests and operators use it to watch retries, dead letters, timeouts and worker isolation
-happen for real. The crash modes end the process that runs them, on purpose.
+happen for real. The fault modes (`crash`, `memory`, `hang`, `cpu`) harm the process that
+runs them on purpose, so a deployment offers them only when its operator says so
+(`CONVEYOR_DUMMY_FAULTS=1`, on in `conveyor dev` and the test suite): otherwise a client could
+kill worker processes by the thousand or have each job take gigabytes. Without it they are
+refused when submitted (a 422 naming the setting), and a worker dead-letters one already
+stored without running it (its payload is validated again before it runs).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import enum
 import os
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 from domain.errors import FieldError, NonRetryableError
 from domain.job_types import JobContext, JobType
@@ -29,6 +34,11 @@ class Mode(enum.StrEnum):
     CPU = "cpu"
     CRASH = "crash"
     MEMORY = "memory"
+
+
+# What may harm the worker running it: a crash, gigabytes, or a thread that never returns.
+FAULT_MODES: Final = (Mode.CRASH, Mode.MEMORY, Mode.HANG, Mode.CPU)
+FAULTS_SETTING: Final = "CONVEYOR_DUMMY_FAULTS=1"
 
 
 class Crash(enum.StrEnum):
@@ -64,67 +74,77 @@ def _fields_fit_mode(payload: Mapping[str, Any]) -> Sequence[FieldError]:
     ]
 
 
-def _mode_rules() -> dict[str, Any]:
+def _mode_rules(modes: Sequence[Mode]) -> dict[str, Any]:
     """`_fields_fit_mode` as JSON Schema: an optional field, unless null, needs a mode that
-    uses it."""
-    return {
-        "dependentSchemas": {
-            name: {
-                "anyOf": [
-                    {"properties": {name: {"type": "null"}}},
-                    {
-                        "properties": {
-                            "mode": {"enum": [m.value for m in Mode if name in _FIELDS_BY_MODE[m]]}
-                        }
-                    },
-                ]
-            }
-            for name in sorted(_OPTIONAL)
-        }
-    }
+    uses it (one only fault modes use must be null when they are off)."""
+    rules: dict[str, Any] = {}
+    for name in sorted(_OPTIONAL):
+        users = [m.value for m in modes if name in _FIELDS_BY_MODE[m]]
+        null: dict[str, Any] = {"properties": {name: {"type": "null"}}}
+        rules[name] = (
+            {"anyOf": [null, {"properties": {"mode": {"enum": users}}}]} if users else null
+        )
+    return {"dependentSchemas": rules}
 
 
-SCHEMA = PayloadSchema(
-    (
-        Field(
-            name="mode",
-            kind=Kind.STRING,
-            required=True,
-            choices=tuple(Mode),
-            description="What the job does: " + ", ".join(Mode) + ".",
+def dummy_schema(*, faults: bool) -> PayloadSchema:
+    """The payload schema, with the fault modes offered (`faults`) or refused."""
+    modes = tuple(Mode) if faults else tuple(m for m in Mode if m not in FAULT_MODES)
+    faulty = ", ".join(FAULT_MODES)
+    refusal = f"is off in this deployment: {faulty} need {FAULTS_SETTING}"
+    where = "" if faults else f" (needs {FAULTS_SETTING})"
+    return PayloadSchema(
+        (
+            Field(
+                name="mode",
+                kind=Kind.STRING,
+                required=True,
+                choices=modes,
+                refused={} if faults else {m.value: f"mode {m} {refusal}" for m in FAULT_MODES},
+                description="What the job does: "
+                + ", ".join(modes)
+                + "."
+                + (
+                    f" The fault modes {faulty} are on ({FAULTS_SETTING})."
+                    if faults
+                    else f" The fault modes {faulty} are off: they need {FAULTS_SETTING}."
+                ),
+            ),
+            Field(name="result", kind=Kind.ANY, description="succeed: the result to return."),
+            Field(
+                name="times",
+                kind=Kind.INTEGER,
+                minimum=0,
+                maximum=1000,
+                description="fail: fail the first N attempts, then succeed (absent: always fail).",
+            ),
+            Field(
+                name="seconds",
+                kind=Kind.NUMBER,
+                minimum=0,
+                maximum=3600,
+                description="sleep, hang, cpu: how long (default 1; hang defaults to 3600)."
+                + ("" if faults else f" hang and cpu need {FAULTS_SETTING}."),
+            ),
+            Field(
+                name="how",
+                kind=Kind.STRING,
+                choices=tuple(Crash),
+                description="crash: exit (os._exit(13)), segfault (SIGSEGV) or abort (SIGABRT)"
+                + where
+                + ".",
+            ),
+            Field(
+                name="mb",
+                kind=Kind.INTEGER,
+                minimum=1,
+                maximum=4096,
+                description=f"memory: MiB to allocate and touch (default 64){where}.",
+            ),
         ),
-        Field(name="result", kind=Kind.ANY, description="succeed: the result to return."),
-        Field(
-            name="times",
-            kind=Kind.INTEGER,
-            minimum=0,
-            maximum=1000,
-            description="fail: fail the first N attempts, then succeed (absent: always fail).",
-        ),
-        Field(
-            name="seconds",
-            kind=Kind.NUMBER,
-            minimum=0,
-            maximum=3600,
-            description="sleep, hang, cpu: how long (default 1; hang defaults to 3600).",
-        ),
-        Field(
-            name="how",
-            kind=Kind.STRING,
-            choices=tuple(Crash),
-            description="crash: exit (os._exit(13)), segfault (SIGSEGV) or abort (SIGABRT).",
-        ),
-        Field(
-            name="mb",
-            kind=Kind.INTEGER,
-            minimum=1,
-            maximum=4096,
-            description="memory: MiB to allocate and touch (default 64).",
-        ),
-    ),
-    cross_checks=(_fields_fit_mode,),
-    rules=_mode_rules(),
-)
+        cross_checks=(_fields_fit_mode,),
+        rules=_mode_rules(modes),
+    )
 
 
 def _busy(seconds: float) -> int:
@@ -188,12 +208,13 @@ async def run_dummy(payload: JSONObject, context: JobContext) -> JSONValue:
             return {"allocated": size}
 
 
-def dummy_job_type() -> JobType:
+def dummy_job_type(*, faults: bool = False) -> JobType:
+    """The `dummy` type; its fault modes only with `faults` (see the module's docstring)."""
     return JobType(
         name="dummy",
-        description="Exercise the machinery: succeed, fail, sleep, hang, burn CPU, crash, "
-        "allocate memory.",
-        schema=SCHEMA,
+        description="Exercise the machinery: succeed, fail, sleep; with "
+        f"{FAULTS_SETTING}, also hang, burn CPU, crash, allocate memory.",
+        schema=dummy_schema(faults=faults),
         handler=run_dummy,
         queue="default",
         retry=RetryPolicy(max_attempts=3, base=0.5, cap=10.0),

@@ -9,5 +9,8 @@ from domain.job_types.report import report_job_type
 from domain.ports import EmailSender
 
 
-def default_registry(email_sender: EmailSender) -> JobTypeRegistry:
-    return JobTypeRegistry([email_job_type(email_sender), report_job_type(), dummy_job_type()])
+def default_registry(email_sender: EmailSender, *, dummy_faults: bool = False) -> JobTypeRegistry:
+    """Every type; `dummy`'s fault modes only with `dummy_faults` (CONVEYOR_DUMMY_FAULTS)."""
+    return JobTypeRegistry(
+        [email_job_type(email_sender), report_job_type(), dummy_job_type(faults=dummy_faults)]
+    )

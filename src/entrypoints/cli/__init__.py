@@ -11,7 +11,8 @@ from entrypoints.cli import jobs, queues, serve, submit
 from entrypoints.cli.submit import follow
 from entrypoints.container import Container
 from entrypoints.logs import configure_logging
-from entrypoints.settings import Settings, SettingsError
+from entrypoints.rq_keys import use_rq_key_prefix
+from entrypoints.settings import QueueBackend, Settings, SettingsError
 
 __all__ = ["follow", "main"]
 
@@ -27,6 +28,8 @@ def main(argv: Sequence[str] | None = None, *, container: Container | None = Non
     else:
         try:
             settings = Settings.from_env()
+            if settings.queue_backend is QueueBackend.RQ:
+                use_rq_key_prefix(settings)  # before anything loads rq
         except SettingsError as exc:
             print(f"conveyor: {exc}", file=sys.stderr)
             return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import subprocess
@@ -13,10 +14,12 @@ from typing import TYPE_CHECKING
 
 from entrypoints.cli.arguments import positive_int
 from entrypoints.logs import redact_url
-from entrypoints.settings import QueueBackend, Settings, parse_weighted_queues
+from entrypoints.settings import QueueBackend, Settings, parse_flag, parse_weighted_queues
 
 if TYPE_CHECKING:
     from entrypoints.cli.arguments import Commands
+
+log = logging.getLogger("conveyor")
 
 DEV_DATA_DIR = Path(".conveyor") / "redis"
 _CHILD_STOP_GRACE = 30.0
@@ -50,15 +53,6 @@ def add_commands(commands: Commands) -> None:
     )
     worker.set_defaults(run=run_worker)
 
-    # Started by `conveyor worker` for each of its processes; not for people.
-    child = commands.add_parser("worker-child")
-    child.add_argument("--worker-id", required=True)
-    child.add_argument("--control-fd", type=int, required=True)
-    child.add_argument("--concurrency", type=positive_int, required=True)
-    child.add_argument("--queues", type=parse_weighted_queues, required=True)
-    child.add_argument("--board", type=Path, default=None)
-    child.set_defaults(run=run_worker_child)
-
     dev = commands.add_parser(
         "dev",
         help="the whole service in one terminal: local Redis (if REDIS_URL is unset), "
@@ -69,9 +63,18 @@ def add_commands(commands: Commands) -> None:
     dev.set_defaults(run=run_dev)
 
 
+def _warn_of_faults(settings: Settings) -> None:
+    if settings.dummy_faults:
+        log.warning(
+            "CONVEYOR_DUMMY_FAULTS=1: any client can crash or swamp worker processes with "
+            "dummy jobs (crash, memory, hang, cpu); for development and tests only"
+        )
+
+
 def run_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    _warn_of_faults(settings)
     if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
@@ -93,6 +96,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from entrypoints.worker.main import run_worker
 
+    _warn_of_faults(settings)
     queues, weights = args.queues or (settings.worker_queues, settings.worker_queue_weights)
     return run_worker(
         settings,
@@ -100,21 +104,6 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         concurrency=args.concurrency or settings.worker_concurrency,
         queues=queues,
         weights=weights,
-    )
-
-
-def run_worker_child(args: argparse.Namespace, settings: Settings) -> int:
-    from entrypoints.worker.main import run_child
-
-    queues, weights = args.queues
-    return run_child(
-        settings,
-        worker_id=args.worker_id,
-        control_fd=args.control_fd,
-        concurrency=args.concurrency,
-        queues=queues,
-        weights=weights,
-        board=args.board,
     )
 
 
@@ -131,7 +120,8 @@ def run_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_children(args: argparse.Namespace, redis_url: str) -> int:
-    env = {**os.environ, "REDIS_URL": redis_url}
+    # A development deployment offers `dummy`'s fault modes, unless told otherwise.
+    env = {"CONVEYOR_DUMMY_FAULTS": "1", **os.environ, "REDIS_URL": redis_url}
     base = [sys.executable, "-m", "entrypoints"]
     api_cmd = [*base, "api"]
     if args.port:
@@ -142,9 +132,13 @@ def _run_children(args: argparse.Namespace, redis_url: str) -> int:
         subprocess.Popen(api_cmd, env=env),
         subprocess.Popen([*base, "worker"], env=env),
     ]
+    try:
+        faults = "on" if parse_flag(env["CONVEYOR_DUMMY_FAULTS"] or "0") else "off"
+    except ValueError:
+        faults = "?"  # the children refuse the value with its name
     print(
-        f"conveyor dev: API and worker started against {redact_url(redis_url)}; "
-        "Ctrl-C stops everything",
+        f"conveyor dev: API and worker started against {redact_url(redis_url)} (dummy's fault"
+        f" modes {faults}: CONVEYOR_DUMMY_FAULTS); Ctrl-C stops everything",
         flush=True,
     )
     stopping = False

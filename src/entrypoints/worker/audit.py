@@ -4,21 +4,38 @@ Each worker process appends one JSON line per event with a single `write` on a f
 with O_APPEND, so lines from many processes never interleave and a line written before a
 crash survives it. Operators get an audit trail that a Redis fault cannot erase; the fault
 tests use it as their witness of what really ran.
+
+Each line holds its attempt's lease token, which fences that attempt's writes: the file is
+created readable by its owner only (0600), and one found readable by others is made so.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import stat
 import time
 from typing import Any
 
 from domain.jobs import Lease
 
+log = logging.getLogger("conveyor.worker")
+
+PRIVATE = 0o600
+
 
 class AuditLog:
     def __init__(self, path: str, worker_id: str) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE)
+        mode = stat.S_IMODE(os.fstat(self._fd).st_mode)
+        if mode & 0o077:  # made by an older version, or by hand
+            try:
+                os.fchmod(self._fd, mode & PRIVATE)
+            except OSError as exc:
+                log.warning(
+                    "the audit log is readable by others and cannot be made private: %s", exc
+                )
         self._worker_id = worker_id
         self._pid = os.getpid()
 

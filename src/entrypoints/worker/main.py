@@ -24,7 +24,12 @@ from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
 from entrypoints.worker.config import WorkerConfig
 from entrypoints.worker.runner import Worker
-from entrypoints.worker.supervisor import EXIT_CONFIG, PoolConfig, Supervisor
+from entrypoints.worker.supervisor import (
+    EXIT_CONFIG,
+    PoolConfig,
+    Supervisor,
+    heartbeat_interval,
+)
 
 log = logging.getLogger("conveyor.worker")
 
@@ -97,6 +102,7 @@ def run_worker(
         queue_weights=weights,
         drain_grace=settings.drain_grace_seconds,
         kill_grace=settings.kill_grace_seconds,
+        watchdog=settings.watchdog,
     )
     supervisor = Supervisor(
         wired.connection,
@@ -123,6 +129,8 @@ def run_child(
     wired = _wire(settings)
     if wired is None:
         os._exit(EXIT_CONFIG)
+    # Never block on a full pipe (a frozen supervisor): a lost heartbeat only makes it wait.
+    os.set_blocking(control_fd, False)
     control = os.fdopen(control_fd, "wb", buffering=0)
 
     def retire(reason: str) -> None:
@@ -158,7 +166,13 @@ def run_child(
     )
 
     async def work(stop: asyncio.Event) -> int:
-        await worker.run(stop)
+        # From the event loop: a handler that blocks the loop silences it, and the
+        # supervisor's watchdog replaces this process (see `Supervisor`).
+        beating = asyncio.create_task(_say_alive(control, heartbeat_interval(settings.watchdog)))
+        try:
+            await worker.run(stop)
+        finally:
+            beating.cancel()
         return 0
 
     code = uvloop.run(_until_signalled(work, wired.connection, on_second=worker.abort))
@@ -169,6 +183,23 @@ def run_child(
     # A handler stuck in a thread would keep the interpreter alive at exit; its job is
     # settled already, so end the process regardless.
     os._exit(code)
+
+
+async def _say_alive(control: Any, interval: float) -> None:
+    """Tell the supervisor this process is alive, and learn whether it still is: a write to
+    the pipe it no longer reads fails, and this process then stops as if asked to. (Children
+    are forked by the fork server, so the kernel's parent-death signal follows that server,
+    which may outlive a supervisor killed with SIGKILL.)"""
+    while True:
+        try:
+            control.write(b"alive\n")
+        except BrokenPipeError:
+            log.warning("the supervisor is gone: stopping")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        except OSError:
+            pass  # a full pipe (a frozen supervisor): the next beat may get through
+        await asyncio.sleep(interval)
 
 
 async def _until_signalled(

@@ -34,6 +34,7 @@ from entrypoints.worker.board import Board
 from entrypoints.worker.config import WorkerConfig, claim_order
 from entrypoints.worker.context import WorkerJobContext
 from entrypoints.worker.endings import LEASE_LOST, cut_short, hand_back, log_result, said
+from entrypoints.worker.isolation import isolate, killed_a_worker
 
 log = logging.getLogger("conveyor.worker")
 
@@ -171,8 +172,13 @@ class Worker:
                 )
                 outage_since = None
                 backoff = cfg.backoff_first
-            for lease in leases:
+            suspects = [lease for lease in leases if killed_a_worker(lease)]
+            for lease in (lease for lease in leases if lease not in suspects):
                 self._start(lease)
+            if suspects:  # they start once the others have sent their outcomes
+                await isolate([entry.task for entry in self._running.values()])
+                for lease in suspects:
+                    self._start(lease)
 
     async def _wait_for_slot(self) -> None:
         stopper = asyncio.create_task(self._stop.wait())

@@ -7,6 +7,12 @@ its process reaches `dead` after exactly its max attempts while the other childr
 serving. A child that asks to retire (a handler that would not stop, or recycling) gets its
 replacement at once and is killed if it has not finished within its grace period.
 
+A watchdog replaces a child that stops answering: each child's event loop says it is alive
+over its control pipe every `heartbeat_interval`, and one silent for `PoolConfig.watchdog`
+seconds (by default the lease: its leases have lapsed by then, so killing it loses nothing)
+is killed and replaced like a child that died. Its executing job is charged, as after a crash:
+a handler that blocks the event loop would otherwise hold a process forever.
+
 On SIGTERM or SIGINT the supervisor asks every child to drain and waits for them; a child
 still running after its grace is killed and its jobs handed back to the queue.
 """
@@ -20,7 +26,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -36,6 +41,7 @@ from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
 from entrypoints.worker.endings import said
+from entrypoints.worker.spawning import ChildSpec, ForkedChild, ForkServer
 
 log = logging.getLogger("conveyor.supervisor")
 
@@ -52,6 +58,18 @@ class PoolConfig:
     drain_grace: float
     kill_grace: float
     queue_weights: tuple[int, ...] | None = None  # one per queue; None: strict order
+    # Seconds a child may go without saying it is alive before it is replaced; 0: never.
+    watchdog: float = 0.0
+
+
+# A child that has not said it is alive yet is starting (imports, connections): it gets at
+# least this long before the watchdog counts it as stuck.
+_STARTUP_GRACE = 20.0
+
+
+def heartbeat_interval(watchdog: float) -> float:
+    """How often a child says it is alive: often enough that one late beat is no alarm."""
+    return min(1.0, watchdog / 10) if watchdog > 0 else 1.0
 
 
 def queues_argument(queues: Sequence[str], weights: Sequence[int] | None) -> str:
@@ -65,10 +83,13 @@ def queues_argument(queues: Sequence[str], weights: Sequence[int] | None) -> str
 class _Child:
     slot: int
     worker_id: str
-    proc: asyncio.subprocess.Process
+    proc: ForkedChild
     started: float
     retiring: bool = False
     stopping: bool = False
+    # When it last said it was alive (None: not yet); why the watchdog killed it, if it did.
+    last_beat: float | None = None
+    unresponsive: str | None = None
 
 
 def describe_exit(code: int) -> tuple[str, int | None, str | None]:
@@ -103,6 +124,7 @@ class Supervisor:
         self._deaths: list[float] = []
         self._done = asyncio.Event()
         self._boards = Path(tempfile.mkdtemp(prefix="conveyor-boards-"))
+        self._forks = ForkServer()
 
     def _board_path(self, worker_id: str) -> Path:
         return self._boards / (worker_id.rsplit("/", 1)[-1] + ".board")
@@ -123,9 +145,12 @@ class Supervisor:
             await self._spawn(slot)
         stopper = asyncio.create_task(stop.wait())
         done = asyncio.create_task(self._done.wait())
+        watchdog = asyncio.create_task(self._watchdog()) if cfg.watchdog > 0 else None
         await asyncio.wait([stopper, done], return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         done.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         await self._stop_all()
         log.info("supervisor stopped", extra={"exit_code": self._exit_code})
         return self._exit_code
@@ -135,23 +160,20 @@ class Supervisor:
         worker_id = f"{self._id}/{slot}.{self._generation}"
         read_fd, write_fd = os.pipe()
         cfg = self._config
-        command = [
-            *(sys.executable, "-m", "entrypoints", "worker-child"),
-            *("--worker-id", worker_id),
-            *("--control-fd", str(write_fd)),
-            *("--concurrency", str(cfg.concurrency)),
-            *("--queues", queues_argument(cfg.queues, cfg.queue_weights)),
-            *("--board", str(self._board_path(worker_id))),
-        ]
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            pass_fds=(write_fd,),
-            # Its own process group: a terminal's Ctrl-C reaches the supervisor only, which
-            # then asks each child once. Children die with the supervisor (they set
-            # PR_SET_PDEATHSIG themselves).
-            start_new_session=True,
+        spec = ChildSpec(
+            worker_id=worker_id,
+            concurrency=cfg.concurrency,
+            queues=cfg.queues,
+            weights=cfg.queue_weights,
+            board=str(self._board_path(worker_id)),
         )
-        os.close(write_fd)
+        try:
+            # Forked from the preloaded fork server: milliseconds, where starting an
+            # interpreter takes a third of a second (see `spawning`). Each child runs in its
+            # own session, and dies with its parent (it sets PR_SET_PDEATHSIG itself).
+            proc = self._forks.spawn(spec, write_fd)
+        finally:
+            os.close(write_fd)
         child = _Child(slot, worker_id, proc, time.monotonic())
         self._children[proc.pid] = child
         log.info("child started", extra={"pid": proc.pid, "worker_id": worker_id, "slot": slot})
@@ -167,6 +189,8 @@ class Supervisor:
             await listener
         self._children.pop(child.proc.pid, None)
         cause, exit_code, signal_name = describe_exit(code)
+        if child.unresponsive is not None:
+            cause = f"{child.unresponsive}; {cause}"
         expected = child.stopping or (child.retiring and code == 0)
         if expected:
             log.info("child exited", extra={"pid": child.proc.pid, "cause": cause})
@@ -180,11 +204,13 @@ class Supervisor:
             self._exit_code = EXIT_CONFIG
             self._done.set()
             return
+        culprits = set() if expected else executing(self._board_path(child.worker_id))
         if not expected and not child.retiring and not self._stopping:
-            await self._respawn(child.slot)
+            await self._respawn(child.slot, explained=bool(culprits))
         await self._settle(
             child,
             expected=expected,
+            culprits=culprits,
             error=JobError(
                 message=f"worker process {child.proc.pid} {cause}",
                 type="WorkerLost",
@@ -194,13 +220,17 @@ class Supervisor:
             ),
         )
 
-    async def _respawn(self, slot: int) -> None:
+    async def _respawn(self, slot: int, *, explained: bool) -> None:
+        """Replace a dead child. A death a job explains (its board names the job whose code
+        was running) is replaced at once, however many there are: each costs that job an
+        attempt, so a burst of crashing jobs runs out, and the work queued behind it must not
+        wait. Deaths nothing explains (a child that cannot start, a broken deployment) slow
+        down past a few in a row instead of spinning."""
         now = time.monotonic()
-        self._deaths = [t for t in self._deaths if now - t < _RESTART_WINDOW] + [now]
-        if len(self._deaths) > _RESTARTS_BEFORE_BACKOFF:
-            # Children dying faster than jobs could explain (a broken deployment): slow down
-            # instead of spinning.
-            await asyncio.sleep(1.0)
+        if not explained:
+            self._deaths = [t for t in self._deaths if now - t < _RESTART_WINDOW] + [now]
+            if len(self._deaths) > _RESTARTS_BEFORE_BACKOFF:
+                await asyncio.sleep(1.0)
         await self._spawn(slot)
 
     async def _listen(self, child: _Child, read_fd: int) -> None:
@@ -211,12 +241,39 @@ class Supervisor:
         )
         try:
             while line := await reader.readline():
+                child.last_beat = time.monotonic()  # any line is a sign of life
                 if line.startswith(b"retire") and not child.retiring and not self._stopping:
                     await self._retire(
                         child, line[len(b"retire") :].strip().decode(errors="replace")
                     )
         finally:
             transport.close()
+
+    async def _watchdog(self) -> None:
+        """Kill every child silent for longer than the watchdog allows; `_watch` replaces it
+        and settles its jobs as for any child that died."""
+        limit = self._config.watchdog
+        while True:
+            await asyncio.sleep(min(1.0, limit / 5))
+            now = time.monotonic()
+            for child in list(self._children.values()):
+                if child.retiring or child.stopping or child.unresponsive is not None:
+                    continue  # a retiring or stopping child has its own deadline
+                since = child.started if child.last_beat is None else child.last_beat
+                allowed = limit if child.last_beat is not None else max(limit, _STARTUP_GRACE)
+                if now - since <= allowed:
+                    continue
+                child.unresponsive = f"stopped answering for {now - since:.1f} s"
+                log.error(
+                    "child stopped answering; killing it",
+                    extra={
+                        "pid": child.proc.pid,
+                        "worker_id": child.worker_id,
+                        "silent_s": round(now - since, 1),
+                    },
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
 
     async def _retire(self, child: _Child, reason: str) -> None:
         child.retiring = True
@@ -235,7 +292,14 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
 
-    async def _settle(self, child: _Child, *, expected: bool, error: JobError) -> None:
+    async def _settle(
+        self,
+        child: _Child,
+        *,
+        expected: bool,
+        error: JobError,
+        culprits: set[str] | None = None,
+    ) -> None:
         """Record what became of the jobs a child held when it ended.
 
         After a crash, the jobs whose code was executing at that moment (the board says
@@ -244,7 +308,8 @@ class Supervisor:
         outside), every job it held is charged.
         """
         board = self._board_path(child.worker_id)
-        culprits = set() if expected else executing(board)
+        if culprits is None:
+            culprits = set() if expected else executing(board)
         while True:
             try:
                 leases = await self._leases.held_by(child.worker_id, self._config.queues)

@@ -2,7 +2,7 @@
 
 Every process a test starts is tracked and killed *by pid* when the test ends (never by
 name): the API and the supervisor through their `Popen`, a supervisor's children through
-`psutil` (checked to be a `worker-child` of *this* deployment by its key prefix before any
+`psutil` (checked to be a worker process of *this* deployment by its key prefix before any
 signal is sent).
 """
 
@@ -116,9 +116,14 @@ class Pool(Conveyor):
         return self.proc.pid
 
     def children(self) -> list[psutil.Process]:
-        """The supervisor's live (not zombie) worker children."""
+        """The supervisor's live (not zombie) worker children: its fork server's children
+        (the fork server is the supervisor's only child)."""
         try:
-            found = psutil.Process(self.pid).children()
+            found = [
+                child
+                for server in psutil.Process(self.pid).children()
+                for child in server.children()
+            ]
         except psutil.NoSuchProcess:
             return []
         live = [c for c in found if _live(c)]

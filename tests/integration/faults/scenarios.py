@@ -138,6 +138,9 @@ def stalled_holder(
     api_env = fault_env(redis_url, tmp_path / "ledger.jsonl")
     env, patch_report = _env(redis_url, tmp_path, patch)
     env["CONVEYOR_KEY_PREFIX"] = api_env["CONVEYOR_KEY_PREFIX"]
+    # Fencing must hold where nothing replaces a stalled process (a whole machine frozen):
+    # the supervisor's watchdog would kill the frozen holder before it could resume.
+    env["CONVEYOR_WATCHDOG_SECONDS"] = "0"
     evidence = Evidence(tmp_path / "ledger.jsonl")
     ledger = LedgerReader(evidence.ledger_path)
     body = {

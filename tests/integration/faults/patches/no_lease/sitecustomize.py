@@ -52,3 +52,5 @@ except Exception as exc:  # reported, so the test fails loudly instead of testin
     _report(f"FAILED no_lease: {type(exc).__name__}: {exc}")
 else:
     _report("applied no_lease")
+    # Worker processes are forked from a fork server that loaded this patch: each says so.
+    os.register_at_fork(after_in_child=lambda: _report("applied no_lease (forked)"))
