@@ -6,7 +6,7 @@ from adapters.redis_client import redis_errors
 from adapters.redis_queue import calls, listing
 from adapters.redis_queue.codec import FIELDS
 from adapters.redis_queue.core import RedisCore, decoded_or_none
-from domain.jobs import Job, is_job_id
+from domain.jobs import Job
 from domain.ports import JobPage, JobQuery, JobSituation, JobStore
 
 
@@ -15,15 +15,10 @@ class RedisJobStore(JobStore):
         self._core = core
 
     async def get(self, job_id: str) -> Job | None:
-        if not is_job_id(job_id):
-            return None
+        """One or two round trips, however many queues there are (see `registry.py`)."""
         with redis_errors():
-            found = await self._core.read_everywhere(job_id, FIELDS)
-        for _, raw in found:
-            job = decoded_or_none(raw)
-            if job is not None:
-                return job
-        return None
+            found = await self._core.find(job_id, FIELDS)
+        return None if found is None else decoded_or_none(found[1])
 
     async def list_jobs(self, query: JobQuery) -> JobPage:
         """Newest first by the time each job entered its current status (see `listing.py`)."""
