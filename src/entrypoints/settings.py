@@ -66,6 +66,11 @@ class Settings:
     log_format: LogFormat = LogFormat.CONSOLE
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # What callers can make the service hold: queue names, long polls waiting at once in one
+    # API process, the size of a job's result (JSON bytes).
+    max_queues: int = 1000
+    max_waiters: int = 1000
+    max_result_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +117,9 @@ class Settings:
             log_format=read("LOG_FORMAT", LogFormat, LogFormat.CONSOLE),
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
+            max_queues=read("CONVEYOR_MAX_QUEUES", _positive(int), 1000),
+            max_waiters=read("CONVEYOR_MAX_WAITERS", _non_negative(int), 1000),
+            max_result_bytes=read("CONVEYOR_MAX_RESULT_BYTES", _positive(int), 1024 * 1024),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
