@@ -40,7 +40,7 @@ Build = Callable[[Pipeline], None]
 
 # The queues whose keys this process keeps made (an LRU cache: any name a client sends is
 # made once in a while, never kept for good).
-KEYS_CACHE: Final = 4096
+KEYS_CACHE: Final = 1024
 
 
 class RedisCore:

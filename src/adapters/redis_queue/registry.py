@@ -188,34 +188,36 @@ class QueueRegistry:
     # -- finding a job's queue --------------------------------------------------------------
 
     async def find(self, job_id: str, fields: Sequence[str]) -> tuple[str, RawFields] | None:
-        """The job's queue and `fields` of its hash, or None when no queue holds it."""
+        """The job's queue and `fields` of its hash, or None when no queue holds it.
+
+        One round trip when this process remembers the id's tag, two when it does not; a job
+        that no queue of its tag holds is looked for in the queues that may hold ids without
+        their tag (two more: the `legacy` set, then those queues).
+        """
         tag = job_id[:QUEUE_TAG_LENGTH]
-        tried: tuple[str, ...] = ()
+        searched: set[str] = set()
         cached = self._tags.get(tag)
         if cached is not None:
             found = await self._read(cached, job_id, fields)
             if found is not None:
                 return found
-            tried = cached  # a queue with the same tag may have come since: look again
+            searched.update(cached)  # a queue with the same tag may have come since
         await self._adopt_once()
-
-        def build(pipe: Pipeline) -> None:
-            pipe.hget(self.keys.tags, tag)
-            pipe.smembers(self.keys.legacy)
-
-        listed, legacy = await self._core.pipeline(build)
-        tagged = tuple(n for n in (listed or b"").decode().split() if is_name(n))
+        listed = await self._core.client.hget(self.keys.tags, tag)
+        tagged = tuple(name for name in _text(listed).split() if is_name(name))
         if tagged:
             self._tags.put(tag, tagged)
         else:
             self._tags.pop(tag)
-        searched = {*tried}
-        candidates: list[str] = []
-        for name in (*tagged, *sorted(m.decode() for m in legacy)):
-            if name not in searched and is_name(name):
-                searched.add(name)
-                candidates.append(name)
-        return await self._read(candidates, job_id, fields)
+        fresh = [name for name in tagged if name not in searched]
+        found = await self._read(fresh, job_id, fields)
+        if found is not None:
+            return found
+        searched.update(fresh)
+        legacy: set[bytes] = await self._core.client.smembers(self.keys.legacy)  # type: ignore[assignment]
+        names = (_text(m) for m in legacy)
+        rest = sorted(n for n in names if is_name(n) and n not in searched)
+        return await self._read(rest, job_id, fields)
 
     def cached_queues(self, tag: str) -> tuple[str, ...]:
         """The names this process last saw with `tag`, if it remembers (no round trip)."""
@@ -326,3 +328,7 @@ class QueueRegistry:
             yield seen
             if cursor in (b"0", "0"):
                 return
+
+
+def _text(raw: bytes | str | None) -> str:
+    return raw.decode() if isinstance(raw, bytes) else (raw or "")

@@ -6,7 +6,7 @@ from adapters.redis_client import redis_errors
 from adapters.redis_queue import calls, listing
 from adapters.redis_queue.codec import FIELDS
 from adapters.redis_queue.core import RedisCore, decoded_or_none
-from domain.jobs import Job
+from domain.jobs import QUEUE_TAG_LENGTH, Job, is_job_id
 from domain.ports import JobPage, JobQuery, JobSituation, JobStore
 
 
@@ -33,12 +33,23 @@ class RedisJobStore(JobStore):
             )
 
     async def situation(self, job_id: str) -> JobSituation | None:
+        """One round trip when this process remembers the id's tag (as after `get`)."""
         core = self._core
+        if not is_job_id(job_id):
+            return None
         with redis_errors():
-            queue = await core.queue_of(job_id)
-            if queue is None:
+            for queue in core.registry.cached_queues(job_id[:QUEUE_TAG_LENGTH]):
+                situation = await self._situation_in(queue, job_id)
+                if situation is not None:
+                    return situation
+            found = await core.queue_of(job_id)
+            if found is None:
                 return None
-            raw, ahead, paused, workers = await core.run(calls.situation(core.keys(queue), job_id))
+            return await self._situation_in(found, job_id)
+
+    async def _situation_in(self, queue: str, job_id: str) -> JobSituation | None:
+        core = self._core
+        raw, ahead, paused, workers = await core.run(calls.situation(core.keys(queue), job_id))
         job = decoded_or_none(raw)
         if job is None:
             return None
