@@ -211,12 +211,17 @@ class JobService:
     async def details(self, job_id: str, *, wait: float = 0.0) -> JobDetails:
         """The job (after waiting up to `wait` seconds for it to finish), its waiting reason
         and timeline."""
-        job = await self.wait(job_id, wait) if wait > 0 else await self.get(job_id)
         situation: JobSituation | None = None
-        if job.status.is_waiting:
+        if wait > 0:
+            job = await self.wait(job_id, wait)
+            if job.status.is_waiting:
+                situation = await self._backend.store.situation(job_id)
+        else:  # one read: the job and, if it waits, why
             situation = await self._backend.store.situation(job_id)
-            if situation is not None:
-                job = situation.job
+            if situation is None:
+                raise JobNotFoundError(job_id)
+        if situation is not None:
+            job = situation.job
         now = self._clock.now()
         return JobDetails(
             job=job, waiting_reason=waiting_reason(job, situation, now), timeline=timeline(job)

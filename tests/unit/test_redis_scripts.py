@@ -48,7 +48,7 @@ def one_call_per_script() -> list[ScriptCall]:
         calls.cancel_requested(KEYS, held),
         calls.resume(KEYS),
         calls.queue_stats(KEYS),
-        calls.situation(KEYS, "a" * 32),
+        calls.situation(KEYS, "a" * 32, 1_700_000_000_000_000),
         calls.heartbeat(KEYS, "w1", 1000),
         calls.idle(KEYS, RETENTION),
     ]

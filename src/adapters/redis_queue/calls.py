@@ -204,9 +204,10 @@ def queue_stats(keys: QueueKeys) -> ScriptCall:
     return ScriptCall(script, keys.named(script.keys), ())
 
 
-def situation(keys: QueueKeys, job_id: str) -> ScriptCall:
+def situation(keys: QueueKeys, job_id: str, now_us: int) -> ScriptCall:
+    """SITUATION of one job; `now_us` the caller's time (the script asks no TIME)."""
     script = scripts.SITUATION
-    return ScriptCall(script, keys.named(script.keys), (job_id,))
+    return ScriptCall(script, keys.named(script.keys), (job_id, now_us))
 
 
 def heartbeat(keys: QueueKeys, worker_id: str, ttl_ms: int) -> ScriptCall:

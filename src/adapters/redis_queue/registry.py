@@ -202,14 +202,7 @@ class QueueRegistry:
             if found is not None:
                 return found
             searched.update(cached)  # a queue with the same tag may have come since
-        await self._adopt_once()
-        listed = await self._core.client.hget(self.keys.tags, tag)
-        tagged = tuple(name for name in _text(listed).split() if is_name(name))
-        if tagged:
-            self._tags.put(tag, tagged)
-        else:
-            self._tags.pop(tag)
-        fresh = [name for name in tagged if name not in searched]
+        fresh = [name for name in await self.tagged(tag) if name not in searched]
         found = await self._read(fresh, job_id, fields)
         if found is not None:
             return found
@@ -218,6 +211,17 @@ class QueueRegistry:
         names = (_text(m) for m in legacy)
         rest = sorted(n for n in names if is_name(n) and n not in searched)
         return await self._read(rest, job_id, fields)
+
+    async def tagged(self, tag: str) -> tuple[str, ...]:
+        """The names registered with `tag`, as the registry holds them now (remembered)."""
+        await self.adopt()
+        listed = await self._core.client.hget(self.keys.tags, tag)
+        tagged = tuple(name for name in _text(listed).split() if is_name(name))
+        if tagged:
+            self._tags.put(tag, tagged)
+        else:
+            self._tags.pop(tag)
+        return tagged
 
     def cached_queues(self, tag: str) -> tuple[str, ...]:
         """The names this process last saw with `tag`, if it remembers (no round trip)."""
@@ -239,10 +243,19 @@ class QueueRegistry:
                 return name, raw
         return None
 
-    async def _adopt_once(self) -> None:
-        """Adopt, once per process, the names an older Conveyor registered without a tag."""
+    async def adopt(self) -> None:
+        """Adopt, once per process, the names an older Conveyor registered without a tag (a
+        process does it as it starts, `RedisConnection.verify`; else on its first read)."""
         if self._adopted:
             return
+        self._adopted = True  # the reads made meanwhile need not check too
+        try:
+            await self._adopt()
+        except BaseException:
+            self._adopted = False
+            raise
+
+    async def _adopt(self) -> None:
 
         def build(pipe: Pipeline) -> None:
             pipe.scard(self.keys.queues)
@@ -252,7 +265,6 @@ class QueueRegistry:
         if count > touched:
             async for _ in self._scan():
                 pass
-        self._adopted = True
 
     # -- forgetting idle queues -------------------------------------------------------------
 

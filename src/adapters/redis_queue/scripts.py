@@ -11,6 +11,8 @@ header lines are read here as well:
   each key a script touches is visible in KEYS and shares the queue's hash tag. A script of
   the registry of queue names says ``-- KEYS (registry): queues tags ...`` instead: its keys
   (`keys.REGISTRY_NAMES`) are bound as ``R.queues``, ..., without the queue's prelude.
+- ``-- Clock: caller`` (read-only scripts only) takes the time from the caller, in us, as
+  its last ARGV, instead of asking Redis (TIME is one more command per call).
 - ``-- Needs: wake order ...`` names the fragments of `lua/lib/` the body calls; a fragment
   names the fragments it calls the same way. A script is the prelude, then every fragment it
   needs (each after the ones it needs), then its body: each function a script defines costs
@@ -142,6 +144,11 @@ _SUBSTITUTIONS: Final = {
 
 _KEYS_LINE: Final = re.compile(r"^-- KEYS( per queue| \(registry\))?: ([a-z_ ]+)$", re.MULTILINE)
 _NEEDS_LINE: Final = re.compile(r"^-- Needs: ([a-z_ ]+)$", re.MULTILINE)
+_CALLER_CLOCK: Final = re.compile(r"^-- Clock: caller$", re.MULTILINE)
+_REDIS_TIME: Final = (
+    "(function(t) return tonumber(t[1]) * 1000000 + tonumber(t[2]) end)(redis.call('TIME'))"
+)
+_CALLER_TIME: Final = "tonumber(ARGV[#ARGV])"
 _USED_KEY: Final = re.compile(r"\bQ\.(\w+)")
 _USED_REGISTRY_KEY: Final = re.compile(r"\bR\.(\w+)")
 _COMMENT: Final = re.compile(r"--.*$", re.MULTILINE)
@@ -204,8 +211,12 @@ def assemble(name: str, body: str) -> Script:
     parts = [_read("lib", "prelude.lua")]
     parts += [_read("lib", f"{fragment}.lua") for fragment in _fragments(_needs(body))]
     queue_keys = ", ".join(f"{key} = KEYS[at + {n}]" for n, key in enumerate(keys, 1))
+    clock = _CALLER_TIME if _CALLER_CLOCK.search(body) else _REDIS_TIME
     source = Template("\n".join([*parts, body])).substitute(
-        _SUBSTITUTIONS, QUEUE_KEYS="{" + queue_keys + "}", GROUP_SIZE=str(len(keys))
+        _SUBSTITUTIONS,
+        QUEUE_KEYS="{" + queue_keys + "}",
+        GROUP_SIZE=str(len(keys)),
+        CLOCK=clock,
     )
     code = _COMMENT.sub("", source)
     undeclared = set(_USED_KEY.findall(code)) - set(keys)
