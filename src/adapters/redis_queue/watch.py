@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
 from redis.asyncio.client import Pipeline
@@ -36,10 +37,12 @@ class _RedisWatch(Watch):
     def __init__(self, watcher: RedisJobWatcher, job_id: str) -> None:
         self.job_id = job_id
         self.woken = asyncio.Event()
+        self.handling = False  # woken, and its reader has not yet come back nor left
         self._watcher = watcher
         self._open = True
 
     async def wait(self, seconds: float) -> None:
+        self._watcher.handled(self)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.woken.wait(), seconds)
         self.woken.clear()
@@ -47,6 +50,7 @@ class _RedisWatch(Watch):
     def close(self) -> None:
         if self._open:
             self._open = False
+            self._watcher.handled(self)
             self._watcher.unwatch(self)
 
 
@@ -61,12 +65,18 @@ class RedisJobWatcher(JobWatcher):
     RETRY_CAP: Final = 5.0
     # How long one read of the subscription waits for a message (then checks its health).
     LISTEN_SECONDS: Final = 5.0
+    # Readers woken at once, and the longest pause before the next ones (`_wake_paced`).
+    WAKE_CHUNK: Final = 50
+    WAKE_PAUSE: Final = 0.2
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core
         self._waiting: dict[str, set[_RedisWatch]] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = False
+        # Readers woken and not yet done with it, and whether there are none.
+        self._handling = 0
+        self._all_handled = asyncio.Event()
 
     @property
     def watched(self) -> int:
@@ -96,13 +106,38 @@ class RedisJobWatcher(JobWatcher):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _wake(self, job_id: str) -> None:
+    def handled(self, watch: _RedisWatch) -> None:
+        """`watch`'s reader is done with its wake: it waits again, or has left."""
+        if watch.handling:
+            watch.handling = False
+            self._handling -= 1
+            if not self._handling:
+                self._all_handled.set()
+
+    def _wake(self, job_id: str) -> int:
+        woken = 0
         for watch in self._waiting.get(job_id, ()):
             watch.woken.set()
+            if not watch.handling:
+                watch.handling = True
+                self._handling += 1
+                self._all_handled.clear()
+                woken += 1
+        return woken
 
-    def _wake_all(self) -> None:
-        for job_id in list(self._waiting):
-            self._wake(job_id)
+    async def _wake_paced(self, job_ids: Iterable[str]) -> None:
+        """Wake the readers of `job_ids`, WAKE_CHUNK at a time, each time until they are
+        done with it (or WAKE_PAUSE passed): each reads its job and answers, and a thousand
+        jobs finished at once must not hold every other request of the process back until
+        all of them have; between chunks the others have their turn."""
+        woken = 0
+        for job_id in job_ids:
+            woken += self._wake(job_id)
+            if woken >= self.WAKE_CHUNK:
+                woken = 0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._all_handled.wait(), self.WAKE_PAUSE)
+                await asyncio.sleep(0)
 
     async def _listen_forever(self) -> None:
         delay = self.RETRY_FIRST
@@ -112,14 +147,13 @@ class RedisJobWatcher(JobWatcher):
                 await pubsub.subscribe(self._core.finished_channel)
                 self.subscribed, delay = True, self.RETRY_FIRST
                 # Finishes published before now were not heard: every reader looks once.
-                self._wake_all()
+                await self._wake_paced(list(self._waiting))
                 while True:
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=self.LISTEN_SECONDS
                     )
                     if message is not None and message.get("type") == "message":
-                        for job_id in message["data"].split():
-                            self._wake(job_id.decode())
+                        await self._wake_paced(i.decode() for i in message["data"].split())
             except (RedisError, OSError) as exc:
                 log.warning("job finish notices unavailable (polling meanwhile): %s", exc)
             finally:
@@ -144,11 +178,13 @@ class RedisJobWatcher(JobWatcher):
     async def _poll_once(self) -> None:
         registry = self._core.registry
         placed: list[tuple[str, str]] = []  # job id, a queue it may be in
+        unplaced: list[str] = []  # no queue known here: its readers look themselves
         for job_id in list(self._waiting):
             queues = registry.cached_queues(job_id[:QUEUE_TAG_LENGTH])
             if not queues:
-                self._wake(job_id)  # no queue known here: its readers look themselves
+                unplaced.append(job_id)
             placed += ((job_id, queue) for queue in queues)
+        await self._wake_paced(unplaced)
         if not placed:
             return
 
@@ -158,11 +194,12 @@ class RedisJobWatcher(JobWatcher):
 
         statuses = await self._core.pipeline(build)
         present: set[str] = set()
+        finished: list[str] = []
         for (job_id, _), status in zip(placed, statuses, strict=True):
             if status is not None:
                 present.add(job_id)
                 if status in _FINISHED:
-                    self._wake(job_id)
-        for job_id, _ in placed:
-            if job_id not in present:
-                self._wake(job_id)  # gone, or elsewhere: its readers look themselves
+                    finished.append(job_id)
+        # Gone, or elsewhere: their readers look themselves.
+        missing = {job_id for job_id, _ in placed if job_id not in present}
+        await self._wake_paced([*finished, *missing])
