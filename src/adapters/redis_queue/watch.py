@@ -6,9 +6,10 @@ opened with the first watch, and wakes the readers of each id it hears; none of 
 Redis until then. However many wait, that is one connection and no command per second.
 
 Pub/sub delivers at most once: what was published while the subscription was down is lost.
-So on every (re)subscription every reader looks once more, and while it is down, one poll per
-process reads the status of every job watched (one pipelined round trip a second) and wakes
-the readers of the finished ones.
+So on every confirmation of the subscription (redis-py also resubscribes by itself when it
+reconnects) every reader looks once more, and while it is down, one poll per process reads the
+status of every job watched (one pipelined round trip a second) and wakes the readers of the
+finished ones.
 """
 
 from __future__ import annotations
@@ -145,15 +146,19 @@ class RedisJobWatcher(JobWatcher):
             pubsub = self._core.client.pubsub()
             try:
                 await pubsub.subscribe(self._core.finished_channel)
-                self.subscribed, delay = True, self.RETRY_FIRST
-                # Finishes published before now were not heard: every reader looks once.
-                await self._wake_paced(list(self._waiting))
                 while True:
-                    message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=self.LISTEN_SECONDS
-                    )
-                    if message is not None and message.get("type") == "message":
+                    message = await pubsub.get_message(timeout=self.LISTEN_SECONDS)
+                    if message is None:
+                        continue
+                    if message.get("type") == "message":
                         await self._wake_paced(i.decode() for i in message["data"].split())
+                    elif message.get("type") == "subscribe":
+                        # Redis confirms the subscription: from now on every finish is
+                        # heard, and finishes before it were not, so every reader looks
+                        # once. This comes again when redis-py reconnects and subscribes
+                        # by itself after the connection was lost (it says nothing else).
+                        self.subscribed, delay = True, self.RETRY_FIRST
+                        await self._wake_paced(list(self._waiting))
             except (RedisError, OSError) as exc:
                 log.warning("job finish notices unavailable (polling meanwhile): %s", exc)
             finally:
