@@ -153,7 +153,11 @@ async def phase(
         assert not any(task.done() for task in tasks), "a waiter was answered early"
         before = commands.snapshot()
         await asyncio.sleep(WINDOW)
-        spent = sum((commands.snapshot() - before).values())
+        spent_by_name = commands.snapshot() - before
+        spent = sum(spent_by_name.values())
+        print(
+            f"\n{waiters} waiting, Redis commands in {WINDOW:.0f} s:", spent_by_name.most_common(6)
+        )
         assert not any(task.done() for task in tasks), "a waiter was answered early"
         subscriptions = len(redis.Redis.from_url(url).client_list(_type="pubsub"))
         resumed = time.monotonic()
