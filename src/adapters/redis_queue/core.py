@@ -107,26 +107,30 @@ class RedisCore:
 
         redis-py's own script support in pipelines asks SCRIPT EXISTS on every execute (a
         second round trip); we EVALSHA directly and, if the server lost the scripts, load
-        them and run the pipeline again. Only when *every* script in it answered NOSCRIPT,
-        so none ran; the other commands we pipeline with scripts are idempotent reads or
-        writes (SADD, SET). (If the scripts vanished halfway through, which takes a SCRIPT
-        FLUSH landing inside the pipeline, the error is raised instead of running some
-        scripts twice.)
+        them and run again the scripts that answered NOSCRIPT (they did not run), and only
+        those, so that no command runs twice.
         """
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            build(pipe)
-            scripted = sum(1 for args, _ in pipe.command_stack if args[0] == "EVALSHA")
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            lost = sum(1 for r in results if isinstance(r, NoScriptError))
-            if attempt == 0 and lost and lost == scripted:
-                await self._load_scripts()
-                continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return results
-        raise AssertionError("unreachable")  # pragma: no cover
+        pipe = self.client.pipeline(transaction=False)
+        build(pipe)
+        commands = list(pipe.command_stack)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if lost:
+            # A script that answered NOSCRIPT did not run: run just those, once, after
+            # loading. Only some of them are lost when another connection reloaded the
+            # scripts while this pipeline ran (a restarted Redis under load); running the
+            # whole pipeline again would run the others twice.
+            await self._load_scripts()
+            again = self.client.pipeline(transaction=False)
+            for i in lost:
+                args, options = commands[i]
+                again.execute_command(*args, **options)
+            for i, result in zip(lost, await again.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     async def _load_scripts(self) -> None:
         for script in scripts.ALL:
