@@ -85,6 +85,20 @@ class UnstorableResultError(DomainError):
         super().__init__(f"the job's result cannot be stored as JSON: {reason}")
 
 
+class ResultTooLargeError(UnstorableResultError):
+    """A handler returned a result larger, as JSON, than the backend keeps."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        DomainError.__init__(
+            self,
+            f"the job's result is {size} bytes as JSON, over the limit of {limit} bytes"
+            " (CONVEYOR_MAX_RESULT_BYTES); return less, or store it elsewhere and return"
+            " where",
+        )
+        self.size = size
+        self.limit = limit
+
+
 class NonRetryableError(Exception):
     """Raised by a handler when another attempt cannot succeed; the job goes straight to dead."""
 
@@ -110,6 +124,21 @@ class AdmissionRefusedError(DomainError):
         self.queue = queue
         self.reason = reason
         self.retry_after = retry_after
+
+
+class TooManyQueuesError(AdmissionRefusedError):
+    """A job or a pause would open a queue past the most the backend keeps: nothing was
+    stored. Queues that hold no job, are not paused and have no live worker are forgotten in
+    time, which makes room."""
+
+    def __init__(self, queue: str, limit: int, retry_after: float = 10.0) -> None:
+        super().__init__(
+            queue,
+            f"there are {limit} queues, the most allowed (CONVEYOR_MAX_QUEUES); use one of"
+            " them, or retry once unused ones have been forgotten",
+            retry_after,
+        )
+        self.limit = limit
 
 
 class JobCancelledError(Exception):

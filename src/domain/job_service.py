@@ -17,7 +17,7 @@ from domain.errors import (
     UnsupportedOperationError,
 )
 from domain.job_types import JobTypeRegistry
-from domain.jobs import Job, is_idempotency_key
+from domain.jobs import Job, is_idempotency_key, new_job_id
 from domain.ports import (
     ROLE_NAMES,
     Backend,
@@ -30,14 +30,19 @@ from domain.ports import (
     QueueMonitor,
     QueuePauser,
     QueueStats,
+    Watch,
 )
-from domain.submission import Submission, new_job_id, validate
+from domain.submission import Submission, validate
 from domain.timeline import TimelineEvent, WaitingReason, timeline, waiting_reason
+from domain.waiting import Waiters
 
 P = TypeVar("P")
 
-# How often a waiting read (`JobService.wait`) looks at the job again.
-_WAIT_POLL: Final = 0.1
+# How often a waiting read looks at the job again on a backend that cannot say when it
+# finished (no `JobWatcher`): soon at first, then less and less often.
+_POLL_FIRST: Final = 0.1
+_POLL_GROWTH: Final = 1.5
+_POLL_CAP: Final = 1.0
 _NO_DEADLINES: Final = "this backend cannot enforce a deadline across attempts and retries"
 
 
@@ -69,7 +74,10 @@ class JobService:
     _backend: Backend
     _registry: JobTypeRegistry
     _clock: Clock
-    _new_id: Callable[[], str] = new_job_id
+    _new_id: Callable[[str], str] = new_job_id
+    # The waits this process may hold at once (shared by every JobService of the process);
+    # None: no limit.
+    _waiters: Waiters | None = None
 
     def validate(self, submission: Submission, *, idempotency_key: str | None = None) -> Job:
         """The job this submission would create; raises on anything invalid, listing it all."""
@@ -159,7 +167,26 @@ class JobService:
         return job
 
     async def wait(self, job_id: str, seconds: float) -> Job:
-        """The job once it is finished (terminal), or as it is after `seconds`."""
+        """The job once it is finished (terminal), or as it is after `seconds`.
+
+        Past the most waits this process holds at once (`Waiters`), the job as it is now.
+        The backend's JobWatcher says when to look again; without one, the job is read
+        again now and then.
+        """
+        waiters = self._waiters
+        if waiters is not None and not waiters.take():
+            return await self.get(job_id)
+        try:
+            watcher = self._backend.watcher
+            if watcher is None:
+                return await self._poll(job_id, seconds)
+            with watcher.watch(job_id) as watch:
+                return await self._watch(job_id, seconds, watch)
+        finally:
+            if waiters is not None:
+                waiters.release()
+
+    async def _watch(self, job_id: str, seconds: float, watch: Watch) -> Job:
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
         while True:
@@ -167,17 +194,34 @@ class JobService:
             left = until - loop.time()
             if job.status.is_terminal or left <= 0:
                 return job
-            await asyncio.sleep(min(_WAIT_POLL, left))
+            await watch.wait(left)
+
+    async def _poll(self, job_id: str, seconds: float) -> Job:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + seconds
+        interval = _POLL_FIRST
+        while True:
+            job = await self.get(job_id)
+            left = until - loop.time()
+            if job.status.is_terminal or left <= 0:
+                return job
+            await asyncio.sleep(min(interval, left))
+            interval = min(interval * _POLL_GROWTH, _POLL_CAP)
 
     async def details(self, job_id: str, *, wait: float = 0.0) -> JobDetails:
         """The job (after waiting up to `wait` seconds for it to finish), its waiting reason
         and timeline."""
-        job = await self.wait(job_id, wait) if wait > 0 else await self.get(job_id)
         situation: JobSituation | None = None
-        if job.status.is_waiting:
+        if wait > 0:
+            job = await self.wait(job_id, wait)
+            if job.status.is_waiting:
+                situation = await self._backend.store.situation(job_id)
+        else:  # one read: the job and, if it waits, why
             situation = await self._backend.store.situation(job_id)
-            if situation is not None:
-                job = situation.job
+            if situation is None:
+                raise JobNotFoundError(job_id)
+        if situation is not None:
+            job = situation.job
         now = self._clock.now()
         return JobDetails(
             job=job, waiting_reason=waiting_reason(job, situation, now), timeline=timeline(job)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
+import functools
+import hashlib
 import re
+import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -98,6 +101,28 @@ def is_job_id(value: str) -> bool:
     return bool(_ID_PATTERN.fullmatch(value))
 
 
+# A job id minted here starts with its queue's tag, so a backend that keeps each queue's jobs
+# apart (the Redis one, under the queue's hash tag) finds a job from its id alone. The rest is
+# random: 96 bits.
+QUEUE_TAG_LENGTH: Final = 8
+
+
+@functools.lru_cache(maxsize=1024)
+def queue_tag(queue: str) -> str:
+    """The first hex digits of the ids of `queue`'s jobs: a hash of its name (sha256), so any
+    process can compute it; two names may share a tag."""
+    return hashlib.sha256(queue.encode()).hexdigest()[:QUEUE_TAG_LENGTH]
+
+
+def new_job_id(queue: str) -> str:
+    """A new job id for a job of `queue`: 32 lowercase hex digits, its queue's tag first.
+
+    Ids made before tags existed (uuid4 hex), and ids a caller chose, are still valid ids;
+    a backend finds those jobs another way (see `adapters.redis_queue.registry`).
+    """
+    return queue_tag(queue) + secrets.token_hex(16 - QUEUE_TAG_LENGTH // 2)
+
+
 class ErrorKind(enum.StrEnum):
     """Why an attempt ended badly. Stored and shown: never change a value."""
 
@@ -109,11 +134,24 @@ class ErrorKind(enum.StrEnum):
     EXPIRED = "expired"  # the job's deadline passed
 
 
+# The longest error message a job keeps, in characters: a longer one is cut, and says so.
+ERROR_MESSAGE_LIMIT: Final = 4096
+
+
+def bounded_message(message: str) -> str:
+    """`message`, cut to ERROR_MESSAGE_LIMIT characters (its start kept, with how long it
+    was), so one exception cannot fill the store or every answer that shows it."""
+    if len(message) <= ERROR_MESSAGE_LIMIT:
+        return message
+    marker = f"\u2026 [cut from {len(message)} characters]"
+    return message[: ERROR_MESSAGE_LIMIT - len(marker)] + marker
+
+
 @attrs.frozen
 class JobError:
     """What went wrong in the last failed attempt."""
 
-    message: str
+    message: str = attrs.field(converter=bounded_message)
     type: str
     kind: ErrorKind = ErrorKind.ERROR
     traceback: str | None = None

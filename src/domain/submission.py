@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -14,16 +13,12 @@ import attrs
 
 from domain.errors import FieldError, InvalidJobError
 from domain.job_types import JobTypeRegistry
-from domain.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, is_name
+from domain.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, is_name, new_job_id
 
 # How far ahead a job may be scheduled, and its deadline set.
 MAX_SCHEDULE_AHEAD: Final = 366 * 86400.0
 # Jobs in one batch submission.
 MAX_BATCH: Final = 1000
-
-
-def new_job_id() -> str:
-    return uuid.uuid4().hex
 
 
 @attrs.frozen(kw_only=True)
@@ -64,7 +59,7 @@ def validate(
     now: datetime,
     *,
     idempotency_key: str | None = None,
-    new_id: Callable[[], str] = new_job_id,
+    new_id: Callable[[str], str] = new_job_id,
 ) -> Job:
     """The job this submission would create at `now`; raises UnknownJobTypeError, or
     InvalidJobError listing every bad field, not just the first."""
@@ -103,7 +98,7 @@ def validate(
     if errors:
         raise InvalidJobError(errors)
     return Job.submitted(
-        id=new_id(),
+        id=new_id(queue),
         type=job_type.name,
         payload=payload,
         queue=queue,

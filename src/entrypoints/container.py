@@ -22,6 +22,7 @@ from domain.job_service import JobService
 from domain.job_types.registry import default_registry
 from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, LeaseQueue
 from domain.processing import JobProcessor
+from domain.waiting import Waiters
 from entrypoints.rq_keys import use_rq_key_prefix
 from entrypoints.settings import QueueBackend, Settings
 
@@ -46,6 +47,8 @@ def _redis_backend(
     dead_ttl: float,
     idempotency_ttl: float,
     admission: AdmissionPolicy | None,
+    max_queues: int,
+    max_result_bytes: int,
 ) -> Backend:
     from adapters.redis_queue import redis_backend
 
@@ -56,6 +59,8 @@ def _redis_backend(
         dead_ttl=dead_ttl,
         idempotency_ttl=idempotency_ttl,
         admission=admission,
+        max_queues=max_queues,
+        max_result_bytes=max_result_bytes,
     )
 
 
@@ -73,6 +78,7 @@ def _rq_backend(
     dead_ttl: float,
     idempotency_ttl: float,
     admission: AdmissionPolicy | None,
+    max_queues: int,
 ) -> Backend:
     from adapters.rq import rq_backend
 
@@ -83,6 +89,7 @@ def _rq_backend(
         dead_ttl=dead_ttl,
         idempotency_ttl=idempotency_ttl,
         admission=admission,
+        max_queues=max_queues,
     )
 
 
@@ -132,6 +139,8 @@ class Container(containers.DeclarativeContainer):
             dead_ttl=config.dead_ttl_seconds,
             idempotency_ttl=config.idempotency_ttl_seconds,
             admission=admission,
+            max_queues=config.max_queues,
+            max_result_bytes=config.max_result_bytes,
         ),
         memory=providers.Singleton(
             memory_backend,
@@ -140,6 +149,8 @@ class Container(containers.DeclarativeContainer):
             dead_ttl=config.dead_ttl_seconds,
             idempotency_ttl=config.idempotency_ttl_seconds,
             admission=admission,
+            max_queues=config.max_queues,
+            max_result_bytes=config.max_result_bytes,
         ),
         rq=providers.Singleton(
             _rq_backend,
@@ -151,9 +162,14 @@ class Container(containers.DeclarativeContainer):
             # RQ cannot check limits atomically: configured limits stop start-up with a
             # message rather than being ignored.
             admission=admission,
+            max_queues=config.max_queues,
         ),
     )
-    job_service = providers.Factory(JobService, backend=backend, registry=registry, clock=clock)
+    # The long polls this process holds at once, shared by every request's JobService.
+    waiters = providers.Singleton(Waiters, limit=config.max_waiters)
+    job_service = providers.Factory(
+        JobService, backend=backend, registry=registry, clock=clock, waiters=waiters
+    )
     # Only for a backend that hands out leases (see `lease_queue`).
     job_processor = providers.Factory(
         JobProcessor,
@@ -178,6 +194,9 @@ def build_container(settings: Settings, *, redis_socket_timeout: float | None = 
             "idempotency_ttl_seconds": settings.idempotency_ttl_seconds,
             "redis_timeout": settings.redis_timeout,
             "dummy_faults": settings.dummy_faults,
+            "max_queues": settings.max_queues,
+            "max_waiters": settings.max_waiters,
+            "max_result_bytes": settings.max_result_bytes,
         }
     )
     container.redis_socket_timeout.override(

@@ -72,6 +72,11 @@ class Settings:
     # Seconds a worker process may stop answering its supervisor before it is replaced; None:
     # the lease (`watchdog` says what applies), 0: never.
     watchdog_seconds: float | None = None
+    # What callers can make the service hold: queue names, long polls waiting at once in one
+    # API process, the size of a job's result (JSON bytes).
+    max_queues: int = 1000
+    max_waiters: int = 1000
+    max_result_bytes: int = 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,6 +126,9 @@ class Settings:
             # Hardening (operations).
             dummy_faults=read("CONVEYOR_DUMMY_FAULTS", parse_flag, False),
             watchdog_seconds=read("CONVEYOR_WATCHDOG_SECONDS", _non_negative(float), None),
+            max_queues=read("CONVEYOR_MAX_QUEUES", _positive(int), 1000),
+            max_waiters=read("CONVEYOR_MAX_WAITERS", _non_negative(int), 1000),
+            max_result_bytes=read("CONVEYOR_MAX_RESULT_BYTES", _positive(int), 1024 * 1024),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(

@@ -13,6 +13,7 @@ from domain.errors import AdmissionRefusedError
 from domain.ports import AdmissionPolicy, LeaseQueue, NewJob, QueueLimits, Submitted
 from tests.contracts.base import BackendOptions, Rig, scenario
 from tests.contracts.builders import (
+    A_YEAR,
     FOREVER,
     PAST_SOON,
     SOON,
@@ -81,17 +82,27 @@ class AdmissionContract:
                 await enqueue(rig.submitter, new_job(queue=name, n=2))
             assert refusal.value.queue == name
 
-    @scenario(LeaseQueue, options=ADMISSION)
-    async def test_admission_depth_leaves_out_scheduled_and_claimed_jobs(self, rig: Rig) -> None:
+    @scenario(options=ADMISSION)
+    async def test_admission_depth_counts_jobs_scheduled_however_far_ahead(self, rig: Rig) -> None:
         now = await rig.now()
-        later = [new_job(n=n, run_at=at(now, FOREVER), now=now) for n in range(3)]
-        await enqueue_all(rig.submitter, later)
-        await enqueue_all(rig.submitter, [new_job(n=10), new_job(n=11)])
+        await enqueue(rig.submitter, new_job(n=0, run_at=at(now, FOREVER), now=now))
+        await enqueue(rig.submitter, new_job(n=1, run_at=at(now, A_YEAR), now=now))
+        for late in (new_job(n=2, run_at=at(now, FOREVER), now=now), new_job(n=3)):
+            with pytest.raises(AdmissionRefusedError) as refusal:
+                await enqueue(rig.submitter, late)
+            assert refusal.value.queue == "default"
+            assert await rig.store.get(late.id) is None
+
+    @scenario(LeaseQueue, options=ADMISSION)
+    async def test_admission_depth_leaves_out_claimed_jobs(self, rig: Rig) -> None:
+        now = await rig.now()
+        await enqueue(rig.submitter, new_job(n=0, run_at=at(now, FOREVER), now=now))
+        await enqueue(rig.submitter, new_job(n=1))
         with pytest.raises(AdmissionRefusedError):
-            await enqueue(rig.submitter, new_job(n=12))
+            await enqueue(rig.submitter, new_job(n=2))
         await claim_one(rig.leases)
-        fits = new_job(n=13)
-        await enqueue(rig.submitter, fits)  # not refused: one of the two queued was claimed
+        fits = new_job(n=3)
+        await enqueue(rig.submitter, fits)  # not refused: the queued one was claimed
         assert await rig.store.get(fits.id) is not None
 
     @scenario(LeaseQueue, options=ADMISSION)

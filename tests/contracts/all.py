@@ -16,6 +16,7 @@ from tests.contracts.control import ControlContract
 from tests.contracts.deadlines import DeadlineContract
 from tests.contracts.endtoend import EndToEndContract
 from tests.contracts.history import HistoryContract
+from tests.contracts.limits import LimitsContract
 from tests.contracts.monitor import MonitorContract
 from tests.contracts.ordering import OrderingContract
 from tests.contracts.pause import PauseContract
@@ -24,12 +25,14 @@ from tests.contracts.settle import SettleContract
 from tests.contracts.store import StoreContract
 from tests.contracts.submit import SubmitContract
 from tests.contracts.transitions import TransitionsContract
+from tests.contracts.watch import WatchContract
 
 
 class AllContracts(
     StoreContract,
     SubmitContract,
     AdmissionContract,
+    LimitsContract,
     ClaimContract,
     OrderingContract,
     SettleContract,
@@ -41,5 +44,6 @@ class AllContracts(
     MonitorContract,
     TransitionsContract,
     EndToEndContract,
+    WatchContract,
 ):
     """What every backend promises, for the roles it plays."""

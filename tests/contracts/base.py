@@ -25,6 +25,7 @@ from domain.ports import (
     JobControl,
     JobStore,
     JobSubmitter,
+    JobWatcher,
     LeaseQueue,
     QueueMonitor,
     QueuePauser,
@@ -32,6 +33,9 @@ from domain.ports import (
 from tests.contracts.driving import claim_and_process
 
 TEST_TIMEOUT: Final = 20.0
+# How long a backend may keep a queue nothing uses before it forgets it (seconds): a backend
+# with such a grace is built with this one; the scenarios let it pass first.
+QUEUE_GRACE: Final = 0.3
 DRAIN_TICK: Final = 0.001  # seconds a drain lets pass before each claim
 P = TypeVar("P")
 
@@ -48,6 +52,8 @@ class BackendOptions:
     dead_ttl: float = 7 * 86400.0  # seconds dead jobs are kept
     idempotency_ttl: float = 86400.0  # seconds an idempotency key is held
     admission: AdmissionPolicy | None = None
+    max_queues: int | None = None  # queues kept at most
+    max_result_bytes: int | None = None  # the longest result kept, as JSON
 
     def kwargs(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False)
@@ -130,6 +136,10 @@ class Rig:
     def pauser(self) -> QueuePauser:
         return _present(self.backend.pauser, QueuePauser, self.backend)
 
+    @property
+    def watcher(self) -> JobWatcher:
+        return _present(self.backend.watcher, JobWatcher, self.backend)
+
     async def elapse(self, seconds: float) -> None:
         await self.factory.elapse(seconds)
 
@@ -154,6 +164,7 @@ _ROLES: Final[dict[type, str]] = {
     JobControl: "control",
     QueueMonitor: "monitor",
     QueuePauser: "pauser",
+    JobWatcher: "watcher",
 }
 
 Scenario = Callable[[Any, Rig], Awaitable[None]]

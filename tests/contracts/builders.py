@@ -27,6 +27,7 @@ LEASE: Final = 0.3  # seconds; short so expiry tests stay fast
 PAST_LEASE: Final = 0.5  # long enough after LEASE for an expiry to be certain
 RETRY_IN: Final = 0.3
 FOREVER: Final = 60.0  # a lease that does not expire during a test
+A_YEAR: Final = 366 * 86400.0  # as far ahead as a job may be scheduled
 SOON: Final = 0.3  # seconds: a run_at, deadline or retention that comes during a test
 PAST_SOON: Final = 0.5  # long enough after SOON for it to have come
 ERROR: Final = JobError("smtp said no", "SMTPError")  # what a failed attempt reports

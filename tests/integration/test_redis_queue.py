@@ -164,8 +164,12 @@ class TestRedisBackendOnRedis:
         jobs = (done, dead, retried, running, waiting, doomed, later)
         statuses = ("scheduled", "queued", "active", "succeeded", "failed", "dead")
         keys = await factory.keys()
+        # Outside the queue's slot: its idempotency key, and the registry of queue names,
+        # whose keys share the slot of `P:queues` (the test's ids do not start with the
+        # queue's tag, so its queue is also in `legacy`).
         assert {k for k in keys if not k.startswith(tag)} == {
             f"{p}:queues",
+            *(f"{{{p}:queues}}:{name}" for name in ("tags", "touched", "generation", "legacy")),
             f"{p}:idem:{hashlib.sha256(b'k').hexdigest()}",
         }
         assert {k for k in keys if k.startswith(tag) and ":job:" not in k} == {

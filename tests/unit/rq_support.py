@@ -89,6 +89,7 @@ class RqFactory(BackendFactory):
     def __init__(self, prefix: str, random: float = 0.0) -> None:
         self.prefix = prefix
         self.random = random
+        self.max_result_bytes: int | None = None
 
     @abc.abstractmethod
     def client(self) -> redis.Redis: ...
@@ -98,7 +99,11 @@ class RqFactory(BackendFactory):
 
     @asynccontextmanager
     async def open(self, options: BackendOptions = DEFAULTS) -> AsyncIterator[Backend]:
-        backend = rq_backend(self.client(), prefix=self.prefix, **options.kwargs())
+        kwargs = options.kwargs()
+        # RQ's worker, not the API's roles, keeps results: `build` hands it the limit.
+        self.max_result_bytes = kwargs.pop("max_result_bytes")
+        # Forgetting idle queues as often as asked: scenarios see it at once.
+        backend = rq_backend(self.client(), prefix=self.prefix, sweep_interval=0.0, **kwargs)
         try:
             yield backend
         finally:
@@ -119,6 +124,7 @@ class RqFactory(BackendFactory):
             result_ttl=3600,
             random=lambda: self.random,
             worker_class=worker_class,
+            max_result_bytes=self.max_result_bytes,
         )
         assert isinstance(worker, worker_class)
         return worker

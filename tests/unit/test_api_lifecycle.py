@@ -521,6 +521,34 @@ def test_a_malformed_queue_name_is_a_404(
 # -- admission and capabilities ---------------------------------------------------------------
 
 
+def test_a_job_or_a_pause_opening_a_queue_past_max_queues_is_a_429_naming_the_setting() -> None:
+    with TestClient(create_app(container_for(max_queues=2))) as client:
+        post_job(client, queue="alpha")
+        assert client.post("/queues/beta/pause").status_code == 200
+        refused = client.post("/jobs", json={**SUCCEED, "queue": "gamma"})
+        paused = client.post("/queues/gamma/pause")
+        kept = client.post("/jobs", json={**SUCCEED, "queue": "beta"})
+
+    for response in (refused, paused):
+        problem = problem_of(response, 429, "too-many-queues")
+        assert "CONVEYOR_MAX_QUEUES" in problem["detail"]
+        assert "'gamma'" in problem["detail"]
+        assert int(response.headers["retry-after"]) >= 1
+    assert kept.status_code == 202
+
+
+def test_past_the_most_long_polls_a_wait_is_answered_at_once() -> None:
+    container = container_for(max_waiters=0, wait_max_seconds=5.0)
+    with TestClient(create_app(container)) as client:
+        job_id = post_job(client)["id"]
+        started = time.monotonic()
+        response = client.get(f"/jobs/{job_id}", params={"wait": "5"})
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "queued"
+    assert time.monotonic() - started < 1
+
+
 def test_a_queue_over_its_depth_limit_is_a_429_with_retry_after() -> None:
     policy = AdmissionPolicy(default=QueueLimits(max_depth=1), retry_after=2.5)
     with TestClient(create_app(container_for(admission=policy))) as client:

@@ -140,7 +140,7 @@ def test_over_limit_answers_are_documented_with_retry_after(document: dict[str, 
         if "429" in op["responses"]
     }
 
-    assert set(limited) == {"/jobs", "/jobs/batch"}
+    assert set(limited) == {"/jobs", "/jobs/batch", "/queues/{name}/pause"}
     assert all(r["headers"]["Retry-After"]["required"] for r in limited.values())
 
 

@@ -15,7 +15,7 @@ import pytest
 from adapters.redis_queue import redis_backend, stale_writes
 from domain.ports import Backend
 from tests.contracts.all import AllContracts
-from tests.contracts.base import DEFAULTS, BackendFactory, BackendOptions
+from tests.contracts.base import DEFAULTS, QUEUE_GRACE, BackendFactory, BackendOptions
 
 
 class FakeRedisFactory(BackendFactory):
@@ -31,7 +31,15 @@ class FakeRedisFactory(BackendFactory):
 
     @asynccontextmanager
     async def open(self, options: BackendOptions = DEFAULTS) -> AsyncIterator[Backend]:
-        backend = redis_backend(self.client(), prefix="test", **options.kwargs())
+        # Sweeps of idle queues as often as asked, and a short grace: scenarios see idle
+        # queues forgotten soon.
+        backend = redis_backend(
+            self.client(),
+            prefix="test",
+            sweep_interval=0.0,
+            queue_grace=QUEUE_GRACE,
+            **options.kwargs(),
+        )
         try:
             yield backend
         finally:

@@ -24,6 +24,7 @@ from domain.ports import Backend, ClaimRequest, JobQuery
 from domain.settlement import Ending
 from domain.submission import Submission
 from domain.timeline import EventKind, WaitingKind
+from domain.waiting import Waiters
 from tests.fakes import FakeClock, RecordingEmailSender
 from tests.unit.backends import NoDeadlines, leases_of
 
@@ -146,6 +147,85 @@ def test_details_explain_a_waiting_job_and_wait_returns_once_it_ends() -> None:
         assert waited.job.status is JobStatus.SUCCEEDED
         assert loop.time() - started < 2
         await runner
+
+    asyncio.run(scenario())
+
+
+def test_a_wait_is_woken_by_the_watcher_not_by_reading_the_job_over_and_over() -> None:
+    world = World()
+    reads = 0
+    store = world.backend.store
+    real_get = store.get
+
+    async def counted_get(job_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_get(job_id)
+
+    async def scenario() -> None:
+        job = (
+            await world.service.submit(Submission(type="dummy", payload={"mode": "succeed"}))
+        ).job
+        store.get = counted_get  # type: ignore[method-assign]
+
+        async def finish() -> None:
+            await asyncio.sleep(1.0)
+            await world.succeed_next()
+
+        runner = asyncio.create_task(finish())
+        waited = await world.service.wait(job.id, 5)
+        await runner
+        assert waited.status is JobStatus.SUCCEEDED
+        assert reads == 2  # before waiting, and once woken
+
+    asyncio.run(scenario())
+
+
+def test_past_the_most_waits_a_reader_is_answered_at_once_and_a_wait_ended_frees_its_place() -> (
+    None
+):
+    clock = FakeClock()
+    backend = memory_backend(clock)
+    waiters = Waiters(limit=2)
+    service = JobService(backend, default_registry(RecordingEmailSender()), clock, waiters=waiters)
+
+    async def scenario() -> None:
+        job = (await service.submit(Submission(type="dummy", payload={"mode": "succeed"}))).job
+        loop = asyncio.get_running_loop()
+        held = [asyncio.create_task(service.wait(job.id, 0.5)) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        assert waiters.held == 2
+        started = loop.time()
+        assert (await service.wait(job.id, 5)).status is JobStatus.QUEUED
+        assert loop.time() - started < 0.1  # answered at once, as the job is
+        await asyncio.gather(*held)
+        assert waiters.held == 0
+        started = loop.time()
+        await service.wait(job.id, 0.3)  # room again: this one waits
+        assert loop.time() - started >= 0.25
+
+    asyncio.run(scenario())
+
+
+def test_without_a_watcher_a_wait_reads_the_job_less_and_less_often() -> None:
+    world = World(watcher=None)
+    reads = 0
+    store = world.backend.store
+    real_get = store.get
+
+    async def counted_get(job_id: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real_get(job_id)
+
+    async def scenario() -> None:
+        job = (
+            await world.service.submit(Submission(type="dummy", payload={"mode": "succeed"}))
+        ).job
+        store.get = counted_get  # type: ignore[method-assign]
+        assert (await world.service.wait(job.id, 3)).status is JobStatus.QUEUED
+        # 0.1 s, growing by half up to 1 s: about ten reads in 3 s, not thirty.
+        assert 5 <= reads <= 12
 
     asyncio.run(scenario())
 

@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio.client import Pipeline
 
 from adapters.redis_queue import RedisConnection, scripts
+from adapters.redis_queue.calls import evalsha
 from adapters.redis_queue.core import Build
 from domain.errors import AdmissionRefusedError
 from domain.jobs import JobError, JobStatus
@@ -43,6 +44,25 @@ class TestRedisOnFakeRedis:
             assert await rig.leases.settle(lease, Ending.succeeded("ok")) == "succeeded"
         finally:
             await flusher.aclose()
+
+    @scenario()
+    async def test_scripts_lost_in_the_middle_of_a_pipeline_run_once_each(self, rig: Rig) -> None:
+        """Scripts flushed while a pipeline runs (another connection reloading them after a
+        restart): the script before ran and is not run again, the one after is run once."""
+        connection = rig.backend.connection
+        assert isinstance(connection, RedisConnection)
+        core = connection.core
+        registry = core.registry
+
+        def build(pipe: Pipeline) -> None:
+            evalsha(pipe, registry.register([[("alpha", False)]]))
+            pipe.script_flush()
+            evalsha(pipe, registry.register([[("beta", False)]]))
+
+        await core.pipeline(build)
+        # REGISTER counts its calls in the generation: two calls, each run once.
+        assert await core.client.get(registry.keys.generation) == b"2"
+        assert await core.client.smembers(registry.keys.queues) == {b"alpha", b"beta"}
 
     @scenario()
     async def test_verify_warns_when_the_server_refuses_config(self, rig: Rig) -> None:

@@ -11,7 +11,7 @@ from redis.crc import key_slot
 
 from adapters.redis_queue import calls, scripts
 from adapters.redis_queue.calls import Retention, ScriptCall
-from adapters.redis_queue.keys import QueueKeys, idempotency_key
+from adapters.redis_queue.keys import QueueKeys, RegistryKeys, idempotency_key
 from adapters.redis_queue.submission import items_of
 from domain.jobs import Job, JobError, Lease
 from domain.ports import AdmissionPolicy, NewJob, QueueLimits
@@ -21,6 +21,7 @@ from tests.contracts.builders import new_job
 LUA: Final = resources.files("adapters.redis_queue").joinpath("lua")
 KEYS: Final = QueueKeys.of("p", "mail")
 RETENTION: Final = Retention(1000, 2000)
+REGISTRY: Final = RegistryKeys.of("p")
 
 
 def fragment_names() -> list[str]:
@@ -47,8 +48,17 @@ def one_call_per_script() -> list[ScriptCall]:
         calls.cancel_requested(KEYS, held),
         calls.resume(KEYS),
         calls.queue_stats(KEYS),
-        calls.situation(KEYS, "a" * 32),
+        calls.situation(KEYS, "a" * 32, 1_700_000_000_000_000),
         calls.heartbeat(KEYS, "w1", 1000),
+        calls.idle(KEYS, RETENTION),
+    ]
+
+
+def one_call_per_registry_script() -> list[ScriptCall]:
+    return [
+        calls.register(REGISTRY, [[("mail", "0a1b2c3d", False)]], max_queues=5, strict=True),
+        calls.registry_scan(REGISTRY, "0", 100),
+        calls.forget_queues(REGISTRY, [("mail", "0a1b2c3d", b"1 1")], grace_ms=1000),
     ]
 
 
@@ -60,7 +70,7 @@ def test_every_script_defines_each_fragment_function_it_calls() -> None:
             r"local function (\w+)", LUA.joinpath("lib", f"{fragment}.lua").read_text()
         )
     }
-    assert len(scripts.ALL) == 14
+    assert len(scripts.ALL) == 18
     for script in scripts.ALL:
         defined = set(re.findall(r"local function (\w+)", script.source))
         called = {name for name in defined_by_fragments if re.search(rf"\b{name}\(", script.source)}
@@ -101,6 +111,22 @@ def test_every_call_passes_the_keys_its_script_lists_all_in_the_queues_hash_tag(
         # Nothing the script could name a key with comes in ARGV.
         args = [a.encode() if isinstance(a, str) else a for a in call.args]
         assert not any(isinstance(a, bytes) and a.startswith(b"{p:") for a in args), call
+
+
+def test_every_registry_call_passes_the_keys_its_script_lists_all_in_one_slot() -> None:
+    for call in one_call_per_registry_script():
+        assert call.script.registry
+        assert list(call.keys) == [getattr(REGISTRY, name) for name in call.script.keys]
+        assert {key_slot(str(k).encode()) for k in call.keys} == {key_slot(b"p:queues")}, call
+
+
+def test_a_registry_script_that_uses_a_key_it_does_not_list_does_not_load() -> None:
+    body = "-- KEYS (registry): queues\nredis.call('SCARD', R.tags)\n"
+    with pytest.raises(RuntimeError, match=r"uses keys it does not list: \['tags'\]"):
+        scripts.assemble("probe", body)
+    assert scripts.assemble("probe", body.replace("registry): queues", "registry): queues tags"))
+    with pytest.raises(RuntimeError, match="uses keys it does not list"):
+        scripts.assemble("probe", "-- KEYS (registry): queues\nredis.call('GET', Q.paused)\n")
 
 
 def test_a_submission_passes_each_queues_keys_once_then_each_idempotency_key_once() -> None:

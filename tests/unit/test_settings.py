@@ -27,6 +27,27 @@ def test_values_are_read_and_parsed() -> None:
     assert settings.log_format is LogFormat.JSON
 
 
+def test_what_callers_can_make_the_service_hold_is_bounded_by_default_and_settable() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.max_queues, defaults.max_waiters, defaults.max_result_bytes) == (
+        1000,
+        1000,
+        1024 * 1024,
+    )
+    settings = Settings.from_env(
+        {
+            "CONVEYOR_MAX_QUEUES": "20000",
+            "CONVEYOR_MAX_WAITERS": "0",
+            "CONVEYOR_MAX_RESULT_BYTES": "4096",
+        }
+    )
+    assert (settings.max_queues, settings.max_waiters, settings.max_result_bytes) == (
+        20000,
+        0,
+        4096,
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -37,6 +58,9 @@ def test_values_are_read_and_parsed() -> None:
         ("CONVEYOR_KEY_PREFIX", "a{b}"),
         ("LOG_LEVEL", "LOUD"),
         ("CONVEYOR_WORKER_QUEUES", " , "),
+        ("CONVEYOR_MAX_QUEUES", "0"),
+        ("CONVEYOR_MAX_WAITERS", "-1"),
+        ("CONVEYOR_MAX_RESULT_BYTES", "1MB"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_variables_name(name: str, value: str) -> None:

@@ -12,6 +12,7 @@ from adapters.memory.control import (
     MemoryConnection,
     MemoryJobControl,
     MemoryJobStore,
+    MemoryJobWatcher,
     MemoryQueueMonitor,
     MemoryQueuePauser,
 )
@@ -30,14 +31,20 @@ def memory_backend(
     dead_ttl: float = 7 * 86400.0,
     idempotency_ttl: float = 86400.0,
     admission: AdmissionPolicy | None = None,
+    max_queues: int | None = None,
+    max_result_bytes: int | None = None,
 ) -> Backend:
-    """Every role, over one in-memory state read on `clock`."""
+    """Every role, over one in-memory state read on `clock`. At most `max_queues` queues
+    are kept (one is kept while it holds a job, is paused or a live worker serves it); a
+    result longer than `max_result_bytes` as JSON is refused."""
     state = MemoryState(
         clock,
         result_ttl=result_ttl,
         dead_ttl=dead_ttl,
         idempotency_ttl=idempotency_ttl,
         admission=admission,
+        max_queues=max_queues,
+        max_result_bytes=max_result_bytes,
     )
     return memory_roles(state)
 
@@ -53,5 +60,6 @@ def memory_roles(state: MemoryState) -> Backend:
         monitor=MemoryQueueMonitor(state),
         pauser=MemoryQueuePauser(state),
         leases=MemoryLeaseQueue(state),
+        watcher=MemoryJobWatcher(state),
         shared_across_processes=False,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
@@ -18,9 +20,11 @@ from domain.ports import (
     JobQuery,
     JobSituation,
     JobStore,
+    JobWatcher,
     QueueMonitor,
     QueuePauser,
     QueueStats,
+    Watch,
 )
 
 S = JobStatus
@@ -119,6 +123,7 @@ class MemoryQueuePauser(QueuePauser):
         self._state = state
 
     async def pause(self, queue: str) -> None:
+        self._state.admit_queues([queue], self._state.clock.now())
         self._state.paused.add(queue)
 
     async def resume(self, queue: str) -> None:
@@ -155,6 +160,36 @@ class MemoryQueueMonitor(QueueMonitor):
 
     async def forget_worker(self, worker_id: str) -> None:
         self._state.workers.pop(worker_id, None)
+
+
+class _MemoryWatch(Watch):
+    def __init__(self, state: MemoryState, job_id: str) -> None:
+        self._state = state
+        self._job_id = job_id
+        self._woken = asyncio.Event()
+        state.watches.setdefault(job_id, set()).add(self._woken)
+
+    async def wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), seconds)
+        self._woken.clear()
+
+    def close(self) -> None:
+        watches = self._state.watches.get(self._job_id)
+        if watches is not None:
+            watches.discard(self._woken)
+            if not watches:
+                del self._state.watches[self._job_id]
+
+
+class MemoryJobWatcher(JobWatcher):
+    """An event per reader, set when its job reaches a finished status."""
+
+    def __init__(self, state: MemoryState) -> None:
+        self._state = state
+
+    def watch(self, job_id: str) -> Watch:
+        return _MemoryWatch(self._state, job_id)
 
 
 class MemoryConnection(Connection):

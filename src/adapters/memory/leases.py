@@ -12,7 +12,7 @@ from datetime import timedelta
 import attrs
 
 from adapters.memory.state import Held, MemoryState
-from domain.errors import UnstorableResultError
+from domain.errors import ResultTooLargeError, UnstorableResultError
 from domain.jobs import AttemptOutcome, JobStatus, Lease
 from domain.ports import ClaimRequest, LeaseQueue
 from domain.settlement import Ending
@@ -48,6 +48,8 @@ class MemoryLeaseQueue(LeaseQueue):
             if ready is None or queue in state.paused:
                 continue
             while len(leases) < request.limit and (job_id := ready.pop()) is not None:
+                if not ready:
+                    del state.ready[queue]
                 del state.queued_since[job_id]
                 job = state.jobs[job_id]
                 job = job.transition(
@@ -96,9 +98,14 @@ class MemoryLeaseQueue(LeaseQueue):
     async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
         if ending.outcome is AttemptOutcome.SUCCEEDED:
             try:
-                json.dumps(ending.result, allow_nan=False)
+                encoded = json.dumps(ending.result, allow_nan=False, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
                 raise UnstorableResultError(str(exc)) from None
+            limit = self._state.max_result_bytes
+            if limit is not None and len(encoded) > limit:  # at most as many bytes as chars
+                size = len(encoded.encode())
+                if size > limit:
+                    raise ResultTooLargeError(size, limit)
         if not self._state.current(lease.job_id, lease.token):
             return None
         return self._state.settle(lease.job_id, ending, self._state.clock.now())

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 import attrs
 
+from domain.errors import TooManyQueuesError
 from domain.jobs import Job, JobStatus
 from domain.ports import AdmissionPolicy, Clock
 from domain.settlement import FINISHED, Ending, settle_job
@@ -103,10 +104,12 @@ class Timers:
 
     def pop_due(self, queues: Collection[str] | None, now: datetime) -> list[str]:
         due: list[str] = []
-        for queue in self._heaps if queues is None else queues:
+        for queue in list(self._heaps) if queues is None else queues:
             heap = self._heaps.get(queue)
             while heap and heap[0][0] <= now:
                 due.append(heapq.heappop(heap)[2])
+            if heap is not None and not heap:
+                del self._heaps[queue]  # nothing kept per queue once it is empty
         return due
 
 
@@ -121,6 +124,8 @@ class MemoryState:
         dead_ttl: float,
         idempotency_ttl: float,
         admission: AdmissionPolicy | None,
+        max_queues: int | None = None,
+        max_result_bytes: int | None = None,
     ) -> None:
         self.clock = clock
         # How long finished jobs (dead ones apart) and idempotency keys are kept.
@@ -128,7 +133,13 @@ class MemoryState:
         self.dead_ttl = timedelta(seconds=dead_ttl)
         self.idempotency_ttl = timedelta(seconds=idempotency_ttl)
         self.admission = admission if admission is not None and admission.enabled else None
+        self.max_queues = max_queues
+        self.max_result_bytes = max_result_bytes
         self.jobs: dict[str, Job] = {}
+        # Per queue: how many jobs it holds, and which wait for a time (scheduled, or due for
+        # a retry). Entries go with their last job: nothing is kept for a queue unused.
+        self.jobs_in: Counter[str] = Counter()
+        self.waiting_later: dict[str, set[str]] = {}
         # Submission order, for listing; a forgotten job leaves a hole so positions hold.
         self.order: list[str | None] = []
         self.position: dict[str, int] = {}
@@ -144,6 +155,8 @@ class MemoryState:
         self.workers: dict[str, Presence] = {}
         self.wakeup = asyncio.Event()
         self.stale_writes = 0
+        # The readers waiting for each job to finish (`MemoryJobWatcher`).
+        self.watches: dict[str, set[asyncio.Event]] = {}
 
     # -- where each job is filed ------------------------------------------------------------
 
@@ -151,6 +164,16 @@ class MemoryState:
         """Store `job` and file it as its status says: ready to claim, waiting for a time,
         or finished (kept for its retention). The caller has taken it out of `ready`."""
         self.jobs[job.id] = job
+        later = self.waiting_later.get(job.queue)
+        if job.status in (S.SCHEDULED, S.FAILED):
+            self.waiting_later.setdefault(job.queue, set()).add(job.id)
+        elif later is not None:
+            later.discard(job.id)
+            if not later:
+                del self.waiting_later[job.queue]
+        if job.status in FINISHED:
+            for woken in self.watches.get(job.id, ()):
+                woken.set()
         if job.status is S.QUEUED:
             self.ready.setdefault(job.queue, Lanes()).push(job, head=head)
             self.queued_since[job.id] = now
@@ -166,8 +189,26 @@ class MemoryState:
 
     def unready(self, job: Job) -> None:
         if job.status is S.QUEUED:
-            self.ready[job.queue].remove(job)
+            ready = self.ready[job.queue]
+            ready.remove(job)
+            if not ready:
+                del self.ready[job.queue]
             del self.queued_since[job.id]
+
+    def depth(self, queue: str) -> int:
+        """Jobs waiting in `queue`: queued, scheduled, or due for a retry."""
+        return len(self.ready.get(queue, ())) + len(self.waiting_later.get(queue, ()))
+
+    def admit_queues(self, names: Collection[str], now: datetime) -> None:
+        """Raise TooManyQueuesError if `names` would take the queues kept past the most. A
+        queue is kept while it holds a job, is paused, or a live worker serves it."""
+        if self.max_queues is None:
+            return
+        self._forget_finished(now, None)
+        kept = {*self.jobs_in, *self.paused, *self.live_workers(now)}
+        new = sorted(set(names) - kept)
+        if new and len(kept) + len(new) > self.max_queues:
+            raise TooManyQueuesError(new[0], self.max_queues)
 
     def oldest_age(self, queue: str, now: datetime) -> float | None:
         ready = self.ready.get(queue)
@@ -251,6 +292,9 @@ class MemoryState:
             if job.finished_at + ttl <= now:
                 del self.jobs[job_id]
                 self.order[self.position.pop(job_id)] = None
+                self.jobs_in[job.queue] -= 1
+                if not self.jobs_in[job.queue]:
+                    del self.jobs_in[job.queue]
 
     def live_workers(self, now: datetime) -> dict[str, int]:
         """How many live workers serve each queue; forgets the ones whose heartbeat lapsed."""

@@ -55,6 +55,7 @@ class MemorySubmitter(JobSubmitter):
             new.append(job)
             new_ids.add(job.id)
             answers.append(Submitted(job.id, created=True))
+        state.admit_queues({job.queue for job in new}, now)
         self._admit(new, now)
         for key, held in taken.items():
             state.keys[key] = held
@@ -62,6 +63,7 @@ class MemorySubmitter(JobSubmitter):
         for job in new:
             state.position[job.id] = len(state.order)
             state.order.append(job.id)
+            state.jobs_in[job.queue] += 1
             # Scheduled or due on this backend's clock, whatever the submitter's clock said.
             later = job.run_at is not None and job.run_at > now
             state.put(attrs.evolve(job, status=S.SCHEDULED if later else S.QUEUED), now)
@@ -73,9 +75,9 @@ class MemorySubmitter(JobSubmitter):
             return
         for queue, count in Counter(job.queue for job in jobs).items():
             limits = admission.limits(queue)
-            depth = len(self._state.ready.get(queue, ()))
+            depth = self._state.depth(queue)
             if limits.max_depth is not None and depth + count > limits.max_depth:
-                reason = f"{depth} jobs queued and {count} more would pass {limits.max_depth}"
+                reason = f"{depth} jobs waiting and {count} more would pass {limits.max_depth}"
                 raise AdmissionRefusedError(queue, reason, admission.retry_after)
             age = self._state.oldest_age(queue, now)
             if limits.max_age is not None and age is not None and age > limits.max_age:

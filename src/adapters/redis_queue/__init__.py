@@ -10,8 +10,10 @@ waiting, by request while active), paused queues, idempotency keys, and admissio
 the script that stores the jobs. Succeeded, cancelled and expired jobs are kept for
 `result_ttl` seconds, dead ones for `dead_ttl` (None: for good).
 
-Layout: `core.py` (the client, keys, running scripts, the batcher) under the roles
-(`store.py`, `submitter.py`, `leases.py`, `control.py`, `connection.py`); the scripts in
+Layout: `core.py` (the client, keys, running scripts, the batcher) and `registry.py` (the
+queue names: finding a job's queue from its id, the most queues, forgetting idle ones) under
+the roles (`store.py`, `submitter.py`, `leases.py`, `control.py`, `connection.py`,
+`watch.py`: readers waiting for jobs to finish, woken by one subscription); the scripts in
 `lua/`, loaded by `scripts.py`, each called through its builder in `calls.py`; the keys in
 `keys.py`, the hash fields in `codec.py`.
 
@@ -31,8 +33,10 @@ from adapters.redis_queue.connection import RedisConnection
 from adapters.redis_queue.control import RedisJobControl, RedisQueueMonitor, RedisQueuePauser
 from adapters.redis_queue.core import RedisCore
 from adapters.redis_queue.leases import RedisLeaseQueue
+from adapters.redis_queue.registry import DEFAULT_GRACE, DEFAULT_SWEEP_INTERVAL
 from adapters.redis_queue.store import RedisJobStore
 from adapters.redis_queue.submitter import RedisJobSubmitter
+from adapters.redis_queue.watch import RedisJobWatcher
 from domain.ports import AdmissionPolicy, Backend
 
 __all__ = [
@@ -40,6 +44,7 @@ __all__ = [
     "RedisJobControl",
     "RedisJobStore",
     "RedisJobSubmitter",
+    "RedisJobWatcher",
     "RedisLeaseQueue",
     "RedisQueueMonitor",
     "RedisQueuePauser",
@@ -58,9 +63,18 @@ def redis_backend(
     dead_ttl: float | None = 7 * _DAY,
     idempotency_ttl: float = _DAY,
     admission: AdmissionPolicy | None = None,
+    max_queues: int | None = None,
+    max_result_bytes: int | None = None,
+    sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
+    queue_grace: float = DEFAULT_GRACE,
 ) -> Backend:
     """Every role, over `client` (bytes replies: see `adapters.redis_client.create_redis`),
-    under the key prefix `prefix`. Closing the connection closes the client."""
+    under the key prefix `prefix`. Closing the connection closes the client.
+
+    At most `max_queues` queue names are kept (None: no limit); idle ones unused for
+    `queue_grace` seconds are forgotten by a sweep at most every `sweep_interval` seconds
+    (see `registry.py`). A result longer than
+    `max_result_bytes` as JSON is refused (ResultTooLargeError)."""
     core = RedisCore(
         client,
         prefix=prefix,
@@ -68,6 +82,10 @@ def redis_backend(
         dead_ttl=dead_ttl,
         idempotency_ttl=idempotency_ttl,
         admission=admission,
+        max_queues=max_queues,
+        max_result_bytes=max_result_bytes,
+        sweep_interval=sweep_interval,
+        queue_grace=queue_grace,
     )
     return Backend(
         name="redis",
@@ -78,6 +96,7 @@ def redis_backend(
         monitor=RedisQueueMonitor(core),
         pauser=RedisQueuePauser(core),
         leases=RedisLeaseQueue(core),
+        watcher=core.watcher,
         shared_across_processes=True,
     )
 

@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 import attrs
+from redis.asyncio.client import Pipeline
 
 from adapters.redis_queue import scripts
 from adapters.redis_queue.codec import encode_error, encode_json
-from adapters.redis_queue.keys import QueueKeys
+from adapters.redis_queue.keys import QueueKeys, RegistryKeys
 from adapters.redis_queue.scripts import Script
 from adapters.redis_queue.submission import Item
-from domain.errors import UnstorableResultError
+from domain.errors import ResultTooLargeError, UnstorableResultError
 from domain.jobs import AttemptOutcome, Lease, error_summary
 from domain.ports import AdmissionPolicy, QueueLimits
 from domain.settlement import Ending
@@ -29,6 +30,11 @@ class ScriptCall(NamedTuple):
     script: Script
     keys: Sequence[str | bytes]
     args: Sequence[Arg]
+
+
+def evalsha(pipe: Pipeline, call: ScriptCall) -> None:
+    """Queue `call` on a pipeline (see `RedisCore.pipeline`)."""
+    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
 
 
 @attrs.frozen
@@ -128,14 +134,22 @@ _OUTCOMES: Final = {o: o.value.encode() for o in AttemptOutcome}
 _SUCCEEDED: Final = _OUTCOMES[AttemptOutcome.SUCCEEDED]
 
 
-def attempt(job_id: str | bytes, token: str | bytes, ending: Ending) -> Attempt:
+def attempt(
+    job_id: str | bytes,
+    token: str | bytes,
+    ending: Ending,
+    max_result_bytes: int | None = None,
+) -> Attempt:
     """How one attempt ended, for SETTLE. Raises UnstorableResultError for a success whose
-    result cannot be stored, and ValueError for a retry time that is not a number."""
+    result cannot be stored (ResultTooLargeError: longer, as JSON, than `max_result_bytes`),
+    and ValueError for a retry time that is not a number."""
     if ending.outcome is AttemptOutcome.SUCCEEDED:
         try:
             result = encode_json(ending.result)
         except (TypeError, ValueError, OverflowError) as exc:
             raise UnstorableResultError(str(exc)) from None
+        if max_result_bytes is not None and len(result) > max_result_bytes:
+            raise ResultTooLargeError(len(result), max_result_bytes)
         return (job_id, token, _SUCCEEDED, result)
     retry_in = b""
     if ending.retry_in is not None:
@@ -190,14 +204,57 @@ def queue_stats(keys: QueueKeys) -> ScriptCall:
     return ScriptCall(script, keys.named(script.keys), ())
 
 
-def situation(keys: QueueKeys, job_id: str) -> ScriptCall:
+def situation(keys: QueueKeys, job_id: str, now_us: int) -> ScriptCall:
+    """SITUATION of one job; `now_us` the caller's time (the script asks no TIME)."""
     script = scripts.SITUATION
-    return ScriptCall(script, keys.named(script.keys), (job_id,))
+    return ScriptCall(script, keys.named(script.keys), (job_id, now_us))
 
 
 def heartbeat(keys: QueueKeys, worker_id: str, ttl_ms: int) -> ScriptCall:
     script = scripts.HEARTBEAT
     return ScriptCall(script, keys.named(script.keys), (worker_id, ttl_ms))
+
+
+def idle(keys: QueueKeys, retention: Retention) -> ScriptCall:
+    script = scripts.IDLE
+    args = (retention.result_ttl_ms, retention.dead_ttl_ms)
+    return ScriptCall(script, keys.named(script.keys), args)
+
+
+# -- the registry of queue names (see `registry.py`) ------------------------------------------
+
+
+def register(
+    keys: RegistryKeys,
+    groups: Sequence[Sequence[tuple[str, str, bool]]],
+    *,
+    max_queues: int | None,
+    strict: bool,
+) -> ScriptCall:
+    """REGISTER of `groups` of names (each: name, its tag, whether its queue may hold jobs
+    whose ids do not start with the tag); strict: each group admitted whole or refused."""
+    script = scripts.REGISTER
+    args: list[Arg] = [_opt(max_queues), "1" if strict else "0"]
+    for number, group in enumerate(groups):
+        for name, tag, legacy in group:
+            args += (number, name, tag, "1" if legacy else "0")
+    return ScriptCall(script, keys.named(script.keys), args)
+
+
+def registry_scan(keys: RegistryKeys, cursor: str | bytes, count: int) -> ScriptCall:
+    script = scripts.REGISTRY_SCAN
+    return ScriptCall(script, keys.named(script.keys), (cursor, count))
+
+
+def forget_queues(
+    keys: RegistryKeys, names: Sequence[tuple[str, str, bytes]], *, grace_ms: int
+) -> ScriptCall:
+    """FORGET_QUEUES of `names` (name, its tag, its last use read before finding it idle)."""
+    script = scripts.FORGET_QUEUES
+    args: list[Arg] = [grace_ms]
+    for name, tag, generation in names:
+        args += (name, tag, generation)
+    return ScriptCall(script, keys.named(script.keys), args)
 
 
 def _opt(value: int | None) -> int | str:

@@ -31,6 +31,10 @@ class RedisConnection(Connection):
         managed services do), or that the admission policy's memory limit cannot be checked
         (INFO refused: every new job would be refused).
         """
+        with redis_errors():
+            # Queue names an older Conveyor registered are adopted as the process starts, so
+            # its jobs are found by id from the first read (see registry.py).
+            await self.core.registry.adopt()
         warnings = await self._memory_warnings()
         try:
             with redis_errors():

@@ -53,26 +53,22 @@ class RedisQueuePauser(QueuePauser):
         self._core = core
 
     async def pause(self, queue: str) -> None:
-        keys = self._core.keys(queue)
+        core = self._core
+        keys = core.keys(queue)
 
         def build(pipe: Pipeline) -> None:
-            pipe.sadd(self._core.queues_key, queue)
             pipe.set(keys.paused, 1)
+            evalsha(pipe, core.registry.register([[(queue, False)]]))  # after: see registry.py
 
         with redis_errors():
-            await self._core.pipeline(build)
-        self._core.known_queues.add(queue)
+            if await core.registry.admit([[queue]]):
+                raise core.registry.refusal(queue)
+            await core.pipeline(build)
 
     async def resume(self, queue: str) -> None:
-        keys = self._core.keys(queue)
-
-        def build(pipe: Pipeline) -> None:
-            pipe.sadd(self._core.queues_key, queue)
-            evalsha(pipe, calls.resume(keys))
-
+        """Registers nothing: a queue that was never paused is left as it was."""
         with redis_errors():
-            await self._core.pipeline(build)
-        self._core.known_queues.add(queue)
+            await self._core.run(calls.resume(self._core.keys(queue)))
 
 
 class RedisQueueMonitor(QueueMonitor):
@@ -111,9 +107,10 @@ class RedisQueueMonitor(QueueMonitor):
         ttl_ms = ms(ttl)
 
         def build(pipe: Pipeline) -> None:
-            pipe.sadd(core.queues_key, *queues)
             for k in keys:
                 evalsha(pipe, calls.heartbeat(k, worker_id, ttl_ms))
+            # After: a queue with a live worker is registered (see registry.py).
+            evalsha(pipe, core.registry.register([[(queue, False) for queue in queues]]))
 
         with redis_errors():
             await core.pipeline(build)

@@ -2,17 +2,20 @@
 
 Every operation is one round trip (a script call, or a pipeline), except a claim over several
 queues (one script call per queue until the limit is filled), the calls that must first find
-a job's queue (`requeue`, `cancel`, `situation`: one read, like `get`, then the script),
-`queue_stats` and `forget_worker` over every queue (the queue names first) and `list_jobs`
-(see `listing.py`). `submit` and `settle` calls made in the same event-loop tick share one
-round trip (see `batching.py`).
+a job's queue (`get`, `requeue`, `cancel`, `situation`: one or two reads whatever the number
+of queues, see `registry.py`, then the script), the first submit or pause of a queue this
+process has not registered lately (one more, see `registry.py`), `queue_stats` and
+`forget_worker` over every queue (the queue names first) and `list_jobs` (see `listing.py`).
+`submit` and `settle` calls made in the same event-loop tick share one round trip (see
+`batching.py`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
 import redis.asyncio
 from redis.asyncio.client import Pipeline
@@ -20,27 +23,30 @@ from redis.exceptions import NoScriptError
 
 from adapters.redis_queue import calls, scripts
 from adapters.redis_queue.batching import Batch, TickBatcher
-from adapters.redis_queue.calls import Attempt, Retention, ScriptCall, ms
+from adapters.redis_queue.calls import Attempt, Retention, ScriptCall, evalsha, ms
 from adapters.redis_queue.codec import RawFields, UndecodableJobError, decode_job
-from adapters.redis_queue.keys import QueueKeys, queues_key
+from adapters.redis_queue.keys import QueueKeys, finished_channel
+from adapters.redis_queue.registry import DEFAULT_GRACE, DEFAULT_SWEEP_INTERVAL, QueueRegistry
 from adapters.redis_queue.submission import Item
+from adapters.redis_queue.watch import RedisJobWatcher
 from domain.jobs import Job, Lease, is_job_id
 from domain.ports import AdmissionPolicy
+
+__all__ = ["RedisCore", "decoded_or_none", "evalsha", "lease_from", "log"]
 
 log = logging.getLogger("conveyor.redis_queue")
 
 Build = Callable[[Pipeline], None]
 
-
-def evalsha(pipe: Pipeline, call: ScriptCall) -> None:
-    """Queue `call` on a pipeline (see `RedisCore.pipeline`)."""
-    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+# The queues whose keys this process keeps made (an LRU cache: any name a client sends is
+# made once in a while, never kept for good).
+KEYS_CACHE: Final = 1024
 
 
 class RedisCore:
-    """The client, the key prefix and retentions, the keys of each queue, the queues known
-    so far, the scripts (loaded again when the server lost them), and the batcher of the
-    calls made in one event-loop tick."""
+    """The client, the key prefix and retentions, the keys of each queue (an LRU cache), the
+    registry of queue names, the scripts (loaded again when the server lost them), and the
+    batcher of the calls made in one event-loop tick."""
 
     def __init__(
         self,
@@ -51,6 +57,10 @@ class RedisCore:
         dead_ttl: float | None,
         idempotency_ttl: float,
         admission: AdmissionPolicy | None,
+        max_queues: int | None = None,
+        max_result_bytes: int | None = None,
+        sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
+        queue_grace: float = DEFAULT_GRACE,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty and hold no braces, got {prefix!r}")
@@ -66,17 +76,19 @@ class RedisCore:
         self.retention = Retention(ms(result_ttl), 0 if dead_ttl is None else ms(dead_ttl))
         self.idempotency_ttl_ms = ms(idempotency_ttl)
         self.admission = admission if admission is not None and admission.enabled else None
-        self.queues_key = queues_key(prefix)
-        self.known_queues: set[str] = set()
+        if max_result_bytes is not None and max_result_bytes < 1:
+            raise ValueError("max_result_bytes must be at least 1")
+        self.max_result_bytes = max_result_bytes
+        self.finished_channel = finished_channel(prefix)
         self.batcher = TickBatcher(self._run_batches)
         self.closed = False
-        self._keys: dict[str, QueueKeys] = {}
-
-    def keys(self, queue: str) -> QueueKeys:
-        keys = self._keys.get(queue)
-        if keys is None:
-            keys = self._keys[queue] = QueueKeys.of(self.prefix, queue)
-        return keys
+        self.keys: Callable[[str], QueueKeys] = functools.lru_cache(maxsize=KEYS_CACHE)(
+            functools.partial(QueueKeys.of, prefix)
+        )
+        self.registry = QueueRegistry(
+            self, max_queues=max_queues, sweep_interval=sweep_interval, grace=queue_grace
+        )
+        self.watcher = RedisJobWatcher(self)
 
     # -- running scripts --------------------------------------------------------------------
 
@@ -95,26 +107,30 @@ class RedisCore:
 
         redis-py's own script support in pipelines asks SCRIPT EXISTS on every execute (a
         second round trip); we EVALSHA directly and, if the server lost the scripts, load
-        them and run the pipeline again. Only when *every* script in it answered NOSCRIPT,
-        so none ran; the other commands we pipeline with scripts are idempotent reads or
-        writes (SADD, SET). (If the scripts vanished halfway through, which takes a SCRIPT
-        FLUSH landing inside the pipeline, the error is raised instead of running some
-        scripts twice.)
+        them and run again the scripts that answered NOSCRIPT (they did not run), and only
+        those, so that no command runs twice.
         """
-        for attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            build(pipe)
-            scripted = sum(1 for args, _ in pipe.command_stack if args[0] == "EVALSHA")
-            results: list[Any] = await pipe.execute(raise_on_error=False)
-            lost = sum(1 for r in results if isinstance(r, NoScriptError))
-            if attempt == 0 and lost and lost == scripted:
-                await self._load_scripts()
-                continue
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return results
-        raise AssertionError("unreachable")  # pragma: no cover
+        pipe = self.client.pipeline(transaction=False)
+        build(pipe)
+        commands = list(pipe.command_stack)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if lost:
+            # A script that answered NOSCRIPT did not run: run just those, once, after
+            # loading. Only some of them are lost when another connection reloaded the
+            # scripts while this pipeline ran (a restarted Redis under load); running the
+            # whole pipeline again would run the others twice.
+            await self._load_scripts()
+            again = self.client.pipeline(transaction=False)
+            for i in lost:
+                args, options = commands[i]
+                again.execute_command(*args, **options)
+            for i, result in zip(lost, await again.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
 
     async def _load_scripts(self) -> None:
         for script in scripts.ALL:
@@ -136,72 +152,82 @@ class RedisCore:
         return self.batcher.submit(scripts.SETTLE, queue, attempt)
 
     async def _run_batches(self, batches: Sequence[Batch]) -> list[list[Any]]:
-        def build(pipe: Pipeline) -> None:
-            for batch in batches:
-                if batch.script is scripts.SUBMIT:
-                    call = calls.submit(
-                        batch.calls,
-                        idempotency_ttl_ms=self.idempotency_ttl_ms,
-                        admission=self.admission,
+        refused = await self._admit_queues(batches)
+        # Per batch, one entry per call: where its answer is among the pipeline's (the index
+        # of its script's answer, and its place in that answer), or the refusal it gets.
+        places: list[list[tuple[int, int] | Exception]] = []
+        sends: list[ScriptCall] = []
+        numbered = 0  # submissions so far, as `_admit_queues` numbers them
+        for batch in batches:
+            if batch.script is scripts.SETTLE:
+                places.append([(len(sends), n) for n in range(len(batch.calls))])
+                sends.append(calls.settle(self.keys(batch.group), self.retention, batch.calls))
+                continue
+            if batch.script is not scripts.SUBMIT:  # pragma: no cover - only these two
+                raise AssertionError(batch.script)
+            sent: list[Sequence[Item]] = []
+            place: list[tuple[int, int] | Exception] = []
+            for items in batch.calls:
+                number, numbered = numbered, numbered + 1
+                if number in refused:
+                    place.append(self.registry.refusal(self.registry.first_new(items)))
+                else:
+                    place.append((len(sends), len(sent)))
+                    sent.append(items)
+            places.append(place)
+            if sent:
+                sends.append(
+                    calls.submit(
+                        sent, idempotency_ttl_ms=self.idempotency_ttl_ms, admission=self.admission
                     )
-                    queues = {item.queue for items in batch.calls for item in items}
-                    pipe.sadd(self.queues_key, *sorted(queues))  # idempotent: safe to resend
-                    evalsha(pipe, call)
-                elif batch.script is scripts.SETTLE:
-                    evalsha(pipe, calls.settle(self.keys(batch.group), self.retention, batch.calls))
-                else:  # pragma: no cover - only the two above are batched
-                    raise AssertionError(batch.script)
+                )
+                # After the write: its queues are registered once the caller is answered,
+                # even if a sweep forgot one in between (see `registry.py`).
+                used = {(item.queue, item.legacy) for items in sent for item in items}
+                sends.append(self.registry.register([sorted(used)]))
 
-        results = await self.pipeline(build)
-        return [r for r in results if isinstance(r, list)]  # drop the SADD answers
+        def build(pipe: Pipeline) -> None:
+            for call in sends:
+                evalsha(pipe, call)
+
+        results = await self.pipeline(build) if sends else []
+        return [
+            [p if isinstance(p, Exception) else results[p[0]][p[1]] for p in place]
+            for place in places
+        ]
+
+    async def _admit_queues(self, batches: Sequence[Batch]) -> set[int]:
+        """The submissions of these batches whose queues the registry refuses, numbered in
+        the order of the batches and their calls (see `registry.py`)."""
+        submissions = [
+            items for batch in batches if batch.script is scripts.SUBMIT for items in batch.calls
+        ]
+        if not submissions:
+            return set()
+        return await self.registry.admit([[item.queue for item in i] for i in submissions])
 
     # -- finding jobs and queues ------------------------------------------------------------
 
     async def queues(self) -> set[str]:
-        """Every queue used under the prefix."""
-        members: set[bytes] = await self.client.smembers(self.queues_key)  # type: ignore[assignment]
-        names = {m.decode() for m in members}
-        self.known_queues |= names
-        return names
+        """Every queue registered under the prefix."""
+        return await self.registry.names()
 
     async def queue_of(self, job_id: str) -> str | None:
         """The queue holding job `job_id`, or None."""
+        found = await self.find(job_id, ("status",))
+        return None if found is None else found[0]
+
+    async def find(self, job_id: str, fields: Sequence[str]) -> tuple[str, RawFields] | None:
+        """The queue holding job `job_id` and `fields` of its hash, or None."""
         if not is_job_id(job_id):
             return None
-        found = await self.read_everywhere(job_id, ("status",))
-        return next((queue for queue, (status,) in found if status is not None), None)
-
-    async def read_everywhere(
-        self, job_id: str, fields: Sequence[str]
-    ) -> list[tuple[str, RawFields]]:
-        """`fields` of the job's hash in every queue we know of, by queue name.
-
-        The job's queue is unknown: read it from every queue we know of, and the set of
-        known queues in the same round trip; look again only if that set grew.
-        """
-        searched = sorted(self.known_queues)
-
-        def build(pipe: Pipeline) -> None:
-            pipe.smembers(self.queues_key)
-            for queue in searched:
-                pipe.hmget(self.keys(queue).job(job_id), fields)
-
-        members, *found = await self.pipeline(build)
-        self.known_queues |= {m.decode() for m in members}
-        unseen = sorted(self.known_queues.difference(searched))
-        if unseen:
-
-            def build_more(pipe: Pipeline) -> None:
-                for queue in unseen:
-                    pipe.hmget(self.keys(queue).job(job_id), fields)
-
-            found += await self.pipeline(build_more)
-        return list(zip([*searched, *unseen], found, strict=True))
+        return await self.registry.find(job_id, fields)
 
     async def close(self) -> None:
         if self.closed:
             return
         self.closed = True
+        await self.watcher.close()
         await self.batcher.drain()
         await self.client.aclose()
 

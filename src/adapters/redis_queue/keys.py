@@ -21,9 +21,22 @@ one hash tag and one Redis Cluster slot):
 - ``B stale``             counter of writes rejected for a stale lease token
 - ``B workers``           zset worker id -> when its presence lapses, ms (`heartbeat`)
 
-Keys of the whole prefix ``P``: ``P:queues`` (set of queue names) and ``P:idem:<sha256 of
-the client's key>`` (string ``"<fingerprint> <job id>"``, expiring after the idempotency
-retention).
+Keys of the whole prefix ``P``: ``P:idem:<sha256 of the client's key>`` (string
+``"<fingerprint> <job id>"``, expiring after the idempotency retention), and the registry of
+queue names, whose keys share one hash tag with ``P:queues`` (``R`` = ``{P:queues}:``):
+
+- ``P:queues``            set of the queue names in use
+- ``R tags``              hash: a queue tag (`domain.jobs.queue_tag`, how a job id starts)
+                          -> the names with that tag, space-separated (nearly always one)
+- ``R touched``           hash: name -> its last use (a submit, a pause, a worker's
+                          heartbeat), ``"<ms> <generation>"``: a name is forgotten only if
+                          it was not used since its queue was found idle, nor lately
+- ``R generation``        counter behind ``touched``, so that each use is unique
+- ``R legacy``            set of the names whose queues may hold jobs whose ids do not
+                          start with their tag (made before tags, or chosen by a caller)
+- ``R sweep``             exists while a sweep of idle queues is recent (a lock with expiry)
+
+Pub/sub: scripts that finish jobs publish their ids, space-separated, on ``P:finished``.
 
 A script receives the fixed keys it touches in KEYS, by the names of `NAMES` (its header
 lists them); it derives job hashes and index keys from the key base it reads off the first.
@@ -37,6 +50,10 @@ from typing import Final
 import attrs
 
 from domain.jobs import JobStatus
+
+# The registry's keys, by the name its scripts know them by (`R.tags` in Lua): ``P:queues``,
+# then the others under its hash tag.
+REGISTRY_NAMES: Final = ("queues", "tags", "touched", "generation", "legacy", "sweep")
 
 # The fixed keys of a queue, by the name scripts know them by (`Q.active` in Lua); each is
 # the key base followed by its name.
@@ -101,6 +118,34 @@ class QueueKeys:
 def queues_key(prefix: str) -> str:
     """The set of every queue name used under `prefix`."""
     return f"{prefix}:queues"
+
+
+@attrs.frozen
+class RegistryKeys:
+    """The keys of the registry of queue names; all in one Redis Cluster slot (the one of
+    ``P:queues``, kept from before the registry had other keys)."""
+
+    queues: str
+    tags: str
+    touched: str
+    generation: str
+    legacy: str
+    sweep: str
+
+    @classmethod
+    def of(cls, prefix: str) -> RegistryKeys:
+        queues = queues_key(prefix)
+        # `{P:queues}:x` hashes to the slot of `P:queues`: Cluster hashes what is in braces.
+        return cls(queues, *(f"{{{queues}}}:{name}" for name in REGISTRY_NAMES[1:]))
+
+    def named(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """The keys called `names`, in that order (a registry script's KEYS)."""
+        return tuple(getattr(self, name) for name in names)
+
+
+def finished_channel(prefix: str) -> str:
+    """Where scripts publish the ids of the jobs they finished (`lua/lib/finished.lua`)."""
+    return f"{prefix}:finished"
 
 
 def idempotency_key(prefix: str, key: str) -> str:

@@ -137,7 +137,8 @@ class RedisLeaseQueue(LeaseQueue):
             return bool(await self._core.run(call))
 
     async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
-        attempt = calls.attempt(lease.job_id, lease.token, ending)  # raises before a write
+        # Raises before anything is written.
+        attempt = calls.attempt(lease.job_id, lease.token, ending, self._core.max_result_bytes)
         with redis_errors():
             status = await self._core.settle(lease.job.queue, attempt)
         return _STATUSES[status] if isinstance(status, bytes) else None
@@ -174,4 +175,6 @@ class RedisLeaseQueue(LeaseQueue):
 
         with redis_errors():
             moved = await self._core.pipeline(build)
+            # Now and then, forget the queues nothing uses (see registry.py).
+            await self._core.registry.maybe_sweep()
         return sum(int(m) for m in moved)

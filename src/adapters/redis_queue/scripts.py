@@ -8,7 +8,11 @@ header lines are read here as well:
   in order (``-- KEYS per queue: ...`` for SUBMIT: that group once per queue). The prelude
   binds them as ``Q.queued``, ``Q.active``, ...; `calls.py` passes them by these names, so
   the list is written once. Every ``Q.<name>`` the assembled script uses must be listed:
-  each key a script touches is visible in KEYS and shares the queue's hash tag.
+  each key a script touches is visible in KEYS and shares the queue's hash tag. A script of
+  the registry of queue names says ``-- KEYS (registry): queues tags ...`` instead: its keys
+  (`keys.REGISTRY_NAMES`) are bound as ``R.queues``, ..., without the queue's prelude.
+- ``-- Clock: caller`` (read-only scripts only) takes the time from the caller, in us, as
+  its last ARGV, instead of asking Redis (TIME is one more command per call).
 - ``-- Needs: wake order ...`` names the fragments of `lua/lib/` the body calls; a fragment
   names the fragments it calls the same way. A script is the prelude, then every fragment it
   needs (each after the ones it needs), then its body: each function a script defines costs
@@ -34,7 +38,7 @@ from typing import Final
 import attrs
 
 from adapters.redis_queue.codec import FIELDS_WITH_TOKEN, encode_error
-from adapters.redis_queue.keys import NAMES
+from adapters.redis_queue.keys import NAMES, REGISTRY_NAMES
 from domain.jobs import (
     HISTORY_LIMIT,
     PRIORITY_MAX,
@@ -138,9 +142,15 @@ _SUBSTITUTIONS: Final = {
     "LAPSE_SUMMARY": _lua_string(error_summary(_LAPSE.error)),
 }
 
-_KEYS_LINE: Final = re.compile(r"^-- KEYS( per queue)?: ([a-z_ ]+)$", re.MULTILINE)
+_KEYS_LINE: Final = re.compile(r"^-- KEYS( per queue| \(registry\))?: ([a-z_ ]+)$", re.MULTILINE)
 _NEEDS_LINE: Final = re.compile(r"^-- Needs: ([a-z_ ]+)$", re.MULTILINE)
+_CALLER_CLOCK: Final = re.compile(r"^-- Clock: caller$", re.MULTILINE)
+_REDIS_TIME: Final = (
+    "(function(t) return tonumber(t[1]) * 1000000 + tonumber(t[2]) end)(redis.call('TIME'))"
+)
+_CALLER_TIME: Final = "tonumber(ARGV[#ARGV])"
 _USED_KEY: Final = re.compile(r"\bQ\.(\w+)")
+_USED_REGISTRY_KEY: Final = re.compile(r"\bR\.(\w+)")
 _COMMENT: Final = re.compile(r"--.*$", re.MULTILINE)
 
 
@@ -149,8 +159,9 @@ class Script:
     name: str
     source: str
     sha: str
-    keys: tuple[str, ...]  # the queue keys in KEYS, by name (`keys.NAMES`)
+    keys: tuple[str, ...]  # the keys in KEYS, by name (`keys.NAMES` or `REGISTRY_NAMES`)
     per_queue: bool  # `keys` is one group per queue (SUBMIT)
+    registry: bool = False  # `keys` are the registry's, not a queue's
 
 
 def _read(*path: str) -> str:
@@ -191,21 +202,46 @@ def assemble(name: str, body: str) -> Script:
     declared = _KEYS_LINE.search(body)
     if declared is None:
         raise RuntimeError(f"lua/{name}.lua does not list its KEYS")
-    per_queue, keys = declared.group(1) is not None, tuple(declared.group(2).split())
+    keys = tuple(declared.group(2).split())
+    if declared.group(1) == " (registry)":
+        return _assemble_registry(name, body, keys)
+    per_queue = declared.group(1) is not None
     if not keys or not set(keys) <= set(NAMES):
         raise RuntimeError(f"lua/{name}.lua: unknown keys in {keys}")
     parts = [_read("lib", "prelude.lua")]
     parts += [_read("lib", f"{fragment}.lua") for fragment in _fragments(_needs(body))]
     queue_keys = ", ".join(f"{key} = KEYS[at + {n}]" for n, key in enumerate(keys, 1))
+    clock = _CALLER_TIME if _CALLER_CLOCK.search(body) else _REDIS_TIME
     source = Template("\n".join([*parts, body])).substitute(
-        _SUBSTITUTIONS, QUEUE_KEYS="{" + queue_keys + "}", GROUP_SIZE=str(len(keys))
+        _SUBSTITUTIONS,
+        QUEUE_KEYS="{" + queue_keys + "}",
+        GROUP_SIZE=str(len(keys)),
+        CLOCK=clock,
     )
     code = _COMMENT.sub("", source)
     undeclared = set(_USED_KEY.findall(code)) - set(keys)
     if undeclared:
         raise RuntimeError(f"lua/{name}.lua uses keys it does not list: {sorted(undeclared)}")
+    return _script(name, source, keys, per_queue=per_queue)
+
+
+def _assemble_registry(name: str, body: str, keys: tuple[str, ...]) -> Script:
+    if not keys or not set(keys) <= set(REGISTRY_NAMES) or _needs(body):
+        raise RuntimeError(f"lua/{name}.lua: unknown keys in {keys}, or fragments it needs")
+    bound = ", ".join(f"{key} = KEYS[{n}]" for n, key in enumerate(keys, 1))
+    source = Template(f"local R = {{{bound}}}\n{body}").substitute(_SUBSTITUTIONS)
+    code = _COMMENT.sub("", source)
+    undeclared = set(_USED_REGISTRY_KEY.findall(code)) - set(keys)
+    if undeclared or _USED_KEY.search(code):
+        raise RuntimeError(f"lua/{name}.lua uses keys it does not list: {sorted(undeclared)}")
+    return _script(name, source, keys, per_queue=False, registry=True)
+
+
+def _script(
+    name: str, source: str, keys: tuple[str, ...], *, per_queue: bool, registry: bool = False
+) -> Script:
     sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - how Redis names a script
-    return Script(name, source, sha, keys, per_queue)
+    return Script(name, source, sha, keys, per_queue, registry)
 
 
 SUBMIT: Final = load("submit")
@@ -222,6 +258,10 @@ RESUME: Final = load("resume")
 QUEUE_STATS: Final = load("queue_stats")
 SITUATION: Final = load("situation")
 HEARTBEAT: Final = load("heartbeat")
+IDLE: Final = load("idle")
+REGISTER: Final = load("register")
+REGISTRY_SCAN: Final = load("registry_scan")
+FORGET_QUEUES: Final = load("forget_queues")
 
 ALL: Final = (
     SUBMIT,
@@ -238,4 +278,8 @@ ALL: Final = (
     QUEUE_STATS,
     SITUATION,
     HEARTBEAT,
+    IDLE,
+    REGISTER,
+    REGISTRY_SCAN,
+    FORGET_QUEUES,
 )

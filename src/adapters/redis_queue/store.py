@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from adapters.redis_client import redis_errors
 from adapters.redis_queue import calls, listing
 from adapters.redis_queue.codec import FIELDS
 from adapters.redis_queue.core import RedisCore, decoded_or_none
-from domain.jobs import Job, is_job_id
+from domain.jobs import QUEUE_TAG_LENGTH, Job, is_job_id
 from domain.ports import JobPage, JobQuery, JobSituation, JobStore
 
 
@@ -15,15 +17,10 @@ class RedisJobStore(JobStore):
         self._core = core
 
     async def get(self, job_id: str) -> Job | None:
-        if not is_job_id(job_id):
-            return None
+        """One or two round trips, however many queues there are (see `registry.py`)."""
         with redis_errors():
-            found = await self._core.read_everywhere(job_id, FIELDS)
-        for _, raw in found:
-            job = decoded_or_none(raw)
-            if job is not None:
-                return job
-        return None
+            found = await self._core.find(job_id, FIELDS)
+        return None if found is None else decoded_or_none(found[1])
 
     async def list_jobs(self, query: JobQuery) -> JobPage:
         """Newest first by the time each job entered its current status (see `listing.py`)."""
@@ -38,12 +35,37 @@ class RedisJobStore(JobStore):
             )
 
     async def situation(self, job_id: str) -> JobSituation | None:
+        """One script call when this process remembers the id's tag (and the registry's
+        HGET of the tag when it does not); the script reads only what the job's status needs
+        (for a job that is not queued: the job alone)."""
         core = self._core
+        if not is_job_id(job_id):
+            return None
+        tag = job_id[:QUEUE_TAG_LENGTH]
         with redis_errors():
-            queue = await core.queue_of(job_id)
-            if queue is None:
+            tried = core.registry.cached_queues(tag)
+            for queue in tried:
+                situation = await self._situation_in(queue, job_id)
+                if situation is not None:
+                    return situation
+            for queue in await core.registry.tagged(tag):
+                if queue not in tried:
+                    situation = await self._situation_in(queue, job_id)
+                    if situation is not None:
+                        return situation
+            # An id without its queue's tag, or a queue gone: the registry's whole search.
+            found = await core.queue_of(job_id)
+            if found is None:
                 return None
-            raw, ahead, paused, workers = await core.run(calls.situation(core.keys(queue), job_id))
+            return await self._situation_in(found, job_id)
+
+    async def _situation_in(self, queue: str, job_id: str) -> JobSituation | None:
+        core = self._core
+        # The caller's clock, for which workers count as live: one command less than TIME, and
+        # skew only moves when a lapsed worker stops counting.
+        now_us = time.time_ns() // 1000
+        call = calls.situation(core.keys(queue), job_id, now_us)
+        raw, ahead, paused, workers = await core.run(call)
         job = decoded_or_none(raw)
         if job is None:
             return None
@@ -51,5 +73,5 @@ class RedisJobStore(JobStore):
             job=job,
             ahead=None if ahead < 0 else int(ahead),
             paused=bool(paused),
-            workers=int(workers),
+            workers=None if workers < 0 else int(workers),
         )

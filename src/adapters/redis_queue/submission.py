@@ -17,7 +17,7 @@ import attrs
 from adapters.redis_queue.codec import encode_job, to_micros
 from adapters.redis_queue.keys import QueueKeys, idempotency_key
 from domain.errors import AdmissionRefusedError, IdempotencyConflictError
-from domain.jobs import JobStatus
+from domain.jobs import JobStatus, queue_tag
 from domain.ports import AdmissionPolicy, NewJob, Submitted
 
 # The batching group of submissions that span queues or carry idempotency keys (no queue
@@ -42,6 +42,8 @@ class Item(NamedTuple):
     deadline_ms: int | None
     priority: int
     fields: Sequence[str | bytes]
+    # Its id does not start with its queue's tag: the registry must search the queue for it.
+    legacy: bool
 
 
 def items_of(
@@ -71,6 +73,7 @@ def items_of(
                 deadline_ms=None if job.deadline is None else _ms_ceil(to_micros(job.deadline)),
                 priority=job.priority,
                 fields=encode_job(job, with_status=False),
+                legacy=not job.id.startswith(queue_tag(job.queue)),
             )
         )
     return items
@@ -87,7 +90,10 @@ def group_of(items: Sequence[Item]) -> str:
 def answer_of(
     answer: Sequence[Any], items: Sequence[Item], admission: AdmissionPolicy | None
 ) -> list[Submitted]:
-    """The submission's outcome from SUBMIT's answer; raises what refused it."""
+    """The submission's outcome from SUBMIT's answer; raises what refused it (the answer is
+    that error when the registry refused one of its queues)."""
+    if isinstance(answer, Exception):
+        raise answer
     if answer[0] == 1:
         holders = iter(answer[2:])
         return [
@@ -110,7 +116,7 @@ def answer_of(
         raise AdmissionRefusedError(None, reason, retry_after)
     queue = _queue_named(answer[2], items)
     if kind == "depth":
-        reason = f"{int(answer[3])} jobs would be queued, over its limit of {int(answer[4])}"
+        reason = f"{int(answer[3])} jobs would be waiting, over its limit of {int(answer[4])}"
     else:
         reason = (
             f"its oldest queued job has waited {int(answer[3]) / 1000:.1f} s,"

@@ -12,7 +12,9 @@ from domain.ports import JobSubmitter, NewJob, Submitted, SubmitTraits
 
 class RedisJobSubmitter(JobSubmitter):
     """One SUBMIT script run stores the submissions of one event-loop tick (see
-    `submission.py`), with admission checked in the same script that stores the jobs.
+    `submission.py`), with admission checked in the same script that stores the jobs. The
+    queues of that tick that this process has not registered lately are first admitted by
+    the registry (the most queues, see `registry.py`).
 
     Memory admission reads ``used_memory`` from INFO inside the submitting script, so the
     check and the write are one atomic step; a server that refuses INFO to scripts
@@ -32,5 +34,4 @@ class RedisJobSubmitter(JobSubmitter):
         items = submission.items_of(jobs, prefix=core.prefix, keys_of=core.keys)
         with redis_errors():
             answer = await core.submit(items, submission.group_of(items))
-        core.known_queues.update(item.queue for item in items)
         return submission.answer_of(answer, items, core.admission)

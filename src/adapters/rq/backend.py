@@ -29,11 +29,16 @@ def rq_backend(
     dead_ttl: float = 7 * 86400.0,
     idempotency_ttl: float = 86400.0,
     admission: AdmissionPolicy | None = None,
+    max_queues: int | None = None,
+    sweep_interval: float = 10.0,
 ) -> Backend:
     """The roles RQ can play, over `client` (see `create_rq_redis`), our keys under `prefix`.
 
     Succeeded and cancelled jobs are kept `result_ttl` seconds, dead ones `dead_ttl` (RQ's
-    failure_ttl), idempotency keys `idempotency_ttl`. An enabled admission policy raises
+    failure_ttl), idempotency keys `idempotency_ttl`. At most `max_queues` queues are kept,
+    the ones nothing uses forgotten at most every `sweep_interval` seconds to make room (see
+    `RqSubmitter`). The longest result is the worker's to enforce (`build_worker`). An
+    enabled admission policy raises
     UnsupportedOperationError: RQ's enqueue has no check to add limits to, and limits set but
     not enforced would be worse than none.
     """
@@ -48,7 +53,12 @@ def rq_backend(
         connection=rq,
         store=store,
         submitter=RqSubmitter(
-            rq, result_ttl=result_ttl, dead_ttl=dead_ttl, idempotency_ttl=idempotency_ttl
+            rq,
+            result_ttl=result_ttl,
+            dead_ttl=dead_ttl,
+            idempotency_ttl=idempotency_ttl,
+            max_queues=max_queues,
+            sweep_interval=sweep_interval,
         ),
         control=RqJobControl(rq, store, result_ttl=result_ttl),
         monitor=RqQueueMonitor(rq),

@@ -9,9 +9,10 @@ dedicated thread so concurrent submissions keep their order.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 import redis
@@ -27,6 +28,8 @@ from domain.errors import UnsafeBackendError
 from domain.ports import Connection
 
 T = TypeVar("T")
+
+_CACHED: Final = 1024
 
 
 @attrs.frozen
@@ -57,39 +60,38 @@ class RqConnection(Connection):
         self.seq_key = f"{prefix}:rq:seq"
         # The names of our queues some process said it serves (see `QueueKeys.presence`).
         self.presence_key = f"{prefix}:rq:presence"
+        # Our queues' names: every queue a job was stored in, until forgotten (the most
+        # queues are counted here).
+        self.queues_key = f"{prefix}:rq:queues"
         self.present_script = client.register_script(PRESENT)
-        self._queues: dict[str, Queue] = {}
-        self._keys: dict[str, QueueKeys] = {}
+        # What we make per queue is cached, but only so many: any name a client sends is
+        # made once in a while, never kept for good.
+        self.queue: Callable[[str], Queue] = functools.lru_cache(maxsize=_CACHED)(self._queue)
+        self.keys: Callable[[str], QueueKeys] = functools.lru_cache(maxsize=_CACHED)(self._keys)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rq-queue-writer")
         self._closed = False
 
-    def queue(self, name: str) -> Queue:
+    def _queue(self, name: str) -> Queue:
         """RQ's queue for our queue `name`."""
-        queue = self._queues.get(name)
-        if queue is None:
-            queue = self._queues[name] = Queue(
-                rq_queue_name(self.prefix, name),
-                connection=self.client,
-                job_class=ConveyorRqJob,
-                serializer=SERIALIZER,
-            )
-        return queue
+        return Queue(
+            rq_queue_name(self.prefix, name),
+            connection=self.client,
+            job_class=ConveyorRqJob,
+            serializer=SERIALIZER,
+        )
 
-    def keys(self, name: str) -> QueueKeys:
-        keys = self._keys.get(name)
-        if keys is None:
-            queue = self.queue(name)
-            keys = self._keys[name] = QueueKeys(
-                queue=queue.key,
-                scheduled=queue.scheduled_job_registry.key,
-                started=queue.started_job_registry.key,
-                finished=queue.finished_job_registry.key,
-                failed=queue.failed_job_registry.key,
-                canceled=queue.canceled_job_registry.key,
-                workers=worker_registration.WORKERS_BY_QUEUE_KEY % queue.name,
-                presence=f"{self.presence_key}:{name}",
-            )
-        return keys
+    def _keys(self, name: str) -> QueueKeys:
+        queue = self.queue(name)
+        return QueueKeys(
+            queue=queue.key,
+            scheduled=queue.scheduled_job_registry.key,
+            started=queue.started_job_registry.key,
+            finished=queue.finished_job_registry.key,
+            failed=queue.failed_job_registry.key,
+            canceled=queue.canceled_job_registry.key,
+            workers=worker_registration.WORKERS_BY_QUEUE_KEY % queue.name,
+            presence=f"{self.presence_key}:{name}",
+        )
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in a thread; QueueUnavailableError when Redis cannot be reached."""

@@ -36,7 +36,7 @@ from adapters.rq.codec import PROGRESS, SERIALIZER, job_args, job_from_args, met
 from adapters.rq.context import RqJobContext
 from adapters.rq.jobs import ConveyorRqJob
 from adapters.rq.settling import cancel_requested, settle, settle_unstarted
-from domain.errors import UnstorableResultError
+from domain.errors import ResultTooLargeError, UnstorableResultError
 from domain.job_types import JobContext, JobType, JobTypeRegistry
 from domain.jobs import AttemptOutcome, Job, JobError, JobStatus, JSONObject, JSONValue, Lease
 from domain.ports import AttemptReporter
@@ -54,15 +54,23 @@ class Runtime:
     random: Random
     # How long a timed-out handler gets to stop once cancelled (`JobProcessor`).
     timeout_grace: float
+    # The longest result kept, as JSON (None: no limit).
+    max_result_bytes: int | None = None
 
 
 _runtime: Runtime | None = None
 
 
-def configure(registry: JobTypeRegistry, *, random: Random, timeout_grace: float) -> None:
+def configure(
+    registry: JobTypeRegistry,
+    *,
+    random: Random,
+    timeout_grace: float,
+    max_result_bytes: int | None = None,
+) -> None:
     """Set what `execute` runs with; the worker calls it before it forks work-horses."""
     global _runtime
-    _runtime = Runtime(registry, random, timeout_grace)
+    _runtime = Runtime(registry, random, timeout_grace, max_result_bytes)
 
 
 class AttemptFailedError(Exception):
@@ -92,7 +100,7 @@ def execute(type_name: object, payload: object, envelope: object) -> JSONValue:
     job = rq_job.planned_attempt
     if job is None or job.attempts != attempts:
         job = attrs.evolve(rq_job.stored_job(), status=JobStatus.ACTIVE, attempts=attempts)
-    reporter = RqReporter(rq_job)
+    reporter = RqReporter(rq_job, runtime.max_result_bytes)
     processor = JobProcessor(
         reporter, runtime.registry, runtime.random, cancel_grace=runtime.timeout_grace
     )
@@ -110,8 +118,9 @@ class RqReporter(AttemptReporter):
     RQ has no leases: the job's own id serves as its lease token, and every report counts.
     """
 
-    def __init__(self, rq_job: ConveyorRqJob) -> None:
+    def __init__(self, rq_job: ConveyorRqJob, max_result_bytes: int | None = None) -> None:
         self._rq_job = rq_job
+        self._max_result_bytes = max_result_bytes
 
     async def set_progress(self, lease: Lease, progress: int) -> bool:
         rq_job = self._rq_job
@@ -128,9 +137,12 @@ class RqReporter(AttemptReporter):
     async def settle(self, lease: Lease, ending: Ending) -> JobStatus:
         if ending.outcome is AttemptOutcome.SUCCEEDED:
             try:
-                SERIALIZER.dumps(ending.result)  # what RQ will store it with
+                stored = SERIALIZER.dumps(ending.result)  # what RQ will store it with
             except (TypeError, ValueError) as exc:
                 raise UnstorableResultError(str(exc)) from None
+            limit = self._max_result_bytes
+            if limit is not None and len(stored) > limit:
+                raise ResultTooLargeError(len(stored), limit)
             # A success wins over a cancel request: no need to read one.
             asked = False
         else:

@@ -122,7 +122,11 @@ class RqQueueMonitor(QueueMonitor):
         if not queues:
             return
         names = list(queues)
-        keys = [self._rq.presence_key, *(self._rq.keys(name).presence for name in names)]
+        keys = [
+            self._rq.presence_key,
+            self._rq.queues_key,
+            *(self._rq.keys(name).presence for name in names),
+        ]
         args = [worker_id, repr(float(ttl)), *names]
         await self._rq.read(self._heartbeat_script, keys, args)
 

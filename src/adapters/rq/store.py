@@ -156,6 +156,8 @@ class RqJobStore(JobStore):
         _, job = self.read_one(job_id)
         if job is None:
             return None
+        if job.status is not JobStatus.QUEUED:  # nothing else explains why it waits
+            return JobSituation(job=job, ahead=None, paused=False, workers=None)
         keys = self._rq.keys(job.queue)
         client = self._rq.client
         with client.pipeline(transaction=False) as pipe:

@@ -319,15 +319,19 @@ def build_worker(
     random: Random,
     follow_parent: FollowParent | None = None,
     worker_class: type[ConveyorBaseWorker] | None = None,
+    max_result_bytes: int | None = None,
 ) -> ConveyorBaseWorker:
     """An RQ worker for our queues, running `registry`'s job types.
 
     `timeout_grace`: how long a timed-out handler gets to stop once cancelled (keep it well
     under `store.HARD_TIMEOUT_GRACE`); `cancel_grace`: how long a handler gets to stop after
     its job's cancellation was asked for; `random` draws retry delays; `follow_parent` runs in
-    the work-horse and the scheduler process as each starts.
+    the work-horse and the scheduler process as each starts; a result longer than
+    `max_result_bytes` as JSON fails its attempt (ResultTooLargeError, not retried).
     """
-    dispatcher.configure(registry, random=random, timeout_grace=timeout_grace)
+    dispatcher.configure(
+        registry, random=random, timeout_grace=timeout_grace, max_result_bytes=max_result_bytes
+    )
     if worker_class is None:
         worker_class = ConveyorWorker if config.kind is WorkerKind.FORK else ConveyorSimpleWorker
     settler = SettleUnsettled(registry, random)

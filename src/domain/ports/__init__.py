@@ -20,6 +20,7 @@ from domain.ports.submit import (
     store_new,
 )
 from domain.ports.system import Clock, EmailMessage, EmailSender
+from domain.ports.watch import JobWatcher, Watch
 
 __all__ = [
     "ROLE_NAMES",
@@ -37,6 +38,7 @@ __all__ = [
     "JobSituation",
     "JobStore",
     "JobSubmitter",
+    "JobWatcher",
     "LeaseQueue",
     "NewJob",
     "QueueLimits",
@@ -45,5 +47,6 @@ __all__ = [
     "QueueStats",
     "SubmitTraits",
     "Submitted",
+    "Watch",
     "store_new",
 ]

@@ -12,6 +12,7 @@ from domain.ports.control import JobControl, QueueMonitor, QueuePauser
 from domain.ports.leases import LeaseQueue
 from domain.ports.store import JobStore
 from domain.ports.submit import JobSubmitter
+from domain.ports.watch import JobWatcher
 
 
 class Connection(abc.ABC):
@@ -58,6 +59,9 @@ class Backend:
     monitor: QueueMonitor | None = None
     pauser: QueuePauser | None = None
     leases: LeaseQueue | None = None
+    # Wakes readers waiting for a job to finish; without it they look again now and then.
+    # (No operation needs it, so its absence is not a missing role: no 501 names it.)
+    watcher: JobWatcher | None = None
     # API and workers in separate processes see the same jobs (False: one process only).
     shared_across_processes: bool = True
 

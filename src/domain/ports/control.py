@@ -35,7 +35,10 @@ class QueuePauser(abc.ABC):
 
     @abc.abstractmethod
     async def pause(self, queue: str) -> None:
-        """Stop claims from `queue` (it still accepts jobs) until `resume`."""
+        """Stop claims from `queue` (it still accepts jobs) until `resume`.
+
+        Raises TooManyQueuesError, changing nothing, when `queue` would be one more queue
+        than the backend keeps."""
 
     @abc.abstractmethod
     async def resume(self, queue: str) -> None:
@@ -56,7 +59,10 @@ class QueueMonitor(abc.ABC):
 
     @abc.abstractmethod
     async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
-        """Figures per queue, by name; every queue the backend knows of when None."""
+        """Figures per queue, by name; every queue the backend knows of when None.
+
+        A queue that holds no job, is not paused and that no live worker serves is forgotten
+        in time: it is no longer listed, nor counted against the most queues kept."""
 
     @abc.abstractmethod
     async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:

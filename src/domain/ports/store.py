@@ -29,12 +29,13 @@ class JobPage:
 
 @attrs.frozen(kw_only=True)
 class JobSituation:
-    """A job and what decides when it runs: what `waiting_reason` is derived from."""
+    """A job and what decides when it runs: what `waiting_reason` is derived from. Only a
+    queued job's situation matters; for another, a backend may leave the rest unread."""
 
     job: Job
     ahead: int | None  # jobs claimed before it, when it is queued
     paused: bool  # its queue is paused
-    workers: int | None  # live workers serving its queue; None when unknown
+    workers: int | None  # live workers serving its queue; None when unknown (or not needed)
 
 
 class JobStore(abc.ABC):
@@ -50,4 +51,5 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def situation(self, job_id: str) -> JobSituation | None:
-        """The job and what decides when it runs, or None if there is no such job."""
+        """The job and what decides when it runs, or None if there is no such job: what a
+        reader of one job asks for, in one read where the backend can."""

@@ -33,7 +33,9 @@ class Submitted:
 class QueueLimits:
     """Admission limits of one queue; None means no limit."""
 
-    max_depth: int | None = None  # jobs queued (ready to claim)
+    # Jobs waiting in the queue: queued, scheduled (however far ahead), or waiting for a
+    # retry. Not the ones running or finished.
+    max_depth: int | None = None
     max_age: float | None = None  # seconds the oldest queued job has waited
 
 
@@ -80,7 +82,9 @@ class JobSubmitter(abc.ABC):
 
         A job whose idempotency key is held answers the job stored under it (created False);
         with a different fingerprint, IdempotencyConflictError and nothing is stored. With
-        an admission policy, AdmissionRefusedError and nothing is stored. A job whose id
+        an admission policy, AdmissionRefusedError and nothing is stored; past the backend's
+        most queues, TooManyQueuesError (an AdmissionRefusedError) for a job that would open
+        one, and nothing is stored. A job whose id
         exists is not stored again (created False). QueueUnavailableError if the backend is
         down.
         """

@@ -79,8 +79,9 @@ UNAVAILABLE: Final = problem("The job store is unreachable; retry after `Retry-A
 BAD_PARAMETER: Final = problem("A parameter has the wrong shape.")
 NO_JOB: Final = problem("No job has this id (or it is not a job id).")
 OVER_LIMIT: Final = problem(
-    "A queue (or the job store) is over its admission limit: nothing was stored; retry after "
-    "`Retry-After` seconds."
+    "A queue (or the job store) is over its admission limit (`over-limit`), or a job would "
+    "open one more queue than the most kept (`too-many-queues`): nothing was stored; retry "
+    "after `Retry-After` seconds."
 )
 
 

@@ -25,6 +25,7 @@ from domain.errors import (
     InvalidTransitionError,
     JobNotFoundError,
     QueueUnavailableError,
+    TooManyQueuesError,
     UnknownJobTypeError,
     UnsupportedOperationError,
 )
@@ -127,6 +128,14 @@ def _to_problem(request: Request[Any, Any, Any], exc: Exception) -> tuple[Proble
                 instance,
                 [FieldError(path, "already used for a different submission")],
             ), {}
+        case TooManyQueuesError():
+            detail = (
+                f"queue {exc.queue!r} would be one more than the {exc.limit} queues kept"
+                " (CONVEYOR_MAX_QUEUES); use an existing queue, or retry once unused ones"
+                " (no job, not paused, no live worker) have been forgotten"
+            )
+            problem = _problem(HTTPStatus.TOO_MANY_REQUESTS, "too-many-queues", detail, instance)
+            return problem, retry_after(exc.retry_after)
         case AdmissionRefusedError():
             where = "the job store" if exc.queue is None else f"queue {exc.queue!r}"
             detail = f"{where} is over its admission limit ({exc.reason}); retry later"

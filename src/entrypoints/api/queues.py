@@ -79,6 +79,10 @@ class QueuesController(Controller):
         responses={
             400: BAD_PARAMETER,
             404: _NO_QUEUE,
+            429: problem(
+                "The queue would be one more than the most kept (`CONVEYOR_MAX_QUEUES`): "
+                "nothing changed; see `Retry-After`."
+            ),
             501: unsupported("pause queues"),
             503: UNAVAILABLE,
         },

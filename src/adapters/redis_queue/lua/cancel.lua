@@ -7,7 +7,8 @@
 -- ARGV[2] result retention, ms
 -- Returns {1, fields} (the FIELDS values, then its token) cancelled or asked to stop;
 -- {0, status} refused, the job has finished; {0} no such job.
--- Needs: retain
+-- Publishes the id of a job it cancelled (`finished`).
+-- Needs: retain finished
 local id = ARGV[1]
 local key = job_key(id)
 local CANCELLABLE = $CANCELLABLE
@@ -21,6 +22,7 @@ if CANCELLABLE[f[1]] then
   redis.call('HSET', key, 'status', $CANCELLED, 'finished_at', now)
   reindex(id, f[1], $CANCELLED)
   retain(key, tonumber(ARGV[2]))
+  finish(id)
 elseif STOPS_FROM[f[1]] then
   if not f[2] then
     redis.call('HSET', key, 'cancel_requested_at', now)
@@ -29,4 +31,5 @@ elseif STOPS_FROM[f[1]] then
 else
   return {0, f[1]}
 end
+publish_finished()
 return {1, redis.call('HMGET', key, $FIELDS)}

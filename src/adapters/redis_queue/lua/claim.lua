@@ -12,8 +12,9 @@
 -- (only computed when nothing was claimed).
 --
 -- Ids in `queued` whose hash is gone or whose status cannot be claimed are dropped; a job
--- whose deadline has passed expires instead of being claimed.
--- Needs: maintain wake retain deadline batch
+-- whose deadline has passed expires instead of being claimed. Publishes the ids of the jobs
+-- it finished (`finished`).
+-- Needs: maintain wake retain deadline batch finished
 local CLAIMABLE = $CLAIMABLE
 local limit = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
@@ -40,6 +41,7 @@ if redis.call('EXISTS', Q.paused) == 0 then
         redis.call('HSET', key, 'status', $EXPIRED, 'finished_at', now)
         reindex(id, f[1], $EXPIRED)
         retain(key, result_ttl)
+        finish(id)
       elseif CLAIMABLE[f[1]] then
         -- The attempt is counted now, so a job that kills its worker still uses one up.
         local attempts = (tonumber(f[2]) or 0) + 1
@@ -71,4 +73,5 @@ else
   if a[2] and (next_at == nil or tonumber(a[2]) < next_at) then next_at = tonumber(a[2]) end
   if next_at then wake_in = math.max(0, next_at - now_ms) end
 end
+publish_finished()
 return {jobs, wake_in}

@@ -12,7 +12,8 @@
 --   retry in: seconds until a retry (a decimal number), or '' when no retry time is known,
 --   summary: the error's line in the job's history, or ''
 -- Returns one value per attempt, in order: the status the job was given, or 0 (counted as
--- a stale write) when the token is not the job's current lease.
+-- a stale write) when the token is not the job's current lease. Publishes the ids of the
+-- jobs it finished (`finished`).
 -- Needs: settlement batch forget wake
 local result_ttl, dead_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local answers, ended_ids, to, stale, succeeded = {}, {}, {}, 0, 0
@@ -44,4 +45,5 @@ if to[$QUEUED] then wake() end
 if stale > 0 then redis.call('INCRBY', Q.stale, stale) end
 -- Forget the results past their retention, a few per success (recover does the rest).
 if succeeded > 0 then forget($SUCCEEDED, result_ttl, $INDEX_TRIM_BATCH * succeeded) end
+publish_finished()
 return answers

@@ -11,8 +11,8 @@
 -- ARGV[1] idempotency retention, ms
 -- ARGV[2] the most used_memory (bytes) new jobs are admitted under, or '' for no limit
 -- ARGV[3] NQ, the number of queues, then per queue (numbered 1..NQ, as their KEYS groups):
---   the most jobs it may hold queued or '', the longest its oldest queued job may have
---   waited (ms) or ''
+--   the most jobs it may hold waiting (queued, scheduled, or due for a retry) or '', the
+--   longest its oldest queued job may have waited (ms) or ''
 -- then the number of submissions, then per submission: its number of jobs, then per job:
 --   queue number, job id, the position in KEYS of its idempotency key or '', fingerprint,
 --   run_at ms or '', deadline ms or '', priority, m, and m hash field/value arguments
@@ -22,7 +22,7 @@
 --     (a job with its id exists), 'k' not stored: its idempotency key holds a job, whose id
 --     follows (one id per 'k', in order);
 --   {0, 'conflict', i}: job i (from 0) reuses an idempotency key with another fingerprint;
---   {0, 'depth', base, queued jobs with these, limit}, {0, 'age', base, oldest queued job's
+--   {0, 'depth', base, jobs waiting with these, limit}, {0, 'age', base, oldest queued job's
 --     age ms, limit}: the queue of key base `base` is over a limit;
 --   {0, 'memory', used_memory (-1: INFO refused), limit}: the server is over its limit.
 -- A submission refused writes nothing. A job whose run_at is still ahead is `scheduled`,
@@ -75,7 +75,11 @@ local function admit(fresh)
   for qn = 1, nq do
     local n, q = per_queue[qn], queues[qn]
     if n and q.depth then
-      local depth = redis.call('ZCARD', q.keys.queued) + #writes[qn].queued + n
+      -- Every job waiting in the queue counts: queued, scheduled however far ahead, or
+      -- waiting for a retry (the last two are in `delayed`).
+      local w = writes[qn]
+      local depth = redis.call('ZCARD', q.keys.queued) + redis.call('ZCARD', q.keys.delayed)
+        + #w.queued + #w.scheduled + n
       if depth > q.depth then return {0, 'depth', q.base, depth, q.depth} end
     end
     if n and q.age then

@@ -1,5 +1,5 @@
 -- maintain: what time moves in a queue, run by every claim and recover.
--- Needs: retain deadline order batch settlement
+-- Needs: retain deadline order batch settlement finished
 
 -- Expire waiting jobs past their deadline, promote due retries and scheduled jobs, settle
 -- lapsed leases: at most $MAINTENANCE_BATCH of each per call, so a call stays short however
@@ -21,6 +21,7 @@ local function maintain(result_ttl, dead_ttl)
       redis.call('HSET', key, 'status', $EXPIRED, 'finished_at', now)
       reindex(id, status, $EXPIRED)
       retain(key, result_ttl)
+      finish(id)
       moved = moved + 1
     end
   end

@@ -6,14 +6,14 @@
 -- (`{prefix:queue}:`) is read off the first of them, and the keys of its jobs and indexes
 -- are derived from it, so every key a script touches shares the queue's hash tag. Times come
 -- from the Redis clock, so every process agrees on them; scripts are replicated by effects,
--- so TIME is safe.
+-- so TIME is safe. (A read-only script may say `-- Clock: caller`: it then takes the time,
+-- in us, from its last ARGV and asks no TIME; see `scripts.py`.)
 
 -- The keys of the queue whose KEYS start after position `at`.
 local function queue_keys(at) return $QUEUE_KEYS end
 local Q = queue_keys(0)
 local base = string.match(KEYS[1], '^(%b{}:)')
-local t = redis.call('TIME')
-local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_us = $CLOCK
 local now_ms = math.floor(now_us / 1000)
 local function int(x) return string.format('%.0f', x) end
 local now = int(now_us)

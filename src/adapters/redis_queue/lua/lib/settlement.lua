@@ -1,6 +1,6 @@
 -- settlement: end an active attempt by `decide`, and store what `domain.settlement.settle_job`
 -- makes of the job, plus the queue's own bookkeeping (its lines, sets and retention).
--- Needs: decide retain deadline order history
+-- Needs: decide retain deadline order history finished
 local FINISHED = $FINISHED
 local WAITING = $WAITING
 local SETTLES_FROM = $SETTLES_FROM
@@ -32,6 +32,7 @@ local function settle(id, key, f, outcome, retry_in, data, summary, result_ttl, 
     redis.call('HSET', key, 'status', status, 'result', data, 'progress', 100,
                'finished_at', now)
     retain(key, result_ttl)
+    finish(id)
     return status
   end
   local w = {'status', status, 'history', ended(key, recorded, summary)}
@@ -59,6 +60,9 @@ local function settle(id, key, f, outcome, retry_in, data, summary, result_ttl, 
   if WAITING[status] and deadline then
     redis.call('ZADD', Q.deadlines, deadline_ms(deadline), id)
   end
-  if FINISHED[status] then retain(key, status == $DEAD and dead_ttl or result_ttl) end
+  if FINISHED[status] then
+    retain(key, status == $DEAD and dead_ttl or result_ttl)
+    finish(id)
+  end
   return status
 end
