@@ -479,6 +479,63 @@ def test_a_cancel_request_is_acted_on_once_the_queue_answers_again() -> None:
     asyncio.run(scenario())
 
 
+class FullStore(ForwardingLeases):
+    """A store that, while `full`, refuses what a full Redis refuses (claims, settlements),
+    and renews leases, as Redis does (see lua/renew.lua)."""
+
+    def __init__(self, inner: LeaseQueue) -> None:
+        super().__init__(inner)
+        self.full = False
+        self.refused: Counter[str] = Counter()
+        self.renewed_while_full = 0
+
+    def _refuse(self, what: str) -> None:
+        if self.full:
+            self.refused[what] += 1
+            raise QueueUnavailableError("redis is out of memory", retry_after=5.0)
+
+    async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
+        self._refuse("claim")
+        return await super().claim(request)
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
+        self.renewed_while_full += self.full
+        return await super().renew(leases, lease_seconds)
+
+    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
+        self._refuse("settle")
+        return await super().settle(lease, ending)
+
+
+def test_a_full_store_pauses_claims_and_settlements_and_the_worker_carries_on_after() -> None:
+    async def scenario() -> None:
+        rig = Rig(leases=FullStore, lease_seconds=0.6)
+        store = rig.leases
+        assert isinstance(store, FullStore)
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        first = await rig.submit("dummy", {"mode": "sleep", "seconds": 0.2})
+        await rig.until_status(first, JobStatus.ACTIVE)
+        store.full = True
+        await asyncio.sleep(0.1)  # a claim already under way when Redis filled up ends
+        waiting = await rig.submit("dummy", {"mode": "succeed"})
+        await asyncio.sleep(1.5)  # the handler is done; its lease outlived twice over
+        assert await rig.status(first) is JobStatus.ACTIVE  # its result waits to be written
+        assert await rig.status(waiting) is JobStatus.QUEUED
+        assert store.refused["settle"] >= 2
+        assert store.refused["claim"] >= 1
+        assert store.renewed_while_full >= 2
+        assert not running.done()
+        store.full = False
+        await rig.until_status(first, JobStatus.SUCCEEDED)
+        await rig.until_status(waiting, JobStatus.SUCCEEDED, within=10.0)
+        assert (await rig.service.get(first)).attempts == 1  # it ran once
+        stop.set()
+        await asyncio.wait_for(running, 5)
+
+    asyncio.run(scenario())
+
+
 # -- what a handler can read -------------------------------------------------------------------
 
 
