@@ -158,6 +158,7 @@ class Container(containers.DeclarativeContainer):
         registry=registry,
         random=providers.Object(random.random),
         clock=clock,
+        expose_tracebacks=config.expose_tracebacks,
     )
 
 
@@ -171,6 +172,7 @@ def build_container(settings: Settings, *, redis_socket_timeout: float | None = 
             "dead_ttl_seconds": settings.dead_ttl_seconds,
             "idempotency_ttl_seconds": settings.idempotency_ttl_seconds,
             "redis_timeout": settings.redis_timeout,
+            "expose_tracebacks": settings.expose_tracebacks,
         }
     )
     container.redis_socket_timeout.override(

@@ -66,6 +66,9 @@ class Settings:
     log_format: LogFormat = LogFormat.CONSOLE
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # What clients see: a failed attempt's traceback names server paths, so it is kept on
+    # the job (and shown) only when an operator asks for it; the log always has it.
+    expose_tracebacks: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -112,6 +115,7 @@ class Settings:
             log_format=read("LOG_FORMAT", LogFormat, LogFormat.CONSOLE),
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
+            expose_tracebacks=read("CONVEYOR_EXPOSE_TRACEBACKS", _flag, False),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -161,6 +165,13 @@ def _non_negative(kind: Callable[[str], T]) -> Callable[[str], T]:
         return value
 
     return parse
+
+
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+        raise ValueError("must be 1 or 0")
+    return value in {"1", "true", "yes", "on"}
 
 
 def _port(raw: str) -> int:

@@ -104,3 +104,18 @@ def test_admission_limits_on_rq_stop_start_up_with_a_message() -> None:
         Settings.from_env(
             {"QUEUE_BACKEND": "rq", "CONVEYOR_QUEUE_LIMITS": '{"*": {"max_depth": 10}}'}
         )
+
+
+def test_tracebacks_are_hidden_from_clients_unless_exposed() -> None:
+    assert Settings.from_env({}).expose_tracebacks is False
+    assert Settings.from_env({"CONVEYOR_EXPOSE_TRACEBACKS": "1"}).expose_tracebacks is True
+    assert Settings.from_env({"CONVEYOR_EXPOSE_TRACEBACKS": "0"}).expose_tracebacks is False
+    with pytest.raises(SettingsError, match="CONVEYOR_EXPOSE_TRACEBACKS"):
+        Settings.from_env({"CONVEYOR_EXPOSE_TRACEBACKS": "maybe"})
+
+
+def test_the_settings_clients_meet_are_documented_in_env_example() -> None:
+    from pathlib import Path
+
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    assert "CONVEYOR_EXPOSE_TRACEBACKS=0" in example

@@ -21,6 +21,7 @@ from domain.ports import Backend, ClaimRequest, LeaseQueue, QueueMonitor, QueueS
 from domain.processing import JobProcessor
 from domain.settlement import Ending
 from domain.submission import Submission
+from entrypoints.logs import JsonFormatter
 from entrypoints.settings import parse_weighted_queues
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.config import WorkerConfig, claim_order
@@ -266,6 +267,31 @@ def test_a_failed_attempt_is_logged_and_audited_as_the_status_the_backend_stored
     endings = [r.getMessage() for r in caplog.records if r.getMessage().startswith("job ")]
     assert endings[-1] == said
     assert endings.count("job failed, will retry") == (audited == "failed")
+
+
+def test_a_handlers_traceback_goes_to_the_log_in_the_projects_format(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        job_id = await rig.submit("dummy", {"mode": "fatal"})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus.DEAD)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        error = (await rig.service.get(job_id)).error
+        assert error is not None
+        assert error.traceback is None  # the job keeps the type and message only
+
+    with caplog.at_level(logging.INFO, logger="conveyor.worker"):
+        asyncio.run(scenario())
+
+    (dead,) = [r for r in caplog.records if r.getMessage() == "job dead"]
+    line = json.loads(JsonFormatter().format(dead))
+    assert line["error_type"] == "NonRetryableError"
+    assert "Traceback (most recent call last)" in line["exception"]
+    assert "dummy.py" in line["exception"]
 
 
 def test_a_handler_that_ignores_its_timeout_retires_the_process() -> None:

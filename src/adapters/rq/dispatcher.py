@@ -54,15 +54,23 @@ class Runtime:
     random: Random
     # How long a timed-out handler gets to stop once cancelled (`JobProcessor`).
     timeout_grace: float
+    # Keep a failed handler's traceback on the job (`JobProcessor`).
+    expose_tracebacks: bool = False
 
 
 _runtime: Runtime | None = None
 
 
-def configure(registry: JobTypeRegistry, *, random: Random, timeout_grace: float) -> None:
+def configure(
+    registry: JobTypeRegistry,
+    *,
+    random: Random,
+    timeout_grace: float,
+    expose_tracebacks: bool = False,
+) -> None:
     """Set what `execute` runs with; the worker calls it before it forks work-horses."""
     global _runtime
-    _runtime = Runtime(registry, random, timeout_grace)
+    _runtime = Runtime(registry, random, timeout_grace, expose_tracebacks)
 
 
 class AttemptFailedError(Exception):
@@ -94,7 +102,11 @@ def execute(type_name: object, payload: object, envelope: object) -> JSONValue:
         job = attrs.evolve(rq_job.stored_job(), status=JobStatus.ACTIVE, attempts=attempts)
     reporter = RqReporter(rq_job)
     processor = JobProcessor(
-        reporter, runtime.registry, runtime.random, cancel_grace=runtime.timeout_grace
+        reporter,
+        runtime.registry,
+        runtime.random,
+        cancel_grace=runtime.timeout_grace,
+        expose_tracebacks=runtime.expose_tracebacks,
     )
     result = loop.run(_process(processor, reporter, rq_job, Lease(job, rq_job.id)))
     if result.status is JobStatus.SUCCEEDED:

@@ -319,15 +319,19 @@ def build_worker(
     random: Random,
     follow_parent: FollowParent | None = None,
     worker_class: type[ConveyorBaseWorker] | None = None,
+    expose_tracebacks: bool = False,
 ) -> ConveyorBaseWorker:
     """An RQ worker for our queues, running `registry`'s job types.
 
     `timeout_grace`: how long a timed-out handler gets to stop once cancelled (keep it well
     under `store.HARD_TIMEOUT_GRACE`); `cancel_grace`: how long a handler gets to stop after
     its job's cancellation was asked for; `random` draws retry delays; `follow_parent` runs in
-    the work-horse and the scheduler process as each starts.
+    the work-horse and the scheduler process as each starts; `expose_tracebacks` keeps a
+    failed handler's traceback on the job.
     """
-    dispatcher.configure(registry, random=random, timeout_grace=timeout_grace)
+    dispatcher.configure(
+        registry, random=random, timeout_grace=timeout_grace, expose_tracebacks=expose_tracebacks
+    )
     if worker_class is None:
         worker_class = ConveyorWorker if config.kind is WorkerKind.FORK else ConveyorSimpleWorker
     settler = SettleUnsettled(registry, random)

@@ -102,6 +102,7 @@ class JobsController(Controller):
         self,
         request: Request[Any, Any, Any],
         jobs: NamedDependency[JobService],
+        settings: NamedDependency[Settings],
         idempotency_key: Annotated[
             str | None,
             header_parameter(
@@ -121,7 +122,7 @@ class JobsController(Controller):
             # One job, so no batch index: the conflict is the header's.
             raise IdempotencyConflictError(conflict.key) from None
         return Response(
-            JobView.from_domain(accepted.job),
+            JobView.from_domain(accepted.job, tracebacks=settings.expose_tracebacks),
             status_code=HTTPStatus.ACCEPTED,
             headers=_accepted_headers(accepted),
         )
@@ -160,7 +161,8 @@ class JobsController(Controller):
         seconds = wait_seconds(wait, settings.wait_max_seconds)
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
-        return JobView.from_details(await jobs.details(job_id, wait=seconds))
+        details = await jobs.details(job_id, wait=seconds)
+        return JobView.from_details(details, tracebacks=settings.expose_tracebacks)
 
     @post(
         "/{job_id:str}/cancel",
@@ -186,14 +188,15 @@ class JobsController(Controller):
         },
     )
     async def cancel_job(
-        self, job_id: JobId, jobs: NamedDependency[JobService]
+        self, job_id: JobId, jobs: NamedDependency[JobService], settings: NamedDependency[Settings]
     ) -> Response[JobView]:
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
         job = await jobs.cancel(job_id)
         done = job.status is JobStatus.CANCELLED
         return Response(
-            JobView.from_domain(job), status_code=HTTPStatus.OK if done else HTTPStatus.ACCEPTED
+            JobView.from_domain(job, tracebacks=settings.expose_tracebacks),
+            status_code=HTTPStatus.OK if done else HTTPStatus.ACCEPTED,
         )
 
     @post(
@@ -211,13 +214,13 @@ class JobsController(Controller):
         },
     )
     async def retry_job(
-        self, job_id: JobId, jobs: NamedDependency[JobService]
+        self, job_id: JobId, jobs: NamedDependency[JobService], settings: NamedDependency[Settings]
     ) -> Response[JobView]:
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
         job = await jobs.retry(job_id)
         return Response(
-            JobView.from_domain(job),
+            JobView.from_domain(job, tracebacks=settings.expose_tracebacks),
             status_code=HTTPStatus.ACCEPTED,
             headers={"Location": job_location(job)},
         )
@@ -237,6 +240,7 @@ class JobsController(Controller):
     async def list_jobs(
         self,
         jobs: NamedDependency[JobService],
+        settings: NamedDependency[Settings],
         status: Annotated[
             str | None,
             query_parameter("Only jobs in this status.", enum=[s.value for s in JobStatus]),
@@ -263,7 +267,8 @@ class JobsController(Controller):
         ] = None,
     ) -> JobPageView:
         query = job_query(status, job_type, queue, limit, cursor)
-        return JobPageView.from_domain(await jobs.list(query))
+        page = await jobs.list(query)
+        return JobPageView.from_domain(page, tracebacks=settings.expose_tracebacks)
 
 
 def wait_seconds(raw: str | None, limit: float) -> float:

@@ -96,6 +96,7 @@ def run_rq_worker(settings: Settings, *, queues: tuple[str, ...]) -> int:
             cancel_grace=settings.cancel_grace_seconds,
             random=random.random,
             follow_parent=follow_parent,
+            expose_tracebacks=settings.expose_tracebacks,
         )
 
     log.info(
