@@ -15,6 +15,7 @@ import attrs
 
 from domain.jobs import is_name
 from domain.ports import AdmissionPolicy, QueueLimits
+from entrypoints.redaction import redact_url
 
 T = TypeVar("T")
 
@@ -36,9 +37,14 @@ class LogFormat(enum.StrEnum):
     CONSOLE = "console"
 
 
+def _shown_url(url: str | None) -> str:
+    return repr(url if url is None else redact_url(url))
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
-    redis_url: str | None = None
+    # Its credentials never show, not even in a repr.
+    redis_url: str | None = attrs.field(default=None, repr=_shown_url)
     queue_backend: QueueBackend = QueueBackend.REDIS
     key_prefix: str = "conveyor"
     lease_seconds: float = 30.0
@@ -79,7 +85,7 @@ class Settings:
         no_limits: dict[str, QueueLimits] = {}
         limits = dict(read("CONVEYOR_QUEUE_LIMITS", parse_queue_limits, no_limits))
         settings = cls(
-            redis_url=read("REDIS_URL", str, None),
+            redis_url=read("REDIS_URL", _redis_url, None, secret=True),
             queue_backend=read("QUEUE_BACKEND", QueueBackend, QueueBackend.REDIS),
             key_prefix=read("CONVEYOR_KEY_PREFIX", _prefix, "conveyor"),
             lease_seconds=read("CONVEYOR_LEASE_SECONDS", _positive(float), 30.0),
@@ -137,14 +143,37 @@ class Settings:
 class _Reader:
     env: Mapping[str, str]
 
-    def __call__(self, name: str, parse: Callable[[str], T], default: T) -> T:
+    def __call__(
+        self, name: str, parse: Callable[[str], T], default: T, *, secret: bool = False
+    ) -> T:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
         try:
             return parse(raw)
         except (ValueError, TypeError) as exc:
-            raise SettingsError(f"{name}={raw!r} is not valid: {exc}") from None
+            shown = redact_url(raw) if secret else raw
+            raise SettingsError(f"{name}={shown!r} is not valid: {exc}") from None
+
+
+def _redis_url(raw: str) -> str:
+    """A URL redis-py can read: checked by redis-py's own parser, so a typo stops start-up
+    here, with a message that shows no credential, rather than at the first connection."""
+    from redis.asyncio.connection import parse_url
+
+    try:
+        parse_url(raw)
+    except ValueError as exc:
+        # redis-py's own messages name the scheme or a parameter; urllib's may quote a piece
+        # of a mistyped password (an unencoded ':' makes the port unreadable).
+        mine = str(exc).startswith(("Redis URL must specify", "Invalid value for"))
+        raise ValueError(
+            str(exc)
+            if mine
+            else "not a URL redis-py can read (is a ':', '/', '?', '#' or '@' in the password "
+            "percent-encoded?)"
+        ) from None
+    return raw
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:

@@ -20,6 +20,7 @@ from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
 from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging
+from entrypoints.redaction import url_secrets
 from entrypoints.settings import Settings
 from entrypoints.startup import backend_is_safe
 
@@ -36,7 +37,7 @@ def create_app(container: Container | None = None) -> Litestar:
     """
     if container is None:
         settings = Settings.from_env()
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, url_secrets(settings.redis_url))
         # The API waits for Redis no longer than the configured timeout, so a dead Redis
         # answers 503 quickly instead of holding the client.
         container = build_container(settings, redis_socket_timeout=settings.redis_timeout)
