@@ -9,7 +9,8 @@ import enum
 import json
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -75,6 +76,9 @@ class Settings:
     # What clients see: a failed attempt's traceback names server paths, so it is kept on
     # the job (and shown) only when an operator asks for it; the log always has it.
     expose_tracebacks: bool = False
+    # What browsers may do: the origins (`https://host[:port]`) whose pages may make
+    # state-changing requests. A request from any other page is refused; none by default.
+    allowed_origins: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +126,7 @@ class Settings:
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
             expose_tracebacks=read("CONVEYOR_EXPOSE_TRACEBACKS", _flag, False),
+            allowed_origins=read("CONVEYOR_ALLOWED_ORIGINS", parse_origins, frozenset()),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -271,3 +276,30 @@ def parse_queue_limits(raw: str) -> dict[str, QueueLimits]:
             raise ValueError(f"{queue}.max_age: expected seconds > 0")
         limits[queue] = QueueLimits(max_depth=depth, max_age=None if age is None else float(age))
     return limits
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def parse_origin(text: str) -> str:
+    """A web origin as browsers send it in `Origin`: `scheme://host[:port]`, lowercase, the
+    scheme's default port left out. Raises ValueError for anything else."""
+    parts = urlsplit(text.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{text!r} is not an origin like https://app.example.com[:port]")
+    if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} is not an origin: no path, query or credentials")
+    port = parts.port  # raises ValueError when it is not a port number
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    shown_port = "" if port is None or port == _DEFAULT_PORTS[scheme] else f":{port}"
+    return f"{scheme}://{host}{shown_port}"
+
+
+def parse_origins(raw: str) -> frozenset[str]:
+    """`https://a.example.com, http://localhost:3000`: the origins allowed to change state."""
+    origins = [item.strip() for item in raw.split(",") if item.strip()]
+    for origin in origins:
+        if origin in ("*", "null"):
+            raise ValueError(f"{origin!r} would let any page change state: list origins")
+    return frozenset(parse_origin(origin) for origin in origins)

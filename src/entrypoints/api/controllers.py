@@ -29,8 +29,10 @@ from entrypoints.api.body import (
     require_json,
     submission_from,
 )
+from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
+    BODYLESS_ERRORS,
     IDEMPOTENCY_KEY_PATTERN,
     JOB_ID_PATTERN,
     NO_JOB,
@@ -174,7 +176,9 @@ class JobsController(Controller):
         "`cancelled`), or it finishes first.",
         status_code=HTTPStatus.OK,
         operation_class=ConveyorOperation,
+        guards=[refuse_a_body],
         responses={
+            **BODYLESS_ERRORS,
             400: BAD_PARAMETER,
             202: ResponseSpec(
                 JobView,
@@ -206,7 +210,9 @@ class JobsController(Controller):
         description="Send the job back to its queue with fresh attempts. Its history stays.",
         status_code=HTTPStatus.ACCEPTED,
         operation_class=LocatedOperation,
+        guards=[refuse_a_body],
         responses={
+            **BODYLESS_ERRORS,
             400: BAD_PARAMETER,
             404: NO_JOB,
             409: problem("The job is neither dead nor cancelled."),
