@@ -15,7 +15,7 @@ from litestar.types import Message, Scope
 from entrypoints.api.batch import BATCH_BODY_FACTOR, BatchController
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
 from entrypoints.api.deps import CONTAINER_KEY, backend_of, dependencies
-from entrypoints.api.guards import origin_guard
+from entrypoints.api.guards import RefuseForeignOrigins
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
@@ -60,7 +60,7 @@ def create_app(container: Container | None = None) -> Litestar:
         state=State({CONTAINER_KEY: container}),
         exception_handlers={Exception: problem_response},
         # Before any handler runs: a page elsewhere cannot make a browser change anything.
-        guards=[origin_guard(settings.allowed_origins)],
+        middleware=[RefuseForeignOrigins(settings.allowed_origins)],
         before_send=[_allow_every_method],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[_backend_lifespan],

@@ -29,6 +29,7 @@ from entrypoints.api.body import (
     require_json,
     submission_from,
 )
+from entrypoints.api.deps import tracebacks_shown
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
@@ -104,7 +105,6 @@ class JobsController(Controller):
         self,
         request: Request[Any, Any, Any],
         jobs: NamedDependency[JobService],
-        settings: NamedDependency[Settings],
         idempotency_key: Annotated[
             str | None,
             header_parameter(
@@ -124,7 +124,7 @@ class JobsController(Controller):
             # One job, so no batch index: the conflict is the header's.
             raise IdempotencyConflictError(conflict.key) from None
         return Response(
-            JobView.from_domain(accepted.job, tracebacks=settings.expose_tracebacks),
+            JobView.from_domain(accepted.job, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.ACCEPTED,
             headers=_accepted_headers(accepted),
         )
@@ -192,14 +192,14 @@ class JobsController(Controller):
         },
     )
     async def cancel_job(
-        self, job_id: JobId, jobs: NamedDependency[JobService], settings: NamedDependency[Settings]
+        self, request: Request[Any, Any, Any], job_id: JobId, jobs: NamedDependency[JobService]
     ) -> Response[JobView]:
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
         job = await jobs.cancel(job_id)
         done = job.status is JobStatus.CANCELLED
         return Response(
-            JobView.from_domain(job, tracebacks=settings.expose_tracebacks),
+            JobView.from_domain(job, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.OK if done else HTTPStatus.ACCEPTED,
         )
 
@@ -220,13 +220,13 @@ class JobsController(Controller):
         },
     )
     async def retry_job(
-        self, job_id: JobId, jobs: NamedDependency[JobService], settings: NamedDependency[Settings]
+        self, request: Request[Any, Any, Any], job_id: JobId, jobs: NamedDependency[JobService]
     ) -> Response[JobView]:
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
         job = await jobs.retry(job_id)
         return Response(
-            JobView.from_domain(job, tracebacks=settings.expose_tracebacks),
+            JobView.from_domain(job, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.ACCEPTED,
             headers={"Location": job_location(job)},
         )
@@ -246,7 +246,7 @@ class JobsController(Controller):
     async def list_jobs(
         self,
         jobs: NamedDependency[JobService],
-        settings: NamedDependency[Settings],
+        request: Request[Any, Any, Any],
         status: Annotated[
             str | None,
             query_parameter("Only jobs in this status.", enum=[s.value for s in JobStatus]),
@@ -274,7 +274,7 @@ class JobsController(Controller):
     ) -> JobPageView:
         query = job_query(status, job_type, queue, limit, cursor)
         page = await jobs.list(query)
-        return JobPageView.from_domain(page, tracebacks=settings.expose_tracebacks)
+        return JobPageView.from_domain(page, tracebacks=tracebacks_shown(request))
 
 
 def wait_seconds(raw: str | None, limit: float) -> float:

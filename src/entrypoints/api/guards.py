@@ -5,13 +5,14 @@ multipart) or a `text/plain` body needs no CORS preflight, so the browser sends 
 even though the page cannot read the answer. The request itself is all there is to judge, and
 two checks run on every request that may change state, in this order:
 
-- `Origin`: browsers name the page's origin on every POST. A request naming one that is not
-  in `CONVEYOR_ALLOWED_ORIGINS` (none by default) is refused with 403, whatever it holds.
-  Clients that are not browsers (curl, the SDKs, the CLI's peers) send no `Origin`.
+- `Origin` (`RefuseForeignOrigins`, a middleware of the app): browsers name the page's origin
+  on every POST. A request naming one that is not in `CONVEYOR_ALLOWED_ORIGINS` (none by
+  default) is refused with 403, whatever it holds. Clients that are not browsers (curl, the
+  SDKs) send no `Origin`.
 - the body: JSON only, refused with 415 otherwise. The endpoints that read a body check its
   media type themselves (`body.require_json`); those that take none (pause, resume, cancel,
-  retry) refuse a body that is not JSON rather than ignore it, so a form aimed at them does
-  nothing even from a browser too old to send `Origin`.
+  retry) refuse a body that is not JSON rather than ignore it (`refuse_a_body`, their guard),
+  so a form aimed at them does nothing even from a browser too old to send `Origin`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from typing import Any, Final
 
 from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
-from litestar.types import Guard
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from entrypoints.api.body import require_json
 from entrypoints.api.problems import ProblemError, clip
@@ -32,28 +35,39 @@ from entrypoints.settings import parse_origin
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
-def origin_guard(allowed: frozenset[str]) -> Guard:
-    """A guard refusing (403) a state-changing request whose `Origin` is not in `allowed`
-    (origins as `settings.parse_origin` writes them)."""
+class RefuseForeignOrigins(ASGIMiddleware):
+    """Refuses (403) a state-changing request whose `Origin` is not in `allowed` (origins as
+    `settings.parse_origin` writes them), before its handler, guards or body are touched.
 
-    def refuse_foreign_origin(
-        connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-    ) -> None:
-        if connection.scope.get("method") in SAFE_METHODS:
-            return
-        for origin in connection.headers.getall("origin", []):
-            if _origin(origin) not in allowed:
-                raise ProblemError(
-                    HTTPStatus.FORBIDDEN,
-                    "origin-not-allowed",
-                    f"pages at {clip(origin)!r} may not change anything here; "
-                    "CONVEYOR_ALLOWED_ORIGINS lists the origins that may",
-                )
+    A middleware rather than a guard: it reads two scope fields on every request, where a
+    guard costs a copy of the route handler per request (and a thread, when synchronous).
+    """
 
-    return refuse_foreign_origin
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, allowed: frozenset[str]) -> None:
+        self._allowed = allowed
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope.get("method") not in SAFE_METHODS:
+            for name, value in scope["headers"]:
+                if name == b"origin":
+                    self._check(value.decode("latin-1"))
+        await next_app(scope, receive, send)
+
+    def _check(self, origin: str) -> None:
+        if _origin(origin) not in self._allowed:
+            raise ProblemError(
+                HTTPStatus.FORBIDDEN,
+                "origin-not-allowed",
+                f"pages at {clip(origin)!r} may not change anything here; "
+                "CONVEYOR_ALLOWED_ORIGINS lists the origins that may",
+            )
 
 
-def refuse_a_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def refuse_a_body(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     """A guard for an endpoint that takes no body: a body that is not JSON is refused (415)
     rather than ignored. (A JSON one is ignored: a browser cannot send it cross-site without
     a CORS preflight, which this API does not grant.)"""
