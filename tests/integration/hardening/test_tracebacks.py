@@ -109,7 +109,8 @@ def test_no_job_view_shows_a_traceback_a_server_path_or_a_host(
         dead = wait_for_job(client, raised, {"dead"})
         views = [read(f"/jobs/{job_id}") for job_id in ending]
         errors = Counter(view["error"]["type"] for view in views if view["error"] is not None)
-        stored = exposing_api.client().get(f"/jobs/{raised}").json()
+        with exposing_api.client() as exposing_client:
+            stored = exposing_client.get(f"/jobs/{raised}").json()
         worker_log = pool.output()
     print(
         f"[tracebacks] views read={answers}, statuses seen={seen}, "
