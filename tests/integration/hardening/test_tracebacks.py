@@ -4,7 +4,9 @@ traceback, a server path or the worker's host and pid; the traceback is in the w
 A real API and worker pool on the suite's Redis run jobs that end in every status (some
 failing inside the handler's code, one killing its process, one timing out, one expiring) and
 the test reads every job through every view (`GET /jobs/{id}`, `GET /jobs`, by each status)
-as they move, until each status has been seen.
+as they move, until each status has been seen. A second pool, with
+`CONVEYOR_EXPOSE_TRACEBACKS=1`, serves a queue of its own: the tail it keeps is shown by an API
+that exposes tracebacks and hidden by one that does not.
 """
 
 from __future__ import annotations
@@ -59,9 +61,12 @@ def test_no_job_view_shows_a_traceback_a_server_path_or_a_host(
         Api(exposing, tmp_path) as exposing_api,
         api.client() as client,
         Pool(env, tmp_path, processes=1, concurrency=8) as pool,
+        Pool(exposing, tmp_path, processes=1, concurrency=1, queues="exposed") as exposing_pool,
     ):
         pool.wait_children(1)
+        exposing_pool.wait_children(1)
         raised = post(client, {"mode": "fail"}, max_attempts=1)  # raises in dummy.py
+        kept = post(client, {"mode": "fail"}, max_attempts=1, queue="exposed")
         # Each of these ends: dead four ways (raised, non-retryable, its process killed,
         # timed out), expired, succeeded at once or after two failed attempts.
         ending = {
@@ -109,12 +114,15 @@ def test_no_job_view_shows_a_traceback_a_server_path_or_a_host(
         dead = wait_for_job(client, raised, {"dead"})
         views = [read(f"/jobs/{job_id}") for job_id in ending]
         errors = Counter(view["error"]["type"] for view in views if view["error"] is not None)
+        hidden = wait_for_job(client, kept, {"dead"})
         with exposing_api.client() as exposing_client:
             stored = exposing_client.get(f"/jobs/{raised}").json()
+            shown = exposing_client.get(f"/jobs/{kept}").json()
         worker_log = pool.output()
     print(
         f"[tracebacks] views read={answers}, statuses seen={seen}, "
-        f"errors={dict(errors)}, leaks={len(bad)}"
+        f"errors={dict(errors)}, leaks={len(bad)}, "
+        f"exposed traceback lines={len((shown['error']['traceback'] or '').splitlines())}"
     )
 
     assert bad == [], bad[:5]
@@ -129,3 +137,7 @@ def test_no_job_view_shows_a_traceback_a_server_path_or_a_host(
     assert tracebacks, worker_log[-3000:]
     assert "dummy.py" in tracebacks[0]
     assert "DummyFailureError: dummy failure on attempt 1" in tracebacks[0]
+    # Kept by a worker told to, the tail is shown only by an API told to.
+    assert "dummy.py" in shown["error"]["traceback"]
+    assert hidden["error"]["traceback"] is None
+    assert leaks(json.dumps(hidden)) == []
