@@ -6,7 +6,7 @@ right across the time Redis is full. Memory is filled by a ballast the test writ
 freed by deleting it. The witnesses: every HTTP answer, the audit log (one line per execution
 start, lease renewal and end, outside Redis) and the supervisor's log of its children.
 
-Figures are scaled to run in about 25 s: a 3 s lease and 8 s of full Redis (over two leases,
+Figures are scaled to run in about 15 s: a 3 s lease and 8 s of full Redis (over two leases,
 so the running jobs' leases live only if their renewals get through a full Redis).
 """
 
