@@ -114,7 +114,15 @@ class EndToEndContract:
         await enqueue_all(rig.submitter, [due, later])
         await rig.drain([due.id])
         waiting = await stored(rig.store, later.id)
-        assert (waiting.status, waiting.attempts, waiting.started_at) == (S.SCHEDULED, 0, None)
+        # A slow worker (a real process on a busy machine) may take longer than SOON to run
+        # the due job; then the later one may already have run, and the last assertion below
+        # still proves it did not start early.
+        if await rig.now() < at(now, SOON):
+            assert (waiting.status, waiting.attempts, waiting.started_at) == (
+                S.SCHEDULED,
+                0,
+                None,
+            )
         await rig.elapse(PAST_SOON)
         await rig.drain([later.id])
         ran = await stored(rig.store, later.id)
