@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Final
@@ -9,7 +11,7 @@ from typing import Final
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ReadOnlyError
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -71,12 +73,51 @@ def create_redis(
     return client
 
 
+# Replies by which a server refuses a command for a while, by their error code, with what to
+# tell the caller and how long it should wait. Redis gives each of them before the command (or
+# script) has written anything (a script is refused at its first write that could grow memory,
+# never after one), so the caller may always try again: an outage, not a bug, and not the
+# client's fault.
+_REFUSALS: Final[Mapping[str, tuple[str, float]]] = {
+    "OOM": ("redis is out of memory (maxmemory reached; nothing is evicted)", 5.0),
+    "LOADING": ("redis is loading its dataset", 2.0),
+    "BUSY": ("redis is busy running a script", 1.0),
+    "READONLY": ("redis is a read-only replica (failover?)", 2.0),
+    "MASTERDOWN": ("redis lost the link to its primary", 2.0),
+    "MISCONF": ("redis refuses writes: it cannot persist to disk", 5.0),
+    "NOREPLICAS": ("redis refuses writes: too few replicas are in sync", 2.0),
+    "TRYAGAIN": ("redis cluster is moving the keys", 1.0),
+    "CLUSTERDOWN": ("redis cluster is down", 2.0),
+}
+# Redis 6 reports a command refused inside a script as `ERR Error running script ...: -OOM
+# command not allowed ...`; Redis 7 and Valkey keep the command's own code.
+_CODE_IN_SCRIPT_ERROR: Final = re.compile(r"\s-([A-Z]+) ")
+
+
+def refusal_code(exc: ResponseError) -> str | None:
+    """The code of a server's transient refusal (`OOM`, `BUSY`, ...), else None."""
+    code = exc.status_code
+    message = str(exc)
+    if code is None:  # a code redis-py does not know stays at the start of the message
+        code = message.split(" ", 1)[0]
+    if code == "ERR" or code not in _REFUSALS:
+        found = _CODE_IN_SCRIPT_ERROR.search(message) if "script" in message else None
+        code = found.group(1) if found else None
+    return code if code in _REFUSALS else None
+
+
 def unavailable(exc: BaseException) -> QueueUnavailableError | None:
-    """The domain's error for a Redis failure that a later retry may cure, else None."""
+    """The domain's error for a Redis failure that a later retry may cure, else None.
+
+    One place decides what is an outage: an unreachable or silent server, and the refusals
+    of `_REFUSALS` (a full Redis, a replica after a failover, a server loading or busy). The
+    API answers them with 503 + `Retry-After`; workers back off and try again.
+    """
     if isinstance(exc, BusyLoadingError):
-        return QueueUnavailableError("redis is loading its dataset", retry_after=2.0)
-    if isinstance(exc, ReadOnlyError):
-        return QueueUnavailableError("redis is a read-only replica (failover?)", retry_after=2.0)
+        return QueueUnavailableError(*_REFUSALS["LOADING"])
+    if isinstance(exc, ResponseError):
+        code = refusal_code(exc)
+        return None if code is None else QueueUnavailableError(*_REFUSALS[code])
     if isinstance(exc, RedisTimeoutError):
         return QueueUnavailableError(f"redis timed out: {exc}")
     if isinstance(exc, RedisConnectionError | OSError):
@@ -85,7 +126,7 @@ def unavailable(exc: BaseException) -> QueueUnavailableError | None:
 
 
 class _RedisErrors:
-    """Re-raises connection, timeout and loading errors as `QueueUnavailableError`.
+    """Re-raises what `unavailable` calls an outage as `QueueUnavailableError`.
 
     A class rather than a @contextmanager generator: it wraps every queue call, and this is
     several times cheaper.
@@ -106,11 +147,11 @@ class _RedisErrors:
                 raise mapped from exc
 
 
-_UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+_UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, ResponseError, OSError)
 _REDIS_ERRORS: Final = _RedisErrors()
 
 
 def redis_errors() -> AbstractContextManager[None]:
-    """A context that re-raises connection, timeout and loading errors as
-    `QueueUnavailableError`; anything else passes through unchanged."""
+    """A context that re-raises what `unavailable` calls an outage as `QueueUnavailableError`;
+    anything else passes through unchanged."""
     return _REDIS_ERRORS

@@ -41,14 +41,21 @@ class ProcessResult:
     status: JobStatus | None
     # The handler did not stop when its attempt timed out and still runs somewhere.
     abandoned: bool = False
+    # What the handler raised, for the worker's log: its traceback is the operator's to read,
+    # and is kept on the job only when the processor is told to expose it.
+    failure: BaseException | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def error(self) -> JobError | None:
         return self.ending.error
 
 
-def error_from(exc: BaseException, kind: ErrorKind) -> JobError:
-    tail = "".join(traceback.format_exception(exc))[-_TRACEBACK_TAIL:]
+def error_from(exc: BaseException, kind: ErrorKind, *, with_traceback: bool = False) -> JobError:
+    """What a job keeps of an exception: its type and message, which clients see; and the
+    tail of its traceback only `with_traceback` (it names the server's files)."""
+    tail = None
+    if with_traceback:
+        tail = "".join(traceback.format_exception(exc))[-_TRACEBACK_TAIL:]
     return JobError(
         message=str(exc) or type(exc).__name__, type=type(exc).__name__, kind=kind, traceback=tail
     )
@@ -65,6 +72,8 @@ class JobProcessor:
     _cancel_grace: float = 2.0
     # Reads deadlines; without it, attempts are bounded by their timeout alone.
     _clock: Clock | None = None
+    # Keep the tail of a handler's traceback on the job (`CONVEYOR_EXPOSE_TRACEBACKS`).
+    _expose_tracebacks: bool = False
 
     async def process(self, lease: Lease, context: JobContext) -> ProcessResult:
         job = lease.job
@@ -103,10 +112,12 @@ class JobProcessor:
         failure = handler.exception()
         if isinstance(failure, JobCancelledError):
             return await self.record(lease, Ending.cancelled())
-        if isinstance(failure, NonRetryableError):
-            return await self._failed(lease, job_type, error_from(failure, ErrorKind.NON_RETRYABLE))
         if failure is not None:
-            return await self._failed(lease, job_type, error_from(failure, ErrorKind.ERROR))
+            retryable = not isinstance(failure, NonRetryableError)
+            kind = ErrorKind.ERROR if retryable else ErrorKind.NON_RETRYABLE
+            error = error_from(failure, kind, with_traceback=self._expose_tracebacks)
+            result = await self._failed(lease, job_type, error)
+            return attrs.evolve(result, failure=failure)
         try:
             return await self.record(lease, Ending.succeeded(handler.result()))
         except UnstorableResultError as exc:

@@ -177,6 +177,7 @@ class Container(containers.DeclarativeContainer):
         registry=registry,
         random=providers.Object(random.random),
         clock=clock,
+        expose_tracebacks=config.expose_tracebacks,
     )
 
 
@@ -197,6 +198,7 @@ def build_container(settings: Settings, *, redis_socket_timeout: float | None = 
             "max_queues": settings.max_queues,
             "max_waiters": settings.max_waiters,
             "max_result_bytes": settings.max_result_bytes,
+            "expose_tracebacks": settings.expose_tracebacks,
         }
     )
     container.redis_socket_timeout.override(

@@ -1,30 +1,46 @@
-"""Structured logging: one line per event, JSON or key=value, never a payload."""
+"""Structured logging: one line per event, JSON or key=value, never a payload or a secret.
+
+Every line, exception text included, passes through `redact_text` on its way out: credentials
+in URLs are masked wherever a message carries one, and so is each secret the process was
+configured with (the password in REDIS_URL), however a line came to hold it.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from entrypoints.redaction import redact_text, redact_url
 from entrypoints.settings import LogFormat
 
-_RESERVED: Final = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-_URL_PASSWORD: Final = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
+__all__ = ["ConsoleFormatter", "JsonFormatter", "configure_logging", "redact_url"]
 
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, fit for a log line."""
-    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", url)
+# A record's own attributes, and uvicorn's coloured copy of its message: not extra fields.
+_RESERVED: Final = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
 
 
-class JsonFormatter(logging.Formatter):
+class _RedactingFormatter(logging.Formatter):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = tuple(secrets)
+
+    def redact(self, line: str) -> str:
+        return redact_text(line, self._secrets)
+
+
+class JsonFormatter(_RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -35,10 +51,10 @@ class JsonFormatter(logging.Formatter):
         line.update(_fields(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return self.redact(json.dumps(line, default=str))
 
 
-class ConsoleFormatter(logging.Formatter):
+class ConsoleFormatter(_RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
         extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
@@ -47,12 +63,14 @@ class ConsoleFormatter(logging.Formatter):
             text = f"{text} {extras}"
         if record.exc_info:
             text = f"{text}\n{self.formatException(record.exc_info)}"
-        return text
+        return self.redact(text)
 
 
-def configure_logging(level: str, fmt: LogFormat) -> None:
+def configure_logging(level: str, fmt: LogFormat, secrets: Iterable[str] = ()) -> None:
+    """Every logger's lines to stderr, in `fmt`, with `secrets` masked wherever they appear."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt is LogFormat.JSON else ConsoleFormatter())
+    formatter = JsonFormatter if fmt is LogFormat.JSON else ConsoleFormatter
+    handler.setFormatter(formatter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

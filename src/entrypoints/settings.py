@@ -9,12 +9,14 @@ import enum
 import json
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import attrs
 
 from domain.jobs import is_name
 from domain.ports import AdmissionPolicy, QueueLimits
+from entrypoints.redaction import redact_url
 
 T = TypeVar("T")
 
@@ -36,9 +38,14 @@ class LogFormat(enum.StrEnum):
     CONSOLE = "console"
 
 
+def _shown_url(url: str | None) -> str:
+    return repr(url if url is None else redact_url(url))
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
-    redis_url: str | None = None
+    # Its credentials never show, not even in a repr.
+    redis_url: str | None = attrs.field(default=None, repr=_shown_url)
     queue_backend: QueueBackend = QueueBackend.REDIS
     key_prefix: str = "conveyor"
     lease_seconds: float = 30.0
@@ -66,7 +73,7 @@ class Settings:
     log_format: LogFormat = LogFormat.CONSOLE
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    # Hardening (operations): what a deployment offers that can harm its own workers.
+    # What a deployment offers that can harm its own workers.
     # `dummy`'s fault modes (crash, memory, hang, cpu): off unless asked for.
     dummy_faults: bool = False
     # Seconds a worker process may stop answering its supervisor before it is replaced; None:
@@ -77,6 +84,12 @@ class Settings:
     max_queues: int = 1000
     max_waiters: int = 1000
     max_result_bytes: int = 1024 * 1024
+    # What clients see: a failed attempt's traceback names server paths, so it is kept on
+    # the job (and shown) only when an operator asks for it; the log always has it.
+    expose_tracebacks: bool = False
+    # What browsers may do: the origins (`https://host[:port]`) whose pages may make
+    # state-changing requests. A request from any other page is refused; none by default.
+    allowed_origins: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -87,7 +100,7 @@ class Settings:
         no_limits: dict[str, QueueLimits] = {}
         limits = dict(read("CONVEYOR_QUEUE_LIMITS", parse_queue_limits, no_limits))
         settings = cls(
-            redis_url=read("REDIS_URL", str, None),
+            redis_url=read("REDIS_URL", _redis_url, None, secret=True),
             queue_backend=read("QUEUE_BACKEND", QueueBackend, QueueBackend.REDIS),
             key_prefix=read("CONVEYOR_KEY_PREFIX", _prefix, "conveyor"),
             lease_seconds=read("CONVEYOR_LEASE_SECONDS", _positive(float), 30.0),
@@ -123,12 +136,13 @@ class Settings:
             log_format=read("LOG_FORMAT", LogFormat, LogFormat.CONSOLE),
             api_host=read("CONVEYOR_API_HOST", str, "127.0.0.1"),
             api_port=read("CONVEYOR_API_PORT", _port, 8000),
-            # Hardening (operations).
             dummy_faults=read("CONVEYOR_DUMMY_FAULTS", parse_flag, False),
             watchdog_seconds=read("CONVEYOR_WATCHDOG_SECONDS", _non_negative(float), None),
             max_queues=read("CONVEYOR_MAX_QUEUES", _positive(int), 1000),
             max_waiters=read("CONVEYOR_MAX_WAITERS", _non_negative(int), 1000),
             max_result_bytes=read("CONVEYOR_MAX_RESULT_BYTES", _positive(int), 1024 * 1024),
+            expose_tracebacks=read("CONVEYOR_EXPOSE_TRACEBACKS", parse_flag, False),
+            allowed_origins=read("CONVEYOR_ALLOWED_ORIGINS", parse_origins, frozenset()),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -155,14 +169,37 @@ class Settings:
 class _Reader:
     env: Mapping[str, str]
 
-    def __call__(self, name: str, parse: Callable[[str], T], default: T) -> T:
+    def __call__(
+        self, name: str, parse: Callable[[str], T], default: T, *, secret: bool = False
+    ) -> T:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
         try:
             return parse(raw)
         except (ValueError, TypeError) as exc:
-            raise SettingsError(f"{name}={raw!r} is not valid: {exc}") from None
+            shown = redact_url(raw) if secret else raw
+            raise SettingsError(f"{name}={shown!r} is not valid: {exc}") from None
+
+
+def _redis_url(raw: str) -> str:
+    """A URL redis-py can read: checked by redis-py's own parser, so a typo stops start-up
+    here, with a message that shows no credential, rather than at the first connection."""
+    from redis.asyncio.connection import parse_url
+
+    try:
+        parse_url(raw)
+    except ValueError as exc:
+        # redis-py's own messages name the scheme or a parameter; urllib's may quote a piece
+        # of a mistyped password (an unencoded ':' makes the port unreadable).
+        mine = str(exc).startswith(("Redis URL must specify", "Invalid value for"))
+        raise ValueError(
+            str(exc)
+            if mine
+            else "not a URL redis-py can read (is a ':', '/', '?', '#' or '@' in the password "
+            "percent-encoded?)"
+        ) from None
+    return raw
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
@@ -263,3 +300,30 @@ def parse_queue_limits(raw: str) -> dict[str, QueueLimits]:
             raise ValueError(f"{queue}.max_age: expected seconds > 0")
         limits[queue] = QueueLimits(max_depth=depth, max_age=None if age is None else float(age))
     return limits
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+
+
+def parse_origin(text: str) -> str:
+    """A web origin as browsers send it in `Origin`: `scheme://host[:port]`, lowercase, the
+    scheme's default port left out. Raises ValueError for anything else."""
+    parts = urlsplit(text.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{text!r} is not an origin like https://app.example.com[:port]")
+    if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{text!r} is not an origin: no path, query or credentials")
+    port = parts.port  # raises ValueError when it is not a port number
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    shown_port = "" if port is None or port == _DEFAULT_PORTS[scheme] else f":{port}"
+    return f"{scheme}://{host}{shown_port}"
+
+
+def parse_origins(raw: str) -> frozenset[str]:
+    """`https://a.example.com, http://localhost:3000`: the origins allowed to change state."""
+    origins = [item.strip() for item in raw.split(",") if item.strip()]
+    for origin in origins:
+        if origin in ("*", "null"):
+            raise ValueError(f"{origin!r} would let any page change state: list origins")
+    return frozenset(parse_origin(origin) for origin in origins)

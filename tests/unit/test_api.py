@@ -244,26 +244,49 @@ def test_a_job_moved_by_a_worker_shows_its_progress_result_and_times(
     assert done["finished_at"] is not None
 
 
-def test_a_failed_attempt_shows_its_error(client: TestClient[Litestar], backend: Backend) -> None:
+TRACEBACK = 'Traceback (most recent call last):\n  File "/srv/app/handlers.py", line 9\n'
+
+
+def test_a_failed_attempt_shows_its_error_but_never_a_stored_traceback(
+    client: TestClient[Litestar], backend: Backend
+) -> None:
     job_id = submit(client, "dummy", {"mode": "fatal"})
     lease = claim_one(backend)
     error = JobError(
-        message="boom", type="NonRetryableError", kind=ErrorKind.NON_RETRYABLE, traceback="tb"
+        message="boom", type="NonRetryableError", kind=ErrorKind.NON_RETRYABLE, traceback=TRACEBACK
     )
     settle(backend, lease, Ending.failed(error, retry_in=None))
 
     view = client.get(f"/jobs/{job_id}").json()
+    listed = client.get("/jobs", params={"status": "dead"}).json()["jobs"]
 
     assert view["status"] == "dead"
     assert view["error"] == {
         "message": "boom",
         "type": "NonRetryableError",
         "kind": "non_retryable",
-        "traceback": "tb",
+        "traceback": None,
         "exit_code": None,
         "signal": None,
     }
     assert [a["outcome"] for a in view["history"]] == ["non_retryable"]
+    assert [job["error"]["traceback"] for job in listed] == [None]
+
+
+def test_a_stored_traceback_is_shown_when_the_operator_exposes_tracebacks() -> None:
+    container = build_container(Settings(queue_backend=QueueBackend.MEMORY, expose_tracebacks=True))
+    with TestClient(create_app(container)) as client:
+        job_id = submit(client, "dummy", {"mode": "fatal"})
+        backend = container.backend()
+        lease = claim_one(backend)
+        error = JobError(message="boom", type="NonRetryableError", traceback=TRACEBACK)
+        settle(backend, lease, Ending.failed(error, retry_in=None))
+
+        view = client.get(f"/jobs/{job_id}").json()
+        listed = client.get("/jobs").json()["jobs"]
+
+    assert view["error"]["traceback"] == TRACEBACK
+    assert [job["error"]["traceback"] for job in listed] == [TRACEBACK]
 
 
 def test_retrying_a_dead_job_queues_it_again_with_fresh_attempts(

@@ -248,7 +248,7 @@ def test_every_202_that_sends_location_documents_it(document: dict[str, Any]) ->
 def test_cancel_documents_both_of_its_successes(document: dict[str, Any]) -> None:
     responses = document["paths"]["/jobs/{job_id}/cancel"]["post"]["responses"]
 
-    assert set(responses) == {"200", "202", "400", "404", "409", "501", "503"}
+    assert set(responses) == {"200", "202", "400", "403", "404", "409", "415", "501", "503"}
     for status in ("200", "202"):
         ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
         assert ref == "#/components/schemas/JobView"

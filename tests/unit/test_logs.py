@@ -1,7 +1,12 @@
 import json
 import logging
+import sys
+
+import pytest
 
 from entrypoints.logs import ConsoleFormatter, JsonFormatter, redact_url
+from entrypoints.redaction import url_secrets
+from entrypoints.settings import Settings, SettingsError
 
 
 def record(**extra: object) -> logging.LogRecord:
@@ -19,7 +24,67 @@ def test_console_lines_carry_the_extra_fields() -> None:
     assert "job_id=ab" in ConsoleFormatter().format(record(job_id="ab"))
 
 
-def test_passwords_in_urls_are_redacted() -> None:
-    assert redact_url("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
-    assert redact_url("rediss://:s3cret@host/0") == "rediss://:***@host/0"
-    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://user:s3cret@host:6379/0", "redis://***:***@host:6379/0"),
+        ("rediss://:s3cret@host/0", "rediss://:***@host/0"),
+        ("redis://s3cret@host/0", "redis://***@host/0"),
+        ("redis://host/0?password=s3cret&db=2", "redis://host/0?password=***&db=2"),
+        ("redis://host?username=bob&password=p%40ss", "redis://host?username=***&password=***"),
+        ("redis://host/0?pass%77ord=s3cret", "redis://host/0?password=***"),
+        ("rediss://host/0?ssl_password=s3cret", "rediss://host/0?ssl_password=***"),
+        # redis-py passes unknown parameters to the connection: their values may be secrets.
+        ("redis://host/0?client_name=api&token=s3cret", "redis://host/0?client_name=api&token=***"),
+        ("redis://host/0?db=1;password=s3cret", "redis://host/0?db=***"),
+        # Unencoded '@', '/', '?', '#' in a password: everything up to the last '@' is hidden.
+        ("redis://u:p@ss@host:1/0", "redis://***:***@host:1/0"),
+        ("redis://:s3/cret@host:1/0", "redis://:***@host:1/0"),
+        ("redis://:s3?cret@host/0", "redis://:***@host/0"),
+        ("redis://:s3#cret@host/0", "redis://:***@host/0"),
+        ("redis://host/s3cret", "redis://host/***"),
+        ("redis://host/0#s3cret", "redis://host/0#***"),
+        ("unix://:s3cret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        ("not a url s3cret", "***"),
+    ],
+)
+def test_every_credential_form_of_a_redis_url_is_redacted(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert "s3cret" not in redact_url(url)
+
+
+def test_a_url_s_passwords_are_known_in_every_spelling_a_line_may_carry() -> None:
+    secrets = url_secrets("redis://u:p%40ssword@h/0?ssl_password=key%20phrase&username=bob")
+    assert secrets == {"p%40ssword", "p@ssword", "key%20phrase", "key phrase"}
+    assert url_secrets("redis://:short@h/0") == frozenset()  # left to the structural redaction
+    assert url_secrets(None) == frozenset()
+
+
+def test_a_log_line_never_carries_a_configured_secret_or_a_url_credential() -> None:
+    formatter = JsonFormatter(url_secrets("redis://:hunter2hunter2@h/0"))
+    try:
+        raise RuntimeError('AUTH failed for "hunter2hunter2"')
+    except RuntimeError:
+        rec = record(url="rediss://bob:pw@h/0?password=xyz")
+        rec.exc_info = sys.exc_info()
+    line = formatter.format(rec)
+    assert "hunter2hunter2" not in line
+    assert "bob" not in line
+    assert "xyz" not in line
+    assert json.loads(line)["url"] == "rediss://***@h/0?password=***"
+    console = ConsoleFormatter(["hunter2hunter2"]).format(record(note="x hunter2hunter2 y"))
+    assert "note=x *** y" in console
+
+
+def test_settings_never_show_the_redis_url_s_credentials() -> None:
+    settings = Settings.from_env({"REDIS_URL": "redis://u:s3cret@h:1/0?password=s3cret"})
+    assert "s3cret" not in repr(settings)
+    assert settings.redis_url == "redis://u:s3cret@h:1/0?password=s3cret"
+
+
+def test_an_unreadable_redis_url_is_refused_without_showing_its_password() -> None:
+    with pytest.raises(SettingsError, match="REDIS_URL") as refused:
+        Settings.from_env({"REDIS_URL": "redis://:s3/cret@host:6379/0"})
+    assert "s3" not in str(refused.value)
+    assert "cret" not in str(refused.value)

@@ -63,14 +63,25 @@ class World:
 
     Retries are drawn halfway up their backoff (`draw`), so a failed job waits `failed`."""
 
-    def __init__(self, registry: JobTypeRegistry | None = None, draw: Random = lambda: 0.5) -> None:
+    def __init__(
+        self,
+        registry: JobTypeRegistry | None = None,
+        draw: Random = lambda: 0.5,
+        expose_tracebacks: bool = False,
+    ) -> None:
         self.clock = FakeClock()
         self.backend = memory_backend(self.clock)
         assert self.backend.leases is not None
         self.leases: LeaseQueue = self.backend.leases
         self.registry = registry or default_registry(RecordingEmailSender())
         self.service = JobService(self.backend, self.registry, self.clock)
-        self.processor = JobProcessor(self.leases, self.registry, draw, clock=self.clock)
+        self.processor = JobProcessor(
+            self.leases,
+            self.registry,
+            draw,
+            clock=self.clock,
+            expose_tracebacks=expose_tracebacks,
+        )
 
     async def submit(self, type_: str, payload: object, **extra: object) -> Job:
         return (await self.service.submit(Submission(type=type_, payload=payload, **extra))).job
@@ -159,6 +170,42 @@ def test_an_always_failing_job_goes_dead_after_max_attempts() -> None:
         assert (dead.status, dead.attempts) == (S.DEAD, 4)
         assert dead.error is not None
         assert "attempt 4" in dead.error.message
+
+    asyncio.run(scenario())
+
+
+def test_a_handlers_exception_is_kept_as_its_type_and_message_and_its_traceback_is_not() -> None:
+    world = World()
+
+    async def scenario() -> None:
+        job = await world.submit("dummy", {"mode": "fail"}, max_attempts=1)
+        result = await world.run_next()
+        dead = await world.service.get(job.id)
+        assert dead.error is not None
+        assert (dead.error.type, dead.error.message) == (
+            "DummyFailureError",
+            "dummy failure on attempt 1",
+        )
+        assert dead.error.traceback is None
+        # The worker logs it: the exception travels with the result, traceback and all.
+        assert type(result.failure).__name__ == "DummyFailureError"
+        assert result.failure is not None
+        assert result.failure.__traceback__ is not None
+
+    asyncio.run(scenario())
+
+
+def test_the_traceback_is_kept_on_the_job_when_the_operator_exposes_tracebacks() -> None:
+    world = World(expose_tracebacks=True)
+
+    async def scenario() -> None:
+        job = await world.submit("dummy", {"mode": "fatal"})
+        await world.run_next()
+        dead = await world.service.get(job.id)
+        assert dead.error is not None
+        assert dead.error.traceback is not None
+        assert dead.error.traceback.startswith("Traceback") or "dummy.py" in dead.error.traceback
+        assert "NonRetryableError: dummy fatal error" in dead.error.traceback
 
     asyncio.run(scenario())
 

@@ -152,3 +152,33 @@ def test_the_watchdog_waits_one_lease_unless_told_otherwise() -> None:
     assert Settings.from_env({"CONVEYOR_WATCHDOG_SECONDS": "0"}).watchdog == 0.0
     with pytest.raises(SettingsError, match="CONVEYOR_WATCHDOG_SECONDS"):
         Settings.from_env({"CONVEYOR_WATCHDOG_SECONDS": "-1"})
+def test_tracebacks_are_hidden_from_clients_unless_exposed() -> None:
+    assert Settings.from_env({}).expose_tracebacks is False
+    assert Settings.from_env({"CONVEYOR_EXPOSE_TRACEBACKS": "1"}).expose_tracebacks is True
+    assert Settings.from_env({"CONVEYOR_EXPOSE_TRACEBACKS": "0"}).expose_tracebacks is False
+    with pytest.raises(SettingsError, match="CONVEYOR_EXPOSE_TRACEBACKS"):
+        Settings.from_env({"CONVEYOR_EXPOSE_TRACEBACKS": "maybe"})
+
+
+def test_the_settings_clients_meet_are_documented_in_env_example() -> None:
+    from pathlib import Path
+
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    assert "CONVEYOR_EXPOSE_TRACEBACKS=0" in example
+    assert "CONVEYOR_ALLOWED_ORIGINS=" in example
+
+
+def test_allowed_origins_are_read_as_browsers_send_them() -> None:
+    assert Settings.from_env({}).allowed_origins == frozenset()
+    settings = Settings.from_env(
+        {"CONVEYOR_ALLOWED_ORIGINS": "https://Jobs.Example.com:443, http://localhost:3000"}
+    )
+    assert settings.allowed_origins == {"https://jobs.example.com", "http://localhost:3000"}
+
+
+@pytest.mark.parametrize(
+    "value", ["*", "null", "jobs.example.com", "ftp://x", "https://x/path", "https://u:p@x"]
+)
+def test_anything_but_a_list_of_origins_is_refused(value: str) -> None:
+    with pytest.raises(SettingsError, match="CONVEYOR_ALLOWED_ORIGINS"):
+        Settings.from_env({"CONVEYOR_ALLOWED_ORIGINS": value})

@@ -21,6 +21,7 @@ from domain.ports import Backend, ClaimRequest, LeaseQueue, QueueMonitor, QueueS
 from domain.processing import JobProcessor
 from domain.settlement import Ending
 from domain.submission import Submission
+from entrypoints.logs import JsonFormatter
 from entrypoints.settings import parse_weighted_queues
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.config import WorkerConfig, claim_order
@@ -268,6 +269,31 @@ def test_a_failed_attempt_is_logged_and_audited_as_the_status_the_backend_stored
     assert endings.count("job failed, will retry") == (audited == "failed")
 
 
+def test_a_handlers_traceback_goes_to_the_log_in_the_projects_format(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        rig = Rig()
+        job_id = await rig.submit("dummy", {"mode": "fatal"})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus.DEAD)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        error = (await rig.service.get(job_id)).error
+        assert error is not None
+        assert error.traceback is None  # the job keeps the type and message only
+
+    with caplog.at_level(logging.INFO, logger="conveyor.worker"):
+        asyncio.run(scenario())
+
+    (dead,) = [r for r in caplog.records if r.getMessage() == "job dead"]
+    line = json.loads(JsonFormatter().format(dead))
+    assert line["error_type"] == "NonRetryableError"
+    assert "Traceback (most recent call last)" in line["exception"]
+    assert "dummy.py" in line["exception"]
+
+
 def test_a_handler_that_ignores_its_timeout_retires_the_process() -> None:
     async def scenario() -> None:
         rig = Rig(retry_draw=lambda: 0.99)  # its retry waits about half a second
@@ -475,6 +501,63 @@ def test_a_cancel_request_is_acted_on_once_the_queue_answers_again() -> None:
         stop.set()
         await asyncio.wait_for(running, 5)
         assert queue.outages == 0
+
+    asyncio.run(scenario())
+
+
+class FullStore(ForwardingLeases):
+    """A store that, while `full`, refuses what a full Redis refuses (claims, settlements),
+    and renews leases, as Redis does (see lua/renew.lua)."""
+
+    def __init__(self, inner: LeaseQueue) -> None:
+        super().__init__(inner)
+        self.full = False
+        self.refused: Counter[str] = Counter()
+        self.renewed_while_full = 0
+
+    def _refuse(self, what: str) -> None:
+        if self.full:
+            self.refused[what] += 1
+            raise QueueUnavailableError("redis is out of memory", retry_after=5.0)
+
+    async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
+        self._refuse("claim")
+        return await super().claim(request)
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
+        self.renewed_while_full += self.full
+        return await super().renew(leases, lease_seconds)
+
+    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
+        self._refuse("settle")
+        return await super().settle(lease, ending)
+
+
+def test_a_full_store_pauses_claims_and_settlements_and_the_worker_carries_on_after() -> None:
+    async def scenario() -> None:
+        rig = Rig(leases=FullStore, lease_seconds=0.6)
+        store = rig.leases
+        assert isinstance(store, FullStore)
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        first = await rig.submit("dummy", {"mode": "sleep", "seconds": 0.2})
+        await rig.until_status(first, JobStatus.ACTIVE)
+        store.full = True
+        await asyncio.sleep(0.1)  # a claim already under way when Redis filled up ends
+        waiting = await rig.submit("dummy", {"mode": "succeed"})
+        await asyncio.sleep(1.5)  # the handler is done; its lease outlived twice over
+        assert await rig.status(first) is JobStatus.ACTIVE  # its result waits to be written
+        assert await rig.status(waiting) is JobStatus.QUEUED
+        assert store.refused["settle"] >= 2
+        assert store.refused["claim"] >= 1
+        assert store.renewed_while_full >= 2
+        assert not running.done()
+        store.full = False
+        await rig.until_status(first, JobStatus.SUCCEEDED)
+        await rig.until_status(waiting, JobStatus.SUCCEEDED, within=10.0)
+        assert (await rig.service.get(first)).attempts == 1  # it ran once
+        stop.set()
+        await asyncio.wait_for(running, 5)
 
     asyncio.run(scenario())
 

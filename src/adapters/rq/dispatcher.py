@@ -56,6 +56,8 @@ class Runtime:
     timeout_grace: float
     # The longest result kept, as JSON (None: no limit).
     max_result_bytes: int | None = None
+    # Keep a failed handler's traceback on the job (`JobProcessor`).
+    expose_tracebacks: bool = False
 
 
 _runtime: Runtime | None = None
@@ -67,10 +69,11 @@ def configure(
     random: Random,
     timeout_grace: float,
     max_result_bytes: int | None = None,
+    expose_tracebacks: bool = False,
 ) -> None:
     """Set what `execute` runs with; the worker calls it before it forks work-horses."""
     global _runtime
-    _runtime = Runtime(registry, random, timeout_grace, max_result_bytes)
+    _runtime = Runtime(registry, random, timeout_grace, max_result_bytes, expose_tracebacks)
 
 
 class AttemptFailedError(Exception):
@@ -102,7 +105,11 @@ def execute(type_name: object, payload: object, envelope: object) -> JSONValue:
         job = attrs.evolve(rq_job.stored_job(), status=JobStatus.ACTIVE, attempts=attempts)
     reporter = RqReporter(rq_job, runtime.max_result_bytes)
     processor = JobProcessor(
-        reporter, runtime.registry, runtime.random, cancel_grace=runtime.timeout_grace
+        reporter,
+        runtime.registry,
+        runtime.random,
+        cancel_grace=runtime.timeout_grace,
+        expose_tracebacks=runtime.expose_tracebacks,
     )
     result = loop.run(_process(processor, reporter, rq_job, Lease(job, rq_job.id)))
     if result.status is JobStatus.SUCCEEDED:

@@ -320,6 +320,7 @@ def build_worker(
     follow_parent: FollowParent | None = None,
     worker_class: type[ConveyorBaseWorker] | None = None,
     max_result_bytes: int | None = None,
+    expose_tracebacks: bool = False,
 ) -> ConveyorBaseWorker:
     """An RQ worker for our queues, running `registry`'s job types.
 
@@ -327,10 +328,15 @@ def build_worker(
     under `store.HARD_TIMEOUT_GRACE`); `cancel_grace`: how long a handler gets to stop after
     its job's cancellation was asked for; `random` draws retry delays; `follow_parent` runs in
     the work-horse and the scheduler process as each starts; a result longer than
-    `max_result_bytes` as JSON fails its attempt (ResultTooLargeError, not retried).
+    `max_result_bytes` as JSON fails its attempt (ResultTooLargeError, not retried);
+    `expose_tracebacks` keeps a failed handler's traceback on the job.
     """
     dispatcher.configure(
-        registry, random=random, timeout_grace=timeout_grace, max_result_bytes=max_result_bytes
+        registry,
+        random=random,
+        timeout_grace=timeout_grace,
+        max_result_bytes=max_result_bytes,
+        expose_tracebacks=expose_tracebacks,
     )
     if worker_class is None:
         worker_class = ConveyorWorker if config.kind is WorkerKind.FORK else ConveyorSimpleWorker

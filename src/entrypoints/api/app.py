@@ -15,11 +15,13 @@ from litestar.types import Message, Scope
 from entrypoints.api.batch import BATCH_BODY_FACTOR, BatchController
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
 from entrypoints.api.deps import CONTAINER_KEY, backend_of, dependencies
+from entrypoints.api.guards import RefuseForeignOrigins
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
 from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging
+from entrypoints.redaction import url_secrets
 from entrypoints.settings import Settings
 from entrypoints.startup import backend_is_safe
 
@@ -36,7 +38,7 @@ def create_app(container: Container | None = None) -> Litestar:
     """
     if container is None:
         settings = Settings.from_env()
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, url_secrets(settings.redis_url))
         # The API waits for Redis no longer than the configured timeout, so a dead Redis
         # answers 503 quickly instead of holding the client.
         container = build_container(settings, redis_socket_timeout=settings.redis_timeout)
@@ -57,6 +59,8 @@ def create_app(container: Container | None = None) -> Litestar:
         dependencies=dependencies(),
         state=State({CONTAINER_KEY: container}),
         exception_handlers={Exception: problem_response},
+        # Before any handler runs: a page elsewhere cannot make a browser change anything.
+        middleware=[RefuseForeignOrigins(settings.allowed_origins)],
         before_send=[_allow_every_method],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[_backend_lifespan],

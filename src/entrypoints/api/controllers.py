@@ -29,8 +29,11 @@ from entrypoints.api.body import (
     require_json,
     submission_from,
 )
+from entrypoints.api.deps import tracebacks_shown
+from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
+    BODYLESS_ERRORS,
     IDEMPOTENCY_KEY_PATTERN,
     JOB_ID_PATTERN,
     NO_JOB,
@@ -121,7 +124,7 @@ class JobsController(Controller):
             # One job, so no batch index: the conflict is the header's.
             raise IdempotencyConflictError(conflict.key) from None
         return Response(
-            JobView.from_domain(accepted.job),
+            JobView.from_domain(accepted.job, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.ACCEPTED,
             headers=_accepted_headers(accepted),
         )
@@ -160,7 +163,8 @@ class JobsController(Controller):
         seconds = wait_seconds(wait, settings.wait_max_seconds)
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
-        return JobView.from_details(await jobs.details(job_id, wait=seconds))
+        details = await jobs.details(job_id, wait=seconds)
+        return JobView.from_details(details, tracebacks=settings.expose_tracebacks)
 
     @post(
         "/{job_id:str}/cancel",
@@ -172,7 +176,9 @@ class JobsController(Controller):
         "`cancelled`), or it finishes first.",
         status_code=HTTPStatus.OK,
         operation_class=ConveyorOperation,
+        guards=[refuse_a_body],
         responses={
+            **BODYLESS_ERRORS,
             400: BAD_PARAMETER,
             202: ResponseSpec(
                 JobView,
@@ -186,14 +192,15 @@ class JobsController(Controller):
         },
     )
     async def cancel_job(
-        self, job_id: JobId, jobs: NamedDependency[JobService]
+        self, request: Request[Any, Any, Any], job_id: JobId, jobs: NamedDependency[JobService]
     ) -> Response[JobView]:
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
         job = await jobs.cancel(job_id)
         done = job.status is JobStatus.CANCELLED
         return Response(
-            JobView.from_domain(job), status_code=HTTPStatus.OK if done else HTTPStatus.ACCEPTED
+            JobView.from_domain(job, tracebacks=tracebacks_shown(request)),
+            status_code=HTTPStatus.OK if done else HTTPStatus.ACCEPTED,
         )
 
     @post(
@@ -203,7 +210,9 @@ class JobsController(Controller):
         description="Send the job back to its queue with fresh attempts. Its history stays.",
         status_code=HTTPStatus.ACCEPTED,
         operation_class=LocatedOperation,
+        guards=[refuse_a_body],
         responses={
+            **BODYLESS_ERRORS,
             400: BAD_PARAMETER,
             404: NO_JOB,
             409: problem("The job is neither dead nor cancelled."),
@@ -211,13 +220,13 @@ class JobsController(Controller):
         },
     )
     async def retry_job(
-        self, job_id: JobId, jobs: NamedDependency[JobService]
+        self, request: Request[Any, Any, Any], job_id: JobId, jobs: NamedDependency[JobService]
     ) -> Response[JobView]:
         if not is_job_id(job_id):
             raise JobNotFoundError(job_id)
         job = await jobs.retry(job_id)
         return Response(
-            JobView.from_domain(job),
+            JobView.from_domain(job, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.ACCEPTED,
             headers={"Location": job_location(job)},
         )
@@ -237,6 +246,7 @@ class JobsController(Controller):
     async def list_jobs(
         self,
         jobs: NamedDependency[JobService],
+        request: Request[Any, Any, Any],
         status: Annotated[
             str | None,
             query_parameter("Only jobs in this status.", enum=[s.value for s in JobStatus]),
@@ -263,7 +273,8 @@ class JobsController(Controller):
         ] = None,
     ) -> JobPageView:
         query = job_query(status, job_type, queue, limit, cursor)
-        return JobPageView.from_domain(await jobs.list(query))
+        page = await jobs.list(query)
+        return JobPageView.from_domain(page, tracebacks=tracebacks_shown(request))
 
 
 def wait_seconds(raw: str | None, limit: float) -> float:

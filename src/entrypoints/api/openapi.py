@@ -90,12 +90,24 @@ def unsupported(what: str) -> ResponseSpec:
     return problem(f"The configured queue backend cannot {what}; `capability` names what it lacks.")
 
 
+FOREIGN_ORIGIN: Final = problem(
+    "The request comes from a web page (its `Origin` header) whose origin is not in "
+    "`CONVEYOR_ALLOWED_ORIGINS`: nothing was done. Clients that are not browsers send no "
+    "`Origin`."
+)
+# What every state-changing endpoint without a body may answer besides its own.
+BODYLESS_ERRORS: Final = {
+    403: FOREIGN_ORIGIN,
+    415: problem("The request has a body that is not JSON: this endpoint takes none."),
+}
+
 # What submitting one job or a batch may answer besides 202 and 422.
 SUBMIT_ERRORS: Final = {
     400: problem(
         "The body is not strict JSON (syntax, NaN, depth, repeated keys), or a parameter has "
         "the wrong shape."
     ),
+    403: FOREIGN_ORIGIN,
     413: problem("The body is larger than the limit."),
     415: problem("The body is not `application/json`."),
     429: OVER_LIMIT,

@@ -10,8 +10,10 @@ from litestar.di import NamedDependency
 
 from domain.job_service import JobService
 from domain.jobs import NAME_PATTERN, is_name
+from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
+    BODYLESS_ERRORS,
     UNAVAILABLE,
     ConveyorOperation,
     path_parameter,
@@ -76,7 +78,9 @@ class QueuesController(Controller):
         "new jobs. Pausing a paused queue changes nothing.",
         status_code=HTTPStatus.OK,
         operation_class=ConveyorOperation,
+        guards=[refuse_a_body],
         responses={
+            **BODYLESS_ERRORS,
             400: BAD_PARAMETER,
             404: _NO_QUEUE,
             429: problem(
@@ -97,7 +101,9 @@ class QueuesController(Controller):
         description="Workers claim its jobs again. Resuming a running queue changes nothing.",
         status_code=HTTPStatus.OK,
         operation_class=ConveyorOperation,
+        guards=[refuse_a_body],
         responses={
+            **BODYLESS_ERRORS,
             400: BAD_PARAMETER,
             404: _NO_QUEUE,
             501: unsupported("pause queues"),

@@ -23,7 +23,9 @@ from domain.timeline import (
 
 
 class JobErrorView(msgspec.Struct, frozen=True, kw_only=True):
-    """What went wrong in the job's last failed attempt."""
+    """What went wrong in the job's last failed attempt: the exception's type and message.
+    `traceback` is null unless the server exposes tracebacks (`CONVEYOR_EXPOSE_TRACEBACKS`):
+    they name the server's files, and are in its log."""
 
     message: str
     type: str
@@ -33,12 +35,13 @@ class JobErrorView(msgspec.Struct, frozen=True, kw_only=True):
     signal: str | None
 
     @classmethod
-    def from_domain(cls, error: JobError) -> JobErrorView:
+    def from_domain(cls, error: JobError, *, tracebacks: bool = False) -> JobErrorView:
         return cls(
             message=error.message,
             type=error.type,
             kind=error.kind,
-            traceback=error.traceback,
+            # A traceback stored before the setting was turned off stays hidden too.
+            traceback=error.traceback if tracebacks else None,
             exit_code=error.exit_code,
             signal=error.signal,
         )
@@ -129,8 +132,9 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     timeline: list[TimelineEventView]
 
     @classmethod
-    def from_details(cls, details: JobDetails) -> JobView:
-        """The job with what explains it, as `JobService.details` found it."""
+    def from_details(cls, details: JobDetails, *, tracebacks: bool = False) -> JobView:
+        """The job with what explains it, as `JobService.details` found it; its error's
+        traceback only with `tracebacks`."""
         job = details.job
         return cls(
             id=job.id,
@@ -151,7 +155,11 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
             heartbeat_at=job.heartbeat_at,
             progress=job.progress,
             result=job.result,
-            error=None if job.error is None else JobErrorView.from_domain(job.error),
+            error=(
+                None
+                if job.error is None
+                else JobErrorView.from_domain(job.error, tracebacks=tracebacks)
+            ),
             worker=job.worker,
             history=[AttemptView.from_domain(record) for record in job.history],
             waiting_reason=(
@@ -163,11 +171,12 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
         )
 
     @classmethod
-    def from_domain(cls, job: Job) -> JobView:
+    def from_domain(cls, job: Job, *, tracebacks: bool = False) -> JobView:
         """The job explained by what it records alone: its waiting reason cannot say where it
         stands in its queue (`GET /jobs/{id}` asks the backend for that)."""
         reason = waiting_reason(job, None, datetime.now(UTC))
-        return cls.from_details(JobDetails(job=job, waiting_reason=reason, timeline=timeline(job)))
+        details = JobDetails(job=job, waiting_reason=reason, timeline=timeline(job))
+        return cls.from_details(details, tracebacks=tracebacks)
 
 
 class BatchEntryView(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,9 +216,10 @@ class JobPageView(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
     @classmethod
-    def from_domain(cls, page: JobPage) -> JobPageView:
+    def from_domain(cls, page: JobPage, *, tracebacks: bool = False) -> JobPageView:
         return cls(
-            jobs=[JobView.from_domain(job) for job in page.jobs], next_cursor=page.next_cursor
+            jobs=[JobView.from_domain(job, tracebacks=tracebacks) for job in page.jobs],
+            next_cursor=page.next_cursor,
         )
 
 

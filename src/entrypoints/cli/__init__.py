@@ -11,6 +11,7 @@ from entrypoints.cli import jobs, queues, serve, submit
 from entrypoints.cli.submit import follow
 from entrypoints.container import Container
 from entrypoints.logs import configure_logging
+from entrypoints.redaction import url_secrets
 from entrypoints.rq_keys import use_rq_key_prefix
 from entrypoints.settings import QueueBackend, Settings, SettingsError
 
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None, *, container: Container | None = Non
         except SettingsError as exc:
             print(f"conveyor: {exc}", file=sys.stderr)
             return 2
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, url_secrets(settings.redis_url))
     try:
         code: int = args.run(args, settings)
     except SettingsError as exc:

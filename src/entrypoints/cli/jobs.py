@@ -49,7 +49,8 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_show(args: argparse.Namespace, settings: Settings) -> int:
     async def show(service: JobService) -> int:
-        print_json(JobView.from_details(await service.details(args.job_id)))
+        details = await service.details(args.job_id)
+        print_json(JobView.from_details(details, tracebacks=settings.expose_tracebacks))
         return 0
 
     return with_service(args, settings, show)

@@ -87,6 +87,8 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
+        # uvicorn's own lines go through the process's logging (structured, redacted).
+        log_config=None,
         access_log=False,
         server_header=False,
     )

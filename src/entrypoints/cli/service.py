@@ -29,7 +29,8 @@ def with_job(
     """Run `action` and print the job it answers."""
 
     async def run(service: JobService) -> int:
-        print_json(JobView.from_domain(await action(service)))
+        job = await action(service)
+        print_json(JobView.from_domain(job, tracebacks=settings.expose_tracebacks))
         return 0
 
     return with_service(args, settings, run)

@@ -88,10 +88,10 @@ def run_submit(args: argparse.Namespace, settings: Settings) -> int:
             note = f"the idempotency key was used before: this is job {accepted.job.id}"
             print(f"conveyor: {note}", file=sys.stderr)
         if not args.wait:
-            print_json(JobView.from_domain(accepted.job))
+            print_json(JobView.from_domain(accepted.job, tracebacks=settings.expose_tracebacks))
             return 0
         job = await follow(service, accepted.job.id, console(stderr=True))
-        print_json(JobView.from_domain(job))
+        print_json(JobView.from_domain(job, tracebacks=settings.expose_tracebacks))
         return 0 if job.status is JobStatus.SUCCEEDED else 1
 
     return with_service(args, settings, submit)

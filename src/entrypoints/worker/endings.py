@@ -43,22 +43,25 @@ def said(status: JobStatus | None) -> str:
     return LEASE_LOST if status is None else status.value
 
 
-def _log_status(status: JobStatus, fields: JSONObject) -> None:
+def _log_status(
+    status: JobStatus, fields: JSONObject, failure: BaseException | None = None
+) -> None:
     level, message = _SAID.get(status, (logging.INFO, f"job {status}"))
-    log.log(level, message, extra=fields)
+    log.log(level, message, extra=fields, exc_info=failure)
 
 
 def log_result(lease: Lease, result: ProcessResult, elapsed: float) -> None:
-    """Log how an attempt the processor ran ended, as the backend stored it."""
+    """Log how an attempt the processor ran ended, as the backend stored it, with the
+    handler's traceback when it raised (clients see only its type and message)."""
     fields: dict[str, Any] = {**describe(lease.job), "elapsed_ms": round(elapsed * 1000, 1)}
     if result.error is not None:
         fields |= {"error_kind": str(result.error.kind), "error_type": result.error.type}
     if result.status is None:
-        log.warning("job result discarded: lease lost", extra=fields)
+        log.warning("job result discarded: lease lost", extra=fields, exc_info=result.failure)
         return
     if result.status is S.FAILED:
         fields["retry_in_s"] = round(result.ending.retry_in or 0.0, 3)
-    _log_status(result.status, fields)
+    _log_status(result.status, fields, result.failure)
 
 
 async def hand_back(reporter: AttemptReporter, lease: Lease) -> str:

@@ -97,6 +97,7 @@ def run_rq_worker(settings: Settings, *, queues: tuple[str, ...]) -> int:
             random=random.random,
             follow_parent=follow_parent,
             max_result_bytes=settings.max_result_bytes,
+            expose_tracebacks=settings.expose_tracebacks,
         )
 
     log.info(

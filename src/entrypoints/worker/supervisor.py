@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -115,7 +116,9 @@ class Supervisor:
         self._monitor = monitor
         self._processor = processor
         self._config = config
-        self._id = f"{socket.gethostname()}:{os.getpid()}"
+        # Names this pool in the job records clients read (`worker`): random, so they learn
+        # nothing about the machine; the start-up log line ties it to the host and pid.
+        self._id = secrets.token_hex(4)
         self._generation = 0
         self._children: dict[int, _Child] = {}  # by pid
         self._watchers: set[asyncio.Task[None]] = set()
@@ -134,6 +137,9 @@ class Supervisor:
         log.info(
             "supervisor started",
             extra={
+                "pool": self._id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
                 "processes": cfg.processes,
                 "concurrency": cfg.concurrency,
                 "queues": queues_argument(cfg.queues, cfg.queue_weights),
@@ -212,7 +218,7 @@ class Supervisor:
             expected=expected,
             culprits=culprits,
             error=JobError(
-                message=f"worker process {child.proc.pid} {cause}",
+                message=f"the worker process running it {cause}",
                 type="WorkerLost",
                 kind=ErrorKind.WORKER_LOST,
                 exit_code=exit_code,
