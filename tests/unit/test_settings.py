@@ -152,6 +152,8 @@ def test_the_watchdog_waits_one_lease_unless_told_otherwise() -> None:
     assert Settings.from_env({"CONVEYOR_WATCHDOG_SECONDS": "0"}).watchdog == 0.0
     with pytest.raises(SettingsError, match="CONVEYOR_WATCHDOG_SECONDS"):
         Settings.from_env({"CONVEYOR_WATCHDOG_SECONDS": "-1"})
+
+
 def test_tracebacks_are_hidden_from_clients_unless_exposed() -> None:
     assert Settings.from_env({}).expose_tracebacks is False
     assert Settings.from_env({"CONVEYOR_EXPOSE_TRACEBACKS": "1"}).expose_tracebacks is True
