@@ -2,7 +2,8 @@
 
 The rule below is the one the README's "Deploying safely" section gives (for the prefix
 `acme`): its keys are `{acme:<queue>}:...` (each queue's keys share one hash tag) and
-`acme:...` (the queue registry and idempotency keys); its commands are those its Lua scripts
+`acme:...` (the queue registry and idempotency keys); its one channel is `acme:finished`
+(where scripts publish the jobs they finish, so API processes wake long polls); its commands are those its Lua scripts
 call (a script runs with its caller's permissions, keys included) and those it sends itself.
 The API and a worker run as that user, over TLS (`rediss://`, the server's certificate
 checked against a CA of the test's own), and drive jobs through every path; Redis's ACL log
@@ -32,13 +33,16 @@ PASSWORD = "s3cret-for-tests"
 COMMANDS = (
     # what the service sends itself (INFO: only with CONVEYOR_ADMIT_MAX_MEMORY_BYTES)
     "+ping +evalsha +script|load +blpop +smembers +sadd +set +zrem +hmget +zrevrangebyscore"
-    " +info"
+    " +info +subscribe +unsubscribe +hget +hlen +scard +mget"
     # what its Lua scripts call (src/adapters/redis_queue/lua/*.lua)
-    " +del +exists +get +hdel +hget +hset +incr +incrby +llen +persist +pexpire +pttl +rpush"
-    " +srem +sismember +time +zadd +zcard +zcount +zpopmin +zrange +zrangebyscore +zrank"
-    " +zremrangebyscore +zscore"
+    " +del +exists +get +hdel +hget +hset +incr +incrby +llen +persist +pexpire +pttl +publish"
+    " +rpush +scard +srem +sismember +sscan +time +zadd +zcard +zcount +zpopmin +zrange"
+    " +zrangebyscore +zrank +zremrangebyscore +zscore"
 )
-RULE = f"on >{PASSWORD} resetkeys resetchannels ~{{{PREFIX}:* ~{PREFIX}:* -@all {COMMANDS}"
+RULE = (
+    f"on >{PASSWORD} resetkeys resetchannels ~{{{PREFIX}:* ~{PREFIX}:* &{PREFIX}:finished"
+    f" -@all {COMMANDS}"
+)
 # redis-py names its library on connect (CLIENT SETINFO, Redis 7.2+; a refusal is ignored, but
 # logged as a denial): granted where the server has the command.
 CLIENT_SETINFO = "+client|setinfo"
