@@ -3,8 +3,9 @@
 The rule below is the one the README's "Deploying safely" section gives (for the prefix
 `acme`): its keys are `{acme:<queue>}:...` (each queue's keys share one hash tag) and
 `acme:...` (the queue registry and idempotency keys); its one channel is `acme:finished`
-(where scripts publish the jobs they finish, so API processes wake long polls); its commands are those its Lua scripts
-call (a script runs with its caller's permissions, keys included) and those it sends itself.
+(where scripts publish the jobs they finish, so API processes wake long polls); its commands
+are those its Lua scripts call (a script runs with its caller's permissions, keys included)
+and those it sends itself.
 The API and a worker run as that user, over TLS (`rediss://`, the server's certificate
 checked against a CA of the test's own), and drive jobs through every path; Redis's ACL log
 must then hold no denial, and the user can reach neither another prefix's keys nor admin
