@@ -232,7 +232,11 @@ def test_a_sigkilled_work_horse_is_retried_at_once_or_dead_lettered_without_retr
                 AttemptOutcome.WORKER_LOST,
                 AttemptOutcome.SUCCEEDED,
             ]
-            assert rerun_after < 2.0, rerun_after  # the parent sees the horse die at once
+            # The parent sees the horse die at once; the retry then waits in RQ's scheduled
+            # registry, which its scheduler polls every second: about 1-2 s in all, and a
+            # machine busy with other suites may add a few hundred milliseconds.
+            print(f"[rq] a killed work-horse's job ran again {rerun_after:.2f} s after the kill")
+            assert rerun_after < 3.0, rerun_after
 
             await enqueue(backend.submitter, spent)
             horse = await horse_running(factory, backend.store, spent.id, 1)
