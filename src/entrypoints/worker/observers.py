@@ -117,3 +117,14 @@ class Observers:
     def recovered(self, moved: int) -> None:
         for observer in self._recovered:
             observer.recovered(moved)
+
+
+class PoolObserver:
+    """Hears about a supervisor's children. Events arrive on the supervisor's event loop."""
+
+    def child_replaced(self, cause: str) -> None:
+        """A child was replaced: `exited` (it ended by itself), `killed` (a signal),
+        `unresponsive` (the watchdog killed it) or `retired` (it asked to be)."""
+
+    def child_exited(self, pid: int) -> None:
+        """The child `pid` has ended, for whatever reason."""

@@ -42,7 +42,7 @@ from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
 from entrypoints.worker.endings import RELEASED, said
-from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers
+from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers, PoolObserver
 from entrypoints.worker.spawning import ChildSpec, ForkedChild, ForkServer
 
 log = logging.getLogger("conveyor.supervisor")
@@ -112,10 +112,12 @@ class Supervisor:
         *,
         monitor: QueueMonitor | None = None,
         observers: Sequence[AttemptObserver] = (),
+        pool_observer: PoolObserver | None = None,
     ) -> None:
         self._connection = connection
         # Told how the attempts of a child that died ended, which the child cannot say.
         self._observers = Observers(observers)
+        self._pool = pool_observer or PoolObserver()
         self._leases = leases
         self._monitor = monitor
         self._processor = processor
@@ -198,6 +200,7 @@ class Supervisor:
         with contextlib.suppress(asyncio.CancelledError):
             await listener
         self._children.pop(child.proc.pid, None)
+        self._pool.child_exited(child.proc.pid)
         cause, exit_code, signal_name = describe_exit(code)
         if child.unresponsive is not None:
             cause = f"{child.unresponsive}; {cause}"
@@ -216,6 +219,8 @@ class Supervisor:
             return
         culprits = set() if expected else executing(self._board_path(child.worker_id))
         if not expected and not child.retiring and not self._stopping:
+            replaced = "killed" if signal_name else "exited"
+            self._pool.child_replaced("unresponsive" if child.unresponsive else replaced)
             await self._respawn(child.slot, explained=bool(culprits))
         await self._settle(
             child,
@@ -288,6 +293,7 @@ class Supervisor:
     async def _retire(self, child: _Child, reason: str) -> None:
         child.retiring = True
         log.warning("replacing a retiring child", extra={"pid": child.proc.pid, "reason": reason})
+        self._pool.child_replaced("retired")
         await self._spawn(child.slot)
         deadline = self._config.drain_grace + self._config.kill_grace
         task = asyncio.create_task(self._kill_after(child, deadline))
