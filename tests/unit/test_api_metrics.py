@@ -98,8 +98,8 @@ def test_a_metric_that_fails_never_fails_the_request(
     def broken(*_: object) -> None:
         raise RuntimeError("registry broken")
 
-    metrics._requests.labels = broken  # type: ignore[method-assign]
-    metrics._submits.labels = broken  # type: ignore[method-assign]
+    metrics._requests.labels = broken  # type: ignore[method-assign,assignment]
+    metrics._submits.labels = broken  # type: ignore[method-assign,assignment]
 
     answers = [client.post("/jobs", json=DUMMY).status_code for _ in range(3)]
 
