@@ -130,7 +130,7 @@ def _supervise(
     wired = _wire(settings)
     if wired is None:
         return EXIT_CONFIG
-    counted = WorkerMetrics(in_child=False) if metrics else None
+    counted = WorkerMetrics() if metrics else None
     config = PoolConfig(
         processes=processes,
         concurrency=concurrency,
@@ -180,7 +180,7 @@ def run_child(
     observers: list[AttemptObserver] = [audit] if audit is not None else []
     if (metrics_dir := shared_directory()) is not None:
         use_directory(metrics_dir)
-        observers.append(WorkerMetrics(in_child=True))
+        observers.append(WorkerMetrics())
     config = WorkerConfig(
         worker_id=worker_id,
         queues=queues,

@@ -18,11 +18,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections import Counter as Tally
+from collections.abc import Callable, Iterable
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, values
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
 
 from domain.jobs import Lease
 from entrypoints.worker.endings import LEASE_LOST
@@ -37,10 +40,15 @@ PICKUP_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 
 
 def use_directory(path: str) -> None:
-    """Write this process's figures into `path` (the library decides where values live when
-    it is imported, so it is told again here, in each process, before any metric exists)."""
+    """Write this process's figures into `path`, from now on.
+
+    The library decides where values live when it is imported, so it is told again here, in
+    each process, before any metric exists. By default it asks the kernel for the process id
+    at every increment, to notice a fork; a worker process never forks, so its id is read once.
+    """
     os.environ[MULTIPROC_ENV] = path
-    values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+    pid = os.getpid()
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)  # type: ignore[no-untyped-call]
 
 
 def metrics_off() -> None:
@@ -60,7 +68,7 @@ class MetricsServer:
         self._dir = tempfile.mkdtemp(prefix="conveyor-metrics-")
         use_directory(self._dir)
         registry = CollectorRegistry(auto_describe=False)
-        multiprocess.MultiProcessCollector(registry, path=self._dir)  # type: ignore[no-untyped-call]
+        registry.register(_PoolFigures(self._dir))
         try:
             self._server, self._thread = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
@@ -84,10 +92,10 @@ class MetricsPortError(Exception):
 
 
 class WorkerMetrics(AttemptObserver, PoolObserver):
-    """Counts attempts as the observers hear of them. In a child, also its jobs in flight;
-    in the supervisor, the attempts of children that died and the children restarted."""
+    """Counts attempts as the observers hear of them: in a child, those it ran; in the
+    supervisor, those of children that died, and the children it replaced."""
 
-    def __init__(self, *, in_child: bool) -> None:
+    def __init__(self) -> None:
         labels = ("type", "queue")
         self._started = Counter("conveyor_jobs_started", "Attempts started.", labels, registry=None)
         self._ended = Counter(
@@ -137,16 +145,6 @@ class WorkerMetrics(AttemptObserver, PoolObserver):
             ("cause",),
             registry=None,
         )
-        self._in_flight = (
-            Gauge(
-                "conveyor_jobs_in_flight",
-                "Attempts running now.",
-                multiprocess_mode="livesum",
-                registry=None,
-            )
-            if in_child
-            else None
-        )
         # Children by label values, looked up once: `labels()` costs more than the increment.
         self._per_job: dict[tuple[str, str], _PerJob] = {}
         self._outcomes: dict[tuple[str, str, str], Callable[[], None]] = {}
@@ -162,8 +160,6 @@ class WorkerMetrics(AttemptObserver, PoolObserver):
     def started(self, lease: Lease) -> None:
         per = self._job(lease)
         per.started()
-        if self._in_flight is not None:
-            self._in_flight.inc()
         job = lease.job
         if job.attempts == 1 and job.started_at is not None:
             # Both times are Redis's clock, so no two machines' clocks are compared.
@@ -180,15 +176,14 @@ class WorkerMetrics(AttemptObserver, PoolObserver):
         if count is None:
             count = self._outcomes[key] = self._ended.labels(*key).inc
         count()
-        if end.lost:
-            self._job(lease).lost()
-            return  # counted by the supervisor: the child's in-flight gauge went with it
-        if self._in_flight is not None:
-            self._in_flight.dec()
-        if end.timed_out:
-            self._job(lease).timed_out()
-        if end.elapsed is not None:
-            self._job(lease).ran(end.elapsed)
+        if end.error_kind is not None or end.elapsed is not None:
+            per = self._job(lease)
+            if end.lost:
+                per.lost()
+            elif end.timed_out:
+                per.timed_out()
+            if end.elapsed is not None:
+                per.ran(end.elapsed)
         if end.outcome == LEASE_LOST:
             self._stale.inc()
 
@@ -197,12 +192,6 @@ class WorkerMetrics(AttemptObserver, PoolObserver):
 
     def child_replaced(self, cause: str) -> None:
         self._restarts.labels(cause).inc()
-
-    def child_exited(self, pid: int) -> None:
-        # Its jobs in flight are no longer anyone's; its counters stay.
-        path = shared_directory()
-        if path is not None:
-            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
 class _PerJob:
@@ -214,3 +203,40 @@ class _PerJob:
         self.lost = metrics._lost.labels(*key).inc
         self.ran = metrics._run.labels(*key).observe
         self.pickup = metrics._pickup.labels(*key).observe
+
+
+# How each counter's family moves the attempts in flight.
+_IN_FLIGHT_SIGNS: Final = {"conveyor_jobs_started": 1, "conveyor_jobs": -1}
+
+
+class _PoolFigures(Collector):
+    """Every process's figures added up, and the attempts in flight derived from them.
+
+    An attempt in flight is one started and not yet ended: every attempt counted started
+    is counted ended exactly once (by its child, or by the supervisor if the child died), so
+    the difference needs no write per job and no gauge a dying child could leave behind.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._files = multiprocess.MultiProcessCollector(None, path=path)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        families: list[Metric] = list(self._files.collect())  # type: ignore[no-untyped-call]
+        running: Tally[tuple[str, str]] = Tally()
+        for family in families:
+            sign = _IN_FLIGHT_SIGNS.get(family.name)
+            if sign is None:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = (sample.labels["type"], sample.labels["queue"])
+                    running[key] += int(sample.value) * sign
+        in_flight = GaugeMetricFamily(
+            "conveyor_jobs_in_flight",
+            "Attempts started and not yet ended.",
+            labels=("type", "queue"),
+        )
+        for key, count in sorted(running.items()):
+            in_flight.add_metric(key, count)
+        yield from families
+        yield in_flight

@@ -125,6 +125,3 @@ class PoolObserver:
     def child_replaced(self, cause: str) -> None:
         """A child was replaced: `exited` (it ended by itself), `killed` (a signal),
         `unresponsive` (the watchdog killed it) or `retired` (it asked to be)."""
-
-    def child_exited(self, pid: int) -> None:
-        """The child `pid` has ended, for whatever reason."""

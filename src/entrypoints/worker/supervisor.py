@@ -200,7 +200,6 @@ class Supervisor:
         with contextlib.suppress(asyncio.CancelledError):
             await listener
         self._children.pop(child.proc.pid, None)
-        self._pool.child_exited(child.proc.pid)
         cause, exit_code, signal_name = describe_exit(code)
         if child.unresponsive is not None:
             cause = f"{child.unresponsive}; {cause}"
