@@ -142,7 +142,7 @@ async def count_answer(message: Message, scope: Scope) -> None:
             metrics.answered(scope, message["status"])
 
 
-class _QueueFigures(Collector):
+class QueueFigures(Collector):
     """The queues' state as read for one scrape."""
 
     def __init__(self, stats: Sequence[QueueStats] | None) -> None:
@@ -200,7 +200,7 @@ async def serve_metrics(
         if metrics is not None:
             metrics.redis_error()
     queues = CollectorRegistry(auto_describe=False)
-    queues.register(_QueueFigures(stats))
+    queues.register(QueueFigures(stats))
     body = generate_latest(queues)
     if metrics is not None:
         body = generate_latest(metrics.registry) + body
