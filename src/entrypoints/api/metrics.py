@@ -142,6 +142,12 @@ async def count_answer(message: Message, scope: Scope) -> None:
             metrics.answered(scope, message["status"])
 
 
+# The depth operators graph and alert on has a sample even at 0, so its series never has a
+# gap; any other status has one only while it holds jobs, which keeps a scrape of 1,000
+# queues to a few thousand samples instead of 8,000 mostly zero.
+_ALWAYS_SHOWN: Final = frozenset({JobStatus.QUEUED, JobStatus.ACTIVE})
+
+
 class QueueFigures(Collector):
     """The queues' state as read for one scrape."""
 
@@ -157,7 +163,9 @@ class QueueFigures(Collector):
         if self._stats is None:
             return
         jobs = GaugeMetricFamily(
-            "conveyor_queue_jobs", "Jobs in each queue by status.", labels=("queue", "status")
+            "conveyor_queue_jobs",
+            "Jobs in each queue by status (queued and active always; others when not 0).",
+            labels=("queue", "status"),
         )
         oldest = GaugeMetricFamily(
             "conveyor_queue_oldest_waiting_seconds",
@@ -170,7 +178,9 @@ class QueueFigures(Collector):
         )
         for queue in self._stats:
             for status in JobStatus:
-                jobs.add_metric([queue.name, status.value], queue.counts.get(status, 0))
+                count = queue.counts.get(status, 0)
+                if count or status in _ALWAYS_SHOWN:
+                    jobs.add_metric([queue.name, status.value], count)
             oldest.add_metric([queue.name], queue.oldest_queued_age or 0.0)
             paused.add_metric([queue.name], 1.0 if queue.paused else 0.0)
             if queue.workers is not None:

@@ -247,9 +247,9 @@ class Worker:
             return
         self.completed += 1
         elapsed = time.monotonic() - started
-        error = result.error
-        ending = AttemptEnd(said(result.status), error.kind if error else None, elapsed)
-        self._observers.ended(lease, ending)
+        if self._observers:  # most workers have none: then nothing is built for them
+            kind = result.error.kind if result.error else None
+            self._observers.ended(lease, AttemptEnd(said(result.status), kind, elapsed))
         log_result(lease, result, elapsed)
         if result.abandoned or context.blocking_calls_running:
             # Its handler still runs (a thread cannot be interrupted): only replacing this
