@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, cast
 
 from litestar import Request, Response, get
@@ -85,6 +85,12 @@ class ApiMetrics:
             registry=self.registry,
         )
         self._failed_once = False
+        # Children by label values, looked up once each: `labels()` costs more than the
+        # increment. Every label value is bounded (route templates, statuses, registered
+        # types, kept queues), and the library keeps every child anyway.
+        self._answers: dict[tuple[str, str, int], Callable[[], None]] = {}
+        self._timings: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._outcomes: dict[tuple[str, str, str], Callable[[], None]] = {}
 
     def _guard(self, exc: Exception) -> None:
         if not self._failed_once:
@@ -95,12 +101,19 @@ class ApiMetrics:
         try:
             route = scope.get("path_template") or "unmatched"
             method = cast(str, scope.get("method", ""))
-            self._requests.labels(route, method, str(status)).inc()
+            key = (route, method, status)
+            count = self._answers.get(key)
+            if count is None:
+                count = self._answers[key] = self._requests.labels(route, method, str(status)).inc
+            count()
             started = cast(dict[str, Any], scope).get(_STARTED)
             if isinstance(started, float):
-                self._latency.labels(route, method).observe(time.perf_counter() - started)
-            if method == "POST" and status >= 400 and route in _SUBMIT_ROUTES:
-                self._submits.labels("", "", f"refused_{status}").inc()
+                timing = self._timings.get(key[:2])
+                if timing is None:
+                    timing = self._timings[key[:2]] = self._latency.labels(route, method).observe
+                timing(time.perf_counter() - started)
+            if status >= 400 and method == "POST" and route in _SUBMIT_ROUTES:
+                self._count_submit("", "", f"refused_{status}")
         except Exception as exc:
             self._guard(exc)
 
@@ -108,9 +121,16 @@ class ApiMetrics:
         try:
             for one in accepted:
                 outcome = "accepted" if one.created else "replayed"
-                self._submits.labels(one.job.type, one.job.queue, outcome).inc()
+                self._count_submit(one.job.type, one.job.queue, outcome)
         except Exception as exc:
             self._guard(exc)
+
+    def _count_submit(self, type_: str, queue: str, outcome: str) -> None:
+        key = (type_, queue, outcome)
+        count = self._outcomes.get(key)
+        if count is None:
+            count = self._outcomes[key] = self._submits.labels(*key).inc
+        count()
 
     def redis_error(self) -> None:
         try:

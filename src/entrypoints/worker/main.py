@@ -101,6 +101,8 @@ def run_worker(
     if settings.queue_backend is QueueBackend.RQ:  # RQ's own worker runs the jobs
         from entrypoints.worker.rq_main import run_rq_worker
 
+        if metrics_port is not None:
+            log.warning("QUEUE_BACKEND=rq: RQ's worker serves no metrics; the port is not used")
         return run_rq_worker(settings, queues=queues)
     server = None
     if metrics_port is None:

@@ -14,6 +14,7 @@ supervisor for those of a child that died).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -84,7 +85,9 @@ class MetricsServer:
 
 class MetricsPortError(Exception):
     def __init__(self, host: str, port: int, cause: OSError) -> None:
-        reason = "is taken" if cause.errno == 98 else f"cannot be bound ({cause.strerror})"
+        reason = (
+            "is taken" if cause.errno == errno.EADDRINUSE else f"cannot be bound ({cause.strerror})"
+        )
         super().__init__(
             f"the metrics port {host}:{port} {reason} "
             "(--metrics-port / CONVEYOR_METRICS_PORT); stopping"

@@ -205,8 +205,9 @@ def test_a_worker_whose_metrics_port_is_taken_stops_with_one_line_naming_it(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {**service_env(redis_url), "CONVEYOR_METRICS_PORT": str(port)}
-        with Pool(env, tmp_path, processes=1, concurrency=1) as pool:
+        pool = Pool(service_env(redis_url), tmp_path, processes=1, concurrency=1)
+        pool.args += ["--metrics-port", str(port)]
+        with pool:
             code = pool.wait(15)
     lines = [line for line in pool.output().splitlines() if "metrics port" in line]
     assert code == 2
@@ -234,9 +235,8 @@ def test_the_api_scrape_answers_within_100_ms_with_1000_queues_known(
             assert answer.status_code == 200
         figures = scrape(f"{api.base}/metrics")
     times.sort()
-    print(
-        f"\n/metrics with 1,000 queues: p50 {times[10] * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms"
-    )
+    p50, worst = times[10] * 1000, times[-1] * 1000
+    print(f"\n/metrics with 1,000 queues: p50 {p50:.0f} ms, max {worst:.0f} ms")
     queued = {labels for name, labels in figures if name == "conveyor_queue_jobs"}
     assert len(queued) == 1000 * 2  # queued and active; the other statuses hold none
     assert value(figures, "conveyor_queue_jobs", queue="q0999", status="queued") == 1
