@@ -90,6 +90,9 @@ class Settings:
     # What browsers may do: the origins (`https://host[:port]`) whose pages may make
     # state-changing requests. A request from any other page is refused; none by default.
     allowed_origins: frozenset[str] = frozenset()
+    # Metrics: the port each `conveyor worker` serves Prometheus metrics on, on `api_host`;
+    # None: not served (writing them costs each job a little; the API's are always on).
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +146,7 @@ class Settings:
             max_result_bytes=read("CONVEYOR_MAX_RESULT_BYTES", _positive(int), 1024 * 1024),
             expose_tracebacks=read("CONVEYOR_EXPOSE_TRACEBACKS", parse_flag, False),
             allowed_origins=read("CONVEYOR_ALLOWED_ORIGINS", parse_origins, frozenset()),
+            metrics_port=read("CONVEYOR_METRICS_PORT", _optional_port, None),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -227,6 +231,10 @@ def _port(raw: str) -> int:
     if not 0 < port < 65536:
         raise ValueError("must be a TCP port (1-65535)")
     return port
+
+
+def _optional_port(raw: str) -> int | None:
+    return _port(raw) if raw.strip() else None
 
 
 def _prefix(raw: str) -> str:

@@ -61,11 +61,18 @@ def test_what_callers_can_make_the_service_hold_is_bounded_by_default_and_settab
         ("CONVEYOR_MAX_QUEUES", "0"),
         ("CONVEYOR_MAX_WAITERS", "-1"),
         ("CONVEYOR_MAX_RESULT_BYTES", "1MB"),
+        ("CONVEYOR_METRICS_PORT", "0"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_variables_name(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
+
+
+def test_worker_metrics_are_off_unless_a_port_is_given() -> None:
+    assert Settings.from_env({}).metrics_port is None
+    assert Settings.from_env({"CONVEYOR_METRICS_PORT": ""}).metrics_port is None
+    assert Settings.from_env({"CONVEYOR_METRICS_PORT": "9100"}).metrics_port == 9100
 
 
 def test_a_missing_redis_url_is_explained() -> None:

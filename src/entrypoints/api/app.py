@@ -16,6 +16,7 @@ from entrypoints.api.batch import BATCH_BODY_FACTOR, BatchController
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
 from entrypoints.api.deps import CONTAINER_KEY, backend_of, dependencies
 from entrypoints.api.guards import RefuseForeignOrigins
+from entrypoints.api.metrics import METRICS_KEY, ApiMetrics, count_answer, serve_metrics, timed
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
@@ -55,13 +56,14 @@ def create_app(container: Container | None = None) -> Litestar:
             QueuesController,
             JobTypesController,
             HealthController,
+            serve_metrics,
         ],
         dependencies=dependencies(),
-        state=State({CONTAINER_KEY: container}),
+        state=State({CONTAINER_KEY: container, METRICS_KEY: ApiMetrics()}),
         exception_handlers={Exception: problem_response},
         # Before any handler runs: a page elsewhere cannot make a browser change anything.
-        middleware=[RefuseForeignOrigins(settings.allowed_origins)],
-        before_send=[_allow_every_method],
+        middleware=[timed, RefuseForeignOrigins(settings.allowed_origins)],
+        before_send=[_allow_every_method, count_answer],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[_backend_lifespan],
         # Logging is the process's (structured, see entrypoints.logs), not Litestar's.

@@ -14,6 +14,7 @@ from domain.job_service import JobService
 from domain.jobs import is_idempotency_key
 from domain.submission import MAX_BATCH
 from entrypoints.api.body import BatchItem, batch_from, decode_json, require_json
+from entrypoints.api.metrics import metrics_of
 from entrypoints.api.openapi import SUBMIT_ERRORS, SubmitBatchOperation, problem
 from entrypoints.api.schemas import BatchView
 
@@ -65,6 +66,8 @@ class BatchController(Controller):
             raise InvalidJobError(_in_batch(invalid.errors, single=len(items) == 1)) from None
         except UnknownJobTypeError as unknown:  # a batch of one, reported as one job
             raise InvalidJobError([FieldError("jobs[0].type", str(unknown))]) from None
+        if (metrics := metrics_of(request.app.state)) is not None:
+            metrics.submitted(accepted)
         return BatchView.from_domain(accepted)
 
 

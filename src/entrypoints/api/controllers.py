@@ -31,6 +31,7 @@ from entrypoints.api.body import (
 )
 from entrypoints.api.deps import tracebacks_shown
 from entrypoints.api.guards import refuse_a_body
+from entrypoints.api.metrics import metrics_of
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
     BODYLESS_ERRORS,
@@ -123,6 +124,8 @@ class JobsController(Controller):
         except IdempotencyConflictError as conflict:
             # One job, so no batch index: the conflict is the header's.
             raise IdempotencyConflictError(conflict.key) from None
+        if (metrics := metrics_of(request.app.state)) is not None:
+            metrics.submitted([accepted])
         return Response(
             JobView.from_domain(accepted.job, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.ACCEPTED,

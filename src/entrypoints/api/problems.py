@@ -29,6 +29,7 @@ from domain.errors import (
     UnknownJobTypeError,
     UnsupportedOperationError,
 )
+from entrypoints.api.metrics import metrics_of
 from entrypoints.api.schemas import FieldErrorView, Problem
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
@@ -152,6 +153,8 @@ def _to_problem(request: Request[Any, Any, Any], exc: Exception) -> tuple[Proble
             return msgspec.structs.replace(problem, capability=exc.capability), {}
         case QueueUnavailableError():
             logger.warning("queue backend unavailable: %s", exc.reason)
+            if (metrics := metrics_of(request.app.state)) is not None:
+                metrics.redis_error()
             detail = "the job store cannot be reached right now; retry later"
             problem = _problem(
                 HTTPStatus.SERVICE_UNAVAILABLE, "queue-unavailable", detail, instance

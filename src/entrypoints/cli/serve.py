@@ -51,6 +51,13 @@ def add_commands(commands: Commands) -> None:
         help="comma-separated queues: `a,b` in strict order, `a:3,b:1` in random order by"
         " weight for each claim (default CONVEYOR_WORKER_QUEUES)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=positive_int,
+        default=None,
+        help="serve Prometheus metrics on this port, on CONVEYOR_API_HOST (default"
+        " CONVEYOR_METRICS_PORT; unset: not served)",
+    )
     worker.set_defaults(run=run_worker)
 
     dev = commands.add_parser(
@@ -106,6 +113,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         concurrency=args.concurrency or settings.worker_concurrency,
         queues=queues,
         weights=weights,
+        metrics_port=args.metrics_port or settings.metrics_port,
     )
 
 

@@ -23,6 +23,15 @@ from entrypoints.settings import QueueBackend, Settings
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
 from entrypoints.worker.config import WorkerConfig
+from entrypoints.worker.metrics import (
+    MetricsPortError,
+    MetricsServer,
+    WorkerMetrics,
+    metrics_off,
+    shared_directory,
+    use_directory,
+)
+from entrypoints.worker.observers import AttemptObserver
 from entrypoints.worker.runner import Worker
 from entrypoints.worker.supervisor import (
     EXIT_CONFIG,
@@ -82,19 +91,48 @@ def run_worker(
     concurrency: int,
     queues: tuple[str, ...],
     weights: tuple[int, ...] | None = None,
+    metrics_port: int | None = None,
 ) -> int:
     """Run the supervisor and its children until SIGTERM or SIGINT; answers the exit code.
 
     With `weights` (one per queue), each claim tries the queues in a random order drawn by
-    weight; without, in the order given.
+    weight; without, in the order given. With `metrics_port`, serves the pool's metrics.
     """
     if settings.queue_backend is QueueBackend.RQ:  # RQ's own worker runs the jobs
         from entrypoints.worker.rq_main import run_rq_worker
 
+        if metrics_port is not None:
+            log.warning("QUEUE_BACKEND=rq: RQ's worker serves no metrics; the port is not used")
         return run_rq_worker(settings, queues=queues)
+    server = None
+    if metrics_port is None:
+        metrics_off()
+    else:
+        try:
+            # Before any child exists: each learns from the environment where to write.
+            server = MetricsServer(settings.api_host, metrics_port)
+        except MetricsPortError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
+    try:
+        return _supervise(settings, processes, concurrency, queues, weights, server is not None)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _supervise(
+    settings: Settings,
+    processes: int,
+    concurrency: int,
+    queues: tuple[str, ...],
+    weights: tuple[int, ...] | None,
+    metrics: bool,
+) -> int:
     wired = _wire(settings)
     if wired is None:
         return EXIT_CONFIG
+    counted = WorkerMetrics() if metrics else None
     config = PoolConfig(
         processes=processes,
         concurrency=concurrency,
@@ -110,6 +148,8 @@ def run_worker(
         wired.container.job_processor(),
         config,
         monitor=wired.monitor,
+        observers=[counted] if counted is not None else [],
+        pool_observer=counted,
     )
     return asyncio.run(_until_signalled(supervisor.run, wired.connection))
 
@@ -139,6 +179,10 @@ def run_child(
             control.write(f"retire {reason}\n".encode())
 
     audit = AuditLog(settings.audit_log, worker_id) if settings.audit_log else None
+    observers: list[AttemptObserver] = [audit] if audit is not None else []
+    if (metrics_dir := shared_directory()) is not None:
+        use_directory(metrics_dir)
+        observers.append(WorkerMetrics())
     config = WorkerConfig(
         worker_id=worker_id,
         queues=queues,
@@ -159,7 +203,7 @@ def run_child(
         processor,
         config,
         monitor=wired.monitor,
-        audit=audit,
+        observers=observers,
         board=Board(board, threads=concurrency) if board is not None else None,
         on_retire=retire,
         clock=wired.container.clock(),

@@ -35,13 +35,14 @@ from pathlib import Path
 import attrs
 
 from domain.errors import QueueUnavailableError
-from domain.jobs import ErrorKind, JobError
+from domain.jobs import ErrorKind, JobError, JobStatus
 from domain.ports import Connection, LeaseQueue, QueueMonitor
 from domain.processing import JobProcessor
 from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
-from entrypoints.worker.endings import said
+from entrypoints.worker.endings import RELEASED, said
+from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers, PoolObserver
 from entrypoints.worker.spawning import ChildSpec, ForkedChild, ForkServer
 
 log = logging.getLogger("conveyor.supervisor")
@@ -110,8 +111,13 @@ class Supervisor:
         config: PoolConfig,
         *,
         monitor: QueueMonitor | None = None,
+        observers: Sequence[AttemptObserver] = (),
+        pool_observer: PoolObserver | None = None,
     ) -> None:
         self._connection = connection
+        # Told how the attempts of a child that died ended, which the child cannot say.
+        self._observers = Observers(observers)
+        self._pool = pool_observer or PoolObserver()
         self._leases = leases
         self._monitor = monitor
         self._processor = processor
@@ -212,6 +218,8 @@ class Supervisor:
             return
         culprits = set() if expected else executing(self._board_path(child.worker_id))
         if not expected and not child.retiring and not self._stopping:
+            replaced = "killed" if signal_name else "exited"
+            self._pool.child_replaced("unresponsive" if child.unresponsive else replaced)
             await self._respawn(child.slot, explained=bool(culprits))
         await self._settle(
             child,
@@ -284,6 +292,7 @@ class Supervisor:
     async def _retire(self, child: _Child, reason: str) -> None:
         child.retiring = True
         log.warning("replacing a retiring child", extra={"pid": child.proc.pid, "reason": reason})
+        self._pool.child_replaced("retired")
         await self._spawn(child.slot)
         deadline = self._config.drain_grace + self._config.kill_grace
         task = asyncio.create_task(self._kill_after(child, deadline))
@@ -323,9 +332,12 @@ class Supervisor:
                 charged = (held & culprits) or held
                 for lease in leases:
                     if expected or lease.job_id not in charged:
-                        await self._leases.settle(lease, Ending.released())
+                        status = await self._leases.settle(lease, Ending.released())
+                        word = RELEASED if status is JobStatus.QUEUED else said(status)
+                        self._observers.ended(lease, AttemptEnd(word))
                         continue
                     result = await self._processor.record_lost(lease, error)
+                    self._observers.ended(lease, AttemptEnd(said(result.status), error.kind))
                     log.warning(
                         "job lost with its worker",
                         extra={

@@ -1,0 +1,237 @@
+"""The API's Prometheus metrics: its requests, submissions and Redis errors, and the queues'
+state read from Redis when `/metrics` is scraped.
+
+Counting never fails a request: a metric that raises is logged once and the request goes
+on. Labels hold only what is bounded and known: the route's template (never the path, which
+holds job ids), the method and status, registered job types and kept queues; a refused
+submission's type and queue are not labels, since a caller could name any number of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, cast
+
+from litestar import Request, Response, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from domain.errors import QueueUnavailableError, UnsupportedOperationError
+from domain.job_service import Accepted, JobService
+from domain.jobs import JobStatus
+from domain.ports import QueueStats
+
+log = logging.getLogger("conveyor.api")
+
+METRICS_KEY: Final = "metrics"
+_STARTED: Final = "conveyor.started"  # when a request reached the routes, in its scope
+# The text format every Prometheus reads (Litestar adds the charset).
+_TEXT_FORMAT: Final = "text/plain; version=0.0.4"
+_SUBMIT_ROUTES: Final = frozenset({"/jobs", "/jobs/batch"})
+LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
+
+
+class ApiMetrics:
+    """One API process's figures, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._requests = Counter(
+            "conveyor_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"),
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "conveyor_http_request_duration_seconds",
+            "From a request's reaching its route to its answer's start.",
+            ("route", "method"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._submits = Counter(
+            "conveyor_submits",
+            "Submissions (each job of a batch), by outcome: accepted, replayed (a repeat under"
+            " an Idempotency-Key), or refused_<status>.",
+            ("type", "queue", "outcome"),
+            registry=self.registry,
+        )
+        self._redis_errors = Counter(
+            "conveyor_redis_errors",
+            "Requests (and scrapes) that found Redis unreachable or refusing writes.",
+            registry=self.registry,
+        )
+        self._failed_once = False
+        # Children by label values, looked up once each: `labels()` costs more than the
+        # increment. Every label value is bounded (route templates, statuses, registered
+        # types, kept queues), and the library keeps every child anyway.
+        self._answers: dict[tuple[str, str, int], Callable[[], None]] = {}
+        self._timings: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._outcomes: dict[tuple[str, str, str], Callable[[], None]] = {}
+
+    def _guard(self, exc: Exception) -> None:
+        if not self._failed_once:
+            self._failed_once = True
+            log.error("a metric could not be recorded (logged once): %r", exc)
+
+    def answered(self, scope: Scope, status: int) -> None:
+        try:
+            route = scope.get("path_template") or "unmatched"
+            method = cast(str, scope.get("method", ""))
+            key = (route, method, status)
+            count = self._answers.get(key)
+            if count is None:
+                count = self._answers[key] = self._requests.labels(route, method, str(status)).inc
+            count()
+            started = cast(dict[str, Any], scope).get(_STARTED)
+            if isinstance(started, float):
+                timing = self._timings.get(key[:2])
+                if timing is None:
+                    timing = self._timings[key[:2]] = self._latency.labels(route, method).observe
+                timing(time.perf_counter() - started)
+            if status >= 400 and method == "POST" and route in _SUBMIT_ROUTES:
+                self._count_submit("", "", f"refused_{status}")
+        except Exception as exc:
+            self._guard(exc)
+
+    def submitted(self, accepted: Iterable[Accepted]) -> None:
+        try:
+            for one in accepted:
+                outcome = "accepted" if one.created else "replayed"
+                self._count_submit(one.job.type, one.job.queue, outcome)
+        except Exception as exc:
+            self._guard(exc)
+
+    def _count_submit(self, type_: str, queue: str, outcome: str) -> None:
+        key = (type_, queue, outcome)
+        count = self._outcomes.get(key)
+        if count is None:
+            count = self._outcomes[key] = self._submits.labels(*key).inc
+        count()
+
+    def redis_error(self) -> None:
+        try:
+            self._redis_errors.inc()
+        except Exception as exc:
+            self._guard(exc)
+
+
+def metrics_of(state: State) -> ApiMetrics | None:
+    found = state.get(METRICS_KEY)
+    return found if isinstance(found, ApiMetrics) else None
+
+
+def timed(app: ASGIApp) -> ASGIApp:
+    """Middleware: notes when a request reached its route, for the latency histogram."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        cast(dict[str, Any], scope)[_STARTED] = time.perf_counter()
+        await app(scope, receive, send)
+
+    return middleware
+
+
+async def count_answer(message: Message, scope: Scope) -> None:
+    """`before_send` hook: every answer, routed or not (a 404 never reaches a middleware)."""
+    if message["type"] == "http.response.start" and scope["type"] == ScopeType.HTTP:
+        metrics = metrics_of(scope["app"].state)
+        if metrics is not None:
+            metrics.answered(scope, message["status"])
+
+
+# The depth operators graph and alert on has a sample even at 0, so its series never has a
+# gap; any other status has one only while it holds jobs, which keeps a scrape of 1,000
+# queues to a few thousand samples instead of 8,000 mostly zero.
+_ALWAYS_SHOWN: Final = frozenset({JobStatus.QUEUED, JobStatus.ACTIVE})
+
+
+class QueueFigures(Collector):
+    """The queues' state as read for one scrape."""
+
+    def __init__(self, stats: Sequence[QueueStats] | None) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "conveyor_redis_up", "1 when this scrape could read the queues from Redis."
+        )
+        up.add_metric([], 0.0 if self._stats is None else 1.0)
+        yield up
+        if self._stats is None:
+            return
+        jobs = GaugeMetricFamily(
+            "conveyor_queue_jobs",
+            "Jobs in each queue by status (queued and active always; others when not 0).",
+            labels=("queue", "status"),
+        )
+        oldest = GaugeMetricFamily(
+            "conveyor_queue_oldest_waiting_seconds",
+            "How long the oldest queued job has waited (0: none waits).",
+            labels=("queue",),
+        )
+        paused = GaugeMetricFamily("conveyor_queue_paused", "1: paused.", labels=("queue",))
+        workers = GaugeMetricFamily(
+            "conveyor_queue_workers", "Live workers serving the queue.", labels=("queue",)
+        )
+        for queue in self._stats:
+            for status in JobStatus:
+                count = queue.counts.get(status, 0)
+                if count or status in _ALWAYS_SHOWN:
+                    jobs.add_metric([queue.name, status.value], count)
+            oldest.add_metric([queue.name], queue.oldest_queued_age or 0.0)
+            paused.add_metric([queue.name], 1.0 if queue.paused else 0.0)
+            if queue.workers is not None:
+                workers.add_metric([queue.name], queue.workers)
+        yield from (jobs, oldest, paused, workers)
+
+
+@get(
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics",
+    include_in_schema=False,
+)
+async def serve_metrics(
+    request: Request[Any, Any, Any], jobs: NamedDependency[JobService]
+) -> Response[bytes]:
+    """This process's figures and the queues' state, in Prometheus's text format."""
+    metrics = metrics_of(request.app.state)
+    stats: Sequence[QueueStats] | None
+    try:
+        # One pipelined round trip: one script per queue (at most CONVEYOR_MAX_QUEUES).
+        stats = await jobs.queues()
+    except UnsupportedOperationError:
+        stats = ()  # a backend that keeps no queue figures
+    except QueueUnavailableError:
+        stats = None
+        if metrics is not None:
+            metrics.redis_error()
+    queues = CollectorRegistry(auto_describe=False)
+    queues.register(QueueFigures(stats))
+    body = generate_latest(queues)
+    if metrics is not None:
+        body = generate_latest(metrics.registry) + body
+    return Response(body, media_type=_TEXT_FORMAT)

@@ -1,0 +1,109 @@
+"""The API's `/metrics` through Litestar's test client, on the in-memory backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from entrypoints.api.app import create_app
+from entrypoints.api.metrics import METRICS_KEY, ApiMetrics
+from entrypoints.container import Container, build_container
+from entrypoints.settings import QueueBackend, Settings
+
+DUMMY = {"type": "dummy", "payload": {"mode": "succeed"}}
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient[Litestar]]:
+    container: Container = build_container(Settings(queue_backend=QueueBackend.MEMORY))
+    with TestClient(create_app(container)) as test_client:
+        yield test_client
+
+
+def scrape(client: TestClient[Litestar]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+
+
+def test_submissions_are_counted_by_type_queue_and_outcome(
+    client: TestClient[Litestar],
+) -> None:
+    headers = {"Idempotency-Key": "k-1"}
+    assert client.post("/jobs", json=DUMMY, headers=headers).status_code == 202
+    assert client.post("/jobs", json=DUMMY, headers=headers).status_code == 202
+    assert client.post("/jobs", json={"type": "nope", "payload": {}}).status_code == 422
+    batch = {"jobs": [DUMMY, {**DUMMY, "queue": "bulk"}]}
+    assert client.post("/jobs/batch", json=batch).status_code == 202
+
+    figures = scrape(client)
+
+    def submits(type_: str, queue: str, outcome: str) -> float:
+        labels = (("outcome", outcome), ("queue", queue), ("type", type_))
+        return figures[("conveyor_submits_total", labels)]
+
+    assert submits("dummy", "default", "accepted") == 2
+    assert submits("dummy", "default", "replayed") == 1
+    assert submits("dummy", "bulk", "accepted") == 1
+    assert submits("", "", "refused_422") == 1
+
+
+def test_requests_are_counted_by_route_template_never_by_path(
+    client: TestClient[Litestar],
+) -> None:
+    job_id = client.post("/jobs", json=DUMMY).json()["id"]
+    client.get(f"/jobs/{job_id}")
+    client.get("/no/such/thing")
+
+    figures = scrape(client)
+    routes = {dict(labels)["route"] for name, labels in figures if name.startswith("conveyor_http")}
+
+    assert routes == {"/jobs", "/jobs/{job_id}", "unmatched"}
+    assert not any(job_id in route for route in routes)
+    get_job = (("method", "GET"), ("route", "/jobs/{job_id}"), ("status", "200"))
+    assert figures[("conveyor_http_requests_total", get_job)] == 1
+    latency = (("method", "GET"), ("route", "/jobs/{job_id}"))
+    assert figures[("conveyor_http_request_duration_seconds_count", latency)] == 1
+
+
+def test_queue_state_is_read_when_scraped(client: TestClient[Litestar]) -> None:
+    client.post("/jobs", json=DUMMY)
+    client.post("/jobs", json=DUMMY)
+    client.post("/queues/default/pause")
+
+    figures = scrape(client)
+
+    assert figures[("conveyor_redis_up", ())] == 1
+    queued = (("queue", "default"), ("status", "queued"))
+    assert figures[("conveyor_queue_jobs", queued)] == 2
+    assert figures[("conveyor_queue_paused", (("queue", "default"),))] == 1
+    assert figures[("conveyor_queue_oldest_waiting_seconds", (("queue", "default"),))] >= 0
+
+
+def test_a_metric_that_fails_never_fails_the_request(
+    client: TestClient[Litestar], caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = client.app.state[METRICS_KEY]
+    assert isinstance(metrics, ApiMetrics)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("registry broken")
+
+    metrics._requests.labels = broken  # type: ignore[method-assign,assignment]
+    metrics._submits.labels = broken  # type: ignore[method-assign,assignment]
+
+    answers = [client.post("/jobs", json=DUMMY).status_code for _ in range(3)]
+
+    assert answers == [202, 202, 202]
+    assert [r.message for r in caplog.records].count(
+        "a metric could not be recorded (logged once): RuntimeError('registry broken')"
+    ) == 1
