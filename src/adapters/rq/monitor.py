@@ -141,6 +141,22 @@ class RqQueueMonitor(QueueMonitor):
                     done=worker.successful_job_count + worker.failed_job_count,
                 )
             )
+        # And the processes that said they serve a queue (`heartbeat`): what they run is not
+        # told here, so only their ids and queues are known.
+        client = self._rq.client
+        now = time.time()
+        served: dict[str, list[str]] = {}
+        for name in sorted(text(n) for n in client.smembers(self._rq.presence_key)):
+            for worker_id in client.zrangebyscore(self._rq.keys(name).presence, f"({now}", "+inf"):
+                served.setdefault(text(worker_id), []).append(name)
+        known = {worker.id for worker in found}
+        found += [
+            WorkerInfo(
+                id=worker_id, host=None, pid=None, queues=tuple(queues), in_flight=None, done=None
+            )
+            for worker_id, queues in served.items()
+            if worker_id not in known
+        ]
         return sorted(found, key=lambda worker: worker.id)
 
     async def heartbeat(
