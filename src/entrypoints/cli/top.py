@@ -37,8 +37,8 @@ _SHOWN = (
     JobStatus.DEAD,
 )
 _ON_RQ = (
-    "On RQ: no rates and no estimated starts (RQ's own worker takes jobs off its lists, so "
-    "nothing of ours sees each claim); workers are RQ's, in flight 0 or 1; never paused."
+    "On RQ: no rates, so no estimated start for a queued job (RQ's own worker takes jobs off "
+    "its lists: nothing of Conveyor's sees each claim); workers are RQ's, in flight 0 or 1."
 )
 
 
