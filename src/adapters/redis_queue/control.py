@@ -149,8 +149,6 @@ class RedisQueueMonitor(QueueMonitor):
         core = self._core
         with redis_errors():
             names = sorted(await core.queues())
-            if not names:
-                return
             keys: list[QueueKeys] = [core.keys(queue) for queue in names]
             registry = core.registry.keys
 
