@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import signal
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -68,10 +69,19 @@ def run_top(args: argparse.Namespace, settings: Settings) -> int:
     async def live(service: JobService) -> int:
         from rich.live import Live
 
+        # Ctrl-C (or SIGTERM) ends the loop between frames, so the last one stays drawn and the
+        # connection is closed, whatever the loop was awaiting.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         with Live(await frame(service, on_rq=on_rq), console=console(), auto_refresh=False) as view:
-            while True:
-                await asyncio.sleep(args.interval)
-                view.update(await frame(service, on_rq=on_rq), refresh=True)
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), args.interval)
+                if not stop.is_set():
+                    view.update(await frame(service, on_rq=on_rq), refresh=True)
+        return 0
 
     if args.once:
         return with_service(args, settings, once)
