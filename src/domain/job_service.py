@@ -31,6 +31,7 @@ from domain.ports import (
     QueuePauser,
     QueueStats,
     Watch,
+    WorkerInfo,
 )
 from domain.submission import Submission, validate
 from domain.timeline import TimelineEvent, WaitingReason, timeline, waiting_reason
@@ -240,6 +241,10 @@ class JobService:
 
     async def queues(self, names: Sequence[str] | None = None) -> Sequence[QueueStats]:
         return await _role(self._backend.monitor, QueueMonitor, "queue_stats").queue_stats(names)
+
+    async def workers(self) -> Sequence[WorkerInfo]:
+        """The live workers: their hosts, queues, jobs in flight and done."""
+        return await _role(self._backend.monitor, QueueMonitor, "queue_stats").workers()
 
     async def pause(self, queue: str) -> QueueStats:
         await _role(self._backend.pauser, QueuePauser, "pause").pause(queue)

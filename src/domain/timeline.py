@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Final
 
 import attrs
@@ -71,6 +71,11 @@ class WaitingReason:
     message: str
     until: datetime | None = None
     ahead: int | None = None
+    # When it should start: its due time when it waits for one; for a queued job, now plus
+    # its place in line over its queue's drain rate. None when no estimate can be made (no
+    # rate measured yet, a paused queue, no live worker).
+    estimated_start: datetime | None = None
+    drain_rate: float | None = None  # jobs/s its queue drains while it has jobs waiting
 
 
 def waiting_reason(job: Job, situation: JobSituation | None, now: datetime) -> WaitingReason | None:
@@ -78,7 +83,10 @@ def waiting_reason(job: Job, situation: JobSituation | None, now: datetime) -> W
     if job.status is JobStatus.SCHEDULED:
         when = "" if job.run_at is None else f" until {_iso(job.run_at)}"
         return WaitingReason(
-            kind=WaitingKind.SCHEDULED, message=f"scheduled{when}", until=job.run_at
+            kind=WaitingKind.SCHEDULED,
+            message=f"scheduled{when}",
+            until=job.run_at,
+            estimated_start=job.run_at,
         )
     if job.status is JobStatus.FAILED:
         when = "" if job.retry_at is None else f" at {_iso(job.retry_at)}"
@@ -86,32 +94,70 @@ def waiting_reason(job: Job, situation: JobSituation | None, now: datetime) -> W
             kind=WaitingKind.RETRY_BACKOFF,
             message=f"attempt {job.attempts} failed; the next is due{when}",
             until=job.retry_at,
+            estimated_start=job.retry_at,
         )
     if job.status is not JobStatus.QUEUED:
         return None
     if situation is None:
         return WaitingReason(kind=WaitingKind.QUEUED, message="queued")
+    ahead = situation.ahead
+    behind = "" if ahead is None else f" ({ahead} jobs ahead)"
     if situation.paused:
         return WaitingReason(
             kind=WaitingKind.QUEUE_PAUSED,
-            message=f"queue {job.queue!r} is paused",
-            ahead=situation.ahead,
+            message=f"queue {job.queue!r} is paused{behind}; no estimate until it is resumed",
+            ahead=ahead,
         )
     if situation.workers == 0:
         return WaitingReason(
             kind=WaitingKind.NO_WORKER,
-            message=f"no live worker serves queue {job.queue!r}",
-            ahead=situation.ahead,
+            message=f"no live worker serves queue {job.queue!r}{behind}; "
+            "it cannot start until one does",
+            ahead=ahead,
         )
-    if situation.ahead:
+    rate = situation.drain_rate
+    start = estimated_start(ahead, rate, now)
+    if start is None or rate is None:
+        estimate = "; no drain rate measured yet, so no estimate"
+    else:
+        wait = (start - now).total_seconds()
+        estimate = (
+            f"; at its drain rate of {rate:.3g} jobs/s it should start in about "
+            f"{_duration(wait)} ({_iso(start)})"
+        )
+    if ahead:
         return WaitingReason(
             kind=WaitingKind.BEHIND_JOBS,
-            message=f"behind {situation.ahead} jobs in queue {job.queue!r}",
-            ahead=situation.ahead,
+            message=f"behind {ahead} jobs in queue {job.queue!r}{estimate}",
+            ahead=ahead,
+            estimated_start=start,
+            drain_rate=rate,
         )
     return WaitingReason(
-        kind=WaitingKind.NEXT, message="next in line for a free worker", ahead=situation.ahead
+        kind=WaitingKind.NEXT,
+        message=f"next in line for a free worker{estimate}",
+        ahead=ahead,
+        estimated_start=start,
+        drain_rate=rate,
     )
+
+
+def estimated_start(ahead: int | None, drain_rate: float | None, now: datetime) -> datetime | None:
+    """When a queued job with `ahead` jobs before it should be claimed, its queue draining
+    `drain_rate` jobs a second: once those and itself have been taken. None without both."""
+    if ahead is None or drain_rate is None or drain_rate <= 0:
+        return None
+    return now + timedelta(seconds=(ahead + 1) / drain_rate)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1:
+        return "1 s" if seconds > 0.5 else "a moment"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def timeline(job: Job) -> Sequence[TimelineEvent]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from domain.jobs import JobStatus
-from domain.ports import JobControl, LeaseQueue, QueueMonitor
+from domain.ports import JobControl, LeaseQueue, QueueMonitor, QueuePauser, WorkerLoad
 from domain.settlement import Ending
 from tests.contracts.base import Rig, scenario
 from tests.contracts.builders import (
@@ -12,6 +12,7 @@ from tests.contracts.builders import (
     PAST_SOON,
     SOON,
     at,
+    claim,
     claim_one,
     counts,
     enqueue,
@@ -98,7 +99,67 @@ class MonitorContract:
         assert counts(by_name["alpha"])[S.QUEUED] == 1
         assert counts(by_name["beta"])[S.QUEUED] == 1
 
+    # -- rates ------------------------------------------------------------------------------
+
+    @scenario(QueueMonitor, LeaseQueue, QueuePauser)
+    async def test_a_queue_drained_while_jobs_wait_has_a_drain_rate_its_queued_jobs_read(
+        self, rig: Rig
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(6)]
+        await enqueue_all(rig.submitter, jobs)
+        before = await stats_of(rig.monitor)
+        assert before.drain_rate is None  # nothing claimed yet: nothing measured
+        assert before.rate_in is not None
+        assert before.rate_in > 0
+        await claim(rig.leases, limit=2)  # jobs are left: the queue is draining from now
+        await rig.elapse(SOON)
+        await claim(rig.leases, limit=2)  # 2 jobs in SOON seconds of draining
+        stats = await stats_of(rig.monitor)
+        assert stats.drain_rate is not None
+        # About 2 / SOON; the clock of a real server moves on between the calls too.
+        assert 0.5 * 2 / SOON <= stats.drain_rate <= 1.05 * 2 / SOON
+        assert stats.rate_out is not None
+        assert stats.rate_out > 0
+        situation = await rig.store.situation(jobs[5].id)
+        assert situation is not None
+        assert situation.ahead == 1
+        assert situation.drain_rate == stats.drain_rate
+        await rig.pauser.pause("default")
+        paused = await rig.store.situation(jobs[5].id)
+        assert paused is not None
+        assert paused.drain_rate is None  # a paused queue does not drain: no estimate
+
+    @scenario(QueueMonitor, LeaseQueue)
+    async def test_time_a_queue_spent_empty_does_not_count_against_its_drain_rate(
+        self, rig: Rig
+    ) -> None:
+        await enqueue_all(rig.submitter, [new_job(n=n) for n in range(4)])
+        await claim(rig.leases, limit=2)
+        await rig.elapse(SOON)
+        await claim(rig.leases, limit=2)  # claimed dry: 2 jobs in SOON seconds
+        measured = (await stats_of(rig.monitor)).drain_rate
+        assert measured is not None
+        await rig.elapse(PAST_SOON)  # empty: nothing to drain
+        await enqueue_all(rig.submitter, [new_job(n=n) for n in range(4, 6)])
+        await claim(rig.leases, limit=1)
+        assert (await stats_of(rig.monitor)).drain_rate == measured
+
     # -- worker presence --------------------------------------------------------------------
+
+    @scenario(QueueMonitor)
+    async def test_live_workers_are_listed_with_what_they_said_of_themselves(
+        self, rig: Rig
+    ) -> None:
+        await rig.monitor.heartbeat("w1", ["default"], FOREVER, WorkerLoad(in_flight=3, done=7))
+        await rig.monitor.heartbeat("w2", ["default", "other"], SOON)
+        workers = {w.id: w for w in await rig.monitor.workers()}
+        assert set(workers) == {"w1", "w2"}
+        if rig.backend.name != "rq":  # RQ's workers are RQ's: nothing of ours runs in them
+            assert (workers["w1"].in_flight, workers["w1"].done) == (3, 7)
+        assert workers["w2"].queues == ("default", "other")
+        await rig.elapse(PAST_SOON)  # w2's heartbeat lapses
+        await rig.monitor.forget_worker("w1")
+        assert list(await rig.monitor.workers()) == []
 
     @scenario(QueueMonitor)
     async def test_heartbeats_count_live_workers_per_queue_until_they_lapse_or_are_forgotten(

@@ -169,7 +169,10 @@ class TestRedisBackendOnRedis:
         # queue's tag, so its queue is also in `legacy`).
         assert {k for k in keys if not k.startswith(tag)} == {
             f"{p}:queues",
-            *(f"{{{p}:queues}}:{name}" for name in ("tags", "touched", "generation", "legacy")),
+            *(
+                f"{{{p}:queues}}:{name}"
+                for name in ("tags", "touched", "generation", "legacy", "workers", "seen")
+            ),
             f"{p}:idem:{hashlib.sha256(b'k').hexdigest()}",
         }
         assert {k for k in keys if k.startswith(tag) and ":job:" not in k} == {
@@ -184,6 +187,7 @@ class TestRedisBackendOnRedis:
             f"{tag}:tokens",
             f"{tag}:stale",
             f"{tag}:workers",
+            f"{tag}:rates",
             *(f"{tag}:index:{s}" for s in statuses),
         }
         assert {f"{tag}:job:{job.id}" for job in jobs} < keys

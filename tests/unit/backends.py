@@ -24,6 +24,8 @@ from domain.ports import (
     QueueStats,
     Submitted,
     SubmitTraits,
+    WorkerInfo,
+    WorkerLoad,
 )
 from domain.settlement import Ending
 
@@ -110,7 +112,12 @@ class Broken(JobStore, JobSubmitter, JobControl, QueueMonitor, QueuePauser, Conn
     async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
         raise self.error
 
-    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+    async def heartbeat(
+        self, worker_id: str, queues: Sequence[str], ttl: float, load: WorkerLoad | None = None
+    ) -> None:
+        raise self.error
+
+    async def workers(self) -> Sequence[WorkerInfo]:
         raise self.error
 
     async def forget_worker(self, worker_id: str) -> None:

@@ -265,6 +265,9 @@ def test_queue_endpoints_document_the_queue_view(document: dict[str, Any]) -> No
             "oldest_queued_age",
             "paused",
             "workers",
+            "rate_in",
+            "rate_out",
+            "drain_rate",
         }
         assert "404" in operation["responses"]
         [name] = operation["parameters"]

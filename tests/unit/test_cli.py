@@ -18,7 +18,15 @@ from domain.errors import QueueUnavailableError
 from domain.job_service import JobService
 from domain.job_types.registry import default_registry
 from domain.jobs import Job, JobError, Lease
-from domain.ports import Backend, ClaimRequest, JobPage, JobQuery, JobSituation, JobStore
+from domain.ports import (
+    Backend,
+    ClaimRequest,
+    JobPage,
+    JobQuery,
+    JobSituation,
+    JobStore,
+    WorkerLoad,
+)
 from domain.settlement import Ending
 from domain.submission import Submission
 from entrypoints.cli import follow, main
@@ -354,3 +362,25 @@ def test_following_a_job_rides_out_an_unreachable_store() -> None:
 
     assert asyncio.run(scenario()) == "succeeded"
     assert flaky.outages == 0  # both failed reads happened, and were ridden out
+
+
+def test_top_once_prints_the_queues_with_their_rates_and_the_workers(
+    conveyor: Any, backend: Backend
+) -> None:
+    for _ in range(3):
+        conveyor("submit", "dummy", SUCCEED)
+    assert backend.monitor is not None
+    asyncio.run(
+        backend.monitor.heartbeat("pool/0.1", ["default"], 30, WorkerLoad(in_flight=2, done=5))
+    )
+
+    frame = conveyor("top", "--once")
+
+    assert frame.code == 0
+    rows = {line.split()[1]: line.split("│") for line in frame.out.splitlines() if "│" in line[:2]}
+    queue = [cell.strip() for cell in rows["default"]]
+    assert queue[2:4] == ["3", "0"]  # queued, scheduled
+    assert float(queue[8]) > 0  # IN/S: three jobs submitted just now
+    assert queue[10] == "-"  # DRAIN/S: never drained yet
+    worker = [cell.strip() for cell in rows["pool/0.1"]]
+    assert worker[4:7] == ["default", "2", "5"]  # queues, in flight, done

@@ -59,6 +59,7 @@ def one_call_per_registry_script() -> list[ScriptCall]:
         calls.register(REGISTRY, [[("mail", "0a1b2c3d", False)]], max_queues=5, strict=True),
         calls.registry_scan(REGISTRY, "0", 100),
         calls.forget_queues(REGISTRY, [("mail", "0a1b2c3d", b"1 1")], grace_ms=1000),
+        calls.worker_seen(REGISTRY, "w1", b'{"host": "h"}', 1000),
     ]
 
 
@@ -70,7 +71,7 @@ def test_every_script_defines_each_fragment_function_it_calls() -> None:
             r"local function (\w+)", LUA.joinpath("lib", f"{fragment}.lua").read_text()
         )
     }
-    assert len(scripts.ALL) == 18
+    assert len(scripts.ALL) == 19
     for script in scripts.ALL:
         defined = set(re.findall(r"local function (\w+)", script.source))
         called = {name for name in defined_by_fragments if re.search(rf"\b{name}\(", script.source)}

@@ -17,7 +17,15 @@ from domain.errors import QueueUnavailableError
 from domain.job_service import JobService
 from domain.job_types.registry import default_registry
 from domain.jobs import Job, JobStatus, Lease
-from domain.ports import Backend, ClaimRequest, LeaseQueue, QueueMonitor, QueueStats
+from domain.ports import (
+    Backend,
+    ClaimRequest,
+    LeaseQueue,
+    QueueMonitor,
+    QueueStats,
+    WorkerInfo,
+    WorkerLoad,
+)
 from domain.processing import JobProcessor
 from domain.settlement import Ending
 from domain.submission import Submission
@@ -670,9 +678,14 @@ class PresenceRecorder(QueueMonitor):
     async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
         return await self._inner.queue_stats(queues)
 
-    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+    async def workers(self) -> Sequence[WorkerInfo]:
+        return await self._inner.workers()
+
+    async def heartbeat(
+        self, worker_id: str, queues: Sequence[str], ttl: float, load: WorkerLoad | None = None
+    ) -> None:
         self.calls.append(("heartbeat", worker_id, tuple(queues), ttl))
-        await self._inner.heartbeat(worker_id, queues, ttl)
+        await self._inner.heartbeat(worker_id, queues, ttl, load)
 
     async def forget_worker(self, worker_id: str) -> None:
         self.calls.append(("forget", worker_id))

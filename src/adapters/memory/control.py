@@ -25,7 +25,10 @@ from domain.ports import (
     QueuePauser,
     QueueStats,
     Watch,
+    WorkerInfo,
+    WorkerLoad,
 )
+from domain.rates import QueueRates
 
 S = JobStatus
 
@@ -71,6 +74,11 @@ class MemoryJobStore(JobStore):
             ahead=ahead,
             paused=job.queue in state.paused,
             workers=state.live_workers(state.clock.now()).get(job.queue, 0),
+            drain_rate=(
+                state.rates_of(job.queue).reading(0.0).drain
+                if job.status is S.QUEUED and job.queue not in state.paused
+                else None
+            ),
         )
 
 
@@ -125,6 +133,7 @@ class MemoryQueuePauser(QueuePauser):
     async def pause(self, queue: str) -> None:
         self._state.admit_queues([queue], self._state.clock.now())
         self._state.paused.add(queue)
+        self._state.rates_of(queue).paused()
 
     async def resume(self, queue: str) -> None:
         self._state.paused.discard(queue)
@@ -143,6 +152,9 @@ class MemoryQueueMonitor(QueueMonitor):
             counts.setdefault(job.queue, Counter())[job.status] += 1
         workers = state.live_workers(now)
         names = sorted({*counts, *state.paused, *workers}) if queues is None else queues
+        # Read without keeping anything for a name never used (any name may be asked for).
+        unused = QueueRates()
+        rates = {name: state.rates.get(name, unused).reading(now.timestamp()) for name in names}
         return [
             QueueStats(
                 name=name,
@@ -150,13 +162,33 @@ class MemoryQueueMonitor(QueueMonitor):
                 oldest_queued_age=state.oldest_age(name, now),
                 paused=name in state.paused,
                 workers=workers.get(name, 0),
+                rate_in=rates[name].rate_in,
+                rate_out=rates[name].rate_out,
+                drain_rate=rates[name].drain,
             )
             for name in names
         ]
 
-    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+    async def heartbeat(
+        self, worker_id: str, queues: Sequence[str], ttl: float, load: WorkerLoad | None = None
+    ) -> None:
         expires = self._state.clock.now() + timedelta(seconds=ttl)
-        self._state.workers[worker_id] = Presence(frozenset(queues), expires)
+        self._state.workers[worker_id] = Presence(frozenset(queues), expires, load)
+
+    async def workers(self) -> Sequence[WorkerInfo]:
+        state = self._state
+        state.live_workers(state.clock.now())  # forgets the lapsed
+        return [
+            WorkerInfo(
+                id=worker_id,
+                host=None,  # in this process: there is no other host
+                pid=None,
+                queues=tuple(sorted(presence.queues)),
+                in_flight=None if presence.load is None else presence.load.in_flight,
+                done=None if presence.load is None else presence.load.done,
+            )
+            for worker_id, presence in sorted(state.workers.items())
+        ]
 
     async def forget_worker(self, worker_id: str) -> None:
         self._state.workers.pop(worker_id, None)

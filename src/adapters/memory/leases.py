@@ -46,8 +46,11 @@ class MemoryLeaseQueue(LeaseQueue):
         for queue in request.queues:
             ready = state.ready.get(queue)
             if ready is None or queue in state.paused:
+                state.rates_of(queue).claimed(0, False, now.timestamp())
                 continue
+            taken = 0
             while len(leases) < request.limit and (job_id := ready.pop()) is not None:
+                taken += 1
                 if not ready:
                     del state.ready[queue]
                 del state.queued_since[job_id]
@@ -66,6 +69,7 @@ class MemoryLeaseQueue(LeaseQueue):
                 expires = now + timedelta(seconds=request.lease_seconds)
                 state.held[job_id] = Held(token, expires)
                 leases.append(Lease(job, token))
+            state.rates_of(queue).claimed(taken, queue in state.ready, now.timestamp())
         return leases
 
     async def recover(self, queues: Sequence[str]) -> int:

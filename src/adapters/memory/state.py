@@ -18,7 +18,8 @@ import attrs
 
 from domain.errors import TooManyQueuesError
 from domain.jobs import Job, JobStatus
-from domain.ports import AdmissionPolicy, Clock
+from domain.ports import AdmissionPolicy, Clock, WorkerLoad
+from domain.rates import QueueRates
 from domain.settlement import FINISHED, Ending, settle_job
 
 S = JobStatus
@@ -45,6 +46,7 @@ class HeldKey:
 class Presence:
     queues: frozenset[str]
     expires: datetime
+    load: WorkerLoad | None = None
 
 
 class Lanes:
@@ -153,6 +155,7 @@ class MemoryState:
         self.key_expiry: list[tuple[datetime, str]] = []
         self.paused: set[str] = set()
         self.workers: dict[str, Presence] = {}
+        self.rates: dict[str, QueueRates] = {}  # by queue (`domain.rates`)
         self.wakeup = asyncio.Event()
         self.stale_writes = 0
         # The readers waiting for each job to finish (`MemoryJobWatcher`).
@@ -295,6 +298,12 @@ class MemoryState:
                 self.jobs_in[job.queue] -= 1
                 if not self.jobs_in[job.queue]:
                     del self.jobs_in[job.queue]
+
+    def rates_of(self, queue: str) -> QueueRates:
+        rates = self.rates.get(queue)
+        if rates is None:
+            rates = self.rates[queue] = QueueRates()
+        return rates
 
     def live_workers(self, now: datetime) -> dict[str, int]:
         """How many live workers serve each queue; forgets the ones whose heartbeat lapsed."""

@@ -60,6 +60,8 @@ class MemorySubmitter(JobSubmitter):
         for key, held in taken.items():
             state.keys[key] = held
             heapq.heappush(state.key_expiry, (held.expires, key))
+        for queue, count in Counter(job.queue for job in new).items():
+            state.rates_of(queue).submitted(count, now.timestamp())
         for job in new:
             state.position[job.id] = len(state.order)
             state.order.append(job.id)

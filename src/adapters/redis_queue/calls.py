@@ -257,5 +257,10 @@ def forget_queues(
     return ScriptCall(script, keys.named(script.keys), args)
 
 
+def worker_seen(keys: RegistryKeys, worker_id: str, info: bytes, ttl_ms: int) -> ScriptCall:
+    script = scripts.WORKER_SEEN
+    return ScriptCall(script, keys.named(script.keys), (worker_id, info, ttl_ms))
+
+
 def _opt(value: int | None) -> int | str:
     return "" if value is None else value

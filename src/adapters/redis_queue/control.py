@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 from redis.asyncio.client import Pipeline
 
 from adapters.redis_client import redis_errors
@@ -15,7 +19,14 @@ from adapters.redis_queue.core import RedisCore, evalsha
 from adapters.redis_queue.keys import QueueKeys
 from domain.errors import InvalidTransitionError, JobNotFoundError
 from domain.jobs import Job, JobStatus
-from domain.ports import JobControl, QueueMonitor, QueuePauser, QueueStats
+from domain.ports import (
+    JobControl,
+    QueueMonitor,
+    QueuePauser,
+    QueueStats,
+    WorkerInfo,
+    WorkerLoad,
+)
 
 
 class RedisJobControl(JobControl):
@@ -58,6 +69,8 @@ class RedisQueuePauser(QueuePauser):
 
         def build(pipe: Pipeline) -> None:
             pipe.set(keys.paused, 1)
+            # Not draining while paused: the time until the next claim is not counted.
+            pipe.hset(keys.rates, "busy", 0)
             evalsha(pipe, core.registry.register([[(queue, False)]]))  # after: see registry.py
 
         with redis_errors():
@@ -95,22 +108,39 @@ class RedisQueueMonitor(QueueMonitor):
                 oldest_queued_age=None if oldest < 0 else oldest / 1e6,
                 paused=bool(paused),
                 workers=int(workers),
+                rate_in=float(rate_in),
+                rate_out=float(rate_out),
+                drain_rate=None if drain is None else float(drain),
             )
-            for name, (counts, oldest, paused, workers) in zip(names, answers, strict=True)
+            for name, (counts, oldest, paused, workers, rate_in, rate_out, drain) in zip(
+                names, answers, strict=True
+            )
         ]
 
-    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+    async def heartbeat(
+        self, worker_id: str, queues: Sequence[str], ttl: float, load: WorkerLoad | None = None
+    ) -> None:
         if not queues:
             return
         core = self._core
         keys = [core.keys(queue) for queue in queues]
         ttl_ms = ms(ttl)
+        # The process that beats is the worker: its host and pid are this process's.
+        info = _Seen(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(queues),
+            in_flight=None if load is None else load.in_flight,
+            done=None if load is None else load.done,
+        )
+        seen = calls.worker_seen(core.registry.keys, worker_id, msgspec.json.encode(info), ttl_ms)
 
         def build(pipe: Pipeline) -> None:
             for k in keys:
                 evalsha(pipe, calls.heartbeat(k, worker_id, ttl_ms))
             # After: a queue with a live worker is registered (see registry.py).
             evalsha(pipe, core.registry.register([[(queue, False) for queue in queues]]))
+            evalsha(pipe, seen)
 
         with redis_errors():
             await core.pipeline(build)
@@ -119,15 +149,55 @@ class RedisQueueMonitor(QueueMonitor):
         core = self._core
         with redis_errors():
             names = sorted(await core.queues())
-            if not names:
-                return
             keys: list[QueueKeys] = [core.keys(queue) for queue in names]
+            registry = core.registry.keys
 
             def build(pipe: Pipeline) -> None:
                 for k in keys:
                     pipe.zrem(k.workers, worker_id)
+                pipe.hdel(registry.workers, worker_id)
+                pipe.zrem(registry.seen, worker_id)
 
             await core.pipeline(build)
+
+    async def workers(self) -> Sequence[WorkerInfo]:
+        """Two reads: the live ids, then what each said of itself."""
+        registry = self._core.registry.keys
+        client = self._core.client
+        with redis_errors():
+            now_ms = time.time_ns() // 1_000_000
+            ids = cast(list[bytes], await client.zrangebyscore(registry.seen, f"({now_ms}", "+inf"))
+            if not ids:
+                return []
+            said = await client.hmget(registry.workers, ids)
+        found: list[WorkerInfo] = []
+        for raw_id, raw in zip(ids, said, strict=True):
+            worker_id = raw_id.decode()
+            try:
+                seen = msgspec.json.decode(raw, type=_Seen) if raw is not None else _Seen()
+            except msgspec.DecodeError:
+                seen = _Seen()  # written by another version: show the id alone
+            found.append(
+                WorkerInfo(
+                    id=worker_id,
+                    host=seen.host,
+                    pid=seen.pid,
+                    queues=tuple(seen.queues),
+                    in_flight=seen.in_flight,
+                    done=seen.done,
+                )
+            )
+        return sorted(found, key=lambda worker: worker.id)
+
+
+class _Seen(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker says of itself with its heartbeat (`R workers`)."""
+
+    host: str | None = None
+    pid: int | None = None
+    queues: list[str] = msgspec.field(default_factory=list)
+    in_flight: int | None = None
+    done: int | None = None
 
 
 def _job_from(job_id: str, raw: Any) -> Job:

@@ -20,6 +20,9 @@ one hash tag and one Redis Cluster slot):
 - ``B tokens``            counter behind the fencing tokens
 - ``B stale``             counter of writes rejected for a stale lease token
 - ``B workers``           zset worker id -> when its presence lapses, ms (`heartbeat`)
+- ``B rates``             hash: the queue's rates (`domain.rates`, `lua/lib/rates.lua`):
+                          ``in``, ``in_at``, ``out``, ``out_at``, ``drain``, ``weight``,
+                          ``busy``; written by submits and claims
 
 Keys of the whole prefix ``P``: ``P:idem:<sha256 of the client's key>`` (string
 ``"<fingerprint> <job id>"``, expiring after the idempotency retention), and the registry of
@@ -35,6 +38,10 @@ queue names, whose keys share one hash tag with ``P:queues`` (``R`` = ``{P:queue
 - ``R legacy``            set of the names whose queues may hold jobs whose ids do not
                           start with their tag (made before tags, or chosen by a caller)
 - ``R sweep``             exists while a sweep of idle queues is recent (a lock with expiry)
+- ``R workers``           hash: worker id -> what it last said of itself, JSON (host, pid,
+                          queues, in flight, done; `lua/worker_seen.lua`)
+- ``R seen``              zset: worker id -> when its presence lapses, ms; a lapsed one's
+                          entries go at the next heartbeat of any worker
 
 Pub/sub: scripts that finish jobs publish their ids, space-separated, on ``P:finished``.
 
@@ -53,7 +60,16 @@ from domain.jobs import JobStatus
 
 # The registry's keys, by the name its scripts know them by (`R.tags` in Lua): ``P:queues``,
 # then the others under its hash tag.
-REGISTRY_NAMES: Final = ("queues", "tags", "touched", "generation", "legacy", "sweep")
+REGISTRY_NAMES: Final = (
+    "queues",
+    "tags",
+    "touched",
+    "generation",
+    "legacy",
+    "sweep",
+    "workers",
+    "seen",
+)
 
 # The fixed keys of a queue, by the name scripts know them by (`Q.active` in Lua); each is
 # the key base followed by its name.
@@ -69,6 +85,7 @@ NAMES: Final = (
     "tokens",
     "stale",
     "workers",
+    "rates",
 )
 
 
@@ -88,6 +105,7 @@ class QueueKeys:
     tokens: str
     stale: str
     workers: str
+    rates: str
     # The keys named by each script's KEYS list, made (and encoded) once per queue and
     # script.
     _selected: dict[tuple[str, ...], tuple[bytes, ...]] = attrs.field(
@@ -131,6 +149,8 @@ class RegistryKeys:
     generation: str
     legacy: str
     sweep: str
+    workers: str
+    seen: str
 
     @classmethod
     def of(cls, prefix: str) -> RegistryKeys:

@@ -51,6 +51,7 @@ from domain.jobs import (
     error_summary,
     sources_of,
 )
+from domain.rates import DRAIN_SECONDS, SHOW_SECONDS
 from domain.settlement import FINISHED, RETRYABLE, Ending
 
 S = JobStatus
@@ -132,6 +133,9 @@ _SUBSTITUTIONS: Final = {
     "STOPS_FROM": _lua_set(sources_of(S.CANCELLED) & _FROM_ACTIVE),
     "REQUEUABLE": _lua_set(REQUEUABLE),
     "HISTORY_LIMIT": str(HISTORY_LIMIT),
+    # The rates' windows (`domain.rates`).
+    "RATE_SHOW": repr(SHOW_SECONDS),
+    "RATE_DRAIN": repr(DRAIN_SECONDS),
     # How attempts end, as the history records them, and which may be retried.
     **{f"OUT_{o.name}": f"'{o.value}'" for o in AttemptOutcome},
     "RETRYABLE": _lua_set(RETRYABLE),
@@ -262,6 +266,7 @@ IDLE: Final = load("idle")
 REGISTER: Final = load("register")
 REGISTRY_SCAN: Final = load("registry_scan")
 FORGET_QUEUES: Final = load("forget_queues")
+WORKER_SEEN: Final = load("worker_seen")
 
 ALL: Final = (
     SUBMIT,
@@ -282,4 +287,5 @@ ALL: Final = (
     REGISTER,
     REGISTRY_SCAN,
     FORGET_QUEUES,
+    WORKER_SEEN,
 )

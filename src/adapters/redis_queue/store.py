@@ -65,7 +65,7 @@ class RedisJobStore(JobStore):
         # skew only moves when a lapsed worker stops counting.
         now_us = time.time_ns() // 1000
         call = calls.situation(core.keys(queue), job_id, now_us)
-        raw, ahead, paused, workers = await core.run(call)
+        raw, ahead, paused, workers, drain = await core.run(call)
         job = decoded_or_none(raw)
         if job is None:
             return None
@@ -74,4 +74,10 @@ class RedisJobStore(JobStore):
             ahead=None if ahead < 0 else int(ahead),
             paused=bool(paused),
             workers=None if workers < 0 else int(workers),
+            drain_rate=_rate(drain),
         )
+
+
+def _rate(value: bytes | None) -> float | None:
+    """A rate the scripts answer as a decimal string, or None (Lua's false) when unmeasured."""
+    return None if value is None else float(value)

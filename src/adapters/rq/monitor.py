@@ -8,13 +8,14 @@ from typing import Any
 
 from rq.queue import Queue
 from rq.utils import utcparse
+from rq.worker import Worker
 
 from adapters.rq.client import text
 from adapters.rq.connection import RqConnection
 from adapters.rq.jobs import ConveyorRqJob
 from adapters.rq.scripts import HEARTBEAT
 from domain.jobs import JobStatus, is_name
-from domain.ports import QueueMonitor, QueueStats
+from domain.ports import QueueMonitor, QueueStats, WorkerInfo, WorkerLoad
 
 # What one queue's first round of `_stats` asks for, in order.
 _PER_QUEUE = 8
@@ -28,6 +29,10 @@ class RqQueueMonitor(QueueMonitor):
     The workers serving a queue are RQ's workers alive on it (they register themselves; a
     SIGKILLed one counts until its key expires, `worker_ttl` + 60 s) plus any process that
     says so through `heartbeat`. RQ has no per-queue pause: a queue is never paused.
+
+    No rates: RQ's own worker takes jobs off its lists, so no step of ours sees each claim to
+    count it (`rate_in`, `rate_out` and `drain_rate` are None, and so a waiting job has no
+    estimated start). The workers listed are RQ's, as RQ registers them.
     """
 
     def __init__(self, rq: RqConnection) -> None:
@@ -116,7 +121,47 @@ class RqQueueMonitor(QueueMonitor):
         names |= {text(name) for name in served}
         return sorted(name for name in names if is_name(name))
 
-    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
+    async def workers(self) -> Sequence[WorkerInfo]:
+        return await self._rq.read(self._workers)
+
+    def _workers(self) -> list[WorkerInfo]:
+        ours = f"{self._rq.prefix}:"
+        found: list[WorkerInfo] = []
+        for worker in Worker.all(connection=self._rq.client):
+            queues = [q[len(ours) :] for q in worker.queue_names() if q.startswith(ours)]
+            if not queues:
+                continue  # another deployment's, or another user's of RQ
+            found.append(
+                WorkerInfo(
+                    id=worker.name,
+                    host=worker.hostname,
+                    pid=worker.pid,
+                    queues=tuple(queues),
+                    in_flight=1 if worker.get_current_job_id() else 0,
+                    done=worker.successful_job_count + worker.failed_job_count,
+                )
+            )
+        # And the processes that said they serve a queue (`heartbeat`): what they run is not
+        # told here, so only their ids and queues are known.
+        client = self._rq.client
+        now = time.time()
+        served: dict[str, list[str]] = {}
+        for name in sorted(text(n) for n in client.smembers(self._rq.presence_key)):
+            for worker_id in client.zrangebyscore(self._rq.keys(name).presence, f"({now}", "+inf"):
+                served.setdefault(text(worker_id), []).append(name)
+        known = {worker.id for worker in found}
+        found += [
+            WorkerInfo(
+                id=worker_id, host=None, pid=None, queues=tuple(queues), in_flight=None, done=None
+            )
+            for worker_id, queues in served.items()
+            if worker_id not in known
+        ]
+        return sorted(found, key=lambda worker: worker.id)
+
+    async def heartbeat(
+        self, worker_id: str, queues: Sequence[str], ttl: float, load: WorkerLoad | None = None
+    ) -> None:
         """Count `worker_id` as serving `queues` for `ttl` seconds (RQ's own workers count
         without it: they register themselves)."""
         if not queues:

@@ -7,7 +7,14 @@ dependency types at run time (Litestar does) can check them.
 """
 
 from domain.ports.backend import ROLE_NAMES, Backend, Connection
-from domain.ports.control import JobControl, QueueMonitor, QueuePauser, QueueStats
+from domain.ports.control import (
+    JobControl,
+    QueueMonitor,
+    QueuePauser,
+    QueueStats,
+    WorkerInfo,
+    WorkerLoad,
+)
 from domain.ports.leases import AttemptReporter, ClaimRequest, LeaseQueue
 from domain.ports.store import JobPage, JobQuery, JobSituation, JobStore
 from domain.ports.submit import (
@@ -48,5 +55,7 @@ __all__ = [
     "SubmitTraits",
     "Submitted",
     "Watch",
+    "WorkerInfo",
+    "WorkerLoad",
     "store_new",
 ]

@@ -52,6 +52,32 @@ class QueueStats:
     oldest_queued_age: float | None  # seconds the oldest queued job has waited
     paused: bool
     workers: int | None  # live workers serving it; None when the backend cannot tell
+    # Jobs per second (`domain.rates`): submitted and claimed lately, and claimed while it had
+    # jobs waiting (None until measured, or when the backend does not measure it).
+    rate_in: float | None = None
+    rate_out: float | None = None
+    drain_rate: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class WorkerLoad:
+    """What a worker process is doing, as it says with its heartbeat."""
+
+    in_flight: int  # jobs it runs now
+    done: int  # attempts it has finished since it started
+
+
+@attrs.frozen(kw_only=True)
+class WorkerInfo:
+    """A live worker, as operators see it (`conveyor top`); None where the backend cannot
+    tell."""
+
+    id: str
+    host: str | None
+    pid: int | None
+    queues: Sequence[str]
+    in_flight: int | None
+    done: int | None
 
 
 class QueueMonitor(abc.ABC):
@@ -65,8 +91,15 @@ class QueueMonitor(abc.ABC):
         in time: it is no longer listed, nor counted against the most queues kept."""
 
     @abc.abstractmethod
-    async def heartbeat(self, worker_id: str, queues: Sequence[str], ttl: float) -> None:
-        """Say that `worker_id` is alive and serves `queues`, for the next `ttl` seconds."""
+    async def heartbeat(
+        self, worker_id: str, queues: Sequence[str], ttl: float, load: WorkerLoad | None = None
+    ) -> None:
+        """Say that `worker_id` is alive and serves `queues`, for the next `ttl` seconds, and
+        what it is doing (`load`), when it says."""
+
+    @abc.abstractmethod
+    async def workers(self) -> Sequence[WorkerInfo]:
+        """The live workers, by id."""
 
     @abc.abstractmethod
     async def forget_worker(self, worker_id: str) -> None:

@@ -36,6 +36,9 @@ class JobSituation:
     ahead: int | None  # jobs claimed before it, when it is queued
     paused: bool  # its queue is paused
     workers: int | None  # live workers serving its queue; None when unknown (or not needed)
+    # Jobs per second its queue drains while it has jobs waiting (`domain.rates`); None when
+    # not measured (or not needed: it is not queued, or its queue is paused).
+    drain_rate: float | None = None
 
 
 class JobStore(abc.ABC):

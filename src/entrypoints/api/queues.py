@@ -50,7 +50,9 @@ class QueuesController(Controller):
         operation_id="listQueues",
         summary="List queues",
         description="Every queue the job store knows of: jobs by status, the age of the "
-        "oldest queued job, whether it is paused, and how many live workers serve it.",
+        "oldest queued job, whether it is paused, how many live workers serve it, and its "
+        "rates: jobs submitted and claimed per second lately, and claimed per second while it "
+        "had jobs waiting (`drain_rate`, what a queued job's estimated start divides by).",
         operation_class=ConveyorOperation,
         responses={501: _NO_STATS, 503: UNAVAILABLE},
     )

@@ -70,16 +70,28 @@ class AttemptView(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class WaitingReasonView(msgspec.Struct, frozen=True, kw_only=True):
-    """Why a job that is not running waits, and until when or behind how many jobs."""
+    """Why a job that is not running waits, until when or behind how many jobs, and when it
+    should start: its due time, or for a queued job now plus its place in line over its
+    queue's drain rate (`drain_rate`, jobs/s while the queue had jobs waiting); null when no
+    estimate can be made (no rate measured yet, the queue paused, no live worker)."""
 
     kind: WaitingKind
     message: str
     until: datetime | None
     ahead: int | None
+    estimated_start: datetime | None
+    drain_rate: float | None
 
     @classmethod
     def from_domain(cls, reason: WaitingReason) -> WaitingReasonView:
-        return cls(kind=reason.kind, message=reason.message, until=reason.until, ahead=reason.ahead)
+        return cls(
+            kind=reason.kind,
+            message=reason.message,
+            until=reason.until,
+            ahead=reason.ahead,
+            estimated_start=reason.estimated_start,
+            drain_rate=_rounded(reason.drain_rate),
+        )
 
 
 class TimelineEventView(msgspec.Struct, frozen=True, kw_only=True):
@@ -225,13 +237,19 @@ class JobPageView(msgspec.Struct, frozen=True, kw_only=True):
 
 class QueueView(msgspec.Struct, frozen=True, kw_only=True):
     """One queue: its jobs by status, how long the oldest queued one has waited, whether it is
-    paused, and how many live workers serve it (null when the backend cannot tell)."""
+    paused, how many live workers serve it (null when the backend cannot tell), and its rates
+    in jobs per second: `rate_in` submitted and `rate_out` claimed over about the last 10 s,
+    `drain_rate` claimed while it had jobs waiting over about the last 30 s of such time
+    (what a waiting job's `estimated_start` is made from); null when not measured."""
 
     name: str
     counts: dict[str, int]
     oldest_queued_age: float | None
     paused: bool
     workers: int | None
+    rate_in: float | None
+    rate_out: float | None
+    drain_rate: float | None
 
     @classmethod
     def from_domain(cls, stats: QueueStats) -> QueueView:
@@ -242,7 +260,15 @@ class QueueView(msgspec.Struct, frozen=True, kw_only=True):
             oldest_queued_age=stats.oldest_queued_age,
             paused=stats.paused,
             workers=stats.workers,
+            rate_in=_rounded(stats.rate_in),
+            rate_out=_rounded(stats.rate_out),
+            drain_rate=_rounded(stats.drain_rate),
         )
+
+
+def _rounded(rate: float | None) -> float | None:
+    # Four significant digits: the rest is noise, and a decaying rate is never quite zero.
+    return None if rate is None else float(f"{rate:.4g}")
 
 
 class QueueList(msgspec.Struct, frozen=True, kw_only=True):

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from entrypoints.cli import jobs, queues, serve, submit
+from entrypoints.cli import jobs, queues, serve, submit, top
 from entrypoints.cli.submit import follow
 from entrypoints.container import Container
 from entrypoints.logs import configure_logging
@@ -51,4 +51,5 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_commands(commands)
     jobs.add_commands(commands)
     queues.add_commands(commands)
+    top.add_commands(commands)
     return parser

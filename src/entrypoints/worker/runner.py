@@ -27,7 +27,7 @@ import attrs
 
 from domain.errors import QueueUnavailableError
 from domain.jobs import AttemptOutcome, Lease
-from domain.ports import ClaimRequest, Clock, LeaseQueue, QueueMonitor
+from domain.ports import ClaimRequest, Clock, LeaseQueue, QueueMonitor, WorkerLoad
 from domain.processing import JobProcessor, describe
 from entrypoints.worker.board import Board
 from entrypoints.worker.config import WorkerConfig, claim_order
@@ -321,7 +321,8 @@ class Worker:
         while True:
             with contextlib.suppress(QueueUnavailableError):
                 # The claim loop reports outages; the next beat may get through.
-                await monitor.heartbeat(cfg.worker_id, cfg.queues, ttl)
+                load = WorkerLoad(in_flight=len(self._running), done=self.completed)
+                await monitor.heartbeat(cfg.worker_id, cfg.queues, ttl, load)
             await asyncio.sleep(cfg.heartbeat_interval)
 
     async def _forget(self) -> None:

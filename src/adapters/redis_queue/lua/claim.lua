@@ -1,7 +1,7 @@
 -- claim: maintenance (`maintain`), then lease up to `limit` queued jobs to one worker, in
 -- claim order; none while the queue is paused.
 --
--- KEYS: queued active delayed deadlines cancelling marker paused seq tokens
+-- KEYS: queued active delayed deadlines cancelling marker paused seq tokens rates
 -- ARGV[1] limit: the most jobs to lease
 -- ARGV[2] the lease's length, ms
 -- ARGV[3] the worker's id
@@ -13,8 +13,9 @@
 --
 -- Ids in `queued` whose hash is gone or whose status cannot be claimed are dropped; a job
 -- whose deadline has passed expires instead of being claimed. Publishes the ids of the jobs
--- it finished (`finished`).
--- Needs: maintain wake retain deadline batch finished
+-- it finished (`finished`). Counts the jobs it took off the line in the queue's rates
+-- (`rates_out`).
+-- Needs: maintain wake retain deadline batch finished rates
 local CLAIMABLE = $CLAIMABLE
 local limit = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
@@ -24,12 +25,14 @@ local result_ttl = tonumber(ARGV[4])
 maintain(result_ttl, tonumber(ARGV[5]))
 
 local jobs = {}
+local taken = 0  -- ids taken off the line: claimed, expired or dropped
 if redis.call('EXISTS', Q.paused) == 0 then
   local expires = int(now_ms + lease_ms)
   local leased, from = {}, {}
   while #jobs < limit do
     local popped = redis.call('ZPOPMIN', Q.queued, limit - #jobs)
     if #popped == 0 then break end
+    taken = taken + #popped / 2
     -- A block of fencing tokens, one per job popped (those not claimed go unused).
     local token = redis.call('INCRBY', Q.tokens, #popped / 2) - #popped / 2
     for n = 1, #popped, 2 do
@@ -64,8 +67,11 @@ end
 local wake_in = -1
 if #jobs > 0 then
   -- Work left over: let another claimer in. None: the claim order starts over.
-  if redis.call('EXISTS', Q.queued) == 1 then wake() else redis.call('DEL', Q.seq) end
+  local left = redis.call('EXISTS', Q.queued) == 1
+  if left then wake() else redis.call('DEL', Q.seq) end
+  rates_out(taken, left)
 else
+  rates_out(taken, taken > 0 and redis.call('EXISTS', Q.queued) == 1)
   local next_at = nil
   local d = redis.call('ZRANGE', Q.delayed, 0, 0, 'WITHSCORES')
   if d[2] then next_at = tonumber(d[2]) end

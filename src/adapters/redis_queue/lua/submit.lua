@@ -5,7 +5,7 @@
 -- Redis Cluster, which refuses a script whose keys span slots). A submission of one queue
 -- without idempotency keys touches that queue's keys only.
 --
--- KEYS per queue: queued delayed deadlines seq marker
+-- KEYS per queue: queued delayed deadlines seq marker rates
 --   (one group per queue the submissions touch, queue 1 first), then every idempotency key
 --   they carry
 -- ARGV[1] idempotency retention, ms
@@ -28,8 +28,8 @@
 -- A submission refused writes nothing. A job whose run_at is still ahead is `scheduled`,
 -- in `delayed` until then; any other is `queued`. The hashes (and idempotency keys) are
 -- written submission by submission; each queue's sets take the jobs of every submission at
--- the end, in one command per set.
--- Needs: wake order batch
+-- the end, in one command per set, and each queue's rate in counts its new jobs.
+-- Needs: wake order batch rates
 local idem_ttl = ARGV[1]
 local max_memory = tonumber(ARGV[2])
 local nq = tonumber(ARGV[3])
@@ -193,5 +193,6 @@ for qn, w in ipairs(writes) do
     index_all(w.scheduled, $SCHEDULED)
   end
   zadd_all(Q.deadlines, w.deadlines)
+  if n + #w.scheduled > 0 then rates_in(n + #w.scheduled) end
 end
 return answers
