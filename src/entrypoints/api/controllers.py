@@ -29,7 +29,7 @@ from entrypoints.api.body import (
     require_json,
     submission_from,
 )
-from entrypoints.api.deps import tracebacks_shown
+from entrypoints.api.deps import tracebacks_shown, tracing_of
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
@@ -115,14 +115,17 @@ class JobsController(Controller):
             ),
         ] = None,
     ) -> Response[JobView]:
-        require_json(request)
-        submission = submission_from(decode_json(await request.body()))
-        key = idempotency_key_from(idempotency_key)
-        try:
-            accepted = await jobs.submit(submission, idempotency_key=key)
-        except IdempotencyConflictError as conflict:
-            # One job, so no batch index: the conflict is the header's.
-            raise IdempotencyConflictError(conflict.key) from None
+        with tracing_of(request).submission(request.headers, "/jobs") as trace_context:
+            require_json(request)
+            submission = submission_from(decode_json(await request.body()))
+            key = idempotency_key_from(idempotency_key)
+            try:
+                accepted = await jobs.submit(
+                    submission, idempotency_key=key, trace_context=trace_context
+                )
+            except IdempotencyConflictError as conflict:
+                # One job, so no batch index: the conflict is the header's.
+                raise IdempotencyConflictError(conflict.key) from None
         return Response(
             JobView.from_domain(accepted.job, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.ACCEPTED,
