@@ -78,7 +78,7 @@ class Rig:
                 heartbeat_interval=0.05,
             ),
             monitor=self.monitor,
-            audit=audit,
+            observers=[audit] if audit is not None else [],
             on_retire=self.retired.append,
             draw=draw,
         )

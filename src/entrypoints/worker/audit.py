@@ -19,13 +19,14 @@ import time
 from typing import Any
 
 from domain.jobs import Lease
+from entrypoints.worker.observers import AttemptEnd, AttemptObserver
 
 log = logging.getLogger("conveyor.worker")
 
 PRIVATE = 0o600
 
 
-class AuditLog:
+class AuditLog(AttemptObserver):
     def __init__(self, path: str, worker_id: str) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE)
         mode = stat.S_IMODE(os.fstat(self._fd).st_mode)
@@ -58,12 +59,13 @@ class AuditLog:
     def renewed(self, lease: Lease) -> None:
         self._write("renewed", lease)
 
-    def ended(self, lease: Lease, outcome: str) -> None:
-        """The attempt is over. `outcome` is the status its settlement stored (`succeeded`
-        only when the backend accepted the result under this lease's token), `released`
-        when a stopping worker handed the job back, `lease_lost` when the backend refused
-        the write, or `left_to_lease` when it could not be told (see `worker.endings`)."""
-        self._write("end", lease, outcome=outcome)
+    def ended(self, lease: Lease, end: AttemptEnd) -> None:
+        """The attempt is over. Its `outcome` is the status its settlement stored
+        (`succeeded` only when the backend accepted the result under this lease's token),
+        `released` when a stopping worker handed the job back, `lease_lost` when the backend
+        refused the write, or `left_to_lease` when it could not be told (see
+        `worker.endings`)."""
+        self._write("end", lease, outcome=end.outcome)
 
     def close(self) -> None:
         os.close(self._fd)

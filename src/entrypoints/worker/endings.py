@@ -23,7 +23,7 @@ from entrypoints.worker.context import WorkerJobContext
 S = JobStatus
 log = logging.getLogger("conveyor.worker")
 
-# The audit log's words besides a stored status (see `AuditLog.ended`).
+# The audit log's words besides a stored status (see `AuditLog.ended` and `observers`).
 LEASE_LOST: Final = "lease_lost"  # the backend refused the write: someone else owns the job
 LEFT_TO_LEASE: Final = "left_to_lease"  # the backend was not told: the lease lapses instead
 RELEASED: Final = "released"  # handed back by a stopping worker: queued, its attempt uncounted

@@ -159,7 +159,7 @@ def run_child(
         processor,
         config,
         monitor=wired.monitor,
-        audit=audit,
+        observers=[audit] if audit is not None else [],
         board=Board(board, threads=concurrency) if board is not None else None,
         on_retire=retire,
         clock=wired.container.clock(),

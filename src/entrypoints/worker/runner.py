@@ -29,12 +29,13 @@ from domain.errors import QueueUnavailableError
 from domain.jobs import AttemptOutcome, Lease
 from domain.ports import ClaimRequest, Clock, LeaseQueue, QueueMonitor
 from domain.processing import JobProcessor, describe
-from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
 from entrypoints.worker.config import WorkerConfig, claim_order
 from entrypoints.worker.context import WorkerJobContext
 from entrypoints.worker.endings import LEASE_LOST, cut_short, hand_back, log_result, said
 from entrypoints.worker.isolation import isolate, killed_a_worker
+from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers
+from entrypoints.worker.tasks import cancel_all, wait_or_stop
 
 log = logging.getLogger("conveyor.worker")
 
@@ -69,7 +70,7 @@ class Worker:
         config: WorkerConfig,
         *,
         monitor: QueueMonitor | None = None,
-        audit: AuditLog | None = None,
+        observers: Sequence[AttemptObserver] = (),
         board: Board | None = None,
         on_retire: RetireRequest | None = None,
         clock: Clock | None = None,
@@ -82,7 +83,7 @@ class Worker:
         self._monitor = monitor
         self._processor = processor
         self._config = config
-        self._audit = audit
+        self._observers = Observers(observers)
         self._on_retire = on_retire
         self._running: dict[str, _Running] = {}
         self._executor = ThreadPoolExecutor(
@@ -117,7 +118,7 @@ class Worker:
             await self._claim_until()
             await self._drain()
         finally:
-            await _cancel(background)
+            await cancel_all(background)
             await self._forget()
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"worker_id": cfg.worker_id, "completed": self.completed})
@@ -162,7 +163,7 @@ class Worker:
                 if outage_since is None:
                     outage_since = time.monotonic()
                     log.warning("queue unavailable, retrying", extra={"reason": exc.reason})
-                await _wait(self._stop, backoff)
+                await wait_or_stop(self._stop, backoff)
                 backoff = min(backoff * 2, cfg.backoff_cap)
                 continue
             if outage_since is not None:
@@ -208,7 +209,7 @@ class Worker:
             if entry.ending is not AttemptOutcome.CANCELLED:
                 ending = AttemptOutcome.CANCELLED if entry.cancel_seen else AttemptOutcome.RELEASED
                 entry.stopped, entry.ending = True, ending
-        # Cancel again any task that has not yet seen its cancellation (see `_cancel`), but
+        # Cancel again any task that has not yet seen its cancellation (see `tasks.cancel_all`), but
         # never one already handing its job back.
         while pending := [e for e in running if not e.task.done()]:
             for entry in pending:
@@ -218,8 +219,7 @@ class Worker:
 
     def _start(self, lease: Lease) -> None:
         log.info("job claimed", extra=describe(lease.job))
-        if self._audit is not None:
-            self._audit.started(lease)
+        self._observers.started(lease)
         context = WorkerJobContext(lease, self._leases, self._executor, self._board, self._clock)
         task = asyncio.create_task(self._execute(lease, context))
         entry = _Running(lease, task, context)
@@ -235,7 +235,8 @@ class Worker:
     async def _execute(self, lease: Lease, context: WorkerJobContext) -> None:
         started = time.monotonic()
         try:
-            result = await self._processor.process(lease, context)
+            with self._observers.running(lease):
+                result = await self._processor.process(lease, context)
         except asyncio.CancelledError:
             await self._stopped(lease, context)
             return
@@ -245,9 +246,11 @@ class Worker:
             log.exception("job processing crashed", extra=describe(lease.job))
             return
         self.completed += 1
-        if self._audit is not None:
-            self._audit.ended(lease, said(result.status))
-        log_result(lease, result, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        error = result.error
+        ending = AttemptEnd(said(result.status), error.kind if error else None, elapsed)
+        self._observers.ended(lease, ending)
+        log_result(lease, result, elapsed)
         if result.abandoned or context.blocking_calls_running:
             # Its handler still runs (a thread cannot be interrupted): only replacing this
             # process stops it.
@@ -271,8 +274,7 @@ class Worker:
         else:
             log.warning("job stopped: lease lost", extra=describe(lease.job))
             outcome = LEASE_LOST
-        if self._audit is not None:
-            self._audit.ended(lease, outcome)
+        self._observers.ended(lease, AttemptEnd(outcome))
 
     async def _watch_cancels_forever(self) -> None:
         cfg = self._config
@@ -347,8 +349,7 @@ class Worker:
                 if entry is None or entry.lease is not lease:
                     continue
                 if lease.job_id in held:
-                    if self._audit is not None:
-                        self._audit.renewed(lease)
+                    self._observers.renewed(lease)
                 elif not entry.stopped:
                     entry.stop(None)
 
@@ -361,6 +362,7 @@ class Worker:
                 continue  # the claim loop reports outages
             if moved:
                 log.info("recovered jobs", extra={"moved": moved})
+                self._observers.recovered(moved)
 
     def _check_memory(self) -> None:
         limit = self._config.recycle_rss_mb
@@ -377,21 +379,3 @@ def _rss_bytes() -> int | None:
             return int(statm.read().split()[1]) * 4096
     except (OSError, ValueError, IndexError):
         return None
-
-
-async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
-    """Cancel tasks and wait until they are done.
-
-    Asks again while any still runs: on Python 3.11, `asyncio.wait_for` (which redis-py wraps
-    around every command) can swallow a cancellation that lands as its inner call finishes.
-    """
-    while pending := [task for task in tasks if not task.done()]:
-        for task in pending:
-            task.cancel()
-        await asyncio.wait(pending, timeout=0.1)
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)

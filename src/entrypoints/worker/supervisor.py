@@ -35,13 +35,14 @@ from pathlib import Path
 import attrs
 
 from domain.errors import QueueUnavailableError
-from domain.jobs import ErrorKind, JobError
+from domain.jobs import ErrorKind, JobError, JobStatus
 from domain.ports import Connection, LeaseQueue, QueueMonitor
 from domain.processing import JobProcessor
 from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
-from entrypoints.worker.endings import said
+from entrypoints.worker.endings import RELEASED, said
+from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers
 from entrypoints.worker.spawning import ChildSpec, ForkedChild, ForkServer
 
 log = logging.getLogger("conveyor.supervisor")
@@ -110,8 +111,11 @@ class Supervisor:
         config: PoolConfig,
         *,
         monitor: QueueMonitor | None = None,
+        observers: Sequence[AttemptObserver] = (),
     ) -> None:
         self._connection = connection
+        # Told how the attempts of a child that died ended, which the child cannot say.
+        self._observers = Observers(observers)
         self._leases = leases
         self._monitor = monitor
         self._processor = processor
@@ -323,9 +327,12 @@ class Supervisor:
                 charged = (held & culprits) or held
                 for lease in leases:
                     if expected or lease.job_id not in charged:
-                        await self._leases.settle(lease, Ending.released())
+                        status = await self._leases.settle(lease, Ending.released())
+                        word = RELEASED if status is JobStatus.QUEUED else said(status)
+                        self._observers.ended(lease, AttemptEnd(word))
                         continue
                     result = await self._processor.record_lost(lease, error)
+                    self._observers.ended(lease, AttemptEnd(said(result.status), error.kind))
                     log.warning(
                         "job lost with its worker",
                         extra={
