@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Final
 
 from opentelemetry import propagate, trace
@@ -48,12 +48,19 @@ class _OtelAttempt(AttemptSpan):
     def __init__(self, span: trace.Span) -> None:
         self._span = span
 
-    def ended(self, outcome: str, error_type: str | None = None) -> None:
-        self._span.set_attribute("conveyor.job.outcome", outcome)
-        if error_type is not None:
-            self._span.set_attribute("error.type", error_type)
-        if outcome in _FAILED or error_type is not None:
-            self._span.set_status(Status(StatusCode.ERROR, error_type or outcome))
+    def current(self) -> AbstractContextManager[object]:
+        return trace.use_span(
+            self._span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+        )
+
+    def ended(self, outcome: str, error_kind: str | None = None) -> None:
+        span = self._span
+        span.set_attribute("conveyor.job.outcome", outcome)
+        if error_kind is not None:
+            span.set_attribute("error.type", error_kind)
+        if outcome in _FAILED or error_kind is not None:
+            span.set_status(Status(StatusCode.ERROR, error_kind or outcome))
+        span.end()
 
 
 class OtelTracing(Tracing):
@@ -90,12 +97,11 @@ class OtelTracing(Tracing):
                 raise
             span.set_attribute("http.response.status_code", 202)
 
-    @contextmanager
-    def attempt(self, job: Job) -> Iterator[AttemptSpan]:
+    def start_attempt(self, job: Job) -> AttemptSpan:
         parent: Context | None = None
         if job.trace_context is not None:
             parent = _W3C.extract({"traceparent": job.trace_context})
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             f"process {job.queue}",
             context=parent,
             kind=SpanKind.CONSUMER,
@@ -107,8 +113,8 @@ class OtelTracing(Tracing):
                 "conveyor.job.type": job.type,
                 "conveyor.job.attempt": job.attempts,
             },
-        ) as span:
-            yield _OtelAttempt(span)
+        )
+        return _OtelAttempt(span)
 
     def close(self) -> None:
         self._provider.shutdown()

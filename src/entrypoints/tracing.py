@@ -5,7 +5,7 @@ request's W3C `traceparent`, each job stores the context of that request's span,
 attempt a worker runs is a span of the same trace, a child of it (see `entrypoints.otel`).
 Off (the default), this module hands out `NO_TRACING`, whose spans are shared do-nothing
 context managers: OpenTelemetry is never imported, nothing is stored on the job, and the
-cost to a request or an attempt is one `with` statement.
+cost to a request is one `with` statement; a worker adds no observer for it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,18 @@ from entrypoints.settings import Settings
 
 
 class AttemptSpan:
-    """What a worker tells the span of an attempt about how the attempt ended."""
+    """The span of one attempt: started when the attempt starts, current while its handler
+    runs (`current`), ended once the worker knows how the attempt ended (`ended`)."""
 
-    def ended(self, outcome: str, error_type: str | None = None) -> None:
-        """`outcome`: the status the backend stored, or the audit word (`lease_lost`, ...);
-        `error_type`: what the attempt failed with, if it did."""
+    def current(self) -> AbstractContextManager[object]:
+        """Makes the span current (the handler's spans and log lines are in it); leaves it
+        open on exit: `ended` ends it."""
+        return nullcontext()
+
+    def ended(self, outcome: str, error_kind: str | None = None) -> None:
+        """`outcome`: the status the backend stored, or the worker's word for an attempt
+        that wrote nothing (`lease_lost`, `released`, ...); `error_kind`: why it ended
+        badly, if it did."""
 
 
 class Tracing:
@@ -39,9 +46,8 @@ class Tracing:
         store none)."""
         return _NO_SUBMISSION
 
-    def attempt(self, job: Job) -> AbstractContextManager[AttemptSpan]:
-        """A span for one attempt of `job`, current while its handler runs, in the trace
-        the job stored."""
+    def start_attempt(self, job: Job) -> AttemptSpan:
+        """The span of an attempt of `job` starting now, in the trace the job stored."""
         return _NO_ATTEMPT
 
     def close(self) -> None:
@@ -49,7 +55,7 @@ class Tracing:
 
 
 _NO_SUBMISSION: Final = nullcontext(None)
-_NO_ATTEMPT: Final = nullcontext(AttemptSpan())
+_NO_ATTEMPT: Final = AttemptSpan()
 NO_TRACING: Final = Tracing()
 
 

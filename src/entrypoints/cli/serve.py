@@ -87,9 +87,10 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
-        # uvicorn's own lines go through the process's logging (structured, redacted).
+        # uvicorn's own lines go through the process's logging (structured, redacted): its
+        # start-up lines always, a line per request with CONVEYOR_ACCESS_LOG=1.
         log_config=None,
-        access_log=False,
+        access_log=settings.access_log,
         server_header=False,
     )
     return 0

@@ -30,6 +30,7 @@ from entrypoints.worker.supervisor import (
     Supervisor,
     heartbeat_interval,
 )
+from entrypoints.worker.tracing import traced
 
 log = logging.getLogger("conveyor.worker")
 
@@ -159,7 +160,7 @@ def run_child(
         processor,
         config,
         monitor=wired.monitor,
-        observers=[audit] if audit is not None else [],
+        observers=[o for o in (audit, traced(wired.container.tracing())) if o is not None],
         board=Board(board, threads=concurrency) if board is not None else None,
         on_retire=retire,
         clock=wired.container.clock(),
@@ -178,6 +179,7 @@ def run_child(
     code = uvloop.run(_until_signalled(work, wired.connection, on_second=worker.abort))
     if audit is not None:
         audit.close()
+    wired.container.tracing().close()  # os._exit skips exit handlers: send the last spans now
     logging.shutdown()
     sys.stdout.flush()
     # A handler stuck in a thread would keep the interpreter alive at exit; its job is
