@@ -3,27 +3,42 @@ tracing off costs: nothing imported, nothing stored."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
+import attrs
 import pytest
 from dependency_injector import providers
 from litestar import Litestar
 from litestar.testing import TestClient
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from adapters.memory import memory_backend
+from adapters.system_clock import SystemClock
+from domain.job_types import JobContext, JobType, JobTypeRegistry
 from domain.jobs import Job
-from domain.ports import Backend
+from domain.ports import Backend, store_new
+from domain.processing import JobProcessor, describe
+from domain.schema import PayloadSchema
 from entrypoints.api.app import create_app
 from entrypoints.container import Container, build_container
 from entrypoints.otel import OtelTracing, provider_from_env
 from entrypoints.settings import QueueBackend, Settings, SettingsError
 from entrypoints.tracing import NO_TRACING, tracing_from
-from tests.unit.backends import stored_jobs
+from entrypoints.worker.config import WorkerConfig
+from entrypoints.worker.runner import Worker
+from entrypoints.worker.tracing import TracingObserver
+from tests.unit.backends import leases_of, stored_jobs
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -251,3 +266,107 @@ def test_the_exporters_are_the_ones_otel_traces_exporter_names() -> None:
         provider_from_env({"OTEL_TRACES_EXPORTER": "none"})._active_span_processor._span_processors
         == ()
     )
+
+
+# -- the worker's attempts ------------------------------------------------------------------
+
+
+def test_an_attempts_span_is_current_in_its_handler_and_in_the_handlers_blocking_calls(
+    spans: InMemorySpanExporter,
+) -> None:
+    seen: dict[str, int] = {}
+
+    def blocking() -> None:
+        seen["thread"] = trace.get_current_span().get_span_context().span_id
+
+    async def spy(payload: object, context: JobContext) -> object:
+        seen["handler"] = trace.get_current_span().get_span_context().span_id
+        await context.run_blocking(blocking)
+        return None
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    registry = JobTypeRegistry(
+        [JobType(name="spy", description="", schema=PayloadSchema(()), handler=spy)]
+    )
+    backend = memory_backend(SystemClock())
+    job = attrs.evolve(
+        Job.submitted(
+            id=uuid.uuid4().hex,
+            type="spy",
+            payload={},
+            queue="default",
+            max_attempts=1,
+            timeout=10.0,
+            now=datetime.now(UTC),
+        ),
+        trace_context=TRACEPARENT,
+    )
+
+    async def run() -> None:
+        await store_new(backend.submitter, job)
+        leases = leases_of(backend)
+        worker = Worker(
+            leases,
+            JobProcessor(leases, registry, random.random),
+            WorkerConfig(worker_id="w", queues=("default",), concurrency=1, claim_wait=0.05),
+            observers=[TracingObserver(OtelTracing(provider))],
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        for _ in range(500):
+            if worker.completed:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await running
+
+    asyncio.run(run())
+
+    (span,) = spans.get_finished_spans()
+    assert span.name == "process default"
+    assert span.kind is SpanKind.CONSUMER
+    assert parent_ids(span) == (CLIENT_TRACE, CLIENT_SPAN)
+    context = span.get_span_context()
+    assert context is not None
+    assert seen == {"handler": context.span_id, "thread": context.span_id}
+    assert span.attributes is not None
+    assert span.attributes["conveyor.job.outcome"] == "succeeded"
+
+
+def parent_ids(span: ReadableSpan) -> tuple[str, str]:
+    assert span.parent is not None
+    return f"{span.parent.trace_id:032x}", f"{span.parent.span_id:016x}"
+
+
+def test_a_job_log_line_carries_the_trace_id_of_the_jobs_trace() -> None:
+    job = Job.submitted(
+        id=uuid.uuid4().hex,
+        type="email",
+        payload={"body": "never logged"},
+        queue="mail",
+        max_attempts=1,
+        timeout=1.0,
+        now=datetime.now(UTC),
+        trace_context=TRACEPARENT,
+    )
+
+    fields = describe(job)
+
+    assert fields == {
+        "job_id": job.id,
+        "type": "email",
+        "queue": "mail",
+        "attempt": 0,
+        "trace_id": CLIENT_TRACE,
+    }
+    assert "trace_id" not in describe(attrs.evolve(job, trace_context=None))
+
+
+def test_the_tracing_and_access_log_settings_are_read_and_documented_in_env_example() -> None:
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    settings = Settings.from_env({"CONVEYOR_TRACING": "1", "CONVEYOR_ACCESS_LOG": "1"})
+
+    assert (settings.tracing, settings.access_log) == (True, True)
+    assert (Settings().tracing, Settings().access_log) == (False, False)
+    assert [n for n in ("CONVEYOR_TRACING", "CONVEYOR_ACCESS_LOG") if n not in example] == []
