@@ -133,23 +133,33 @@ def provider_from_env(environ: Mapping[str, str] | None = None) -> TracerProvide
     return provider
 
 
-def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
-    names = [n.strip() for n in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()]
-    exporters: list[SpanExporter] = []
-    for name in names:
-        if name == "none":
-            continue
-        if name == "console":
-            exporters.append(ConsoleSpanExporter())
-        elif name in ("otlp", "otlp_proto_http"):
-            _require_http(env)
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+def check_env(environ: Mapping[str, str] | None = None) -> None:
+    """SettingsError naming the variable if the OTEL_* variables ask for an exporter or a
+    protocol this service does not ship; builds nothing (a process checks before it starts)."""
+    _exporter_names(os.environ if environ is None else environ)
 
-            exporters.append(OTLPSpanExporter())
-        else:
+
+def _exporter_names(env: Mapping[str, str]) -> list[str]:
+    names = [n.strip() for n in env.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if n.strip()]
+    for name in names:
+        if name not in ("none", "console", "otlp", "otlp_proto_http"):
             raise SettingsError(
                 f"OTEL_TRACES_EXPORTER={name!r} is not valid: expected otlp, console or none"
             )
+        if name.startswith("otlp"):
+            _require_http(env)
+    return names
+
+
+def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    for name in _exporter_names(env):
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name.startswith("otlp"):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporters.append(OTLPSpanExporter())
     return exporters
 
 

@@ -66,3 +66,12 @@ def tracing_from(settings: Settings) -> Tracing:
     from entrypoints.otel import OtelTracing, provider_from_env
 
     return OtelTracing(provider_from_env(), install=True)
+
+
+def check_tracing(settings: Settings) -> None:
+    """With tracing on, SettingsError naming the variable if the OTEL_* ones ask for what
+    this service does not ship: a process checks before it starts anything."""
+    if settings.tracing:
+        from entrypoints.otel import check_env
+
+        check_env()

@@ -4,6 +4,7 @@ tracing off costs: nothing imported, nothing stored."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from domain.ports import Backend, store_new
 from domain.processing import JobProcessor, describe
 from domain.schema import PayloadSchema
 from entrypoints.api.app import create_app
+from entrypoints.cli import main as cli_main
 from entrypoints.container import Container, build_container
 from entrypoints.otel import OtelTracing, provider_from_env
 from entrypoints.settings import QueueBackend, Settings, SettingsError
@@ -190,6 +192,7 @@ _OFF_PROGRAM = """
 import sys
 from litestar.testing import TestClient
 from entrypoints.api.app import create_app
+from entrypoints.cli import main as cli_main
 from entrypoints.container import build_container
 from entrypoints.settings import QueueBackend, Settings
 import entrypoints.worker.main
@@ -370,3 +373,27 @@ def test_the_tracing_and_access_log_settings_are_read_and_documented_in_env_exam
     assert (settings.tracing, settings.access_log) == (True, True)
     assert (Settings().tracing, Settings().access_log) == (False, False)
     assert [n for n in ("CONVEYOR_TRACING", "CONVEYOR_ACCESS_LOG") if n not in example] == []
+
+
+@pytest.fixture
+def process_logging() -> Iterator[None]:
+    """Restores the root logger, which the command configures from the environment."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("process_logging")
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_a_process_asked_for_an_exporter_it_does_not_ship_stops_before_starting(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CONVEYOR_TRACING", "1")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+
+    assert cli_main([command]) == 2
+
+    assert "OTEL_TRACES_EXPORTER='zipkin' is not valid" in capsys.readouterr().err

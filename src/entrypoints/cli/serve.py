@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from entrypoints.cli.arguments import positive_int
 from entrypoints.logs import redact_url
 from entrypoints.settings import QueueBackend, Settings, parse_flag, parse_weighted_queues
+from entrypoints.tracing import check_tracing
 
 if TYPE_CHECKING:
     from entrypoints.cli.arguments import Commands
@@ -75,6 +76,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     _warn_of_faults(settings)
+    check_tracing(settings)
     if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
@@ -100,6 +102,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from entrypoints.worker.main import run_worker
 
     _warn_of_faults(settings)
+    check_tracing(settings)
     queues, weights = args.queues or (settings.worker_queues, settings.worker_queue_weights)
     return run_worker(
         settings,
