@@ -80,39 +80,57 @@ class JobService:
     # None: no limit.
     _waiters: Waiters | None = None
 
-    def validate(self, submission: Submission, *, idempotency_key: str | None = None) -> Job:
+    def validate(
+        self,
+        submission: Submission,
+        *,
+        idempotency_key: str | None = None,
+        trace_context: str | None = None,
+    ) -> Job:
         """The job this submission would create; raises on anything invalid, listing it all."""
         return validate(
             submission,
             self._registry,
             self._clock.now(),
             idempotency_key=idempotency_key,
+            trace_context=trace_context,
             new_id=self._new_id,
         )
 
     async def submit(
-        self, submission: Submission, *, idempotency_key: str | None = None
+        self,
+        submission: Submission,
+        *,
+        idempotency_key: str | None = None,
+        trace_context: str | None = None,
     ) -> Accepted:
         """Validate and store one job. Raises UnknownJobTypeError, InvalidJobError,
         IdempotencyConflictError, AdmissionRefusedError, UnsupportedOperationError or
         QueueUnavailableError; a job is stored whole or not at all. A repeat under
-        `idempotency_key` answers the job the first request made (created False)."""
-        (accepted,) = await self.submit_batch([submission], [idempotency_key])
+        `idempotency_key` answers the job the first request made (created False).
+        `trace_context` (a W3C `traceparent`) is the trace the job's attempts join."""
+        (accepted,) = await self.submit_batch(
+            [submission], [idempotency_key], trace_context=trace_context
+        )
         return accepted
 
     async def submit_batch(
-        self, submissions: Sequence[Submission], keys: Sequence[str | None] | None = None
+        self,
+        submissions: Sequence[Submission],
+        keys: Sequence[str | None] | None = None,
+        *,
+        trace_context: str | None = None,
     ) -> list[Accepted]:
         """Validate every submission, then store them all in one step, or none.
 
         Raises InvalidJobError listing every bad field of every item (paths start with
-        `[index].`), or what `submit` raises.
+        `[index].`), or what `submit` raises. Every job joins the trace `trace_context`.
         """
         if keys is None:
             keys = [None] * len(submissions)
         if len(keys) != len(submissions):
             raise ValueError("one idempotency key (or None) per submission")
-        jobs = self._validate_all(submissions, keys)
+        jobs = self._validate_all(submissions, keys, trace_context)
         submitter = self._backend.submitter
         if not submitter.traits.deadlines and any(job.deadline is not None for job in jobs):
             raise UnsupportedOperationError("submit", "deadlines", _NO_DEADLINES)
@@ -134,7 +152,10 @@ class JobService:
         return accepted
 
     def _validate_all(
-        self, submissions: Sequence[Submission], keys: Sequence[str | None]
+        self,
+        submissions: Sequence[Submission],
+        keys: Sequence[str | None],
+        trace_context: str | None,
     ) -> list[Job]:
         jobs: list[Job] = []
         errors: list[FieldError] = []
@@ -145,7 +166,9 @@ class JobService:
                     raise InvalidJobError(
                         [FieldError("idempotency_key", "expected 1-200 printable ASCII")]
                     )
-                jobs.append(self.validate(submission, idempotency_key=key))
+                jobs.append(
+                    self.validate(submission, idempotency_key=key, trace_context=trace_context)
+                )
             except InvalidJobError as invalid:
                 if single:
                     raise

@@ -266,6 +266,9 @@ class Job:
     # The last lease renewal of the current attempt: the worker was alive then.
     heartbeat_at: datetime | None = attrs.field(default=None, validator=_aware)
     idempotency_key: str | None = None
+    # The W3C `traceparent` of the request that submitted it (when that process traced): its
+    # attempts' spans join that trace. Opaque here; only what a tracer made is ever stored.
+    trace_context: str | None = None
 
     @classmethod
     def submitted(
@@ -282,6 +285,7 @@ class Job:
         run_at: datetime | None = None,
         deadline: datetime | None = None,
         idempotency_key: str | None = None,
+        trace_context: str | None = None,
     ) -> Job:
         """A new job: `scheduled` when it has a `run_at` in the future of `now`, else
         `queued`. (The backend decides again on its own clock when it stores the job.)"""
@@ -299,6 +303,7 @@ class Job:
             run_at=run_at,
             deadline=deadline,
             idempotency_key=idempotency_key,
+            trace_context=trace_context,
         )
 
     @property

@@ -177,5 +177,17 @@ async def _until_stored(write: Callable[[], Awaitable[T]]) -> T:
 
 
 def describe(job: Job) -> JSONObject:
-    """The fields every log line about a job carries; never the payload (it may hold secrets)."""
-    return {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts}
+    """The fields every log line about a job carries; never the payload (it may hold secrets).
+
+    With the trace the job joined (its submitter traced), the trace's id too, so a log line
+    leads to the trace and back.
+    """
+    fields = {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts}
+    if job.trace_context is not None:
+        fields["trace_id"] = trace_id_of(job.trace_context)
+    return fields
+
+
+def trace_id_of(traceparent: str) -> str:
+    """The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`)."""
+    return traceparent[3:35]

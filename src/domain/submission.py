@@ -59,6 +59,7 @@ def validate(
     now: datetime,
     *,
     idempotency_key: str | None = None,
+    trace_context: str | None = None,
     new_id: Callable[[str], str] = new_job_id,
 ) -> Job:
     """The job this submission would create at `now`; raises UnknownJobTypeError, or
@@ -109,6 +110,7 @@ def validate(
         run_at=run_at,
         deadline=deadline,
         idempotency_key=idempotency_key,
+        trace_context=trace_context,
     )
 
 

@@ -25,6 +25,7 @@ from domain.processing import JobProcessor
 from domain.waiting import Waiters
 from entrypoints.rq_keys import use_rq_key_prefix
 from entrypoints.settings import QueueBackend, Settings
+from entrypoints.tracing import tracing_from
 
 
 def _redis_url(settings: Settings) -> str:
@@ -170,6 +171,8 @@ class Container(containers.DeclarativeContainer):
     job_service = providers.Factory(
         JobService, backend=backend, registry=registry, clock=clock, waiters=waiters
     )
+    # Spans for submissions and attempts; with tracing off, spans that do nothing.
+    tracing = providers.Singleton(tracing_from, settings)
     # Only for a backend that hands out leases (see `lease_queue`).
     job_processor = providers.Factory(
         JobProcessor,

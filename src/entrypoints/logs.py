@@ -27,8 +27,18 @@ _RESERVED: Final = frozenset(logging.makeLogRecord({}).__dict__) | {
 }
 
 
+# uvicorn's access lines carry their parts as the message's arguments, in this order.
+_ACCESS_LOGGER: Final = "uvicorn.access"
+_ACCESS_FIELDS: Final = ("client", "method", "path", "http_version", "status")
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+    fields = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+    args = record.args
+    if record.name == _ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
+        # Fields of their own too, so a JSON access line can be filtered without parsing.
+        fields.update(zip(_ACCESS_FIELDS, args, strict=True))
+    return fields
 
 
 class _RedactingFormatter(logging.Formatter):

@@ -6,6 +6,7 @@ A bad value stops start-up with a message that names the variable.
 from __future__ import annotations
 
 import enum
+import importlib.util
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -93,6 +94,12 @@ class Settings:
     # Metrics: the port each `conveyor worker` serves Prometheus metrics on, on `api_host`;
     # None: not served (writing them costs each job a little; the API's are always on).
     metrics_port: int | None = None
+    # Tracing and logs. `tracing`: OpenTelemetry spans for submissions and attempts (needs
+    # the `tracing` extra; the exporter, sampler and service name come from the standard
+    # OTEL_* variables; OTEL_SDK_DISABLED=true turns it off). `access_log`: one line per
+    # HTTP request from the API, in the process's log format.
+    tracing: bool = False
+    access_log: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -147,6 +154,10 @@ class Settings:
             expose_tracebacks=read("CONVEYOR_EXPOSE_TRACEBACKS", parse_flag, False),
             allowed_origins=read("CONVEYOR_ALLOWED_ORIGINS", parse_origins, frozenset()),
             metrics_port=read("CONVEYOR_METRICS_PORT", _optional_port, None),
+            # Tracing and logs (see the fields).
+            tracing=read("CONVEYOR_TRACING", _tracing, False)
+            and not read("OTEL_SDK_DISABLED", parse_flag, False),
+            access_log=read("CONVEYOR_ACCESS_LOG", parse_flag, False),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -251,6 +262,18 @@ def parse_flag(raw: str) -> bool:
     if value in {"0", "false", "no", "off"}:
         return False
     raise ValueError("must be 1 or 0")
+
+
+def _tracing(raw: str) -> bool:
+    on = parse_flag(raw)
+    if on:
+        try:
+            found = importlib.util.find_spec("opentelemetry.sdk") is not None
+        except ImportError:  # not even the `opentelemetry` namespace is installed
+            found = False
+        if not found:
+            raise ValueError("tracing needs OpenTelemetry: install conveyor[tracing]")
+    return on
 
 
 def _log_level(raw: str) -> str:

@@ -11,13 +11,16 @@ import pytest
 from domain.errors import IdempotencyConflictError
 from domain.jobs import JobStatus
 from domain.ports import JobQuery, LeaseQueue, NewJob, Submitted
+from domain.settlement import Ending
 from tests.contracts.base import BackendOptions, Rig, scenario
 from tests.contracts.builders import (
+    ERROR,
     FOREVER,
     PAST_SOON,
     SOON,
     all_pages,
     at,
+    claim_one,
     claimed_ids,
     enqueue,
     keyed,
@@ -27,6 +30,8 @@ from tests.contracts.builders import (
 )
 
 S = JobStatus
+# A W3C traceparent, as a tracer writes one.
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
 class SubmitContract:
@@ -119,6 +124,25 @@ class SubmitContract:
         assert await all_pages(rig.store, JobQuery()) == [[]]
 
     # -- idempotency keys -------------------------------------------------------------------
+
+    # -- trace context ----------------------------------------------------------------------
+
+    @scenario()
+    async def test_a_jobs_trace_context_is_stored_with_it(self, rig: Rig) -> None:
+        job = attrs.evolve(new_job(), trace_context=TRACEPARENT)
+        untraced = new_job(n=1)
+        await rig.submitter.submit([NewJob(job=job), NewJob(job=untraced)])
+        assert (await stored(rig.store, job.id)).trace_context == TRACEPARENT
+        assert (await stored(rig.store, untraced.id)).trace_context is None
+
+    @scenario(LeaseQueue)
+    async def test_every_attempt_of_a_job_carries_its_trace_context(self, rig: Rig) -> None:
+        await enqueue(rig.submitter, attrs.evolve(new_job(), trace_context=TRACEPARENT))
+        first = await claim_one(rig.leases)
+        assert first.job.trace_context == TRACEPARENT
+        assert await rig.leases.settle(first, Ending.failed(ERROR, 0.0)) == S.QUEUED
+        second = await claim_one(rig.leases)
+        assert (second.attempt, second.job.trace_context) == (2, TRACEPARENT)
 
     @scenario()
     async def test_a_repeat_under_an_idempotency_key_answers_the_first_job(self, rig: Rig) -> None:

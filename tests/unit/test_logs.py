@@ -88,3 +88,21 @@ def test_an_unreadable_redis_url_is_refused_without_showing_its_password() -> No
         Settings.from_env({"REDIS_URL": "redis://:s3/cret@host:6379/0"})
     assert "s3" not in str(refused.value)
     assert "cret" not in str(refused.value)
+
+
+def test_uvicorns_access_lines_are_json_lines_with_the_requests_parts_as_fields() -> None:
+    access = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:50000", "POST", "/jobs", "1.1", 202),
+        None,
+    )
+
+    line = json.loads(JsonFormatter().format(access))
+
+    assert line["event"] == '127.0.0.1:50000 - "POST /jobs HTTP/1.1" 202'
+    assert (line["method"], line["path"], line["status"]) == ("POST", "/jobs", 202)
+    assert line["logger"] == "uvicorn.access"

@@ -5,8 +5,8 @@ anything. Numbers are decimal strings, timestamps are integer microseconds since
 epoch (UTC), and payload, result and error are JSON (msgspec). Nothing is ever unpickled:
 whatever sits in Redis is data, and data that does not decode is reported, not run. A field
 that is None is not stored, so a hash written before a field existed (``run_at``,
-``deadline``, ``retry_at``, ``cancel_requested_at``, ``heartbeat_at``, ``idempotency_key``)
-still decodes.
+``deadline``, ``retry_at``, ``cancel_requested_at``, ``heartbeat_at``, ``idempotency_key``,
+``trace_context``) still decodes.
 
 ``history`` is a JSON array of attempt records, oldest first, that the scripts extend (with
 cjson) as each attempt ends, except the final `succeeded` one: it is implied by the hash's
@@ -64,6 +64,7 @@ FIELDS: Final = (
     "cancel_requested_at",
     "heartbeat_at",
     "idempotency_key",
+    "trace_context",
 )
 TOKEN_FIELD: Final = "token"  # noqa: S105 - a field name, not a secret
 FIELDS_WITH_TOKEN: Final = (*FIELDS, TOKEN_FIELD)
@@ -201,6 +202,8 @@ def encode_job(job: Job, *, with_status: bool = True) -> list[str | bytes]:
         args += ("heartbeat_at", str(to_micros(job.heartbeat_at)))
     if job.idempotency_key is not None:
         args += ("idempotency_key", job.idempotency_key)
+    if job.trace_context is not None:
+        args += ("trace_context", job.trace_context)
     return args
 
 
@@ -233,6 +236,7 @@ def decode_job(raw: RawFields) -> Job | None:
         cancel_requested_at,
         heartbeat_at,
         idempotency_key,
+        trace_context,
     ) = raw[: len(FIELDS)]
     if id_ is None and status is None:
         return None
@@ -287,6 +291,7 @@ def decode_job(raw: RawFields) -> Job | None:
             cancel_requested_at=_optional_moment(cancel_requested_at),
             heartbeat_at=_optional_moment(heartbeat_at),
             idempotency_key=idempotency_key.decode() if idempotency_key is not None else None,
+            trace_context=trace_context.decode() if trace_context is not None else None,
         )
     except UndecodableJobError:
         raise

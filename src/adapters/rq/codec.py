@@ -3,12 +3,12 @@
 Every job is a call of one fixed dispatcher, named by the string `DISPATCHER` (what stores a
 job never imports the dispatcher), with three plain-JSON arguments: the job type, the payload
 and an envelope holding the rest of our `Job` (queue, attempts allowed, timeout, creation
-time, priority, and when given its run_at and idempotency key). Everything RQ stores for us
-goes through `StrictJSONSerializer`; nothing is ever unpickled. The job's RQ `meta` carries
-what RQ has no field for: the attempt number, progress, our error, the attempt history and
-the pid of the process running the attempt. Two fields of the job's hash, written by nobody
-but us, carry cancellation (see `CANCELLED_AT` and `CANCEL_REQUESTED_AT`): not the meta,
-which the running attempt rewrites whole as it reports progress.
+time, priority, and when given its run_at, idempotency key and trace context). Everything RQ
+stores for us goes through `StrictJSONSerializer`; nothing is ever unpickled. The job's RQ
+`meta` carries what RQ has no field for: the attempt number, progress, our error, the attempt
+history and the pid of the process running the attempt. Two fields of the job's hash,
+written by nobody but us, carry cancellation (see `CANCELLED_AT` and `CANCEL_REQUESTED_AT`):
+not the meta, which the running attempt rewrites whole as it reports progress.
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ def job_args(job: Job) -> list[JSONValue]:
         envelope["run_at"] = job.run_at.isoformat()
     if job.idempotency_key is not None:
         envelope["idempotency_key"] = job.idempotency_key
+    if job.trace_context is not None:
+        envelope["trace_context"] = job.trace_context
     return [job.type, dict(job.payload), envelope]
 
 
@@ -113,6 +115,7 @@ def job_from_args(
         raise UndecodableJobError("its envelope names another job id")
     try:
         key = envelope.get("idempotency_key")
+        trace = envelope.get("trace_context")
         return Job(
             id=job_id,
             type=type_,
@@ -126,6 +129,7 @@ def job_from_args(
             attempts=attempts,
             run_at=moment(envelope.get("run_at")),
             idempotency_key=key if isinstance(key, str) else None,
+            trace_context=trace if isinstance(trace, str) else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise UndecodableJobError(f"its envelope is invalid: {type(exc).__name__}: {exc}") from exc

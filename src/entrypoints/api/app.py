@@ -44,6 +44,7 @@ def create_app(container: Container | None = None) -> Litestar:
         # answers 503 quickly instead of holding the client.
         container = build_container(settings, redis_socket_timeout=settings.redis_timeout)
     settings = container.settings()
+    container.tracing()  # built now, not by the first submission
     batch = Router(
         path="/",
         route_handlers=[BatchController],

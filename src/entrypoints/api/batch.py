@@ -15,6 +15,7 @@ from domain.jobs import is_idempotency_key
 from domain.submission import MAX_BATCH
 from entrypoints.api.body import BatchItem, batch_from, decode_json, require_json
 from entrypoints.api.metrics import metrics_of
+from entrypoints.api.deps import tracing_of
 from entrypoints.api.openapi import SUBMIT_ERRORS, SubmitBatchOperation, problem
 from entrypoints.api.schemas import BatchView
 
@@ -54,18 +55,19 @@ class BatchController(Controller):
     async def submit_jobs(
         self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService]
     ) -> BatchView:
-        require_json(request)
-        items = batch_from(decode_json(await request.body()))
-        submissions = [item.submission for item in items if item.submission is not None]
-        if len(submissions) < len(items):
-            raise InvalidJobError(_every_item_error(jobs, items))
-        keys = [item.idempotency_key for item in items]
-        try:
-            accepted = await jobs.submit_batch(submissions, keys)
-        except InvalidJobError as invalid:
-            raise InvalidJobError(_in_batch(invalid.errors, single=len(items) == 1)) from None
-        except UnknownJobTypeError as unknown:  # a batch of one, reported as one job
-            raise InvalidJobError([FieldError("jobs[0].type", str(unknown))]) from None
+        with tracing_of(request).submission(request.headers, "/jobs/batch") as trace_context:
+            require_json(request)
+            items = batch_from(decode_json(await request.body()))
+            submissions = [item.submission for item in items if item.submission is not None]
+            if len(submissions) < len(items):
+                raise InvalidJobError(_every_item_error(jobs, items))
+            keys = [item.idempotency_key for item in items]
+            try:
+                accepted = await jobs.submit_batch(submissions, keys, trace_context=trace_context)
+            except InvalidJobError as invalid:
+                raise InvalidJobError(_in_batch(invalid.errors, single=len(items) == 1)) from None
+            except UnknownJobTypeError as unknown:  # a batch of one, reported as one job
+                raise InvalidJobError([FieldError("jobs[0].type", str(unknown))]) from None
         if (metrics := metrics_of(request.app.state)) is not None:
             metrics.submitted(accepted)
         return BatchView.from_domain(accepted)

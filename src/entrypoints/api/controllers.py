@@ -29,7 +29,7 @@ from entrypoints.api.body import (
     require_json,
     submission_from,
 )
-from entrypoints.api.deps import tracebacks_shown
+from entrypoints.api.deps import tracebacks_shown, tracing_of
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.metrics import metrics_of
 from entrypoints.api.openapi import (
@@ -116,14 +116,17 @@ class JobsController(Controller):
             ),
         ] = None,
     ) -> Response[JobView]:
-        require_json(request)
-        submission = submission_from(decode_json(await request.body()))
-        key = idempotency_key_from(idempotency_key)
-        try:
-            accepted = await jobs.submit(submission, idempotency_key=key)
-        except IdempotencyConflictError as conflict:
-            # One job, so no batch index: the conflict is the header's.
-            raise IdempotencyConflictError(conflict.key) from None
+        with tracing_of(request).submission(request.headers, "/jobs") as trace_context:
+            require_json(request)
+            submission = submission_from(decode_json(await request.body()))
+            key = idempotency_key_from(idempotency_key)
+            try:
+                accepted = await jobs.submit(
+                    submission, idempotency_key=key, trace_context=trace_context
+                )
+            except IdempotencyConflictError as conflict:
+                # One job, so no batch index: the conflict is the header's.
+                raise IdempotencyConflictError(conflict.key) from None
         if (metrics := metrics_of(request.app.state)) is not None:
             metrics.submitted([accepted])
         return Response(

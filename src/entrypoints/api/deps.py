@@ -19,6 +19,7 @@ from domain.job_types import JobTypeRegistry
 from domain.ports import Backend, Connection
 from entrypoints.container import Container
 from entrypoints.settings import Settings
+from entrypoints.tracing import Tracing
 
 CONTAINER_KEY: Final = "container"
 
@@ -59,6 +60,13 @@ def tracebacks_shown(request: Request[Any, Any, Any]) -> bool:
     dependency on every request, which costs a submission a fifth of its time.
     """
     return bool(container_of(request.app.state).settings().expose_tracebacks)
+
+
+def tracing_of(request: Request[Any, Any, Any]) -> Tracing:
+    """The process's tracing (`CONVEYOR_TRACING`), read off the request as `tracebacks_shown`
+    is, so that with tracing off a submission pays nothing for it."""
+    tracing: Tracing = container_of(request.app.state).tracing()
+    return tracing
 
 
 def dependencies() -> dict[str, Provide]:

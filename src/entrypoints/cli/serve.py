@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from entrypoints.cli.arguments import positive_int
 from entrypoints.logs import redact_url
 from entrypoints.settings import QueueBackend, Settings, parse_flag, parse_weighted_queues
+from entrypoints.tracing import check_tracing
 
 if TYPE_CHECKING:
     from entrypoints.cli.arguments import Commands
@@ -82,6 +83,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     _warn_of_faults(settings)
+    check_tracing(settings)
     if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
@@ -94,9 +96,10 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
         log_level=settings.log_level.lower(),
-        # uvicorn's own lines go through the process's logging (structured, redacted).
+        # uvicorn's own lines go through the process's logging (structured, redacted): its
+        # start-up lines always, a line per request with CONVEYOR_ACCESS_LOG=1.
         log_config=None,
-        access_log=False,
+        access_log=settings.access_log,
         server_header=False,
     )
     return 0
@@ -106,6 +109,7 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from entrypoints.worker.main import run_worker
 
     _warn_of_faults(settings)
+    check_tracing(settings)
     queues, weights = args.queues or (settings.worker_queues, settings.worker_queue_weights)
     return run_worker(
         settings,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
@@ -13,6 +14,7 @@ from domain.errors import QueueUnavailableError
 from domain.job_types import JobContext
 from domain.jobs import Lease
 from domain.ports import AttemptReporter, Clock
+from domain.processing import describe
 from entrypoints.worker.board import Board, Observed
 
 T = TypeVar("T")
@@ -84,7 +86,8 @@ class WorkerJobContext(JobContext):
                 await self._reporter.set_progress(self._lease, percent)
             except QueueUnavailableError as exc:
                 log.warning(
-                    "progress not recorded", extra={"job_id": self.job_id, "reason": exc.reason}
+                    "progress not recorded",
+                    extra={**describe(self._lease.job), "reason": exc.reason},
                 )
 
     async def settle(self) -> None:
@@ -113,7 +116,8 @@ class WorkerJobContext(JobContext):
             finally:
                 board.give_back_thread_slot(slot)
 
-        future = self._executor.submit(call)
+        # In the attempt's context (its span, with tracing on): threads do not inherit it.
+        future = self._executor.submit(contextvars.copy_context().run, call)
         self._blocking.add(future)
         return await asyncio.wrap_future(future)
 

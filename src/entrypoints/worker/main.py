@@ -39,6 +39,7 @@ from entrypoints.worker.supervisor import (
     Supervisor,
     heartbeat_interval,
 )
+from entrypoints.worker.tracing import traced
 
 log = logging.getLogger("conveyor.worker")
 
@@ -183,6 +184,8 @@ def run_child(
     if (metrics_dir := shared_directory()) is not None:
         use_directory(metrics_dir)
         observers.append(WorkerMetrics())
+    if (tracer := traced(wired.container.tracing())) is not None:
+        observers.append(tracer)
     config = WorkerConfig(
         worker_id=worker_id,
         queues=queues,
@@ -222,6 +225,7 @@ def run_child(
     code = uvloop.run(_until_signalled(work, wired.connection, on_second=worker.abort))
     if audit is not None:
         audit.close()
+    wired.container.tracing().close()  # os._exit skips exit handlers: send the last spans now
     logging.shutdown()
     sys.stdout.flush()
     # A handler stuck in a thread would keep the interpreter alive at exit; its job is

@@ -37,7 +37,7 @@ import attrs
 from domain.errors import QueueUnavailableError
 from domain.jobs import ErrorKind, JobError, JobStatus
 from domain.ports import Connection, LeaseQueue, QueueMonitor
-from domain.processing import JobProcessor
+from domain.processing import JobProcessor, describe
 from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
@@ -340,11 +340,7 @@ class Supervisor:
                     self._observers.ended(lease, AttemptEnd(said(result.status), error.kind))
                     log.warning(
                         "job lost with its worker",
-                        extra={
-                            "job_id": lease.job_id,
-                            "attempt": lease.attempt,
-                            "outcome": said(result.status),
-                        },
+                        extra={**describe(lease.job), "outcome": said(result.status)},
                     )
                 break
             except QueueUnavailableError:
