@@ -14,8 +14,8 @@ from domain.job_service import JobService
 from domain.jobs import is_idempotency_key
 from domain.submission import MAX_BATCH
 from entrypoints.api.body import BatchItem, batch_from, decode_json, require_json
-from entrypoints.api.metrics import metrics_of
 from entrypoints.api.deps import tracing_of
+from entrypoints.api.metrics import metrics_of
 from entrypoints.api.openapi import SUBMIT_ERRORS, SubmitBatchOperation, problem
 from entrypoints.api.schemas import BatchView
 
