@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from litestar import Litestar, Router
 from litestar.datastructures import MutableScopeHeaders, State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
-from litestar.types import Message, Scope
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from entrypoints.api.batch import BATCH_BODY_FACTOR, BatchController
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
 from entrypoints.api.deps import CONTAINER_KEY, backend_of, dependencies
-from entrypoints.api.guards import RefuseForeignOrigins
-from entrypoints.api.metrics import METRICS_KEY, ApiMetrics, count_answer, serve_metrics, timed
+from entrypoints.api.guards import refuse_foreign_origin
+from entrypoints.api.metrics import METRICS_KEY, ApiMetrics, arrived, count_answer, serve_metrics
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
@@ -62,9 +62,8 @@ def create_app(container: Container | None = None) -> Litestar:
         dependencies=dependencies(),
         state=State({CONTAINER_KEY: container, METRICS_KEY: ApiMetrics()}),
         exception_handlers={Exception: problem_response},
-        # Before any handler runs: a page elsewhere cannot make a browser change anything.
-        middleware=[timed, RefuseForeignOrigins(settings.allowed_origins)],
-        before_send=[_allow_every_method, count_answer],
+        middleware=[_front_door(settings.allowed_origins)],
+        before_send=[_before_send],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[_backend_lifespan],
         # Logging is the process's (structured, see entrypoints.logs), not Litestar's.
@@ -88,7 +87,30 @@ def create_app(container: Container | None = None) -> Litestar:
     return app
 
 
-async def _allow_every_method(message: Message, scope: Scope) -> None:
+def _front_door(allowed_origins: frozenset[str]) -> Callable[[ASGIApp], ASGIApp]:
+    """The app's one middleware, before any handler runs: notes when the request arrived
+    (the latency histogram), then refuses it if a page elsewhere made a browser send it
+    (`guards`). One layer for both: each layer costs every request a coroutine."""
+
+    def wrap(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            arrived(scope)
+            refuse_foreign_origin(scope, allowed_origins)
+            await app(scope, receive, send)
+
+        return middleware
+
+    return wrap
+
+
+async def _before_send(message: Message, scope: Scope) -> None:
+    """Every answer, routed or not (a 404 never reaches a middleware): counted, and an
+    OPTIONS answer completed. One hook for both, as with the middleware."""
+    count_answer(message, scope)
+    _allow_every_method(message, scope)
+
+
+def _allow_every_method(message: Message, scope: Scope) -> None:
     """Make the automatic answer to OPTIONS list every method of its path.
 
     Litestar 2 lists only some of them when several handlers share a path

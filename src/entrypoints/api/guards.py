@@ -5,7 +5,7 @@ multipart) or a `text/plain` body needs no CORS preflight, so the browser sends 
 even though the page cannot read the answer. The request itself is all there is to judge, and
 two checks run on every request that may change state, in this order:
 
-- `Origin` (`RefuseForeignOrigins`, a middleware of the app): browsers name the page's origin
+- `Origin` (`refuse_foreign_origin`, in the app's middleware): browsers name the page's origin
   on every POST. A request naming one that is not in `CONVEYOR_ALLOWED_ORIGINS` (none by
   default) is refused with 403, whatever it holds. Clients that are not browsers (curl, the
   SDKs) send no `Origin`.
@@ -22,10 +22,8 @@ from typing import Any, Final
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 
 from entrypoints.api.body import require_json
 from entrypoints.api.problems import ProblemError, clip
@@ -35,34 +33,25 @@ from entrypoints.settings import parse_origin
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
-class RefuseForeignOrigins(ASGIMiddleware):
+def refuse_foreign_origin(scope: Scope, allowed: frozenset[str]) -> None:
     """Refuses (403) a state-changing request whose `Origin` is not in `allowed` (origins as
     `settings.parse_origin` writes them), before its handler, guards or body are touched.
 
-    A middleware rather than a guard: it reads two scope fields on every request, where a
-    guard costs a copy of the route handler per request (and a thread, when synchronous).
+    Called by the app's one middleware (`app.py`) rather than made a guard: it reads two
+    scope fields on every request, where a guard costs a copy of the route handler per
+    request (and a thread, when synchronous).
     """
-
-    scopes = (ScopeType.HTTP,)
-
-    def __init__(self, allowed: frozenset[str]) -> None:
-        self._allowed = allowed
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        if scope.get("method") not in SAFE_METHODS:
-            for name, value in scope["headers"]:
-                if name == b"origin":
-                    self._check(value.decode("latin-1"))
-        await next_app(scope, receive, send)
-
-    def _check(self, origin: str) -> None:
-        if _origin(origin) not in self._allowed:
-            raise ProblemError(
-                HTTPStatus.FORBIDDEN,
-                "origin-not-allowed",
-                f"pages at {clip(origin)!r} may not change anything here; "
-                "CONVEYOR_ALLOWED_ORIGINS lists the origins that may",
-            )
+    if scope.get("method") not in SAFE_METHODS:
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value.decode("latin-1")
+                if _origin(origin) not in allowed:
+                    raise ProblemError(
+                        HTTPStatus.FORBIDDEN,
+                        "origin-not-allowed",
+                        f"pages at {clip(origin)!r} may not change anything here; "
+                        "CONVEYOR_ALLOWED_ORIGINS lists the origins that may",
+                    )
 
 
 async def refuse_a_body(

@@ -18,7 +18,7 @@ from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Scope
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -144,18 +144,14 @@ def metrics_of(state: State) -> ApiMetrics | None:
     return found if isinstance(found, ApiMetrics) else None
 
 
-def timed(app: ASGIApp) -> ASGIApp:
-    """Middleware: notes when a request reached its route, for the latency histogram."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        cast(dict[str, Any], scope)[_STARTED] = time.perf_counter()
-        await app(scope, receive, send)
-
-    return middleware
+def arrived(scope: Scope) -> None:
+    """Notes when a request reached its route, for the latency histogram (called by the
+    app's middleware)."""
+    cast(dict[str, Any], scope)[_STARTED] = time.perf_counter()
 
 
-async def count_answer(message: Message, scope: Scope) -> None:
-    """`before_send` hook: every answer, routed or not (a 404 never reaches a middleware)."""
+def count_answer(message: Message, scope: Scope) -> None:
+    """Counts an answer (called by the app's `before_send` hook, which sees every one)."""
     if message["type"] == "http.response.start" and scope["type"] == ScopeType.HTTP:
         metrics = metrics_of(scope["app"].state)
         if metrics is not None:
