@@ -92,8 +92,10 @@ class Settings:
     # state-changing requests. A request from any other page is refused; none by default.
     allowed_origins: frozenset[str] = frozenset()
     # Metrics: the port each `conveyor worker` serves Prometheus metrics on, on `api_host`;
-    # None: not served (writing them costs each job a little; the API's are always on).
+    # None: not served (writing them costs each job a little). `api_metrics`: the API's
+    # `GET /metrics` and the counts behind it (on by default).
     metrics_port: int | None = None
+    api_metrics: bool = True
     # Tracing and logs. `tracing`: OpenTelemetry spans for submissions and attempts (needs
     # the `tracing` extra; the exporter, sampler and service name come from the standard
     # OTEL_* variables; OTEL_SDK_DISABLED=true turns it off). `access_log`: one line per
@@ -158,6 +160,7 @@ class Settings:
             tracing=read("CONVEYOR_TRACING", _tracing, False)
             and not read("OTEL_SDK_DISABLED", parse_flag, False),
             access_log=read("CONVEYOR_ACCESS_LOG", parse_flag, False),
+            api_metrics=read("CONVEYOR_API_METRICS", parse_flag, True),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(

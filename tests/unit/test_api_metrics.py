@@ -107,3 +107,13 @@ def test_a_metric_that_fails_never_fails_the_request(
     assert [r.message for r in caplog.records].count(
         "a metric could not be recorded (logged once): RuntimeError('registry broken')"
     ) == 1
+
+
+def test_metrics_can_be_turned_off_and_submissions_still_answer() -> None:
+    settings = Settings.from_env({"QUEUE_BACKEND": "memory", "CONVEYOR_API_METRICS": "0"})
+    assert settings.api_metrics is False
+    with TestClient(create_app(build_container(settings))) as client:
+        assert client.post("/jobs", json=DUMMY).status_code == 202
+        assert client.options("/jobs").headers["allow"] == "GET, OPTIONS, POST"
+        assert client.get("/metrics").status_code == 404
+        assert METRICS_KEY not in client.app.state

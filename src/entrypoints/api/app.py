@@ -45,6 +45,7 @@ def create_app(container: Container | None = None) -> Litestar:
         container = build_container(settings, redis_socket_timeout=settings.redis_timeout)
     settings = container.settings()
     container.tracing()  # built now, not by the first submission
+    metered = settings.api_metrics
     batch = Router(
         path="/",
         route_handlers=[BatchController],
@@ -57,13 +58,13 @@ def create_app(container: Container | None = None) -> Litestar:
             QueuesController,
             JobTypesController,
             HealthController,
-            serve_metrics,
+            *([serve_metrics] if metered else []),
         ],
         dependencies=dependencies(),
-        state=State({CONTAINER_KEY: container, METRICS_KEY: ApiMetrics()}),
+        state=State({CONTAINER_KEY: container, **({METRICS_KEY: ApiMetrics()} if metered else {})}),
         exception_handlers={Exception: problem_response},
-        middleware=[_front_door(settings.allowed_origins)],
-        before_send=[_before_send],
+        middleware=[_front_door(settings.allowed_origins, metered=metered)],
+        before_send=[_before_send if metered else _before_send_unmetered],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[_backend_lifespan],
         # Logging is the process's (structured, see entrypoints.logs), not Litestar's.
@@ -87,10 +88,11 @@ def create_app(container: Container | None = None) -> Litestar:
     return app
 
 
-def _front_door(allowed_origins: frozenset[str]) -> Callable[[ASGIApp], ASGIApp]:
+def _front_door(allowed_origins: frozenset[str], *, metered: bool) -> Callable[[ASGIApp], ASGIApp]:
     """The app's one middleware, before any handler runs: notes when the request arrived
-    (the latency histogram), then refuses it if a page elsewhere made a browser send it
-    (`guards`). One layer for both: each layer costs every request a coroutine."""
+    (the latency histogram, when `metered`), then refuses it if a page elsewhere made a
+    browser send it (`guards`). One layer for both: each layer costs every request a
+    coroutine."""
 
     def wrap(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -98,7 +100,11 @@ def _front_door(allowed_origins: frozenset[str]) -> Callable[[ASGIApp], ASGIApp]
             refuse_foreign_origin(scope, allowed_origins)
             await app(scope, receive, send)
 
-        return middleware
+        async def unmetered(scope: Scope, receive: Receive, send: Send) -> None:
+            refuse_foreign_origin(scope, allowed_origins)
+            await app(scope, receive, send)
+
+        return middleware if metered else unmetered
 
     return wrap
 
@@ -107,6 +113,10 @@ async def _before_send(message: Message, scope: Scope) -> None:
     """Every answer, routed or not (a 404 never reaches a middleware): counted, and an
     OPTIONS answer completed. One hook for both, as with the middleware."""
     count_answer(message, scope)
+    _allow_every_method(message, scope)
+
+
+async def _before_send_unmetered(message: Message, scope: Scope) -> None:
     _allow_every_method(message, scope)
 
 
