@@ -3,9 +3,9 @@
     .venv/bin/python bench/compare.py [--runs 3] [--n 20000] [--systems conveyor,bullmq-node,...]
 
 Drives the shared harness (`../shared/bench`: the peers' driver in `peers/`, Conveyor's side
-in `compare/`, which calls `bench/peer_adapter.py`) against one redis-server this script
-starts on a free loopback port (no persistence, as the peers are measured), then adds what
-the harness does not measure, the same way for Conveyor and BullMQ:
+in `compare/`, which calls `bench/peer_adapter.py`) against one Redis this script starts
+(the project's local Redis, persistence off, as the peers are measured), then adds what the
+harness does not measure, the same way for Conveyor and BullMQ:
 
 - drain of 20,000 no-op jobs by one worker process (total and steady rate, spawn to first
   job done, worker and Redis CPU per job, worker CPU utilisation), pickup latency at
@@ -41,6 +41,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from entrypoints.local_redis import LocalRedis
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CONVEYOR_SHARED_BENCH", ROOT.parent / "shared" / "bench"))
 PEERS_HOME = Path(os.environ.get("PEERS_HOME", Path(tempfile.gettempdir()) / "peers"))
@@ -56,50 +60,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-            "--logfile",
-            str(workdir / "redis.log"),
-        ]
-    )
-    try:
-        for _ in range(100):
-            if redis_cli(port, "ping") == "PONG":
-                break
-            time.sleep(0.05)
-        else:
-            raise SystemExit(f"redis-server on port {port} did not start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+def redis_server(workdir: Path) -> Iterator[tuple[str, redis.Redis]]:
+    """The project's own local Redis, with persistence off: the peers are measured so."""
+    with LocalRedis(data_dir=workdir / "redis") as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        client.config_set("appendonly", "no")
+        client.config_set("save", "")
+        try:
+            yield server.url, client
+        finally:
+            client.close()
 
 
-def redis_cli(port: int, *args: str) -> str:
-    done = subprocess.run(
-        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, check=False
-    )
-    return done.stdout.strip()
-
-
-def info_field(port: int, section: str, name: str) -> int:
-    for line in redis_cli(port, "info", section).splitlines():
-        if line.startswith(name + ":"):
-            return int(line.split(":", 1)[1])
-    raise RuntimeError(f"INFO {section} has no {name}")
+def info_field(client: redis.Redis, section: str, name: str) -> int:
+    return int(client.info(section)[name])
 
 
 def install_peers() -> None:
@@ -221,13 +195,13 @@ def producers(url: str) -> dict[str, Callable[[int], None]]:
     return {"conveyor": conveyor, "bullmq-node": bullmq}
 
 
-def memory_per_job(url: str, port: int, run: int, n: int) -> list[Record]:
+def memory_per_job(url: str, client: redis.Redis, run: int, n: int) -> list[Record]:
     records = []
     for peer, produce in producers(url).items():
-        redis_cli(port, "flushall")
-        before = info_field(port, "memory", "used_memory")
+        client.flushall()
+        before = info_field(client, "memory", "used_memory")
         produce(n)
-        grown = info_field(port, "memory", "used_memory") - before
+        grown = info_field(client, "memory", "used_memory") - before
         record = {
             "kind": "memory",
             "peer": peer,
@@ -237,13 +211,13 @@ def memory_per_job(url: str, port: int, run: int, n: int) -> list[Record]:
         }
         print(json.dumps(record), flush=True)
         records.append(record)
-    redis_cli(port, "flushall")
+    client.flushall()
     return records
 
 
-def idle_commands(url: str, port: int, run: int) -> Record:
+def idle_commands(url: str, client: redis.Redis, run: int) -> Record:
     """Commands per second Redis runs for one idle `conveyor worker` with one process."""
-    redis_cli(port, "flushall")
+    client.flushall()
     env = dict(os.environ, REDIS_URL=url, LOG_LEVEL="WARNING")
     worker = subprocess.Popen(
         [str(VENV / "bin" / "conveyor"), "worker", "--processes", "1"],
@@ -253,10 +227,10 @@ def idle_commands(url: str, port: int, run: int) -> Record:
     )
     try:
         time.sleep(3.0)
-        before = info_field(port, "stats", "total_commands_processed")
+        before = info_field(client, "stats", "total_commands_processed")
         time.sleep(5.0)
         # Less the INFO command this measurement sent in between.
-        spent = info_field(port, "stats", "total_commands_processed") - before - 1
+        spent = info_field(client, "stats", "total_commands_processed") - before - 1
     finally:
         worker.terminate()
         worker.wait(timeout=40)
@@ -383,20 +357,19 @@ def main() -> None:
         args.runs, args.n, args.http_seconds = 1, 2_000, 3
     if not (SHARED / "compare" / "compare.py").exists():
         raise SystemExit(f"no shared harness at {SHARED} (CONVEYOR_SHARED_BENCH names it)")
-    for tool in ("redis-server", "redis-cli", "node", "wrk"):
+    for tool in ("redis-cli", "node", "wrk"):  # redis-cli: the shared HTTP script
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not on PATH")
     install_peers()
     with (
         tempfile.TemporaryDirectory(prefix="conveyor-compare-") as tmp,
-        redis_server(Path(tmp)) as url,
+        redis_server(Path(tmp)) as (url, client),
     ):
-        port = int(url.rsplit(":", 1)[1].split("/")[0])
         records = harness(url, args.systems, args.runs, args.n, Path(tmp) / "out")
         records += http(url, args.runs, args.http_seconds)
         for run in range(1, args.runs + 1):
-            records += memory_per_job(url, port, run, args.n)
-            records.append(idle_commands(url, port, run))
+            records += memory_per_job(url, client, run, args.n)
+            records.append(idle_commands(url, client, run))
     print()
     print(table(records, args.runs))
 
