@@ -12,6 +12,7 @@ from dependency_injector import providers
 from litestar import Litestar
 from litestar.testing import TestClient
 
+from adapters.rq.submitter import RqSubmitter
 from domain.ports import Backend
 from domain.settlement import Ending
 from entrypoints.api.app import create_app
@@ -187,3 +188,7 @@ def test_a_unique_key_on_a_backend_that_cannot_hold_one_is_a_501_and_nothing_is_
     assert refused.status_code == batch.status_code == 501
     assert refused.json()["capability"] == batch.json()["capability"] == "unique_keys"
     assert stored_jobs(backend) == []
+
+
+def test_the_rq_submitter_does_not_hold_unique_keys() -> None:
+    assert RqSubmitter.traits.unique_keys is False

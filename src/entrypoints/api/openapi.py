@@ -154,6 +154,10 @@ def path_parameter(description: str, pattern: str) -> PathParameter:
     return PathParameter(description=description, schema_extra={"pattern": pattern})
 
 
+# Any characters but control ones, as `domain.jobs.is_unique_key` accepts (ECMA regex).
+UNIQUE_KEY_PATTERN: Final = r"^[^\u0000-\u001f\u007f]+$"
+
+
 def _optional(kind: OpenAPIType, **schema: Any) -> Schema:
     # An option given as null is left to its default, as if it were not given.
     return Schema(type=[kind, OpenAPIType.NULL], **schema)
@@ -339,6 +343,7 @@ def _variant(job_type: JobType, *, batch: bool) -> Schema:
             OpenAPIType.STRING,
             min_length=1,
             max_length=UNIQUE_KEY_MAX,
+            pattern=UNIQUE_KEY_PATTERN,
             description="While a job of the queue under this key has not finished (scheduled, "
             "queued, running, or waiting for a retry), a submission under it stores nothing and "
             "is answered with that job (`Unique-Replayed: true`). Not with `unique_for`.",
