@@ -111,7 +111,10 @@ class JobService:
         """Validate and store one job. Raises UnknownJobTypeError, InvalidJobError,
         IdempotencyConflictError, AdmissionRefusedError, UnsupportedOperationError or
         QueueUnavailableError; a job is stored whole or not at all. A repeat under
-        `idempotency_key` answers the job the first request made (created False).
+        `idempotency_key` answers the job the first request made (created False); a
+        submission whose `unique_key` (or `unique_for`) a job not finished holds answers that
+        job (created False, unique True), and UnsupportedOperationError on a backend that
+        cannot hold unique keys.
         `trace_context` (a W3C `traceparent`) is the trace the job's attempts join."""
         (accepted,) = await self.submit_batch(
             [submission], [idempotency_key], trace_context=trace_context
