@@ -49,6 +49,22 @@ class InvalidTransitionError(DomainError):
         self.target = target
 
 
+class UniqueKeyHeldError(InvalidTransitionError):
+    """A job cannot go back to its queue: another job, not finished, holds its unique key."""
+
+    def __init__(self, job_id: str, current: str, key: str, holder: str) -> None:
+        DomainError.__init__(
+            self,
+            f"job {job_id} cannot be requeued: job {holder} holds its unique key {key!r}"
+            " and has not finished",
+        )
+        self.job_id = job_id
+        self.current = current
+        self.target = "queued"
+        self.key = key
+        self.holder = holder
+
+
 class QueueUnavailableError(DomainError):
     """The queue backend cannot be reached right now; the caller may retry later."""
 

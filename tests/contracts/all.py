@@ -25,6 +25,7 @@ from tests.contracts.settle import SettleContract
 from tests.contracts.store import StoreContract
 from tests.contracts.submit import SubmitContract
 from tests.contracts.transitions import TransitionsContract
+from tests.contracts.unique import UniqueContract
 from tests.contracts.watch import WatchContract
 
 
@@ -45,5 +46,6 @@ class AllContracts(
     TransitionsContract,
     EndToEndContract,
     WatchContract,
+    UniqueContract,
 ):
     """What every backend promises, for the roles it plays."""

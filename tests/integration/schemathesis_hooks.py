@@ -8,6 +8,9 @@ validity depends on something outside the request:
   (RFC 3339 text stays text, seconds stay seconds).
 - earlier requests: an idempotency key names one body, so the API refuses (422) a key reused
   for another one. A valid case's key is derived from its body, so two bodies never share one.
+- the payload: `unique_for` may name only fields the payload gives (an optional one left out
+  has no value to key on), and not go with `unique_key`. Names the payload lacks are dropped,
+  and `unique_for` with them when none is left or a `unique_key` is given.
 
 Loaded by path through SCHEMATHESIS_HOOKS, in schemathesis' own process.
 """
@@ -38,6 +41,7 @@ def map_case(context: Any, case: Any) -> Any:
     body = case.body
     if case.operation.path == "/jobs" and isinstance(body, dict):
         _fit_times(body)
+        _fit_unique(body)
         headers = case.headers  # a mapping, not always a dict
         if headers is not None and "Idempotency-Key" in headers:
             headers["Idempotency-Key"] = _key_for(body)
@@ -45,6 +49,7 @@ def map_case(context: Any, case: Any) -> Any:
         for item in body["jobs"]:
             if isinstance(item, dict):
                 _fit_times(item)
+                _fit_unique(item)
                 if isinstance(item.get("idempotency_key"), str):
                     item["idempotency_key"] = _key_for(
                         {k: v for k, v in item.items() if k != "idempotency_key"}
@@ -86,6 +91,19 @@ def _fit_times(item: dict[str, Any]) -> None:
         and not lead + 60 < deadline < _HORIZON
     ):
         item["deadline"] = lead + 3600
+
+
+def _fit_unique(item: dict[str, Any]) -> None:
+    """Keep `unique_for` to the fields the payload gives, alone of the unique options."""
+    names = item.get("unique_for")
+    if not isinstance(names, list):
+        return
+    payload = item.get("payload")
+    given = [n for n in names if isinstance(payload, dict) and payload.get(n) is not None]
+    if not given or item.get("unique_key") is not None:
+        del item["unique_for"]
+    else:
+        item["unique_for"] = given
 
 
 def _parse(text: str) -> datetime | None:

@@ -51,6 +51,7 @@ JOB_VIEW_FIELDS = {
     "retry_at",
     "cancel_requested_at",
     "heartbeat_at",
+    "unique_key",
     "waiting_reason",
     "timeline",
 }
@@ -102,7 +103,8 @@ def test_submitting_each_job_type_answers_202_with_location_and_a_queued_view(
 
     assert response.status_code == 202, response.text
     view = response.json()
-    assert set(view) == JOB_VIEW_FIELDS
+    assert set(view) == JOB_VIEW_FIELDS | {"replayed"}
+    assert view["replayed"] is False
     assert response.headers["location"] == f"/jobs/{view['id']}"
     assert view["type"] == type_
     assert view["status"] == "queued"
@@ -127,6 +129,7 @@ def test_a_submitted_job_reads_back_the_same(client: TestClient[Litestar]) -> No
     read = response.json()
     # Only the read asks the backend where the job stands in its queue.
     assert posted.pop("waiting_reason")["kind"] == "queued"
+    assert posted.pop("replayed") is False  # only the submission's answer says it
     assert read.pop("waiting_reason")["kind"] == "no_worker"
     assert read == posted
 

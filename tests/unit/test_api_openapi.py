@@ -191,7 +191,7 @@ def test_the_batch_body_is_an_array_of_the_union_with_item_keys(
     for ref in union["discriminator"]["mapping"].values():
         key = resolve(document, ref)["properties"]["idempotency_key"]
         assert key["pattern"] == "^[!-~]{1,200}$"
-    assert set(entry["properties"]) == {"id", "status", "created", "location"}
+    assert set(entry["properties"]) == {"id", "status", "created", "replayed_by", "location"}
     assert set(operation["responses"]) >= {"202", "400", "413", "415", "422", "429", "503"}
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
+import attrs
 import pytest
 from redis.asyncio.client import Pipeline
 
 from adapters.redis_queue import RedisConnection, scripts
 from adapters.redis_queue.calls import evalsha
 from adapters.redis_queue.core import Build
+from adapters.redis_queue.keys import unique_digest
 from domain.errors import AdmissionRefusedError
 from domain.jobs import JobError, JobStatus
 from domain.ports import AdmissionPolicy, LeaseQueue, NewJob
@@ -117,3 +119,22 @@ class TestRedisOnFakeRedis:
         )
         assert statuses == [S.SUCCEEDED if n % 3 else S.FAILED for n in range(20)]
         assert sent == [[("EVALSHA", scripts.SETTLE.sha), ("EVALSHA", scripts.SETTLE.sha)]]
+
+    @scenario()
+    async def test_a_unique_key_naming_a_job_that_is_gone_is_free(self, rig: Rig) -> None:
+        assert isinstance(rig.factory, FakeRedisFactory)
+        connection = rig.backend.connection
+        assert isinstance(connection, RedisConnection)
+        keys = connection.core.keys("default")
+        first = attrs.evolve(new_job(n=0), unique_key="k")
+        second = attrs.evolve(new_job(n=1), unique_key="k")
+        await enqueue(rig.submitter, first)
+        client = rig.factory.client()
+        try:
+            held = f"{keys.base}unique:{unique_digest('k')}"
+            assert await client.get(held) == first.id.encode()
+            await client.delete(keys.job(first.id))  # lost, e.g. by hand
+            await enqueue(rig.submitter, second)
+            assert await client.get(held) == second.id.encode()
+        finally:
+            await client.aclose()

@@ -11,7 +11,7 @@ from datetime import timedelta
 import attrs
 
 from adapters.memory.state import MemoryState, Presence
-from domain.errors import InvalidTransitionError, JobNotFoundError
+from domain.errors import InvalidTransitionError, JobNotFoundError, UniqueKeyHeldError
 from domain.jobs import REQUEUABLE, Job, JobStatus
 from domain.ports import (
     Connection,
@@ -93,6 +93,11 @@ class MemoryJobControl(JobControl):
             raise JobNotFoundError(job_id)
         if job.status not in REQUEUABLE:
             raise InvalidTransitionError(job_id, job.status, S.QUEUED)
+        if job.unique_key is not None:
+            holder = state.unique_holder(job.queue, job.unique_key)
+            if holder is not None and holder != job_id:
+                raise UniqueKeyHeldError(job_id, job.status, job.unique_key, holder)
+            state.unique[(job.queue, job.unique_key)] = job_id
         job = job.transition(
             S.QUEUED,
             attempts=0,

@@ -153,6 +153,8 @@ class MemoryState:
         self.held: dict[str, Held] = {}
         self.keys: dict[str, HeldKey] = {}
         self.key_expiry: list[tuple[datetime, str]] = []
+        # Unique keys, by (queue, key): the job holding each until it finishes.
+        self.unique: dict[tuple[str, str], str] = {}
         self.paused: set[str] = set()
         self.workers: dict[str, Presence] = {}
         self.rates: dict[str, QueueRates] = {}  # by queue (`domain.rates`)
@@ -177,6 +179,8 @@ class MemoryState:
         if job.status in FINISHED:
             for woken in self.watches.get(job.id, ()):
                 woken.set()
+            if job.unique_key is not None:
+                self.release_unique(job)
         if job.status is S.QUEUED:
             self.ready.setdefault(job.queue, Lanes()).push(job, head=head)
             self.queued_since[job.id] = now
@@ -222,6 +226,23 @@ class MemoryState:
     def key(self, key: str, now: datetime) -> HeldKey | None:
         held = self.keys.get(key)
         return held if held is not None and held.expires > now else None
+
+    def unique_holder(self, queue: str, key: str) -> str | None:
+        """The job holding unique key `key` in `queue`, if it has not finished: a key naming a
+        job that is gone or finished is free (and let go here)."""
+        holder = self.unique.get((queue, key))
+        if holder is None:
+            return None
+        job = self.jobs.get(holder)
+        if job is None or job.status in FINISHED:
+            del self.unique[(queue, key)]
+            return None
+        return holder
+
+    def release_unique(self, job: Job) -> None:
+        """Let go of `job`'s unique key, if it still names `job`."""
+        if job.unique_key is not None and self.unique.get((job.queue, job.unique_key)) == job.id:
+            del self.unique[(job.queue, job.unique_key)]
 
     def current(self, job_id: str, token: str) -> bool:
         """Is `token` the lease held on the job now? A write under any other is stale."""

@@ -89,6 +89,7 @@ def submit(
                 _opt(item.run_at_ms),
                 _opt(item.deadline_ms),
                 item.priority,
+                item.unique or "",
                 len(item.fields),
                 *item.fields,
             )

@@ -20,6 +20,9 @@ one hash tag and one Redis Cluster slot):
 - ``B tokens``            counter behind the fencing tokens
 - ``B stale``             counter of writes rejected for a stale lease token
 - ``B workers``           zset worker id -> when its presence lapses, ms (`heartbeat`)
+- ``B unique:<digest>``   string: the id of the job holding a unique key (`unique_digest`)
+                          while it is not finished; let go of when it finishes, and free
+                          when it names a job gone or finished (`lua/lib/unique.lua`)
 - ``B rates``             hash: the queue's rates (`domain.rates`, `lua/lib/rates.lua`):
                           ``in``, ``in_at``, ``out``, ``out_at``, ``drain``, ``weight``,
                           ``busy``; written by submits and claims
@@ -166,6 +169,12 @@ class RegistryKeys:
 def finished_channel(prefix: str) -> str:
     """Where scripts publish the ids of the jobs they finished (`lua/lib/finished.lua`)."""
     return f"{prefix}:finished"
+
+
+def unique_digest(key: str) -> str:
+    """What a job's unique key is held under in its queue (``B unique:<digest>``): hashed, so
+    no client bytes name a key, and kept in the job's hash as ``unique``."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def idempotency_key(prefix: str, key: str) -> str:

@@ -56,6 +56,7 @@ from entrypoints.api.schemas import (
     JobTypeList,
     JobTypeView,
     JobView,
+    SubmittedJobView,
     job_location,
 )
 from entrypoints.settings import Settings
@@ -74,7 +75,9 @@ JobId = Annotated[str, path_parameter("The job's id: 32 lowercase hex digits.", 
 
 def _accepted_headers(accepted: Accepted) -> dict[str, str]:
     headers = {"Location": job_location(accepted.job)}
-    if not accepted.created:
+    if accepted.unique:
+        headers["Unique-Replayed"] = "true"
+    elif not accepted.created:
         headers["Idempotent-Replayed"] = "true"
     return headers
 
@@ -90,7 +93,10 @@ class JobsController(Controller):
         description="Validate a job and store it, queued (or scheduled, with `delay` or "
         "`run_at`). Answers at once: a worker runs it later. Poll `Location` for its status. "
         "With an `Idempotency-Key`, a repeat of the same body answers the first job "
-        "(`Idempotent-Replayed: true`) and stores nothing; another body under the key is a 422.",
+        "(`Idempotent-Replayed: true`) and stores nothing; another body under the key is a 422. "
+        "With a `unique_key` (or `unique_for`), while a job of the queue under that key has not "
+        "finished, the answer is that job (`Unique-Replayed: true`, `replayed: true`) and "
+        "nothing is stored; the key is free again once that job finishes, however it ends.",
         status_code=HTTPStatus.ACCEPTED,
         operation_class=SubmitJobOperation,
         responses={
@@ -115,7 +121,7 @@ class JobsController(Controller):
                 pattern=IDEMPOTENCY_KEY_PATTERN,
             ),
         ] = None,
-    ) -> Response[JobView]:
+    ) -> Response[SubmittedJobView]:
         with tracing_of(request).submission(request.headers, "/jobs") as trace_context:
             require_json(request)
             submission = submission_from(decode_json(await request.body()))
@@ -130,7 +136,7 @@ class JobsController(Controller):
         if (metrics := metrics_of(request.app.state)) is not None:
             metrics.submitted([accepted])
         return Response(
-            JobView.from_domain(accepted.job, tracebacks=tracebacks_shown(request)),
+            SubmittedJobView.from_accepted(accepted, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.ACCEPTED,
             headers=_accepted_headers(accepted),
         )

@@ -26,6 +26,7 @@ from domain.errors import (
     JobNotFoundError,
     QueueUnavailableError,
     TooManyQueuesError,
+    UniqueKeyHeldError,
     UnknownJobTypeError,
     UnsupportedOperationError,
 )
@@ -113,6 +114,8 @@ def _to_problem(request: Request[Any, Any, Any], exc: Exception) -> tuple[Proble
         case JobNotFoundError():
             detail = f"no job with id {clip(exc.job_id)!r}"
             return _problem(HTTPStatus.NOT_FOUND, "job-not-found", detail, instance), {}
+        case UniqueKeyHeldError():
+            return _problem(HTTPStatus.CONFLICT, "unique-key-held", str(exc), instance), {}
         case InvalidTransitionError():
             return _problem(HTTPStatus.CONFLICT, "invalid-transition", str(exc), instance), {}
         case IdempotencyConflictError():

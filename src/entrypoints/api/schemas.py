@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -135,6 +135,7 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     retry_at: datetime | None
     cancel_requested_at: datetime | None
     heartbeat_at: datetime | None
+    unique_key: str | None
     progress: int | None
     result: Any
     error: JobErrorView | None
@@ -165,6 +166,7 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
             retry_at=job.retry_at,
             cancel_requested_at=job.cancel_requested_at,
             heartbeat_at=job.heartbeat_at,
+            unique_key=job.unique_key,
             progress=job.progress,
             result=job.result,
             error=(
@@ -191,19 +193,40 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
         return cls.from_details(details, tracebacks=tracebacks)
 
 
+class SubmittedJobView(JobView, frozen=True, kw_only=True):
+    """A submission's answer: the job, and whether it was there before this request (an
+    `Idempotency-Key` repeat, or a job not finished that holds the same `unique_key`; the
+    answer's header says which)."""
+
+    replayed: bool
+
+    @classmethod
+    def from_accepted(cls, accepted: Accepted, *, tracebacks: bool = False) -> SubmittedJobView:
+        view = JobView.from_domain(accepted.job, tracebacks=tracebacks)
+        fields = {name: getattr(view, name) for name in JobView.__struct_fields__}
+        return cls(**fields, replayed=not accepted.created)
+
+
 class BatchEntryView(msgspec.Struct, frozen=True, kw_only=True):
-    """One job of a batch: its id and status, and whether this request created it."""
+    """One job of a batch: its id and status, and whether this request created it; if not,
+    `replayed_by` says why: its `idempotency_key` named a job submitted before, or a job not
+    finished holds its `unique_key`."""
 
     id: str
     status: JobStatus
     created: bool
+    replayed_by: ReplayedBy | None
     location: str
 
     @classmethod
     def from_domain(cls, accepted: Accepted) -> BatchEntryView:
         job = accepted.job
         return cls(
-            id=job.id, status=job.status, created=accepted.created, location=job_location(job)
+            id=job.id,
+            status=job.status,
+            created=accepted.created,
+            replayed_by=replayed_by(accepted),
+            location=job_location(job),
         )
 
 
@@ -215,6 +238,16 @@ class BatchView(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_domain(cls, accepted: Sequence[Accepted]) -> BatchView:
         return cls(jobs=[BatchEntryView.from_domain(item) for item in accepted])
+
+
+ReplayedBy = Literal["idempotency_key", "unique_key"]
+
+
+def replayed_by(accepted: Accepted) -> ReplayedBy | None:
+    """Why a submission was answered with a job it did not create (None: it created it)."""
+    if accepted.created:
+        return None
+    return "unique_key" if accepted.unique else "idempotency_key"
 
 
 def job_location(job: Job) -> str:
