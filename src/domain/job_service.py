@@ -145,7 +145,13 @@ class JobService:
             raise UnsupportedOperationError("submit", "unique_keys", _NO_UNIQUE_KEYS)
         stored = await submitter.submit(
             [
-                NewJob(job=job, idempotency_key=key, fingerprint=submission.fingerprint())
+                # The fingerprint tells a repeat under an idempotency key from another
+                # request reusing it: without a key there is nothing to tell apart.
+                NewJob(
+                    job=job,
+                    idempotency_key=key,
+                    fingerprint="" if key is None else submission.fingerprint(),
+                )
                 for job, key, submission in zip(jobs, keys, submissions, strict=True)
             ]
         )
