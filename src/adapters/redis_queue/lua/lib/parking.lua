@@ -1,0 +1,58 @@
+-- parking: what claims do with the limits (`limits`): how many jobs of each limited type may
+-- start, and the jobs put aside while their type is at its limit.
+--
+-- A claim reads the limits from ARGV (`read_limits`): how many types, then per type its
+-- name, its rate's count and window (ms; 0 and 0: no rate) and its concurrency (0: none);
+-- their starts and slots keys follow the queue's fixed keys in KEYS, in the same order.
+-- Needs: limits batch
+
+-- The limits given from ARGV[at]: a table type -> {name, rate, per, conc, starts, slots},
+-- or nil when no type is limited (then a claim does nothing more than without limits).
+local function read_limits(at)
+  local n = tonumber(ARGV[at]) or 0
+  if n == 0 then return nil end
+  local limited = {}
+  for i = 0, n - 1 do
+    local a, k = at + 1 + i * 4, $GROUP_SIZE + 1 + i * 2
+    local l = {name = ARGV[a], rate = tonumber(ARGV[a + 1]), per = tonumber(ARGV[a + 2]),
+               conc = tonumber(ARGV[a + 3]), starts = KEYS[k], slots = KEYS[k + 1]}
+    limited[l.name] = l
+    if l.conc > 0 then SLOTS[#SLOTS + 1] = l.slots end
+  end
+  return limited
+end
+
+-- How many jobs of `l`'s type may start now (`l.free`), and, when its rate allows none,
+-- when the next start is allowed (`l.until_ms`). Starts past the window and lapsed slots
+-- are dropped.
+local function room(l)
+  local free = math.huge
+  l.until_ms = nil
+  if l.rate > 0 then
+    redis.call('ZREMRANGEBYSCORE', l.starts, '-inf', now_ms - l.per)
+    free = l.rate - redis.call('ZCARD', l.starts)
+    if free <= 0 then
+      local first = redis.call('ZRANGE', l.starts, 0, 0, 'WITHSCORES')
+      l.until_ms = tonumber(first[2]) + l.per
+    end
+  end
+  if l.conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', l.slots, '-inf', now_ms)
+    free = math.min(free, l.conc - redis.call('ZCARD', l.slots))
+  end
+  l.free = free
+end
+
+-- Put back in line up to `n` parked jobs of `job_type`, at their places; answers how many.
+local function unpark(job_type, n)
+  local key = parked_key(job_type)
+  local popped = redis.call('ZPOPMIN', key, n)
+  local args = {}
+  for i = 1, #popped, 2 do
+    args[#args + 1] = popped[i + 1]
+    args[#args + 1] = popped[i]
+  end
+  zadd_all(Q.queued, args)
+  if redis.call('EXISTS', key) == 0 then redis.call('SREM', Q.limited, job_type) end
+  return #popped / 2
+end
