@@ -48,7 +48,7 @@ queue names, whose keys share one hash tag with ``P:queues`` (``R`` = ``{P:queue
                           entries go at the next heartbeat of any worker
 
 The flow limits of a job type (`domain.limits`), global to the prefix, under their own hash
-tag ``{P}``: ``{P}:limit:starts:<type>`` (zset start id -> ms: the starts in its rate's
+tag ``{P}``: ``{P}:limit:starts:<type>`` (zset start id -> us: the starts in its rate's
 window) and ``{P}:limit:slots:<type>`` (zset job id -> when the slot lapses, ms). A claim,
 settle or renewal that uses them gets them in KEYS with the queue's keys: with limits set,
 those scripts span two hash tags and need one Redis primary.

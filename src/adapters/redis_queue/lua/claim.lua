@@ -79,7 +79,7 @@ if redis.call('EXISTS', Q.paused) == 0 then
         leased[#leased + 1] = id
         if l then
           l.free = l.free - 1
-          l.started[#l.started + 1] = now_ms
+          l.started[#l.started + 1] = now
           l.started[#l.started + 1] = int(token)
           l.held[#l.held + 1] = expires
           l.held[#l.held + 1] = id

@@ -27,10 +27,10 @@ for i = 0, n - 1 do
   local a, k = 3 + i * 4, $GROUP_SIZE + 1 + i * 2
   if ARGV[a] == fields[$TYPE_FIELD] then
     local rate, per, conc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    if rate > 0 and redis.call('ZCOUNT', KEYS[k], '(' .. (now_ms - per), '+inf') >= rate then
-      local first = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. (now_ms - per), '+inf',
-                               'WITHSCORES', 'LIMIT', 0, 1)
-      throttle = 'rate ' .. int(tonumber(first[2]) + per)
+    local since = '(' .. int(now_us - per * 1000)
+    if rate > 0 and redis.call('ZCOUNT', KEYS[k], since, '+inf') >= rate then
+      local first = redis.call('ZRANGEBYSCORE', KEYS[k], since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+      throttle = 'rate ' .. int(math.ceil((tonumber(first[2]) + per * 1000) / 1000))
     elseif conc > 0 and redis.call('ZCOUNT', KEYS[k + 1], '(' .. now_ms, '+inf') >= conc then
       throttle = 'concurrency'
     end

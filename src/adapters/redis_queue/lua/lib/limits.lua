@@ -1,7 +1,7 @@
 -- limits: rate and concurrency limits per job type (`domain.limits`), global across every
 -- worker. Each limited type has two keys under the prefix's own hash tag, given in KEYS
 -- after the queue's fixed keys (`limits.py` builds them; never derived here):
---   starts: zset start id -> when it started, ms: the starts of its rate's sliding window
+--   starts: zset start id -> when it started, us: the starts of its rate's sliding window
 --   slots:  zset job id -> when the slot lapses, ms (its lease's expiry; renew extends it)
 -- and, in each queue, the jobs of that type put aside by a claim while their type was at
 -- its limit: `parked_key(type)`, zset job id -> its claim-order score. A parked job's status

@@ -24,16 +24,16 @@ end
 
 -- How many jobs of `l`'s type may start now (`l.free`), and, when its rate allows none,
 -- when the next start is allowed (`l.until_ms`). Starts past the window and lapsed slots
--- are dropped.
+-- are dropped. Starts are kept in us, so two starts `per` apart are never closer than that.
 local function room(l)
   local free = math.huge
   l.until_ms = nil
   if l.rate > 0 then
-    redis.call('ZREMRANGEBYSCORE', l.starts, '-inf', now_ms - l.per)
+    redis.call('ZREMRANGEBYSCORE', l.starts, '-inf', int(now_us - l.per * 1000))
     free = l.rate - redis.call('ZCARD', l.starts)
     if free <= 0 then
       local first = redis.call('ZRANGE', l.starts, 0, 0, 'WITHSCORES')
-      l.until_ms = tonumber(first[2]) + l.per
+      l.until_ms = math.ceil((tonumber(first[2]) + l.per * 1000) / 1000)
     end
   end
   if l.conc > 0 then
