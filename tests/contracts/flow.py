@@ -55,7 +55,8 @@ class FlowLimitsContract:
         assert await queued_ids(rig) == waiting
         assert (await stats_of(rig.monitor)).counts.get(S.QUEUED) == 2
         situation = await rig.store.situation(limited[3].id)
-        assert situation is not None and situation.throttle is not None
+        assert situation is not None
+        assert situation.throttle is not None
         assert situation.throttle.kind is LimitKind.RATE
         assert situation.throttle.until is not None
         assert situation.throttle.until <= at(await rig.now(), WINDOW + 0.05)
@@ -72,7 +73,8 @@ class FlowLimitsContract:
         assert ids_of(running) == [jobs[0].id, jobs[1].id]
         assert await claim(rig.leases, limit=10) == []
         situation = await rig.store.situation(jobs[2].id)
-        assert situation is not None and situation.throttle is not None
+        assert situation is not None
+        assert situation.throttle is not None
         assert situation.throttle.kind is LimitKind.CONCURRENCY
         await rig.leases.settle(running[0], Ending.succeeded(None))
         assert ids_of(await claim(rig.leases, limit=10)) == [jobs[2].id]
