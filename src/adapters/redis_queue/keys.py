@@ -48,8 +48,9 @@ queue names, whose keys share one hash tag with ``P:queues`` (``R`` = ``{P:queue
                           entries go at the next heartbeat of any worker
 
 The flow limits of a job type (`domain.limits`), global to the prefix, under their own hash
-tag ``{P}``: ``{P}:limit:starts:<type>`` (zset start id -> us: the starts in its rate's
-window) and ``{P}:limit:slots:<type>`` (zset job id -> when the slot lapses, ms). A claim,
+tag ``{P}``: ``{P}:limit:starts:<type>`` (zset ``<token>:<n>`` -> us: a claim's n starts,
+the starts in its rate's window), ``{P}:limit:started:<type>`` (how many starts it holds) and
+``{P}:limit:slots:<type>`` (zset job id -> when the slot lapses, ms). A claim,
 settle or renewal that uses them gets them in KEYS with the queue's keys: with limits set,
 those scripts span two hash tags and need one Redis primary.
 

@@ -20,7 +20,7 @@ class LimitArgs:
     """What the scripts get of the limits; all empty when no type is limited."""
 
     names: tuple[str, ...] = ()
-    # Per limited type, its starts and slots keys (claim, situation).
+    # Per limited type, its starts, started and slots keys (claim, situation).
     keys: tuple[bytes, ...] = ()
     # How many types are limited, then per type: name, rate count, window ms, concurrency.
     args: tuple[str | int, ...] = (0,)
@@ -36,8 +36,9 @@ class LimitArgs:
         slots: list[bytes] = []
         for name, limit in limits:
             starts = limit_key(prefix, "starts", name).encode()
+            count = limit_key(prefix, "started", name).encode()
             held = limit_key(prefix, "slots", name).encode()
-            keys += (starts, held)
+            keys += (starts, count, held)
             rate = limit.rate
             args += (
                 name,

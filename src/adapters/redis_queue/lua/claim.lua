@@ -2,7 +2,7 @@
 -- claim order; none while the queue is paused.
 --
 -- KEYS: queued active delayed deadlines cancelling marker paused seq tokens rates limited
--- then, per limited job type (ARGV[6] of them), its starts and slots keys (`limits`)
+-- then, per limited job type (ARGV[6] of them), its starts, started and slots keys (`limits`)
 -- ARGV[1] limit: the most jobs to lease
 -- ARGV[2] the lease's length, ms
 -- ARGV[3] the worker's id
@@ -36,7 +36,7 @@ local parked = 0
 if limited then
   for name, l in pairs(limited) do
     room(l)
-    l.started, l.held, l.parked = {}, {}, {}
+    l.held, l.parked = {}, {}
     if l.free > 0 and redis.call('SISMEMBER', Q.limited, name) == 1 then
       unpark(name, math.min(l.free, limit))
     end
@@ -79,8 +79,7 @@ if redis.call('EXISTS', Q.paused) == 0 then
         leased[#leased + 1] = id
         if l then
           l.free = l.free - 1
-          l.started[#l.started + 1] = now
-          l.started[#l.started + 1] = int(token)
+          l.first = l.first or int(token)
           l.held[#l.held + 1] = expires
           l.held[#l.held + 1] = id
         end
@@ -96,7 +95,7 @@ end
 local wake_in = -1
 if limited then
   for name, l in pairs(limited) do
-    if l.rate > 0 then zadd_all(l.starts, l.started) end
+    if l.rate > 0 and l.first then started(l, #l.held / 2, l.first) end
     if l.conc > 0 then zadd_all(l.slots, l.held) end
     if #l.parked > 0 then
       zadd_all(parked_key(name), l.parked)

@@ -1,7 +1,7 @@
 -- situation: a job and, when it is queued, what decides when it runs (reads only).
 --
 -- KEYS: queued paused workers rates
--- then, per limited job type (ARGV[2] of them), its starts and slots keys (`limits`)
+-- then, per limited job type (ARGV[2] of them), its starts, started and slots keys (`limits`)
 -- ARGV[1] job id
 -- ARGV[2] how many job types are limited, then per type 4 values, as for claim
 -- ARGV[3] the caller's time, us (what counts a worker's presence as lapsed): the last one,
@@ -24,14 +24,22 @@ if redis.call('EXISTS', Q.paused) == 1 then return {fields, ahead, 1, -1, false,
 local throttle = false
 local n = tonumber(ARGV[2]) or 0
 for i = 0, n - 1 do
-  local a, k = 3 + i * 4, $GROUP_SIZE + 1 + i * 2
+  local a, k = 3 + i * 4, $GROUP_SIZE + 1 + i * 3
   if ARGV[a] == fields[$TYPE_FIELD] then
     local rate, per, conc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local since = '(' .. int(now_us - per * 1000)
-    if rate > 0 and redis.call('ZCOUNT', KEYS[k], since, '+inf') >= rate then
-      local first = redis.call('ZRANGEBYSCORE', KEYS[k], since, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-      throttle = 'rate ' .. int(math.ceil((tonumber(first[2]) + per * 1000) / 1000))
-    elseif conc > 0 and redis.call('ZCOUNT', KEYS[k + 1], '(' .. now_ms, '+inf') >= conc then
+    local used, first = 0, nil
+    if rate > 0 then
+      -- The starts in the window, one entry per claim, oldest first.
+      local since = '(' .. int(now_us - per * 1000)
+      local entries = redis.call('ZRANGEBYSCORE', KEYS[k], since, '+inf', 'WITHSCORES')
+      for e = 1, #entries, 2 do
+        used = used + tonumber(string.match(entries[e], ':(%d+)$$'))
+        first = first or tonumber(entries[e + 1])
+      end
+    end
+    if rate > 0 and used >= rate then
+      throttle = 'rate ' .. int(math.ceil((first + per * 1000) / 1000))
+    elseif conc > 0 and redis.call('ZCOUNT', KEYS[k + 2], '(' .. now_ms, '+inf') >= conc then
       throttle = 'concurrency'
     end
   end
