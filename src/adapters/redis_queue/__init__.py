@@ -18,8 +18,9 @@ the roles (`store.py`, `submitter.py`, `leases.py`, `control.py`, `connection.py
 `keys.py`, the hash fields in `codec.py`.
 
 Every script of one queue works on Redis Cluster (one hash tag per queue, every key in
-KEYS), but a submission spanning queues or carrying an idempotency key, and a *waiting*
-claim over several queues, need one Redis primary.
+KEYS), but a submission spanning queues or carrying an idempotency key, a *waiting* claim
+over several queues, and rate or concurrency limits (global per job type, under the
+prefix's own hash tag: see `keys.py`) need one Redis primary.
 """
 
 from __future__ import annotations
