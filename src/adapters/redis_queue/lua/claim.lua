@@ -16,9 +16,9 @@
 --
 -- Ids in `queued` whose hash is gone or whose status cannot be claimed are dropped; a job
 -- whose deadline has passed expires instead of being claimed. A job whose type is at its
--- limit is parked (`limits`), at most $MAINTENANCE_BATCH per call; parked jobs go back in
--- line as their type's limits allow, before the claim. Publishes the ids of the jobs it
--- finished (`finished`). Counts the jobs it took off the line in the queue's rates
+-- limit is parked (`limits`, `parking`), at most $MAINTENANCE_BATCH per call; parked jobs
+-- go back in line as their type's limits allow, before the claim. Publishes the ids of the
+-- jobs it finished (`finished`). Counts the jobs it took off the line in the queue's rates
 -- (`rates_out`).
 -- Needs: parking maintain wake retain deadline batch finished rates
 local CLAIMABLE = $CLAIMABLE
@@ -111,6 +111,8 @@ if #jobs > 0 then
   elseif redis.call('EXISTS', Q.limited) == 0 then redis.call('DEL', Q.seq) end
   rates_out(taken, left)
 else
+  -- Stopped by the most jobs parked per call: another claim goes on with the rest.
+  if parked >= $MAINTENANCE_BATCH then wake() end
   rates_out(taken, taken > 0 and redis.call('EXISTS', Q.queued) == 1)
   local next_at = nil
   local d = redis.call('ZRANGE', Q.delayed, 0, 0, 'WITHSCORES')

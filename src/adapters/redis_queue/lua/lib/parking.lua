@@ -41,6 +41,13 @@ local function room(l)
       for _, entry in ipairs(gone) do n = n + tonumber(string.match(entry, ':(%d+)$$')) end
       redis.call('ZREMRANGEBYSCORE', l.starts, '-inf', cut)
       used = redis.call('DECRBY', l.started, n)
+      if used < 0 then  -- the count was deleted: count the entries again
+        used = 0
+        for _, entry in ipairs(redis.call('ZRANGE', l.starts, 0, -1)) do
+          used = used + tonumber(string.match(entry, ':(%d+)$$'))
+        end
+        redis.call('SET', l.started, used)
+      end
     else
       used = tonumber(redis.call('GET', l.started)) or 0
     end
