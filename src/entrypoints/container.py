@@ -20,6 +20,7 @@ from adapters.system_clock import SystemClock
 from domain.errors import UnsupportedOperationError
 from domain.job_service import JobService
 from domain.job_types.registry import default_registry
+from domain.limits import FlowLimits
 from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, LeaseQueue
 from domain.processing import JobProcessor
 from domain.waiting import Waiters
@@ -50,6 +51,7 @@ def _redis_backend(
     admission: AdmissionPolicy | None,
     max_queues: int,
     max_result_bytes: int,
+    limits: FlowLimits,
 ) -> Backend:
     from adapters.redis_queue import redis_backend
 
@@ -62,7 +64,12 @@ def _redis_backend(
         admission=admission,
         max_queues=max_queues,
         max_result_bytes=max_result_bytes,
+        limits=limits,
     )
+
+
+def _flow_limits(settings: Settings) -> FlowLimits:
+    return settings.flow_limits
 
 
 def _rq_redis(url: str, *, connect_timeout: float, socket_timeout: float) -> redis.Redis:
@@ -130,6 +137,7 @@ class Container(containers.DeclarativeContainer):
         socket_timeout=redis_socket_timeout,
     )
     admission = providers.Callable(_admission, settings)
+    flow_limits = providers.Callable(_flow_limits, settings)
     backend = providers.Selector(
         config.queue_backend,
         redis=providers.Singleton(
@@ -142,6 +150,7 @@ class Container(containers.DeclarativeContainer):
             admission=admission,
             max_queues=config.max_queues,
             max_result_bytes=config.max_result_bytes,
+            limits=flow_limits,
         ),
         memory=providers.Singleton(
             memory_backend,
@@ -152,6 +161,7 @@ class Container(containers.DeclarativeContainer):
             admission=admission,
             max_queues=config.max_queues,
             max_result_bytes=config.max_result_bytes,
+            limits=flow_limits,
         ),
         rq=providers.Singleton(
             _rq_backend,

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from domain.job_types.registry import JOB_TYPE_NAMES
 from domain.jobs import is_name
+from domain.limits import FlowLimits, parse_concurrency_limits, parse_rate_limits
 from domain.ports import AdmissionPolicy, QueueLimits
 from entrypoints.redaction import redact_url
 
@@ -68,6 +70,8 @@ class Settings:
     dead_ttl_seconds: float = 7 * 86_400.0
     idempotency_ttl_seconds: float = 86_400.0
     admission: AdmissionPolicy = attrs.field(factory=AdmissionPolicy)
+    # Rate and concurrency limits per job type, across every worker (`domain.limits`).
+    flow_limits: FlowLimits = attrs.field(factory=FlowLimits)
     cancel_grace_seconds: float = 5.0
     wait_max_seconds: float = 30.0
     log_level: str = "INFO"
@@ -142,6 +146,10 @@ class Settings:
                 max_memory=read("CONVEYOR_ADMIT_MAX_MEMORY_BYTES", _positive(int), None),
                 retry_after=read("CONVEYOR_ADMIT_RETRY_AFTER_SECONDS", _positive(float), 1.0),
             ),
+            flow_limits=FlowLimits.of(
+                read("CONVEYOR_RATE_LIMITS", _of_known_types(parse_rate_limits), {}),
+                read("CONVEYOR_CONCURRENCY_LIMITS", _of_known_types(parse_concurrency_limits), {}),
+            ),
             cancel_grace_seconds=read("CONVEYOR_CANCEL_GRACE_SECONDS", _positive(float), 5.0),
             wait_max_seconds=read("CONVEYOR_WAIT_MAX_SECONDS", _positive(float), 30.0),
             log_level=read("LOG_LEVEL", _log_level, "INFO"),
@@ -166,6 +174,11 @@ class Settings:
             raise SettingsError(
                 "CONVEYOR_QUEUE_LIMITS and CONVEYOR_ADMIT_MAX_MEMORY_BYTES need a backend that"
                 " checks them atomically with the enqueue; QUEUE_BACKEND=rq cannot"
+            )
+        if settings.queue_backend is QueueBackend.RQ and settings.flow_limits:
+            raise SettingsError(
+                "CONVEYOR_RATE_LIMITS and CONVEYOR_CONCURRENCY_LIMITS need a backend that checks"
+                " them atomically with the claim; QUEUE_BACKEND=rq cannot"
             )
         return settings
 
@@ -218,6 +231,10 @@ def _redis_url(raw: str) -> str:
             "percent-encoded?)"
         ) from None
     return raw
+
+
+def _of_known_types(parse: Callable[[str, frozenset[str]], T]) -> Callable[[str], T]:
+    return lambda raw: parse(raw, JOB_TYPE_NAMES)
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:

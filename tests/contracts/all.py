@@ -15,6 +15,7 @@ from tests.contracts.claims import ClaimContract
 from tests.contracts.control import ControlContract
 from tests.contracts.deadlines import DeadlineContract
 from tests.contracts.endtoend import EndToEndContract
+from tests.contracts.flow import FlowLimitsContract
 from tests.contracts.history import HistoryContract
 from tests.contracts.limits import LimitsContract
 from tests.contracts.monitor import MonitorContract
@@ -34,6 +35,7 @@ class AllContracts(
     SubmitContract,
     AdmissionContract,
     LimitsContract,
+    FlowLimitsContract,
     ClaimContract,
     OrderingContract,
     SettleContract,

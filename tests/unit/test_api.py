@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 
 from domain.errors import QueueUnavailableError
 from domain.jobs import ErrorKind, JobError
+from domain.limits import FlowLimits, RateLimit
 from domain.ports import Backend
 from domain.settlement import Ending
 from entrypoints.api.app import create_app
@@ -395,7 +396,24 @@ def test_job_types_show_defaults_limits_and_payload_schemas(
             "timeout": job_type.timeout,
             "timeout_limit": job_type.timeout_limit,
             "payload_schema": job_type.schema.json_schema(),
+            "rate_limit": None,
+            "concurrency_limit": None,
         }
+
+
+def test_job_types_and_queues_show_the_flow_limits_per_type() -> None:
+    limits = FlowLimits.of({"email": RateLimit(10, 1.0)}, {"report": 2})
+    container = build_container(Settings(queue_backend=QueueBackend.MEMORY, flow_limits=limits))
+    with TestClient(create_app(container)) as client:
+        listed = {t["name"]: t for t in client.get("/job-types").json()["job_types"]}
+        queues = client.get("/queues").json()
+    assert (listed["email"]["rate_limit"], listed["email"]["concurrency_limit"]) == ("10/s", None)
+    assert (listed["report"]["rate_limit"], listed["report"]["concurrency_limit"]) == (None, 2)
+    assert (listed["dummy"]["rate_limit"], listed["dummy"]["concurrency_limit"]) == (None, None)
+    assert queues["limits"] == [
+        {"job_type": "email", "rate": "10/s", "concurrency": None},
+        {"job_type": "report", "rate": None, "concurrency": 2},
+    ]
 
 
 # -- health -------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ class MemoryJobStore(JobStore):
         if job is None:
             return None
         ahead = state.ready[job.queue].ahead_of(job) if job.status is S.QUEUED else None
+        throttle = None
+        if job.status is S.QUEUED and state.gate is not None:
+            throttle = state.gate.throttle(job.type, state.clock.now().timestamp())
         return JobSituation(
             job=job,
             ahead=ahead,
@@ -79,6 +82,7 @@ class MemoryJobStore(JobStore):
                 if job.status is S.QUEUED and job.queue not in state.paused
                 else None
             ),
+            throttle=throttle,
         )
 
 

@@ -18,6 +18,7 @@ import attrs
 
 from domain.errors import TooManyQueuesError
 from domain.jobs import Job, JobStatus
+from domain.limits import FlowGate, FlowLimits
 from domain.ports import AdmissionPolicy, Clock, WorkerLoad
 from domain.rates import QueueRates
 from domain.settlement import FINISHED, Ending, settle_job
@@ -128,6 +129,7 @@ class MemoryState:
         admission: AdmissionPolicy | None,
         max_queues: int | None = None,
         max_result_bytes: int | None = None,
+        limits: FlowLimits | None = None,
     ) -> None:
         self.clock = clock
         # How long finished jobs (dead ones apart) and idempotency keys are kept.
@@ -158,6 +160,8 @@ class MemoryState:
         self.paused: set[str] = set()
         self.workers: dict[str, Presence] = {}
         self.rates: dict[str, QueueRates] = {}  # by queue (`domain.rates`)
+        # The rate and concurrency limits per job type and their state; None: no limits.
+        self.gate = FlowGate(limits) if limits else None
         self.wakeup = asyncio.Event()
         self.stale_writes = 0
         # The readers waiting for each job to finish (`MemoryJobWatcher`).
@@ -255,6 +259,8 @@ class MemoryState:
     def settle(self, job_id: str, ending: Ending, now: datetime) -> JobStatus:
         """End the active attempt of a job whose lease the caller has checked."""
         del self.held[job_id]
+        if self.gate is not None:
+            self.gate.release(job_id)
         job, settlement = settle_job(self.jobs[job_id], ending, now)
         self.put(job, now, head=settlement.head)
         return job.status

@@ -348,8 +348,13 @@ class JobTypesController(Controller):
         description="Every registered job type: defaults, limits and payload JSON Schema.",
         operation_class=ConveyorOperation,
     )
-    async def list_job_types(self, job_types: NamedDependency[JobTypeRegistry]) -> JobTypeList:
-        return JobTypeList(job_types=[JobTypeView.from_domain(t) for t in job_types.values()])
+    async def list_job_types(
+        self, job_types: NamedDependency[JobTypeRegistry], settings: NamedDependency[Settings]
+    ) -> JobTypeList:
+        limits = settings.flow_limits
+        return JobTypeList(
+            job_types=[JobTypeView.from_domain(t, limits.get(t.name)) for t in job_types.values()]
+        )
 
 
 class HealthController(Controller):

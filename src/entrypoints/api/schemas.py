@@ -11,6 +11,7 @@ import msgspec
 from domain.job_service import Accepted, JobDetails
 from domain.job_types import JobType
 from domain.jobs import AttemptOutcome, AttemptRecord, ErrorKind, Job, JobError, JobStatus
+from domain.limits import FlowLimits, TypeLimits
 from domain.ports import JobPage, QueueStats
 from domain.timeline import (
     EventKind,
@@ -304,16 +305,43 @@ def _rounded(rate: float | None) -> float | None:
     return None if rate is None else float(f"{rate:.4g}")
 
 
-class QueueList(msgspec.Struct, frozen=True, kw_only=True):
-    queues: list[QueueView]
+class TypeLimitView(msgspec.Struct, frozen=True, kw_only=True):
+    """The flow limits of one job type, across every worker and queue: `rate` the most
+    attempts started in any window of its interval (`10/s`, `100/min`, `5/2s`),
+    `concurrency` the most running at once; null when not set."""
+
+    job_type: str
+    rate: str | None
+    concurrency: int | None
 
     @classmethod
-    def from_domain(cls, stats: Sequence[QueueStats]) -> QueueList:
-        return cls(queues=[QueueView.from_domain(queue) for queue in stats])
+    def from_domain(cls, job_type: str, limits: TypeLimits) -> TypeLimitView:
+        rate = None if limits.rate is None else str(limits.rate)
+        return cls(job_type=job_type, rate=rate, concurrency=limits.concurrency)
+
+
+class QueueList(msgspec.Struct, frozen=True, kw_only=True):
+    """The queues, and the flow limits per job type that hold their jobs back
+    (`CONVEYOR_RATE_LIMITS`, `CONVEYOR_CONCURRENCY_LIMITS`)."""
+
+    queues: list[QueueView]
+    limits: list[TypeLimitView] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def from_domain(
+        cls, stats: Sequence[QueueStats], limits: FlowLimits | None = None
+    ) -> QueueList:
+        return cls(
+            queues=[QueueView.from_domain(queue) for queue in stats],
+            limits=[TypeLimitView.from_domain(n, t) for n, t in limits or FlowLimits()],
+        )
 
 
 class JobTypeView(msgspec.Struct, frozen=True, kw_only=True):
-    """A registered job type: its defaults, the limits a submission may ask for, its payload."""
+    """A registered job type: its defaults, the limits a submission may ask for, its payload,
+    and its flow limits across every worker (`rate_limit`: the most attempts started in any
+    window of its interval, e.g. `10/s`; `concurrency_limit`: the most running at once;
+    null when not set)."""
 
     name: str
     description: str
@@ -324,9 +352,12 @@ class JobTypeView(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float
     timeout_limit: float
     payload_schema: dict[str, Any]
+    rate_limit: str | None = None
+    concurrency_limit: int | None = None
 
     @classmethod
-    def from_domain(cls, job_type: JobType) -> JobTypeView:
+    def from_domain(cls, job_type: JobType, limits: TypeLimits | None = None) -> JobTypeView:
+        rate = None if limits is None or limits.rate is None else str(limits.rate)
         return cls(
             name=job_type.name,
             description=job_type.description,
@@ -337,6 +368,8 @@ class JobTypeView(msgspec.Struct, frozen=True, kw_only=True):
             timeout=job_type.timeout,
             timeout_limit=job_type.timeout_limit,
             payload_schema=job_type.schema.json_schema(),
+            rate_limit=rate,
+            concurrency_limit=None if limits is None else limits.concurrency,
         )
 
 

@@ -249,7 +249,8 @@ class Worker:
         elapsed = time.monotonic() - started
         if self._observers:  # most workers have none: then nothing is built for them
             kind = result.error.kind if result.error else None
-            self._observers.ended(lease, AttemptEnd(said(result.status), kind, elapsed))
+            end = AttemptEnd(said(result.status), kind, elapsed, context.handler_ended)
+            self._observers.ended(lease, end)
         log_result(lease, result, elapsed)
         if result.abandoned or context.blocking_calls_running:
             # Its handler still runs (a thread cannot be interrupted): only replacing this
