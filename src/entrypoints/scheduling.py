@@ -1,0 +1,89 @@
+"""Running schedules in a long-lived process: the schedules of the settings declared at
+start-up, and the scheduler's loop (`domain.scheduling.Scheduler`), which every API process
+and every `conveyor worker` supervisor runs: the store gives each tick to one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Final
+
+from domain.errors import DomainError, InvalidScheduleError, QueueUnavailableError
+from domain.scheduling import PassReport, Scheduler
+from entrypoints.container import Container
+from entrypoints.settings import SettingsError
+
+log = logging.getLogger("conveyor.scheduler")
+
+# After a failed pass (Redis away), the next one waits this long.
+_RETRY: Final = 1.0
+# Schedules checked at start-up: CONVEYOR_SCHEDULES.
+_VARIABLE: Final = "CONVEYOR_SCHEDULES"
+
+
+def check_schedules(container: Container) -> None:
+    """Raise SettingsError naming CONVEYOR_SCHEDULES, and every bad field by its path
+    (`[0].cron`), unless each schedule it declares is valid for these job types."""
+    requests = container.settings().schedules
+    if not requests:
+        return
+    service = container.schedule_service()
+    problems: list[str] = []
+    for index, request in enumerate(requests):
+        try:
+            service.validate(request)
+        except InvalidScheduleError as invalid:
+            problems += [f"[{index}].{e.path}: {e.message}" for e in invalid.errors]
+    if problems:
+        raise SettingsError(f"{_VARIABLE} is not valid: {'; '.join(problems)}")
+
+
+async def declare_schedules(container: Container) -> None:
+    """Create (or update) the schedules of the settings; the same definition again keeps
+    its ticks. A store that cannot be reached now is logged: the next start tries again."""
+    requests = container.settings().schedules
+    if not requests:
+        return
+    service = container.schedule_service()
+    try:
+        for request in requests:
+            _, outcome = await service.put(request)
+            log.info("schedule declared", extra={"schedule": request.name, "outcome": outcome})
+    except QueueUnavailableError as exc:
+        log.warning("could not declare the schedules of %s yet: %s", _VARIABLE, exc.reason)
+
+
+async def run_scheduler(scheduler: Scheduler, stop: asyncio.Event) -> None:
+    """Fire due ticks until `stop` is set, sleeping until the next tick is due (at most a
+    second, so new and changed schedules are seen soon)."""
+    while not stop.is_set():
+        try:
+            report = await scheduler.run_pass()
+            _log(report)
+            sleep = report.sleep
+        except QueueUnavailableError as exc:
+            log.warning("scheduler pass failed: %s", exc.reason)
+            sleep = _RETRY
+        except (DomainError, OSError) as exc:
+            log.error("scheduler pass failed: %s", exc, exc_info=exc)
+            sleep = _RETRY
+        if sleep > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), sleep)
+        else:
+            await asyncio.sleep(0)
+
+
+def _log(report: PassReport) -> None:
+    for outcome in report.outcomes:
+        extra = {"schedule": outcome.name, "tick": outcome.tick.isoformat()}
+        if outcome.error is not None:
+            level = logging.ERROR if outcome.dropped else logging.WARNING
+            verb = "dropped" if outcome.dropped else "not submitted yet (retried)"
+            log.log(level, "schedule tick %s: %s", verb, outcome.error, extra=extra)
+        elif outcome.job_id is None and outcome.missed:
+            log.warning("schedule misfired: missed ticks skipped", extra=extra)
+        elif outcome.job_id is not None:
+            message = "schedule misfired: one catch-up job" if outcome.missed else "schedule tick"
+            log.info(message, extra={**extra, "job_id": outcome.job_id, "new": outcome.created})
