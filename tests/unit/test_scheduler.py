@@ -5,7 +5,7 @@ taking a tick and submitting it is taken over, and misfires follow their policy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -73,7 +73,7 @@ def world(request: pytest.FixtureRequest) -> World:
     return World(request.param())
 
 
-def run(scenario: Callable[[], Awaitable[None]]) -> None:
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
     asyncio.run(scenario())
 
 
