@@ -105,6 +105,9 @@ class Settings:
     # definition changed. Read here for their shape; `entrypoints.scheduling` checks each
     # against the job types before the process serves.
     schedules: tuple[ScheduleRequest, ...] = ()
+    # Whether this process runs the scheduler (the API and `conveyor worker`'s supervisor
+    # do by default): any number may; each tick still makes one job.
+    scheduler: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -164,6 +167,7 @@ class Settings:
             and not read("OTEL_SDK_DISABLED", parse_flag, False),
             access_log=read("CONVEYOR_ACCESS_LOG", parse_flag, False),
             schedules=read("CONVEYOR_SCHEDULES", parse_schedules, ()),
+            scheduler=read("CONVEYOR_SCHEDULER", parse_flag, True),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(

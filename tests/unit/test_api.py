@@ -53,6 +53,7 @@ JOB_VIEW_FIELDS = {
     "heartbeat_at",
     "waiting_reason",
     "timeline",
+    "idempotency_key",
 }
 
 
