@@ -25,7 +25,7 @@ class CronRecurrence(Recurrence):
 
     def next_after(self, moment: datetime) -> datetime | None:
         try:
-            return next(CronSim(self.expression, moment.astimezone(self.zone)))
+            return _utc(next(CronSim(self.expression, moment.astimezone(self.zone))))
         except StopIteration:  # no match within cronsim's horizon (50 years)
             return None
 
@@ -34,9 +34,14 @@ class CronRecurrence(Recurrence):
         # start has a fraction: a microsecond past the second makes it "at or before".
         start = moment.astimezone(self.zone).replace(microsecond=0) + timedelta(microseconds=1)
         try:
-            return next(CronSim(self.expression, start, reverse=True))
+            return _utc(next(CronSim(self.expression, start, reverse=True)))
         except StopIteration:
             return None
+
+
+def _utc(moment: datetime) -> datetime:
+    # Ticks are compared and stored as instants; their zone only mattered for matching.
+    return moment.astimezone(UTC)
 
 
 _NO_ZONE = "not an IANA time zone name (like Europe/Paris or UTC)"

@@ -243,7 +243,7 @@ def define(
             or not math.isfinite(value)
             or not 1 <= value <= MAX_GRACE
         ):
-            errors.append(FieldError("misfire_grace", f"expected 1 to {MAX_GRACE:g} seconds"))
+            errors.append(FieldError("misfire_grace", f"expected 1 to {MAX_GRACE:.0f} seconds"))
         else:
             grace = float(value)
     if request.paused is not None and not isinstance(request.paused, bool):
@@ -283,7 +283,9 @@ def _timetable(
             or not math.isfinite(every)
             or not MIN_EVERY <= every <= MAX_EVERY
         ):
-            errors.append(FieldError("every", f"expected {MIN_EVERY:g} to {MAX_EVERY:g} seconds"))
+            errors.append(
+                FieldError("every", f"expected {MIN_EVERY:.0f} to {MAX_EVERY:.0f} seconds")
+            )
         return
     expression, timezone = request.cron, request.timezone
     bad = False

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrypoints.cli.arguments import positive_int
+from entrypoints.container import build_container
 from entrypoints.logs import redact_url
+from entrypoints.scheduling import check_schedules
 from entrypoints.settings import QueueBackend, Settings, parse_flag, parse_weighted_queues
 from entrypoints.tracing import check_tracing
 
@@ -86,6 +88,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     check_tracing(settings)
     if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
+    check_schedules(build_container(settings))  # the same: a bad CONVEYOR_SCHEDULES
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
     # handler was there before it; with these, a clean stop exits 0 instead of dying by it.
     for signum in (signal.SIGTERM, signal.SIGINT):
