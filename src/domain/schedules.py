@@ -372,6 +372,7 @@ class Plan:
     ticks: tuple[datetime, ...]
     next_tick: datetime | None
     missed: bool = False
+    latest: datetime | None = None  # a misfire's latest due tick (run or not)
 
 
 def plan(schedule: Schedule, recurrence: Recurrence, next_tick: datetime, now: datetime) -> Plan:
@@ -388,7 +389,7 @@ def plan(schedule: Schedule, recurrence: Recurrence, next_tick: datetime, now: d
         return Plan(ticks=tuple(due), next_tick=tick)
     latest = recurrence.latest_at_or_before(now)
     fired = (latest,) if schedule.misfire is MisfirePolicy.RUN_ONCE and latest is not None else ()
-    return Plan(ticks=fired, next_tick=recurrence.next_after(now), missed=True)
+    return Plan(ticks=fired, next_tick=recurrence.next_after(now), missed=True, latest=latest)
 
 
 def first_tick(schedule: Schedule, recurrence: Recurrence, now: datetime) -> datetime | None:

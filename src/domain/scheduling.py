@@ -189,7 +189,8 @@ class Scheduler:
         ):
             return []  # another scheduler has it
         if the_plan.missed and not the_plan.ticks:
-            return [TickOutcome(name=schedule.name, tick=stored.next_tick, missed=True)]
+            latest = the_plan.latest or stored.next_tick
+            return [TickOutcome(name=schedule.name, tick=latest, missed=True)]
         outcomes = []
         for tick in the_plan.ticks:
             firing = Firing(name=schedule.name, tick=tick, claimed_at=now, lease_until=lease_until)
