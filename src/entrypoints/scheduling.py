@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from typing import Final
 
 from domain.errors import DomainError, InvalidScheduleError, QueueUnavailableError
 from domain.scheduling import PassReport, Scheduler
-from entrypoints.container import Container
-from entrypoints.settings import SettingsError
+from entrypoints.container import Container, build_container
+from entrypoints.settings import QueueBackend, Settings, SettingsError
+from entrypoints.startup import backend_is_safe
 
 log = logging.getLogger("conveyor.scheduler")
 
@@ -87,3 +89,39 @@ def _log(report: PassReport) -> None:
         elif outcome.job_id is not None:
             message = "schedule misfired: one catch-up job" if outcome.missed else "schedule tick"
             log.info(message, extra={**extra, "job_id": outcome.job_id, "new": outcome.created})
+
+
+async def close_schedules(container: Container) -> None:
+    """Close the schedule store's own Redis client: with QUEUE_BACKEND=rq, the backend's
+    connection closes RQ's client, not the one schedules use."""
+    if container.settings().queue_backend is QueueBackend.RQ:
+        await container.redis_client().aclose()
+
+
+def run_scheduler_process(settings: Settings) -> int:
+    """`conveyor scheduler`: the scheduler alone, until SIGTERM or SIGINT (for a deployment
+    whose API and workers do not run it, e.g. RQ's workers, which never do)."""
+    container = build_container(settings)
+    check_schedules(container)
+    return asyncio.run(_schedule_until_signalled(container))
+
+
+async def _schedule_until_signalled(container: Container) -> int:
+    backend = container.backend()
+    if not backend.shared_across_processes:
+        log.error("QUEUE_BACKEND=%s lives inside one process: nothing to schedule", backend.name)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if not await backend_is_safe(backend.connection, log):
+            return 2
+        await declare_schedules(container)
+        log.info("scheduler running")
+        await run_scheduler(container.scheduler(), stop)
+        return 0
+    finally:
+        await close_schedules(container)
+        await backend.connection.close()

@@ -153,3 +153,25 @@ def test_every_second_schedule_fires_each_tick_once_and_honours_misfires(
         resumed = [t for t in ticks if t > latest]
         assert resumed, name
         assert resumed[0] == latest + timedelta(seconds=1)
+
+
+def test_on_rq_the_scheduler_process_submits_through_rqs_queues(
+    redis_url: str, tmp_path: Path
+) -> None:
+    schedule = {**SCHEDULES[0], "name": "rq-beat"}
+    env = service_env(redis_url, QUEUE_BACKEND="rq", CONVEYOR_SCHEDULES=json.dumps([schedule]))
+    with (
+        Api({**env, "CONVEYOR_SCHEDULER": "0"}, tmp_path) as api,
+        Conveyor(["scheduler"], env, tmp_path) as scheduler,
+        api.client() as client,
+    ):
+        deadline = time.monotonic() + 15
+        while not ticks_by_schedule(client).get("rq-beat"):  # the scheduler is up
+            assert time.monotonic() < deadline, scheduler.output()
+            time.sleep(0.1)
+        time.sleep(3)
+        ticks = ticks_by_schedule(client)["rq-beat"]
+        assert scheduler.stop() == 0, scheduler.output()
+    print(f"\nQUEUE_BACKEND=rq, `conveyor scheduler`: {len(ticks) - 1} more jobs in 3 s")
+    assert 2 <= len(ticks) - 1 <= 4, ticks
+    assert len(set(ticks)) == len(ticks)

@@ -25,7 +25,12 @@ from entrypoints.api.schedules import SchedulesController
 from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging
 from entrypoints.redaction import url_secrets
-from entrypoints.scheduling import check_schedules, declare_schedules, run_scheduler
+from entrypoints.scheduling import (
+    check_schedules,
+    close_schedules,
+    declare_schedules,
+    run_scheduler,
+)
 from entrypoints.settings import Settings
 from entrypoints.startup import backend_is_safe
 
@@ -143,3 +148,4 @@ async def _scheduler_lifespan(app: Litestar) -> AsyncIterator[None]:
     finally:
         stop.set()
         await task
+        await close_schedules(container)

@@ -63,6 +63,13 @@ def add_commands(commands: Commands) -> None:
     )
     worker.set_defaults(run=run_worker)
 
+    scheduler = commands.add_parser(
+        "scheduler",
+        help="run only the scheduler (the API and `conveyor worker` run it too; with"
+        " QUEUE_BACKEND=rq the workers do not)",
+    )
+    scheduler.set_defaults(run=run_scheduler)
+
     dev = commands.add_parser(
         "dev",
         help="the whole service in one terminal: local Redis (if REDIS_URL is unset), "
@@ -122,6 +129,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         weights=weights,
         metrics_port=args.metrics_port or settings.metrics_port,
     )
+
+
+def run_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from entrypoints.scheduling import run_scheduler_process
+
+    return run_scheduler_process(settings)
 
 
 def run_dev(args: argparse.Namespace, settings: Settings) -> int:
