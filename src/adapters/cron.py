@@ -59,7 +59,7 @@ class CronsimParser(CronParser):
         else:
             try:
                 CronSim(expression, datetime(2000, 1, 1, tzinfo=zone or UTC))
-            except CronSimError as exc:
+            except (CronSimError, ValueError, ArithmeticError, IndexError) as exc:
                 errors.append(FieldError("cron", f"not a cron expression: {exc}"))
         if errors or zone is None:
             raise InvalidScheduleError(errors)

@@ -327,11 +327,13 @@ def _options(value: object, errors: list[FieldError]) -> dict[str, Any]:
     unknown = [key for key in value if key not in OPTIONS]
     errors.extend(FieldError(f"options.{key}", "unknown option") for key in unknown)
     deadline = value.get("deadline")
+    kept = {key: item for key, item in value.items() if key in OPTIONS and item is not None}
     if deadline is not None and (
-        isinstance(deadline, bool) or not isinstance(deadline, int | float)
+        isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline < 1
     ):
-        errors.append(FieldError("options.deadline", "expected seconds after the tick"))
-    return {key: item for key, item in value.items() if key in OPTIONS and item is not None}
+        errors.append(FieldError("options.deadline", "expected 1 or more seconds after the tick"))
+        kept.pop("deadline")
+    return kept
 
 
 def _job(

@@ -8,6 +8,9 @@ validity depends on something outside the request:
   (RFC 3339 text stays text, seconds stay seconds).
 - earlier requests: an idempotency key names one body, so the API refuses (422) a key reused
   for another one. A valid case's key is derived from its body, so two bodies never share one.
+- what a schedule's timetable means: a cron expression and a time zone are strings the
+  document cannot tell valid ones of, and exactly one of `cron` and `every` is given. A
+  valid case gets a real expression and zone, or keeps its interval.
 
 Loaded by path through SCHEMATHESIS_HOOKS, in schemathesis' own process.
 """
@@ -32,6 +35,10 @@ _SUBMISSIONS = {"/jobs", "/jobs/batch"}
 def map_case(context: Any, case: Any) -> Any:
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
+        return case
+    if case.method.upper() == "POST" and case.operation.path == "/schedules":
+        if isinstance(case.body, dict):
+            _fit_timetable(case.body)
         return case
     if case.method.upper() != "POST" or case.operation.path not in _SUBMISSIONS:
         return case
@@ -94,3 +101,16 @@ def _parse(text: str) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.utcoffset() is not None else None
+
+
+def _fit_timetable(body: dict[str, Any]) -> None:
+    """A real cron expression and time zone, or an interval alone."""
+    every = body.get("every")
+    if isinstance(every, int | float) and not isinstance(every, bool):
+        body.pop("cron", None)
+        body.pop("timezone", None)
+        return
+    body.pop("every", None)
+    body["cron"] = "*/5 * * * *"
+    if body.get("timezone") is not None:
+        body["timezone"] = "Europe/Paris"

@@ -77,6 +77,7 @@ def test_a_valid_cron_schedule_is_defined_with_its_defaults() -> None:
         ({"options": {"max_attempts": 0}}, "options.max_attempts"),
         ({"options": {"delay": 5}}, "options.delay"),
         ({"options": {"deadline": "2026-01-01T00:00:00Z"}}, "options.deadline"),
+        ({"options": {"deadline": 0.5}}, "options.deadline"),
         ({"misfire": "sometimes"}, "misfire"),
         ({"misfire_grace": 0}, "misfire_grace"),
         ({"name": "Bad Name"}, "name"),

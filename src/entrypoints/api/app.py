@@ -21,7 +21,7 @@ from entrypoints.api.metrics import METRICS_KEY, ApiMetrics, count_answer, serve
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
-from entrypoints.api.schedules import SchedulesController
+from entrypoints.api.schedules import SchedulesController, add_schedule_schemas
 from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging
 from entrypoints.redaction import url_secrets
@@ -99,6 +99,7 @@ def create_app(container: Container | None = None) -> Litestar:
     )
     # Builds the document now (no I/O), with the job types' schemas in it.
     add_submission_schemas(app.openapi_schema, container.registry())
+    add_schedule_schemas(app.openapi_schema, container.registry())
     return app
 
 

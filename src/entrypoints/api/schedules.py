@@ -8,15 +8,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, cast
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, RequestBody, Schema
+from litestar.openapi.spec import (
+    Discriminator,
+    OpenAPI,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Reference,
+    RequestBody,
+    Schema,
+)
 
 from domain.errors import FieldError, InvalidScheduleError, ScheduleNotFoundError
+from domain.job_types import JobType, JobTypeRegistry
 from domain.jobs import NAME_PATTERN, PRIORITY_MAX, PRIORITY_MIN, is_name
 from domain.ports.schedules import StoredSchedule, Upsert
 from domain.schedules import (
@@ -28,6 +37,7 @@ from domain.schedules import (
     ScheduleRequest,
 )
 from domain.scheduling import ScheduleService
+from domain.submission import MAX_SCHEDULE_AHEAD
 from entrypoints.api.body import decode_json, integral, require_json
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
@@ -38,6 +48,7 @@ from entrypoints.api.openapi import (
     ConveyorOperation,
     path_parameter,
     problem,
+    variant_name,
 )
 from entrypoints.settings import SCHEDULE_FIELDS
 
@@ -109,10 +120,13 @@ def _checked(name: str) -> str:
     return name
 
 
+SCHEDULE_SCHEMA: Final = "ScheduleDeclaration"
+
+
 @dataclass
 class PutScheduleOperation(ConveyorOperation):
     """`POST /schedules`: the body is read raw (so the API decides every error); this is
-    what it takes."""
+    what it takes (`schedule_schemas`)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -121,83 +135,123 @@ class PutScheduleOperation(ConveyorOperation):
             description="The schedule: a name, a timetable (`cron` with an optional "
             "`timezone`, or `every`), and the job each tick submits (`type`, `payload`, "
             "`options`).",
-            content={"application/json": OpenAPIMediaType(schema=_REQUEST_SCHEMA)},
+            content={
+                "application/json": OpenAPIMediaType(
+                    schema=Reference(ref=f"#/components/schemas/{SCHEDULE_SCHEMA}")
+                )
+            },
         )
 
 
 def _nullable(kind: OpenAPIType, **schema: Any) -> Schema:
+    # A field given as null is left to its default, as if it were not given.
     return Schema(type=[kind, OpenAPIType.NULL], **schema)
 
 
-_REQUEST_SCHEMA: Final = Schema(
-    type=OpenAPIType.OBJECT,
-    title="Schedule",
-    properties={
-        "name": Schema(type=OpenAPIType.STRING, pattern=NAME_PATTERN),
-        "cron": _nullable(
-            OpenAPIType.STRING,
-            max_length=200,
-            description="A standard 5-field cron expression (minute hour day-of-month month "
-            "day-of-week). Not with `every`.",
-        ),
-        "timezone": _nullable(
-            OpenAPIType.STRING,
-            max_length=64,
-            default="UTC",
-            description="The IANA time zone the cron expression is read in (`Europe/Paris`).",
-        ),
-        "every": _nullable(
-            OpenAPIType.NUMBER,
-            minimum=MIN_EVERY,
-            maximum=MAX_EVERY,
-            description="A fixed interval in seconds, from the schedule's creation. Not with "
-            "`cron`.",
-        ),
-        "type": Schema(type=OpenAPIType.STRING, pattern=NAME_PATTERN),
-        "payload": Schema(
-            type=OpenAPIType.OBJECT,
-            description="The job's payload, as its type accepts it (GET /job-types).",
-        ),
-        "options": _nullable(
-            OpenAPIType.OBJECT,
-            properties={
-                "queue": _nullable(OpenAPIType.STRING, pattern=NAME_PATTERN),
-                "priority": _nullable(
-                    OpenAPIType.INTEGER, minimum=PRIORITY_MIN, maximum=PRIORITY_MAX
-                ),
-                "max_attempts": _nullable(OpenAPIType.INTEGER, minimum=1),
-                "timeout": _nullable(OpenAPIType.NUMBER, exclusive_minimum=0),
-                "deadline": _nullable(
-                    OpenAPIType.NUMBER,
-                    exclusive_minimum=0,
-                    description="Seconds after its tick by which the job must finish.",
-                ),
+def add_schedule_schemas(openapi: OpenAPI, registry: JobTypeRegistry) -> None:
+    """`ScheduleDeclaration`: a union discriminated on `type`, one variant per job type,
+    whose `payload` and `options` are what that type accepts (as for `POST /jobs`)."""
+    variants = {
+        variant_name(job_type, SCHEDULE_SCHEMA): _variant(job_type)
+        for job_type in registry.values()
+    }
+    union = Schema(
+        title="Schedule declaration",
+        description="A schedule: its name, its timetable and the job each tick submits.",
+        one_of=[Reference(ref=f"#/components/schemas/{name}") for name in variants],
+        discriminator=Discriminator(
+            property_name="type",
+            mapping={
+                job_type.name: f"#/components/schemas/{variant_name(job_type, SCHEDULE_SCHEMA)}"
+                for job_type in registry.values()
             },
-            additional_properties=False,
-            description="The job's options, as `POST /jobs` takes them.",
         ),
-        "misfire": _nullable(
-            OpenAPIType.STRING,
-            enum=[p.value for p in MisfirePolicy],
-            default=MisfirePolicy.RUN_ONCE.value,
-            description="After downtime: `run_once` submits one job for the missed ticks "
-            "(the latest), `skip` none.",
-        ),
-        "misfire_grace": _nullable(
-            OpenAPIType.NUMBER,
-            minimum=1,
-            maximum=MAX_GRACE,
-            default=DEFAULT_GRACE,
-            description="Seconds a tick may be late and still run as usual; a later one is missed.",
-        ),
-        "paused": _nullable(
-            OpenAPIType.BOOLEAN,
-            description="Pause (true) or resume (false) it; left out, as it is (a new one runs).",
-        ),
-    },
-    required=list(_REQUIRED),
-    additional_properties=False,
-)
+    )
+    components = openapi.components
+    components.schemas = {**(components.schemas or {}), SCHEDULE_SCHEMA: union, **variants}
+
+
+def _variant(job_type: JobType) -> Schema:
+    retry = job_type.retry
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        title=f"{job_type.name} schedule",
+        properties={
+            "name": Schema(type=OpenAPIType.STRING, pattern=NAME_PATTERN),
+            "cron": _nullable(
+                OpenAPIType.STRING,
+                min_length=1,
+                max_length=200,
+                description="A standard 5-field cron expression (minute hour day-of-month "
+                "month day-of-week), as Debian's cron reads it. Not with `every`.",
+            ),
+            "timezone": _nullable(
+                OpenAPIType.STRING,
+                min_length=1,
+                max_length=64,
+                default="UTC",
+                description="The IANA time zone the cron expression is read in "
+                "(`Europe/Paris`). Only with `cron`.",
+            ),
+            "every": _nullable(
+                OpenAPIType.NUMBER,
+                minimum=MIN_EVERY,
+                maximum=MAX_EVERY,
+                description="A fixed interval in seconds, counted from the schedule's "
+                "creation. Not with `cron`.",
+            ),
+            "type": Schema(type=OpenAPIType.STRING, const=job_type.name),
+            "payload": cast(Schema, job_type.schema.json_schema()),
+            "options": _nullable(
+                OpenAPIType.OBJECT,
+                properties={
+                    "queue": _nullable(OpenAPIType.STRING, pattern=NAME_PATTERN),
+                    "priority": _nullable(
+                        OpenAPIType.INTEGER, minimum=PRIORITY_MIN, maximum=PRIORITY_MAX
+                    ),
+                    "max_attempts": _nullable(
+                        OpenAPIType.INTEGER, minimum=1, maximum=retry.max_attempts_limit
+                    ),
+                    "timeout": _nullable(
+                        OpenAPIType.NUMBER,
+                        exclusive_minimum=0,
+                        maximum=job_type.timeout_limit,
+                    ),
+                    "deadline": _nullable(
+                        OpenAPIType.NUMBER,
+                        minimum=1,
+                        maximum=MAX_SCHEDULE_AHEAD,
+                        description="Seconds after its tick by which the job must finish.",
+                    ),
+                },
+                additional_properties=False,
+                description="The job's options, as `POST /jobs` takes them.",
+            ),
+            "misfire": _nullable(
+                OpenAPIType.STRING,
+                enum=[p.value for p in MisfirePolicy],
+                default=MisfirePolicy.RUN_ONCE.value,
+                description="After downtime: `run_once` submits one job for the missed "
+                "ticks (the latest), `skip` none.",
+            ),
+            "misfire_grace": _nullable(
+                OpenAPIType.NUMBER,
+                minimum=1,
+                maximum=MAX_GRACE,
+                default=DEFAULT_GRACE,
+                description="Seconds a tick may be late and still run as usual; a later "
+                "one is missed.",
+            ),
+            "paused": _nullable(
+                OpenAPIType.BOOLEAN,
+                description="Pause (true) or resume (false) it; left out, as it is (a new "
+                "one runs).",
+            ),
+        },
+        required=list(_REQUIRED),
+        additional_properties=False,
+        schema_not=Schema(required=["cron", "every"]),
+    )
 
 
 class SchedulesController(Controller):
