@@ -41,12 +41,12 @@ def check_schedules(container: Container) -> None:
         raise SettingsError(f"{_VARIABLE} is not valid: {'; '.join(problems)}")
 
 
-async def declare_schedules(container: Container) -> None:
+async def declare_schedules(container: Container) -> bool:
     """Create (or update) the schedules of the settings; the same definition again keeps
-    its ticks. A store that cannot be reached now is logged: the next start tries again."""
+    its ticks. False, logged, when the store cannot be reached now."""
     requests = container.settings().schedules
     if not requests:
-        return
+        return True
     service = container.schedule_service()
     try:
         for request in requests:
@@ -54,6 +54,19 @@ async def declare_schedules(container: Container) -> None:
             log.info("schedule declared", extra={"schedule": request.name, "outcome": outcome})
     except QueueUnavailableError as exc:
         log.warning("could not declare the schedules of %s yet: %s", _VARIABLE, exc.reason)
+        return False
+    return True
+
+
+async def schedule(container: Container, stop: asyncio.Event) -> None:
+    """Declare the schedules of the settings (again and again while the store is away),
+    then run the scheduler until `stop` is set."""
+    while not await declare_schedules(container):
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), _RETRY)
+        if stop.is_set():
+            return
+    await run_scheduler(container.scheduler(), stop)
 
 
 async def run_scheduler(scheduler: Scheduler, stop: asyncio.Event) -> None:
@@ -118,9 +131,8 @@ async def _schedule_until_signalled(container: Container) -> int:
     try:
         if not await backend_is_safe(backend.connection, log):
             return 2
-        await declare_schedules(container)
         log.info("scheduler running")
-        await run_scheduler(container.scheduler(), stop)
+        await schedule(container, stop)
         return 0
     finally:
         await close_schedules(container)

@@ -28,8 +28,7 @@ from entrypoints.redaction import url_secrets
 from entrypoints.scheduling import (
     check_schedules,
     close_schedules,
-    declare_schedules,
-    run_scheduler,
+    schedule,
 )
 from entrypoints.settings import Settings
 from entrypoints.startup import backend_is_safe
@@ -141,9 +140,8 @@ async def _scheduler_lifespan(app: Litestar) -> AsyncIterator[None]:
     if not container.settings().scheduler:
         yield
         return
-    await declare_schedules(container)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_scheduler(container.scheduler(), stop))
+    task = asyncio.create_task(schedule(container, stop))
     try:
         yield
     finally:

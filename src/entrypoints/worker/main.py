@@ -19,7 +19,7 @@ from domain.ports import Connection, LeaseQueue, QueueMonitor
 from entrypoints.container import Container, build_container
 from entrypoints.lifetime import follow_parent
 from entrypoints.logs import redact_url
-from entrypoints.scheduling import check_schedules, declare_schedules, run_scheduler
+from entrypoints.scheduling import check_schedules, schedule
 from entrypoints.settings import QueueBackend, Settings
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
@@ -161,8 +161,7 @@ def _supervise(
         # the store gives each tick to one process, however many run it.
         if not container.settings().scheduler:
             return await supervisor.run(stop)
-        await declare_schedules(container)
-        scheduling = asyncio.create_task(run_scheduler(container.scheduler(), stop))
+        scheduling = asyncio.create_task(schedule(container, stop))
         try:
             return await supervisor.run(stop)
         finally:
