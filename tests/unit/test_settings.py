@@ -101,6 +101,8 @@ def test_every_setting_is_documented_in_env_example() -> None:
         "CONVEYOR_API_PORT",
         "CONVEYOR_DUMMY_FAULTS",
         "CONVEYOR_WATCHDOG_SECONDS",
+        "CONVEYOR_SCHEDULES",
+        "CONVEYOR_SCHEDULER",
     ]
     assert [n for n in names if n not in example] == []
 
