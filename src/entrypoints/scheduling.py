@@ -11,7 +11,7 @@ import signal
 from typing import Final
 
 from domain.errors import DomainError, InvalidScheduleError, QueueUnavailableError
-from domain.scheduling import PassReport, Scheduler
+from domain.scheduling import FIRING_LEASE, PassReport, Scheduler
 from entrypoints.container import Container, build_container
 from entrypoints.settings import QueueBackend, Settings, SettingsError
 from entrypoints.startup import backend_is_safe
@@ -20,6 +20,8 @@ log = logging.getLogger("conveyor.scheduler")
 
 # After a failed pass (Redis away), the next one waits this long.
 _RETRY: Final = 1.0
+# Idempotency keys kept less long than this leave no time to take a stale firing over.
+_SHORTEST_SAFE_TTL: Final = 4 * FIRING_LEASE
 # Schedules checked at start-up: CONVEYOR_SCHEDULES.
 _VARIABLE: Final = "CONVEYOR_SCHEDULES"
 
@@ -61,6 +63,15 @@ async def declare_schedules(container: Container) -> bool:
 async def schedule(container: Container, stop: asyncio.Event) -> None:
     """Declare the schedules of the settings (again and again while the store is away),
     then run the scheduler until `stop` is set."""
+    ttl = container.settings().idempotency_ttl_seconds
+    if ttl < _SHORTEST_SAFE_TTL:
+        log.warning(
+            "CONVEYOR_IDEMPOTENCY_TTL_SECONDS=%g: a schedule's tick whose scheduler dies"
+            " before it says the job is stored is dropped, not submitted again (keys kept"
+            " under %g s cannot tell a second submit from the first)",
+            ttl,
+            _SHORTEST_SAFE_TTL,
+        )
     while not await declare_schedules(container):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _RETRY)
