@@ -77,13 +77,17 @@ def start(env: dict[str, str], log_dir: Path) -> list[Conveyor]:
     return [*workers, *apis]
 
 
-def misfires(processes: list[Conveyor]) -> list[dict[str, Any]]:
+def scheduler_lines(processes: list[Conveyor]) -> list[dict[str, Any]]:
     lines = []
     for process in processes:
         for line in process.output().splitlines():
-            if line.startswith("{") and "misfired" in line:
+            if line.startswith("{") and '"conveyor.scheduler"' in line:
                 lines.append(json.loads(line))
     return lines
+
+
+def misfires(processes: list[Conveyor]) -> list[dict[str, Any]]:
+    return [line for line in scheduler_lines(processes) if "misfired" in line["event"]]
 
 
 def test_every_second_schedule_fires_each_tick_once_and_honours_misfires(
@@ -131,6 +135,11 @@ def test_every_second_schedule_fires_each_tick_once_and_honours_misfires(
         assert repeats == 0
         steps = {round((b - a).total_seconds(), 3) for a, b in itertools.pairwise(ticks)}
         assert steps == {1.0}, (name, steps)  # no tick missed either
+
+    submits = [line for line in scheduler_lines(processes) if "job_id" in line]
+    replayed = [line for line in submits if not line["new"]]
+    print(f"  {len(submits)} ticks submitted in all, {len(replayed)} by two processes")
+    assert replayed == []  # the compare-and-set gave each tick to one process
 
     lines = misfires(restarted)
     print(f"stopped everything ({stop_took:.1f} s to stop) for {DOWN:.0f} s, then restarted:")
