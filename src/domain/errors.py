@@ -160,3 +160,19 @@ class TooManyQueuesError(AdmissionRefusedError):
 class JobCancelledError(Exception):
     """Raised by a handler that saw its job's cancel request (`JobContext.cancel_requested`)
     and stopped: the job ends `cancelled`."""
+
+
+class InvalidScheduleError(DomainError):
+    """A schedule cannot be created as declared; `errors` names every bad field (`cron`,
+    `timezone`, `payload.to`, `options.queue`), not just the first."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = tuple(errors)
+        summary = "; ".join(f"{e.path or '(root)'}: {e.message}" for e in self.errors)
+        super().__init__(f"invalid schedule: {summary}")
+
+
+class ScheduleNotFoundError(DomainError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r}")
+        self.name = name

@@ -19,6 +19,7 @@ from domain.job_types.registry import JOB_TYPE_NAMES
 from domain.jobs import is_name
 from domain.limits import FlowLimits, parse_concurrency_limits, parse_rate_limits
 from domain.ports import AdmissionPolicy, QueueLimits
+from domain.schedules import ScheduleRequest
 from entrypoints.redaction import redact_url
 
 T = TypeVar("T")
@@ -106,6 +107,13 @@ class Settings:
     # HTTP request from the API, in the process's log format.
     tracing: bool = False
     access_log: bool = False
+    # Schedules declared at start-up (`CONVEYOR_SCHEDULES`): created, or replaced when their
+    # definition changed. Read here for their shape; `entrypoints.scheduling` checks each
+    # against the job types before the process serves.
+    schedules: tuple[ScheduleRequest, ...] = ()
+    # Whether this process runs the scheduler (the API and `conveyor worker`'s supervisor
+    # do by default): any number may; each tick still makes one job.
+    scheduler: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -169,6 +177,8 @@ class Settings:
             and not read("OTEL_SDK_DISABLED", parse_flag, False),
             access_log=read("CONVEYOR_ACCESS_LOG", parse_flag, False),
             api_metrics=read("CONVEYOR_API_METRICS", parse_flag, True),
+            schedules=read("CONVEYOR_SCHEDULES", parse_schedules, ()),
+            scheduler=read("CONVEYOR_SCHEDULER", parse_flag, True),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
@@ -378,3 +388,45 @@ def parse_origins(raw: str) -> frozenset[str]:
         if origin in ("*", "null"):
             raise ValueError(f"{origin!r} would let any page change state: list origins")
     return frozenset(parse_origin(origin) for origin in origins)
+
+
+SCHEDULE_FIELDS: Final = (
+    "name",
+    "cron",
+    "timezone",
+    "every",
+    "type",
+    "payload",
+    "options",
+    "misfire",
+    "misfire_grace",
+    "paused",
+)
+
+
+def parse_schedules(raw: str) -> tuple[ScheduleRequest, ...]:
+    """JSON: a list of schedules, `[{"name": ..., "cron": "0 2 * * *", "timezone": ...,
+    "type": ..., "payload": {...}}]` (or `"every": seconds` instead of cron). Only their shape
+    is checked here; what they declare is checked against the job types at start-up."""
+    document: Any = json.loads(raw)
+    if not isinstance(document, list):
+        raise ValueError('expected a list like [{"name": "nightly", "cron": "0 2 * * *", ...}]')
+    requests: list[ScheduleRequest] = []
+    names: set[str] = set()
+    for index, item in enumerate(document):
+        if not isinstance(item, dict):
+            raise ValueError(f"[{index}]: expected an object")
+        unknown = sorted(set(item) - set(SCHEDULE_FIELDS))
+        if unknown:
+            raise ValueError(f"[{index}].{unknown[0]}: unknown field")
+        for required in ("name", "type", "payload"):
+            if required not in item:
+                raise ValueError(f"[{index}].{required}: field required")
+        name = item["name"]
+        if not isinstance(name, str) or not is_name(name):
+            raise ValueError(f"[{index}].name: expected a name of 1-64 a-z, 0-9, '_' or '-'")
+        if name in names:
+            raise ValueError(f"[{index}].name: schedule {name!r} declared twice")
+        names.add(name)
+        requests.append(ScheduleRequest(**item))
+    return tuple(requests)

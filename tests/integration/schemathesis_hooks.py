@@ -11,6 +11,9 @@ validity depends on something outside the request:
 - the payload: `unique_for` may name only fields the payload gives (an optional one left out
   has no value to key on), and not go with `unique_key`. Names the payload lacks are dropped,
   and `unique_for` with them when none is left or a `unique_key` is given.
+- what a schedule's timetable means: a cron expression and a time zone are strings the
+  document cannot tell valid ones of, and exactly one of `cron` and `every` is given. A
+  valid case gets a real expression and zone, or keeps its interval.
 
 Loaded by path through SCHEMATHESIS_HOOKS, in schemathesis' own process.
 """
@@ -35,6 +38,10 @@ _SUBMISSIONS = {"/jobs", "/jobs/batch"}
 def map_case(context: Any, case: Any) -> Any:
     meta = case.meta
     if meta is None or not meta.generation.mode.is_positive:
+        return case
+    if case.method.upper() == "POST" and case.operation.path == "/schedules":
+        if isinstance(case.body, dict):
+            _fit_timetable(case.body)
         return case
     if case.method.upper() != "POST" or case.operation.path not in _SUBMISSIONS:
         return case
@@ -112,3 +119,16 @@ def _parse(text: str) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.utcoffset() is not None else None
+
+
+def _fit_timetable(body: dict[str, Any]) -> None:
+    """A real cron expression and time zone, or an interval alone."""
+    every = body.get("every")
+    if isinstance(every, int | float) and not isinstance(every, bool):
+        body.pop("cron", None)
+        body.pop("timezone", None)
+        return
+    body.pop("every", None)
+    body["cron"] = "*/5 * * * *"
+    if body.get("timezone") is not None:
+        body["timezone"] = "Europe/Paris"

@@ -55,6 +55,7 @@ JOB_VIEW_FIELDS = {
     "unique_key",
     "waiting_reason",
     "timeline",
+    "idempotency_key",
 }
 
 

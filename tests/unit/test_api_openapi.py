@@ -69,6 +69,12 @@ def test_every_endpoint_is_documented_with_an_operation_id_and_tags(
         ("/queues/{name}", "get"),
         ("/queues/{name}/pause", "post"),
         ("/queues/{name}/resume", "post"),
+        ("/schedules", "post"),
+        ("/schedules", "get"),
+        ("/schedules/{name}", "get"),
+        ("/schedules/{name}", "delete"),
+        ("/schedules/{name}/pause", "post"),
+        ("/schedules/{name}/resume", "post"),
         ("/job-types", "get"),
         ("/health/live", "get"),
         ("/health/ready", "get"),
@@ -117,6 +123,10 @@ def test_every_503_documents_retry_after(document: dict[str, Any]) -> None:
         "/queues/{name}",
         "/queues/{name}/pause",
         "/queues/{name}/resume",
+        "/schedules",
+        "/schedules/{name}",
+        "/schedules/{name}/pause",
+        "/schedules/{name}/resume",
         "/health/ready",
     }
     assert all("Retry-After" in response["headers"] for _, response in unavailable)

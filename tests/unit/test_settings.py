@@ -104,6 +104,8 @@ def test_every_setting_is_documented_in_env_example() -> None:
         "CONVEYOR_WATCHDOG_SECONDS",
         "CONVEYOR_RATE_LIMITS",
         "CONVEYOR_CONCURRENCY_LIMITS",
+        "CONVEYOR_SCHEDULES",
+        "CONVEYOR_SCHEDULER",
     ]
     assert [n for n in names if n not in example] == []
 

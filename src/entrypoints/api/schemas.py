@@ -144,6 +144,8 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     history: list[AttemptView]
     waiting_reason: WaitingReasonView | None
     timeline: list[TimelineEventView]
+    # The key it was submitted under; a schedule's jobs carry `schedule:<name>:<tick>`.
+    idempotency_key: str | None = None
 
     @classmethod
     def from_details(cls, details: JobDetails, *, tracebacks: bool = False) -> JobView:
@@ -183,6 +185,7 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
                 else WaitingReasonView.from_domain(details.waiting_reason)
             ),
             timeline=[TimelineEventView.from_domain(event) for event in details.timeline],
+            idempotency_key=job.idempotency_key,
         )
 
     @classmethod

@@ -1,5 +1,5 @@
 """The `conveyor` command: run the API, a worker or the whole service; submit, inspect and
-manage jobs and queues."""
+manage jobs, queues and schedules."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from entrypoints.cli import jobs, queues, serve, submit, top
+from entrypoints.cli import jobs, queues, schedules, serve, submit, top
 from entrypoints.cli.submit import follow
 from entrypoints.container import Container
 from entrypoints.logs import configure_logging
@@ -51,5 +51,6 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_commands(commands)
     jobs.add_commands(commands)
     queues.add_commands(commands)
+    schedules.add_commands(commands)
     top.add_commands(commands)
     return parser

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrypoints.cli.arguments import positive_int
+from entrypoints.container import build_container
 from entrypoints.logs import redact_url
+from entrypoints.scheduling import check_schedules
 from entrypoints.settings import QueueBackend, Settings, parse_flag, parse_weighted_queues
 from entrypoints.tracing import check_tracing
 
@@ -61,6 +63,13 @@ def add_commands(commands: Commands) -> None:
     )
     worker.set_defaults(run=run_worker)
 
+    scheduler = commands.add_parser(
+        "scheduler",
+        help="run only the scheduler (the API and `conveyor worker` run it too; with"
+        " QUEUE_BACKEND=rq the workers do not)",
+    )
+    scheduler.set_defaults(run=run_scheduler)
+
     dev = commands.add_parser(
         "dev",
         help="the whole service in one terminal: local Redis (if REDIS_URL is unset), "
@@ -86,6 +95,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     check_tracing(settings)
     if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
+    check_schedules(build_container(settings))  # the same: a bad CONVEYOR_SCHEDULES
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
     # handler was there before it; with these, a clean stop exits 0 instead of dying by it.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -119,6 +129,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         weights=weights,
         metrics_port=args.metrics_port or settings.metrics_port,
     )
+
+
+def run_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from entrypoints.scheduling import run_scheduler_process
+
+    return run_scheduler_process(settings)
 
 
 def run_dev(args: argparse.Namespace, settings: Settings) -> int:
