@@ -96,7 +96,7 @@ def idle_rate(url: str, args: argparse.Namespace, log: Path) -> float:
     finally:
         _stop(worker)
         asyncio.run(_delete_prefix(url, prefix))
-    return (after - before - 1) / args.window  # less our own INFO
+    return float(after - before - 1) / float(args.window)  # less our own INFO
 
 
 def first_job(url: str, args: argparse.Namespace, log: Path) -> float:
@@ -159,9 +159,7 @@ def main() -> None:
                 rates.append(rate)
                 firsts.append(first)
                 print(f"| {run} | {rate:.1f} | {first:.3f} |", flush=True)
-            print(
-                f"| median | {statistics.median(rates):.1f} | {statistics.median(firsts):.3f} |"
-            )
+            print(f"| median | {statistics.median(rates):.1f} | {statistics.median(firsts):.3f} |")
         finally:
             if server is not None:
                 server.stop()
