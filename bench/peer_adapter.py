@@ -30,6 +30,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import cast
 
 from adapters.redis_client import create_redis
 from adapters.redis_queue.keys import QueueKeys
@@ -86,7 +87,7 @@ async def latencies(queue: str) -> list[float]:
     keys = QueueKeys.of(settings.key_prefix, queue)
     client = create_redis(settings.redis_url, connect_timeout=2.0, socket_timeout=30.0)
     try:
-        ids: Sequence[bytes] = await client.zrange(keys.index(JobStatus.SUCCEEDED), 0, -1)
+        ids = cast("Sequence[bytes]", await client.zrange(keys.index(JobStatus.SUCCEEDED), 0, -1))
         found: list[float] = []
         for start in range(0, len(ids), 5000):
             pipe = client.pipeline(transaction=False)

@@ -62,7 +62,14 @@ class RedisLeaseQueue(LeaseQueue):
                 block = min(remaining, self.MAX_BLOCK_SECONDS)
                 if wake_in is not None:
                     block = min(block, wake_in)
-                await self._core.client.blpop([k.marker for k in keys], timeout=max(block, 0.01))
+                woken = await self._core.client.blpop(
+                    [k.marker for k in keys], timeout=max(block, 0.01)
+                )
+                if woken is None and deadline - loop.time() <= 0:
+                    # Nothing woke us and the wait is over: the caller's next claim runs
+                    # the queues' maintenance at once, so claiming here too would only
+                    # double an idle worker's calls.
+                    return []
 
     async def _claim_now(
         self, keys: Sequence[QueueKeys], worker_id: str, limit: int, lease_ms: int

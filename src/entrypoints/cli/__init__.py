@@ -6,14 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from entrypoints.cli import jobs, queues, schedules, serve, submit, top
 from entrypoints.cli.submit import follow
-from entrypoints.container import Container
 from entrypoints.logs import configure_logging
 from entrypoints.redaction import url_secrets
 from entrypoints.rq_keys import use_rq_key_prefix
 from entrypoints.settings import QueueBackend, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from entrypoints.container import Container
 
 __all__ = ["follow", "main"]
 

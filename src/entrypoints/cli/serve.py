@@ -116,6 +116,11 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.queue_backend is not QueueBackend.RQ:
+        from entrypoints.worker.spawning import start_fork_server
+
+        # First: it loads the worker's modules while this process loads the supervisor's.
+        start_fork_server()
     from entrypoints.worker.main import run_worker
 
     _warn_of_faults(settings)
