@@ -20,7 +20,7 @@ import enum
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -398,7 +398,3 @@ def first_tick(schedule: Schedule, recurrence: Recurrence, now: datetime) -> dat
     """The tick a new (or resumed, or redefined) schedule waits for first: the first after
     `now`."""
     return recurrence.next_after(now)
-
-
-def describe_ticks(ticks: Sequence[datetime]) -> str:
-    return ", ".join(t.astimezone(UTC).isoformat() for t in ticks)

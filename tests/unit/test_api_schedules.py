@@ -16,7 +16,8 @@ from litestar.testing import TestClient
 from entrypoints.api.app import create_app
 from entrypoints.container import Container, build_container
 from entrypoints.scheduling import check_schedules
-from entrypoints.settings import QueueBackend, Settings, SettingsError, parse_schedules
+from entrypoints.setting_values import parse_schedules
+from entrypoints.settings import QueueBackend, Settings, SettingsError
 from tests.fakes import FakeClock
 
 PROBLEM = "application/problem+json"

@@ -29,6 +29,7 @@ from entrypoints.api.body import (
     require_json,
     submission_from,
 )
+from entrypoints.api.catalog import JobTypeList, JobTypeView
 from entrypoints.api.deps import tracebacks_shown, tracing_of
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.metrics import metrics_of
@@ -53,8 +54,6 @@ from entrypoints.api.problems import ProblemError, logger, summarize
 from entrypoints.api.schemas import (
     HealthView,
     JobPageView,
-    JobTypeList,
-    JobTypeView,
     JobView,
     SubmittedJobView,
     job_location,

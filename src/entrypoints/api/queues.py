@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 
 from domain.job_service import JobService
 from domain.jobs import NAME_PATTERN, is_name
+from entrypoints.api.catalog import QueueList, QueueView
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
@@ -21,7 +22,6 @@ from entrypoints.api.openapi import (
     unsupported,
 )
 from entrypoints.api.problems import ProblemError, clip
-from entrypoints.api.schemas import QueueList, QueueView
 from entrypoints.settings import Settings
 
 QueueName = Annotated[

@@ -50,7 +50,7 @@ from entrypoints.api.openapi import (
     problem,
     variant_name,
 )
-from entrypoints.settings import SCHEDULE_FIELDS
+from entrypoints.setting_values import SCHEDULE_FIELDS
 
 ScheduleName = Annotated[
     str, path_parameter("The schedule's name: 1-64 of a-z, 0-9, '_' or '-'.", NAME_PATTERN)

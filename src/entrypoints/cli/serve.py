@@ -16,7 +16,8 @@ from entrypoints.cli.arguments import positive_int
 from entrypoints.container import build_container
 from entrypoints.logs import redact_url
 from entrypoints.scheduling import check_schedules
-from entrypoints.settings import QueueBackend, Settings, parse_flag, parse_weighted_queues
+from entrypoints.setting_values import parse_weighted_queues
+from entrypoints.settings import QueueBackend, Settings, parse_flag
 from entrypoints.tracing import check_tracing
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from domain.errors import DomainError, InvalidJobError
 from domain.job_service import JobService
 from domain.jobs import Job
 from domain.ports import QueueStats
-from entrypoints.api.schemas import JobView, QueueView
+from entrypoints.api.catalog import QueueView
+from entrypoints.api.schemas import JobView
 from entrypoints.settings import Settings
 
 if TYPE_CHECKING:  # rich is imported by the commands that draw, not by every process
