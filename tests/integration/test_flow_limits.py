@@ -20,6 +20,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from domain.submission import MAX_BATCH, Submission
@@ -87,6 +88,7 @@ def most_overlapping(intervals: Sequence[tuple[float, float]]) -> int:
     return most
 
 
+@pytest.mark.alone
 def test_a_rate_limit_holds_400_emails_on_4_processes_to_20_starts_a_second(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -172,6 +172,7 @@ async def phase(
     return spent / WINDOW, last - resumed, subscriptions
 
 
+@pytest.mark.alone
 def test_thousands_of_waiters_cost_redis_nothing_while_they_wait(
     redis_of_its_own: str, tmp_path: Path
 ) -> None:

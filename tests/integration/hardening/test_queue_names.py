@@ -54,6 +54,7 @@ def redis_of_its_own(tmp_path: Path) -> Iterator[str]:
         yield server.url
 
 
+@pytest.mark.alone
 def test_reads_stay_fast_and_the_api_small_among_ten_thousand_queues(
     redis_of_its_own: str, tmp_path: Path
 ) -> None:
