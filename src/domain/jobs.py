@@ -206,6 +206,17 @@ def is_idempotency_key(value: str) -> bool:
     return bool(_IDEMPOTENCY_KEY.fullmatch(value))
 
 
+# Unique keys: at most one live (not finished) job per key and queue. A client's key is any
+# text of 1-200 characters without control characters; one derived from payload fields
+# (`unique_for`) is the job type and a digest of their values.
+UNIQUE_KEY_MAX: Final = 200
+_UNIQUE_KEY: Final = re.compile(rf"[^\x00-\x1f\x7f]{{1,{UNIQUE_KEY_MAX}}}")
+
+
+def is_unique_key(value: str) -> bool:
+    return bool(_UNIQUE_KEY.fullmatch(value))
+
+
 # A job keeps at most this many attempts in its history, the most recent ones.
 HISTORY_LIMIT: Final = 50
 # An attempt's error in its history record: "<type>: <message>", cut to this many characters.
@@ -266,6 +277,9 @@ class Job:
     # The last lease renewal of the current attempt: the worker was alive then.
     heartbeat_at: datetime | None = attrs.field(default=None, validator=_aware)
     idempotency_key: str | None = None
+    # While the job is not finished, no other job of its queue is stored under this key: a
+    # submit naming it answers this job instead.
+    unique_key: str | None = None
     # The W3C `traceparent` of the request that submitted it (when that process traced): its
     # attempts' spans join that trace. Opaque here; only what a tracer made is ever stored.
     trace_context: str | None = None
@@ -285,6 +299,7 @@ class Job:
         run_at: datetime | None = None,
         deadline: datetime | None = None,
         idempotency_key: str | None = None,
+        unique_key: str | None = None,
         trace_context: str | None = None,
     ) -> Job:
         """A new job: `scheduled` when it has a `run_at` in the future of `now`, else
@@ -303,6 +318,7 @@ class Job:
             run_at=run_at,
             deadline=deadline,
             idempotency_key=idempotency_key,
+            unique_key=unique_key,
             trace_context=trace_context,
         )
 

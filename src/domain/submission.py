@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -13,12 +13,23 @@ import attrs
 
 from domain.errors import FieldError, InvalidJobError
 from domain.job_types import JobTypeRegistry
-from domain.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, is_name, new_job_id
+from domain.jobs import (
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    UNIQUE_KEY_MAX,
+    Job,
+    JSONObject,
+    is_name,
+    is_unique_key,
+    new_job_id,
+)
 
 # How far ahead a job may be scheduled, and its deadline set.
 MAX_SCHEDULE_AHEAD: Final = 366 * 86400.0
 # Jobs in one batch submission.
 MAX_BATCH: Final = 1000
+# Payload fields a `unique_for` may name.
+MAX_UNIQUE_FOR: Final = 16
 
 
 @attrs.frozen(kw_only=True)
@@ -34,11 +45,13 @@ class Submission:
     delay: object = None  # seconds from now; or
     run_at: object = None  # an RFC 3339 time
     deadline: object = None  # an RFC 3339 time, or seconds from now
+    unique_key: object = None  # at most one live job of the queue under this key; or
+    unique_for: object = None  # payload field names whose values (with the type) make it
 
     def fingerprint(self) -> str:
         """Identifies what was asked for, so a repeat under an idempotency key can be told
         apart from a different request reusing it."""
-        document = {
+        document: dict[str, object] = {
             "type": self.type,
             "payload": self.payload,
             "max_attempts": self.max_attempts,
@@ -49,6 +62,11 @@ class Submission:
             "run_at": self.run_at,
             "deadline": self.deadline,
         }
+        # Only when given, so fingerprints of submissions without them stay as they were.
+        if self.unique_key is not None:
+            document["unique_key"] = self.unique_key
+        if self.unique_for is not None:
+            document["unique_for"] = self.unique_for
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=repr)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -66,7 +84,7 @@ def validate(
     InvalidJobError listing every bad field, not just the first."""
     job_type = registry.resolve(submission.type)
     errors: list[FieldError] = []
-    payload: dict[str, Any] = {}
+    payload: dict[str, Any] | None = None
     try:
         payload = job_type.schema.validate(submission.payload)
     except InvalidJobError as invalid:
@@ -96,7 +114,9 @@ def validate(
     deadline = _deadline(submission.deadline, now, errors)
     if deadline is not None and deadline <= max(now, run_at or now):
         errors.append(FieldError("deadline", "expected a time after the job may start"))
-    if errors:
+    known = frozenset(field.name for field in job_type.schema.fields)
+    unique_key = _unique_key(submission, job_type.name, known, payload, errors)
+    if errors or payload is None:
         raise InvalidJobError(errors)
     return Job.submitted(
         id=new_id(queue),
@@ -110,8 +130,61 @@ def validate(
         run_at=run_at,
         deadline=deadline,
         idempotency_key=idempotency_key,
+        unique_key=unique_key,
         trace_context=trace_context,
     )
+
+
+def unique_key_for(job_type: str, payload: JSONObject, fields: Sequence[str]) -> str:
+    """The unique key made of the values of payload `fields` and the job type: the type, then
+    the SHA-256 of them as canonical JSON (sorted keys, no spaces), so two submissions share
+    it exactly when their type and those values are equal, whatever else their payload holds."""
+    values = {name: payload[name] for name in fields}
+    document = {"type": job_type, "fields": values}
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{job_type}:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+def _unique_key(
+    submission: Submission,
+    job_type: str,
+    known: frozenset[str],
+    payload: JSONObject | None,
+    errors: list[FieldError],
+) -> str | None:
+    """The job's unique key, if the submission asks for one. `known` are the type's payload
+    fields; `payload` is None when it is invalid (a field's presence is then not checked)."""
+    key, fields = submission.unique_key, submission.unique_for
+    if key is not None and fields is not None:
+        errors.append(FieldError("unique_for", "give either unique_key or unique_for, not both"))
+        return None
+    if key is not None:
+        if isinstance(key, str) and is_unique_key(key):
+            return key
+        expected = f"expected 1-{UNIQUE_KEY_MAX} characters, no control characters"
+        errors.append(FieldError("unique_key", expected))
+        return None
+    if fields is None:
+        return None
+    if not isinstance(fields, list) or not 1 <= len(fields) <= MAX_UNIQUE_FOR:
+        expected = f"expected a list of 1 to {MAX_UNIQUE_FOR} payload field names"
+        errors.append(FieldError("unique_for", expected))
+        return None
+    bad = len(errors)
+    for index, name in enumerate(fields):
+        path = f"unique_for[{index}]"
+        if not isinstance(name, str):
+            errors.append(FieldError(path, "expected a payload field name"))
+        elif name in fields[:index]:
+            errors.append(FieldError(path, f"{name!r} is named twice"))
+        elif name not in known:
+            errors.append(FieldError(path, f"{job_type} payloads have no field {name!r}"))
+        elif payload is not None and name not in payload:
+            # An optional field left out, with no default: no value to key on.
+            errors.append(FieldError(path, f"the payload does not give {name!r}"))
+    if len(errors) > bad or payload is None:
+        return None
+    return unique_key_for(job_type, payload, fields)
 
 
 def _priority(value: object, default: int, errors: list[FieldError]) -> int:

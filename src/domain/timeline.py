@@ -15,6 +15,7 @@ from typing import Final
 import attrs
 
 from domain.jobs import AttemptOutcome, Job, JobStatus
+from domain.limits import LimitKind
 from domain.ports import JobSituation
 
 # A timeline shows at most this many events: the first few and the most recent.
@@ -62,6 +63,8 @@ class WaitingKind(enum.StrEnum):
     NO_WORKER = "no_worker"  # no live worker serves its queue
     BEHIND_JOBS = "behind_jobs"  # `ahead` jobs will be claimed before it
     NEXT = "next"  # first in line: the next free worker takes it
+    RATE_LIMITED = "rate_limited"  # its type's rate limit allows no start until `until`
+    CONCURRENCY_LIMITED = "concurrency_limited"  # its type's running attempts are at the limit
     QUEUED = "queued"  # waiting its turn (the backend cannot say more)
 
 
@@ -113,6 +116,22 @@ def waiting_reason(job: Job, situation: JobSituation | None, now: datetime) -> W
             kind=WaitingKind.NO_WORKER,
             message=f"no live worker serves queue {job.queue!r}{behind}; "
             "it cannot start until one does",
+            ahead=ahead,
+        )
+    throttle = situation.throttle
+    if throttle is not None and throttle.kind is LimitKind.RATE:
+        when = "" if throttle.until is None else f" until {_iso(throttle.until)}"
+        return WaitingReason(
+            kind=WaitingKind.RATE_LIMITED,
+            message=f"job type {job.type!r} is at its rate limit: no start allowed{when}",
+            until=throttle.until,
+            ahead=ahead,
+        )
+    if throttle is not None:
+        return WaitingReason(
+            kind=WaitingKind.CONCURRENCY_LIMITED,
+            message=f"job type {job.type!r} is at its concurrency limit: it starts when one "
+            "of its running attempts ends",
             ahead=ahead,
         )
     rate = situation.drain_rate

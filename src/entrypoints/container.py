@@ -14,14 +14,19 @@ import redis.asyncio
 from dependency_injector import containers, providers
 
 from adapters.console_email import ConsoleEmailSender
+from adapters.cron import CronsimParser
 from adapters.memory import memory_backend
+from adapters.memory.schedules import MemoryScheduleStore
 from adapters.redis_client import create_redis
 from adapters.system_clock import SystemClock
 from domain.errors import UnsupportedOperationError
 from domain.job_service import JobService
 from domain.job_types.registry import default_registry
+from domain.limits import FlowLimits
 from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, LeaseQueue
+from domain.ports.schedules import ScheduleStore
 from domain.processing import JobProcessor
+from domain.scheduling import Scheduler, ScheduleService
 from domain.waiting import Waiters
 from entrypoints.rq_keys import use_rq_key_prefix
 from entrypoints.settings import QueueBackend, Settings
@@ -50,6 +55,7 @@ def _redis_backend(
     admission: AdmissionPolicy | None,
     max_queues: int,
     max_result_bytes: int,
+    limits: FlowLimits,
 ) -> Backend:
     from adapters.redis_queue import redis_backend
 
@@ -62,7 +68,12 @@ def _redis_backend(
         admission=admission,
         max_queues=max_queues,
         max_result_bytes=max_result_bytes,
+        limits=limits,
     )
+
+
+def _flow_limits(settings: Settings) -> FlowLimits:
+    return settings.flow_limits
 
 
 def _rq_redis(url: str, *, connect_timeout: float, socket_timeout: float) -> redis.Redis:
@@ -92,6 +103,12 @@ def _rq_backend(
         admission=admission,
         max_queues=max_queues,
     )
+
+
+def _redis_schedules(client: redis.asyncio.Redis, *, prefix: str) -> ScheduleStore:
+    from adapters.redis_schedules import RedisScheduleStore
+
+    return RedisScheduleStore(client, prefix=prefix)
 
 
 def lease_queue(backend: Backend) -> LeaseQueue:
@@ -130,6 +147,7 @@ class Container(containers.DeclarativeContainer):
         socket_timeout=redis_socket_timeout,
     )
     admission = providers.Callable(_admission, settings)
+    flow_limits = providers.Callable(_flow_limits, settings)
     backend = providers.Selector(
         config.queue_backend,
         redis=providers.Singleton(
@@ -142,6 +160,7 @@ class Container(containers.DeclarativeContainer):
             admission=admission,
             max_queues=config.max_queues,
             max_result_bytes=config.max_result_bytes,
+            limits=flow_limits,
         ),
         memory=providers.Singleton(
             memory_backend,
@@ -152,6 +171,7 @@ class Container(containers.DeclarativeContainer):
             admission=admission,
             max_queues=config.max_queues,
             max_result_bytes=config.max_result_bytes,
+            limits=flow_limits,
         ),
         rq=providers.Singleton(
             _rq_backend,
@@ -170,6 +190,30 @@ class Container(containers.DeclarativeContainer):
     waiters = providers.Singleton(Waiters, limit=config.max_waiters)
     job_service = providers.Factory(
         JobService, backend=backend, registry=registry, clock=clock, waiters=waiters
+    )
+    # Schedules live beside the jobs: in the same Redis (for either Redis backend, RQ's
+    # included: its scheduler submits through the job service), or in memory.
+    cron_parser = providers.Singleton(CronsimParser)
+    schedule_store = providers.Selector(
+        config.queue_backend,
+        redis=providers.Singleton(_redis_schedules, client=redis_client, prefix=config.key_prefix),
+        rq=providers.Singleton(_redis_schedules, client=redis_client, prefix=config.key_prefix),
+        memory=providers.Singleton(MemoryScheduleStore),
+    )
+    schedule_service = providers.Factory(
+        ScheduleService,
+        store=schedule_store,
+        registry=registry,
+        cron=cron_parser,
+        clock=clock,
+    )
+    scheduler = providers.Factory(
+        Scheduler,
+        store=schedule_store,
+        jobs=job_service,
+        cron=cron_parser,
+        clock=clock,
+        idempotency_ttl=config.idempotency_ttl_seconds,
     )
     # Spans for submissions and attempts; with tracing off, spans that do nothing.
     tracing = providers.Singleton(tracing_from, settings)

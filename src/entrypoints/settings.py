@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import enum
 import importlib.util
-import json
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
+from typing import TypeVar
 
 import attrs
 
-from domain.jobs import is_name
+from domain.job_types.registry import JOB_TYPE_NAMES
+from domain.limits import FlowLimits, parse_concurrency_limits, parse_rate_limits
 from domain.ports import AdmissionPolicy, QueueLimits
+from domain.schedules import ScheduleRequest
 from entrypoints.redaction import redact_url
+from entrypoints.setting_values import (
+    parse_origins,
+    parse_queue_limits,
+    parse_schedules,
+    parse_weighted_queues,
+)
 
 T = TypeVar("T")
 
@@ -68,6 +74,8 @@ class Settings:
     dead_ttl_seconds: float = 7 * 86_400.0
     idempotency_ttl_seconds: float = 86_400.0
     admission: AdmissionPolicy = attrs.field(factory=AdmissionPolicy)
+    # Rate and concurrency limits per job type, across every worker (`domain.limits`).
+    flow_limits: FlowLimits = attrs.field(factory=FlowLimits)
     cancel_grace_seconds: float = 5.0
     wait_max_seconds: float = 30.0
     log_level: str = "INFO"
@@ -102,6 +110,13 @@ class Settings:
     # HTTP request from the API, in the process's log format.
     tracing: bool = False
     access_log: bool = False
+    # Schedules declared at start-up (`CONVEYOR_SCHEDULES`): created, or replaced when their
+    # definition changed. Read here for their shape; `entrypoints.scheduling` checks each
+    # against the job types before the process serves.
+    schedules: tuple[ScheduleRequest, ...] = ()
+    # Whether this process runs the scheduler (the API and `conveyor worker`'s supervisor
+    # do by default): any number may; each tick still makes one job.
+    scheduler: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +157,10 @@ class Settings:
                 max_memory=read("CONVEYOR_ADMIT_MAX_MEMORY_BYTES", _positive(int), None),
                 retry_after=read("CONVEYOR_ADMIT_RETRY_AFTER_SECONDS", _positive(float), 1.0),
             ),
+            flow_limits=FlowLimits.of(
+                read("CONVEYOR_RATE_LIMITS", _of_known_types(parse_rate_limits), {}),
+                read("CONVEYOR_CONCURRENCY_LIMITS", _of_known_types(parse_concurrency_limits), {}),
+            ),
             cancel_grace_seconds=read("CONVEYOR_CANCEL_GRACE_SECONDS", _positive(float), 5.0),
             wait_max_seconds=read("CONVEYOR_WAIT_MAX_SECONDS", _positive(float), 30.0),
             log_level=read("LOG_LEVEL", _log_level, "INFO"),
@@ -161,11 +180,18 @@ class Settings:
             and not read("OTEL_SDK_DISABLED", parse_flag, False),
             access_log=read("CONVEYOR_ACCESS_LOG", parse_flag, False),
             api_metrics=read("CONVEYOR_API_METRICS", parse_flag, True),
+            schedules=read("CONVEYOR_SCHEDULES", parse_schedules, ()),
+            scheduler=read("CONVEYOR_SCHEDULER", parse_flag, True),
         )
         if settings.queue_backend is QueueBackend.RQ and settings.admission.enabled:
             raise SettingsError(
                 "CONVEYOR_QUEUE_LIMITS and CONVEYOR_ADMIT_MAX_MEMORY_BYTES need a backend that"
                 " checks them atomically with the enqueue; QUEUE_BACKEND=rq cannot"
+            )
+        if settings.queue_backend is QueueBackend.RQ and settings.flow_limits:
+            raise SettingsError(
+                "CONVEYOR_RATE_LIMITS and CONVEYOR_CONCURRENCY_LIMITS need a backend that checks"
+                " them atomically with the claim; QUEUE_BACKEND=rq cannot"
             )
         return settings
 
@@ -218,6 +244,10 @@ def _redis_url(raw: str) -> str:
             "percent-encoded?)"
         ) from None
     return raw
+
+
+def _of_known_types(parse: Callable[[str, frozenset[str]], T]) -> Callable[[str], T]:
+    return lambda raw: parse(raw, JOB_TYPE_NAMES)
 
 
 def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
@@ -284,80 +314,3 @@ def _log_level(raw: str) -> str:
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return level
-
-
-def parse_weighted_queues(raw: str) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
-    """`a,b` (strict order: a first) or `a:3,b:1` (random order by weight, per claim)."""
-    names: list[str] = []
-    weights: list[int] = []
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        name, _, weight = item.partition(":")
-        name = name.strip()
-        if not is_name(name):
-            raise ValueError(f"{name!r} is not a queue name (1-64 of a-z, 0-9, '_', '-')")
-        if name in names:
-            raise ValueError(f"queue {name!r} named twice")
-        names.append(name)
-        if weight.strip():
-            value = int(weight)
-            if not 1 <= value <= 1000:
-                raise ValueError(f"weight of {name!r} must be 1-1000")
-            weights.append(value)
-    if not names:
-        raise ValueError("name at least one queue")
-    if weights and len(weights) != len(names):
-        raise ValueError("give every queue a weight (a:3,b:1), or none for strict order")
-    return tuple(names), tuple(weights) if weights else None
-
-
-def parse_queue_limits(raw: str) -> dict[str, QueueLimits]:
-    """JSON: queue name (or `*` for every other queue) -> {"max_depth": n, "max_age": s}."""
-    document: Any = json.loads(raw)
-    if not isinstance(document, dict):
-        raise ValueError('expected an object like {"*": {"max_depth": 10000}}')
-    limits: dict[str, QueueLimits] = {}
-    for queue, spec in document.items():
-        if queue != "*" and not is_name(queue):
-            raise ValueError(f"{queue!r} is not a queue name")
-        if not isinstance(spec, dict) or not set(spec) <= {"max_depth", "max_age"}:
-            raise ValueError(f"{queue}: expected an object with max_depth and/or max_age")
-        depth, age = spec.get("max_depth"), spec.get("max_age")
-        if depth is not None and (
-            isinstance(depth, bool) or not isinstance(depth, int) or depth < 0
-        ):
-            raise ValueError(f"{queue}.max_depth: expected an integer >= 0")
-        if age is not None and (
-            isinstance(age, bool) or not isinstance(age, int | float) or age <= 0
-        ):
-            raise ValueError(f"{queue}.max_age: expected seconds > 0")
-        limits[queue] = QueueLimits(max_depth=depth, max_age=None if age is None else float(age))
-    return limits
-
-
-_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-
-
-def parse_origin(text: str) -> str:
-    """A web origin as browsers send it in `Origin`: `scheme://host[:port]`, lowercase, the
-    scheme's default port left out. Raises ValueError for anything else."""
-    parts = urlsplit(text.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.hostname:
-        raise ValueError(f"{text!r} is not an origin like https://app.example.com[:port]")
-    if parts.username is not None or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"{text!r} is not an origin: no path, query or credentials")
-    port = parts.port  # raises ValueError when it is not a port number
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    shown_port = "" if port is None or port == _DEFAULT_PORTS[scheme] else f":{port}"
-    return f"{scheme}://{host}{shown_port}"
-
-
-def parse_origins(raw: str) -> frozenset[str]:
-    """`https://a.example.com, http://localhost:3000`: the origins allowed to change state."""
-    origins = [item.strip() for item in raw.split(",") if item.strip()]
-    for origin in origins:
-        if origin in ("*", "null"):
-            raise ValueError(f"{origin!r} would let any page change state: list origins")
-    return frozenset(parse_origin(origin) for origin in origins)

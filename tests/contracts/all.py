@@ -15,6 +15,7 @@ from tests.contracts.claims import ClaimContract
 from tests.contracts.control import ControlContract
 from tests.contracts.deadlines import DeadlineContract
 from tests.contracts.endtoend import EndToEndContract
+from tests.contracts.flow import FlowLimitsContract
 from tests.contracts.history import HistoryContract
 from tests.contracts.limits import LimitsContract
 from tests.contracts.monitor import MonitorContract
@@ -25,6 +26,7 @@ from tests.contracts.settle import SettleContract
 from tests.contracts.store import StoreContract
 from tests.contracts.submit import SubmitContract
 from tests.contracts.transitions import TransitionsContract
+from tests.contracts.unique import UniqueContract
 from tests.contracts.watch import WatchContract
 
 
@@ -33,6 +35,7 @@ class AllContracts(
     SubmitContract,
     AdmissionContract,
     LimitsContract,
+    FlowLimitsContract,
     ClaimContract,
     OrderingContract,
     SettleContract,
@@ -45,5 +48,6 @@ class AllContracts(
     TransitionsContract,
     EndToEndContract,
     WatchContract,
+    UniqueContract,
 ):
     """What every backend promises, for the roles it plays."""

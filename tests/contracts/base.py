@@ -19,6 +19,7 @@ import attrs
 import pytest
 
 from domain.errors import UnsupportedOperationError
+from domain.limits import FlowLimits
 from domain.ports import (
     AdmissionPolicy,
     Backend,
@@ -54,6 +55,7 @@ class BackendOptions:
     admission: AdmissionPolicy | None = None
     max_queues: int | None = None  # queues kept at most
     max_result_bytes: int | None = None  # the longest result kept, as JSON
+    limits: FlowLimits | None = None  # rate and concurrency limits per job type
 
     def kwargs(self) -> dict[str, Any]:
         return attrs.asdict(self, recurse=False)

@@ -71,7 +71,7 @@ class RedisFactory(BackendFactory):
     async def keys(self) -> set[str]:
         async with self.raw() as client:
             found: set[str] = set()
-            for pattern in (f"{{{self.prefix}:*", f"{self.prefix}:*"):
+            for pattern in (f"{{{self.prefix}:*", f"{{{self.prefix}}}:*", f"{self.prefix}:*"):
                 async for key in client.scan_iter(match=pattern, count=1000):
                     found.add(key.decode())
             return found

@@ -73,7 +73,7 @@ def test_the_api_answers_as_its_openapi_document_says(redis_url: str, tmp_path: 
     report = f"{run.stdout}\n{run.stderr}\n--- API log ---\n{api_output[-5000:]}"
     assert run.returncode == 0, report
     assert "No issues found" in run.stdout, report
-    assert "13 selected / 13 total" in run.stdout, report
+    assert "19 selected / 19 total" in run.stdout, report
 
 
 def _text(output: bytes | str | None) -> str:

@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 
 from domain.errors import QueueUnavailableError
 from domain.jobs import ErrorKind, JobError
+from domain.limits import FlowLimits, RateLimit
 from domain.ports import Backend
 from domain.settlement import Ending
 from entrypoints.api.app import create_app
@@ -51,8 +52,10 @@ JOB_VIEW_FIELDS = {
     "retry_at",
     "cancel_requested_at",
     "heartbeat_at",
+    "unique_key",
     "waiting_reason",
     "timeline",
+    "idempotency_key",
 }
 
 
@@ -102,7 +105,8 @@ def test_submitting_each_job_type_answers_202_with_location_and_a_queued_view(
 
     assert response.status_code == 202, response.text
     view = response.json()
-    assert set(view) == JOB_VIEW_FIELDS
+    assert set(view) == JOB_VIEW_FIELDS | {"replayed"}
+    assert view["replayed"] is False
     assert response.headers["location"] == f"/jobs/{view['id']}"
     assert view["type"] == type_
     assert view["status"] == "queued"
@@ -127,6 +131,7 @@ def test_a_submitted_job_reads_back_the_same(client: TestClient[Litestar]) -> No
     read = response.json()
     # Only the read asks the backend where the job stands in its queue.
     assert posted.pop("waiting_reason")["kind"] == "queued"
+    assert posted.pop("replayed") is False  # only the submission's answer says it
     assert read.pop("waiting_reason")["kind"] == "no_worker"
     assert read == posted
 
@@ -392,7 +397,24 @@ def test_job_types_show_defaults_limits_and_payload_schemas(
             "timeout": job_type.timeout,
             "timeout_limit": job_type.timeout_limit,
             "payload_schema": job_type.schema.json_schema(),
+            "rate_limit": None,
+            "concurrency_limit": None,
         }
+
+
+def test_job_types_and_queues_show_the_flow_limits_per_type() -> None:
+    limits = FlowLimits.of({"email": RateLimit(10, 1.0)}, {"report": 2})
+    container = build_container(Settings(queue_backend=QueueBackend.MEMORY, flow_limits=limits))
+    with TestClient(create_app(container)) as client:
+        listed = {t["name"]: t for t in client.get("/job-types").json()["job_types"]}
+        queues = client.get("/queues").json()
+    assert (listed["email"]["rate_limit"], listed["email"]["concurrency_limit"]) == ("10/s", None)
+    assert (listed["report"]["rate_limit"], listed["report"]["concurrency_limit"]) == (None, 2)
+    assert (listed["dummy"]["rate_limit"], listed["dummy"]["concurrency_limit"]) == (None, None)
+    assert queues["limits"] == [
+        {"job_type": "email", "rate": "10/s", "concurrency": None},
+        {"job_type": "report", "rate": None, "concurrency": 2},
+    ]
 
 
 # -- health -------------------------------------------------------------------------------

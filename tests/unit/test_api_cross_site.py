@@ -158,7 +158,14 @@ def test_the_document_names_the_403_and_415_of_every_state_changing_endpoint(
     client: TestClient[Litestar],
 ) -> None:
     document = client.get("/schema/openapi.json").json()
-    posts = [(path, item["post"]) for path, item in document["paths"].items() if "post" in item]
-    assert len(posts) == 6
-    for path, operation in posts:
-        assert {"403", "415"} <= set(operation["responses"]), path
+    changing = [
+        (method, path, item[method])
+        for path, item in document["paths"].items()
+        for method in ("post", "put", "patch", "delete")
+        if method in item
+    ]
+    # Jobs: submit, batch, cancel, requeue; queues: pause, resume; schedules: put, delete,
+    # pause, resume.
+    assert len(changing) == 10, [(method, path) for method, path, _ in changing]
+    for method, path, operation in changing:
+        assert {"403", "415"} <= set(operation["responses"]), (method, path)

@@ -209,7 +209,9 @@ def test_a_batch_answers_one_entry_per_job_in_order(
 
     assert response.status_code == 202, response.text
     entries = response.json()["jobs"]
-    assert [set(entry) for entry in entries] == [{"id", "status", "created", "location"}] * 3
+    fields = {"id", "status", "created", "replayed_by", "location"}
+    assert [set(entry) for entry in entries] == [fields] * 3
+    assert all(entry["replayed_by"] is None for entry in entries)
     assert [entry["status"] for entry in entries] == ["queued", "queued", "scheduled"]
     assert all(entry["created"] for entry in entries)
     views = [client.get(entry["location"]).json() for entry in entries]

@@ -44,6 +44,8 @@ def test_submissions_are_counted_by_type_queue_and_outcome(
     assert client.post("/jobs", json={"type": "nope", "payload": {}}).status_code == 422
     batch = {"jobs": [DUMMY, {**DUMMY, "queue": "bulk"}]}
     assert client.post("/jobs/batch", json=batch).status_code == 202
+    unique = {**DUMMY, "unique_key": "once"}
+    assert client.post("/jobs/batch", json={"jobs": [unique, unique]}).status_code == 202
 
     figures = scrape(client)
 
@@ -51,8 +53,9 @@ def test_submissions_are_counted_by_type_queue_and_outcome(
         labels = (("outcome", outcome), ("queue", queue), ("type", type_))
         return figures[("conveyor_submits_total", labels)]
 
-    assert submits("dummy", "default", "accepted") == 2
+    assert submits("dummy", "default", "accepted") == 3
     assert submits("dummy", "default", "replayed") == 1
+    assert submits("dummy", "default", "unique_replayed") == 1
     assert submits("dummy", "bulk", "accepted") == 1
     assert submits("", "", "refused_422") == 1
 

@@ -69,6 +69,12 @@ def test_every_endpoint_is_documented_with_an_operation_id_and_tags(
         ("/queues/{name}", "get"),
         ("/queues/{name}/pause", "post"),
         ("/queues/{name}/resume", "post"),
+        ("/schedules", "post"),
+        ("/schedules", "get"),
+        ("/schedules/{name}", "get"),
+        ("/schedules/{name}", "delete"),
+        ("/schedules/{name}/pause", "post"),
+        ("/schedules/{name}/resume", "post"),
         ("/job-types", "get"),
         ("/health/live", "get"),
         ("/health/ready", "get"),
@@ -117,6 +123,10 @@ def test_every_503_documents_retry_after(document: dict[str, Any]) -> None:
         "/queues/{name}",
         "/queues/{name}/pause",
         "/queues/{name}/resume",
+        "/schedules",
+        "/schedules/{name}",
+        "/schedules/{name}/pause",
+        "/schedules/{name}/resume",
         "/health/ready",
     }
     assert all("Retry-After" in response["headers"] for _, response in unavailable)
@@ -191,7 +201,7 @@ def test_the_batch_body_is_an_array_of_the_union_with_item_keys(
     for ref in union["discriminator"]["mapping"].values():
         key = resolve(document, ref)["properties"]["idempotency_key"]
         assert key["pattern"] == "^[!-~]{1,200}$"
-    assert set(entry["properties"]) == {"id", "status", "created", "location"}
+    assert set(entry["properties"]) == {"id", "status", "created", "replayed_by", "location"}
     assert set(operation["responses"]) >= {"202", "400", "413", "415", "422", "429", "503"}
 
 

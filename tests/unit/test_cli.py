@@ -134,6 +134,25 @@ def test_submit_under_the_same_idempotency_key_answers_the_first_job(
     assert stored(backend) == 1
 
 
+def test_submit_under_a_held_unique_key_answers_the_job_holding_it(
+    conveyor: Any, backend: Backend
+) -> None:
+    report = '{"name": "q3", "rows": 5}'
+    first = conveyor("submit", "report", report, "--unique-key", "q3")
+    again = conveyor("submit", "report", report, "--unique-for", "name")
+    by_name = conveyor("submit", "report", '{"name": "q3", "rows": 9}', "--unique-for", "name")
+    bad = conveyor("submit", "report", report, "--unique-for", "name,owner")
+
+    assert (first.code, again.code, by_name.code) == (0, 0, 0)
+    assert first.json()["unique_key"] == "q3"
+    assert again.json()["id"] != first.json()["id"]  # another key: the type and the name
+    assert by_name.json()["id"] == again.json()["id"]
+    assert "holds the unique key" in by_name.err
+    assert bad.code == 2
+    assert "unique_for[1]" in bad.err
+    assert stored(backend) == 2
+
+
 def test_submit_names_every_bad_option_and_exits_2(conveyor: Any, backend: Backend) -> None:
     run = conveyor("submit", "dummy", SUCCEED, "--priority", "500", "--delay", "-1")
 

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final
 
+import attrs
 import pytest
 from redis.asyncio.client import Pipeline
 
-from adapters.redis_queue import RedisConnection, scripts
+from adapters.redis_queue import RedisConnection, calls, scripts
 from adapters.redis_queue.calls import evalsha
 from adapters.redis_queue.core import Build
+from adapters.redis_queue.keys import unique_digest
+from adapters.redis_queue.limits import LimitArgs
 from domain.errors import AdmissionRefusedError
 from domain.jobs import JobError, JobStatus
+from domain.limits import FlowLimits, RateLimit
 from domain.ports import AdmissionPolicy, LeaseQueue, NewJob
 from domain.settlement import Ending
 from tests.contracts.base import BackendFactory, BackendOptions, Rig, scenario
@@ -117,3 +121,65 @@ class TestRedisOnFakeRedis:
         )
         assert statuses == [S.SUCCEEDED if n % 3 else S.FAILED for n in range(20)]
         assert sent == [[("EVALSHA", scripts.SETTLE.sha), ("EVALSHA", scripts.SETTLE.sha)]]
+
+    @scenario()
+    async def test_a_unique_key_naming_a_job_that_is_gone_is_free(self, rig: Rig) -> None:
+        assert isinstance(rig.factory, FakeRedisFactory)
+        connection = rig.backend.connection
+        assert isinstance(connection, RedisConnection)
+        keys = connection.core.keys("default")
+        first = attrs.evolve(new_job(n=0), unique_key="k")
+        second = attrs.evolve(new_job(n=1), unique_key="k")
+        await enqueue(rig.submitter, first)
+        client = rig.factory.client()
+        try:
+            held = f"{keys.base}unique:{unique_digest('k')}"
+            assert await client.get(held) == first.id.encode()
+            await client.delete(keys.job(first.id))  # lost, e.g. by hand
+            await enqueue(rig.submitter, second)
+            assert await client.get(held) == second.id.encode()
+        finally:
+            await client.aclose()
+
+
+ONE_DUMMY_AT_ONCE: Final = BackendOptions(limits=FlowLimits.of({}, {"dummy": 1}))
+
+
+class TestFlowLimitsOnFakeRedis:
+    @scenario(LeaseQueue, options=ONE_DUMMY_AT_ONCE)
+    async def test_jobs_held_back_by_a_limit_since_lifted_go_back_in_line_at_recover(
+        self, rig: Rig
+    ) -> None:
+        jobs = [new_job(n=n) for n in range(3)]
+        for job in jobs:
+            await enqueue(rig.submitter, job)
+        assert len(await claim(rig.leases, limit=10)) == 1
+        assert await claim(rig.leases, limit=10) == []  # the other two are set aside
+        assert isinstance(rig.factory, FakeRedisFactory)
+        async with rig.factory.open() as unlimited:  # the same server, started without limits
+            assert unlimited.leases is not None
+            await unlimited.leases.recover(["default"])
+            claimed = await claim(unlimited.leases, limit=10)
+        assert [lease.job_id for lease in claimed] == [jobs[1].id, jobs[2].id]
+
+    @scenario(LeaseQueue, options=ONE_DUMMY_AT_ONCE)
+    async def test_a_claim_held_back_by_a_rate_says_when_to_look_again(self, rig: Rig) -> None:
+        connection = rig.backend.connection
+        assert isinstance(connection, RedisConnection)
+        core = connection.core
+        rated = LimitArgs.of(core.prefix, FlowLimits.of({"dummy": RateLimit(1, 0.8)}, {}))
+        for n in range(2):
+            await enqueue(rig.submitter, new_job(n=n, type="dummy"))
+        keys = core.keys("default")
+        call = calls.claim(
+            keys,
+            limit=10,
+            lease_ms=60_000,
+            worker_id="w",
+            retention=core.retention,
+            limits=rated,
+        )
+        first, _ = await core.run(call)
+        second, wake_in = await core.run(call)
+        assert (len(first), len(second)) == (1, 0)
+        assert 700 <= wake_in <= 800  # ms until the rate allows the next start

@@ -153,7 +153,7 @@ def test_a_submission_passes_each_queues_keys_once_then_each_idempotency_key_onc
     # The retention, no memory limit, two queues (mail unlimited, sms at most 5 queued).
     assert list(call.args[:7]) == [1000, "", 2, "", "", 5, ""]
     at_key = 2 * len(group) + 1
-    first, third = call.args[9 : 9 + 4], call.args[-len(items[2].fields) - 8 :][:4]
+    first, third = call.args[9 : 9 + 4], call.args[-len(items[2].fields) - 9 :][:4]
     assert list(first) == [1, jobs[0].id, at_key, "f"]
     assert list(third) == [1, jobs[2].id, at_key, "f"]
 

@@ -1,5 +1,6 @@
 import pytest
 
+from domain.limits import RateLimit, TypeLimits
 from domain.ports import QueueLimits
 from entrypoints.settings import LogFormat, QueueBackend, Settings, SettingsError
 
@@ -101,6 +102,10 @@ def test_every_setting_is_documented_in_env_example() -> None:
         "CONVEYOR_API_PORT",
         "CONVEYOR_DUMMY_FAULTS",
         "CONVEYOR_WATCHDOG_SECONDS",
+        "CONVEYOR_RATE_LIMITS",
+        "CONVEYOR_CONCURRENCY_LIMITS",
+        "CONVEYOR_SCHEDULES",
+        "CONVEYOR_SCHEDULER",
     ]
     assert [n for n in names if n not in example] == []
 
@@ -191,3 +196,49 @@ def test_allowed_origins_are_read_as_browsers_send_them() -> None:
 def test_anything_but_a_list_of_origins_is_refused(value: str) -> None:
     with pytest.raises(SettingsError, match="CONVEYOR_ALLOWED_ORIGINS"):
         Settings.from_env({"CONVEYOR_ALLOWED_ORIGINS": value})
+
+
+def test_rate_and_concurrency_limits_per_job_type_are_read_into_flow_limits() -> None:
+    settings = Settings.from_env(
+        {
+            "CONVEYOR_RATE_LIMITS": '{"email": "10/s", "report": "5/2s"}',
+            "CONVEYOR_CONCURRENCY_LIMITS": '{"report": 2}',
+        }
+    )
+    limits = settings.flow_limits
+    assert limits.get("email") == TypeLimits(RateLimit(10, 1.0), None)
+    assert limits.get("report") == TypeLimits(RateLimit(5, 2.0), 2)
+    assert limits.get("dummy") is None
+    assert not Settings.from_env({}).flow_limits
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CONVEYOR_RATE_LIMITS", '{"email": "fast"}'),
+        ("CONVEYOR_RATE_LIMITS", '{"email": "0/s"}'),
+        ("CONVEYOR_RATE_LIMITS", '{"email": 10}'),
+        ("CONVEYOR_RATE_LIMITS", '{"fax": "1/s"}'),
+        ("CONVEYOR_RATE_LIMITS", '["email"]'),
+        ("CONVEYOR_CONCURRENCY_LIMITS", '{"report": 0}'),
+        ("CONVEYOR_CONCURRENCY_LIMITS", '{"report": -2}'),
+        ("CONVEYOR_CONCURRENCY_LIMITS", '{"report": "2"}'),
+        ("CONVEYOR_CONCURRENCY_LIMITS", '{"report": true}'),
+        ("CONVEYOR_CONCURRENCY_LIMITS", '{"nope": 2}'),
+        ("CONVEYOR_CONCURRENCY_LIMITS", "{"),
+    ],
+)
+def test_a_bad_flow_limit_stops_start_up_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_flow_limits_on_rq_stop_start_up_with_a_message() -> None:
+    with pytest.raises(SettingsError, match="QUEUE_BACKEND=rq"):
+        Settings.from_env(
+            {
+                "QUEUE_BACKEND": "rq",
+                "REDIS_URL": "redis://x",
+                "CONVEYOR_CONCURRENCY_LIMITS": '{"report": 2}',
+            }
+        )

@@ -98,3 +98,39 @@ def test_the_fingerprint_ignores_key_order_but_not_values() -> None:
     c = Submission(type="t", payload={"a": 1, "b": [2, 1]}, delay=3)
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
     assert a.fingerprint() != Submission(type="t", payload={"a": 1, "b": [1, 2]}).fingerprint()
+
+
+def test_unique_for_keys_on_the_type_and_the_named_values_only() -> None:
+    def key(payload: dict[str, object], fields: list[str], type_: str = "report") -> str | None:
+        job = validate(Submission(type=type_, payload=payload, unique_for=fields), REGISTRY, NOW)
+        return job.unique_key
+
+    base = key({"name": "q3", "rows": 1}, ["name"])
+    assert base == key({"name": "q3", "rows": 99, "seconds": 1}, ["name"])
+    assert base != key({"name": "q4", "rows": 1}, ["name"])
+    assert key({"name": "q3", "rows": 1}, ["name", "rows"]) == key(
+        {"rows": 1, "name": "q3"}, ["rows", "name"]
+    )
+    # The payload's defaults count: `seconds` is 2.0 when not given.
+    assert key({"name": "q3", "rows": 1}, ["seconds"]) == key(
+        {"name": "q4", "rows": 2, "seconds": 2.0}, ["seconds"]
+    )
+    assert base is not None
+    assert base.startswith("report:")
+
+
+def test_a_unique_key_is_kept_as_given_and_changes_the_fingerprint() -> None:
+    assert report(unique_key="rebuild q3").unique_key == "rebuild q3"
+    plain = Submission(type="report", payload={})
+    keyed = Submission(type="report", payload={}, unique_key="k")
+    assert plain.fingerprint() != keyed.fingerprint()
+    assert plain.fingerprint() == Submission(type="report", payload={}).fingerprint()
+
+
+def test_unique_for_is_checked_only_against_a_valid_payload() -> None:
+    submission = Submission(type="report", payload={"rows": "x"}, unique_for=["name", "owner"])
+    with pytest.raises(InvalidJobError) as caught:
+        validate(submission, REGISTRY, NOW)
+    errors = {e.path: e.message for e in caught.value.errors}
+    assert "unique_for[0]" not in errors  # the payload's own error says what is wrong
+    assert errors["unique_for[1]"] == "report payloads have no field 'owner'"

@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 
 from domain.jobs import HISTORY_LIMIT, AttemptOutcome, AttemptRecord, Job, JobError, JobStatus
+from domain.limits import LimitKind, Throttle
 from domain.ports import JobSituation
 from domain.timeline import TIMELINE_LIMIT, EventKind, WaitingKind, timeline, waiting_reason
 
@@ -100,6 +101,23 @@ def test_a_queued_job_is_explained_by_its_situation_most_blocking_first() -> Non
     unknown = waiting_reason(job, None, T0)
     assert unknown is not None
     assert unknown.kind is WaitingKind.QUEUED
+
+
+def test_a_queued_job_held_by_its_types_limit_says_which_and_until_when() -> None:
+    job = _job()
+    rated = waiting_reason(job, _situation(job, throttle=Throttle(LimitKind.RATE, _at(2))), T0)
+    assert rated is not None
+    assert (rated.kind, rated.until) == (WaitingKind.RATE_LIMITED, _at(2))
+    assert "rate limit" in rated.message
+    held = waiting_reason(job, _situation(job, throttle=Throttle(LimitKind.CONCURRENCY)), T0)
+    assert held is not None
+    assert (held.kind, held.until) == (WaitingKind.CONCURRENCY_LIMITED, None)
+    # A pause still comes first: nothing starts from a paused queue, limit or not.
+    paused = waiting_reason(
+        job, _situation(job, paused=True, throttle=Throttle(LimitKind.CONCURRENCY)), T0
+    )
+    assert paused is not None
+    assert paused.kind is WaitingKind.QUEUE_PAUSED
 
 
 def test_running_and_finished_jobs_have_no_waiting_reason() -> None:

@@ -30,7 +30,7 @@ from domain.processing import JobProcessor
 from domain.settlement import Ending
 from domain.submission import Submission
 from entrypoints.logs import JsonFormatter
-from entrypoints.settings import parse_weighted_queues
+from entrypoints.setting_values import parse_weighted_queues
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.config import WorkerConfig, claim_order
 from entrypoints.worker.context import WorkerJobContext

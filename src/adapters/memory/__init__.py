@@ -19,6 +19,7 @@ from adapters.memory.control import (
 from adapters.memory.leases import MemoryLeaseQueue
 from adapters.memory.state import MemoryState
 from adapters.memory.submitter import MemorySubmitter
+from domain.limits import FlowLimits
 from domain.ports import AdmissionPolicy, Backend, Clock
 
 __all__ = ["MemoryState", "memory_backend", "memory_roles"]
@@ -33,10 +34,12 @@ def memory_backend(
     admission: AdmissionPolicy | None = None,
     max_queues: int | None = None,
     max_result_bytes: int | None = None,
+    limits: FlowLimits | None = None,
 ) -> Backend:
     """Every role, over one in-memory state read on `clock`. At most `max_queues` queues
     are kept (one is kept while it holds a job, is paused or a live worker serves it); a
-    result longer than `max_result_bytes` as JSON is refused."""
+    result longer than `max_result_bytes` as JSON is refused; `limits`, the rate and
+    concurrency limits per job type, hold claims back."""
     state = MemoryState(
         clock,
         result_ttl=result_ttl,
@@ -45,6 +48,7 @@ def memory_backend(
         admission=admission,
         max_queues=max_queues,
         max_result_bytes=max_result_bytes,
+        limits=limits,
     )
     return memory_roles(state)
 

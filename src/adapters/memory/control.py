@@ -11,7 +11,7 @@ from datetime import timedelta
 import attrs
 
 from adapters.memory.state import MemoryState, Presence
-from domain.errors import InvalidTransitionError, JobNotFoundError
+from domain.errors import InvalidTransitionError, JobNotFoundError, UniqueKeyHeldError
 from domain.jobs import REQUEUABLE, Job, JobStatus
 from domain.ports import (
     Connection,
@@ -69,6 +69,9 @@ class MemoryJobStore(JobStore):
         if job is None:
             return None
         ahead = state.ready[job.queue].ahead_of(job) if job.status is S.QUEUED else None
+        throttle = None
+        if job.status is S.QUEUED and state.gate is not None:
+            throttle = state.gate.throttle(job.type, state.clock.now().timestamp())
         return JobSituation(
             job=job,
             ahead=ahead,
@@ -79,6 +82,7 @@ class MemoryJobStore(JobStore):
                 if job.status is S.QUEUED and job.queue not in state.paused
                 else None
             ),
+            throttle=throttle,
         )
 
 
@@ -93,6 +97,11 @@ class MemoryJobControl(JobControl):
             raise JobNotFoundError(job_id)
         if job.status not in REQUEUABLE:
             raise InvalidTransitionError(job_id, job.status, S.QUEUED)
+        if job.unique_key is not None:
+            holder = state.unique_holder(job.queue, job.unique_key)
+            if holder is not None and holder != job_id:
+                raise UniqueKeyHeldError(job_id, job.status, job.unique_key, holder)
+            state.unique[(job.queue, job.unique_key)] = job_id
         job = job.transition(
             S.QUEUED,
             attempts=0,

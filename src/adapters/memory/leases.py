@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
 
 import attrs
 
-from adapters.memory.state import Held, MemoryState
+from adapters.memory.state import Held, Lanes, MemoryState
 from domain.errors import ResultTooLargeError, UnstorableResultError
 from domain.jobs import AttemptOutcome, JobStatus, Lease
 from domain.ports import ClaimRequest, LeaseQueue
@@ -49,12 +49,13 @@ class MemoryLeaseQueue(LeaseQueue):
                 state.rates_of(queue).claimed(0, False, now.timestamp())
                 continue
             taken = 0
-            while len(leases) < request.limit and (job_id := ready.pop()) is not None:
+            expires = now + timedelta(seconds=request.lease_seconds)
+            for job_id in self._claimable(ready, request.limit - len(leases), now, expires):
                 taken += 1
-                if not ready:
-                    del state.ready[queue]
-                del state.queued_since[job_id]
                 job = state.jobs[job_id]
+                if not ready:
+                    state.ready.pop(queue, None)
+                del state.queued_since[job_id]
                 job = job.transition(
                     S.ACTIVE,
                     attempts=job.attempts + 1,
@@ -66,11 +67,41 @@ class MemoryLeaseQueue(LeaseQueue):
                 )
                 state.jobs[job_id] = job
                 token = uuid.uuid4().hex
-                expires = now + timedelta(seconds=request.lease_seconds)
                 state.held[job_id] = Held(token, expires)
                 leases.append(Lease(job, token))
             state.rates_of(queue).claimed(taken, queue in state.ready, now.timestamp())
         return leases
+
+    def _claimable(
+        self, ready: Lanes, wanted: int, now: datetime, expires: datetime
+    ) -> Iterator[str]:
+        """Take up to `wanted` of `ready` out of it, in claim order; with limits, the first
+        ones whose type's limits let them start (each start counted), the others left in
+        line."""
+        gate = self._state.gate
+        if gate is None:
+            while wanted > 0 and (job_id := ready.pop()) is not None:
+                wanted -= 1
+                yield job_id
+            return
+        if wanted <= 0:
+            return
+        picked: list[str] = []
+        held_back: set[str] = set()
+        at, until = now.timestamp(), expires.timestamp()
+        for job_id in ready:
+            job_type = self._state.jobs[job_id].type
+            if job_type in held_back:
+                continue
+            if gate.take(job_type, job_id, at, until):
+                picked.append(job_id)
+                if len(picked) == wanted:
+                    break
+            else:
+                held_back.add(job_type)
+        for job_id in picked:
+            ready.remove(self._state.jobs[job_id])
+            yield job_id
 
     async def recover(self, queues: Sequence[str]) -> int:
         moved = self._state.maintain(self._state.clock.now(), frozenset(queues))
@@ -86,6 +117,8 @@ class MemoryLeaseQueue(LeaseQueue):
             held = state.held.get(lease.job_id)
             if held is not None and held.token == lease.token and held.expires > now:
                 held.expires = now + timedelta(seconds=lease_seconds)
+                if state.gate is not None:
+                    state.gate.extend(lease.job_id, held.expires.timestamp())
                 state.jobs[lease.job_id] = attrs.evolve(state.jobs[lease.job_id], heartbeat_at=now)
                 kept.add(lease.job_id)
         return kept

@@ -18,6 +18,7 @@ import attrs
 
 from domain.errors import TooManyQueuesError
 from domain.jobs import Job, JobStatus
+from domain.limits import FlowGate, FlowLimits
 from domain.ports import AdmissionPolicy, Clock, WorkerLoad
 from domain.rates import QueueRates
 from domain.settlement import FINISHED, Ending, settle_job
@@ -128,6 +129,7 @@ class MemoryState:
         admission: AdmissionPolicy | None,
         max_queues: int | None = None,
         max_result_bytes: int | None = None,
+        limits: FlowLimits | None = None,
     ) -> None:
         self.clock = clock
         # How long finished jobs (dead ones apart) and idempotency keys are kept.
@@ -153,9 +155,13 @@ class MemoryState:
         self.held: dict[str, Held] = {}
         self.keys: dict[str, HeldKey] = {}
         self.key_expiry: list[tuple[datetime, str]] = []
+        # Unique keys, by (queue, key): the job holding each until it finishes.
+        self.unique: dict[tuple[str, str], str] = {}
         self.paused: set[str] = set()
         self.workers: dict[str, Presence] = {}
         self.rates: dict[str, QueueRates] = {}  # by queue (`domain.rates`)
+        # The rate and concurrency limits per job type and their state; None: no limits.
+        self.gate = FlowGate(limits) if limits else None
         self.wakeup = asyncio.Event()
         self.stale_writes = 0
         # The readers waiting for each job to finish (`MemoryJobWatcher`).
@@ -177,6 +183,8 @@ class MemoryState:
         if job.status in FINISHED:
             for woken in self.watches.get(job.id, ()):
                 woken.set()
+            if job.unique_key is not None:
+                self.release_unique(job)
         if job.status is S.QUEUED:
             self.ready.setdefault(job.queue, Lanes()).push(job, head=head)
             self.queued_since[job.id] = now
@@ -223,6 +231,23 @@ class MemoryState:
         held = self.keys.get(key)
         return held if held is not None and held.expires > now else None
 
+    def unique_holder(self, queue: str, key: str) -> str | None:
+        """The job holding unique key `key` in `queue`, if it has not finished: a key naming a
+        job that is gone or finished is free (and let go here)."""
+        holder = self.unique.get((queue, key))
+        if holder is None:
+            return None
+        job = self.jobs.get(holder)
+        if job is None or job.status in FINISHED:
+            del self.unique[(queue, key)]
+            return None
+        return holder
+
+    def release_unique(self, job: Job) -> None:
+        """Let go of `job`'s unique key, if it still names `job`."""
+        if job.unique_key is not None and self.unique.get((job.queue, job.unique_key)) == job.id:
+            del self.unique[(job.queue, job.unique_key)]
+
     def current(self, job_id: str, token: str) -> bool:
         """Is `token` the lease held on the job now? A write under any other is stale."""
         held = self.held.get(job_id)
@@ -234,6 +259,8 @@ class MemoryState:
     def settle(self, job_id: str, ending: Ending, now: datetime) -> JobStatus:
         """End the active attempt of a job whose lease the caller has checked."""
         del self.held[job_id]
+        if self.gate is not None:
+            self.gate.release(job_id)
         job, settlement = settle_job(self.jobs[job_id], ending, now)
         self.put(job, now, head=settlement.head)
         return job.status

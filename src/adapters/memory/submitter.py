@@ -21,7 +21,7 @@ class MemorySubmitter(JobSubmitter):
     """`AdmissionPolicy.max_memory` is not enforced here: a process cannot tell what its jobs
     cost."""
 
-    traits = SubmitTraits(deadlines=True, priorities=True)
+    traits = SubmitTraits(deadlines=True, priorities=True, unique_keys=True)
 
     def __init__(self, state: MemoryState) -> None:
         self._state = state
@@ -33,6 +33,7 @@ class MemorySubmitter(JobSubmitter):
         new: list[Job] = []
         new_ids: set[str] = set()
         taken: dict[str, HeldKey] = {}  # the keys this call takes
+        uniques: dict[tuple[str, str], str] = {}  # the unique keys this call takes
         for index, item in enumerate(jobs):
             job, key = item.job, item.idempotency_key
             if job.status not in (S.QUEUED, S.SCHEDULED):
@@ -46,12 +47,25 @@ class MemorySubmitter(JobSubmitter):
                         raise IdempotencyConflictError(key, index)
                     answers.append(Submitted(held.job_id, created=False))
                     continue
+            unique = None if job.unique_key is None else (job.queue, job.unique_key)
+            holder = None
+            if unique is not None:
+                holder = uniques.get(unique) or state.unique_holder(*unique)
+            if holder is not None:
+                # The request is answered with the live job: a repeat under its idempotency
+                # key answers that job too.
+                if key is not None:
+                    taken[key] = HeldKey(holder, item.fingerprint, now + state.idempotency_ttl)
+                answers.append(Submitted(holder, created=False, unique=True))
+                continue
             if job.id in state.jobs or job.id in new_ids:
                 answers.append(Submitted(job.id, created=False))
                 continue
             if key is not None:
                 taken[key] = HeldKey(job.id, item.fingerprint, now + state.idempotency_ttl)
                 job = attrs.evolve(job, idempotency_key=key)
+            if unique is not None:
+                uniques[unique] = job.id
             new.append(job)
             new_ids.add(job.id)
             answers.append(Submitted(job.id, created=True))
@@ -60,6 +74,7 @@ class MemorySubmitter(JobSubmitter):
         for key, held in taken.items():
             state.keys[key] = held
             heapq.heappush(state.key_expiry, (held.expires, key))
+        state.unique.update(uniques)
         for queue, count in Counter(job.queue for job in new).items():
             state.rates_of(queue).submitted(count, now.timestamp())
         for job in new:

@@ -18,8 +18,9 @@ the roles (`store.py`, `submitter.py`, `leases.py`, `control.py`, `connection.py
 `keys.py`, the hash fields in `codec.py`.
 
 Every script of one queue works on Redis Cluster (one hash tag per queue, every key in
-KEYS), but a submission spanning queues or carrying an idempotency key, and a *waiting*
-claim over several queues, need one Redis primary.
+KEYS), but a submission spanning queues or carrying an idempotency key, a *waiting* claim
+over several queues, and rate or concurrency limits (global per job type, under the
+prefix's own hash tag: see `keys.py`) need one Redis primary.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from adapters.redis_queue.registry import DEFAULT_GRACE, DEFAULT_SWEEP_INTERVAL
 from adapters.redis_queue.store import RedisJobStore
 from adapters.redis_queue.submitter import RedisJobSubmitter
 from adapters.redis_queue.watch import RedisJobWatcher
+from domain.limits import FlowLimits
 from domain.ports import AdmissionPolicy, Backend
 
 __all__ = [
@@ -67,6 +69,7 @@ def redis_backend(
     max_result_bytes: int | None = None,
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
     queue_grace: float = DEFAULT_GRACE,
+    limits: FlowLimits | None = None,
 ) -> Backend:
     """Every role, over `client` (bytes replies: see `adapters.redis_client.create_redis`),
     under the key prefix `prefix`. Closing the connection closes the client.
@@ -74,7 +77,8 @@ def redis_backend(
     At most `max_queues` queue names are kept (None: no limit); idle ones unused for
     `queue_grace` seconds are forgotten by a sweep at most every `sweep_interval` seconds
     (see `registry.py`). A result longer than
-    `max_result_bytes` as JSON is refused (ResultTooLargeError)."""
+    `max_result_bytes` as JSON is refused (ResultTooLargeError). `limits`: the rate and
+    concurrency limits per job type, enforced by every claim (`domain.limits`)."""
     core = RedisCore(
         client,
         prefix=prefix,
@@ -86,6 +90,7 @@ def redis_backend(
         max_result_bytes=max_result_bytes,
         sweep_interval=sweep_interval,
         queue_grace=queue_grace,
+        limits=limits,
     )
     return Backend(
         name="redis",

@@ -16,6 +16,7 @@ from redis.asyncio.client import Pipeline
 from adapters.redis_queue import scripts
 from adapters.redis_queue.codec import encode_error, encode_json
 from adapters.redis_queue.keys import QueueKeys, RegistryKeys
+from adapters.redis_queue.limits import NO_LIMITS, LimitArgs
 from adapters.redis_queue.scripts import Script
 from adapters.redis_queue.submission import Item
 from domain.errors import ResultTooLargeError, UnstorableResultError
@@ -89,6 +90,7 @@ def submit(
                 _opt(item.run_at_ms),
                 _opt(item.deadline_ms),
                 item.priority,
+                item.unique or "",
                 len(item.fields),
                 *item.fields,
             )
@@ -100,25 +102,43 @@ def max_age_ms(seconds: float) -> int:
 
 
 def claim(
-    keys: QueueKeys, *, limit: int, lease_ms: int, worker_id: str, retention: Retention
+    keys: QueueKeys,
+    *,
+    limit: int,
+    lease_ms: int,
+    worker_id: str,
+    retention: Retention,
+    limits: LimitArgs = NO_LIMITS,
 ) -> ScriptCall:
     script = scripts.CLAIM
-    args = (limit, lease_ms, worker_id, retention.result_ttl_ms, retention.dead_ttl_ms)
-    return ScriptCall(script, keys.named(script.keys), args)
+    args: tuple[Arg, ...] = (
+        limit,
+        lease_ms,
+        worker_id,
+        retention.result_ttl_ms,
+        retention.dead_ttl_ms,
+    )
+    named = keys.named(script.keys)
+    if limits.keys:
+        with_limits: list[Arg] = [*args, *limits.args]
+        return ScriptCall(script, (*named, *limits.keys), with_limits)
+    return ScriptCall(script, named, (*args, 0))
 
 
-def recover(keys: QueueKeys, retention: Retention) -> ScriptCall:
+def recover(keys: QueueKeys, retention: Retention, limits: LimitArgs = NO_LIMITS) -> ScriptCall:
     script = scripts.RECOVER
-    args = (retention.result_ttl_ms, retention.dead_ttl_ms)
+    args: list[Arg] = [retention.result_ttl_ms, retention.dead_ttl_ms, *limits.names]
     return ScriptCall(script, keys.named(script.keys), args)
 
 
-def renew(keys: QueueKeys, lease_ms: int, leases: Sequence[Lease]) -> ScriptCall:
+def renew(
+    keys: QueueKeys, lease_ms: int, leases: Sequence[Lease], limits: LimitArgs = NO_LIMITS
+) -> ScriptCall:
     script = scripts.RENEW
-    args: list[Arg] = [lease_ms]
+    args: list[Arg] = [lease_ms, len(limits.slots)]
     for lease in leases:
         args += (lease.job_id, lease.token)
-    return ScriptCall(script, keys.named(script.keys), args)
+    return ScriptCall(script, (*keys.named(script.keys), *limits.slots), args)
 
 
 def set_progress(keys: QueueKeys, lease: Lease, progress: int) -> ScriptCall:
@@ -163,12 +183,17 @@ def attempt(
     return (job_id, token, _OUTCOMES[ending.outcome], encode_error(error), retry_in, summary)
 
 
-def settle(keys: QueueKeys, retention: Retention, attempts: Sequence[Attempt]) -> ScriptCall:
+def settle(
+    keys: QueueKeys,
+    retention: Retention,
+    attempts: Sequence[Attempt],
+    limits: LimitArgs = NO_LIMITS,
+) -> ScriptCall:
     script = scripts.SETTLE
-    args: list[Arg] = [retention.result_ttl_ms, retention.dead_ttl_ms]
+    args: list[Arg] = [retention.result_ttl_ms, retention.dead_ttl_ms, len(limits.slots)]
     for one in attempts:
         args += one
-    return ScriptCall(script, keys.named(script.keys), args)
+    return ScriptCall(script, (*keys.named(script.keys), *limits.slots), args)
 
 
 def held_by(keys: QueueKeys, worker_id: str) -> ScriptCall:
@@ -204,10 +229,14 @@ def queue_stats(keys: QueueKeys) -> ScriptCall:
     return ScriptCall(script, keys.named(script.keys), ())
 
 
-def situation(keys: QueueKeys, job_id: str, now_us: int) -> ScriptCall:
+def situation(
+    keys: QueueKeys, job_id: str, now_us: int, limits: LimitArgs = NO_LIMITS
+) -> ScriptCall:
     """SITUATION of one job; `now_us` the caller's time (the script asks no TIME)."""
     script = scripts.SITUATION
-    return ScriptCall(script, keys.named(script.keys), (job_id, now_us))
+    return ScriptCall(
+        script, (*keys.named(script.keys), *limits.keys), (job_id, *limits.args, now_us)
+    )
 
 
 def heartbeat(keys: QueueKeys, worker_id: str, ttl_ms: int) -> ScriptCall:

@@ -6,7 +6,8 @@ epoch (UTC), and payload, result and error are JSON (msgspec). Nothing is ever u
 whatever sits in Redis is data, and data that does not decode is reported, not run. A field
 that is None is not stored, so a hash written before a field existed (``run_at``,
 ``deadline``, ``retry_at``, ``cancel_requested_at``, ``heartbeat_at``, ``idempotency_key``,
-``trace_context``) still decodes.
+``trace_context``, ``unique_key``) still decodes. A job with a unique key also has ``unique``,
+the digest its key is held under (`keys.unique_digest`), for the scripts that let go of it.
 
 ``history`` is a JSON array of attempt records, oldest first, that the scripts extend (with
 cjson) as each attempt ends, except the final `succeeded` one: it is implied by the hash's
@@ -65,6 +66,7 @@ FIELDS: Final = (
     "heartbeat_at",
     "idempotency_key",
     "trace_context",
+    "unique_key",
 )
 TOKEN_FIELD: Final = "token"  # noqa: S105 - a field name, not a secret
 FIELDS_WITH_TOKEN: Final = (*FIELDS, TOKEN_FIELD)
@@ -204,6 +206,8 @@ def encode_job(job: Job, *, with_status: bool = True) -> list[str | bytes]:
         args += ("idempotency_key", job.idempotency_key)
     if job.trace_context is not None:
         args += ("trace_context", job.trace_context)
+    if job.unique_key is not None:
+        args += ("unique_key", job.unique_key)
     return args
 
 
@@ -237,6 +241,7 @@ def decode_job(raw: RawFields) -> Job | None:
         heartbeat_at,
         idempotency_key,
         trace_context,
+        unique_key,
     ) = raw[: len(FIELDS)]
     if id_ is None and status is None:
         return None
@@ -292,6 +297,7 @@ def decode_job(raw: RawFields) -> Job | None:
             heartbeat_at=_optional_moment(heartbeat_at),
             idempotency_key=idempotency_key.decode() if idempotency_key is not None else None,
             trace_context=trace_context.decode() if trace_context is not None else None,
+            unique_key=unique_key.decode() if unique_key is not None else None,
         )
     except UndecodableJobError:
         raise

@@ -17,7 +17,7 @@ from adapters.redis_queue.calls import ScriptCall, ms
 from adapters.redis_queue.codec import decode_job
 from adapters.redis_queue.core import RedisCore, evalsha
 from adapters.redis_queue.keys import QueueKeys
-from domain.errors import InvalidTransitionError, JobNotFoundError
+from domain.errors import InvalidTransitionError, JobNotFoundError, UniqueKeyHeldError
 from domain.jobs import Job, JobStatus
 from domain.ports import (
     JobControl,
@@ -36,6 +36,9 @@ class RedisJobControl(JobControl):
     async def requeue(self, job_id: str) -> Job:
         answer = await self._on_job(job_id, calls.requeue)
         if answer[0] != 1:
+            if len(answer) > 2:
+                current, holder, key = (part.decode() for part in answer[1:4])
+                raise UniqueKeyHeldError(job_id, current, key, holder)
             raise InvalidTransitionError(job_id, answer[1].decode(), JobStatus.QUEUED)
         return _job_from(job_id, answer[1])
 

@@ -26,10 +26,12 @@ from adapters.redis_queue.batching import Batch, TickBatcher
 from adapters.redis_queue.calls import Attempt, Retention, ScriptCall, evalsha, ms
 from adapters.redis_queue.codec import RawFields, UndecodableJobError, decode_job
 from adapters.redis_queue.keys import QueueKeys, finished_channel
+from adapters.redis_queue.limits import LimitArgs
 from adapters.redis_queue.registry import DEFAULT_GRACE, DEFAULT_SWEEP_INTERVAL, QueueRegistry
 from adapters.redis_queue.submission import Item
 from adapters.redis_queue.watch import RedisJobWatcher
 from domain.jobs import Job, Lease, is_job_id
+from domain.limits import FlowLimits
 from domain.ports import AdmissionPolicy
 
 __all__ = ["RedisCore", "decoded_or_none", "evalsha", "lease_from", "log"]
@@ -61,6 +63,7 @@ class RedisCore:
         max_result_bytes: int | None = None,
         sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
         queue_grace: float = DEFAULT_GRACE,
+        limits: FlowLimits | None = None,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty and hold no braces, got {prefix!r}")
@@ -79,6 +82,8 @@ class RedisCore:
         if max_result_bytes is not None and max_result_bytes < 1:
             raise ValueError("max_result_bytes must be at least 1")
         self.max_result_bytes = max_result_bytes
+        self.flow_limits = limits or FlowLimits()
+        self.limits = LimitArgs.of(prefix, self.flow_limits)
         self.finished_channel = finished_channel(prefix)
         self.batcher = TickBatcher(self._run_batches)
         self.closed = False
@@ -161,7 +166,9 @@ class RedisCore:
         for batch in batches:
             if batch.script is scripts.SETTLE:
                 places.append([(len(sends), n) for n in range(len(batch.calls))])
-                sends.append(calls.settle(self.keys(batch.group), self.retention, batch.calls))
+                sends.append(
+                    calls.settle(self.keys(batch.group), self.retention, batch.calls, self.limits)
+                )
                 continue
             if batch.script is not scripts.SUBMIT:  # pragma: no cover - only these two
                 raise AssertionError(batch.script)

@@ -20,9 +20,16 @@ one hash tag and one Redis Cluster slot):
 - ``B tokens``            counter behind the fencing tokens
 - ``B stale``             counter of writes rejected for a stale lease token
 - ``B workers``           zset worker id -> when its presence lapses, ms (`heartbeat`)
+- ``B unique:<digest>``   string: the id of the job holding a unique key (`unique_digest`)
+                          while it is not finished; let go of when it finishes, and free
+                          when it names a job gone or finished (`lua/lib/unique.lua`)
 - ``B rates``             hash: the queue's rates (`domain.rates`, `lua/lib/rates.lua`):
                           ``in``, ``in_at``, ``out``, ``out_at``, ``drain``, ``weight``,
                           ``busy``; written by submits and claims
+- ``B limited``           set of the job types with jobs parked in the queue, each in
+                          ``B limited:<type>`` (zset job id -> its claim-order score): jobs a
+                          claim set aside, still `queued`, because their type was at its
+                          rate or concurrency limit (`lua/lib/limits.lua`)
 
 Keys of the whole prefix ``P``: ``P:idem:<sha256 of the client's key>`` (string
 ``"<fingerprint> <job id>"``, expiring after the idempotency retention), and the registry of
@@ -42,6 +49,13 @@ queue names, whose keys share one hash tag with ``P:queues`` (``R`` = ``{P:queue
                           queues, in flight, done; `lua/worker_seen.lua`)
 - ``R seen``              zset: worker id -> when its presence lapses, ms; a lapsed one's
                           entries go at the next heartbeat of any worker
+
+The flow limits of a job type (`domain.limits`), global to the prefix, under their own hash
+tag ``{P}``: ``{P}:limit:starts:<type>`` (zset ``<token>:<n>`` -> us: a claim's n starts,
+the starts in its rate's window), ``{P}:limit:started:<type>`` (how many starts it holds) and
+``{P}:limit:slots:<type>`` (zset job id -> when the slot lapses, ms). A claim,
+settle or renewal that uses them gets them in KEYS with the queue's keys: with limits set,
+those scripts span two hash tags and need one Redis primary.
 
 Pub/sub: scripts that finish jobs publish their ids, space-separated, on ``P:finished``.
 
@@ -86,6 +100,7 @@ NAMES: Final = (
     "stale",
     "workers",
     "rates",
+    "limited",
 )
 
 
@@ -106,6 +121,7 @@ class QueueKeys:
     stale: str
     workers: str
     rates: str
+    limited: str
     # The keys named by each script's KEYS list, made (and encoded) once per queue and
     # script.
     _selected: dict[tuple[str, ...], tuple[bytes, ...]] = attrs.field(
@@ -166,6 +182,12 @@ class RegistryKeys:
 def finished_channel(prefix: str) -> str:
     """Where scripts publish the ids of the jobs they finished (`lua/lib/finished.lua`)."""
     return f"{prefix}:finished"
+
+
+def unique_digest(key: str) -> str:
+    """What a job's unique key is held under in its queue (``B unique:<digest>``): hashed, so
+    no client bytes name a key, and kept in the job's hash as ``unique``."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def idempotency_key(prefix: str, key: str) -> str:

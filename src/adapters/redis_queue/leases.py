@@ -62,7 +62,14 @@ class RedisLeaseQueue(LeaseQueue):
                 block = min(remaining, self.MAX_BLOCK_SECONDS)
                 if wake_in is not None:
                     block = min(block, wake_in)
-                await self._core.client.blpop([k.marker for k in keys], timeout=max(block, 0.01))
+                woken = await self._core.client.blpop(
+                    [k.marker for k in keys], timeout=max(block, 0.01)
+                )
+                if woken is None and deadline - loop.time() <= 0:
+                    # Nothing woke us and the wait is over: the caller's next claim runs
+                    # the queues' maintenance at once, so claiming here too would only
+                    # double an idle worker's calls.
+                    return []
 
     async def _claim_now(
         self, keys: Sequence[QueueKeys], worker_id: str, limit: int, lease_ms: int
@@ -80,6 +87,7 @@ class RedisLeaseQueue(LeaseQueue):
                 lease_ms=lease_ms,
                 worker_id=worker_id,
                 retention=core.retention,
+                limits=core.limits,
             )
             claimed, wake_ms = await core.run(call)
             for raw in claimed:
@@ -102,11 +110,15 @@ class RedisLeaseQueue(LeaseQueue):
             f"stored job cannot be decoded: {exc}", "UndecodableJob", ErrorKind.INVALID
         )
         attempt = calls.attempt(job_id, token, Ending.failed(error, None))
-        await self._core.run(calls.settle(keys, self._core.retention, [attempt]))
+        core = self._core
+        await core.run(calls.settle(keys, core.retention, [attempt], core.limits))
 
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
         lease_ms = ms(lease_seconds)
-        return await self._per_queue(leases, lambda keys, held: calls.renew(keys, lease_ms, held))
+        limits = self._core.limits
+        return await self._per_queue(
+            leases, lambda keys, held: calls.renew(keys, lease_ms, held, limits)
+        )
 
     async def cancel_requested(self, leases: Sequence[Lease]) -> set[str]:
         return await self._per_queue(leases, calls.cancel_requested)
@@ -171,7 +183,7 @@ class RedisLeaseQueue(LeaseQueue):
 
         def build(pipe: Pipeline) -> None:
             for k in keys:
-                evalsha(pipe, calls.recover(k, retention))
+                evalsha(pipe, calls.recover(k, retention, self._core.limits))
 
         with redis_errors():
             moved = await self._core.pipeline(build)

@@ -116,6 +116,7 @@ _SUBSTITUTIONS: Final = {
     "STATUS_LIST": "{" + ", ".join(f"'{s.value}'" for s in JobStatus) + "}",
     "FIELDS": ", ".join(f"'{f}'" for f in FIELDS_WITH_TOKEN),
     "STATUS_FIELD": str(FIELDS_WITH_TOKEN.index("status") + 1),
+    "TYPE_FIELD": str(FIELDS_WITH_TOKEN.index("type") + 1),
     "MAINTENANCE_BATCH": str(MAINTENANCE_BATCH),
     "INDEX_TRIM_BATCH": str(INDEX_TRIM_BATCH),
     "PRIORITY_MIN": str(PRIORITY_MIN),

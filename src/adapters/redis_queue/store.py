@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from adapters.redis_client import redis_errors
 from adapters.redis_queue import calls, listing
 from adapters.redis_queue.codec import FIELDS
 from adapters.redis_queue.core import RedisCore, decoded_or_none
 from domain.jobs import QUEUE_TAG_LENGTH, Job, is_job_id
+from domain.limits import LimitKind, Throttle
 from domain.ports import JobPage, JobQuery, JobSituation, JobStore
 
 
@@ -64,8 +66,8 @@ class RedisJobStore(JobStore):
         # The caller's clock, for which workers count as live: one command less than TIME, and
         # skew only moves when a lapsed worker stops counting.
         now_us = time.time_ns() // 1000
-        call = calls.situation(core.keys(queue), job_id, now_us)
-        raw, ahead, paused, workers, drain = await core.run(call)
+        call = calls.situation(core.keys(queue), job_id, now_us, core.limits)
+        raw, ahead, paused, workers, drain, throttle = await core.run(call)
         job = decoded_or_none(raw)
         if job is None:
             return None
@@ -75,9 +77,19 @@ class RedisJobStore(JobStore):
             paused=bool(paused),
             workers=None if workers < 0 else int(workers),
             drain_rate=_rate(drain),
+            throttle=_throttle(throttle),
         )
 
 
 def _rate(value: bytes | None) -> float | None:
     """A rate the scripts answer as a decimal string, or None (Lua's false) when unmeasured."""
     return None if value is None else float(value)
+
+
+def _throttle(value: bytes | None) -> Throttle | None:
+    """SITUATION's `throttle`: ``rate <ms>``, ``concurrency``, or None (Lua's false)."""
+    if value is None:
+        return None
+    kind, _, until_ms = value.decode().partition(" ")
+    until = datetime.fromtimestamp(int(until_ms) / 1000, UTC) if until_ms else None
+    return Throttle(LimitKind(kind), until)

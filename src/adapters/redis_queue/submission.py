@@ -15,7 +15,7 @@ from typing import Any, Final, NamedTuple
 import attrs
 
 from adapters.redis_queue.codec import encode_job, to_micros
-from adapters.redis_queue.keys import QueueKeys, idempotency_key
+from adapters.redis_queue.keys import QueueKeys, idempotency_key, unique_digest
 from domain.errors import AdmissionRefusedError, IdempotencyConflictError
 from domain.jobs import JobStatus, queue_tag
 from domain.ports import AdmissionPolicy, NewJob, Submitted
@@ -24,9 +24,11 @@ from domain.ports import AdmissionPolicy, NewJob, Submitted
 # name is empty).
 SHARED_GROUP: Final = ""
 _SUBMITTABLE: Final = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED})
-# SUBMIT's flags, one per job: stored; the idempotency key holds another job (its id follows).
+# SUBMIT's flags, one per job: stored; the idempotency key holds another job, or the unique
+# key does (its id follows).
 _STORED: Final = ord("1")
 _HELD: Final = ord("k")
+_UNIQUE: Final = ord("u")
 
 
 class Item(NamedTuple):
@@ -41,6 +43,7 @@ class Item(NamedTuple):
     run_at_ms: int | None
     deadline_ms: int | None
     priority: int
+    unique: str | None  # the digest of its unique key
     fields: Sequence[str | bytes]
     # Its id does not start with its queue's tag: the registry must search the queue for it.
     legacy: bool
@@ -61,6 +64,11 @@ def items_of(
         key = new.idempotency_key
         if key is not None:
             job = attrs.evolve(job, idempotency_key=key)
+        fields = encode_job(job, with_status=False)
+        unique = None
+        if job.unique_key is not None:
+            unique = unique_digest(job.unique_key)
+            fields += ("unique", unique)
         items.append(
             Item(
                 keys=keys_of(job.queue),
@@ -72,7 +80,8 @@ def items_of(
                 run_at_ms=None if job.run_at is None else _ms_ceil(to_micros(job.run_at)),
                 deadline_ms=None if job.deadline is None else _ms_ceil(to_micros(job.deadline)),
                 priority=job.priority,
-                fields=encode_job(job, with_status=False),
+                unique=unique,
+                fields=fields,
                 legacy=not job.id.startswith(queue_tag(job.queue)),
             )
         )
@@ -97,8 +106,8 @@ def answer_of(
     if answer[0] == 1:
         holders = iter(answer[2:])
         return [
-            Submitted(next(holders).decode(), False)
-            if flag == _HELD
+            Submitted(next(holders).decode(), False, flag == _UNIQUE)
+            if flag in (_HELD, _UNIQUE)
             else Submitted(item.job_id, flag == _STORED)
             for flag, item in zip(answer[1], items, strict=True)
         ]

@@ -22,7 +22,7 @@ class RedisJobSubmitter(JobSubmitter):
     refuses every new job rather than admit it unchecked (`Connection.verify` warns of it).
     """
 
-    traits = SubmitTraits(deadlines=True, priorities=True)
+    traits = SubmitTraits(deadlines=True, priorities=True, unique_keys=True)
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core

@@ -18,6 +18,7 @@ from adapters.rq.monitor import RqQueueMonitor
 from adapters.rq.store import RqJobStore
 from adapters.rq.submitter import RqSubmitter
 from domain.errors import UnsupportedOperationError
+from domain.limits import FlowLimits
 from domain.ports import AdmissionPolicy, Backend
 
 
@@ -31,6 +32,7 @@ def rq_backend(
     admission: AdmissionPolicy | None = None,
     max_queues: int | None = None,
     sweep_interval: float = 10.0,
+    limits: FlowLimits | None = None,
 ) -> Backend:
     """The roles RQ can play, over `client` (see `create_rq_redis`), our keys under `prefix`.
 
@@ -40,8 +42,13 @@ def rq_backend(
     `RqSubmitter`). The longest result is the worker's to enforce (`build_worker`). An
     enabled admission policy raises
     UnsupportedOperationError: RQ's enqueue has no check to add limits to, and limits set but
-    not enforced would be worse than none.
+    not enforced would be worse than none. Rate and concurrency limits per job type raise it
+    too, for the same reason: RQ's worker dequeues with no check to add them to.
     """
+    if limits:
+        raise UnsupportedOperationError(
+            "flow limits", "flow limits", "RQ's worker dequeues with no check to add limits to"
+        )
     if admission is not None and admission.enabled:
         raise UnsupportedOperationError(
             "admission", "admission", "RQ's enqueue has no admission check to add limits to"

@@ -23,7 +23,8 @@ class RqWorkerConfig:
     grace: int = 5
     # How often the registries are swept for abandoned jobs (RQ: 600).
     maintenance: int = 5
-    # How long an idle worker blocks waiting for a job before it looks around again.
+    # The longest an idle worker blocks waiting for a job before it looks around again (it
+    # waits 1 s at a time: see ConveyorBaseWorker.dequeue_job_and_maintain_ttl).
     idle_wait: int = 5
 
     @property

@@ -20,7 +20,10 @@ request standing, and its next attempt stops before it runs; or dead-lettered.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Final
@@ -209,3 +212,20 @@ def save_meta(rq_job: rq.job.Job) -> None:
         rq_job.connection.hset(rq_job.key, "meta", SERIALIZER.dumps(rq_job.meta))
     except RedisError as exc:
         log.warning("could not record the attempt of job %s: %s", rq_job.id, exc)
+
+
+def horse_death(ret_val: Any) -> JobError:
+    """The WORKER_LOST error of a work-horse that ended with wait status `ret_val`."""
+    code = ret_val if isinstance(ret_val, int) else None
+    signal_name: str | None = None
+    exit_code: int | None = None
+    if code is not None and os.WIFSIGNALED(code):
+        with contextlib.suppress(ValueError):
+            signal_name = signal.Signals(os.WTERMSIG(code)).name
+    elif code is not None and os.WIFEXITED(code):
+        exit_code = os.WEXITSTATUS(code)
+    return worker_lost(
+        f"the work-horse running this attempt died ({signal_name or f'exit {exit_code}'})",
+        exit_code=exit_code,
+        signal=signal_name,
+    )

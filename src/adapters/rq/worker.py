@@ -3,38 +3,38 @@
 What it adds to a stock `rq worker -S json --with-scheduler`:
 
 - It runs only Conveyor's dispatcher. A job in Redis that names any other function, carries a
-  pickle (or anything but JSON), names callbacks, or is otherwise not one of ours is refused
-  before anything in it is resolved, and dead-lettered (RQ's failed registry) without a retry.
-  The serializer only ever JSON-decodes.
-- Every attempt is settled by the one rule of `domain.settlement` (see `settling`), wherever
-  it ends: in the dispatcher, in a work-horse that died, under RQ's hard time limit, or found
+  pickle (or anything but JSON), names callbacks, or is otherwise not one of ours is refused before
+  anything in it is resolved, and dead-lettered (RQ's failed registry) without a retry. The
+  serializer only ever JSON-decodes.
+- Every attempt is settled by the one rule of `domain.settlement` (see `settling`), wherever it
+  ends: in the dispatcher, in a work-horse that died, under RQ's hard time limit, or found
   abandoned by the sweep. Retries wait for the time the settlement gives them.
 - Abandoned jobs are found in seconds, not RQ's ten-odd minutes: an execution's heartbeat entry
-  lives `heartbeat + grace` seconds (RQ: up to 90), the registries are swept every
-  `maintenance` seconds (RQ: 600), an idle worker wakes every `idle_wait` seconds to do it, and
-  a busy one does it between heartbeats. A job whose worker and work-horse were SIGKILLed is
-  retried (or dead-lettered, if out of attempts) by any live worker of its queue within
-  `abandoned_bound` seconds of the kill (20 s by default), then runs after its retry backoff.
-- A killed work-horse (OOM killer, SIGKILL, segfault) is seen at once by its parent: the job
-  gets our WORKER_LOST error and is retried or dead-lettered; never left `started`.
-- The work-horse and the scheduler process die with the worker: the caller's `follow_parent`
-  hook runs in each (on Linux, PR_SET_PDEATHSIG), so a SIGKILLed worker leaves no orphan
-  running its job or holding the scheduler lock.
+  lives `heartbeat + grace` seconds (RQ: up to 90), the registries are swept every `maintenance`
+  seconds (RQ: 600), an idle worker wakes every second to do it (and to look for a stop: a signal
+  never interrupts a pop), and a busy one does it between heartbeats. A job whose worker and
+  work-horse were SIGKILLed is retried (or dead-lettered, if out of attempts) by any live worker of
+  its queue within `abandoned_bound` seconds of the kill (20 s by default), then runs after its
+  retry backoff.
+- A killed work-horse (OOM killer, SIGKILL, segfault) is seen at once by its parent: the job gets
+  our WORKER_LOST error and is retried or dead-lettered; never left `started`.
+- The work-horse and the scheduler process die with the worker: the caller's `follow_parent` hook
+  runs in each (on Linux, PR_SET_PDEATHSIG), so a SIGKILLed worker leaves no orphan running its job
+  or holding the scheduler lock.
 - Cancellation (see `RqJobControl.cancel`). As an attempt starts, in the same transaction that
-  marks it started, the worker reads the job's cancel marks: a job cancelled after a worker
-  took it off its queue runs nothing. A handler that stops on a cancel request ends the job
-  `cancelled`; one that has not stopped `cancel_grace` seconds after the request is killed
-  with its work-horse (checked at each heartbeat), and the job ends `cancelled` too.
+  marks it started, the worker reads the job's cancel marks: a job cancelled after a worker took it
+  off its queue runs nothing. A handler that stops on a cancel request ends the job `cancelled`;
+  one that has not stopped `cancel_grace` seconds after the request is killed with its work-horse
+  (checked at each heartbeat), and the job ends `cancelled` too.
 
-The forking `ConveyorWorker` is the default (each job in its own process);
-`ConveyorSimpleWorker` runs jobs in the worker process instead (no fork; a crash takes the
-worker with it, and a job is only known abandoned once its timeout has passed).
+The forking `ConveyorWorker` is the default (each job in its own process); `ConveyorSimpleWorker`
+runs jobs in the worker process instead (no fork; a crash takes the worker with it, and a job is
+only known abandoned once its timeout has passed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
@@ -50,6 +50,7 @@ import rq
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.exceptions import StopRequested
 from rq.job import Job as RqJob
 from rq.job import JobStatus as RqStatus
 from rq.queue import Queue
@@ -68,14 +69,13 @@ from adapters.rq.codec import (
     SERIALIZER,
     UndecodableJobError,
     rq_queue_name,
-    worker_lost,
 )
 from adapters.rq.config import RqWorkerConfig, WorkerKind
 from adapters.rq.jobs import ConveyorRqJob, ForeignJobError
 from adapters.rq.maintenance import ConveyorRqQueue
-from adapters.rq.settling import SettleUnsettled, lost, read_attempt, settle
+from adapters.rq.settling import SettleUnsettled, horse_death, lost, read_attempt, settle
 from domain.job_types import JobTypeRegistry
-from domain.jobs import JobError, JobStatus
+from domain.jobs import JobStatus
 from domain.retry import Random
 from domain.settlement import Ending
 
@@ -166,6 +166,32 @@ class ConveyorBaseWorker(BaseWorker):
         self.stop_asked = True
         self.log.info("Worker %s [PID %d]: warm shut down requested", self.name, self.pid)
 
+    def _shutdown(self) -> None:
+        # RQ's raises StopRequested in the signal handler of an idle worker: raised between the
+        # pop that moved a job to RQ's intermediate list and its start, it stranded the job
+        # there (RQ fails it a minute later). The stop is taken between 1 s pops instead; one
+        # still idle 3 s later is retrying an unreachable Redis, and is stopped outright.
+        if self.get_state() == WorkerStatus.BUSY:
+            super()._shutdown()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
+        else:
+            signal.signal(signal.SIGALRM, self._stop_if_idle)
+            signal.alarm(3)
+        self._stop_requested = True
+
+    def _stop_if_idle(self, signum: int, frame: Any) -> None:
+        if self.get_state() != WorkerStatus.BUSY:
+            raise StopRequested
+
+    def dequeue_job_and_maintain_ttl(
+        self, timeout: int | None, max_idle_time: int | None = None
+    ) -> tuple[RqJob, Queue] | None:
+        if timeout is None or max_idle_time is not None:  # burst, or an idle limit: RQ's
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        got = None
+        while got is None and not self._stop_requested:
+            got = super().dequeue_job_and_maintain_ttl(1, max_idle_time=1)
+        return got
+
     def execute_job(self, job: RqJob, queue: Queue) -> None:
         reason = job.refusal() if isinstance(job, ConveyorRqJob) else "not a Conveyor job class"
         if reason is None:
@@ -205,7 +231,7 @@ class ConveyorBaseWorker(BaseWorker):
         if killed_for_cancel:
             ending = Ending.cancelled()
         else:
-            error = _death(ret_val)
+            error = horse_death(ret_val)
             ending = lost(stored.job, error, self.settler.registry, self.settler.random)
         now = datetime.now(UTC)
         settle(job, stored.job, ending, cancel_requested=stored.cancel_requested, now=now)
@@ -359,23 +385,6 @@ def build_worker(
     worker.follow_parent = follow_parent
     worker.settler = settler
     return worker
-
-
-def _death(ret_val: Any) -> JobError:
-    """The WORKER_LOST error of a work-horse that ended with wait status `ret_val`."""
-    code = ret_val if isinstance(ret_val, int) else None
-    signal_name: str | None = None
-    exit_code: int | None = None
-    if code is not None and os.WIFSIGNALED(code):
-        with contextlib.suppress(ValueError):
-            signal_name = signal.Signals(os.WTERMSIG(code)).name
-    elif code is not None and os.WIFEXITED(code):
-        exit_code = os.WEXITSTATUS(code)
-    return worker_lost(
-        f"the work-horse running this attempt died ({signal_name or f'exit {exit_code}'})",
-        exit_code=exit_code,
-        signal=signal_name,
-    )
 
 
 def _ready_to_fork(connection: redis.Redis) -> None:

@@ -8,6 +8,10 @@ from domain.job_types.email import email_job_type
 from domain.job_types.report import report_job_type
 from domain.ports import EmailSender
 
+# The names `default_registry` registers, known without building it (settings check the
+# types they name against them).
+JOB_TYPE_NAMES = frozenset({"email", "report", "dummy"})
+
 
 def default_registry(email_sender: EmailSender, *, dummy_faults: bool = False) -> JobTypeRegistry:
     """Every type; `dummy`'s fault modes only with `dummy_faults` (CONVEYOR_DUMMY_FAULTS)."""

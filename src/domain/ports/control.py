@@ -24,9 +24,12 @@ class JobControl(abc.ABC):
 
     @abc.abstractmethod
     async def requeue(self, job_id: str) -> Job:
-        """Send a dead or cancelled job back to the queue with its attempts reset.
+        """Send a dead or cancelled job back to the queue with its attempts reset. A job with
+        a unique key takes it again.
 
-        Raises JobNotFoundError, or InvalidTransitionError for a job in any other status.
+        Raises JobNotFoundError, or InvalidTransitionError for a job in any other status, or
+        UniqueKeyHeldError (an InvalidTransitionError) when another job, not finished, holds
+        its unique key: nothing changes.
         """
 
 

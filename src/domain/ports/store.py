@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import attrs
 
 from domain.jobs import Job, JobStatus
+from domain.limits import Throttle
 
 
 @attrs.frozen(kw_only=True)
@@ -39,6 +40,8 @@ class JobSituation:
     # Jobs per second its queue drains while it has jobs waiting (`domain.rates`); None when
     # not measured (or not needed: it is not queued, or its queue is paused).
     drain_rate: float | None = None
+    # The limit of its type that holds it back now (`domain.limits`), if any.
+    throttle: Throttle | None = None
 
 
 class JobStore(abc.ABC):

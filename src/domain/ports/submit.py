@@ -27,6 +27,8 @@ class NewJob:
 class Submitted:
     job_id: str
     created: bool  # False: an earlier submission under the same idempotency key made it
+    # The job is the live one holding the submitted job's unique key (created False).
+    unique: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -69,6 +71,9 @@ class SubmitTraits:
     deadlines: bool
     # A job's priority orders claims within its queue (else it is stored, and claims are FIFO).
     priorities: bool
+    # A job's unique key holds while the job is not finished (see `JobSubmitter.submit`).
+    # Without it a job that has one cannot be stored: the service refuses it.
+    unique_keys: bool = False
 
 
 class JobSubmitter(abc.ABC):
@@ -87,6 +92,14 @@ class JobSubmitter(abc.ABC):
         one, and nothing is stored. A job whose id
         exists is not stored again (created False). QueueUnavailableError if the backend is
         down.
+
+        A job with a `unique_key` (with `traits.unique_keys`) is not stored while a job of its
+        queue under the same key is not finished (scheduled, queued, active, or failed and due
+        for a retry): it answers that job (created False, unique True), checked and taken in
+        the same atomic step. The key is let go the moment its job finishes in any way. An
+        idempotency key is looked at first: a repeat answers what the first request was
+        answered, and a request answered with the holder of its unique key stores its
+        idempotency key naming that job.
         """
 
 

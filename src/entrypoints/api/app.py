@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,15 +15,21 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from entrypoints.api.batch import BATCH_BODY_FACTOR, BatchController
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
-from entrypoints.api.deps import CONTAINER_KEY, backend_of, dependencies
+from entrypoints.api.deps import CONTAINER_KEY, backend_of, container_of, dependencies
 from entrypoints.api.guards import refuse_foreign_origin
 from entrypoints.api.metrics import METRICS_KEY, ApiMetrics, arrived, count_answer, serve_metrics
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
+from entrypoints.api.schedules import SchedulesController, add_schedule_schemas
 from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging
 from entrypoints.redaction import url_secrets
+from entrypoints.scheduling import (
+    check_schedules,
+    close_schedules,
+    schedule,
+)
 from entrypoints.settings import Settings
 from entrypoints.startup import backend_is_safe
 
@@ -44,6 +51,7 @@ def create_app(container: Container | None = None) -> Litestar:
         # answers 503 quickly instead of holding the client.
         container = build_container(settings, redis_socket_timeout=settings.redis_timeout)
     settings = container.settings()
+    check_schedules(container)  # a bad CONVEYOR_SCHEDULES stops start-up (SettingsError)
     container.tracing()  # built now, not by the first submission
     metered = settings.api_metrics
     batch = Router(
@@ -56,6 +64,7 @@ def create_app(container: Container | None = None) -> Litestar:
             JobsController,
             batch,
             QueuesController,
+            SchedulesController,
             JobTypesController,
             HealthController,
             *([serve_metrics] if metered else []),
@@ -66,7 +75,7 @@ def create_app(container: Container | None = None) -> Litestar:
         middleware=[_front_door(settings.allowed_origins, metered=metered)],
         before_send=[_before_send if metered else _before_send_unmetered],
         request_max_body_size=settings.max_body_bytes,
-        lifespan=[_backend_lifespan],
+        lifespan=[_backend_lifespan, _scheduler_lifespan],
         # Logging is the process's (structured, see entrypoints.logs), not Litestar's.
         logging_config=None,
         openapi_config=OpenAPIConfig(
@@ -77,6 +86,10 @@ def create_app(container: Container | None = None) -> Litestar:
             tags=[
                 Tag(name="jobs", description="Submit jobs, follow, cancel and retry them."),
                 Tag(name="queues", description="Queue figures; pause and resume."),
+                Tag(
+                    name="schedules",
+                    description="Jobs submitted on a timetable (cron or a fixed interval).",
+                ),
                 Tag(name="job-types", description="What can be submitted."),
                 Tag(name="health", description="Liveness and readiness probes."),
             ],
@@ -85,6 +98,7 @@ def create_app(container: Container | None = None) -> Litestar:
     )
     # Builds the document now (no I/O), with the job types' schemas in it.
     add_submission_schemas(app.openapi_schema, container.registry())
+    add_schedule_schemas(app.openapi_schema, container.registry())
     return app
 
 
@@ -148,3 +162,21 @@ async def _backend_lifespan(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def _scheduler_lifespan(app: Litestar) -> AsyncIterator[None]:
+    # Every API process runs the scheduler (unless CONVEYOR_SCHEDULER=0): the store gives
+    # each tick to one process, so more processes only make schedules harder to stop.
+    container = container_of(app.state)
+    if not container.settings().scheduler:
+        yield
+        return
+    stop = asyncio.Event()
+    task = asyncio.create_task(schedule(container, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+        await close_schedules(container)

@@ -37,6 +37,8 @@ ENVELOPE_FIELDS: Final = (
     "delay",
     "run_at",
     "deadline",
+    "unique_key",
+    "unique_for",
 )
 # A batch item may name its own idempotency key (one request carries one header).
 BATCH_ITEM_FIELDS: Final = (*ENVELOPE_FIELDS, "idempotency_key")
@@ -173,6 +175,8 @@ def _item(
         delay=fields_of.get("delay"),
         run_at=fields_of.get("run_at"),
         deadline=fields_of.get("deadline"),
+        unique_key=fields_of.get("unique_key"),
+        unique_for=fields_of.get("unique_for"),
     )
     return submission, key, ()
 

@@ -29,6 +29,7 @@ from entrypoints.api.body import (
     require_json,
     submission_from,
 )
+from entrypoints.api.catalog import JobTypeList, JobTypeView
 from entrypoints.api.deps import tracebacks_shown, tracing_of
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.metrics import metrics_of
@@ -53,9 +54,8 @@ from entrypoints.api.problems import ProblemError, logger, summarize
 from entrypoints.api.schemas import (
     HealthView,
     JobPageView,
-    JobTypeList,
-    JobTypeView,
     JobView,
+    SubmittedJobView,
     job_location,
 )
 from entrypoints.settings import Settings
@@ -74,7 +74,9 @@ JobId = Annotated[str, path_parameter("The job's id: 32 lowercase hex digits.", 
 
 def _accepted_headers(accepted: Accepted) -> dict[str, str]:
     headers = {"Location": job_location(accepted.job)}
-    if not accepted.created:
+    if accepted.unique:
+        headers["Unique-Replayed"] = "true"
+    elif not accepted.created:
         headers["Idempotent-Replayed"] = "true"
     return headers
 
@@ -90,7 +92,10 @@ class JobsController(Controller):
         description="Validate a job and store it, queued (or scheduled, with `delay` or "
         "`run_at`). Answers at once: a worker runs it later. Poll `Location` for its status. "
         "With an `Idempotency-Key`, a repeat of the same body answers the first job "
-        "(`Idempotent-Replayed: true`) and stores nothing; another body under the key is a 422.",
+        "(`Idempotent-Replayed: true`) and stores nothing; another body under the key is a 422. "
+        "With a `unique_key` (or `unique_for`), while a job of the queue under that key has not "
+        "finished, the answer is that job (`Unique-Replayed: true`, `replayed: true`) and "
+        "nothing is stored; the key is free again once that job finishes, however it ends.",
         status_code=HTTPStatus.ACCEPTED,
         operation_class=SubmitJobOperation,
         responses={
@@ -115,7 +120,7 @@ class JobsController(Controller):
                 pattern=IDEMPOTENCY_KEY_PATTERN,
             ),
         ] = None,
-    ) -> Response[JobView]:
+    ) -> Response[SubmittedJobView]:
         with tracing_of(request).submission(request.headers, "/jobs") as trace_context:
             require_json(request)
             submission = submission_from(decode_json(await request.body()))
@@ -130,7 +135,7 @@ class JobsController(Controller):
         if (metrics := metrics_of(request.app.state)) is not None:
             metrics.submitted([accepted])
         return Response(
-            JobView.from_domain(accepted.job, tracebacks=tracebacks_shown(request)),
+            SubmittedJobView.from_accepted(accepted, tracebacks=tracebacks_shown(request)),
             status_code=HTTPStatus.ACCEPTED,
             headers=_accepted_headers(accepted),
         )
@@ -342,8 +347,13 @@ class JobTypesController(Controller):
         description="Every registered job type: defaults, limits and payload JSON Schema.",
         operation_class=ConveyorOperation,
     )
-    async def list_job_types(self, job_types: NamedDependency[JobTypeRegistry]) -> JobTypeList:
-        return JobTypeList(job_types=[JobTypeView.from_domain(t) for t in job_types.values()])
+    async def list_job_types(
+        self, job_types: NamedDependency[JobTypeRegistry], settings: NamedDependency[Settings]
+    ) -> JobTypeList:
+        limits = settings.flow_limits
+        return JobTypeList(
+            job_types=[JobTypeView.from_domain(t, limits.get(t.name)) for t in job_types.values()]
+        )
 
 
 class HealthController(Controller):

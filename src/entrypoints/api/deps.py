@@ -17,6 +17,7 @@ from litestar.di import Provide
 from domain.job_service import JobService
 from domain.job_types import JobTypeRegistry
 from domain.ports import Backend, Connection
+from domain.scheduling import ScheduleService
 from entrypoints.container import Container
 from entrypoints.settings import Settings
 from entrypoints.tracing import Tracing
@@ -36,6 +37,11 @@ def backend_of(state: State) -> Backend:
 
 def provide_job_service(state: State) -> JobService:
     service: JobService = container_of(state).job_service()
+    return service
+
+
+def provide_schedules(state: State) -> ScheduleService:
+    service: ScheduleService = container_of(state).schedule_service()
     return service
 
 
@@ -73,6 +79,7 @@ def dependencies() -> dict[str, Provide]:
     return {
         "settings": Provide(provide_settings, sync_to_thread=False),
         "jobs": Provide(provide_job_service, sync_to_thread=False),
+        "schedules": Provide(provide_schedules, sync_to_thread=False),
         "connection": Provide(provide_connection, sync_to_thread=False),
         "job_types": Provide(provide_registry, sync_to_thread=False),
     }

@@ -27,7 +27,7 @@ from litestar.types import Scope
 
 from entrypoints.api.body import require_json
 from entrypoints.api.problems import ProblemError, clip
-from entrypoints.settings import parse_origin
+from entrypoints.setting_values import parse_origin
 
 # Methods that change nothing: a page may send them, and cannot read the answers.
 SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -35,7 +35,7 @@ SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 def refuse_foreign_origin(scope: Scope, allowed: frozenset[str]) -> None:
     """Refuses (403) a state-changing request whose `Origin` is not in `allowed` (origins as
-    `settings.parse_origin` writes them), before its handler, guards or body are touched.
+    `setting_values.parse_origin` writes them), before its handler, guards or body are touched.
 
     Called by the app's one middleware (`app.py`) rather than made a guard: it reads two
     scope fields on every request, where a guard costs a copy of the route handler per

@@ -75,7 +75,8 @@ class ApiMetrics:
         self._submits = Counter(
             "conveyor_submits",
             "Submissions (each job of a batch), by outcome: accepted, replayed (a repeat under"
-            " an Idempotency-Key), or refused_<status>.",
+            " an Idempotency-Key), unique_replayed (a job not finished holds its unique key),"
+            " or refused_<status>.",
             ("type", "queue", "outcome"),
             registry=self.registry,
         )
@@ -120,7 +121,10 @@ class ApiMetrics:
     def submitted(self, accepted: Iterable[Accepted]) -> None:
         try:
             for one in accepted:
-                outcome = "accepted" if one.created else "replayed"
+                if one.created:
+                    outcome = "accepted"
+                else:
+                    outcome = "unique_replayed" if one.unique else "replayed"
                 self._count_submit(one.job.type, one.job.queue, outcome)
         except Exception as exc:
             self._guard(exc)

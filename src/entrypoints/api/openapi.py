@@ -36,8 +36,14 @@ from litestar.openapi.spec import (
 from litestar.params import HeaderParameter, PathParameter, QueryParameter
 
 from domain.job_types import JobType, JobTypeRegistry
-from domain.jobs import IDEMPOTENCY_KEY_MAX, NAME_PATTERN, PRIORITY_MAX, PRIORITY_MIN
-from domain.submission import MAX_BATCH, MAX_SCHEDULE_AHEAD
+from domain.jobs import (
+    IDEMPOTENCY_KEY_MAX,
+    NAME_PATTERN,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    UNIQUE_KEY_MAX,
+)
+from domain.submission import MAX_BATCH, MAX_SCHEDULE_AHEAD, MAX_UNIQUE_FOR
 from entrypoints.api.problems import PROBLEM_MEDIA_TYPE
 from entrypoints.api.schemas import Problem
 
@@ -63,6 +69,12 @@ _MOMENT_MAX: Final = 40
 _REPLAYED: Final = OpenAPIHeader(
     description="Present on the answer to a repeated `Idempotency-Key`: the job is the one the "
     "first request created.",
+    schema=Schema(type=OpenAPIType.STRING, enum=["true"]),
+    required=False,
+)
+_UNIQUE_REPLAYED: Final = OpenAPIHeader(
+    description="Present when a job of the queue that has not finished holds the submission's "
+    "`unique_key`: the job is that one, and nothing was stored.",
     schema=Schema(type=OpenAPIType.STRING, enum=["true"]),
     required=False,
 )
@@ -142,6 +154,10 @@ def path_parameter(description: str, pattern: str) -> PathParameter:
     return PathParameter(description=description, schema_extra={"pattern": pattern})
 
 
+# Any characters but control ones, as `domain.jobs.is_unique_key` accepts (ECMA regex).
+UNIQUE_KEY_PATTERN: Final = r"^[^\u0000-\u001f\u007f]+$"
+
+
 def _optional(kind: OpenAPIType, **schema: Any) -> Schema:
     # An option given as null is left to its default, as if it were not given.
     return Schema(type=[kind, OpenAPIType.NULL], **schema)
@@ -186,12 +202,16 @@ class SubmitJobOperation(LocatedOperation):
         super().__post_init__()
         accepted = (self.responses or {}).get("202")
         if isinstance(accepted, OpenAPIResponse):
-            accepted.headers = {**(accepted.headers or {}), "Idempotent-Replayed": _REPLAYED}
+            accepted.headers = {
+                **(accepted.headers or {}),
+                "Idempotent-Replayed": _REPLAYED,
+                "Unique-Replayed": _UNIQUE_REPLAYED,
+            }
         self.request_body = RequestBody(
             required=True,
             description="The job to run: its registered `type` and a `payload` that type "
             "accepts (see GET /job-types), optionally its limits, queue, priority, schedule "
-            "and deadline.",
+            "and deadline, and a `unique_key` or `unique_for`.",
             content={"application/json": OpenAPIMediaType(schema=_ref(SUBMISSION_SCHEMA))},
         )
 
@@ -318,6 +338,32 @@ def _variant(job_type: JobType, *, batch: bool) -> Schema:
             ],
             description="When the job expires unless it has finished: an RFC 3339 time or "
             "seconds from now. It must fall after the job may start, at most a year ahead.",
+        ),
+        "unique_key": _optional(
+            OpenAPIType.STRING,
+            min_length=1,
+            max_length=UNIQUE_KEY_MAX,
+            pattern=UNIQUE_KEY_PATTERN,
+            description="While a job of the queue under this key has not finished (scheduled, "
+            "queued, running, or waiting for a retry), a submission under it stores nothing and "
+            "is answered with that job (`Unique-Replayed: true`). Not with `unique_for`.",
+        ),
+        "unique_for": Schema(
+            one_of=[
+                Schema(
+                    type=OpenAPIType.ARRAY,
+                    items=Schema(
+                        type=OpenAPIType.STRING,
+                        enum=sorted(field.name for field in job_type.schema.fields),
+                    ),
+                    min_items=1,
+                    max_items=MAX_UNIQUE_FOR,
+                    unique_items=True,
+                ),
+                Schema(type=OpenAPIType.NULL),
+            ],
+            description="As `unique_key`, the key made of the job type and these payload "
+            "fields' values (each must be given). Not with `unique_key`.",
         ),
     }
     if batch:

@@ -22,10 +22,13 @@ from domain.errors import (
     FieldError,
     IdempotencyConflictError,
     InvalidJobError,
+    InvalidScheduleError,
     InvalidTransitionError,
     JobNotFoundError,
     QueueUnavailableError,
+    ScheduleNotFoundError,
     TooManyQueuesError,
+    UniqueKeyHeldError,
     UnknownJobTypeError,
     UnsupportedOperationError,
 )
@@ -110,9 +113,22 @@ def _to_problem(request: Request[Any, Any, Any], exc: Exception) -> tuple[Proble
                 instance,
                 exc.errors,
             ), {}
+        case InvalidScheduleError():
+            return _problem(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                "invalid-schedule",
+                summarize(exc.errors),
+                instance,
+                exc.errors,
+            ), {}
+        case ScheduleNotFoundError():
+            detail = f"no schedule named {clip(exc.name)!r}"
+            return _problem(HTTPStatus.NOT_FOUND, "schedule-not-found", detail, instance), {}
         case JobNotFoundError():
             detail = f"no job with id {clip(exc.job_id)!r}"
             return _problem(HTTPStatus.NOT_FOUND, "job-not-found", detail, instance), {}
+        case UniqueKeyHeldError():
+            return _problem(HTTPStatus.CONFLICT, "unique-key-held", str(exc), instance), {}
         case InvalidTransitionError():
             return _problem(HTTPStatus.CONFLICT, "invalid-transition", str(exc), instance), {}
         case IdempotencyConflictError():

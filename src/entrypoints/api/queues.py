@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 
 from domain.job_service import JobService
 from domain.jobs import NAME_PATTERN, is_name
+from entrypoints.api.catalog import QueueList, QueueView
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
@@ -21,7 +22,7 @@ from entrypoints.api.openapi import (
     unsupported,
 )
 from entrypoints.api.problems import ProblemError, clip
-from entrypoints.api.schemas import QueueList, QueueView
+from entrypoints.settings import Settings
 
 QueueName = Annotated[
     str, path_parameter("The queue's name: 1-64 of a-z, 0-9, '_' or '-'.", NAME_PATTERN)
@@ -52,12 +53,15 @@ class QueuesController(Controller):
         description="Every queue the job store knows of: jobs by status, the age of the "
         "oldest queued job, whether it is paused, how many live workers serve it, and its "
         "rates: jobs submitted and claimed per second lately, and claimed per second while it "
-        "had jobs waiting (`drain_rate`, what a queued job's estimated start divides by).",
+        "had jobs waiting (`drain_rate`, what a queued job's estimated start divides by); "
+        "and the rate and concurrency limits per job type (`limits`).",
         operation_class=ConveyorOperation,
         responses={501: _NO_STATS, 503: UNAVAILABLE},
     )
-    async def list_queues(self, jobs: NamedDependency[JobService]) -> QueueList:
-        return QueueList.from_domain(await jobs.queues())
+    async def list_queues(
+        self, jobs: NamedDependency[JobService], settings: NamedDependency[Settings]
+    ) -> QueueList:
+        return QueueList.from_domain(await jobs.queues(), settings.flow_limits)
 
     @get(
         "/{name:str}",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
 from domain.job_service import Accepted, JobDetails
-from domain.job_types import JobType
 from domain.jobs import AttemptOutcome, AttemptRecord, ErrorKind, Job, JobError, JobStatus
-from domain.ports import JobPage, QueueStats
+from domain.ports import JobPage
 from domain.timeline import (
     EventKind,
     TimelineEvent,
@@ -90,7 +89,7 @@ class WaitingReasonView(msgspec.Struct, frozen=True, kw_only=True):
             until=reason.until,
             ahead=reason.ahead,
             estimated_start=reason.estimated_start,
-            drain_rate=_rounded(reason.drain_rate),
+            drain_rate=rounded(reason.drain_rate),
         )
 
 
@@ -135,6 +134,7 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     retry_at: datetime | None
     cancel_requested_at: datetime | None
     heartbeat_at: datetime | None
+    unique_key: str | None
     progress: int | None
     result: Any
     error: JobErrorView | None
@@ -142,6 +142,8 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     history: list[AttemptView]
     waiting_reason: WaitingReasonView | None
     timeline: list[TimelineEventView]
+    # The key it was submitted under; a schedule's jobs carry `schedule:<name>:<tick>`.
+    idempotency_key: str | None = None
 
     @classmethod
     def from_details(cls, details: JobDetails, *, tracebacks: bool = False) -> JobView:
@@ -165,6 +167,7 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
             retry_at=job.retry_at,
             cancel_requested_at=job.cancel_requested_at,
             heartbeat_at=job.heartbeat_at,
+            unique_key=job.unique_key,
             progress=job.progress,
             result=job.result,
             error=(
@@ -180,6 +183,7 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
                 else WaitingReasonView.from_domain(details.waiting_reason)
             ),
             timeline=[TimelineEventView.from_domain(event) for event in details.timeline],
+            idempotency_key=job.idempotency_key,
         )
 
     @classmethod
@@ -191,19 +195,40 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
         return cls.from_details(details, tracebacks=tracebacks)
 
 
+class SubmittedJobView(JobView, frozen=True, kw_only=True):
+    """A submission's answer: the job, and whether it was there before this request (an
+    `Idempotency-Key` repeat, or a job not finished that holds the same `unique_key`; the
+    answer's header says which)."""
+
+    replayed: bool
+
+    @classmethod
+    def from_accepted(cls, accepted: Accepted, *, tracebacks: bool = False) -> SubmittedJobView:
+        view = JobView.from_domain(accepted.job, tracebacks=tracebacks)
+        fields = {name: getattr(view, name) for name in JobView.__struct_fields__}
+        return cls(**fields, replayed=not accepted.created)
+
+
 class BatchEntryView(msgspec.Struct, frozen=True, kw_only=True):
-    """One job of a batch: its id and status, and whether this request created it."""
+    """One job of a batch: its id and status, and whether this request created it; if not,
+    `replayed_by` says why: its `idempotency_key` named a job submitted before, or a job not
+    finished holds its `unique_key`."""
 
     id: str
     status: JobStatus
     created: bool
+    replayed_by: ReplayedBy | None
     location: str
 
     @classmethod
     def from_domain(cls, accepted: Accepted) -> BatchEntryView:
         job = accepted.job
         return cls(
-            id=job.id, status=job.status, created=accepted.created, location=job_location(job)
+            id=job.id,
+            status=job.status,
+            created=accepted.created,
+            replayed_by=replayed_by(accepted),
+            location=job_location(job),
         )
 
 
@@ -215,6 +240,16 @@ class BatchView(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_domain(cls, accepted: Sequence[Accepted]) -> BatchView:
         return cls(jobs=[BatchEntryView.from_domain(item) for item in accepted])
+
+
+ReplayedBy = Literal["idempotency_key", "unique_key"]
+
+
+def replayed_by(accepted: Accepted) -> ReplayedBy | None:
+    """Why a submission was answered with a job it did not create (None: it created it)."""
+    if accepted.created:
+        return None
+    return "unique_key" if accepted.unique else "idempotency_key"
 
 
 def job_location(job: Job) -> str:
@@ -235,80 +270,9 @@ class JobPageView(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
-class QueueView(msgspec.Struct, frozen=True, kw_only=True):
-    """One queue: its jobs by status, how long the oldest queued one has waited, whether it is
-    paused, how many live workers serve it (null when the backend cannot tell), and its rates
-    in jobs per second: `rate_in` submitted and `rate_out` claimed over about the last 10 s,
-    `drain_rate` claimed while it had jobs waiting over about the last 30 s of such time
-    (what a waiting job's `estimated_start` is made from); null when not measured."""
-
-    name: str
-    counts: dict[str, int]
-    oldest_queued_age: float | None
-    paused: bool
-    workers: int | None
-    rate_in: float | None
-    rate_out: float | None
-    drain_rate: float | None
-
-    @classmethod
-    def from_domain(cls, stats: QueueStats) -> QueueView:
-        return cls(
-            name=stats.name,
-            # Every status, so a client never has to tell "none" from "not reported".
-            counts={str(status): stats.counts.get(status, 0) for status in JobStatus},
-            oldest_queued_age=stats.oldest_queued_age,
-            paused=stats.paused,
-            workers=stats.workers,
-            rate_in=_rounded(stats.rate_in),
-            rate_out=_rounded(stats.rate_out),
-            drain_rate=_rounded(stats.drain_rate),
-        )
-
-
-def _rounded(rate: float | None) -> float | None:
+def rounded(rate: float | None) -> float | None:
     # Four significant digits: the rest is noise, and a decaying rate is never quite zero.
     return None if rate is None else float(f"{rate:.4g}")
-
-
-class QueueList(msgspec.Struct, frozen=True, kw_only=True):
-    queues: list[QueueView]
-
-    @classmethod
-    def from_domain(cls, stats: Sequence[QueueStats]) -> QueueList:
-        return cls(queues=[QueueView.from_domain(queue) for queue in stats])
-
-
-class JobTypeView(msgspec.Struct, frozen=True, kw_only=True):
-    """A registered job type: its defaults, the limits a submission may ask for, its payload."""
-
-    name: str
-    description: str
-    queue: str
-    priority: int
-    max_attempts: int
-    max_attempts_limit: int
-    timeout: float
-    timeout_limit: float
-    payload_schema: dict[str, Any]
-
-    @classmethod
-    def from_domain(cls, job_type: JobType) -> JobTypeView:
-        return cls(
-            name=job_type.name,
-            description=job_type.description,
-            queue=job_type.queue,
-            priority=job_type.priority,
-            max_attempts=job_type.retry.max_attempts,
-            max_attempts_limit=job_type.retry.max_attempts_limit,
-            timeout=job_type.timeout,
-            timeout_limit=job_type.timeout_limit,
-            payload_schema=job_type.schema.json_schema(),
-        )
-
-
-class JobTypeList(msgspec.Struct, frozen=True, kw_only=True):
-    job_types: list[JobTypeView]
 
 
 class HealthView(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,19 +1,22 @@
 """The `conveyor` command: run the API, a worker or the whole service; submit, inspect and
-manage jobs and queues."""
+manage jobs, queues and schedules."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from entrypoints.cli import jobs, queues, serve, submit, top
+from entrypoints.cli import jobs, queues, schedules, serve, submit, top
 from entrypoints.cli.submit import follow
-from entrypoints.container import Container
 from entrypoints.logs import configure_logging
 from entrypoints.redaction import url_secrets
 from entrypoints.rq_keys import use_rq_key_prefix
 from entrypoints.settings import QueueBackend, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from entrypoints.container import Container
 
 __all__ = ["follow", "main"]
 
@@ -51,5 +54,6 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_commands(commands)
     jobs.add_commands(commands)
     queues.add_commands(commands)
+    schedules.add_commands(commands)
     top.add_commands(commands)
     return parser

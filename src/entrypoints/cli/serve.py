@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrypoints.cli.arguments import positive_int
+from entrypoints.container import build_container
 from entrypoints.logs import redact_url
-from entrypoints.settings import QueueBackend, Settings, parse_flag, parse_weighted_queues
+from entrypoints.scheduling import check_schedules
+from entrypoints.setting_values import parse_weighted_queues
+from entrypoints.settings import QueueBackend, Settings, parse_flag
 from entrypoints.tracing import check_tracing
 
 if TYPE_CHECKING:
@@ -61,6 +64,13 @@ def add_commands(commands: Commands) -> None:
     )
     worker.set_defaults(run=run_worker)
 
+    scheduler = commands.add_parser(
+        "scheduler",
+        help="run only the scheduler (the API and `conveyor worker` run it too; with"
+        " QUEUE_BACKEND=rq the workers do not)",
+    )
+    scheduler.set_defaults(run=run_scheduler)
+
     dev = commands.add_parser(
         "dev",
         help="the whole service in one terminal: local Redis (if REDIS_URL is unset), "
@@ -86,6 +96,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     check_tracing(settings)
     if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
+    check_schedules(build_container(settings))  # the same: a bad CONVEYOR_SCHEDULES
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
     # handler was there before it; with these, a clean stop exits 0 instead of dying by it.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -106,6 +117,11 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    if settings.queue_backend is not QueueBackend.RQ:
+        from entrypoints.worker.spawning import start_fork_server
+
+        # First: it loads the worker's modules while this process loads the supervisor's.
+        start_fork_server()
     from entrypoints.worker.main import run_worker
 
     _warn_of_faults(settings)
@@ -119,6 +135,12 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
         weights=weights,
         metrics_port=args.metrics_port or settings.metrics_port,
     )
+
+
+def run_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from entrypoints.scheduling import run_scheduler_process
+
+    return run_scheduler_process(settings)
 
 
 def run_dev(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,13 +14,15 @@ from domain.errors import DomainError, InvalidJobError
 from domain.job_service import JobService
 from domain.jobs import Job
 from domain.ports import QueueStats
-from entrypoints.api.schemas import JobView, QueueView
-from entrypoints.container import Container, build_container
+from entrypoints.api.catalog import QueueView
+from entrypoints.api.schemas import JobView
 from entrypoints.settings import Settings
 
 if TYPE_CHECKING:  # rich is imported by the commands that draw, not by every process
     from rich.console import Console
     from rich.table import Table
+
+    from entrypoints.container import Container
 
 
 def with_job(
@@ -61,6 +63,10 @@ def with_service(
 async def _serve(
     given: Container | None, settings: Settings, action: Callable[[JobService], Awaitable[int]]
 ) -> int:
+    # Here, not at the top: `conveyor worker` imports this module too, and the container's
+    # imports would hold back the start of its fork server (see `worker.spawning`).
+    from entrypoints.container import build_container
+
     container = build_container(settings) if given is None else given
     try:
         return await action(container.job_service())

@@ -58,6 +58,19 @@ def add_commands(commands: Commands) -> None:
     submit.add_argument(
         "--idempotency-key", default=None, help="a repeat with this key answers the first job"
     )
+    unique = submit.add_mutually_exclusive_group()
+    unique.add_argument(
+        "--unique-key",
+        default=None,
+        help="while a job of the queue under this key has not finished, answer it instead",
+    )
+    unique.add_argument(
+        "--unique-for",
+        type=_field_names,
+        default=None,
+        metavar="FIELD,...",
+        help="as --unique-key, the key made of the type and these payload fields' values",
+    )
     submit.add_argument(
         "--wait", action="store_true", help="follow the job, with a progress bar, until it ends"
     )
@@ -80,11 +93,16 @@ def run_submit(args: argparse.Namespace, settings: Settings) -> int:
         delay=args.delay,
         run_at=args.run_at,
         deadline=args.deadline,
+        unique_key=args.unique_key,
+        unique_for=args.unique_for,
     )
 
     async def submit(service: JobService) -> int:
         accepted = await service.submit(submission, idempotency_key=args.idempotency_key)
-        if not accepted.created:
+        if accepted.unique:
+            note = f"job {accepted.job.id} holds the unique key and has not finished: that is it"
+            print(f"conveyor: {note}", file=sys.stderr)
+        elif not accepted.created:
             note = f"the idempotency key was used before: this is job {accepted.job.id}"
             print(f"conveyor: {note}", file=sys.stderr)
         if not args.wait:
@@ -95,6 +113,10 @@ def run_submit(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if job.status is JobStatus.SUCCEEDED else 1
 
     return with_service(args, settings, submit)
+
+
+def _field_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
 
 
 async def follow(

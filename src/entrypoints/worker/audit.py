@@ -54,7 +54,12 @@ class AuditLog(AttemptObserver):
         os.write(self._fd, (json.dumps(line, separators=(",", ":")) + "\n").encode())
 
     def started(self, lease: Lease) -> None:
-        self._write("start", lease)
+        # When the claim started it, on the backend's clock: what limits are enforced on.
+        started_at = lease.job.started_at
+        if started_at is None:  # pragma: no cover - a claim always sets it
+            self._write("start", lease)
+        else:
+            self._write("start", lease, started_at=started_at.timestamp())
 
     def renewed(self, lease: Lease) -> None:
         self._write("renewed", lease)
@@ -64,8 +69,12 @@ class AuditLog(AttemptObserver):
         (`succeeded` only when the backend accepted the result under this lease's token),
         `released` when a stopping worker handed the job back, `lease_lost` when the backend
         refused the write, or `left_to_lease` when it could not be told (see
-        `worker.endings`)."""
-        self._write("end", lease, outcome=end.outcome)
+        `worker.endings`). `handler_ended`, when known, is when its handler was done: before
+        the settlement was stored, which is what frees the job's concurrency slot."""
+        if end.handler_ended is None:
+            self._write("end", lease, outcome=end.outcome)
+        else:
+            self._write("end", lease, outcome=end.outcome, handler_ended=end.handler_ended)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -17,6 +17,11 @@ class WorkerConfig:
     # How long one claim call waits for work; also bounds how late a stop request is noticed.
     claim_wait: float = 1.0
     recover_interval: float = 1.0
+    # While this worker's claims run the queues' maintenance themselves (it is idle or has
+    # free slots, so it claims at least every `claim_wait`), its own recovery runs only this
+    # often, for what claims leave to it: forgetting finished jobs past their retention and
+    # the sweep of unused queues (itself at most every 10 s).
+    tidy_interval: float = 10.0
     drain_grace: float = 30.0
     recycle_after_jobs: int = 0  # 0: never
     recycle_rss_mb: int = 0  # 0: never

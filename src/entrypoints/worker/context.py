@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
@@ -41,6 +42,8 @@ class WorkerJobContext(JobContext):
         # Progress writes are coalesced: at most one in flight, the latest value wins.
         self._pending: int | None = None
         self._writer: asyncio.Task[None] | None = None
+        # When the handler was done (wall clock), once it is: what `settle` records.
+        self.handler_ended: float | None = None
         self._blocking: set[Future[Any]] = set()
 
     @property
@@ -92,6 +95,8 @@ class WorkerJobContext(JobContext):
 
     async def settle(self) -> None:
         """Wait for the last progress write, so it cannot land after the completion."""
+        # The handler is done: when, for the audit log (its settlement is written later).
+        self.handler_ended = time.time()
         if self._writer is not None and not self._writer.done():
             await asyncio.wait([self._writer])
 

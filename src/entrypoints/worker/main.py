@@ -19,6 +19,7 @@ from domain.ports import Connection, LeaseQueue, QueueMonitor
 from entrypoints.container import Container, build_container
 from entrypoints.lifetime import follow_parent
 from entrypoints.logs import redact_url
+from entrypoints.scheduling import check_schedules, schedule
 from entrypoints.settings import QueueBackend, Settings
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
@@ -152,7 +153,22 @@ def _supervise(
         observers=[counted] if counted is not None else [],
         pool_observer=counted,
     )
-    return asyncio.run(_until_signalled(supervisor.run, wired.connection))
+    container = wired.container
+    check_schedules(container)  # a bad CONVEYOR_SCHEDULES stops start-up (SettingsError)
+
+    async def supervise_and_schedule(stop: asyncio.Event) -> int:
+        # The supervisor (one per `conveyor worker`, not its children) runs the scheduler:
+        # the store gives each tick to one process, however many run it.
+        if not container.settings().scheduler:
+            return await supervisor.run(stop)
+        scheduling = asyncio.create_task(schedule(container, stop))
+        try:
+            return await supervisor.run(stop)
+        finally:
+            stop.set()
+            await scheduling
+
+    return asyncio.run(_until_signalled(supervise_and_schedule, wired.connection))
 
 
 def run_child(

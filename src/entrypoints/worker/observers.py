@@ -30,6 +30,9 @@ class AttemptEnd:
     outcome: str  # the stored status, or the worker's word for an attempt that wrote nothing
     error_kind: ErrorKind | None = None  # why it ended badly (`timed_out`, `worker_lost`, ...)
     elapsed: float | None = None  # seconds the processor ran it; None when not run here
+    # When its handler was done (wall clock, before the settlement was written); None when
+    # not known.
+    handler_ended: float | None = None
 
     @property
     def timed_out(self) -> bool:

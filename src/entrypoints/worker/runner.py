@@ -92,6 +92,10 @@ class Worker:
         self._stop = asyncio.Event()
         self._retiring: str | None = None
         self._baseline_rss: int | None = None
+        # Whether the claim loop is claiming and its last claim came back empty: it tried
+        # every queue, so each claim (at least every MAX_BLOCK_SECONDS of a waiting one)
+        # runs their maintenance, what `recover` does for lapsed leases, due and expired jobs.
+        self._claims_maintain = False
         self.completed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -148,6 +152,7 @@ class Worker:
         while not self._stop.is_set():
             free = cfg.concurrency - len(self._running)
             if free <= 0:
+                self._claims_maintain = False
                 await self._wait_for_slot()
                 continue
             request = ClaimRequest(
@@ -160,6 +165,7 @@ class Worker:
             try:
                 leases = await self._leases.claim(request)
             except QueueUnavailableError as exc:
+                self._claims_maintain = False
                 if outage_since is None:
                     outage_since = time.monotonic()
                     log.warning("queue unavailable, retrying", extra={"reason": exc.reason})
@@ -173,6 +179,7 @@ class Worker:
                 )
                 outage_since = None
                 backoff = cfg.backoff_first
+            self._claims_maintain = not leases
             suspects = [lease for lease in leases if killed_a_worker(lease)]
             for lease in (lease for lease in leases if lease not in suspects):
                 self._start(lease)
@@ -249,7 +256,8 @@ class Worker:
         elapsed = time.monotonic() - started
         if self._observers:  # most workers have none: then nothing is built for them
             kind = result.error.kind if result.error else None
-            self._observers.ended(lease, AttemptEnd(said(result.status), kind, elapsed))
+            end = AttemptEnd(said(result.status), kind, elapsed, context.handler_ended)
+            self._observers.ended(lease, end)
         log_result(lease, result, elapsed)
         if result.abandoned or context.blocking_calls_running:
             # Its handler still runs (a thread cannot be interrupted): only replacing this
@@ -355,10 +363,19 @@ class Worker:
                     entry.stop(None)
 
     async def _recover_forever(self) -> None:
+        cfg = self._config
+        tidied = time.monotonic()
         while True:
-            await asyncio.sleep(self._config.recover_interval)
+            await asyncio.sleep(cfg.recover_interval)
+            now = time.monotonic()
+            if self._claims_maintain and now - tidied < cfg.tidy_interval:
+                # This worker's claims keep maintaining its queues (each waiting claim also
+                # wakes at the next lease expiry or due job): recovering too would only
+                # repeat them.
+                continue
+            tidied = now
             try:
-                moved = await self._leases.recover(self._config.queues)
+                moved = await self._leases.recover(cfg.queues)
             except QueueUnavailableError:
                 continue  # the claim loop reports outages
             if moved:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -37,6 +38,18 @@ PRELOAD: Final = (
 )
 # The exit status reported when the fork server itself is gone and cannot say.
 UNKNOWN_EXIT: Final = 255
+
+
+def start_fork_server() -> None:
+    """Start the fork server now, without waiting for it: its interpreter then imports the
+    worker's modules while this process still imports and sets up its own, on another core,
+    instead of after (most of the time from `conveyor worker` to its first job done).
+
+    A child still sees this process's environment as it is when the child is forked (the
+    fork server's own is copied at this call), see `ForkServer.spawn`.
+    """
+    multiprocessing.set_forkserver_preload(list(PRELOAD))
+    multiprocessing.forkserver.ensure_running()
 
 
 class ForkedChild:
@@ -100,7 +113,10 @@ class ForkServer:
         control = multiprocessing.connection.Connection(os.dup(control_fd), readable=False)
         try:
             process = self._context.Process(
-                target=_child, args=(spec, control), daemon=True, name="conveyor-worker"
+                target=_child,
+                args=(spec, control, dict(os.environ)),
+                daemon=True,
+                name="conveyor-worker",
             )
             process.start()
         finally:
@@ -108,10 +124,16 @@ class ForkServer:
         return ForkedChild(process)
 
 
-def _child(spec: ChildSpec, control: multiprocessing.connection.Connection) -> None:
+def _child(
+    spec: ChildSpec, control: multiprocessing.connection.Connection, environ: dict[str, str]
+) -> None:
     """In the forked child: run one worker process, as if started on its own."""
     code = 1
     try:
+        # The supervisor's environment now, not the fork server's from its start (the
+        # supervisor may have set some since: the metrics directory).
+        os.environ.clear()
+        os.environ.update(environ)
         fd = os.dup(control.fileno())
         control.close()
         # Its own session, as the supervisor gives every child: a terminal's Ctrl-C reaches

@@ -140,6 +140,7 @@ def test_r1_redis_kill9_and_restart_under_load_loses_no_acked_job(
     assert children == 2
 
 
+@pytest.mark.alone
 def test_r3_redis_frozen_for_10s_gives_fast_503s_and_loses_nothing(
     own_redis: OwnRedis, tmp_path: Path
 ) -> None:

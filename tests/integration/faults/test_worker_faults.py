@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.faults.checker import JobState, LedgerReader, executions_of
 from tests.integration.faults.harness import (
     LEASE_S,
@@ -152,6 +154,7 @@ def test_w3_sigterm_drains_short_jobs_and_releases_long_ones(
         assert final[job_id].status in ("succeeded", "queued"), final[job_id]
 
 
+@pytest.mark.alone
 def test_w4_poison_jobs_die_after_max_attempts_while_the_pool_serves(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -172,6 +172,7 @@ async def phase(
     return spent / WINDOW, last - resumed, subscriptions
 
 
+@pytest.mark.alone
 def test_thousands_of_waiters_cost_redis_nothing_while_they_wait(
     redis_of_its_own: str, tmp_path: Path
 ) -> None:
@@ -218,6 +219,7 @@ def test_thousands_of_waiters_cost_redis_nothing_while_they_wait(
     assert many_woken < 15
 
 
+@pytest.mark.alone
 def test_past_the_most_waiters_a_wait_is_answered_at_once(redis_url: str, tmp_path: Path) -> None:
     env = service_env(redis_url, CONVEYOR_MAX_WAITERS="100")
     with Api(env, tmp_path) as api:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.integration.processes import Api, Conveyor, service_env, wait_for_job
 
@@ -58,6 +59,7 @@ def _top(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.alone
 def test_a_paused_then_resumed_queue_starts_its_jobs_about_when_their_estimates_said(
     redis_url: str, tmp_path: Path
 ) -> None:

@@ -16,12 +16,15 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from entrypoints.local_redis import LocalRedis
 from tests.integration.faults.harness import Pool
+from tests.integration.hardening.streams import CommandCounter
 from tests.integration.processes import Api, free_port, service_env, wait_for_job
 
 Figures = dict[tuple[str, frozenset[tuple[str, str]]], float]
 DUMMY = "dummy"
 DONE = {"succeeded", "dead", "cancelled", "expired"}
+SCRAPES = 20
 
 
 def scrape(url: str) -> Figures:
@@ -215,29 +218,45 @@ def test_a_worker_whose_metrics_port_is_taken_stops_with_one_line_naming_it(
     assert f"127.0.0.1:{port} is taken" in lines[0]
 
 
-def test_the_api_scrape_answers_within_100_ms_with_1000_queues_known(
-    redis_url: str, tmp_path: Path
+def test_the_api_scrape_reads_1000_queues_in_one_round_trip_of_one_script_each(
+    tmp_path: Path,
 ) -> None:
-    env = service_env(redis_url)
-    with Api(env, tmp_path) as api, api.client() as client:
-        jobs = [
-            {"type": DUMMY, "payload": {"mode": "succeed"}, "queue": f"q{n:04d}"}
-            for n in range(1000)
-        ]
-        assert client.post("/jobs/batch", json={"jobs": jobs}).status_code == 202
-        assert len(client.get("/queues").json()["queues"]) == 1000
-        client.get("/metrics")  # the scripts loaded, the connection made
-        times = []
-        for _ in range(20):
-            began = time.perf_counter()
-            answer = client.get("/metrics")
-            times.append(time.perf_counter() - began)
-            assert answer.status_code == 200
-        figures = scrape(f"{api.base}/metrics")
+    """The scrape's cost in Redis grows by one script per known queue and nothing else, sent
+    as one pipeline. How long it takes is printed here, never asserted: on a shared machine
+    a time bound fails for reasons of the machine's."""
+    with LocalRedis(data_dir=tmp_path / "redis") as server:
+        # No scheduler in this API: its polls would land in the count.
+        env = service_env(server.url, CONVEYOR_SCHEDULER="0")
+        commands = CommandCounter(server.url)
+        with Api(env, tmp_path) as api, api.client() as client:
+            jobs = [
+                {"type": DUMMY, "payload": {"mode": "succeed"}, "queue": f"q{n:04d}"}
+                for n in range(1000)
+            ]
+            assert client.post("/jobs/batch", json={"jobs": jobs}).status_code == 202
+            assert len(client.get("/queues").json()["queues"]) == 1000
+            client.get("/metrics")  # the scripts loaded, the connection made
+            times = []
+            before = commands.snapshot()
+            for _ in range(SCRAPES):
+                began = time.perf_counter()
+                answer = client.get("/metrics")
+                times.append(time.perf_counter() - began)
+                assert answer.status_code == 200
+            spent = commands.snapshot() - before
+            figures = scrape(f"{api.base}/metrics")
+        commands.close()
     times.sort()
-    p50, worst = times[10] * 1000, times[-1] * 1000
-    print(f"\n/metrics with 1,000 queues: p50 {p50:.0f} ms, max {worst:.0f} ms")
+    per_scrape = sum(spent.values()) / SCRAPES
+    print(
+        f"\n/metrics with 1,000 queues: p50 {times[SCRAPES // 2] * 1000:.0f} ms, max "
+        f"{times[-1] * 1000:.0f} ms, {per_scrape:.1f} Redis commands per scrape ({dict(spent)})"
+    )
     queued = {labels for name, labels in figures if name == "conveyor_queue_jobs"}
     assert len(queued) == 1000 * 2  # queued and active; the other statuses hold none
     assert value(figures, "conveyor_queue_jobs", queue="q0999", status="queued") == 1
-    assert times[10] < 0.1
+    # One script per queue (INFO commandstats counts the commands inside it too: a fixed
+    # number, however many jobs the queue holds), and the known queues' list.
+    assert spent["evalsha"] == 1000 * SCRAPES, dict(spent)
+    assert spent["smembers"] == SCRAPES, dict(spent)
+    assert per_scrape <= 1000 * 15, dict(spent)

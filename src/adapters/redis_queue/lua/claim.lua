@@ -1,35 +1,51 @@
 -- claim: maintenance (`maintain`), then lease up to `limit` queued jobs to one worker, in
 -- claim order; none while the queue is paused.
 --
--- KEYS: queued active delayed deadlines cancelling marker paused seq tokens rates
+-- KEYS: queued active delayed deadlines cancelling marker paused seq tokens rates limited
+-- then, per limited job type (ARGV[6] of them), its starts, started and slots keys (`limits`)
 -- ARGV[1] limit: the most jobs to lease
 -- ARGV[2] the lease's length, ms
 -- ARGV[3] the worker's id
 -- ARGV[4] result retention, ms
 -- ARGV[5] dead retention, ms (not positive: kept for good)
+-- ARGV[6] how many job types are limited, then per type 4 values (`limits`): its name, its
+--   rate's count and window in ms (0 0: no rate), its concurrency (0: none)
 -- Returns {jobs, wake_in}: jobs holds one array per claimed job (the FIELDS values, then
--- the new token); wake_in is the ms until the next due job or lease expiry, -1 if none
--- (only computed when nothing was claimed).
+-- the new token); wake_in is the ms until the next due job, lease expiry or start a rate
+-- allows, -1 if none (only computed when nothing was claimed).
 --
 -- Ids in `queued` whose hash is gone or whose status cannot be claimed are dropped; a job
--- whose deadline has passed expires instead of being claimed. Publishes the ids of the jobs
--- it finished (`finished`). Counts the jobs it took off the line in the queue's rates
+-- whose deadline has passed expires instead of being claimed. A job whose type is at its
+-- limit is parked (`limits`, `parking`), at most $MAINTENANCE_BATCH per call; parked jobs
+-- go back in line as their type's limits allow, before the claim. Publishes the ids of the
+-- jobs it finished (`finished`). Counts the jobs it took off the line in the queue's rates
 -- (`rates_out`).
--- Needs: maintain wake retain deadline batch finished rates
+-- Needs: parking maintain wake retain deadline batch finished rates
 local CLAIMABLE = $CLAIMABLE
 local limit = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
 local worker = ARGV[3]
 local result_ttl = tonumber(ARGV[4])
+local limited = read_limits(6)
 
 maintain(result_ttl, tonumber(ARGV[5]))
 
 local jobs = {}
 local taken = 0  -- ids taken off the line: claimed, expired or dropped
+local parked = 0
+if limited then
+  for name, l in pairs(limited) do
+    room(l)
+    l.held, l.parked = {}, {}
+    if l.free > 0 and redis.call('SISMEMBER', Q.limited, name) == 1 then
+      unpark(name, math.min(l.free, limit))
+    end
+  end
+end
 if redis.call('EXISTS', Q.paused) == 0 then
   local expires = int(now_ms + lease_ms)
   local leased, from = {}, {}
-  while #jobs < limit do
+  while #jobs < limit and parked < $MAINTENANCE_BATCH do
     local popped = redis.call('ZPOPMIN', Q.queued, limit - #jobs)
     if #popped == 0 then break end
     taken = taken + #popped / 2
@@ -38,13 +54,19 @@ if redis.call('EXISTS', Q.paused) == 0 then
     for n = 1, #popped, 2 do
       local id = popped[n]
       local key = job_key(id)
-      local f = redis.call('HMGET', key, 'status', 'attempts', 'deadline')
+      local f = redis.call('HMGET', key, 'status', 'attempts', 'deadline', 'type')
+      local l = limited and CLAIMABLE[f[1]] and limited[f[4]]
       if CLAIMABLE[f[1]] and past(f[3]) then
         redis.call('ZREM', Q.deadlines, id)
         redis.call('HSET', key, 'status', $EXPIRED, 'finished_at', now)
         reindex(id, f[1], $EXPIRED)
         retain(key, result_ttl)
         finish(id)
+      elseif l and l.free <= 0 then
+        -- Its type is at its limit: set aside, still queued, at its place in line.
+        l.parked[#l.parked + 1] = popped[n + 1]
+        l.parked[#l.parked + 1] = id
+        parked, taken = parked + 1, taken - 1
       elseif CLAIMABLE[f[1]] then
         -- The attempt is counted now, so a job that kills its worker still uses one up.
         local attempts = (tonumber(f[2]) or 0) + 1
@@ -55,6 +77,12 @@ if redis.call('EXISTS', Q.paused) == 0 then
         if f[3] then redis.call('ZREM', Q.deadlines, id) end
         leased[#leased + 1] = expires
         leased[#leased + 1] = id
+        if l then
+          l.free = l.free - 1
+          l.first = l.first or int(token)
+          l.held[#l.held + 1] = expires
+          l.held[#l.held + 1] = id
+        end
         note(from, f[1], id)
         jobs[#jobs + 1] = redis.call('HMGET', key, $FIELDS)
       end
@@ -65,18 +93,41 @@ if redis.call('EXISTS', Q.paused) == 0 then
 end
 
 local wake_in = -1
+if limited then
+  for name, l in pairs(limited) do
+    if l.rate > 0 and l.first then started(l, #l.held / 2, l.first) end
+    if l.conc > 0 then zadd_all(l.slots, l.held) end
+    if #l.parked > 0 then
+      zadd_all(parked_key(name), l.parked)
+      redis.call('SADD', Q.limited, name)
+    end
+  end
+end
 if #jobs > 0 then
-  -- Work left over: let another claimer in. None: the claim order starts over.
+  -- Work left over: let another claimer in. None: the claim order starts over, unless jobs
+  -- are parked (they keep their places).
   local left = redis.call('EXISTS', Q.queued) == 1
-  if left then wake() else redis.call('DEL', Q.seq) end
+  if left then wake()
+  elseif redis.call('EXISTS', Q.limited) == 0 then redis.call('DEL', Q.seq) end
   rates_out(taken, left)
 else
+  -- Stopped by the most jobs parked per call: another claim goes on with the rest.
+  if parked >= $MAINTENANCE_BATCH then wake() end
   rates_out(taken, taken > 0 and redis.call('EXISTS', Q.queued) == 1)
   local next_at = nil
   local d = redis.call('ZRANGE', Q.delayed, 0, 0, 'WITHSCORES')
   if d[2] then next_at = tonumber(d[2]) end
   local a = redis.call('ZRANGE', Q.active, 0, 0, 'WITHSCORES')
   if a[2] and (next_at == nil or tonumber(a[2]) < next_at) then next_at = tonumber(a[2]) end
+  if limited then
+    -- A type held by its rate with jobs parked: wake when its next start is allowed.
+    for name, l in pairs(limited) do
+      if l.until_ms and (next_at == nil or l.until_ms < next_at)
+          and redis.call('SISMEMBER', Q.limited, name) == 1 then
+        next_at = l.until_ms
+      end
+    end
+  end
   if next_at then wake_in = math.max(0, next_at - now_ms) end
 end
 publish_finished()

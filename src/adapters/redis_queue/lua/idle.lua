@@ -4,7 +4,7 @@
 -- the queue is idle when it is not paused, no live worker serves it, and it holds no job
 -- (the finished ones past their retention are forgotten first, as recover would).
 --
--- KEYS: queued active delayed deadlines cancelling marker paused seq tokens stale workers rates
+-- KEYS: queued active delayed deadlines cancelling marker paused seq tokens stale workers rates limited
 -- ARGV[1] result retention, ms
 -- ARGV[2] dead retention, ms (not positive: kept for good)
 -- Returns 1 if the queue is idle (its remaining keys are gone now), else 0.
@@ -20,5 +20,5 @@ end
 -- about one job, and there is none), a marker would only wake a claimer for nothing, and
 -- a forgotten queue's rates go with it.
 redis.call('DEL', Q.deadlines, Q.cancelling, Q.marker, Q.seq, Q.tokens, Q.stale, Q.workers,
-           Q.rates)
+           Q.rates, Q.limited)
 return 1

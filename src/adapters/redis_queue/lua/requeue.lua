@@ -5,14 +5,24 @@
 -- KEYS: queued active delayed deadlines cancelling marker seq
 -- ARGV[1] job id
 -- Returns {1, fields} requeued (fields: the FIELDS values, then no token);
--- {0, status} refused, the job's status cannot be requeued; {0} no such job.
--- Needs: wake deadline order
+-- {0, status} refused, the job's status cannot be requeued; {0, status, holder, unique key}
+-- refused, another job not finished holds its unique key; {0} no such job.
+-- A job with a unique key takes it again.
+-- Needs: wake deadline order unique
 local id = ARGV[1]
 local key = job_key(id)
 local REQUEUABLE = $REQUEUABLE
-local f = redis.call('HMGET', key, 'status', 'priority', 'deadline')
+local f = redis.call('HMGET', key, 'status', 'priority', 'deadline', 'unique')
 if not f[1] then return {0} end
 if not REQUEUABLE[f[1]] then return {0, f[1]} end
+if f[4] then
+  local unique = unique_key(base, f[4])
+  local holder = unique_holder(base, unique)
+  if holder and holder ~= id then
+    return {0, f[1], holder, redis.call('HGET', key, 'unique_key') or ''}
+  end
+  redis.call('SET', unique, id)
+end
 redis.call('HDEL', key, 'error', 'result', 'progress', 'started_at', 'finished_at', 'token',
            'retry_at', 'cancel_requested_at', 'heartbeat_at')
 redis.call('HSET', key, 'status', $QUEUED, 'attempts', 0)

@@ -1,9 +1,11 @@
 -- settle: end attempts, each by the one rule (`decide`) applied to its job as stored now:
 -- what `LeaseQueue.settle` does, for the calls of one event-loop tick on one queue.
 --
--- KEYS: active queued delayed deadlines cancelling marker seq stale
+-- KEYS: active queued delayed deadlines cancelling marker seq stale limited
+-- then the slots key of each concurrency-limited job type (ARGV[3] of them, `limits`)
 -- ARGV[1] result retention, ms (succeeded, cancelled and expired jobs expire then)
 -- ARGV[2] dead retention, ms (not positive: kept for good)
+-- ARGV[3] how many slots keys follow the fixed keys
 -- then per attempt, 4 values for a success and 6 for any other ending:
 --   job id, token,
 --   outcome: how the attempt ended (an AttemptOutcome),
@@ -13,11 +15,13 @@
 --   summary: the error's line in the job's history, or ''
 -- Returns one value per attempt, in order: the status the job was given, or 0 (counted as
 -- a stale write) when the token is not the job's current lease. Publishes the ids of the
--- jobs it finished (`finished`).
--- Needs: settlement batch forget wake
+-- jobs it finished (`finished`). Releases the slots the ended attempts held, and wakes a
+-- claimer when one was released while jobs of a limited type are parked.
+-- Needs: settlement batch forget wake limits
 local result_ttl, dead_ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local answers, ended_ids, to, stale, succeeded = {}, {}, {}, 0, 0
-local i = 3
+read_slots(3)
+local i = 4
 while i <= #ARGV do
   local id, outcome = ARGV[i], ARGV[i + 2]
   local retry_in, summary, width = nil, '', 4
@@ -41,7 +45,8 @@ while i <= #ARGV do
 end
 zrem_all(Q.active, ended_ids)
 reindex_from($ACTIVE, to)
-if to[$QUEUED] then wake() end
+local released = release_slots(ended_ids)
+if to[$QUEUED] or (released and redis.call('EXISTS', Q.limited) == 1) then wake() end
 if stale > 0 then redis.call('INCRBY', Q.stale, stale) end
 -- Forget the results past their retention, a few per success (recover does the rest).
 if succeeded > 0 then forget($SUCCEEDED, result_ttl, $INDEX_TRIM_BATCH * succeeded) end

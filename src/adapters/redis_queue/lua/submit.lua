@@ -15,12 +15,13 @@
 --   longest its oldest queued job may have waited (ms) or ''
 -- then the number of submissions, then per submission: its number of jobs, then per job:
 --   queue number, job id, the position in KEYS of its idempotency key or '', fingerprint,
---   run_at ms or '', deadline ms or '', priority, m, and m hash field/value arguments
---   (every one but status)
+--   run_at ms or '', deadline ms or '', priority, its unique key's digest or '', m, and m
+--   hash field/value arguments (every one but status; `unique` among them with a digest)
 -- Returns one answer per submission:
 --   {1, flags, id, ...} stored; flags has one character per job: '1' stored, '0' not stored
---     (a job with its id exists), 'k' not stored: its idempotency key holds a job, whose id
---     follows (one id per 'k', in order);
+--     (a job with its id exists), 'k' not stored: its idempotency key holds a job, 'u' not
+--     stored: a job of its queue not finished holds its unique key (`unique`); the id of
+--     that job follows (one id per 'k' or 'u', in order);
 --   {0, 'conflict', i}: job i (from 0) reuses an idempotency key with another fingerprint;
 --   {0, 'depth', base, jobs waiting with these, limit}, {0, 'age', base, oldest queued job's
 --     age ms, limit}: the queue of key base `base` is over a limit;
@@ -29,7 +30,10 @@
 -- in `delayed` until then; any other is `queued`. The hashes (and idempotency keys) are
 -- written submission by submission; each queue's sets take the jobs of every submission at
 -- the end, in one command per set, and each queue's rate in counts its new jobs.
--- Needs: wake order batch rates
+-- A unique key is checked and taken here, in its queue's hash slot: the idempotency key is
+-- looked at first, then the unique key; a job answered with the holder of its unique key
+-- stores its idempotency key naming that holder, so a repeat is answered the same.
+-- Needs: wake order batch rates unique
 local idem_ttl = ARGV[1]
 local max_memory = tonumber(ARGV[2])
 local nq = tonumber(ARGV[3])
@@ -105,34 +109,53 @@ end
 
 -- One submission: the ARGV offsets of its jobs.
 local function submit(jobs)
-  local held, seen = {}, {}  -- what its earlier jobs take: idempotency keys, job keys
+  -- What its earlier jobs take: idempotency keys, job keys, unique keys.
+  local held, seen, uniques = {}, {}, {}
   local fresh, flags, answer = {}, {}, {1, ''}
+  local replays = {}  -- idempotency key, value: requests answered with a unique key's holder
   for k, o in ipairs(jobs) do
     local id, idem, fingerprint = ARGV[o + 1], idempotency_key(o), ARGV[o + 3]
+    local b = queues[tonumber(ARGV[o])].base
     local prior = false
     if idem then prior = held[idem] or redis.call('GET', idem) end
+    local unique, holder = nil, nil
+    if not prior and ARGV[o + 7] ~= '' then
+      unique = unique_key(b, ARGV[o + 7])
+      holder = uniques[unique] or unique_holder(b, unique)
+    end
     if prior then
-      local first, holder = string.match(prior, '^(.*) (%x+)$$')
+      local first, earlier = string.match(prior, '^(.*) (%x+)$$')
       if first ~= fingerprint then return {0, 'conflict', k - 1} end
       flags[k] = 'k'
+      answer[#answer + 1] = earlier
+    elseif holder then
+      flags[k] = 'u'
       answer[#answer + 1] = holder
+      if idem then
+        held[idem] = fingerprint .. ' ' .. holder
+        replays[#replays + 1] = idem
+        replays[#replays + 1] = held[idem]
+      end
     else
-      local key = queues[tonumber(ARGV[o])].base .. 'job:' .. id
+      local key = b .. 'job:' .. id
       if seen[key] or redis.call('EXISTS', key) == 1 then
         flags[k] = '0'
       else
         seen[key] = true
         fresh[#fresh + 1] = o
         if idem then held[idem] = fingerprint .. ' ' .. id end
+        if unique then uniques[unique] = id end
         flags[k] = '1'
       end
     end
   end
   answer[2] = table.concat(flags)
-  if #fresh == 0 then return answer end
-  if limited then
+  if #fresh > 0 and limited then
     local refused = admit(fresh)
     if refused then return refused end
+  end
+  for r = 1, #replays, 2 do
+    redis.call('SET', replays[r], replays[r + 1], 'PX', idem_ttl)
   end
   for _, o in ipairs(fresh) do
     local qn = tonumber(ARGV[o])
@@ -140,7 +163,8 @@ local function submit(jobs)
     local status = $QUEUED
     if run_at and run_at > now_ms then status = $SCHEDULED end
     redis.call('HSET', queues[qn].base .. 'job:' .. id, 'status', status,
-               unpack(ARGV, o + 8, o + 7 + tonumber(ARGV[o + 7])))
+               unpack(ARGV, o + 9, o + 8 + tonumber(ARGV[o + 8])))
+    if ARGV[o + 7] ~= '' then redis.call('SET', unique_key(queues[qn].base, ARGV[o + 7]), id) end
     if status == $SCHEDULED then
       w.scheduled[#w.scheduled + 1] = id
       w.delayed[#w.delayed + 1] = int(run_at)
@@ -167,7 +191,7 @@ for s = 1, submissions do
   local jobs = {}
   for k = 1, n do
     jobs[k] = i
-    i = i + 8 + tonumber(ARGV[i + 7])
+    i = i + 9 + tonumber(ARGV[i + 8])
   end
   answers[s] = submit(jobs)
 end

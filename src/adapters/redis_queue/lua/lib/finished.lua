@@ -1,8 +1,13 @@
 -- finished: the ids of the jobs this script finished (a FINISHED status), published once at
 -- its end on the prefix's channel (`keys.finished_channel`), so readers waiting for them
--- (`watch.py`) wake. Pub/sub is not a key: it spans no hash slot.
+-- (`watch.py`) wake. Pub/sub is not a key: it spans no hash slot. A finished job lets go of
+-- its unique key (`unique`).
+-- Needs: unique
 local finished = {}
-local function finish(id) finished[#finished + 1] = id end
+local function finish(id)
+  release_unique(id)
+  finished[#finished + 1] = id
+end
 local function publish_finished()
   if #finished > 0 then
     -- The prefix is what the key base holds before the queue's name (which has no colon).

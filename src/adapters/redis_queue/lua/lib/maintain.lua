@@ -1,5 +1,5 @@
 -- maintain: what time moves in a queue, run by every claim and recover.
--- Needs: retain deadline order batch settlement finished
+-- Needs: retain deadline order batch settlement finished limits
 
 -- Expire waiting jobs past their deadline, promote due retries and scheduled jobs, settle
 -- lapsed leases: at most $MAINTENANCE_BATCH of each per call, so a call stays short however
@@ -14,9 +14,10 @@ local function maintain(result_ttl, dead_ttl)
                                  'LIMIT', 0, $MAINTENANCE_BATCH)) do
     redis.call('ZREM', Q.deadlines, id)
     local key = job_key(id)
-    local status = redis.call('HGET', key, 'status')
+    local f = redis.call('HMGET', key, 'status', 'type')
+    local status = f[1]
     if EXPIRABLE[status] then
-      redis.call('ZREM', Q.queued, id)
+      if redis.call('ZREM', Q.queued, id) == 0 then unpark_one(id, status, f[2]) end
       redis.call('ZREM', Q.delayed, id)
       redis.call('HSET', key, 'status', $EXPIRED, 'finished_at', now)
       reindex(id, status, $EXPIRED)
@@ -54,6 +55,7 @@ local function maintain(result_ttl, dead_ttl)
     end
   end
   zrem_all(Q.active, lapsed)
+  release_slots(lapsed)
   reindex_from($ACTIVE, to)
   return moved, queued
 end

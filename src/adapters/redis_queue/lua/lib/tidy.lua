@@ -8,5 +8,5 @@ local function tidy(result_ttl, dead_ttl)
   forget($CANCELLED, result_ttl, $MAINTENANCE_BATCH)
   forget($EXPIRED, result_ttl, $MAINTENANCE_BATCH)
   forget($DEAD, dead_ttl, $MAINTENANCE_BATCH)
-  if redis.call('ZCARD', Q.queued) == 0 then redis.call('DEL', Q.seq) end
+  if redis.call('EXISTS', Q.queued, Q.limited) == 0 then redis.call('DEL', Q.seq) end
 end
