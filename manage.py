@@ -116,11 +116,12 @@ def test_suite() -> None:
     """Every test, in two runs: the tests that assert a latency or a rate (marked `alone`)
     first, one at a time on a machine that runs nothing else of the suite, then the rest
     spread over parallel workers. Both always run; the exit code is the first failure's."""
+    workers = test_workers()
     runs = (
         ("the tests that assert a latency or a rate, one at a time", ("-m", "alone")),
         (
-            f"the other tests, on {test_workers()} parallel workers",
-            ("-m", "not alone", "-n", str(test_workers()), "--dist", "worksteal"),
+            f"the other tests, on {workers} parallel workers",
+            ("-m", "not alone", "-n", str(workers), "--dist", "worksteal"),
         ),
     )
     failed = 0

@@ -59,23 +59,6 @@ JOB_VIEW_FIELDS = {
 }
 
 
-@pytest.fixture
-def container() -> Container:
-    return build_container(Settings(queue_backend=QueueBackend.MEMORY))
-
-
-@pytest.fixture
-def backend(container: Container) -> Backend:
-    memory: Backend = container.backend()
-    return memory
-
-
-@pytest.fixture
-def client(container: Container) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(container)) as test_client:
-        yield test_client
-
-
 def submit(client: TestClient[Litestar], type_: str, payload: object, **extra: object) -> str:
     response = client.post("/jobs", json={"type": type_, "payload": payload, **extra})
     assert response.status_code == 202, response.text

@@ -284,17 +284,6 @@ for label, value in NOT_STRINGS.items():
     )
 
 
-@pytest.fixture
-def container() -> Container:
-    return build_container(Settings(queue_backend=QueueBackend.MEMORY))
-
-
-@pytest.fixture
-def client(container: Container) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(container)) as test_client:
-        yield test_client
-
-
 def stored_jobs(container: Container) -> int:
     return len(backends.stored_jobs(container.backend()))
 

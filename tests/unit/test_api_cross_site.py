@@ -3,7 +3,6 @@ that are not browsers work as before. Through Litestar's test client, on the mem
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +10,6 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 from domain.ports import Backend
-from entrypoints.api.app import create_app
 from entrypoints.container import Container, build_container
 from entrypoints.settings import QueueBackend, Settings
 from tests.unit.backends import stored_jobs
@@ -30,12 +28,6 @@ def container() -> Container:
             allowed_origins=frozenset({"https://jobs.example.com"}),
         )
     )
-
-
-@pytest.fixture
-def client(container: Container) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(container)) as test_client:
-        yield test_client
 
 
 def paused(client: TestClient[Litestar], queue: str = "default") -> bool:

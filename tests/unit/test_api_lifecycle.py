@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -36,18 +35,6 @@ def container_for(**settings: Any) -> Container:
 @pytest.fixture
 def container() -> Container:
     return container_for(wait_max_seconds=2.0)
-
-
-@pytest.fixture
-def backend(container: Container) -> Backend:
-    memory: Backend = container.backend()
-    return memory
-
-
-@pytest.fixture
-def client(container: Container) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(container)) as test_client:
-        yield test_client
 
 
 def post_job(client: TestClient[Litestar], **fields: Any) -> dict[str, Any]:

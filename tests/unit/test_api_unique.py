@@ -3,7 +3,6 @@ on `POST /jobs` and `/jobs/batch`, what a replay answers, and the 422s and the 5
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -16,30 +15,12 @@ from adapters.rq.submitter import RqSubmitter
 from domain.ports import Backend
 from domain.settlement import Ending
 from entrypoints.api.app import create_app
-from entrypoints.container import Container, build_container
-from entrypoints.settings import QueueBackend, Settings
+from entrypoints.container import Container
 from tests.unit.backends import NoDeadlines, claim, settle, stored_jobs
 
 PROBLEM = "application/problem+json"
 REPORT = {"type": "report", "payload": {"name": "q3", "rows": 500}}
 UNIQUE = {**REPORT, "unique_key": "rebuild report q3"}
-
-
-@pytest.fixture
-def container() -> Container:
-    return build_container(Settings(queue_backend=QueueBackend.MEMORY))
-
-
-@pytest.fixture
-def backend(container: Container) -> Backend:
-    memory: Backend = container.backend()
-    return memory
-
-
-@pytest.fixture
-def client(container: Container) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(container)) as test_client:
-        yield test_client
 
 
 def errors_of(response: Any) -> dict[str, str]:

@@ -30,23 +30,11 @@ from domain.ports import (
 from domain.settlement import Ending
 from domain.submission import Submission
 from entrypoints.cli import follow, main
-from entrypoints.container import Container, build_container
-from entrypoints.settings import QueueBackend, Settings
+from entrypoints.container import Container
 from tests.fakes import RecordingEmailSender
 from tests.unit.backends import claim, leases_of, settle, stored_jobs
 
 SUCCEED = '{"mode": "succeed"}'
-
-
-@pytest.fixture
-def container() -> Container:
-    return build_container(Settings(queue_backend=QueueBackend.MEMORY))
-
-
-@pytest.fixture
-def backend(container: Container) -> Backend:
-    memory: Backend = container.backend()
-    return memory
 
 
 class Run:

@@ -62,12 +62,6 @@ def container(spans: InMemorySpanExporter) -> Container:
     return container
 
 
-@pytest.fixture
-def client(container: Container) -> Iterator[TestClient[Litestar]]:
-    with TestClient(create_app(container)) as test_client:
-        yield test_client
-
-
 def only_job(container: Container) -> Job:
     backend: Backend = container.backend()
     (job,) = stored_jobs(backend)

@@ -57,6 +57,13 @@ ScheduleName = Annotated[
 ]
 _NO_SCHEDULE: Final = problem("No schedule has this name.")
 _REQUIRED: Final = ("name", "type", "payload")
+# What deleting, pausing or resuming a schedule may answer besides its own.
+_BY_NAME_BODYLESS: Final = {
+    **BODYLESS_ERRORS,
+    400: BAD_PARAMETER,
+    404: _NO_SCHEDULE,
+    503: UNAVAILABLE,
+}
 
 
 class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
@@ -325,12 +332,7 @@ class SchedulesController(Controller):
         description="It submits no more jobs; the jobs it submitted stay.",
         operation_class=ConveyorOperation,
         guards=[refuse_a_body],
-        responses={
-            **BODYLESS_ERRORS,
-            400: BAD_PARAMETER,
-            404: _NO_SCHEDULE,
-            503: UNAVAILABLE,
-        },
+        responses=_BY_NAME_BODYLESS,
     )
     async def delete_schedule(
         self, name: ScheduleName, schedules: NamedDependency[ScheduleService]
@@ -346,12 +348,7 @@ class SchedulesController(Controller):
         status_code=HTTPStatus.OK,
         operation_class=ConveyorOperation,
         guards=[refuse_a_body],
-        responses={
-            **BODYLESS_ERRORS,
-            400: BAD_PARAMETER,
-            404: _NO_SCHEDULE,
-            503: UNAVAILABLE,
-        },
+        responses=_BY_NAME_BODYLESS,
     )
     async def pause_schedule(
         self, name: ScheduleName, schedules: NamedDependency[ScheduleService]
@@ -367,12 +364,7 @@ class SchedulesController(Controller):
         status_code=HTTPStatus.OK,
         operation_class=ConveyorOperation,
         guards=[refuse_a_body],
-        responses={
-            **BODYLESS_ERRORS,
-            400: BAD_PARAMETER,
-            404: _NO_SCHEDULE,
-            503: UNAVAILABLE,
-        },
+        responses=_BY_NAME_BODYLESS,
     )
     async def resume_schedule(
         self, name: ScheduleName, schedules: NamedDependency[ScheduleService]

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from domain.errors import DomainError, InvalidScheduleError
 from domain.ports.schedules import StoredSchedule
 from domain.schedules import MisfirePolicy, ScheduleRequest
 from domain.scheduling import ScheduleService
 from entrypoints.api.schedules import ScheduleView
 from entrypoints.cli import arguments
-from entrypoints.cli.service import console, print_json, table
-from entrypoints.container import Container, build_container
+from entrypoints.cli.service import console, print_json, run_on, table
 from entrypoints.settings import Settings
 
 if TYPE_CHECKING:
@@ -152,26 +148,5 @@ def _with_schedules(
     settings: Settings,
     action: Callable[[ScheduleService], Awaitable[int]],
 ) -> int:
-    """Run `action` on the schedule service; an invalid schedule is exit code 2 (each bad
-    field printed), any other domain error 1."""
-    return asyncio.run(_serve(args.container, settings, action))
-
-
-async def _serve(
-    given: Container | None,
-    settings: Settings,
-    action: Callable[[ScheduleService], Awaitable[int]],
-) -> int:
-    container = build_container(settings) if given is None else given
-    try:
-        return await action(container.schedule_service())
-    except InvalidScheduleError as exc:
-        for error in exc.errors:
-            print(f"conveyor: {error.path}: {error.message}", file=sys.stderr)
-        return 2
-    except DomainError as exc:
-        print(f"conveyor: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if given is None:
-            await container.backend().connection.close()
+    """Run `action` on the schedule service (see `service.run_on`)."""
+    return run_on(args, settings, lambda container: container.schedule_service(), action)

@@ -6,11 +6,11 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from domain.errors import DomainError, InvalidJobError
+from domain.errors import DomainError, InvalidJobError, InvalidScheduleError
 from domain.job_service import JobService
 from domain.jobs import Job
 from domain.ports import QueueStats
@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # rich is imported by the commands that draw, not by every pr
     from rich.table import Table
 
     from entrypoints.container import Container
+
+S = TypeVar("S")  # the service a command runs on
 
 
 def with_job(
@@ -55,13 +57,27 @@ def with_queue(
 def with_service(
     args: argparse.Namespace, settings: Settings, action: Callable[[JobService], Awaitable[int]]
 ) -> int:
-    """Run `action` on the job service; a domain error is a message and exit code 2 (the
-    request is invalid) or 1 (anything else)."""
-    return asyncio.run(_serve(args.container, settings, action))
+    """Run `action` on the job service (see `run_on`)."""
+    return run_on(args, settings, lambda container: container.job_service(), action)
+
+
+def run_on(
+    args: argparse.Namespace,
+    settings: Settings,
+    service_of: Callable[[Container], S],
+    action: Callable[[S], Awaitable[int]],
+) -> int:
+    """Run `action` on the service `service_of` takes from the container; a domain error is
+    a message and exit code 2 (the request is invalid: each bad field printed) or 1
+    (anything else)."""
+    return asyncio.run(_serve(args.container, settings, service_of, action))
 
 
 async def _serve(
-    given: Container | None, settings: Settings, action: Callable[[JobService], Awaitable[int]]
+    given: Container | None,
+    settings: Settings,
+    service_of: Callable[[Container], S],
+    action: Callable[[S], Awaitable[int]],
 ) -> int:
     # Here, not at the top: `conveyor worker` imports this module too, and the container's
     # imports would hold back the start of its fork server (see `worker.spawning`).
@@ -69,8 +85,8 @@ async def _serve(
 
     container = build_container(settings) if given is None else given
     try:
-        return await action(container.job_service())
-    except InvalidJobError as exc:
+        return await action(service_of(container))
+    except (InvalidJobError, InvalidScheduleError) as exc:
         for error in exc.errors:
             print(f"conveyor: {error.path}: {error.message}", file=sys.stderr)
         return 2
