@@ -141,6 +141,7 @@ def running_on(
         time.sleep(0.02)
 
 
+@pytest.mark.alone
 def test_a_concurrency_limit_holds_report_to_2_on_3_processes_through_sigkills(
     redis_url: str, tmp_path: Path
 ) -> None:
