@@ -49,8 +49,11 @@ def submit(env: dict[str, str], submissions: Sequence[Submission]) -> list[str]:
     return asyncio.run(main())
 
 
-def wait_ended(ledger: LedgerReader, ids: Sequence[str], within: float) -> list[dict[str, Any]]:
-    """Wait until every job of `ids` succeeded; answers the ledger's events."""
+def wait_ended(
+    ledger: LedgerReader, ids: Sequence[str], within: float, env: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Wait until every job of `ids` succeeded; answers the ledger's events. On failure, says
+    what Redis holds of the jobs that did not succeed and what the ledger saw of them."""
     wanted = set(ids)
     deadline = time.monotonic() + within
     while True:
@@ -62,8 +65,30 @@ def wait_ended(ledger: LedgerReader, ids: Sequence[str], within: float) -> list[
         }
         if wanted <= done:
             return ledger.events
-        assert time.monotonic() < deadline, f"{len(wanted - done)} of {len(wanted)} not done"
+        if time.monotonic() >= deadline:
+            missing = sorted(wanted - done)
+            raise AssertionError(
+                f"{len(missing)} of {len(wanted)} not done\n"
+                + "\n".join(stored(env, job_id, ledger.events) for job_id in missing)
+            )
         time.sleep(0.05)
+
+
+def stored(env: dict[str, str], job_id: str, events: Sequence[dict[str, Any]]) -> str:
+    """Job `job_id` as Redis holds it (its payload left out), and its lines in the ledger."""
+    base = "{" + env["CONVEYOR_KEY_PREFIX"] + ":default}:"
+    client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    try:
+        job = client.hgetall(base + "job:" + job_id)
+        where = {
+            name: client.zscore(base + name, job_id)
+            for name in ("queued", "active", "delayed", "limited:report")
+        }
+    finally:
+        client.close()
+    job.pop("payload", None)
+    lines = [e for e in events if e["job_id"] == job_id]
+    return f"job {job_id}: {job}\n  in {where}\n  ledger: {lines}"
 
 
 def most_in_window(times: Sequence[float], window: float) -> int:
@@ -107,7 +132,7 @@ def test_a_rate_limit_holds_400_emails_on_4_processes_to_20_starts_a_second(
         pool.wait_children(4)
         began = time.time()
         ids = submit(env, emails)
-        events = wait_ended(LedgerReader(path), ids, within=40.0)
+        events = wait_ended(LedgerReader(path), ids, within=40.0, env=env)
     starts = [e for e in events if e["event"] == "start"]
     ends = [e["ts"] for e in events if e["event"] == "end"]
     took = max(ends) - began
@@ -194,7 +219,7 @@ def test_a_concurrency_limit_holds_report_to_2_on_3_processes_through_sigkills(
                 time.sleep(0.3)
                 kills[pid] = time.time()
                 os.kill(pid, signal.SIGKILL)  # its supervisor settles its attempt at once
-                events = wait_ended(ledger, ids, within=40.0)
+                events = wait_ended(ledger, ids, within=40.0, env=env)
     finally:
         stop.set()
         if sampler.is_alive():

@@ -458,6 +458,56 @@ class ForwardingLeases(LeaseQueue):
         return await self._inner.settle(lease, ending)
 
 
+class SettleSeenStale(ForwardingLeases):
+    """Answers each settlement only once a renewal, sent after the settlement was written,
+    has answered that the lease is no longer held: the order two calls on separate
+    connections can take."""
+
+    def __init__(self, inner: LeaseQueue) -> None:
+        super().__init__(inner)
+        self.settled: set[str] = set()
+        self.renewal_missed = asyncio.Event()
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
+        held = await super().renew(leases, lease_seconds)
+        if any(lease.job_id in self.settled and lease.job_id not in held for lease in leases):
+            self.renewal_missed.set()
+        return held
+
+    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
+        status = await super().settle(lease, ending)
+        self.settled.add(lease.job_id)
+        async with asyncio.timeout(5.0):
+            await self.renewal_missed.wait()
+        return status
+
+
+def test_a_renewal_that_misses_a_lease_its_own_settlement_ended_does_not_stop_the_attempt(
+    tmp_path: Path,
+) -> None:
+    """The attempt's settlement is written; before its answer comes back, a renewal sent
+    meanwhile answers that the lease is gone (the settlement ended it). The attempt is not
+    stopped as a lost lease: it ends as its settlement stored it."""
+
+    async def scenario() -> None:
+        rig = Rig(
+            lease_seconds=0.3,
+            audit=AuditLog(str(tmp_path / "audit.jsonl"), "test"),
+            leases=SettleSeenStale,
+        )
+        job_id = await rig.submit("dummy", {"mode": "sleep", "seconds": 0.05})
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        await rig.until_status(job_id, JobStatus.SUCCEEDED)
+        await until(lambda: asyncio.sleep(0, result=not rig.worker._running))
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert audit_ends(tmp_path / "audit.jsonl") == {job_id: "succeeded"}
+        assert rig.worker.completed == 1
+
+    asyncio.run(scenario())
+
+
 class CancelPollRecorder(ForwardingLeases):
     """Records `cancel_requested` calls; the first `outages` fail."""
 

@@ -359,7 +359,8 @@ class Worker:
                     continue
                 if lease.job_id in held:
                     self._observers.renewed(lease)
-                elif not entry.stopped:
+                elif not entry.stopped and entry.context.handler_ended is None:
+                    # Lost. (A done handler is settling: its settlement may have ended it.)
                     entry.stop(None)
 
     async def _recover_forever(self) -> None:
