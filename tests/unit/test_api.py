@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,7 +22,7 @@ from domain.jobs import ErrorKind, JobError
 from domain.limits import FlowLimits, RateLimit
 from domain.ports import Backend
 from domain.settlement import Ending
-from entrypoints.api.app import create_app
+from entrypoints.api.app import SERVED_GC_THRESHOLD, create_app
 from entrypoints.container import Container, build_container
 from entrypoints.settings import QueueBackend, Settings
 from tests.unit.backends import Broken, claim_one, leases_of, settle, stored_jobs
@@ -524,3 +528,22 @@ def test_uvicorn_can_build_the_app_from_the_factory_path(
     assert config.loaded
     with TestClient(create_app()) as client:
         assert client.post("/jobs", json={"type": "email", "payload": EMAIL}).status_code == 202
+
+
+def test_the_served_app_leaves_what_start_up_built_to_the_garbage_collector() -> None:
+    """`conveyor api` serves `create_served_app`: start-up's objects frozen, young ones
+    collected less often. In a process of its own, so this one's collector is untouched."""
+    code = (
+        "import gc, json\n"
+        "from entrypoints.api.app import create_served_app\n"
+        "create_served_app()\n"
+        "print(json.dumps([gc.get_freeze_count(), gc.get_threshold()]))\n"
+    )
+    env = {**os.environ, "QUEUE_BACKEND": "memory", "CONVEYOR_SCHEDULER": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    frozen, threshold = json.loads(done.stdout.splitlines()[-1])
+    assert frozen > 10_000  # the app, its schemas and its modules
+    assert threshold == [SERVED_GC_THRESHOLD, 10, 10]

@@ -102,7 +102,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
     uvicorn.run(
-        "entrypoints.api.app:create_app",
+        "entrypoints.api.app:create_served_app",
         factory=True,
         host=args.host or settings.api_host,
         port=args.port or settings.api_port,
