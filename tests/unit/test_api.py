@@ -22,7 +22,8 @@ from domain.jobs import ErrorKind, JobError
 from domain.limits import FlowLimits, RateLimit
 from domain.ports import Backend
 from domain.settlement import Ending
-from entrypoints.api.app import SERVED_GC_THRESHOLD, create_app
+from entrypoints.api.app import create_app
+from entrypoints.collector import YOUNG_THRESHOLD
 from entrypoints.container import Container, build_container
 from entrypoints.settings import QueueBackend, Settings
 from tests.unit.backends import Broken, claim_one, leases_of, settle, stored_jobs
@@ -546,4 +547,4 @@ def test_the_served_app_leaves_what_start_up_built_to_the_garbage_collector() ->
     assert done.returncode == 0, done.stderr
     frozen, threshold = json.loads(done.stdout.splitlines()[-1])
     assert frozen > 10_000  # the app, its schemas and its modules
-    assert threshold == [SERVED_GC_THRESHOLD, 10, 10]
+    assert threshold == [YOUNG_THRESHOLD, 10, 10]

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final
 
 from litestar import Litestar, Router
 from litestar.datastructures import MutableScopeHeaders, State
@@ -24,6 +22,7 @@ from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
 from entrypoints.api.schedules import SchedulesController, add_schedule_schemas
+from entrypoints.collector import settle_collector
 from entrypoints.container import Container, build_container
 from entrypoints.logs import configure_logging
 from entrypoints.redaction import url_secrets
@@ -184,23 +183,10 @@ async def _scheduler_lifespan(app: Litestar) -> AsyncIterator[None]:
         await close_schedules(container)
 
 
-# The garbage collector's first threshold while serving (Python's default is 700).
-SERVED_GC_THRESHOLD: Final = 10_000
-
-
 def create_served_app() -> Litestar:
     """The app `conveyor api` serves: `create_app`, then the garbage collector is told to
-    leave alone what start-up built and to collect young objects less often.
-
-    A request makes a few hundred short-lived objects; with Python's defaults they set off a
-    collection every few requests, and every tenth of those scans the app itself (its routes,
-    schemas and modules: about 80,000 objects), several times a second under load. Frozen
-    (`gc.freeze`), those are never scanned again; a first threshold of 10,000 makes young
-    collections rarer and no dearer per object. POST /jobs: 1.10x the requests a second with
-    the freeze, 1.10x again with the threshold (README, "Benchmarks").
-    """
+    leave alone what start-up built (`settle_collector`). Tests and embedders that call
+    `create_app` keep their collector as it was."""
     app = create_app()
-    gc.freeze()
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(SERVED_GC_THRESHOLD, older, oldest)
+    settle_collector()
     return app

@@ -16,6 +16,7 @@ import attrs
 import uvloop
 
 from domain.ports import Connection, LeaseQueue, QueueMonitor
+from entrypoints.collector import settle_collector
 from entrypoints.container import Container, build_container
 from entrypoints.lifetime import follow_parent
 from entrypoints.logs import redact_url
@@ -238,6 +239,7 @@ def run_child(
             beating.cancel()
         return 0
 
+    settle_collector()  # what was built so far lives as long as the process
     code = uvloop.run(_until_signalled(work, wired.connection, on_second=worker.abort))
     if audit is not None:
         audit.close()
