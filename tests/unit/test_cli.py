@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -391,3 +393,14 @@ def test_top_once_prints_the_queues_with_their_rates_and_the_workers(
     assert queue[10] == "-"  # DRAIN/S: never drained yet
     worker = [cell.strip() for cell in rows["pool/0.1"]]
     assert worker[4:7] == ["default", "2", "5"]  # queues, in flight, done
+
+
+def test_the_cli_imports_neither_litestar_nor_rq_until_a_command_needs_them() -> None:
+    """Every worker process runs the `conveyor` script again when it starts (multiprocessing
+    prepares a child from the parent's main module): Litestar alone would cost each one about
+    0.1 s."""
+    code = "import sys, entrypoints.cli; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.replace("'", '"')))
+    assert not loaded & {"litestar", "rq", "uvicorn"}
