@@ -1,9 +1,11 @@
-"""What the API says of its queues and job types: msgspec Structs, mapped explicitly from
-domain values."""
+"""What the API (and the CLI) says of its queues, job types and schedules: msgspec Structs,
+mapped explicitly from domain values, in a module without Litestar, so the CLI can import
+them without it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -12,6 +14,8 @@ from domain.job_types import JobType
 from domain.jobs import JobStatus
 from domain.limits import FlowLimits, TypeLimits
 from domain.ports import QueueStats
+from domain.ports.schedules import StoredSchedule
+from domain.schedules import MisfirePolicy
 from entrypoints.api.schemas import rounded
 
 
@@ -116,3 +120,46 @@ class JobTypeView(msgspec.Struct, frozen=True, kw_only=True):
 
 class JobTypeList(msgspec.Struct, frozen=True, kw_only=True):
     job_types: list[JobTypeView]
+
+
+class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
+    """A schedule as a client sees it. The payload is left out, as from jobs: it may hold
+    secrets."""
+
+    name: str
+    type: str
+    cron: str | None
+    timezone: str | None
+    every: float | None
+    options: dict[str, Any]
+    misfire: MisfirePolicy
+    misfire_grace: float
+    paused: bool
+    next_tick: datetime | None
+    last_tick: datetime | None
+    last_job_id: str | None
+    # What the idempotency key of each of its jobs starts with (`GET /jobs/{id}` shows it).
+    job_key_prefix: str
+
+    @classmethod
+    def from_domain(cls, stored: StoredSchedule) -> ScheduleView:
+        schedule = stored.schedule
+        return cls(
+            name=schedule.name,
+            type=schedule.type,
+            cron=schedule.cron,
+            timezone=schedule.timezone if schedule.cron is not None else None,
+            every=schedule.every,
+            options=dict(schedule.options),
+            misfire=schedule.misfire,
+            misfire_grace=schedule.misfire_grace,
+            paused=stored.paused,
+            next_tick=stored.next_tick,
+            last_tick=stored.last_tick,
+            last_job_id=stored.last_job_id,
+            job_key_prefix=f"schedule:{schedule.name}:",
+        )
+
+
+class ScheduleList(msgspec.Struct, frozen=True, kw_only=True):
+    schedules: list[ScheduleView]

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Final, cast
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
@@ -27,7 +25,7 @@ from litestar.openapi.spec import (
 from domain.errors import FieldError, InvalidScheduleError, ScheduleNotFoundError
 from domain.job_types import JobType, JobTypeRegistry
 from domain.jobs import NAME_PATTERN, PRIORITY_MAX, PRIORITY_MIN, is_name
-from domain.ports.schedules import StoredSchedule, Upsert
+from domain.ports.schedules import Upsert
 from domain.schedules import (
     DEFAULT_GRACE,
     MAX_EVERY,
@@ -39,6 +37,7 @@ from domain.schedules import (
 from domain.scheduling import ScheduleService
 from domain.submission import MAX_SCHEDULE_AHEAD
 from entrypoints.api.body import decode_json, integral, require_json
+from entrypoints.api.catalog import ScheduleList, ScheduleView
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.openapi import (
     BAD_PARAMETER,
@@ -64,49 +63,6 @@ _BY_NAME_BODYLESS: Final = {
     404: _NO_SCHEDULE,
     503: UNAVAILABLE,
 }
-
-
-class ScheduleView(msgspec.Struct, frozen=True, kw_only=True):
-    """A schedule as a client sees it. The payload is left out, as from jobs: it may hold
-    secrets."""
-
-    name: str
-    type: str
-    cron: str | None
-    timezone: str | None
-    every: float | None
-    options: dict[str, Any]
-    misfire: MisfirePolicy
-    misfire_grace: float
-    paused: bool
-    next_tick: datetime | None
-    last_tick: datetime | None
-    last_job_id: str | None
-    # What the idempotency key of each of its jobs starts with (`GET /jobs/{id}` shows it).
-    job_key_prefix: str
-
-    @classmethod
-    def from_domain(cls, stored: StoredSchedule) -> ScheduleView:
-        schedule = stored.schedule
-        return cls(
-            name=schedule.name,
-            type=schedule.type,
-            cron=schedule.cron,
-            timezone=schedule.timezone if schedule.cron is not None else None,
-            every=schedule.every,
-            options=dict(schedule.options),
-            misfire=schedule.misfire,
-            misfire_grace=schedule.misfire_grace,
-            paused=stored.paused,
-            next_tick=stored.next_tick,
-            last_tick=stored.last_tick,
-            last_job_id=stored.last_job_id,
-            job_key_prefix=f"schedule:{schedule.name}:",
-        )
-
-
-class ScheduleList(msgspec.Struct, frozen=True, kw_only=True):
-    schedules: list[ScheduleView]
 
 
 def schedule_request(document: object) -> ScheduleRequest:

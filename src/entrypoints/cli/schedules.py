@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from domain.ports.schedules import StoredSchedule
 from domain.schedules import MisfirePolicy, ScheduleRequest
 from domain.scheduling import ScheduleService
+from entrypoints.api.catalog import ScheduleView
 from entrypoints.cli import arguments
 from entrypoints.cli.service import console, print_json, run_on, table
 from entrypoints.settings import Settings
@@ -136,10 +137,6 @@ def _printing(
     action: Callable[[ScheduleService], Awaitable[StoredSchedule]],
 ) -> int:
     async def run(service: ScheduleService) -> int:
-        # Here, not at the top: the API's module brings Litestar, which every `conveyor`
-        # command (a worker process included) would otherwise import at start.
-        from entrypoints.api.schedules import ScheduleView
-
         print_json(ScheduleView.from_domain(await action(service)))
         return 0
 
