@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
 from typing import Any, Final, cast
 
 from litestar import Request, Response, get
@@ -19,10 +21,16 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
 from litestar.types import Message, Scope
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from domain.errors import QueueUnavailableError, UnsupportedOperationError
 from domain.job_service import Accepted, JobService
@@ -59,19 +67,8 @@ class ApiMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._requests = Counter(
-            "conveyor_http_requests",
-            "HTTP requests answered, by route template, method and status.",
-            ("route", "method", "status"),
-            registry=self.registry,
-        )
-        self._latency = Histogram(
-            "conveyor_http_request_duration_seconds",
-            "From a request's reaching its route to its answer's start.",
-            ("route", "method"),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
+        self._http = HttpFigures()
+        self.registry.register(self._http)
         self._submits = Counter(
             "conveyor_submits",
             "Submissions (each job of a batch), by outcome: accepted, replayed (a repeat under"
@@ -87,10 +84,8 @@ class ApiMetrics:
         )
         self._failed_once = False
         # Children by label values, looked up once each: `labels()` costs more than the
-        # increment. Every label value is bounded (route templates, statuses, registered
-        # types, kept queues), and the library keeps every child anyway.
-        self._answers: dict[tuple[str, str, int], Callable[[], None]] = {}
-        self._timings: dict[tuple[str, str], Callable[[float], None]] = {}
+        # increment. Every label value is bounded (registered types, kept queues), and the
+        # library keeps every child anyway.
         self._outcomes: dict[tuple[str, str, str], Callable[[], None]] = {}
 
     def _guard(self, exc: Exception) -> None:
@@ -102,17 +97,9 @@ class ApiMetrics:
         try:
             route = scope.get("path_template") or "unmatched"
             method = cast(str, scope.get("method", ""))
-            key = (route, method, status)
-            count = self._answers.get(key)
-            if count is None:
-                count = self._answers[key] = self._requests.labels(route, method, str(status)).inc
-            count()
             started = cast(dict[str, Any], scope).get(_STARTED)
-            if isinstance(started, float):
-                timing = self._timings.get(key[:2])
-                if timing is None:
-                    timing = self._timings[key[:2]] = self._latency.labels(route, method).observe
-                timing(time.perf_counter() - started)
+            took = time.perf_counter() - started if isinstance(started, float) else None
+            self._http.add(route, method, status, took)
             if status >= 400 and method == "POST" and route in _SUBMIT_ROUTES:
                 self._count_submit("", "", f"refused_{status}")
         except Exception as exc:
@@ -141,6 +128,56 @@ class ApiMetrics:
             self._redis_errors.inc()
         except Exception as exc:
             self._guard(exc)
+
+
+class HttpFigures(Collector):
+    """Requests answered, by route template, method and status, and their latency: counted
+    in plain numbers on every answer and made metric families when scraped.
+
+    Every answer passes here, so its cost is paid on every request: a dictionary lookup and
+    an addition or two, where the library's labelled counter and histogram take a lock per
+    increment and walk the buckets. The families are the library's, so is the exposition.
+    Label values are bounded: route templates (never paths, which hold job ids), methods and
+    statuses. One event loop calls `add` and `collect`, so nothing needs a lock.
+    """
+
+    def __init__(self) -> None:
+        self._bounds = LATENCY_BUCKETS
+        self._le = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._answers: dict[tuple[str, str, int], int] = {}
+        # Per route and method: the answers in each bucket (not cumulative; the last one
+        # past every bound), then the sum of their latencies.
+        self._timings: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, route: str, method: str, status: int, seconds: float | None) -> None:
+        key = (route, method, status)
+        self._answers[key] = self._answers.get(key, 0) + 1
+        if seconds is None:
+            return
+        timing = self._timings.get((route, method))
+        if timing is None:
+            timing = self._timings[(route, method)] = [0.0] * (len(self._bounds) + 2)
+        timing[bisect_left(self._bounds, seconds)] += 1
+        timing[-1] += seconds
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "conveyor_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            labels=("route", "method", "status"),
+        )
+        for (route, method, status), count in self._answers.items():
+            requests.add_metric([route, method, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "conveyor_http_request_duration_seconds",
+            "From a request's reaching its route to its answer's start.",
+            labels=("route", "method"),
+        )
+        for (route, method), timing in self._timings.items():
+            buckets = list(zip(self._le, accumulate(timing[:-1]), strict=True))
+            latency.add_metric([route, method], buckets, sum_value=timing[-1])
+        yield latency
 
 
 def metrics_of(state: State) -> ApiMetrics | None:
