@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from entrypoints.api.app import create_app
-from entrypoints.api.metrics import LATENCY_BUCKETS, METRICS_KEY, ApiMetrics, HttpFigures
+from entrypoints.api.metrics import LATENCY_BUCKETS, METRICS_KEY, ApiMetrics, RequestFigures
 from entrypoints.container import Container, build_container
 from entrypoints.settings import QueueBackend, Settings
 
@@ -102,8 +102,8 @@ def test_a_metric_that_fails_never_fails_the_request(
     def broken(*_: object) -> None:
         raise RuntimeError("registry broken")
 
-    metrics._http.add = broken  # type: ignore[method-assign,assignment]
-    metrics._submits.labels = broken  # type: ignore[method-assign,assignment]
+    metrics.figures.add = broken  # type: ignore[method-assign,assignment]
+    metrics.figures.submit = broken  # type: ignore[method-assign,assignment]
 
     answers = [client.post("/jobs", json=DUMMY).status_code for _ in range(3)]
 
@@ -124,16 +124,16 @@ def test_metrics_can_be_turned_off_and_submissions_still_answer() -> None:
 
 
 def test_the_request_figures_expose_what_the_librarys_counter_and_histogram_would() -> None:
-    """The plain-number request figures against prometheus-client's own labelled counter
-    and histogram fed the same answers: the same samples, bucket by bucket (values on a
-    bound, under the first and past the last included)."""
+    """The plain-number request figures against prometheus-client's own labelled counters
+    and histogram fed the same answers and submissions: the same samples, bucket by bucket
+    (values on a bound, under the first and past the last included)."""
     times = [0.0, 0.0005, 0.001, 0.0011, 0.0025, 0.04, 1.0, 29.9, 30.0, 31.0, 1e9]
     answers = [("/jobs", "POST", 202, t) for t in times] + [
         ("/jobs/{job_id}", "GET", 404, 0.003),
         ("unmatched", "GET", 404, None),
     ]
     ours = CollectorRegistry(auto_describe=False)
-    figures = HttpFigures()
+    figures = RequestFigures()
     ours.register(figures)
     theirs = CollectorRegistry(auto_describe=False)
     requests = Counter(
@@ -146,6 +146,10 @@ def test_the_request_figures_expose_what_the_librarys_counter_and_histogram_woul
         buckets=LATENCY_BUCKETS,
         registry=theirs,
     )
+    submits = Counter("conveyor_submits", "-", ("type", "queue", "outcome"), registry=theirs)
+    for outcome in [("dummy", "default", "accepted")] * 3 + [("", "", "refused_422")]:
+        figures.submit(*outcome)
+        submits.labels(*outcome).inc()
     for route, method, status, took in answers:
         figures.add(route, method, status, took)
         requests.labels(route, method, str(status)).inc()
@@ -167,3 +171,5 @@ def test_the_request_figures_expose_what_the_librarys_counter_and_histogram_woul
     assert samples(ours) == expected
     first = (("le", "0.001"), ("method", "POST"), ("route", "/jobs"))
     assert expected[("conveyor_http_request_duration_seconds_bucket", first)] == 3
+    accepted = (("outcome", "accepted"), ("queue", "default"), ("type", "dummy"))
+    assert expected[("conveyor_submits_total", accepted)] == 3

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 from litestar import Litestar, Router
 from litestar.datastructures import MutableScopeHeaders, State
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Tag
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,7 +20,7 @@ from entrypoints.api.batch import BATCH_BODY_FACTOR, BatchController
 from entrypoints.api.controllers import HealthController, JobsController, JobTypesController
 from entrypoints.api.deps import CONTAINER_KEY, backend_of, container_of, dependencies
 from entrypoints.api.guards import refuse_foreign_origin
-from entrypoints.api.metrics import METRICS_KEY, ApiMetrics, arrived, count_answer, serve_metrics
+from entrypoints.api.metrics import METRICS_KEY, STARTED, ApiMetrics, serve_metrics
 from entrypoints.api.openapi import add_submission_schemas
 from entrypoints.api.problems import problem_response
 from entrypoints.api.queues import QueuesController
@@ -54,7 +57,7 @@ def create_app(container: Container | None = None) -> Litestar:
     settings = container.settings()
     check_schedules(container)  # a bad CONVEYOR_SCHEDULES stops start-up (SettingsError)
     container.tracing()  # built now, not by the first submission
-    metered = settings.api_metrics
+    metrics = ApiMetrics() if settings.api_metrics else None
     batch = Router(
         path="/",
         route_handlers=[BatchController],
@@ -68,13 +71,13 @@ def create_app(container: Container | None = None) -> Litestar:
             SchedulesController,
             JobTypesController,
             HealthController,
-            *([serve_metrics] if metered else []),
+            *([serve_metrics] if metrics is not None else []),
         ],
         dependencies=dependencies(),
-        state=State({CONTAINER_KEY: container, **({METRICS_KEY: ApiMetrics()} if metered else {})}),
+        state=State({CONTAINER_KEY: container, **({METRICS_KEY: metrics} if metrics else {})}),
         exception_handlers={Exception: problem_response},
-        middleware=[_front_door(settings.allowed_origins, metered=metered)],
-        before_send=[_before_send if metered else _before_send_unmetered],
+        middleware=[_front_door(settings.allowed_origins, metered=metrics is not None)],
+        before_send=[_before_send(metrics)],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[_backend_lifespan, _scheduler_lifespan],
         # Logging is the process's (structured, see entrypoints.logs), not Litestar's.
@@ -111,7 +114,7 @@ def _front_door(allowed_origins: frozenset[str], *, metered: bool) -> Callable[[
 
     def wrap(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            arrived(scope)
+            cast(dict[str, Any], scope)[STARTED] = time.perf_counter()
             refuse_foreign_origin(scope, allowed_origins)
             await app(scope, receive, send)
 
@@ -124,15 +127,26 @@ def _front_door(allowed_origins: frozenset[str], *, metered: bool) -> Callable[[
     return wrap
 
 
-async def _before_send(message: Message, scope: Scope) -> None:
-    """Every answer, routed or not (a 404 never reaches a middleware): counted, and an
-    OPTIONS answer completed. One hook for both, as with the middleware."""
-    count_answer(message, scope)
-    _allow_every_method(message, scope)
+def _before_send(
+    metrics: ApiMetrics | None,
+) -> Callable[[Message, Scope], Coroutine[Any, Any, None]]:
+    """The app's one `before_send` hook, which sees every answer, routed or not (a 404 never
+    reaches a middleware): an OPTIONS answer completed and, with `metrics`, every answer
+    counted. One hook for both, as with the middleware."""
+    if metrics is None:
 
+        async def unmetered(message: Message, scope: Scope) -> None:
+            _allow_every_method(message, scope)
 
-async def _before_send_unmetered(message: Message, scope: Scope) -> None:
-    _allow_every_method(message, scope)
+        return unmetered
+    answered = metrics.answered
+
+    async def metered(message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start" and scope["type"] == ScopeType.HTTP:
+            answered(scope, message["status"])
+        _allow_every_method(message, scope)
+
+    return metered
 
 
 def _allow_every_method(message: Message, scope: Scope) -> None:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import accumulate
 from typing import Any, Final, cast
 
 from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.enums import ScopeType
-from litestar.types import Message, Scope
+from litestar.types import Scope
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -40,7 +39,8 @@ from domain.ports import QueueStats
 log = logging.getLogger("conveyor.api")
 
 METRICS_KEY: Final = "metrics"
-_STARTED: Final = "conveyor.started"  # when a request reached the routes, in its scope
+# When a request reached the routes (the app's middleware notes it in the scope).
+STARTED: Final = "conveyor.started"
 # The text format every Prometheus reads (Litestar adds the charset).
 _TEXT_FORMAT: Final = "text/plain; version=0.0.4"
 _SUBMIT_ROUTES: Final = frozenset({"/jobs", "/jobs/batch"})
@@ -67,26 +67,14 @@ class ApiMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._http = HttpFigures()
-        self.registry.register(self._http)
-        self._submits = Counter(
-            "conveyor_submits",
-            "Submissions (each job of a batch), by outcome: accepted, replayed (a repeat under"
-            " an Idempotency-Key), unique_replayed (a job not finished holds its unique key),"
-            " or refused_<status>.",
-            ("type", "queue", "outcome"),
-            registry=self.registry,
-        )
+        self.figures = RequestFigures()
+        self.registry.register(self.figures)
         self._redis_errors = Counter(
             "conveyor_redis_errors",
             "Requests (and scrapes) that found Redis unreachable or refusing writes.",
             registry=self.registry,
         )
         self._failed_once = False
-        # Children by label values, looked up once each: `labels()` costs more than the
-        # increment. Every label value is bounded (registered types, kept queues), and the
-        # library keeps every child anyway.
-        self._outcomes: dict[tuple[str, str, str], Callable[[], None]] = {}
 
     def _guard(self, exc: Exception) -> None:
         if not self._failed_once:
@@ -97,11 +85,11 @@ class ApiMetrics:
         try:
             route = scope.get("path_template") or "unmatched"
             method = cast(str, scope.get("method", ""))
-            started = cast(dict[str, Any], scope).get(_STARTED)
+            started = cast(dict[str, Any], scope).get(STARTED)
             took = time.perf_counter() - started if isinstance(started, float) else None
-            self._http.add(route, method, status, took)
+            self.figures.add(route, method, status, took)
             if status >= 400 and method == "POST" and route in _SUBMIT_ROUTES:
-                self._count_submit("", "", f"refused_{status}")
+                self.figures.submit("", "", f"refused_{status}")
         except Exception as exc:
             self._guard(exc)
 
@@ -112,16 +100,9 @@ class ApiMetrics:
                     outcome = "accepted"
                 else:
                     outcome = "unique_replayed" if one.unique else "replayed"
-                self._count_submit(one.job.type, one.job.queue, outcome)
+                self.figures.submit(one.job.type, one.job.queue, outcome)
         except Exception as exc:
             self._guard(exc)
-
-    def _count_submit(self, type_: str, queue: str, outcome: str) -> None:
-        key = (type_, queue, outcome)
-        count = self._outcomes.get(key)
-        if count is None:
-            count = self._outcomes[key] = self._submits.labels(*key).inc
-        count()
 
     def redis_error(self) -> None:
         try:
@@ -130,15 +111,18 @@ class ApiMetrics:
             self._guard(exc)
 
 
-class HttpFigures(Collector):
-    """Requests answered, by route template, method and status, and their latency: counted
-    in plain numbers on every answer and made metric families when scraped.
+class RequestFigures(Collector):
+    """Requests answered, by route template, method and status, their latency, and the
+    submissions by type, queue and outcome: counted in plain numbers as they happen and
+    made metric families when scraped.
 
-    Every answer passes here, so its cost is paid on every request: a dictionary lookup and
-    an addition or two, where the library's labelled counter and histogram take a lock per
+    Every request passes here, so its cost is paid on every request: a dictionary lookup and
+    an addition or two, where the library's labelled counters and histogram take a lock per
     increment and walk the buckets. The families are the library's, so is the exposition.
-    Label values are bounded: route templates (never paths, which hold job ids), methods and
-    statuses. One event loop calls `add` and `collect`, so nothing needs a lock.
+    Label values are bounded: route templates (never paths, which hold job ids), methods,
+    statuses, registered job types and kept queues (a refused submission's are not labels:
+    a caller could name any number of them). One event loop calls `add`, `submit` and
+    `collect`, so nothing needs a lock.
     """
 
     def __init__(self) -> None:
@@ -148,6 +132,7 @@ class HttpFigures(Collector):
         # Per route and method: the answers in each bucket (not cumulative; the last one
         # past every bound), then the sum of their latencies.
         self._timings: dict[tuple[str, str], list[float]] = {}
+        self._submits: dict[tuple[str, str, str], int] = {}
 
     def add(self, route: str, method: str, status: int, seconds: float | None) -> None:
         key = (route, method, status)
@@ -159,6 +144,10 @@ class HttpFigures(Collector):
             timing = self._timings[(route, method)] = [0.0] * (len(self._bounds) + 2)
         timing[bisect_left(self._bounds, seconds)] += 1
         timing[-1] += seconds
+
+    def submit(self, type_: str, queue: str, outcome: str) -> None:
+        key = (type_, queue, outcome)
+        self._submits[key] = self._submits.get(key, 0) + 1
 
     def collect(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
@@ -178,25 +167,21 @@ class HttpFigures(Collector):
             buckets = list(zip(self._le, accumulate(timing[:-1]), strict=True))
             latency.add_metric([route, method], buckets, sum_value=timing[-1])
         yield latency
+        submits = CounterMetricFamily(
+            "conveyor_submits",
+            "Submissions (each job of a batch), by outcome: accepted, replayed (a repeat under"
+            " an Idempotency-Key), unique_replayed (a job not finished holds its unique key),"
+            " or refused_<status>.",
+            labels=("type", "queue", "outcome"),
+        )
+        for labels, count in self._submits.items():
+            submits.add_metric(labels, count)
+        yield submits
 
 
 def metrics_of(state: State) -> ApiMetrics | None:
     found = state.get(METRICS_KEY)
     return found if isinstance(found, ApiMetrics) else None
-
-
-def arrived(scope: Scope) -> None:
-    """Notes when a request reached its route, for the latency histogram (called by the
-    app's middleware)."""
-    cast(dict[str, Any], scope)[_STARTED] = time.perf_counter()
-
-
-def count_answer(message: Message, scope: Scope) -> None:
-    """Counts an answer (called by the app's `before_send` hook, which sees every one)."""
-    if message["type"] == "http.response.start" and scope["type"] == ScopeType.HTTP:
-        metrics = metrics_of(scope["app"].state)
-        if metrics is not None:
-            metrics.answered(scope, message["status"])
 
 
 # The depth operators graph and alert on has a sample even at 0, so its series never has a
