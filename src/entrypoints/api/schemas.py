@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import msgspec
 
@@ -146,9 +146,9 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
 
     @classmethod
-    def from_details(cls, details: JobDetails, *, tracebacks: bool = False) -> JobView:
+    def from_details(cls, details: JobDetails, *, tracebacks: bool = False, **more: Any) -> Self:
         """The job with what explains it, as `JobService.details` found it; its error's
-        traceback only with `tracebacks`."""
+        traceback only with `tracebacks`; `more`: the fields a subclass adds."""
         job = details.job
         return cls(
             id=job.id,
@@ -184,15 +184,16 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
             ),
             timeline=[TimelineEventView.from_domain(event) for event in details.timeline],
             idempotency_key=job.idempotency_key,
+            **more,
         )
 
     @classmethod
-    def from_domain(cls, job: Job, *, tracebacks: bool = False) -> JobView:
+    def from_domain(cls, job: Job, *, tracebacks: bool = False, **more: Any) -> Self:
         """The job explained by what it records alone: its waiting reason cannot say where it
         stands in its queue (`GET /jobs/{id}` asks the backend for that)."""
         reason = waiting_reason(job, None, datetime.now(UTC))
         details = JobDetails(job=job, waiting_reason=reason, timeline=timeline(job))
-        return cls.from_details(details, tracebacks=tracebacks)
+        return cls.from_details(details, tracebacks=tracebacks, **more)
 
 
 class SubmittedJobView(JobView, frozen=True, kw_only=True):
@@ -204,9 +205,7 @@ class SubmittedJobView(JobView, frozen=True, kw_only=True):
 
     @classmethod
     def from_accepted(cls, accepted: Accepted, *, tracebacks: bool = False) -> SubmittedJobView:
-        view = JobView.from_domain(accepted.job, tracebacks=tracebacks)
-        fields = {name: getattr(view, name) for name in JobView.__struct_fields__}
-        return cls(**fields, replayed=not accepted.created)
+        return cls.from_domain(accepted.job, tracebacks=tracebacks, replayed=not accepted.created)
 
 
 class BatchEntryView(msgspec.Struct, frozen=True, kw_only=True):
