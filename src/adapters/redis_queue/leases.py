@@ -35,48 +35,78 @@ class RedisLeaseQueue(LeaseQueue):
     Redis primary (not Redis Cluster).
     """
 
-    # The longest single BLPOP of a waiting claim: a waiting claimer re-checks for due
-    # retries and expired leases at least this often. The client's socket timeout must
-    # exceed it.
+    # The longest single BLPOP of a waiting claim. The client's socket timeout must exceed it.
     MAX_BLOCK_SECONDS: Final = 1.0
+    # The longest a waiting claimer goes without running the claim script (nor longer than
+    # the lease it asks for): it catches what nothing wakes it for (a lease granted since
+    # it looked, with a shorter length than its own; a key changed by hand).
+    IDLE_LOOK_SECONDS: Final = 10.0
+    # Queue sets whose last waiting claim found nothing, at most this many remembered.
+    _QUIET_KEPT: Final = 64
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core
+        # Per set of queues: when (event-loop time) a waiting claim must run the claim
+        # script again, as the last one that found nothing answered (see `claim`).
+        self._quiet: dict[frozenset[str], float] = {}
 
     async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
+        """Claims at once; a claim that found nothing waits on the queues' markers.
+
+        A waiting claim that found nothing learns when its queues next change by
+        themselves (the earliest due job, lease expiry, deadline or start a rate allows)
+        and runs the claim script again only then, or when a marker says something changed
+        sooner (a job queued, a queue resumed, an earlier due job or deadline), or after
+        `IDLE_LOOK_SECONDS`. Until then the caller's next waiting claims only wait: an idle
+        worker makes one BLPOP a second, not a script.
+        """
         keys = [self._core.keys(queue) for queue in request.queues]
+        if not keys:
+            return []
         lease_ms = ms(request.lease_seconds)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.wait_seconds
+        group = frozenset(request.queues)
+        look = min(self.IDLE_LOOK_SECONDS, request.lease_seconds)
+        # Forgotten until this claim ends quietly: an error or a cancellation runs the
+        # script at the next claim.
+        look_at = self._quiet.pop(group, None)
         with redis_errors():
-            while True:
-                leases, wake_in = await self._claim_now(
-                    keys, request.worker_id, request.limit, lease_ms
+            if look_at is None or request.wait_seconds <= 0 or loop.time() >= look_at:
+                leases, look_at = await self._claim_now(
+                    keys, request.worker_id, request.limit, lease_ms, look
                 )
-                remaining = deadline - loop.time()
-                if leases or remaining <= 0 or not keys:
+                if leases or request.wait_seconds <= 0:
                     return leases
-                # Sleep until work is submitted or a queue resumes (the marker), a retry or
-                # a scheduled job is due or a lease expires, or the wait ends; whichever
-                # comes first.
-                block = min(remaining, self.MAX_BLOCK_SECONDS)
-                if wake_in is not None:
-                    block = min(block, wake_in)
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    if len(self._quiet) >= self._QUIET_KEPT:
+                        self._quiet.clear()
+                    self._quiet[group] = look_at
+                    return []
+                # Sleep until work is submitted or a queue resumes (the marker), the next
+                # change the queues make by themselves, or the wait ends.
+                block = min(remaining, self.MAX_BLOCK_SECONDS, look_at - loop.time())
                 woken = await self._core.client.blpop(
                     [k.marker for k in keys], timeout=max(block, 0.01)
                 )
-                if woken is None and deadline - loop.time() <= 0:
-                    # Nothing woke us and the wait is over: the caller's next claim runs
-                    # the queues' maintenance at once, so claiming here too would only
-                    # double an idle worker's calls.
-                    return []
+                if woken is None and loop.time() < look_at:
+                    continue
+                leases, look_at = await self._claim_now(
+                    keys, request.worker_id, request.limit, lease_ms, look
+                )
+                if leases:
+                    return leases
 
     async def _claim_now(
-        self, keys: Sequence[QueueKeys], worker_id: str, limit: int, lease_ms: int
-    ) -> tuple[list[Lease], float | None]:
+        self, keys: Sequence[QueueKeys], worker_id: str, limit: int, lease_ms: int, look: float
+    ) -> tuple[list[Lease], float]:
+        """The leases claimed, and when (event-loop time) to look again if there are none:
+        at the queues' next change by themselves, or `look` seconds from now."""
         core = self._core
         leases: list[Lease] = []
-        wake_in: float | None = None
+        wake_in = look
         for queue_keys in keys:
             wanted = limit - len(leases)
             if wanted <= 0:
@@ -95,9 +125,9 @@ class RedisLeaseQueue(LeaseQueue):
                     leases.append(lease_from(raw))
                 except UndecodableJobError as exc:
                     await self._dead_letter(queue_keys, raw, exc)
-            if wake_ms >= 0 and (wake_in is None or wake_ms / 1000 < wake_in):
-                wake_in = wake_ms / 1000
-        return leases, wake_in
+            if wake_ms >= 0:
+                wake_in = min(wake_in, wake_ms / 1000)
+        return leases, asyncio.get_running_loop().time() + wake_in
 
     async def _dead_letter(self, keys: QueueKeys, raw: RawFields, exc: Exception) -> None:
         """Whatever sits in Redis is data: a job we just claimed but cannot even decode is

@@ -93,8 +93,8 @@ class Worker:
         self._retiring: str | None = None
         self._baseline_rss: int | None = None
         # Whether the claim loop is claiming and its last claim came back empty: it tried
-        # every queue, so each claim (at least every MAX_BLOCK_SECONDS of a waiting one)
-        # runs their maintenance, what `recover` does for lapsed leases, due and expired jobs.
+        # every queue, and its waiting claims run their maintenance (what `recover` does
+        # for lapsed leases, due and expired jobs) as each of those falls due.
         self._claims_maintain = False
         self.completed = 0
 

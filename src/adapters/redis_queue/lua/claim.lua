@@ -11,8 +11,10 @@
 -- ARGV[6] how many job types are limited, then per type 4 values (`limits`): its name, its
 --   rate's count and window in ms (0 0: no rate), its concurrency (0: none)
 -- Returns {jobs, wake_in}: jobs holds one array per claimed job (the FIELDS values, then
--- the new token); wake_in is the ms until the next due job, lease expiry or start a rate
--- allows, -1 if none (only computed when nothing was claimed).
+-- the new token); wake_in is the ms until the next due job, lease expiry, deadline or start
+-- a rate allows, -1 if none (only computed when nothing was claimed). A claimer that found
+-- nothing need not claim again before then unless woken: whatever makes a job claimable
+-- sooner pushes the marker (`wake`, `wake_before`).
 --
 -- Ids in `queued` whose hash is gone or whose status cannot be claimed are dropped; a job
 -- whose deadline has passed expires instead of being claimed. A job whose type is at its
@@ -119,6 +121,8 @@ else
   if d[2] then next_at = tonumber(d[2]) end
   local a = redis.call('ZRANGE', Q.active, 0, 0, 'WITHSCORES')
   if a[2] and (next_at == nil or tonumber(a[2]) < next_at) then next_at = tonumber(a[2]) end
+  local e = redis.call('ZRANGE', Q.deadlines, 0, 0, 'WITHSCORES')
+  if e[2] and (next_at == nil or tonumber(e[2]) < next_at) then next_at = tonumber(e[2]) end
   if limited then
     -- A type held by its rate with jobs parked: wake when its next start is allowed.
     for name, l in pairs(limited) do

@@ -33,6 +33,8 @@
 -- A unique key is checked and taken here, in its queue's hash slot: the idempotency key is
 -- looked at first, then the unique key; a job answered with the holder of its unique key
 -- stores its idempotency key naming that holder, so a repeat is answered the same.
+-- A claimer waits on the marker until the earliest due job or deadline it knew of: new
+-- jobs queued wake one, and so do scheduled jobs or deadlines earlier than those (`wake`).
 -- Needs: wake order batch rates unique
 local idem_ttl = ARGV[1]
 local max_memory = tonumber(ARGV[2])
@@ -182,6 +184,13 @@ local function submit(jobs)
   return answer
 end
 
+-- The earliest score of (score, member) pairs.
+local function earliest(pairs_)
+  local first = tonumber(pairs_[1])
+  for k = 3, #pairs_, 2 do first = math.min(first, tonumber(pairs_[k])) end
+  return first
+end
+
 local answers = {}
 local submissions = tonumber(ARGV[i])
 i = i + 1
@@ -213,10 +222,15 @@ for qn, w in ipairs(writes) do
     wake()
   end
   if #w.scheduled > 0 then
+    wake_before(Q.delayed, earliest(w.delayed))
     zadd_all(Q.delayed, w.delayed)
     index_all(w.scheduled, $SCHEDULED)
   end
-  zadd_all(Q.deadlines, w.deadlines)
+  if #w.deadlines > 0 then
+    -- With jobs queued a claimer is woken already, and sees every deadline when it looks.
+    if n == 0 then wake_before(Q.deadlines, earliest(w.deadlines)) end
+    zadd_all(Q.deadlines, w.deadlines)
+  end
   if n + #w.scheduled > 0 then rates_in(n + #w.scheduled) end
 end
 return answers

@@ -1,6 +1,6 @@
 -- settlement: end an active attempt by `decide`, and store what `domain.settlement.settle_job`
 -- makes of the job, plus the queue's own bookkeeping (its lines, sets and retention).
--- Needs: decide retain deadline order history finished
+-- Needs: decide retain deadline order history finished wake
 local FINISHED = $FINISHED
 local WAITING = $WAITING
 local SETTLES_FROM = $SETTLES_FROM
@@ -53,11 +53,14 @@ local function settle(id, key, f, outcome, retry_in, data, summary, result_ttl, 
   end
   redis.call('HSET', key, unpack(w))
   if status == $FAILED then
-    redis.call('ZADD', Q.delayed, int(math.ceil(retry_at / 1000)), id)
+    local due = int(math.ceil(retry_at / 1000))
+    wake_before(Q.delayed, due)
+    redis.call('ZADD', Q.delayed, due, id)
   elseif status == $QUEUED then
     line_up(id, redis.call('HGET', key, 'priority'), head)
   end
   if WAITING[status] and deadline then
+    wake_before(Q.deadlines, deadline_ms(deadline))
     redis.call('ZADD', Q.deadlines, deadline_ms(deadline), id)
   end
   if FINISHED[status] then
