@@ -41,7 +41,7 @@ def create_redis(
 
     `socket_timeout` bounds every read, so it must exceed the longest blocking command the
     process issues: a waiting `RedisLeaseQueue.claim` blocks in BLPOP for at most
-    `RedisLeaseQueue.MAX_BLOCK_SECONDS` (1 s) at a time, so use at least 2 s, or None.
+    `RedisLeaseQueue.MAX_BLOCK_SECONDS` (4 s) at a time, so use at least 5 s, or None.
 
     The pool holds at most `max_connections`; a command issued while all are busy waits up
     to `pool_timeout` for one (redis-py's default pool raises at once instead, which turns a

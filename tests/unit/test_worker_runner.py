@@ -439,6 +439,9 @@ class ForwardingLeases(LeaseQueue):
     async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
         return await self._inner.claim(request)
 
+    async def stop_waiting(self, worker_id: str, queues: Sequence[str]) -> None:
+        await self._inner.stop_waiting(worker_id, queues)
+
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
         return await self._inner.renew(leases, lease_seconds)
 

@@ -23,6 +23,7 @@ S = JobStatus
 class MemoryLeaseQueue(LeaseQueue):
     def __init__(self, state: MemoryState) -> None:
         self._state = state
+        self._stopped: set[str] = set()  # workers whose waiting claim is to end now
 
     async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
         loop = asyncio.get_running_loop()
@@ -32,11 +33,18 @@ class MemoryLeaseQueue(LeaseQueue):
             wakeup.clear()
             leases = self._claim_now(request)
             remaining = deadline - loop.time()
+            if request.worker_id in self._stopped:
+                self._stopped.discard(request.worker_id)
+                return leases
             if leases or remaining <= 0:
                 return leases
             # Wake for new work, or soon enough to promote retries and reclaim leases.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=min(remaining, 0.05))
+
+    async def stop_waiting(self, worker_id: str, queues: Sequence[str]) -> None:
+        self._stopped.add(worker_id)
+        self._state.wakeup.set()
 
     def _claim_now(self, request: ClaimRequest) -> list[Lease]:
         state = self._state

@@ -15,6 +15,8 @@ one hash tag and one Redis Cluster slot):
 - ``B cancelling``        set of the active jobs whose cancellation was asked for
 - ``B index:<status>``    zset job id -> when it entered that status, us on the Redis clock
 - ``B marker``            list holding at most one element: wakes one blocked claimer
+- ``B stop:<worker id>``  list: ends that worker's waiting claim (`stop_waiting`), under the
+                          tag of the first of its queues by name; expires within seconds
 - ``B paused``            exists while the queue is paused: claims hand out nothing from it
 - ``B seq``               counter behind the claim order; reset when the queue empties
 - ``B tokens``            counter behind the fencing tokens

@@ -36,11 +36,11 @@ class RedisLeaseQueue(LeaseQueue):
     """
 
     # The longest single BLPOP of a waiting claim. The client's socket timeout must exceed it.
-    MAX_BLOCK_SECONDS: Final = 1.0
+    MAX_BLOCK_SECONDS: Final = 4.0
     # The longest a waiting claimer goes without running the claim script (nor longer than
     # the lease it asks for): it catches what nothing wakes it for (a lease granted since
     # it looked, with a shorter length than its own; a key changed by hand).
-    IDLE_LOOK_SECONDS: Final = 10.0
+    IDLE_LOOK_SECONDS: Final = 30.0
     # Queue sets whose last waiting claim found nothing, at most this many remembered.
     _QUIET_KEPT: Final = 64
 
@@ -58,7 +58,8 @@ class RedisLeaseQueue(LeaseQueue):
         and runs the claim script again only then, or when a marker says something changed
         sooner (a job queued, a queue resumed, an earlier due job or deadline), or after
         `IDLE_LOOK_SECONDS`. Until then the caller's next waiting claims only wait: an idle
-        worker makes one BLPOP a second, not a script.
+        worker makes one BLPOP per `MAX_BLOCK_SECONDS` (or per wait, if shorter), and no
+        script.
         """
         keys = [self._core.keys(queue) for queue in request.queues]
         if not keys:
@@ -71,6 +72,7 @@ class RedisLeaseQueue(LeaseQueue):
         # Forgotten until this claim ends quietly: an error or a cancellation runs the
         # script at the next claim.
         look_at = self._quiet.pop(group, None)
+        stop = self._stop_key(request.worker_id, request.queues)
         with redis_errors():
             if look_at is None or request.wait_seconds <= 0 or loop.time() >= look_at:
                 leases, look_at = await self._claim_now(
@@ -86,11 +88,15 @@ class RedisLeaseQueue(LeaseQueue):
                     self._quiet[group] = look_at
                     return []
                 # Sleep until work is submitted or a queue resumes (the marker), the next
-                # change the queues make by themselves, or the wait ends.
+                # change the queues make by themselves, the worker is asked to stop, or the
+                # wait ends.
                 block = min(remaining, self.MAX_BLOCK_SECONDS, look_at - loop.time())
                 woken = await self._core.client.blpop(
-                    [k.marker for k in keys], timeout=max(block, 0.01)
+                    [*(k.marker for k in keys), stop], timeout=max(block, 0.01)
                 )
+                if woken is not None and woken[0] == stop.encode():
+                    self._quiet[group] = look_at
+                    return []
                 if woken is None and loop.time() < look_at:
                     continue
                 leases, look_at = await self._claim_now(
@@ -98,6 +104,24 @@ class RedisLeaseQueue(LeaseQueue):
                 )
                 if leases:
                     return leases
+
+    async def stop_waiting(self, worker_id: str, queues: Sequence[str]) -> None:
+        if not queues:
+            return
+        stop = self._stop_key(worker_id, queues)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.rpush(stop, 1)
+            # Gone soon if no claim was waiting to take it.
+            pipe.pexpire(stop, ms(self.MAX_BLOCK_SECONDS) * 2)
+
+        with redis_errors():
+            await self._core.pipeline(build)
+
+    def _stop_key(self, worker_id: str, queues: Sequence[str]) -> str:
+        """The list a waiting claim of `worker_id` also waits on: the one `stop_waiting`
+        pushes to. Under the tag of one of the queues, whatever their order."""
+        return f"{self._core.keys(min(queues)).base}stop:{worker_id}"
 
     async def _claim_now(
         self, keys: Sequence[QueueKeys], worker_id: str, limit: int, lease_ms: int, look: float

@@ -55,6 +55,11 @@ class LeaseQueue(AttemptReporter):
         `request.wait_seconds` for work when there is none."""
 
     @abc.abstractmethod
+    async def stop_waiting(self, worker_id: str, queues: Sequence[str]) -> None:
+        """End the waiting claim `worker_id` makes on `queues` now (or its next one, if none
+        waits), answering what it has: a worker asked to stop does not sit out the wait."""
+
+    @abc.abstractmethod
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
         """Extend leases (and record the heartbeat); answers the ids of the jobs whose lease
         is still held."""

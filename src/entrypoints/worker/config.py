@@ -14,14 +14,14 @@ class WorkerConfig:
     concurrency: int = attrs.field(validator=attrs.validators.ge(1))
     batch: int = attrs.field(default=100, validator=attrs.validators.ge(1))
     lease_seconds: float = 30.0
-    # How long one claim call waits for work; also bounds how late a stop request is noticed.
+    # How long one claim call waits for work (a stop request ends the wait at once).
     claim_wait: float = 1.0
     recover_interval: float = 1.0
     # While this worker's claims run the queues' maintenance themselves (it is idle or has
-    # free slots, so it claims at least every `claim_wait`), its own recovery runs only this
-    # often, for what claims leave to it: forgetting finished jobs past their retention and
-    # the sweep of unused queues (itself at most every 10 s).
-    tidy_interval: float = 10.0
+    # free slots, and its waiting claims look as each lease lapses or job falls due), its
+    # own recovery runs only this often, for what claims leave to it: forgetting finished
+    # jobs past their retention (hours) and the sweep of unused queues.
+    tidy_interval: float = 60.0
     drain_grace: float = 30.0
     recycle_after_jobs: int = 0  # 0: never
     recycle_rss_mb: int = 0  # 0: never

@@ -45,7 +45,8 @@ from entrypoints.worker.tracing import traced
 
 log = logging.getLogger("conveyor.worker")
 
-_CLAIM_WAIT = 1.0
+# One claim waits this long at most; a stop request ends the wait (`stop_waiting`).
+_CLAIM_WAIT = 4.0
 
 
 @attrs.frozen

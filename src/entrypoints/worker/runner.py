@@ -35,7 +35,7 @@ from entrypoints.worker.context import WorkerJobContext
 from entrypoints.worker.endings import LEASE_LOST, cut_short, hand_back, log_result, said
 from entrypoints.worker.isolation import isolate, killed_a_worker
 from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers
-from entrypoints.worker.tasks import cancel_all, wait_or_stop
+from entrypoints.worker.tasks import cancel_all, either, rss_bytes, wait_or_stop
 
 log = logging.getLogger("conveyor.worker")
 
@@ -109,7 +109,7 @@ class Worker:
                 "concurrency": cfg.concurrency,
             },
         )
-        self._baseline_rss = _rss_bytes()
+        self._baseline_rss = rss_bytes()
         background = [
             asyncio.create_task(self._renew_forever()),
             asyncio.create_task(self._recover_forever()),
@@ -133,8 +133,11 @@ class Worker:
         await self._release(list(self._running.values()))
 
     async def _relay(self, stop: asyncio.Event) -> None:
-        await stop.wait()
+        """A stop request, or retiring, ends a waiting claim at once."""
+        await either(stop, self._stop)
         self._stop.set()
+        with contextlib.suppress(QueueUnavailableError):
+            await self._leases.stop_waiting(self._config.worker_id, self._config.queues)
 
     def _retire(self, reason: str) -> None:
         if self._retiring is not None:
@@ -163,6 +166,7 @@ class Worker:
                 wait_seconds=cfg.claim_wait,
             )
             try:
+                self._claims_maintain = True  # the claim does, and so does its wait
                 leases = await self._leases.claim(request)
             except QueueUnavailableError as exc:
                 self._claims_maintain = False
@@ -385,16 +389,8 @@ class Worker:
 
     def _check_memory(self) -> None:
         limit = self._config.recycle_rss_mb
-        rss = _rss_bytes()
+        rss = rss_bytes()
         if limit and rss is not None and self._baseline_rss is not None:
             grown = (rss - self._baseline_rss) / 2**20
             if grown > limit:
                 self._retire(f"memory grew by {grown:.0f} MiB")
-
-
-def _rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * 4096
-    except (OSError, ValueError, IndexError):
-        return None

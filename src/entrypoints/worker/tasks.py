@@ -1,4 +1,4 @@
-"""Small asyncio helpers the worker loop needs."""
+"""Small helpers the worker loop needs."""
 
 from __future__ import annotations
 
@@ -24,3 +24,22 @@ async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
     """Sleep `seconds`, or less if `stop` is set meanwhile."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+async def either(*events: asyncio.Event) -> None:
+    """Wait until any of `events` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory, or None where /proc cannot tell."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+    except (OSError, ValueError, IndexError):
+        return None
