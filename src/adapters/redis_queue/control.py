@@ -6,7 +6,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import msgspec
 from redis.asyncio.client import Pipeline
@@ -88,8 +88,15 @@ class RedisQueuePauser(QueuePauser):
 
 
 class RedisQueueMonitor(QueueMonitor):
+    # A heartbeat records its queues' use in the registry (a queue a live worker serves is
+    # kept registered: see registry.py) at most this often, well within the registry's
+    # grace; and at once when this process's presence may have lapsed since its last beat.
+    REGISTER_EVERY: Final = 30.0
+
     def __init__(self, core: RedisCore) -> None:
         self._core = core
+        self._registered_at: float | None = None  # monotonic, by the last heartbeat
+        self._beat_at: float | None = None  # monotonic: the last heartbeat that got through
 
     async def queue_stats(self, queues: Sequence[str] | None = None) -> Sequence[QueueStats]:
         core = self._core
@@ -137,16 +144,26 @@ class RedisQueueMonitor(QueueMonitor):
             done=None if load is None else load.done,
         )
         seen = calls.worker_seen(core.registry.keys, worker_id, msgspec.json.encode(info), ttl_ms)
+        now = time.monotonic()
+        register = (
+            self._registered_at is None
+            or self._beat_at is None
+            or now - self._registered_at >= self.REGISTER_EVERY
+            or now - self._beat_at >= ttl
+        )
 
         def build(pipe: Pipeline) -> None:
             for k in keys:
                 evalsha(pipe, calls.heartbeat(k, worker_id, ttl_ms))
-            # After: a queue with a live worker is registered (see registry.py).
-            evalsha(pipe, core.registry.register([[(queue, False) for queue in queues]]))
+            if register:  # after: a queue with a live worker is registered (see registry.py)
+                evalsha(pipe, core.registry.register([[(queue, False) for queue in queues]]))
             evalsha(pipe, seen)
 
         with redis_errors():
             await core.pipeline(build)
+        self._beat_at = now
+        if register:
+            self._registered_at = now
 
     async def forget_worker(self, worker_id: str) -> None:
         core = self._core

@@ -34,8 +34,10 @@ class WorkerConfig:
     cancel_grace: float = 5.0
     # How often the worker asks whether any of its running jobs is to be cancelled.
     cancel_poll: float = 0.5
-    # How often the worker says it is alive; each heartbeat lasts three intervals.
-    heartbeat_interval: float = 2.0
+    # How often the worker says it is alive (to the queue: `QueueMonitor.heartbeat`); each
+    # heartbeat lasts three intervals, so a worker gone without a word stops counting
+    # within 15 s (one that stops says so at once).
+    heartbeat_interval: float = 5.0
 
     @queue_weights.validator
     def _one_weight_per_queue(
