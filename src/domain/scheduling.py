@@ -48,8 +48,11 @@ from domain.schedules import (
 FIRING_LEASE: Final = 10.0
 # Due schedules and stale firings one pass handles at most (the next pass goes on).
 PASS_LIMIT: Final = 100
-# The longest a scheduler sleeps between passes, so it sees new and changed schedules soon.
-MAX_SLEEP: Final = 1.0
+# The longest a scheduler sleeps between passes. It sleeps until its next tick or a
+# firing's lease lapses, and meanwhile asks every CHANGE_CHECK seconds (one read) whether
+# a schedule was put, deleted, paused or resumed (`changed`), so it sees those soon.
+MAX_SLEEP: Final = 60.0
+CHANGE_CHECK: Final = 1.0
 _PAST_THE_TICK: Final = 0.002
 _NO_STORE: Final = "this backend keeps no schedules"
 
@@ -146,6 +149,7 @@ class Scheduler:
     _lease: float = FIRING_LEASE
     _max_sleep: float = MAX_SLEEP
     _recurrences: dict[str, Recurrence] = attrs.field(factory=dict, init=False)
+    _mark: str | None = attrs.field(default=None, init=False)  # the store's, at the last pass
 
     def _recurrence(self, schedule: Schedule) -> Recurrence:
         key = schedule.version
@@ -156,7 +160,13 @@ class Scheduler:
             recurrence = self._recurrences[key] = schedule.recurrence(self._cron)
         return recurrence
 
+    async def changed(self) -> bool:
+        """Whether a schedule was put, deleted, paused or resumed since the last pass began
+        (True before the first)."""
+        return self._mark is None or await self._store.mark() != self._mark
+
     async def run_pass(self) -> PassReport:
+        self._mark = await self._store.mark()
         now = self._clock.now()
         work = await self._store.due(now, PASS_LIMIT)
         outcomes: list[TickOutcome] = []
@@ -167,9 +177,10 @@ class Scheduler:
             outcome = await self._take_over(firing, schedule, now, lease_until)
             if outcome is not None:
                 outcomes.append(outcome)
-        busy = len(work.due) >= PASS_LIMIT or len(work.stale) >= PASS_LIMIT
         sleep = self._max_sleep
-        if busy:
+        if work.due or work.stale:
+            # Look again at once: this pass moved those schedules' next ticks (or another
+            # scheduler did), and the ones past PASS_LIMIT wait.
             sleep = 0.0
         elif work.next_due is not None:
             until = (work.next_due - self._clock.now()).total_seconds()

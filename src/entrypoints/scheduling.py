@@ -11,7 +11,7 @@ import signal
 from typing import Final
 
 from domain.errors import DomainError, InvalidScheduleError, QueueUnavailableError
-from domain.scheduling import FIRING_LEASE, PassReport, Scheduler
+from domain.scheduling import CHANGE_CHECK, FIRING_LEASE, PassReport, Scheduler
 from entrypoints.container import Container, build_container
 from entrypoints.settings import QueueBackend, Settings, SettingsError
 from entrypoints.startup import backend_is_safe
@@ -81,8 +81,10 @@ async def schedule(container: Container, stop: asyncio.Event) -> None:
 
 
 async def run_scheduler(scheduler: Scheduler, stop: asyncio.Event) -> None:
-    """Fire due ticks until `stop` is set, sleeping until the next tick is due (at most a
-    second, so new and changed schedules are seen soon)."""
+    """Fire due ticks until `stop` is set, sleeping until the next tick is due, or a
+    firing's lease lapses, or a schedule is put, deleted, paused or resumed (asked every
+    `CHANGE_CHECK` seconds: one read), whichever comes first."""
+    loop = asyncio.get_running_loop()
     while not stop.is_set():
         try:
             report = await scheduler.run_pass()
@@ -94,11 +96,24 @@ async def run_scheduler(scheduler: Scheduler, stop: asyncio.Event) -> None:
         except (DomainError, OSError) as exc:
             log.error("scheduler pass failed: %s", exc, exc_info=exc)
             sleep = _RETRY
-        if sleep > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), sleep)
-        else:
+        if sleep <= 0:
             await asyncio.sleep(0)
+            continue
+        until = loop.time() + sleep
+        while (left := until - loop.time()) > 0 and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(left, CHANGE_CHECK))
+            if until - loop.time() > CHANGE_CHECK and await _changed(scheduler):
+                break
+
+
+async def _changed(scheduler: Scheduler) -> bool:
+    """Whether to pass now: a schedule changed, or the store cannot tell (the pass reports
+    the outage)."""
+    try:
+        return await scheduler.changed()
+    except (QueueUnavailableError, DomainError, OSError):
+        return True
 
 
 def _log(report: PassReport) -> None:

@@ -19,7 +19,9 @@ from tests.unit.test_scheduler import (
     test_after_downtime_the_misfire_policy_is_honoured,
     test_declaring_the_same_schedule_again_keeps_its_ticks,
     test_each_tick_makes_one_job_however_many_schedulers_run,
-    test_the_scheduler_sleeps_until_the_next_tick_at_most_a_second,
+    test_the_scheduler_knows_when_a_schedule_was_put_paused_resumed_or_removed,
+    test_the_scheduler_sleeps_until_the_next_tick_at_most_a_minute,
+    test_the_scheduler_wakes_when_a_taken_tick_would_go_stale,
 )
 
 __all__ = [
@@ -31,7 +33,9 @@ __all__ = [
     "test_after_downtime_the_misfire_policy_is_honoured",
     "test_declaring_the_same_schedule_again_keeps_its_ticks",
     "test_each_tick_makes_one_job_however_many_schedulers_run",
-    "test_the_scheduler_sleeps_until_the_next_tick_at_most_a_second",
+    "test_the_scheduler_knows_when_a_schedule_was_put_paused_resumed_or_removed",
+    "test_the_scheduler_sleeps_until_the_next_tick_at_most_a_minute",
+    "test_the_scheduler_wakes_when_a_taken_tick_would_go_stale",
 ]
 
 

@@ -214,13 +214,54 @@ def test_a_removed_schedule_is_gone_and_makes_no_more_jobs(world: World) -> None
     run(scenario)
 
 
-def test_the_scheduler_sleeps_until_the_next_tick_at_most_a_second(world: World) -> None:
+def test_the_scheduler_sleeps_until_the_next_tick_at_most_a_minute(world: World) -> None:
     async def scenario() -> None:
         scheduler = world.scheduler()
-        assert (await scheduler.run_pass()).sleep == 1.0  # nothing declared
+        assert (await scheduler.run_pass()).sleep == 60.0  # nothing declared
         await world.every(60)
         world.clock.advance(59.7)
         assert (await scheduler.run_pass()).sleep == pytest.approx(0.3, abs=0.01)
+
+    run(scenario)
+
+
+def test_the_scheduler_knows_when_a_schedule_was_put_paused_resumed_or_removed(
+    world: World,
+) -> None:
+    async def scenario() -> None:
+        scheduler = world.scheduler()
+        assert await scheduler.changed()  # no pass yet
+        await scheduler.run_pass()
+        assert not await scheduler.changed()
+        for change in (
+            world.every(60),
+            world.service.pause("tick"),
+            world.service.resume("tick"),
+            world.service.delete("tick"),
+        ):
+            await change
+            assert await scheduler.changed()
+            await scheduler.run_pass()
+            assert not await scheduler.changed()
+
+    run(scenario)
+
+
+def test_the_scheduler_wakes_when_a_taken_tick_would_go_stale(world: World) -> None:
+    class DiesOnSubmit(JobService):
+        async def submit(self, *args: Any, **kwargs: Any) -> Any:
+            raise QueueUnavailableError("the process died here")
+
+    async def scenario() -> None:
+        await world.every(3600)
+        dying = world.scheduler(
+            DiesOnSubmit(world.backend, default_registry(RecordingEmailSender()), world.clock)
+        )
+        world.clock.advance(3600)
+        await dying.run_pass()
+        # The next tick is an hour away, but the taken one is stale once its lease lapses.
+        report = await world.scheduler().run_pass()
+        assert report.sleep == pytest.approx(FIRING_LEASE, abs=0.01)
 
     run(scenario)
 

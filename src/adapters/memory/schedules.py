@@ -27,6 +27,7 @@ class MemoryScheduleStore(ScheduleStore):
         self._entries: dict[str, _Entry] = {}
         # (name, tick) -> the firing
         self._firings: dict[tuple[str, datetime], Firing] = {}
+        self._changes = 0  # puts, deletes, pauses and resumes (`mark`)
 
     def _view(self, entry: _Entry) -> StoredSchedule:
         return StoredSchedule(
@@ -41,6 +42,7 @@ class MemoryScheduleStore(ScheduleStore):
         self, schedule: Schedule, first_tick: datetime | None, *, paused: bool | None
     ) -> Upsert:
         entry = self._entries.get(schedule.name)
+        self._changes += 1
         if entry is None:
             self._entries[schedule.name] = _Entry(schedule, bool(paused), first_tick)
             return Upsert.CREATED
@@ -62,11 +64,13 @@ class MemoryScheduleStore(ScheduleStore):
         return [self._view(self._entries[name]) for name in sorted(self._entries)]
 
     async def delete(self, name: str) -> bool:
+        self._changes += 1
         for key in [key for key in self._firings if key[0] == name]:
             del self._firings[key]
         return self._entries.pop(name, None) is not None
 
     async def pause(self, name: str) -> bool:
+        self._changes += 1
         entry = self._entries.get(name)
         if entry is None:
             return False
@@ -74,12 +78,16 @@ class MemoryScheduleStore(ScheduleStore):
         return True
 
     async def resume(self, name: str, version: str, next_tick: datetime | None) -> bool:
+        self._changes += 1
         entry = self._entries.get(name)
         if entry is None or entry.schedule.version != version:
             return False
         if entry.paused:
             entry.paused, entry.next_tick = False, next_tick
         return True
+
+    async def mark(self) -> str:
+        return str(self._changes)
 
     async def due(self, now: datetime, limit: int) -> DueWork:
         running = [e for e in self._entries.values() if not e.paused and e.next_tick is not None]
@@ -90,6 +98,7 @@ class MemoryScheduleStore(ScheduleStore):
             key=lambda f: f.lease_until,
         )
         ahead = [e.next_tick for e in running if e.next_tick is not None and e.next_tick > now]
+        ahead += [f.lease_until for f in self._firings.values() if f.lease_until > now]
         return DueWork(
             due=due[:limit],
             stale=[(f, self._entries[f.name].schedule) for f in stale[:limit]],

@@ -9,6 +9,7 @@ Keys, all under one hash tag ``{prefix:schedules}`` (``S``), passed to each scri
 - ``S:last``     hash: name -> ``"<tick ms> <job id>"``, the latest tick that stored a job
 - ``S:firing``   zset: ``"<name> <tick ms> <claimed ms>"`` -> lease expiry, ms: ticks a
                  scheduler took and has not said it submitted (see `domain.scheduling`)
+- ``S:changed``  counter of the puts, deletes, pauses and resumes (`mark`)
 
 A queue named ``schedules`` shares the hash tag (so the slot), never a key: a queue's keys
 are ``queued``, ``active``, ``job:<id>``, ... (`adapters.redis_queue.keys`).
@@ -60,6 +61,7 @@ class RedisScheduleStore(ScheduleStore):
         base = f"{{{prefix}:schedules}}:"
         self._defs, self._next, self._paused = base + "defs", base + "next", base + "paused"
         self._last, self._firing = base + "last", base + "firing"
+        self._changed = base + "changed"
         self._client = client
         self._scripts = {
             name: client.register_script(_source(name))
@@ -78,7 +80,7 @@ class RedisScheduleStore(ScheduleStore):
         flag = "" if paused is None else "1" if paused else "0"
         answer = await self._run(
             "put",
-            (self._defs, self._next, self._paused),
+            (self._defs, self._next, self._paused, self._changed),
             (schedule.name, value, version, _ms(first_tick), flag),
         )
         return Upsert(_text(answer))
@@ -132,16 +134,21 @@ class RedisScheduleStore(ScheduleStore):
         return sorted(stored, key=lambda s: s.schedule.name)
 
     async def delete(self, name: str) -> bool:
-        keys = (self._defs, self._next, self._paused, self._last, self._firing)
+        keys = (self._defs, self._next, self._paused, self._last, self._firing, self._changed)
         return bool(await self._run("delete", keys, (name,)))
 
     async def pause(self, name: str) -> bool:
-        keys = (self._defs, self._next, self._paused)
+        keys = (self._defs, self._next, self._paused, self._changed)
         return bool(await self._run("pause", keys, (name,)))
 
     async def resume(self, name: str, version: str, next_tick: datetime | None) -> bool:
-        keys = (self._defs, self._next, self._paused)
+        keys = (self._defs, self._next, self._paused, self._changed)
         return bool(await self._run("resume", keys, (name, version, _ms(next_tick))))
+
+    async def mark(self) -> str:
+        with redis_errors():
+            value = await self._client.get(self._changed)
+        return "0" if value is None else _text(value)
 
     async def due(self, now: datetime, limit: int) -> DueWork:
         due, stale, ahead = await self._run(

@@ -37,7 +37,8 @@ class Firing:
 @attrs.frozen(kw_only=True)
 class DueWork:
     """What a scheduler finds at `now`: the schedules whose next tick has come, the ticks
-    whose scheduler went quiet, and when the next tick of any schedule comes."""
+    whose scheduler went quiet, and when it next has something to do (the next tick of any
+    schedule, or the lapse of a firing's lease)."""
 
     due: Sequence[StoredSchedule]
     stale: Sequence[tuple[Firing, Schedule]]
@@ -81,6 +82,12 @@ class ScheduleStore(abc.ABC):
     async def resume(self, name: str, version: str, next_tick: datetime | None) -> bool:
         """Let it tick again from `next_tick` (the ticks of the pause are not misfires); a
         running one is left alone. False when there is no schedule of that `version`."""
+
+    @abc.abstractmethod
+    async def mark(self) -> str:
+        """A value that changes whenever a schedule is put, deleted, paused or resumed: a
+        scheduler that finds it as it was at its last pass has nothing new to look at
+        before that pass's `next_due`."""
 
     @abc.abstractmethod
     async def due(self, now: datetime, limit: int) -> DueWork:

@@ -4,7 +4,7 @@
 -- ARGV[1] now ms (the caller's clock: ticks are computed on it), ARGV[2] the most of each
 -- Returns {due, stale, next}: due = {next tick ms, definition, ...} of the schedules whose
 -- next tick has come; stale = {member, lease ms, definition, ...} of the firings whose lease
--- lapsed; next = the earliest next tick after now (ms), or nil. Entries whose schedule is
+-- lapsed; next = the earliest next tick or firing's lease expiry after now (ms), or nil. Entries whose schedule is
 -- gone are dropped.
 local now, limit = ARGV[1], tonumber(ARGV[2])
 local due = {}
@@ -31,4 +31,7 @@ for i = 1, #found, 2 do
   end
 end
 local ahead = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-return {due, stale, ahead[2] or false}
+local lapses = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local next_at = ahead[2]
+if lapses[2] and (not next_at or tonumber(lapses[2]) < tonumber(next_at)) then next_at = lapses[2] end
+return {due, stale, next_at or false}

@@ -3,6 +3,8 @@
 -- KEYS[1] defs    hash: name -> "<version> <definition JSON>"
 -- KEYS[2] next    zset: name -> its next tick, ms (the running schedules only)
 -- KEYS[3] paused  set of the paused schedules' names
+-- KEYS[4] changed counter of the puts, deletes, pauses and resumes: schedulers look again
+--   when it moves
 -- ARGV[1] name, ARGV[2] "<version> <definition JSON>", ARGV[3] version (16 characters),
 -- ARGV[4] first tick ms or '' (none ahead), ARGV[5] '1' pause, '0' resume, '' as it is
 -- Returns 'created', 'replaced' (another version was kept: its ticks start anew) or
@@ -17,6 +19,7 @@ local function set_next()
   end
 end
 
+redis.call('INCR', KEYS[4])
 local old = redis.call('HGET', KEYS[1], name)
 local outcome = 'unchanged'
 if not old then
