@@ -8,6 +8,9 @@
   Lua scripts count, as Redis counts them).
 - first job: `conveyor worker --processes 1 --concurrency 100` started on a queue pre-filled
   with `--jobs` no-op jobs; seconds from the spawn to the first job `succeeded`.
+- pickup: one idle `conveyor worker --processes 1`, then `--paced` no-op jobs submitted one
+  at a time at `--rate` per second; the median and p99 of each job's pickup latency (its
+  claim, less its submission, both as stored).
 
 `--python` runs the worker of another checkout's environment (for A/B runs against it).
 Uses REDIS_URL when set (loopback only, and nothing else should use that server while this
@@ -27,6 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 from adapters.console_email import ConsoleEmailSender
@@ -128,6 +132,44 @@ def first_job(url: str, args: argparse.Namespace, log: Path) -> float:
         asyncio.run(_delete_prefix(url, prefix))
 
 
+def pickup(url: str, args: argparse.Namespace, log: Path) -> tuple[float, float]:
+    """Median and p99 pickup latency (ms) of jobs submitted one at a time to an idle worker."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    worker = _spawn(args.python, url, prefix, log)
+    keys = QueueKeys.of(prefix, "default")
+
+    async def measure() -> list[float]:
+        client = create_redis(url, connect_timeout=2.0, socket_timeout=10.0)
+        backend = redis_backend(client, prefix=prefix)
+        service = JobService(backend, default_registry(ConsoleEmailSender()), SystemClock())
+        submission = Submission(type="dummy", payload={"mode": "succeed"})
+        try:
+            for _ in range(args.paced):
+                await service.submit(submission)
+                await asyncio.sleep(1 / args.rate)
+            done = keys.index(JobStatus.SUCCEEDED)
+            until = time.monotonic() + args.cap
+            while await client.zcard(done) < args.paced:
+                if time.monotonic() > until:
+                    raise SystemExit(f"not every paced job done within {args.cap} s")
+                await asyncio.sleep(0.05)
+            ids = cast("list[bytes]", await client.zrange(done, 0, -1))
+            pipe = client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hmget(keys.job(job_id.decode()), "created_at", "started_at")
+            return [(int(b) - int(a)) / 1000 for a, b in await pipe.execute()]
+        finally:
+            await backend.connection.close()
+
+    try:
+        time.sleep(args.settle)
+        found = sorted(asyncio.run(measure()))
+    finally:
+        _stop(worker)
+        asyncio.run(_delete_prefix(url, prefix))
+    return statistics.median(found), found[min(len(found) - 1, int(len(found) * 0.99))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -136,7 +178,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=3.0, help="start-up left out (idle)")
     parser.add_argument("--window", type=float, default=5.0, help="seconds counted (idle)")
     parser.add_argument("--cap", type=float, default=30.0, help="seconds before giving up")
-    parser.add_argument("--only", choices=("idle", "first"), default=None)
+    parser.add_argument("--paced", type=int, default=100, help="jobs submitted (pickup)")
+    parser.add_argument("--rate", type=float, default=10.0, help="jobs a second (pickup)")
+    parser.add_argument("--only", choices=("idle", "first", "pickup"), default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = os.environ.get("REDIS_URL")
@@ -148,18 +192,24 @@ def main() -> None:
             server = LocalRedis(data_dir=Path(tmp) / "redis").start()
             url = server.url
         log = Path(tmp) / "worker.log"
-        rates: list[float] = []
-        firsts: list[float] = []
+        rows: list[tuple[float, float, float, float]] = []
+        nan = float("nan")
         try:
-            print("| run | idle commands/s | spawn -> first job done (s) |")
-            print("|---|---|---|")
+            print(
+                "| run | idle commands/s | spawn -> first job done (s)"
+                f" | pickup p50 (ms, {args.rate:g}/s) | pickup p99 (ms) |"
+            )
+            print("|---|---|---|---|---|")
             for run in range(1, args.runs + 1):
-                rate = idle_rate(url, args, log) if args.only != "first" else float("nan")
-                first = first_job(url, args, log) if args.only != "idle" else float("nan")
-                rates.append(rate)
-                firsts.append(first)
-                print(f"| {run} | {rate:.1f} | {first:.3f} |", flush=True)
-            print(f"| median | {statistics.median(rates):.1f} | {statistics.median(firsts):.3f} |")
+                rate = idle_rate(url, args, log) if args.only in (None, "idle") else nan
+                first = first_job(url, args, log) if args.only in (None, "first") else nan
+                p50, p99 = pickup(url, args, log) if args.only in (None, "pickup") else (nan, nan)
+                rows.append((rate, first, p50, p99))
+                print(f"| {run} | {rate:.1f} | {first:.3f} | {p50:.2f} | {p99:.2f} |", flush=True)
+            rate, first, p50, p99 = (
+                statistics.median(column) for column in zip(*rows, strict=True)
+            )
+            print(f"| median | {rate:.1f} | {first:.3f} | {p50:.2f} | {p99:.2f} |")
         finally:
             if server is not None:
                 server.stop()
