@@ -41,8 +41,9 @@ queue names, whose keys share one hash tag with ``P:queues`` (``R`` = ``{P:queue
 - ``R tags``              hash: a queue tag (`domain.jobs.queue_tag`, how a job id starts)
                           -> the names with that tag, space-separated (nearly always one)
 - ``R touched``           hash: name -> its last use (a submit, a pause, a worker's
-                          heartbeat), ``"<ms> <generation>"``: a name is forgotten only if
-                          it was not used since its queue was found idle, nor lately
+                          heartbeat every 30 s), ``"<ms> <generation>"``: a name is
+                          forgotten only if it was not used since its queue was found
+                          idle, nor lately
 - ``R generation``        counter behind ``touched``, so that each use is unique
 - ``R legacy``            set of the names whose queues may hold jobs whose ids do not
                           start with their tag (made before tags, or chosen by a caller)
@@ -50,7 +51,7 @@ queue names, whose keys share one hash tag with ``P:queues`` (``R`` = ``{P:queue
 - ``R workers``           hash: worker id -> what it last said of itself, JSON (host, pid,
                           queues, in flight, done; `lua/worker_seen.lua`)
 - ``R seen``              zset: worker id -> when its presence lapses, ms; a lapsed one's
-                          entries go at the next heartbeat of any worker
+                          entries go when a worker joins
 
 The flow limits of a job type (`domain.limits`), global to the prefix, under their own hash
 tag ``{P}``: ``{P}:limit:starts:<type>`` (zset ``<token>:<n>`` -> us: a claim's n starts,

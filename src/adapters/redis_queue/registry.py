@@ -23,9 +23,9 @@ tag finds nothing. HTTP clients cannot grow that set: the API mints every id.
 before its first job or pause (refused past `max_queues`: `TooManyQueuesError`, nothing
 stored); the submissions of one event-loop tick are admitted together, so they still reach
 Redis in one pipeline, in the order made; names this process registered lately skip that
-round trip. Every submit, pause and worker heartbeat then records its use (REGISTER, not
-strict) *after* its write, in the same pipeline, so a queue that holds a job is registered
-once the caller is answered.
+round trip. Every submit and pause, and a worker's heartbeat every 30 s (`RedisQueueMonitor`),
+then records its use (REGISTER, not strict) *after* its write, in the same pipeline, so a
+queue that holds a job is registered once the caller is answered.
 
 **Forgetting.** A sweep (at most once per `sweep_interval` across every process, under a
 lock; started by workers' `recover` and by a refused registration) asks each queue whether
