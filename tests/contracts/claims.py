@@ -81,6 +81,24 @@ class ClaimContract:
         assert waited < 1.0, waited  # woken by the submit, not by the 5 s timeout
 
     @scenario(LeaseQueue)
+    async def test_a_waiting_claim_ends_at_once_when_its_worker_is_asked_to_stop(
+        self, rig: Rig
+    ) -> None:
+        job = new_job()
+        started = time.monotonic()
+        waiting = asyncio.create_task(claim(rig.leases, wait_seconds=5.0, worker_id="w1"))
+        await asyncio.sleep(0.2)
+        await rig.leases.stop_waiting("w2", ["default"])  # another worker's: no effect
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        await rig.leases.stop_waiting("w1", ["default"])
+        assert await waiting == []
+        assert time.monotonic() - started < 1.5  # not the 5 s wait
+        # Nothing was lost meanwhile: a job submitted now is handed out as usual.
+        await enqueue(rig.submitter, job)
+        assert ids_of(await claim(rig.leases, wait_seconds=5.0, worker_id="w2")) == [job.id]
+
+    @scenario(LeaseQueue)
     async def test_a_job_released_while_a_claimer_waits_is_handed_to_it_promptly(
         self, rig: Rig
     ) -> None:
