@@ -57,6 +57,18 @@ class Conveyor:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        """Wait until the process's output holds `text`; fails if it exits first or `timeout`
+        passes (a worker's child, for one, may take seconds to start on a loaded machine)."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            assert self.proc.poll() is None, f"exited before {text!r}: {self.output()[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"no {text!r} in {timeout} s: {self.output()[-3000:]}"
+            )
+            time.sleep(0.05)
+
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)

@@ -114,8 +114,10 @@ def test_delayed_jobs_start_on_time(redis_url: str, tmp_path: Path) -> None:
     with (
         Api(env, tmp_path) as api,
         api.client() as client,
-        Conveyor(["worker", "--concurrency", "50"], env, tmp_path),
+        Conveyor(["worker", "--concurrency", "50"], env, tmp_path) as worker,
     ):
+        # Its process running, so the earliest job (2 s) is not held up by its start.
+        worker.wait_for('"worker started"')
         batch = [_job(delay=round(rng.uniform(2, 10), 3)) for _ in range(200)]
         response = client.post("/jobs/batch", json={"jobs": batch})
         assert response.status_code == 202, response.text

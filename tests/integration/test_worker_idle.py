@@ -64,6 +64,7 @@ def test_an_idle_worker_process_makes_at_most_five_redis_commands_a_second(
     env = service_env(redis_url)
     prefix = env["CONVEYOR_KEY_PREFIX"]
     with Conveyor(["worker", "--processes", "1"], env, tmp_path) as worker:
+        worker.wait_for('"worker started"')
         time.sleep(SETTLE)
         seen = asyncio.run(_commands_under(redis_url, prefix, WINDOW))
         assert worker.stop() == 0, worker.output()[-3000:]
@@ -131,6 +132,7 @@ def test_a_job_scheduled_while_a_worker_waits_runs_within_a_second_of_its_time(
             return found
 
     with Conveyor(["worker", "--processes", "1"], env, tmp_path) as worker:
+        worker.wait_for('"worker started"')
         time.sleep(SETTLE)  # waiting
         late = asyncio.run(main())
         assert worker.stop() == 0, worker.output()[-3000:]
@@ -179,6 +181,7 @@ def test_a_lease_taken_while_a_worker_waits_and_abandoned_is_recovered_in_time(
                 await asyncio.sleep(0.02)
 
     with Conveyor(["worker", "--processes", "1"], env, tmp_path) as worker:
+        worker.wait_for('"worker started"')
         time.sleep(SETTLE)  # waiting
         taken, rerun = asyncio.run(main())
         assert worker.stop() == 0, worker.output()[-3000:]
