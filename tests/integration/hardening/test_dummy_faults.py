@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import redis
 
 from tests.integration.faults.harness import Pool, fault_env, wait_settled
@@ -65,6 +66,9 @@ def test_a_fault_mode_is_refused_naming_the_setting_and_nothing_is_stored(
     assert "CONVEYOR_DUMMY_FAULTS=1" in mode_schema["description"]
 
 
+# Alone: its bound is a time (every email within 60 s), and its pace is that of starting
+# new worker processes, which other tests' processes slow by half on 2 cores.
+@pytest.mark.alone
 def test_a_storm_of_crashing_jobs_starves_no_other_work_and_the_supervisor_stays_up(
     redis_url: str, tmp_path: Path
 ) -> None:
