@@ -345,6 +345,22 @@ def _ratio(ours: float | None, theirs: float | None, higher: bool) -> str:
     return f"{(ours / theirs if higher else theirs / ours):.2f}x"
 
 
+def pace(client: redis.Redis) -> str:
+    """This machine's pace now: a 10**7-step Python loop, and round trips to Redis on
+    loopback. Shared machines run at different speeds from day to day, and not all of it
+    shows in a pure Python loop, so the table says both."""
+    started = time.perf_counter()
+    total = 0
+    for step in range(10_000_000):
+        total += step
+    loop = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(10_000):
+        client.ping()
+    trips = 10_000 / (time.perf_counter() - started)
+    return f"Python loop {loop:.2f} s, {trips:,.0f} Redis PINGs/s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -365,13 +381,16 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="conveyor-compare-") as tmp,
         redis_server(Path(tmp)) as (url, client),
     ):
+        pace_before = pace(client)
         records = harness(url, args.systems, args.runs, args.n, Path(tmp) / "out")
         records += http(url, args.runs, args.http_seconds)
         for run in range(1, args.runs + 1):
             records += memory_per_job(url, client, run, args.n)
             records.append(idle_commands(url, client, run))
+        pace_after = pace(client)
     print()
     print(table(records, args.runs))
+    print(f"\nThe machine's pace before the run: {pace_before}; after: {pace_after}.")
 
 
 if __name__ == "__main__":
