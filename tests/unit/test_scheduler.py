@@ -38,6 +38,11 @@ def redis_store() -> ScheduleStore:
     return RedisScheduleStore(fakeredis.FakeAsyncRedis(server=server, version=(7,)), prefix="t")
 
 
+class _DiesOnSubmit(JobService):
+    async def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise QueueUnavailableError("the process died here")
+
+
 class World:
     def __init__(self, store: ScheduleStore) -> None:
         self.clock = FakeClock()
@@ -50,6 +55,11 @@ class World:
 
     def scheduler(self, jobs: JobService | None = None) -> Scheduler:
         return Scheduler(self.store, jobs or self.jobs, self.cron, self.clock, 86400.0)
+
+    def dying_scheduler(self) -> Scheduler:
+        """A scheduler whose process dies as it submits a tick it took."""
+        registry = default_registry(RecordingEmailSender())
+        return self.scheduler(_DiesOnSubmit(self.backend, registry, self.clock))
 
     async def every(self, seconds: float = 1, **extra: Any) -> None:
         fields: dict[str, Any] = {"name": "tick", "type": "email", "payload": EMAIL}
@@ -94,15 +104,9 @@ def test_each_tick_makes_one_job_however_many_schedulers_run(world: World) -> No
 
 
 def test_a_tick_taken_by_a_scheduler_that_died_is_submitted_by_another(world: World) -> None:
-    class DiesOnSubmit(JobService):
-        async def submit(self, *args: Any, **kwargs: Any) -> Any:
-            raise QueueUnavailableError("the process died here")
-
     async def scenario() -> None:
         await world.every(60)
-        dying = world.scheduler(
-            DiesOnSubmit(world.backend, default_registry(RecordingEmailSender()), world.clock)
-        )
+        dying = world.dying_scheduler()
         world.clock.advance(60)
         report = await dying.run_pass()
         assert [o.error is not None for o in report.outcomes] == [True]
@@ -248,15 +252,9 @@ def test_the_scheduler_knows_when_a_schedule_was_put_paused_resumed_or_removed(
 
 
 def test_the_scheduler_wakes_when_a_taken_tick_would_go_stale(world: World) -> None:
-    class DiesOnSubmit(JobService):
-        async def submit(self, *args: Any, **kwargs: Any) -> Any:
-            raise QueueUnavailableError("the process died here")
-
     async def scenario() -> None:
         await world.every(3600)
-        dying = world.scheduler(
-            DiesOnSubmit(world.backend, default_registry(RecordingEmailSender()), world.clock)
-        )
+        dying = world.dying_scheduler()
         world.clock.advance(3600)
         await dying.run_pass()
         # The next tick is an hour away, but the taken one is stale once its lease lapses.

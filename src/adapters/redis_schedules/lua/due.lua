@@ -4,8 +4,8 @@
 -- ARGV[1] now ms (the caller's clock: ticks are computed on it), ARGV[2] the most of each
 -- Returns {due, stale, next}: due = {next tick ms, definition, ...} of the schedules whose
 -- next tick has come; stale = {member, lease ms, definition, ...} of the firings whose lease
--- lapsed; next = the earliest next tick or firing's lease expiry after now (ms), or nil. Entries whose schedule is
--- gone are dropped.
+-- lapsed; next = the earliest next tick or firing's lease expiry after now (ms), or nil.
+-- Entries whose schedule is gone are dropped.
 local now, limit = ARGV[1], tonumber(ARGV[2])
 local due = {}
 local found = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
@@ -31,7 +31,10 @@ for i = 1, #found, 2 do
   end
 end
 local ahead = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-local lapses = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local lapses = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. now, '+inf', 'WITHSCORES',
+                         'LIMIT', 0, 1)
 local next_at = ahead[2]
-if lapses[2] and (not next_at or tonumber(lapses[2]) < tonumber(next_at)) then next_at = lapses[2] end
+if lapses[2] and (not next_at or tonumber(lapses[2]) < tonumber(next_at)) then
+  next_at = lapses[2]
+end
 return {due, stale, next_at or false}
