@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 import hiredis
 import redis.asyncio
@@ -17,12 +17,14 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
+from adapters.redis_sentinel import is_sentinel_url, parse_sentinel_url, sentinel_client
 from domain.errors import QueueUnavailableError
 
 HEALTH_CHECK_INTERVAL_S: Final = 30
@@ -41,7 +43,9 @@ def create_redis(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
 ) -> redis.asyncio.Redis:
-    """A client for `url` (``redis://``, ``rediss://``, ``unix://``; passwords in the URL work).
+    """A client for `url` (``redis://``, ``rediss://``, ``unix://``, or ``redis+sentinel://``
+    for the primary a set of Sentinels names, see `adapters.redis_sentinel`; passwords in the
+    URL work).
 
     Nothing connects until the first command. Responses are *bytes*
     (``decode_responses=False``): the queue adapter decodes what it stores itself, so one odd
@@ -65,17 +69,23 @@ def create_redis(
         _RETRIES,
         supported_errors=(RedisConnectionError,),
     )
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        decode_responses=False,
-        socket_connect_timeout=connect_timeout,
-        socket_timeout=socket_timeout,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        retry=retry,
-    )
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": pool_timeout,
+        "decode_responses": False,
+        "socket_connect_timeout": connect_timeout,
+        "socket_timeout": socket_timeout,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry": retry,
+    }
+    if is_sentinel_url(url):
+        # The retry above also follows a failover: a demoted primary's READONLY becomes a
+        # connection error, and the next connection asks the Sentinels again.
+        return sentinel_client(
+            parse_sentinel_url(url), connection_class=_CPackedSentinel, **options
+        )
+    pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options)
     # The URL's scheme chose the class (plain, TLS or a unix socket); no connection exists yet.
     pool.connection_class = _C_PACKING.get(pool.connection_class, pool.connection_class)
     # from_pool: closing the client closes the pool it owns.
@@ -106,6 +116,10 @@ class _CPackedSSL(SSLConnection):
 
 
 class _CPackedUnix(UnixDomainSocketConnection):
+    pack_command = _pack_in_c
+
+
+class _CPackedSentinel(SentinelManagedConnection):
     pack_command = _pack_in_c
 
 

@@ -2,7 +2,8 @@
 
 `REDIS_URL` carries credentials in every form redis-py reads from a URL: the userinfo
 (`redis://user:password@host`, `redis://:password@host`), the `username` and `password`
-query parameters, and `ssl_password` (the passphrase of the TLS key). redis-py hands any query
+query parameters, `ssl_password` (the passphrase of the TLS key), and a Sentinel URL's
+`sentinel_username` and `sentinel_password`. redis-py hands any query
 parameter it does not know to the connection as a keyword argument, so the value of an
 unknown one is treated as a secret too: only the parameters listed in `_SHOWN` are shown.
 """
@@ -42,7 +43,7 @@ _PLAIN_VALUE: Final = re.compile(r"[A-Za-z0-9_.-]*")
 _PARAMETER_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DB_PATH: Final = re.compile(r"/?[0-9]*")
 # Parameters whose value is a password: masked wherever it appears in a log line as well.
-_PASSWORDS: Final = frozenset({"password", "ssl_password"})
+_PASSWORDS: Final = frozenset({"password", "ssl_password", "sentinel_password"})
 # Shorter secrets are left to the structural redaction: masking every occurrence of a short
 # string would garble the logs (and a password that short is no secret anyway).
 MIN_MASKED_SECRET: Final = 6
@@ -52,7 +53,9 @@ MIN_MASKED_SECRET: Final = 6
 _TEXT_USERINFO: Final = re.compile(
     r"(?i)\b([a-z][a-z0-9+.-]*://)(?!(?:\*\*\*)?(?::\*\*\*)?@)[^\s/@'\"<>]*@"
 )
-_TEXT_PARAMETER: Final = re.compile(r"(?i)([?&;](?:password|username|ssl_password)=)[^&#\s'\"]*")
+_TEXT_PARAMETER: Final = re.compile(
+    r"(?i)([?&;](?:password|username|ssl_password|sentinel_password|sentinel_username)=)[^&#\s'\"]*"
+)
 
 
 def redact_url(url: str) -> str:
@@ -78,12 +81,21 @@ def redact_url(url: str) -> str:
     shown = f"{scheme.group(0)}{credentials}{authority}"
     if slash:
         unix = scheme.group(0).lower() == "unix://"
-        shown += "/" + (path if unix or _DB_PATH.fullmatch(path) else MASK)
+        shown += "/" + (path if unix or _shown_path(scheme.group(0), path) else MASK)
     if question:
         shown += "?" + "&".join(_parameter(item) for item in query.split("&"))
     if hash_sign:
         shown += "#" + MASK
     return shown
+
+
+def _shown_path(scheme: str, path: str) -> bool:
+    """A database number, or a Sentinel URL's service name (and database number)."""
+    if _DB_PATH.fullmatch(path):
+        return True
+    service, _, db = path.partition("/")
+    sentinel = scheme.lower() == "redis+sentinel://"
+    return sentinel and bool(_PLAIN_VALUE.fullmatch(service)) and bool(_DB_PATH.fullmatch(db))
 
 
 def _parameter(item: str) -> str:

@@ -193,6 +193,12 @@ class Settings:
                 "CONVEYOR_RATE_LIMITS and CONVEYOR_CONCURRENCY_LIMITS need a backend that checks"
                 " them atomically with the claim; QUEUE_BACKEND=rq cannot"
             )
+        sentinels = (settings.redis_url or "").lower().startswith("redis+sentinel://")
+        if settings.queue_backend is QueueBackend.RQ and sentinels:
+            raise SettingsError(
+                "REDIS_URL names Sentinels (redis+sentinel://): only the native backend follows"
+                " a failover; QUEUE_BACKEND=rq needs the primary's redis:// URL"
+            )
         return settings
 
     @property
@@ -231,6 +237,11 @@ def _redis_url(raw: str) -> str:
     here, with a message that shows no credential, rather than at the first connection."""
     from redis.asyncio.connection import parse_url
 
+    from adapters.redis_sentinel import is_sentinel_url, parse_sentinel_url
+
+    if is_sentinel_url(raw):
+        parse_sentinel_url(raw)  # its messages quote no credential
+        return raw
     try:
         parse_url(raw)
     except ValueError as exc:

@@ -46,6 +46,12 @@ def test_console_lines_carry_the_extra_fields() -> None:
         ("redis://host/s3cret", "redis://host/***"),
         ("redis://host/0#s3cret", "redis://host/0#***"),
         ("unix://:s3cret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        # A Sentinel URL shows its service name; the Sentinels' credential is a secret too.
+        (
+            "redis+sentinel://:s3cret@h:1,h:2/jobs/2?sentinel_password=s3cret",
+            "redis+sentinel://:***@h:1,h:2/jobs/2?sentinel_password=***",
+        ),
+        ("redis+sentinel://h/s3cret:x", "redis+sentinel://h/***"),
         ("not a url s3cret", "***"),
     ],
 )
@@ -58,6 +64,7 @@ def test_a_url_s_passwords_are_known_in_every_spelling_a_line_may_carry() -> Non
     secrets = url_secrets("redis://u:p%40ssword@h/0?ssl_password=key%20phrase&username=bob")
     assert secrets == {"p%40ssword", "p@ssword", "key%20phrase", "key phrase"}
     assert url_secrets("redis://:short@h/0") == frozenset()  # left to the structural redaction
+    assert url_secrets("redis+sentinel://h/jobs?sentinel_password=monitor1") == {"monitor1"}
     assert url_secrets(None) == frozenset()
 
 
