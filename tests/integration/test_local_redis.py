@@ -174,6 +174,26 @@ def test_stop_kills_the_child_and_is_idempotent(make_server: MakeServer) -> None
     server.stop()
 
 
+def test_kill_ends_the_server_at_once_and_frees_its_data_dir(make_server: MakeServer) -> None:
+    server = make_server().start()
+    pid = server.pid
+
+    server.kill()
+
+    assert not _pid_alive(pid)
+    assert not server.running
+    assert make_server().start().running  # the same data dir is free for another server
+
+
+def test_extra_args_follow_our_own_options(server_binary: Path, tmp_path: Path) -> None:
+    extra = ("--maxmemory-policy", "allkeys-lru", "--replica-priority", "7")
+    with LocalRedis(tmp_path / "data", binary=server_binary, extra_args=extra) as server:
+        config = _client(server).config_get("*")
+
+    assert config["maxmemory-policy"] == "allkeys-lru"  # overrides our noeviction
+    assert config["replica-priority"] == "7"
+
+
 def test_data_persists_across_restart(make_server: MakeServer) -> None:
     server = make_server().start()
     _client(server).set("conveyor:test", "kept")
