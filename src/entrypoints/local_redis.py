@@ -181,7 +181,7 @@ class LocalRedis:
     ) -> tuple[subprocess.Popen[bytes], int]:
         attempts = 1 if self._requested_port is not None else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
-            port = self._requested_port or _pick_free_port()
+            port = self._requested_port or pick_free_port()
             if _port_answers(port):
                 raise LocalRedisError(
                     f"{HOST}:{port} is already in use; refusing to start (or reuse) a server there"
@@ -261,7 +261,7 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def _pick_free_port() -> int:
+def pick_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]

@@ -1,8 +1,9 @@
-"""LocalSentinelSet against real server binaries (every one found here)."""
+"""LocalSentinelSet and LocalCluster against real server binaries (every one found here)."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,16 +11,19 @@ from typing import Any
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.sentinel import Sentinel
 
 from entrypoints.local_redis import find_server_binary
-from entrypoints.local_topologies import LocalSentinelSet
+from entrypoints.local_topologies import LocalCluster, LocalSentinelSet, LocalTopologyError
 from tests.integration.server_binaries import binary_params, pid_alive, wait_dead
 
 pytestmark = pytest.mark.timeout(60)
 
 FAILOVER_BOUND_S = 15.0
 
+MakeCluster = Callable[..., LocalCluster]
 MakeSentinels = Callable[..., LocalSentinelSet]
 
 
@@ -27,6 +31,20 @@ MakeSentinels = Callable[..., LocalSentinelSet]
 def server_binary(request: pytest.FixtureRequest) -> Path:
     binary: Path | None = request.param
     return binary if binary is not None else find_server_binary()
+
+
+@pytest.fixture
+def make_cluster(server_binary: Path, tmp_path: Path) -> Iterator[MakeCluster]:
+    clusters: list[LocalCluster] = []
+
+    def make(name: str = "cluster", **options: int) -> LocalCluster:
+        cluster = LocalCluster(tmp_path / name, binary=server_binary, **options)
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
 
 
 @pytest.fixture
@@ -44,6 +62,11 @@ def make_sentinels(server_binary: Path, tmp_path: Path) -> Iterator[MakeSentinel
 
 
 @pytest.fixture
+def cluster(make_cluster: MakeCluster) -> LocalCluster:
+    return make_cluster().start()
+
+
+@pytest.fixture
 def sentinels(make_sentinels: MakeSentinels) -> LocalSentinelSet:
     return make_sentinels().start()
 
@@ -57,10 +80,139 @@ def _command(port: int, *args: str | int) -> Any:
     return run(*args)
 
 
+def _cluster_client(cluster: LocalCluster) -> RedisCluster:
+    return RedisCluster(
+        host="127.0.0.1", port=cluster.primary_ports[0], socket_timeout=2, decode_responses=True
+    )
+
+
 def _port_refused(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1)
         return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _tags_per_primary(cluster: LocalCluster) -> dict[int, str]:
+    """A hash tag whose slot each primary owns, found by trying tags in turn."""
+    tags: dict[int, str] = {}
+    for index in range(1000):
+        tag = f"t{index}"
+        tags.setdefault(cluster.slot_owner(key_slot(f"{{{tag}}}".encode())), tag)
+        if len(tags) == len(cluster.primary_ports):
+            return tags
+    raise AssertionError(f"1000 tags did not reach every primary: {tags}")
+
+
+# --- cluster -------------------------------------------------------------------------------
+
+
+def test_cluster_covers_all_16384_slots_with_three_primaries(cluster: LocalCluster) -> None:
+    owned = [set(cluster.slots_of(port)) for port in cluster.primary_ports]
+
+    assert len(cluster.primary_ports) == 3
+    assert [len(slots) for slots in owned] == [5461, 5461, 5462]
+    assert set().union(*owned) == set(range(16384))
+    hosts = ",".join(f"127.0.0.1:{port}" for port in cluster.primary_ports)
+    assert cluster.url == f"redis+cluster://{hosts}"
+    for port in cluster.node_ports:
+        cluster_info = _command(port, "CLUSTER INFO")
+        assert cluster_info["cluster_state"] == "ok"
+        assert int(cluster_info["cluster_known_nodes"]) == 3
+
+
+def test_keys_with_different_hash_tags_land_on_different_primaries(
+    cluster: LocalCluster,
+) -> None:
+    client = _cluster_client(cluster)
+    tags = _tags_per_primary(cluster)
+
+    for port, tag in tags.items():
+        client.set(f"{{{tag}}}:job", f"on {port}")
+
+    assert len(set(tags)) == 3
+    for port, tag in tags.items():
+        assert client.get(f"{{{tag}}}:job") == f"on {port}"
+        assert _node(port).get(f"{{{tag}}}:job") == f"on {port}"  # held there, not elsewhere
+
+
+def test_migrate_slot_moves_its_keys_while_a_client_writes(cluster: LocalCluster) -> None:
+    client = _cluster_client(cluster)
+    slot = key_slot(b"{moving}")
+    source = cluster.slot_owner(slot)
+    target = next(port for port in cluster.primary_ports if port != source)
+    before = {f"{{moving}}:{i}": str(i) for i in range(350)}  # several MIGRATE batches
+    client.mset_nonatomic(before)
+    written, failures, stop = {}, [], threading.Event()
+
+    def write() -> None:
+        writer = _cluster_client(cluster)
+        index = 0
+        while not stop.is_set():
+            key, value = f"{{moving}}:during:{index}", f"w{index}"
+            try:
+                writer.set(key, value)
+            except redis.RedisError as exc:
+                failures.append(exc)
+                return
+            written[key] = value
+            index += 1
+        writer.close()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        moved = cluster.migrate_slot(slot, target)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(10)
+
+    assert failures == []
+    assert moved >= len(before)
+    assert cluster.slot_owner(slot) == target
+    assert slot in cluster.slots_of(target)
+    assert slot not in cluster.slots_of(source)
+    assert _command(source, "CLUSTER COUNTKEYSINSLOT", slot) == 0
+    expected = {**before, **written}
+    assert _command(target, "CLUSTER COUNTKEYSINSLOT", slot) == len(expected)
+    assert len(written) > 0
+    assert client.mget_nonatomic(list(expected)) == list(expected.values())
+
+
+def test_cluster_replicas_follow_their_primaries(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(replicas_per_primary=1).start()
+
+    assert len(cluster.node_ports) == 6
+    for replica in cluster.replica_ports:
+        role = _command(replica, "ROLE")
+        assert role[0] == "slave"
+        assert role[2] in cluster.primary_ports
+        assert role[3] == "connected"
+
+
+def test_cluster_refuses_data_dirs_of_an_earlier_cluster_and_leaves_nothing_running(
+    make_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    (tmp_path / "cluster" / "node-2").mkdir(parents=True)
+    (tmp_path / "cluster" / "node-2" / "nodes.conf").write_text("old\n")
+    cluster = make_cluster()
+
+    with pytest.raises(LocalTopologyError, match="earlier cluster"):
+        cluster.start()
+
+    assert not cluster.running
+    assert cluster.pids == ()
+
+
+def test_cluster_stop_leaves_no_process_and_frees_every_port(cluster: LocalCluster) -> None:
+    pids, ports = cluster.pids, (*cluster.node_ports, *cluster.bus_ports)
+    assert len(pids) == 3
+
+    cluster.stop()
+
+    assert all(wait_dead(pid) for pid in pids)
+    assert [port for port in ports if not _port_refused(port)] == []
 
 
 # --- Sentinel ------------------------------------------------------------------------------
