@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.sentinel import Sentinel
 
+from entrypoints.cli.serve import local_redis_for_dev
 from entrypoints.local_redis import find_server_binary
 from entrypoints.local_topologies import LocalCluster, LocalSentinelSet, LocalTopologyError
 from tests.integration.server_binaries import binary_params, pid_alive, wait_dead
@@ -271,3 +272,35 @@ def test_sentinel_stop_leaves_no_process_and_frees_every_port(
     assert not any(pid_alive(pid) for pid in pids)
     assert [port for port in ports if not _port_refused(port)] == []
     assert not sentinels.running
+
+
+# --- conveyor dev --------------------------------------------------------------------------
+
+
+def _hosts(url: str) -> list[tuple[str, int]]:
+    netloc = url.split("://", 1)[1].split("/", 1)[0]
+    return [(host, int(port)) for host, _, port in (h.rpartition(":") for h in netloc.split(","))]
+
+
+def test_dev_serves_a_sentinel_set_and_stops_it_after(tmp_path: Path) -> None:
+    with local_redis_for_dev("sentinel", tmp_path / "dev") as url:
+        sentinel_client: Any = Sentinel  # redis-py's Sentinel is untyped
+        primary = sentinel_client(_hosts(url), socket_timeout=2).master_for("conveyor")
+        assert url.startswith("redis+sentinel://")
+        assert url.endswith("/conveyor")
+        assert primary.set("conveyor:dev", "up") is True
+
+    assert [port for _, port in _hosts(url) if not _port_refused(port)] == []
+
+
+def test_dev_serves_a_fresh_cluster_and_removes_it_after(tmp_path: Path) -> None:
+    with local_redis_for_dev("cluster", tmp_path / "dev") as url:
+        hosts = _hosts(url)
+        client = RedisCluster(host=hosts[0][0], port=hosts[0][1], socket_timeout=2)
+        assert url.startswith("redis+cluster://")
+        assert len(hosts) == 3
+        assert client.set("conveyor:dev", "up") is True
+        client.close()
+
+    assert [port for _, port in hosts if not _port_refused(port)] == []
+    assert list((tmp_path / "dev").iterdir()) == []  # the run's data dir went with it
