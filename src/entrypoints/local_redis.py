@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -113,13 +114,17 @@ class LocalRedis:
         port: int | None = None,
         binary: Path | None = None,
         ready_timeout: float = READY_TIMEOUT_S,
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """``extra_args`` follow our own options on the command line, so they can add to them
+        (``--replicaof``, ``--cluster-enabled``) or override them."""
         if port is not None and not 0 < port < 65536:
             raise ValueError(f"port must be in 1..65535, got {port}")
         self._data_dir = Path(data_dir)
         self._requested_port = port
         self._binary = binary
         self._ready_timeout = ready_timeout
+        self._extra_args = tuple(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._lock_fd: int | None = None
@@ -176,13 +181,14 @@ class LocalRedis:
     ) -> tuple[subprocess.Popen[bytes], int]:
         attempts = 1 if self._requested_port is not None else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
-            port = self._requested_port or _pick_free_port()
+            port = self._requested_port or pick_free_port()
             if _port_answers(port):
                 raise LocalRedisError(
                     f"{HOST}:{port} is already in use; refusing to start (or reuse) a server there"
                 )
             log_offset = _log_size(data_dir / LOG_FILE_NAME)
-            proc = _spawn(binary, data_dir, port, lock_fd)
+            args = self._command(binary, data_dir, port)
+            proc = _spawn(args, data_dir, port, lock_fd)
             try:
                 _wait_until_ours(proc, port, self._ready_timeout, data_dir, log_offset)
             except LocalRedisError:
@@ -195,6 +201,24 @@ class LocalRedis:
                 raise
             return proc, port
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _command(self, binary: Path, data_dir: Path, port: int) -> list[str]:
+        """The server's command line for one start attempt on ``port``.
+
+        A hook, so a variant (a Sentinel, a cluster node with its own bus port) can change how
+        it is run and still get the port picking, verification, locking and stopping here.
+        """
+        return [*server_args(binary, data_dir, port), *self._extra_args]
+
+    def kill(self) -> None:
+        """SIGKILL the server at once, as a crash would, then release its data dir.
+
+        For fault tests: no shutdown, no final AOF flush beyond what ``everysec`` wrote.
+        """
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.stop()
 
     def stop(self) -> None:
         """SIGTERM the server, SIGKILL it after 5 s. Safe to call repeatedly."""
@@ -237,7 +261,7 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def _pick_free_port() -> int:
+def pick_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]
@@ -250,21 +274,33 @@ def _port_answers(port: int) -> bool:
         return sock.connect_ex((HOST, port)) == 0
 
 
-def _spawn(binary: Path, data_dir: Path, port: int, lock_fd: int) -> subprocess.Popen[bytes]:
-    log_file = data_dir / LOG_FILE_NAME
-    args = [
+def server_args(binary: Path, data_dir: Path, port: int) -> list[str]:
+    """The command line of a data server: foreground, loopback only, AOF, never evicting."""
+    return [
         str(binary),
-        *("--daemonize", "no"),
-        *("--bind", HOST),
-        *("--port", str(port)),
-        *("--protected-mode", "yes"),
-        *("--dir", str(data_dir)),
-        *("--logfile", str(log_file)),
+        *process_args(data_dir, port),
         *("--appendonly", "yes"),
         *("--appendfsync", "everysec"),
         *("--save", ""),
         *("--maxmemory-policy", "noeviction"),
     ]
+
+
+def process_args(data_dir: Path, port: int) -> list[str]:
+    """Options any server needs here, a Sentinel too: foreground, loopback only, own log."""
+    return [
+        *("--daemonize", "no"),
+        *("--bind", HOST),
+        *("--port", str(port)),
+        *("--protected-mode", "yes"),
+        *("--dir", str(data_dir)),
+        *("--logfile", str(data_dir / LOG_FILE_NAME)),
+    ]
+
+
+def _spawn(args: list[str], data_dir: Path, port: int, lock_fd: int) -> subprocess.Popen[bytes]:
+    binary = args[0]
+    log_file = data_dir / LOG_FILE_NAME
     # stdout/stderr also go to the log: config errors are printed before the logfile is opened.
     with log_file.open("ab") as log:
         log.write(f"--- conveyor LocalRedis: starting {binary} on port {port} ---\n".encode())

