@@ -235,7 +235,11 @@ class RedisCore:
                     )
                 )
                 # After the write: its queues are registered once the caller is answered,
-                # even if a sweep forgot one in between (see `registry.py`).
+                # even if a sweep forgot one in between (see `registry.py`). It always
+                # writes, which `min_replicas` relies on: WAIT covers what the server wrote
+                # up to this connection's last write, and a repeat under an idempotency key
+                # writes no job, yet vouches for the first request's (on Valkey and Redis
+                # 7.2+, a connection that wrote nothing has its WAIT satisfied at once).
                 used = {(item.queue, item.legacy) for items in sent for item in items}
                 sends.append(self.registry.register([sorted(used)]))
 
