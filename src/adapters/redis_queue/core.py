@@ -238,8 +238,8 @@ class RedisCore:
                 # even if a sweep forgot one in between (see `registry.py`). It always
                 # writes, which `min_replicas` relies on: WAIT covers what the server wrote
                 # up to this connection's last write, and a repeat under an idempotency key
-                # writes no job, yet vouches for the first request's (on Valkey and Redis
-                # 7.2+, a connection that wrote nothing has its WAIT satisfied at once).
+                # writes no job, yet vouches for the first request's (on Valkey 8, unlike
+                # Redis 7.0, a connection that wrote nothing has its WAIT satisfied at once).
                 used = {(item.queue, item.legacy) for items in sent for item in items}
                 sends.append(self.registry.register([sorted(used)]))
 
