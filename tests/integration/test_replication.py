@@ -40,6 +40,7 @@ from domain.submission import Submission
 from entrypoints.api.app import create_app
 from entrypoints.container import build_container
 from entrypoints.local_redis import LocalRedis, find_server_binary
+from entrypoints.local_topologies import LocalSentinelSet
 from entrypoints.settings import QueueBackend, Settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -309,3 +310,34 @@ async def test_start_up_warns_when_fewer_replicas_than_required_confirm_writes(
         f"CONVEYOR_MIN_REPLICAS=2, but 1 replicas confirmed writes within {TIMEOUT_MS} ms:"
         " submissions answer 503 until enough do"
     ]
+
+
+@synchronous
+async def test_every_job_answered_with_n_replicas_survives_a_failover(tmp_path: Path) -> None:
+    """The guarantee itself: a primary, two replicas and three Sentinels; jobs submitted
+    with CONVEYOR_MIN_REPLICAS=2 through the Sentinel URL, the primary SIGKILLed right after
+    the last answer, and every job answered is on the primary Sentinel promotes."""
+    with LocalSentinelSet(tmp_path / "sentinel") as sentinels:
+        prefix = f"failover-{uuid.uuid4().hex[:8]}"
+        client = create_redis(sentinels.url, connect_timeout=1.0, socket_timeout=5.0)
+        backend = redis_backend(client, prefix=prefix, min_replicas=2, replica_timeout_ms=2000)
+        try:
+            jobs = service_of(backend)
+            answered = []
+            for _ in range(10):  # 10 ticks of 20 concurrent submissions: 10 round trips
+                accepted = await asyncio.gather(*(jobs.submit(JOB) for _ in range(20)))
+                answered += [a.job for a in accepted]
+        finally:
+            await backend.connection.close()
+        old = sentinels.kill_primary()
+        _, port = sentinels.wait_for_failover(old)
+        promoted = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        try:
+            found = [
+                promoted.hget(f"{{{prefix}:{job.queue}}}:job:{job.id}", "status")
+                for job in answered
+            ]
+        finally:
+            promoted.close()
+    assert len(answered) == 200
+    assert found.count(b"queued") == 200
