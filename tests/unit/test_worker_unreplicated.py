@@ -4,7 +4,9 @@ its log (never with the payload) and counts it, and goes on."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +72,17 @@ def test_an_unconfirmed_settlement_is_counted_in_the_worker_metrics() -> None:
     (family,) = metrics._unreplicated.collect()
     totals = [s.value for s in family.samples if s.name.endswith("_total")]
     assert totals == [2.0]
+
+
+def test_the_audit_line_of_an_unconfirmed_settlement_says_so(tmp_path: Path) -> None:
+    from entrypoints.worker.audit import AuditLog
+
+    lease = claimed()
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(str(path), "host:1/0.1")
+    audit.ended(lease, AttemptEnd("succeeded", unreplicated=True))
+    audit.ended(lease, AttemptEnd("succeeded"))
+    audit.close()
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert (first["outcome"], first["unreplicated"]) == ("succeeded", True)
+    assert "unreplicated" not in second
