@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
@@ -45,7 +46,8 @@ def replicated(root: Path) -> Iterator[LocalRedis]:
     with LocalRedis(root / "primary") as primary, LocalRedis(root / "replica") as replica:
         client = redis.Redis.from_url(replica.url)
         try:
-            client.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
+            run: Any = client.execute_command  # redis-py's is untyped
+            run("REPLICAOF", "127.0.0.1", str(primary.port))
             deadline = time.monotonic() + 10
             while client.info("replication").get("master_link_status") != "up":
                 if time.monotonic() > deadline:

@@ -98,9 +98,8 @@ class Pair:
 
     def on_replica(self, prefix: str, queue: str, job_id: str) -> bytes | None:
         """The job's status as the replica has it, read at once."""
-        status: bytes | None = self.replica_client.hget(
-            f"{{{prefix}:{queue}}}:job:{job_id}", "status"
-        )
+        status = self.replica_client.hget(f"{{{prefix}:{queue}}}:job:{job_id}", "status")
+        assert status is None or isinstance(status, bytes), status
         return status
 
     def caught_up(self) -> None:
@@ -133,7 +132,8 @@ def pair(
     ):
         pair = Pair(primary, replica)
         try:
-            pair.replica_client.execute_command("REPLICAOF", "127.0.0.1", str(primary.port))
+            run: Any = pair.replica_client.execute_command  # redis-py's is untyped
+            run("REPLICAOF", "127.0.0.1", str(primary.port))
             deadline = time.monotonic() + LINK_UP_SECONDS
             while pair.replica_client.info("replication").get("master_link_status") != "up":
                 assert time.monotonic() < deadline, "the replica's link never came up"

@@ -74,6 +74,7 @@ class _ReplicasCut:
         self._replicas = [
             redis.Redis(host="127.0.0.1", port=p, socket_timeout=2) for p in servers.replica_ports
         ]
+        self._command: Any = self._primary.execute_command  # redis-py's is untyped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.began = 0.0
@@ -81,7 +82,7 @@ class _ReplicasCut:
 
     def __enter__(self) -> _ReplicasCut:
         # A cut replica reconnects at once; refused PSYNC, it tries again a second later.
-        self._primary.execute_command("ACL", "SETUSER", "default", "-psync", "-sync")
+        self._command("ACL", "SETUSER", "default", "-psync", "-sync")
         self.began, self.began_at = time.monotonic(), time.time()
         self._thread.start()
         return self
@@ -90,14 +91,14 @@ class _ReplicasCut:
         self._stop.set()
         self._thread.join(timeout=5)
         with contextlib.suppress(redis.RedisError):  # the primary is usually dead by now
-            self._primary.execute_command("ACL", "SETUSER", "default", "+psync", "+sync")
+            self._command("ACL", "SETUSER", "default", "+psync", "+sync")
         for client in (self._primary, *self._replicas):
             client.close()
 
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             try:
-                self._primary.execute_command("CLIENT", "KILL", "TYPE", "replica")
+                self._command("CLIENT", "KILL", "TYPE", "replica")
             except redis.RedisError:
                 return  # the primary is gone
 
