@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from adapters.redis_client import redis_errors
+from adapters.redis_cluster import NOT_A_CLUSTER, is_cluster, not_a_cluster
 from adapters.redis_queue.core import RedisCore
-from domain.errors import UnsafeBackendError
+from domain.errors import QueueUnavailableError, UnsafeBackendError
 from domain.ports import Connection
 
 
@@ -31,41 +33,69 @@ class RedisConnection(Connection):
         managed services do), or that the admission policy's memory limit cannot be checked
         (INFO refused: every new job would be refused).
         """
-        with redis_errors():
-            # Queue names an older Conveyor registered are adopted as the process starts, so
-            # its jobs are found by id from the first read (see registry.py).
-            await self.core.registry.adopt()
+        try:
+            with redis_errors():
+                # Queue names an older Conveyor registered are adopted as the process starts,
+                # so its jobs are found by id from the first read (see registry.py).
+                await self.core.registry.adopt()
+        except QueueUnavailableError as exc:
+            if isinstance(exc.__cause__, RedisClusterException) and not_a_cluster(exc.__cause__):
+                raise UnsafeBackendError(NOT_A_CLUSTER) from None
+            raise
         warnings = await self._memory_warnings()
         try:
             with redis_errors():
-                pipe = self.core.client.pipeline(transaction=False)
-                pipe.config_get("maxmemory-policy")
-                pipe.config_get("appendonly")
-                policy_reply, aof_reply = await pipe.execute()
+                policies, aofs = await self._settings()
         except ResponseError as exc:
             return [
                 f"could not check the Redis configuration (CONFIG GET refused: {exc}); make"
                 " sure maxmemory-policy is noeviction and appendonly is yes",
                 *warnings,
             ]
-        policy = _config_value(policy_reply, "maxmemory-policy")
-        aof = _config_value(aof_reply, "appendonly")
-        if policy is None:
-            warnings.append(
-                "could not read maxmemory-policy from CONFIG GET; make sure it is noeviction"
-            )
-        elif policy != "noeviction":
-            raise UnsafeBackendError(
-                f"Redis maxmemory-policy is {policy!r}: the server may evict job keys and"
-                " lose jobs; set maxmemory-policy to noeviction"
-            )
-        if aof is None:
-            warnings.append("could not read appendonly from CONFIG GET; make sure AOF is on")
-        elif aof != "yes":
-            warnings.append(
-                f"AOF is off (appendonly {aof}): a Redis restart loses jobs answered 202"
-            )
+        for node, policy in policies.items():
+            if policy is None:
+                warnings.append(
+                    f"could not read maxmemory-policy from CONFIG GET{node}; make sure it is"
+                    " noeviction"
+                )
+            elif policy != "noeviction":
+                raise UnsafeBackendError(
+                    f"Redis maxmemory-policy is {policy!r}{node}: the server may evict job keys"
+                    " and lose jobs; set maxmemory-policy to noeviction"
+                )
+        for node, aof in aofs.items():
+            if aof is None:
+                warnings.append(
+                    f"could not read appendonly from CONFIG GET{node}; make sure AOF is on"
+                )
+            elif aof != "yes":
+                warnings.append(
+                    f"AOF is off (appendonly {aof}){node}: a Redis restart loses jobs answered 202"
+                )
         return warnings
+
+    async def _settings(self) -> tuple[dict[str, str | None], dict[str, str | None]]:
+        """maxmemory-policy and appendonly, by node: ``""`` for a single server, `` on
+        <host:port>`` for each primary of a cluster (each holds some of the queues)."""
+        client = self.core.client
+        if not is_cluster(client):
+            pipe = client.pipeline(transaction=False)
+            pipe.config_get("maxmemory-policy")
+            pipe.config_get("appendonly")
+            policy_reply, aof_reply = await pipe.execute()
+            return (
+                {"": _config_value(policy_reply, "maxmemory-policy")},
+                {"": _config_value(aof_reply, "appendonly")},
+            )
+        found: list[dict[str, str | None]] = []
+        for name in ("maxmemory-policy", "appendonly"):
+            replies = await client.execute_command(  # type: ignore[no-untyped-call]
+                "CONFIG GET", name, target_nodes=RedisCluster.PRIMARIES
+            )
+            found.append(
+                {f" on {node}": _config_value(reply, name) for node, reply in replies.items()}
+            )
+        return found[0], found[1]
 
     async def _memory_warnings(self) -> list[str]:
         admission = self.core.admission

@@ -1,0 +1,144 @@
+"""Redis Cluster: the URL that selects it, and redis-py's own asyncio cluster client.
+
+A cluster URL lists some of the cluster's nodes (any of them: the client asks one for the
+slot map and finds the others)::
+
+    redis+cluster://[[user]:password@]host[:port][,host[:port]...]
+
+A port left out is Redis's 6379. There is no database number (a cluster has only db 0) and
+no query: the options are the process's own (timeouts, pool size).
+
+Each queue's keys share one hash tag (`adapters.redis_queue.keys`), so each queue lives in
+one slot, on one primary; different queues hash to different slots, spread over the
+primaries. The client follows MOVED and ASK by itself, and refreshes its slot map after a
+connection error, CLUSTERDOWN or a slot no node serves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, cast
+from urllib.parse import unquote
+
+import attrs
+import redis.asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+SCHEME: Final = "redis+cluster://"
+DEFAULT_PORT: Final = 6379
+# What redis-py says when the node it asked for the slot map is not in cluster mode.
+_NOT_A_CLUSTER: Final = "Cluster mode is not enabled"
+# What Conveyor says of it.
+NOT_A_CLUSTER: Final = (
+    "REDIS_URL names a Redis Cluster (redis+cluster://), but the server is not in cluster"
+    " mode; use a redis:// URL for a single server"
+)
+# ... and when none of the nodes it knows answers.
+_UNREACHABLE: Final = "cannot be connected"
+
+
+@attrs.frozen
+class ClusterTarget:
+    """What a cluster URL says: some of the nodes, and the data nodes' credential."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
+
+
+def is_cluster_url(url: str) -> bool:
+    return url[: len(SCHEME)].lower() == SCHEME
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """The target of a ``redis+cluster://`` URL; ValueError (naming no credential) if not."""
+    if not is_cluster_url(url):
+        raise ValueError(f"a cluster URL starts with {SCHEME}")
+    rest = url[len(SCHEME) :]
+    userinfo, at, rest = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    if "?" in rest or "#" in rest:
+        raise ValueError("a cluster URL takes no parameters: host:port pairs only")
+    hosts, slash, path = rest.partition("/")
+    if slash and path not in ("", "0"):
+        raise ValueError("a cluster URL names no database (a cluster has only db 0)")
+    if not hosts:
+        raise ValueError("a cluster URL lists host[:port] pairs separated by commas")
+    return ClusterTarget(
+        nodes=tuple(_address(item) for item in hosts.split(",")),
+        username=username,
+        password=password,
+    )
+
+
+def _address(item: str) -> tuple[str, int]:
+    item = item.strip()
+    bare = ":" not in item or item.endswith("]")  # no port, or a bare IPv6 address
+    host, colon, port = (item, "", "") if bare else item.rpartition(":")
+    if not host:
+        raise ValueError("a cluster URL lists host[:port] pairs separated by commas")
+    if not colon:
+        return host.strip("[]"), DEFAULT_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"a node's port must be a number from 1 to 65535, not {port!r}")
+    return host.strip("[]"), int(port)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, except that a timed-out command is not sent again.
+
+    A command that timed out may have run, and running a script twice is not always
+    harmless: the single-server client does not retry timeouts either
+    (`adapters.redis_client`). Connection errors and CLUSTERDOWN are retried, after a fresh
+    look at the slot map."""
+
+    ERRORS_ALLOW_RETRY = tuple(  # type: ignore[assignment]
+        error for error in RedisCluster.ERRORS_ALLOW_RETRY if error is not RedisTimeoutError
+    )
+
+
+def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis:
+    """A client of the cluster `target` names; `options` as for `create_redis`'s pool
+    (timeouts, retry, pool size per node). Nothing connects until the first command.
+
+    Typed as the single-server client: it answers every command the adapters send in the
+    same shape; the few places where a cluster differs (a pipeline's commands, BLOPs over
+    several slots, CONFIG per node) ask `is_cluster`."""
+    options.pop("timeout", None)  # the cluster's node pools do not wait for a connection
+    client = _Cluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username,
+        password=target.password,
+        **options,
+    )
+    return cast(redis.asyncio.Redis, client)
+
+
+def is_cluster(client: object) -> bool:
+    """Whether `client` is a cluster client (see `cluster_client`)."""
+    return isinstance(client, RedisCluster)
+
+
+def not_a_cluster(exc: BaseException) -> bool:
+    """Whether `exc` says the server a cluster URL names is not in cluster mode."""
+    return isinstance(exc, RedisClusterException) and _NOT_A_CLUSTER in str(exc)
+
+
+def cluster_outage(exc: BaseException) -> bool:
+    """Whether `exc` is the cluster client's way of saying the cluster cannot be reached or
+    serves a slot on no node now (an outage, as a connection error is; redis-py raises its
+    own RedisClusterException for these, not a ConnectionError)."""
+    if isinstance(exc, SlotNotCoveredError):
+        return True
+    # A server that answers but is not in cluster mode is a mistake in REDIS_URL, not an
+    # outage (redis-py words both as "cannot be connected").
+    return (
+        isinstance(exc, RedisClusterException)
+        and _UNREACHABLE in str(exc)
+        and not not_a_cluster(exc)
+    )
