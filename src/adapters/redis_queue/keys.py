@@ -193,6 +193,18 @@ def unique_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def idempotency_key(prefix: str, key: str) -> str:
-    """Where a client's idempotency key is held: hashed, so no client bytes name a key."""
-    return f"{prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+def idempotency_digest(key: str) -> str:
+    """A client's idempotency key, hashed: no client bytes name a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def idempotency_key(keys: QueueKeys, digest: str) -> str:
+    """Where a client's idempotency key (by `idempotency_digest`) is held for one queue
+    (``B idem:<digest>``): under the queue's hash tag, so a submit stays one script."""
+    return keys.base + "idem:" + digest
+
+
+def legacy_idempotency_key(prefix: str, digest: str) -> str:
+    """Where an older Conveyor held an idempotency key, for every queue of the prefix: read
+    (never written) by submits on a single server until it expires."""
+    return f"{prefix}:idem:{digest}"
