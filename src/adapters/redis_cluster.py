@@ -10,8 +10,8 @@ no query: the options are the process's own (timeouts, pool size).
 
 Each queue's keys share one hash tag (`adapters.redis_queue.keys`), so each queue lives in
 one slot, on one primary; different queues hash to different slots, spread over the
-primaries. The client follows MOVED and ASK by itself, and refreshes its slot map after a
-connection error, CLUSTERDOWN or a slot no node serves.
+primaries. The client follows MOVED, ASK and TRYAGAIN by itself, and refreshes its slot map
+after a connection error, CLUSTERDOWN or a slot no node serves.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from urllib.parse import unquote
 import attrs
 import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, SlotNotCoveredError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 SCHEME: Final = "redis+cluster://"
 DEFAULT_PORT: Final = 6379
@@ -89,19 +90,6 @@ def _address(item: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class _Cluster(RedisCluster):
-    """redis-py's cluster client, except that a timed-out command is not sent again.
-
-    A command that timed out may have run, and running a script twice is not always
-    harmless: the single-server client does not retry timeouts either
-    (`adapters.redis_client`). Connection errors and CLUSTERDOWN are retried, after a fresh
-    look at the slot map."""
-
-    ERRORS_ALLOW_RETRY = tuple(  # type: ignore[assignment]
-        error for error in RedisCluster.ERRORS_ALLOW_RETRY if error is not RedisTimeoutError
-    )
-
-
 def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis:
     """A client of the cluster `target` names; `options` as for `create_redis`'s pool
     (timeouts, retry, pool size per node). Nothing connects until the first command.
@@ -110,7 +98,15 @@ def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis
     same shape; the few places where a cluster differs (a pipeline's commands, BLOPs over
     several slots, CONFIG per node) ask `is_cluster`."""
     options.pop("timeout", None)  # the cluster's node pools do not wait for a connection
-    client = _Cluster(
+    # No command is sent twice: redis-py's cluster client would resend a command, and its
+    # pipeline the commands that had not answered, after a timeout or a lost connection,
+    # when they may have run (a script run twice is not always harmless: a SUBMIT run again
+    # answers "not created" for the jobs the first run stored). The caller sees
+    # QueueUnavailableError and tries again (the API answers 503, a worker backs off); the
+    # client has marked its slot map stale and asks for it again first. MOVED, ASK and
+    # TRYAGAIN are followed by the client itself, which sends nothing twice.
+    options["retry"] = Retry(NoBackoff(), 0)
+    client = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
         username=target.username,
         password=target.password,
