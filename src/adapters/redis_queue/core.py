@@ -117,7 +117,7 @@ class RedisCore:
         """
         pipe = self.client.pipeline(transaction=False)
         build(pipe)
-        commands = list(pipe.command_stack)
+        commands = _commands(pipe)
         results: list[Any] = await pipe.execute(raise_on_error=False)
         lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if lost:
@@ -237,6 +237,16 @@ class RedisCore:
         await self.watcher.close()
         await self.batcher.drain()
         await self.client.aclose()
+
+
+def _commands(pipe: Pipeline) -> list[tuple[Any, Any]]:
+    """The commands queued on `pipe`, as (args, options), to send again after NOSCRIPT.
+    redis-py's cluster pipeline keeps them in its execution strategy, not a command stack."""
+    stack = getattr(pipe, "command_stack", None)
+    if stack is not None:
+        return list(stack)
+    queued = pipe._execution_strategy._command_queue  # type: ignore[attr-defined]
+    return [(command.args, dict(command.kwargs)) for command in queued]
 
 
 def lease_from(raw: RawFields) -> Lease:

@@ -1,0 +1,179 @@
+"""The native backend on a real 3-primary Redis Cluster (`LocalCluster`, loopback).
+
+Every contract runs here too, on a prefix of its own; a scenario the cluster cannot play is
+skipped with its reason (rate and concurrency limits: see `adapters.redis_queue`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from redis.crc import key_slot
+
+from domain.errors import AdmissionRefusedError, PartialSubmissionError
+from domain.ports import AdmissionPolicy, NewJob, QueueLimits
+from entrypoints.local_topologies import LocalCluster
+from tests.contracts.all import AllContracts
+from tests.contracts.base import BackendFactory, BackendOptions
+from tests.contracts.builders import new_job
+from tests.integration.processes import Api, Conveyor, service_env, wait_for_job
+from tests.integration.test_contracts_redis import RedisFactory
+
+TERMINAL = {"succeeded", "dead", "cancelled", "expired"}
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(Path(tmp_path_factory.mktemp("cluster")), primaries=3) as cluster:
+        yield cluster
+
+
+class ClusterFactory(RedisFactory):
+    name = "redis cluster"
+
+
+class TestRedisClusterBackend(AllContracts):
+    @pytest.fixture
+    def backend_factory(self, local_cluster: LocalCluster) -> BackendFactory:
+        return ClusterFactory(local_cluster.url)
+
+
+def spread_queues(cluster: LocalCluster, prefix: str, per_primary: int = 2) -> dict[str, int]:
+    """Queue names, `per_primary` on each primary of `cluster`: name -> its primary's port."""
+    chosen: dict[str, int] = {}
+    taken: dict[int, int] = dict.fromkeys(cluster.primary_ports, 0)
+    for n in range(1000):
+        name = f"q{n}"
+        port = cluster.slot_owner(key_slot(f"{{{prefix}:{name}}}".encode()))
+        if taken[port] < per_primary:
+            taken[port] += 1
+            chosen[name] = port
+        if all(count == per_primary for count in taken.values()):
+            return chosen
+    raise AssertionError(f"no spread of queues found: {taken}")
+
+
+def print_slot_map(prefix: str, queues: dict[str, int]) -> None:
+    for name, port in queues.items():
+        print(f"queue {name} -> slot {key_slot(f'{{{prefix}:{name}}}'.encode())} -> node {port}")
+
+
+def test_jobs_on_six_queues_over_three_primaries_all_succeed_through_api_and_worker(
+    local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    queues = spread_queues(local_cluster, prefix)
+    print_slot_map(prefix, queues)
+    assert len(queues) >= 6
+    assert set(queues.values()) == set(local_cluster.primary_ports)
+    env = service_env(
+        local_cluster.url,
+        CONVEYOR_KEY_PREFIX=prefix,
+        CONVEYOR_WORKER_QUEUES=",".join(queues),
+    )
+    with Api(env, tmp_path) as api, Conveyor(["worker"], env, tmp_path), api.client() as client:
+        ids: dict[str, str] = {}
+        for name in queues:
+            body = {"type": "dummy", "payload": {"mode": "succeed", "result": name}, "queue": name}
+            response = client.post("/jobs", json=body, headers={"Idempotency-Key": f"k-{name}"})
+            assert response.status_code == 202, response.text
+            ids[response.json()["id"]] = name
+        # One batch over every queue: stored queue by queue, every item answered.
+        batch = [
+            {"type": "dummy", "payload": {"mode": "succeed", "result": n}, "queue": name}
+            for n, name in enumerate(queues)
+        ]
+        response = client.post("/jobs/batch", json={"jobs": batch})
+        assert response.status_code == 202, response.text
+        ids |= {
+            item["id"]: name for item, name in zip(response.json()["jobs"], queues, strict=True)
+        }
+        # A repeat under an idempotency key answers the first job, on its own queue.
+        first = next(iter(queues))
+        again = client.post(
+            "/jobs",
+            json={"type": "dummy", "payload": {"mode": "succeed", "result": first}, "queue": first},
+            headers={"Idempotency-Key": f"k-{first}"},
+        )
+        assert again.status_code == 202, again.text
+        assert (again.json()["id"] in ids, again.json()["replayed"]) == (True, True)
+        for job_id, name in ids.items():
+            # Long polling: woken by the finish notice published from the queue's primary.
+            view = client.get(f"/jobs/{job_id}", params={"wait": 10}).json()
+            view = (
+                wait_for_job(client, job_id, TERMINAL) if view["status"] not in TERMINAL else view
+            )
+            assert (view["status"], view["queue"]) == ("succeeded", name), view
+        listed = {row["name"] for row in client.get("/queues").json()["queues"]}
+        assert set(queues) <= listed
+        # Schedules live under their own hash tag, on one primary: a tick makes its job.
+        schedule = {
+            "name": "tick",
+            "every": 1,
+            "type": "dummy",
+            "payload": {"mode": "succeed"},
+            "options": {"queue": first},
+        }
+        assert client.post("/schedules", json=schedule).status_code == 201
+        deadline = time.monotonic() + 15
+        while (made := client.get("/schedules/tick").json()["last_job_id"]) is None:
+            assert time.monotonic() < deadline, "the schedule never ticked"
+            time.sleep(0.1)
+        assert wait_for_job(client, made, TERMINAL)["status"] == "succeeded"
+
+
+def test_a_cluster_url_pointing_at_a_single_server_stops_start_up_with_one_line(
+    redis_url: str, tmp_path: Path
+) -> None:
+    single = urlsplit(redis_url)
+    env = service_env(f"redis+cluster://{single.hostname}:{single.port}")
+    worker = Conveyor(["worker"], env, tmp_path)
+    with worker:
+        code = worker.wait(timeout=30)
+    output = worker.output()
+    assert code != 0, output
+    assert "not in cluster mode" in output, output
+    assert "Traceback" not in output, output
+
+
+def test_a_batch_over_queues_is_stored_queue_by_queue_and_says_what_happened_to_each(
+    local_cluster: LocalCluster,
+) -> None:
+    factory = ClusterFactory(local_cluster.url)
+    small = AdmissionPolicy(queues={"small": QueueLimits(max_depth=1)})
+
+    async def scenario() -> None:
+        async with factory.open(BackendOptions(admission=small)) as backend:
+            submitter = backend.submitter
+            assert submitter.traits.atomic_across_queues is False
+            batch = [new_job(queue="big", n=0), new_job(queue="small", n=1)]
+            batch.append(new_job(queue="small", n=2))  # two: over its limit of one
+            batch.append(new_job(queue="big", n=3))
+            with pytest.raises(PartialSubmissionError) as partial:
+                await submitter.submit([NewJob(job=job) for job in batch])
+            stored, errors = partial.value.stored, partial.value.errors
+            assert stored == (batch[0].id, None, None, batch[3].id)
+            assert [type(e).__name__ if e else None for e in errors] == [
+                None,
+                "AdmissionRefusedError",
+                "AdmissionRefusedError",
+                None,
+            ]
+            assert [await backend.store.get(job.id) is not None for job in batch] == [
+                True,
+                False,
+                False,
+                True,
+            ]
+            # Every part refused: the refusal itself, nothing stored.
+            again = [new_job(queue="small", n=4), new_job(queue="small", n=5)]
+            with pytest.raises(AdmissionRefusedError):
+                await submitter.submit([NewJob(job=job) for job in again])
+
+    asyncio.run(scenario())
