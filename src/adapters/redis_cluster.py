@@ -24,7 +24,7 @@ import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, SlotNotCoveredError
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 SCHEME: Final = "redis+cluster://"
 DEFAULT_PORT: Final = 6379
@@ -113,6 +113,29 @@ def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis
         **options,
     )
     return cast(redis.asyncio.Redis, client)
+
+
+async def not_in_cluster_mode(url: str, *, connect_timeout: float) -> bool:
+    """Whether the node a cluster URL names answers but is not in cluster mode (False when
+    it is a cluster node, or none can be asked now: that is an outage, for later)."""
+    target = parse_cluster_url(url)
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username,
+        password=target.password,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        await client.initialize()
+    except RedisClusterException as exc:
+        return not_a_cluster(exc)
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
+    return False
 
 
 def is_cluster(client: object) -> bool:

@@ -16,13 +16,14 @@ from urllib.parse import urlsplit
 import pytest
 from redis.crc import key_slot
 
+from adapters.redis_cluster import NOT_A_CLUSTER
 from domain.errors import AdmissionRefusedError, PartialSubmissionError
 from domain.ports import AdmissionPolicy, NewJob, QueueLimits
 from entrypoints.local_topologies import LocalCluster
 from tests.contracts.all import AllContracts
 from tests.contracts.base import BackendFactory, BackendOptions
 from tests.contracts.builders import new_job
-from tests.integration.processes import Api, Conveyor, service_env, wait_for_job
+from tests.integration.processes import Api, Conveyor, free_port, service_env, wait_for_job
 from tests.integration.test_contracts_redis import RedisFactory
 
 TERMINAL = {"succeeded", "dead", "cancelled", "expired"}
@@ -139,6 +140,13 @@ def test_a_cluster_url_pointing_at_a_single_server_stops_start_up_with_one_line(
     output = worker.output()
     assert code != 0, output
     assert "not in cluster mode" in output, output
+    assert "Traceback" not in output, output
+    api = Conveyor(["api", "--port", str(free_port())], env, tmp_path)
+    with api:
+        code = api.wait(timeout=30)
+    output = api.output()
+    assert code != 0, output
+    assert output.strip().splitlines()[-1] == f"conveyor: {NOT_A_CLUSTER}", output
     assert "Traceback" not in output, output
 
 
