@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 from adapters.redis_cluster import NOT_A_CLUSTER
@@ -22,7 +23,7 @@ from domain.ports import AdmissionPolicy, NewJob, QueueLimits
 from entrypoints.local_topologies import LocalCluster
 from tests.contracts.all import AllContracts
 from tests.contracts.base import BackendFactory, BackendOptions
-from tests.contracts.builders import new_job
+from tests.contracts.builders import claim, enqueue, ids_of, new_job
 from tests.integration.processes import Api, Conveyor, free_port, service_env, wait_for_job
 from tests.integration.test_contracts_redis import RedisFactory
 
@@ -185,3 +186,72 @@ def test_a_batch_over_queues_is_stored_queue_by_queue_and_says_what_happened_to_
                 await submitter.submit([NewJob(job=job) for job in again])
 
     asyncio.run(scenario())
+
+
+def test_a_claim_waiting_on_queues_of_three_primaries_wakes_for_each_and_stops_at_once(
+    local_cluster: LocalCluster,
+) -> None:
+    factory = ClusterFactory(local_cluster.url)
+    queues = spread_queues(local_cluster, factory.prefix, per_primary=1)
+    print_slot_map(factory.prefix, queues)
+    names = list(queues)
+
+    async def scenario() -> None:
+        async with factory.open() as backend:
+            leases = backend.leases
+            assert leases is not None
+            woken_in: list[float] = []
+            for name in names:  # one job on each primary in turn
+                job = new_job(queue=name)
+                waiting = asyncio.create_task(claim(leases, names, wait_seconds=5.0))
+                await asyncio.sleep(0.2)  # the claim is waiting now
+                submitted = time.monotonic()
+                await enqueue(backend.submitter, job)
+                assert ids_of(await waiting) == [job.id]
+                woken_in.append(time.monotonic() - submitted)
+            print("woken after a submit, s:", [f"{s:.3f}" for s in woken_in])
+            assert max(woken_in) < 1.0, woken_in  # by the submit, not the 4 s block
+            started = time.monotonic()
+            waiting = asyncio.create_task(claim(leases, names, wait_seconds=5.0, worker_id="w1"))
+            await asyncio.sleep(0.2)
+            await leases.stop_waiting("w2", names)  # another worker's: no effect
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            await leases.stop_waiting("w1", names)
+            assert await waiting == []
+            assert time.monotonic() - started < 1.5  # not the 5 s wait
+
+    asyncio.run(scenario())
+
+
+def _calls(ports: tuple[int, ...], command: str) -> int:
+    total = 0
+    for port in ports:
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as node:
+            stats: dict[str, dict[str, int]] = node.info("commandstats")
+            total += stats.get(f"cmdstat_{command}", {}).get("calls", 0)
+    return total
+
+
+def test_an_idle_claim_on_three_primaries_makes_one_blpop_per_slot_per_block(
+    local_cluster: LocalCluster,
+) -> None:
+    factory = ClusterFactory(local_cluster.url)
+    names = list(spread_queues(local_cluster, factory.prefix, per_primary=1))
+    ports = local_cluster.primary_ports
+
+    async def scenario() -> tuple[int, int]:
+        async with factory.open() as backend:
+            assert backend.leases is not None
+            await claim(backend.leases, names)  # scripts loaded, connections made
+            blpops, scripts = _calls(ports, "blpop"), _calls(ports, "evalsha")
+            # 4.5 s: the first claim runs the script once per queue, then waits in blocks of
+            # at most 4 s (MAX_BLOCK_SECONDS): two blocks, one BLPOP per slot in each.
+            assert await claim(backend.leases, names, wait_seconds=4.5) == []
+            return _calls(ports, "blpop") - blpops, _calls(ports, "evalsha") - scripts
+
+    blpops, scripts = asyncio.run(scenario())
+    print(f"idle 4.5 s over 3 primaries: {blpops} BLPOP, {scripts} EVALSHA")
+    # Two blocks (a third only if the second returned before the wait's end).
+    assert 2 * len(names) <= blpops <= 3 * len(names)
+    assert scripts == len(names)  # nothing changed: no script until the next look
