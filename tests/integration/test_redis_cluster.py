@@ -7,6 +7,7 @@ skipped with its reason (rate and concurrency limits: see `adapters.redis_queue`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,11 +20,13 @@ from redis.crc import key_slot
 
 from adapters.redis_cluster import NOT_A_CLUSTER
 from domain.errors import AdmissionRefusedError, PartialSubmissionError
+from domain.jobs import JobStatus
 from domain.ports import AdmissionPolicy, NewJob, QueueLimits
+from domain.settlement import Ending
 from entrypoints.local_topologies import LocalCluster
 from tests.contracts.all import AllContracts
 from tests.contracts.base import BackendFactory, BackendOptions
-from tests.contracts.builders import claim, enqueue, ids_of, new_job
+from tests.contracts.builders import claim, enqueue, enqueue_all, ids_of, new_job
 from tests.integration.processes import Api, Conveyor, free_port, service_env, wait_for_job
 from tests.integration.test_contracts_redis import RedisFactory
 
@@ -255,3 +258,84 @@ def test_an_idle_claim_on_three_primaries_makes_one_blpop_per_slot_per_block(
     # Two blocks (a third only if the second returned before the wait's end).
     assert 2 * len(names) <= blpops <= 3 * len(names)
     assert scripts == len(names)  # nothing changed: no script until the next look
+
+
+def test_a_queue_whose_slot_moves_to_another_primary_loses_nothing_meanwhile(
+    local_cluster: LocalCluster,
+) -> None:
+    factory = ClusterFactory(local_cluster.url)
+    (name, source), *_ = spread_queues(local_cluster, factory.prefix, per_primary=1).items()
+    slot = key_slot(f"{{{factory.prefix}:{name}}}".encode())
+    target = next(port for port in local_cluster.primary_ports if port != source)
+
+    async def scenario() -> None:
+        async with factory.open() as backend:
+            leases = backend.leases
+            assert leases is not None
+            before = [new_job(queue=name, n=n) for n in range(20)]
+            await enqueue_all(backend.submitter, before)
+            held = await claim(leases, [name], limit=5)
+            during: list[str] = []
+
+            async def keep_submitting() -> None:
+                for n in range(1000):
+                    job = new_job(queue=name, n=100 + n)
+                    await enqueue(backend.submitter, job)
+                    during.append(job.id)
+                    await asyncio.sleep(0.005)
+
+            submitting = asyncio.create_task(keep_submitting())
+            moved = await asyncio.to_thread(local_cluster.migrate_slot, slot, target)
+            submitting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await submitting
+            print(
+                f"queue {name}: slot {slot} moved {source} -> {target}, {moved} keys;"
+                f" {len(during)} jobs submitted meanwhile"
+            )
+            assert local_cluster.slot_owner(slot) == target
+            for lease in held:  # leases taken before the move settle after it
+                assert await leases.settle(lease, Ending.succeeded(None)) == JobStatus.SUCCEEDED
+            while batch := await claim(leases, [name], limit=50):
+                for lease in batch:
+                    assert await leases.settle(lease, Ending.succeeded(None)) == (
+                        JobStatus.SUCCEEDED
+                    )
+            for job_id in [job.id for job in before] + during:
+                found = await backend.store.get(job_id)
+                assert found is not None, job_id
+                assert found.status is JobStatus.SUCCEEDED, job_id
+            assert await factory.stale_writes(backend) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_claim_waiting_while_its_queues_slot_moves_is_still_woken_by_a_submit(
+    local_cluster: LocalCluster,
+) -> None:
+    factory = ClusterFactory(local_cluster.url)
+    (name, source), *_ = spread_queues(local_cluster, factory.prefix, per_primary=1).items()
+    slot = key_slot(f"{{{factory.prefix}:{name}}}".encode())
+    target = next(port for port in local_cluster.primary_ports if port != source)
+
+    async def scenario() -> None:
+        async with factory.open() as backend:
+            leases = backend.leases
+            assert leases is not None
+            await enqueue(backend.submitter, new_job(queue=name))  # the queue's keys exist
+            assert len(await claim(leases, [name])) == 1
+            waiting = asyncio.create_task(claim(leases, [name], wait_seconds=10.0))
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(local_cluster.migrate_slot, slot, target)
+            job = new_job(queue=name, n=1)
+            submitted = time.monotonic()
+            await enqueue(backend.submitter, job)
+            assert ids_of(await waiting) == [job.id]
+            woken = time.monotonic() - submitted
+            print(
+                f"slot {slot} moved {source} -> {target} under a waiting claim; woken in"
+                f" {woken:.3f} s"
+            )
+            assert woken < 5.0  # by the submit (or the next block), not the 10 s wait
+
+    asyncio.run(scenario())
