@@ -16,6 +16,7 @@ after a connection error, CLUSTERDOWN or a slot no node serves.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Final, cast
 from urllib.parse import unquote
 
@@ -24,6 +25,7 @@ import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 SCHEME: Final = "redis+cluster://"
@@ -90,14 +92,53 @@ def _address(item: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+# Commands that block on the server: they do not count against the commands in flight (a
+# worker waiting on queues of several slots holds one per slot, for seconds).
+_BLOCKING: Final = frozenset({"BLPOP"})
+# Each node's pool may hold this many times the commands in flight: room for the blocking
+# commands and the pipelines besides (a node's pool refuses a connection past its cap, it
+# does not wait for one).
+_NODE_HEADROOM: Final = 4
+
+
+class _WaitingCluster(RedisCluster):
+    """redis-py's cluster client, where a command waits (up to `pool_timeout`) while
+    `max_connections` others are in flight, as the single server's pool makes it wait for a
+    connection: a node's own pool raises MaxConnectionsError at once instead, which turns a
+    burst of concurrent calls into errors."""
+
+    def __init__(self, *, max_connections: int, pool_timeout: float, **options: Any) -> None:
+        super().__init__(max_connections=max_connections * _NODE_HEADROOM, **options)
+        self._in_flight = asyncio.Semaphore(max_connections)
+        self._pool_timeout = pool_timeout
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if args[0] in _BLOCKING:
+            return await super().execute_command(*args, **kwargs)
+        if self._in_flight.locked():
+            try:
+                await asyncio.wait_for(self._in_flight.acquire(), self._pool_timeout)
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"no connection to the cluster free within {self._pool_timeout:g} s"
+                ) from None
+        else:
+            await self._in_flight.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._in_flight.release()
+
+
 def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis:
     """A client of the cluster `target` names; `options` as for `create_redis`'s pool
-    (timeouts, retry, pool size per node). Nothing connects until the first command.
+    (timeouts, the most commands in flight and how long one waits for its turn). Nothing
+    connects until the first command.
 
     Typed as the single-server client: it answers every command the adapters send in the
     same shape; the few places where a cluster differs (a pipeline's commands, BLOPs over
     several slots, CONFIG per node) ask `is_cluster`."""
-    options.pop("timeout", None)  # the cluster's node pools do not wait for a connection
+    options["pool_timeout"] = options.pop("timeout")
     # No command is sent twice: redis-py's cluster client would resend a command, and its
     # pipeline the commands that had not answered, after a timeout or a lost connection,
     # when they may have run (a script run twice is not always harmless: a SUBMIT run again
@@ -106,7 +147,7 @@ def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis
     # client has marked its slot map stale and asks for it again first. MOVED, ASK and
     # TRYAGAIN are followed by the client itself, which sends nothing twice.
     options["retry"] = Retry(NoBackoff(), 0)
-    client = RedisCluster(
+    client = _WaitingCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
         username=target.username,
         password=target.password,

@@ -18,6 +18,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from adapters.redis_client import create_redis
 from adapters.redis_cluster import NOT_A_CLUSTER
 from domain.errors import AdmissionRefusedError, PartialSubmissionError
 from domain.jobs import JobStatus
@@ -339,3 +340,23 @@ def test_a_claim_waiting_while_its_queues_slot_moves_is_still_woken_by_a_submit(
             assert woken < 5.0  # by the submit (or the next block), not the 10 s wait
 
     asyncio.run(scenario())
+
+
+def test_a_burst_past_the_most_connections_waits_for_a_turn_instead_of_failing(
+    local_cluster: LocalCluster,
+) -> None:
+    async def burst() -> list[object]:
+        client = create_redis(
+            local_cluster.url, connect_timeout=2.0, socket_timeout=5.0, max_connections=4
+        )
+        try:
+            await client.ping()  # the slot map is read once, before the burst
+            return await asyncio.gather(
+                *(client.hget(f"{{burst:{n % 3}}}:h", "f") for n in range(300)),
+                return_exceptions=True,
+            )
+        finally:
+            await client.aclose()
+
+    answers = asyncio.run(burst())
+    assert [a for a in answers if isinstance(a, BaseException)] == []
