@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:  # domain.jobs imports this module
+    from domain.jobs import JobStatus
 
 
 class DomainError(Exception):
@@ -71,6 +75,34 @@ class QueueUnavailableError(DomainError):
     def __init__(self, reason: str, retry_after: float = 1.0) -> None:
         super().__init__(f"queue backend unavailable: {reason}")
         self.reason = reason
+        self.retry_after = retry_after
+
+
+class NotReplicatedError(DomainError):
+    """A write reached the primary but fewer replicas than required confirmed it in time.
+
+    Unlike `QueueUnavailableError`, something may have been stored: a failover now could
+    lose it, or it may already be on the replicas and only the confirmation came late.
+    `settled`: for a settlement, the status it wrote on the primary (None for a submission).
+    """
+
+    def __init__(
+        self,
+        acknowledged: int,
+        required: int,
+        timeout: float,
+        *,
+        settled: JobStatus | None = None,
+        retry_after: float = 1.0,
+    ) -> None:
+        super().__init__(
+            f"the write is on the primary, but {acknowledged} of the {required} replicas"
+            f" required confirmed it within {timeout:g} s"
+        )
+        self.acknowledged = acknowledged
+        self.required = required
+        self.timeout = timeout
+        self.settled = settled
         self.retry_after = retry_after
 
 

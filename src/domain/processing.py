@@ -14,6 +14,7 @@ from domain.errors import (
     InvalidJobError,
     JobCancelledError,
     NonRetryableError,
+    NotReplicatedError,
     QueueUnavailableError,
     UnknownJobTypeError,
     UnstorableResultError,
@@ -44,6 +45,10 @@ class ProcessResult:
     # What the handler raised, for the worker's log: its traceback is the operator's to read,
     # and is kept on the job only when the processor is told to expose it.
     failure: BaseException | None = attrs.field(default=None, eq=False, repr=False)
+    # The settlement is on the primary, but fewer replicas than required confirmed it in
+    # time (the backend must confirm writes on replicas): a failover before it reaches one
+    # runs the job again.
+    unreplicated: NotReplicatedError | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def error(self) -> JobError | None:
@@ -125,8 +130,14 @@ class JobProcessor:
             return await self._failed(lease, job_type, error_from(exc, ErrorKind.NON_RETRYABLE))
 
     async def record(self, lease: Lease, ending: Ending) -> ProcessResult:
-        """Settle the attempt as `ending` says, waiting out a backend outage."""
-        status = await _until_stored(lambda: self._reporter.settle(lease, ending))
+        """Settle the attempt as `ending` says, waiting out a backend outage.
+
+        A settlement the replicas did not confirm in time is not written again (its token
+        would be refused as stale): it stands on the primary, and the result says so."""
+        try:
+            status = await _until_stored(lambda: self._reporter.settle(lease, ending))
+        except NotReplicatedError as exc:
+            return ProcessResult(ending, exc.settled, unreplicated=exc)
         return ProcessResult(ending, status)
 
     async def record_lost(self, lease: Lease, error: JobError) -> ProcessResult:

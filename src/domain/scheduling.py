@@ -24,6 +24,7 @@ from domain.errors import (
     AdmissionRefusedError,
     IdempotencyConflictError,
     InvalidJobError,
+    NotReplicatedError,
     QueueUnavailableError,
     ScheduleNotFoundError,
     UnknownJobTypeError,
@@ -237,8 +238,9 @@ class Scheduler:
             # The job types changed since the schedule was made: no retry can help.
             await self._store.fired(firing, None)
             return TickOutcome(name=name, tick=tick, error=str(exc), dropped=True)
-        except (AdmissionRefusedError, QueueUnavailableError) as exc:
-            # Left a firing: taken over (and submitted again) once its lease lapses.
+        except (AdmissionRefusedError, QueueUnavailableError, NotReplicatedError) as exc:
+            # Left a firing: taken over (and submitted again, under the same idempotency
+            # key) once its lease lapses.
             return TickOutcome(name=name, tick=tick, error=str(exc))
         await self._store.fired(firing, accepted.job.id)
         return TickOutcome(name=name, tick=tick, job_id=accepted.job.id, created=accepted.created)

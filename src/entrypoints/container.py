@@ -56,6 +56,8 @@ def _redis_backend(
     max_queues: int,
     max_result_bytes: int,
     limits: FlowLimits,
+    min_replicas: int,
+    replica_timeout_ms: int,
 ) -> Backend:
     from adapters.redis_queue import redis_backend
 
@@ -69,6 +71,8 @@ def _redis_backend(
         max_queues=max_queues,
         max_result_bytes=max_result_bytes,
         limits=limits,
+        min_replicas=min_replicas,
+        replica_timeout_ms=replica_timeout_ms,
     )
 
 
@@ -161,6 +165,8 @@ class Container(containers.DeclarativeContainer):
             max_queues=config.max_queues,
             max_result_bytes=config.max_result_bytes,
             limits=flow_limits,
+            min_replicas=config.min_replicas,
+            replica_timeout_ms=config.replica_timeout_ms,
         ),
         memory=providers.Singleton(
             memory_backend,
@@ -246,6 +252,8 @@ def build_container(settings: Settings, *, redis_socket_timeout: float | None = 
             "max_waiters": settings.max_waiters,
             "max_result_bytes": settings.max_result_bytes,
             "expose_tracebacks": settings.expose_tracebacks,
+            "min_replicas": settings.min_replicas,
+            "replica_timeout_ms": settings.replica_timeout_ms,
         }
     )
     container.redis_socket_timeout.override(

@@ -73,6 +73,10 @@ class Settings:
     result_ttl_seconds: float = 86_400.0
     dead_ttl_seconds: float = 7 * 86_400.0
     idempotency_ttl_seconds: float = 86_400.0
+    # Replicas that must confirm a submission or a settlement before it is acknowledged
+    # (Redis WAIT; native Redis backend only), and how long to wait for them; 0: off.
+    min_replicas: int = 0
+    replica_timeout_ms: int = 500
     admission: AdmissionPolicy = attrs.field(factory=AdmissionPolicy)
     # Rate and concurrency limits per job type, across every worker (`domain.limits`).
     flow_limits: FlowLimits = attrs.field(factory=FlowLimits)
@@ -151,6 +155,8 @@ class Settings:
             idempotency_ttl_seconds=read(
                 "CONVEYOR_IDEMPOTENCY_TTL_SECONDS", _positive(float), 86_400.0
             ),
+            min_replicas=read("CONVEYOR_MIN_REPLICAS", _non_negative(int), 0),
+            replica_timeout_ms=read("CONVEYOR_REPLICA_TIMEOUT_MS", _positive(int), 500),
             admission=AdmissionPolicy(
                 default=limits.pop("*", QueueLimits()),
                 queues=limits,
@@ -199,6 +205,18 @@ class Settings:
                 "REDIS_URL names Sentinels (redis+sentinel://): only the native backend follows"
                 " a failover; QUEUE_BACKEND=rq needs the primary's redis:// URL"
             )
+        if settings.min_replicas and settings.queue_backend is not QueueBackend.REDIS:
+            raise SettingsError(
+                f"CONVEYOR_MIN_REPLICAS={settings.min_replicas} needs QUEUE_BACKEND=redis, which"
+                f" confirms writes on replicas with WAIT; QUEUE_BACKEND={settings.queue_backend}"
+                " cannot: set CONVEYOR_MIN_REPLICAS=0"
+            )
+        if settings.min_replicas and settings.replica_timeout_ms >= settings.redis_timeout * 1000:
+            raise SettingsError(
+                f"CONVEYOR_REPLICA_TIMEOUT_MS={settings.replica_timeout_ms} must be shorter than"
+                f" CONVEYOR_REDIS_TIMEOUT ({settings.redis_timeout:g} s), or the API gives up on"
+                " the reply before WAIT answers"
+            )
         _check_cluster(settings)
         return settings
 
@@ -224,6 +242,12 @@ def _check_cluster(settings: Settings) -> None:
         raise SettingsError(
             "REDIS_URL names a Redis Cluster (redis+cluster://): only the native backend"
             " spreads queues over a cluster; QUEUE_BACKEND=rq needs one server's redis:// URL"
+        )
+    if settings.min_replicas:
+        raise SettingsError(
+            f"CONVEYOR_MIN_REPLICAS={settings.min_replicas} confirms writes with WAIT, which"
+            " counts one node's replicas; a cluster's round trip writes to several primaries:"
+            " with REDIS_URL=redis+cluster:// set CONVEYOR_MIN_REPLICAS=0"
         )
     if settings.flow_limits:
         raise SettingsError(

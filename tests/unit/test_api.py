@@ -17,7 +17,7 @@ from dependency_injector import providers
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from domain.errors import PartialSubmissionError, QueueUnavailableError
+from domain.errors import NotReplicatedError, PartialSubmissionError, QueueUnavailableError
 from domain.jobs import ErrorKind, JobError
 from domain.limits import FlowLimits, RateLimit
 from domain.ports import Backend
@@ -483,6 +483,30 @@ def test_a_batch_stored_only_in_part_is_503_naming_what_happened_to_each_item(
         ("jobs[1]", "not stored: the job store cannot be reached right now"),
     ]
     assert "cannot reach redis" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/jobs", {"type": "email", "payload": EMAIL}),
+        ("/jobs/batch", {"jobs": [{"type": "email", "payload": EMAIL}]}),
+    ],
+)
+def test_a_submission_the_replicas_did_not_confirm_is_503_saying_a_retry_is_safe(
+    container: Container, path: str, body: object
+) -> None:
+    short = Broken(NotReplicatedError(0, 2, 0.5))
+    with client_over(container, short.backend()) as client:
+        response = client.post(path, json=body, headers={"Idempotency-Key": "order-1"})
+
+    problem = assert_problem(response, 503)
+    assert problem["type"] == "urn:conveyor:problem:not-replicated"
+    assert response.headers["retry-after"] == "1"
+    detail = problem["detail"]
+    assert "0 of the 2 replicas" in detail
+    assert "may have been stored but is not yet confirmed durable" in detail
+    assert "same Idempotency-Key" in detail
+    assert "Without a key, a retry may store a second job" in detail
 
 
 def test_a_readiness_probe_that_fails_any_other_way_is_503_too(container: Container) -> None:

@@ -11,14 +11,16 @@ import attrs
 import pytest
 
 from adapters.memory import memory_backend
+from domain.errors import NotReplicatedError
 from domain.job_service import JobService
 from domain.job_types import JobContext, JobType, JobTypeRegistry
 from domain.job_types.registry import default_registry
 from domain.jobs import AttemptOutcome, ErrorKind, Job, JobError, JobStatus, Lease
-from domain.ports import ClaimRequest, LeaseQueue
+from domain.ports import AttemptReporter, ClaimRequest, LeaseQueue
 from domain.processing import JobProcessor, ProcessResult
 from domain.retry import Random
 from domain.schema import PayloadSchema
+from domain.settlement import Ending
 from domain.submission import Submission
 from tests.fakes import FakeClock, RecordingEmailSender
 
@@ -109,6 +111,41 @@ def test_a_success_stores_the_result() -> None:
         assert (result.status, result.ending.outcome) == (S.SUCCEEDED, AttemptOutcome.SUCCEEDED)
         done = await world.service.get(job.id)
         assert (done.status, done.result, done.attempts) == (S.SUCCEEDED, 42, 1)
+
+    asyncio.run(scenario())
+
+
+class Unconfirmed(AttemptReporter):
+    """Settles through `leases`, then says the replicas did not confirm it, as the Redis
+    backend does with CONVEYOR_MIN_REPLICAS when a replica lags."""
+
+    def __init__(self, leases: LeaseQueue) -> None:
+        self.leases = leases
+        self.settles = 0
+
+    async def set_progress(self, lease: Lease, progress: int) -> bool:
+        return await self.leases.set_progress(lease, progress)
+
+    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
+        self.settles += 1
+        status = await self.leases.settle(lease, ending)
+        raise NotReplicatedError(0, 1, 0.5, settled=status)
+
+
+def test_a_settlement_the_replicas_did_not_confirm_stands_and_is_not_written_twice() -> None:
+    world = World()
+    reporter = Unconfirmed(world.leases)
+    processor = JobProcessor(reporter, world.registry, lambda: 0.5, clock=world.clock)
+
+    async def scenario() -> None:
+        job = await world.submit("dummy", {"mode": "succeed", "result": 42})
+        lease = await world.claim()
+        result = await processor.process(lease, Ctx(lease))
+        assert result.status is S.SUCCEEDED
+        assert result.unreplicated is not None
+        assert (result.unreplicated.acknowledged, result.unreplicated.required) == (0, 1)
+        assert reporter.settles == 1
+        assert (await world.service.get(job.id)).status is S.SUCCEEDED
 
     asyncio.run(scenario())
 

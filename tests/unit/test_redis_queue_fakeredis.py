@@ -105,16 +105,16 @@ class TestRedisOnFakeRedis:
         ]
         assert len(leases) == 20
         sent: list[list[tuple[str, str]]] = []
-        pipeline = connection.core.pipeline
+        pipeline = connection.core._pipeline  # every round trip of batched calls
 
-        async def recorded(build: Build) -> list[Any]:
+        async def recorded(build: Build, *, wait: bool) -> tuple[list[Any], int | None]:
             def build_and_record(pipe: Pipeline) -> None:
                 build(pipe)
                 sent.append([(str(args[0]), str(args[1])) for args, _ in pipe.command_stack])
 
-            return await pipeline(build_and_record)
+            return await pipeline(build_and_record, wait=wait)
 
-        setattr(connection.core, "pipeline", recorded)  # noqa: B010 - one instance only
+        setattr(connection.core, "_pipeline", recorded)  # noqa: B010 - one instance only
         endings = [Ending.succeeded(n) if n % 3 else Ending.failed(BOOM, 60.0) for n in range(20)]
         statuses = await asyncio.gather(
             *(rig.leases.settle(lease, end) for lease, end in zip(leases, endings, strict=True))

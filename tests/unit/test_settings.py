@@ -63,6 +63,10 @@ def test_what_callers_can_make_the_service_hold_is_bounded_by_default_and_settab
         ("CONVEYOR_MAX_WAITERS", "-1"),
         ("CONVEYOR_MAX_RESULT_BYTES", "1MB"),
         ("CONVEYOR_METRICS_PORT", "0"),
+        ("CONVEYOR_MIN_REPLICAS", "-1"),
+        ("CONVEYOR_MIN_REPLICAS", "one"),
+        ("CONVEYOR_REPLICA_TIMEOUT_MS", "0"),
+        ("CONVEYOR_REPLICA_TIMEOUT_MS", "0.5"),
     ],
 )
 def test_a_bad_value_is_refused_with_the_variables_name(name: str, value: str) -> None:
@@ -106,6 +110,8 @@ def test_every_setting_is_documented_in_env_example() -> None:
         "CONVEYOR_CONCURRENCY_LIMITS",
         "CONVEYOR_SCHEDULES",
         "CONVEYOR_SCHEDULER",
+        "CONVEYOR_MIN_REPLICAS",
+        "CONVEYOR_REPLICA_TIMEOUT_MS",
     ]
     assert [n for n in names if n not in example] == []
 
@@ -242,3 +248,36 @@ def test_flow_limits_on_rq_stop_start_up_with_a_message() -> None:
                 "CONVEYOR_CONCURRENCY_LIMITS": '{"report": 2}',
             }
         )
+
+
+def test_replica_confirmation_is_off_by_default_and_settable() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.min_replicas, defaults.replica_timeout_ms) == (0, 500)
+    settings = Settings.from_env(
+        {"CONVEYOR_MIN_REPLICAS": "2", "CONVEYOR_REPLICA_TIMEOUT_MS": "250"}
+    )
+    assert (settings.min_replicas, settings.replica_timeout_ms) == (2, 250)
+
+
+@pytest.mark.parametrize("backend", ["rq", "memory"])
+def test_min_replicas_on_a_backend_without_wait_stops_start_up_with_a_message(
+    backend: str,
+) -> None:
+    with pytest.raises(SettingsError, match="CONVEYOR_MIN_REPLICAS=1 needs QUEUE_BACKEND=redis"):
+        Settings.from_env({"QUEUE_BACKEND": backend, "CONVEYOR_MIN_REPLICAS": "1"})
+    assert Settings.from_env({"QUEUE_BACKEND": backend, "CONVEYOR_MIN_REPLICAS": "0"})
+
+
+def test_a_replica_timeout_the_api_would_not_wait_for_stops_start_up() -> None:
+    with pytest.raises(SettingsError, match="CONVEYOR_REPLICA_TIMEOUT_MS=1000 must be shorter"):
+        Settings.from_env({"CONVEYOR_MIN_REPLICAS": "1", "CONVEYOR_REPLICA_TIMEOUT_MS": "1000"})
+    # Off, the timeout is not used, so nothing to refuse.
+    assert Settings.from_env({"CONVEYOR_REPLICA_TIMEOUT_MS": "1000"}).min_replicas == 0
+    raised = Settings.from_env(
+        {
+            "CONVEYOR_MIN_REPLICAS": "1",
+            "CONVEYOR_REPLICA_TIMEOUT_MS": "1000",
+            "CONVEYOR_REDIS_TIMEOUT": "2",
+        }
+    )
+    assert raised.replica_timeout_ms == 1000

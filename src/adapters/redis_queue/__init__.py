@@ -75,6 +75,8 @@ def redis_backend(
     sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
     queue_grace: float = DEFAULT_GRACE,
     limits: FlowLimits | None = None,
+    min_replicas: int = 0,
+    replica_timeout_ms: int = 500,
 ) -> Backend:
     """Every role, over `client` (bytes replies: see `adapters.redis_client.create_redis`),
     under the key prefix `prefix`. Closing the connection closes the client.
@@ -83,7 +85,10 @@ def redis_backend(
     `queue_grace` seconds are forgotten by a sweep at most every `sweep_interval` seconds
     (see `registry.py`). A result longer than
     `max_result_bytes` as JSON is refused (ResultTooLargeError). `limits`: the rate and
-    concurrency limits per job type, enforced by every claim (`domain.limits`)."""
+    concurrency limits per job type, enforced by every claim (`domain.limits`).
+    `min_replicas`: submissions and settlements are answered once that many replicas
+    confirmed them (Redis WAIT, waiting up to `replica_timeout_ms`), else they raise
+    NotReplicatedError (see `core.py`); 0: they are answered once on the primary."""
     if limits and is_cluster(client):
         # A limit is global per job type, under the prefix's own hash tag, and the claim
         # checks it in the same script as the queue's keys: two slots on a cluster.
@@ -92,6 +97,14 @@ def redis_backend(
             "flow_limits",
             "rate and concurrency limits need one Redis server; a cluster keeps each queue's"
             " keys apart from the limits' keys",
+        )
+    if min_replicas and is_cluster(client):
+        # WAIT counts the replicas of the one node its connection reaches; a round trip on a
+        # cluster writes to several primaries over several connections.
+        raise UnsupportedOperationError(
+            "confirm writes on replicas",
+            "min_replicas",
+            "WAIT confirms one node's writes; a cluster's round trip spans several primaries",
         )
     core = RedisCore(
         client,
@@ -105,6 +118,8 @@ def redis_backend(
         sweep_interval=sweep_interval,
         queue_grace=queue_grace,
         limits=limits,
+        min_replicas=min_replicas,
+        replica_timeout_ms=replica_timeout_ms,
     )
     return Backend(
         name="redis",

@@ -30,8 +30,9 @@ class RedisConnection(Connection):
         ``noeviction``: an evicted job hash or list is a job lost without a trace). Answers
         warnings: AOF off (a restart loses what was acknowledged since the last snapshot),
         that the check could not be made (CONFIG refused by an ACL or renamed away, as
-        managed services do), or that the admission policy's memory limit cannot be checked
-        (INFO refused: every new job would be refused).
+        managed services do), that the admission policy's memory limit cannot be checked
+        (INFO refused: every new job would be refused), or that fewer replicas than
+        `min_replicas` confirm writes now (every submission would be refused until they do).
         """
         try:
             with redis_errors():
@@ -42,7 +43,7 @@ class RedisConnection(Connection):
             if isinstance(exc.__cause__, RedisClusterException) and not_a_cluster(exc.__cause__):
                 raise UnsafeBackendError(NOT_A_CLUSTER) from None
             raise
-        warnings = await self._memory_warnings()
+        warnings = [*await self._memory_warnings(), *await self._replica_warnings()]
         try:
             with redis_errors():
                 policies, aofs = await self._settings()
@@ -108,6 +109,28 @@ class RedisConnection(Connection):
             return [
                 f"the admission limit on memory cannot be checked (INFO refused: {exc}):"
                 " every new job will be refused"
+            ]
+        return []
+
+    async def _replica_warnings(self) -> list[str]:
+        required = self.core.min_replicas
+        if not required:
+            return []
+        try:
+            with redis_errors():
+                # This connection wrote nothing: WAIT answers how many replicas have what
+                # the server has written so far, waiting at most the timeout of a submit.
+                confirmed = int(await self.core.client.wait(required, self.core.replica_timeout_ms))
+        except RedisError as exc:
+            return [
+                f"CONVEYOR_MIN_REPLICAS={required} needs WAIT, which Redis refused ({exc}):"
+                " every submission will fail"
+            ]
+        if confirmed < required:
+            return [
+                f"CONVEYOR_MIN_REPLICAS={required}, but {confirmed} replicas confirmed writes"
+                f" within {self.core.replica_timeout_ms} ms: submissions answer 503 until"
+                " enough do"
             ]
         return []
 

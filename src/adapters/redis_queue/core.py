@@ -8,6 +8,12 @@ process has not registered lately (one more, see `registry.py`), `queue_stats` a
 `forget_worker` over every queue (the queue names first) and `list_jobs` (see `listing.py`).
 `submit` and `settle` calls made in the same event-loop tick share one round trip (see
 `batching.py`).
+
+With `min_replicas` set, that round trip ends with ``WAIT min_replicas timeout`` on the same
+connection: the calls are answered once that many replicas have every write made so far,
+or as `Unconfirmed` when fewer confirmed in time. Claims, renewals and the other writes do
+not wait: a claim lost in a failover only means the job is claimed again, and fencing
+tokens refuse the old holder's writes.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
+import attrs
 import redis.asyncio
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
@@ -30,11 +37,12 @@ from adapters.redis_queue.limits import LimitArgs
 from adapters.redis_queue.registry import DEFAULT_GRACE, DEFAULT_SWEEP_INTERVAL, QueueRegistry
 from adapters.redis_queue.submission import Item
 from adapters.redis_queue.watch import RedisJobWatcher
-from domain.jobs import Job, Lease, is_job_id
+from domain.errors import NotReplicatedError
+from domain.jobs import Job, JobStatus, Lease, is_job_id
 from domain.limits import FlowLimits
 from domain.ports import AdmissionPolicy
 
-__all__ = ["RedisCore", "decoded_or_none", "evalsha", "lease_from", "log"]
+__all__ = ["RedisCore", "Unconfirmed", "decoded_or_none", "evalsha", "lease_from", "log"]
 
 log = logging.getLogger("conveyor.redis_queue")
 
@@ -43,6 +51,20 @@ Build = Callable[[Pipeline], None]
 # The queues whose keys this process keeps made (an LRU cache: any name a client sends is
 # made once in a while, never kept for good).
 KEYS_CACHE: Final = 1024
+
+
+@attrs.frozen
+class Unconfirmed:
+    """A script's answer to one call, from a round trip whose WAIT saw fewer replicas than
+    required: what the call wrote is on the primary, not confirmed on the replicas."""
+
+    answer: Any
+    acknowledged: int
+    required: int
+    timeout: float  # seconds WAIT waited
+
+    def error(self, settled: JobStatus | None = None) -> NotReplicatedError:
+        return NotReplicatedError(self.acknowledged, self.required, self.timeout, settled=settled)
 
 
 class RedisCore:
@@ -64,7 +86,11 @@ class RedisCore:
         sweep_interval: float = DEFAULT_SWEEP_INTERVAL,
         queue_grace: float = DEFAULT_GRACE,
         limits: FlowLimits | None = None,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 500,
     ) -> None:
+        if min_replicas < 0 or replica_timeout_ms <= 0:
+            raise ValueError("min_replicas must be 0 or more and replica_timeout_ms positive")
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"prefix must be non-empty and hold no braces, got {prefix!r}")
         for name, ttl in (
@@ -82,6 +108,10 @@ class RedisCore:
         if max_result_bytes is not None and max_result_bytes < 1:
             raise ValueError("max_result_bytes must be at least 1")
         self.max_result_bytes = max_result_bytes
+        # Replicas that must confirm a submission's or settlement's round trip (0: none),
+        # and how long WAIT may wait for them.
+        self.min_replicas = min_replicas
+        self.replica_timeout_ms = replica_timeout_ms
         self.flow_limits = limits or FlowLimits()
         self.limits = LimitArgs.of(prefix, self.flow_limits)
         self.finished_channel = finished_channel(prefix)
@@ -115,10 +145,19 @@ class RedisCore:
         them and run again the scripts that answered NOSCRIPT (they did not run), and only
         those, so that no command runs twice.
         """
+        results, _ = await self._pipeline(build, wait=False)
+        return results
+
+    async def _pipeline(self, build: Build, *, wait: bool) -> tuple[list[Any], int | None]:
+        """`pipeline`'s answers and, `wait`: how many replicas WAIT saw confirm them (WAIT
+        closes the round trip, on its connection, so it covers every write made before)."""
         pipe = self.client.pipeline(transaction=False)
         build(pipe)
         commands = _commands(pipe)
+        if wait:
+            pipe.wait(self.min_replicas, self.replica_timeout_ms)
         results: list[Any] = await pipe.execute(raise_on_error=False)
+        acknowledged = results.pop() if wait else None
         lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if lost:
             # A script that answered NOSCRIPT did not run: run just those, once, after
@@ -130,12 +169,19 @@ class RedisCore:
             for i in lost:
                 args, options = commands[i]
                 again.execute_command(*args, **options)
-            for i, result in zip(lost, await again.execute(raise_on_error=False), strict=True):
+            if wait:  # the scripts run now were not covered by the first WAIT
+                again.wait(self.min_replicas, self.replica_timeout_ms)
+            answers: list[Any] = await again.execute(raise_on_error=False)
+            if wait:
+                acknowledged = answers.pop()
+            for i, result in zip(lost, answers, strict=True):
                 results[i] = result
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        return results
+        if isinstance(acknowledged, Exception):
+            raise acknowledged
+        return results, acknowledged
 
     async def _load_scripts(self) -> None:
         for script in scripts.ALL:
@@ -189,7 +235,11 @@ class RedisCore:
                     )
                 )
                 # After the write: its queues are registered once the caller is answered,
-                # even if a sweep forgot one in between (see `registry.py`).
+                # even if a sweep forgot one in between (see `registry.py`). It always
+                # writes, which `min_replicas` relies on: WAIT covers what the server wrote
+                # up to this connection's last write, and a repeat under an idempotency key
+                # writes no job, yet vouches for the first request's (on Valkey 8, unlike
+                # Redis 7.0, a connection that wrote nothing has its WAIT satisfied at once).
                 used = {(item.queue, item.legacy) for items in sent for item in items}
                 sends.append(self.registry.register([sorted(used)]))
 
@@ -197,10 +247,26 @@ class RedisCore:
             for call in sends:
                 evalsha(pipe, call)
 
-        results = await self.pipeline(build) if sends else []
-        return [
+        results: list[Any] = []
+        acknowledged: int | None = None
+        if sends:
+            # One WAIT for the whole round trip: it confirms every write in it.
+            results, acknowledged = await self._pipeline(build, wait=self.min_replicas > 0)
+        answers = [
             [p if isinstance(p, Exception) else results[p[0]][p[1]] for p in place]
             for place in places
+        ]
+        if acknowledged is None or acknowledged >= self.min_replicas:
+            return answers
+        timeout = self.replica_timeout_ms / 1000
+        return [
+            [
+                a
+                if isinstance(a, Exception)
+                else Unconfirmed(a, acknowledged, self.min_replicas, timeout)
+                for a in answer
+            ]
+            for answer in answers
         ]
 
     async def _admit_queues(self, batches: Sequence[Batch]) -> set[int]:

@@ -15,7 +15,7 @@ from adapters.redis_cluster import is_cluster
 from adapters.redis_queue import calls
 from adapters.redis_queue.calls import ScriptCall, ms
 from adapters.redis_queue.codec import RawFields, UndecodableJobError
-from adapters.redis_queue.core import RedisCore, evalsha, lease_from, log
+from adapters.redis_queue.core import RedisCore, Unconfirmed, evalsha, lease_from, log
 from adapters.redis_queue.keys import QueueKeys
 from domain.jobs import ErrorKind, JobError, JobStatus, Lease
 from domain.ports import ClaimRequest, LeaseQueue
@@ -36,6 +36,12 @@ class RedisLeaseQueue(LeaseQueue):
     A *waiting* claim over several queues BLPOPs their markers together; on Redis Cluster,
     where BLPOP takes the keys of one hash slot, it BLPOPs each slot's markers at once and
     wakes at the first answer (`_wait_per_slot`).
+
+    With `min_replicas` set on the core, a settlement is answered once that many replicas
+    confirmed its round trip; when fewer did in time it raises NotReplicatedError carrying
+    the status written on the primary (`settled`). Claims do not wait: a claim lost in a
+    failover only hands the job out again, and the fencing token refuses the writes of the
+    attempt it started.
     """
 
     # The longest single BLPOP of a waiting claim. The client's socket timeout must exceed it.
@@ -267,6 +273,10 @@ class RedisLeaseQueue(LeaseQueue):
         attempt = calls.attempt(lease.job_id, lease.token, ending, self._core.max_result_bytes)
         with redis_errors():
             status = await self._core.settle(lease.job.queue, attempt)
+        if isinstance(status, Unconfirmed):
+            if isinstance(status.answer, bytes):
+                raise status.error(settled=_STATUSES[status.answer])
+            status = status.answer  # a stale token: nothing of the attempt was written
         return _STATUSES[status] if isinstance(status, bytes) else None
 
     async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:

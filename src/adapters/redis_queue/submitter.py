@@ -11,7 +11,7 @@ import attrs
 from adapters.redis_client import redis_errors
 from adapters.redis_cluster import is_cluster
 from adapters.redis_queue import submission
-from adapters.redis_queue.core import RedisCore
+from adapters.redis_queue.core import RedisCore, Unconfirmed
 from adapters.redis_queue.submission import Item
 from domain.errors import DomainError, IdempotencyConflictError, PartialSubmissionError
 from domain.ports import JobSubmitter, NewJob, Submitted, SubmitTraits
@@ -27,6 +27,11 @@ class RedisJobSubmitter(JobSubmitter):
     check and the write are one atomic step; a server that refuses INFO to scripts
     (fakeredis does, an ACL may) cannot be checked, and a policy with `max_memory` then
     refuses every new job rather than admit it unchecked (`Connection.verify` warns of it).
+
+    With `min_replicas` set on the core, a submission is answered once that many replicas
+    confirmed the round trip that stored it, or raises NotReplicatedError. A repeat under an
+    idempotency key waits too: the REGISTER call that follows every SUBMIT in the round
+    trip writes, so its WAIT covers the first request's write as well.
 
     On Redis Cluster a submission spanning queues is stored queue by queue, each queue's
     part all or nothing (`_submit_per_queue`).
@@ -52,6 +57,10 @@ class RedisJobSubmitter(JobSubmitter):
             return await self._submit_per_queue(items)
         with redis_errors():
             answer = await core.submit(items, group)
+        if isinstance(answer, Unconfirmed):
+            # A refusal stored nothing and says so; anything else may be stored.
+            submission.answer_of(answer.answer, items, core.admission)
+            raise answer.error()
         return submission.answer_of(answer, items, core.admission)
 
     async def _submit_per_queue(self, items: Sequence[Item]) -> Sequence[Submitted]:

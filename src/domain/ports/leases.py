@@ -37,7 +37,10 @@ class AttemptReporter(abc.ABC):
         attempts), in one atomic step. Answers the status the job was given, or None when the
         lease is no longer current (nothing is written, and the stale write is counted).
 
-        Raises UnstorableResultError for a success whose result cannot be stored.
+        Raises UnstorableResultError for a success whose result cannot be stored, and
+        NotReplicatedError (its `settled` the status written) when the backend must confirm
+        writes on replicas and fewer confirmed this one in time: the settlement stands on
+        the primary; a failover before it reaches a replica would run the job again.
         """
 
 

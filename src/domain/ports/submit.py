@@ -95,7 +95,8 @@ class JobSubmitter(abc.ABC):
         most queues, TooManyQueuesError (an AdmissionRefusedError) for a job that would open
         one, and nothing is stored. A job whose id
         exists is not stored again (created False). QueueUnavailableError if the backend is
-        down.
+        down. NotReplicatedError when the backend must confirm writes on replicas and fewer
+        confirmed these in time: they may be stored, and may be lost in a failover.
 
         A job with a `unique_key` (with `traits.unique_keys`) is not stored while a job of its
         queue under the same key is not finished (scheduled, queued, active, or failed and due

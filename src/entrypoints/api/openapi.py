@@ -126,7 +126,12 @@ SUBMIT_ERRORS: Final = {
     501: unsupported(
         "honour an option the submission asks for (idempotency keys, scheduling, deadlines)"
     ),
-    503: UNAVAILABLE,
+    503: problem(
+        "The job store is unreachable (`queue-unavailable`), or it took the submission but "
+        "fewer replicas than `CONVEYOR_MIN_REPLICAS` confirmed it in time (`not-replicated`: "
+        "the jobs may be stored; a retry with the same idempotency keys is safe); retry "
+        "after `Retry-After` seconds."
+    ),
 }
 
 

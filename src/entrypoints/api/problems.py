@@ -26,6 +26,7 @@ from domain.errors import (
     InvalidScheduleError,
     InvalidTransitionError,
     JobNotFoundError,
+    NotReplicatedError,
     PartialSubmissionError,
     QueueUnavailableError,
     ScheduleNotFoundError,
@@ -188,6 +189,25 @@ def _to_problem(request: Request[Any, Any, Any], exc: Exception) -> tuple[Proble
             problem = _problem(
                 HTTPStatus.SERVICE_UNAVAILABLE, "partially-stored", detail, instance, outcomes
             )
+            return problem, retry_after(exc.retry_after)
+        case NotReplicatedError():
+            logger.warning(
+                "write not confirmed by replicas: %d of %d within %g s",
+                exc.acknowledged,
+                exc.required,
+                exc.timeout,
+            )
+            detail = (
+                f"the job store took the submission, but only {exc.acknowledged} of the"
+                f" {exc.required} replicas required confirmed it within {exc.timeout:g} s:"
+                " the job may have been stored but is not yet confirmed durable (a failover"
+                " now could lose it). Retrying the same body with the same Idempotency-Key"
+                " (for a batch, the same idempotency_key per job) is safe while the key is"
+                " remembered: it answers the job already stored once the replicas confirm"
+                " it, or stores it if it was lost. Without a key, a retry may store a second"
+                " job"
+            )
+            problem = _problem(HTTPStatus.SERVICE_UNAVAILABLE, "not-replicated", detail, instance)
             return problem, retry_after(exc.retry_after)
         case QueueUnavailableError():
             logger.warning("queue backend unavailable: %s", exc.reason)

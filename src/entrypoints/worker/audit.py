@@ -70,11 +70,15 @@ class AuditLog(AttemptObserver):
         `released` when a stopping worker handed the job back, `lease_lost` when the backend
         refused the write, or `left_to_lease` when it could not be told (see
         `worker.endings`). `handler_ended`, when known, is when its handler was done: before
-        the settlement was stored, which is what frees the job's concurrency slot."""
-        if end.handler_ended is None:
-            self._write("end", lease, outcome=end.outcome)
-        else:
-            self._write("end", lease, outcome=end.outcome, handler_ended=end.handler_ended)
+        the settlement was stored, which is what frees the job's concurrency slot.
+        `unreplicated` marks a settlement fewer replicas than `CONVEYOR_MIN_REPLICAS`
+        confirmed: a failover may still lose it, and the job then runs again."""
+        more: dict[str, Any] = {}
+        if end.handler_ended is not None:
+            more["handler_ended"] = end.handler_ended
+        if end.unreplicated:  # stored on the primary, not confirmed by its replicas
+            more["unreplicated"] = True
+        self._write("end", lease, outcome=end.outcome, **more)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final
 
-from domain.errors import QueueUnavailableError
+from domain.errors import NotReplicatedError, QueueUnavailableError
 from domain.jobs import JobStatus, JSONObject, Lease
 from domain.ports import AttemptReporter
 from domain.processing import JobProcessor, ProcessResult, describe
@@ -50,6 +50,20 @@ def _log_status(
     log.log(level, message, extra=fields, exc_info=failure)
 
 
+def warn_unreplicated(lease: Lease, shortfall: NotReplicatedError) -> None:
+    """Say that an attempt's settlement is on the primary only: a failover before a replica
+    has it runs the job again (its lease lapses there, or it was never claimed there)."""
+    log.warning(
+        "job settlement not confirmed by replicas: a failover now would run it again",
+        extra={
+            **describe(lease.job),
+            "settled": said(shortfall.settled),
+            "replicas": shortfall.acknowledged,
+            "replicas_required": shortfall.required,
+        },
+    )
+
+
 def log_result(lease: Lease, result: ProcessResult, elapsed: float) -> None:
     """Log how an attempt the processor ran ended, as the backend stored it, with the
     handler's traceback when it raised (clients see only its type and message)."""
@@ -62,6 +76,8 @@ def log_result(lease: Lease, result: ProcessResult, elapsed: float) -> None:
     if result.status is S.FAILED:
         fields["retry_in_s"] = round(result.ending.retry_in or 0.0, 3)
     _log_status(result.status, fields, result.failure)
+    if result.unreplicated is not None:
+        warn_unreplicated(lease, result.unreplicated)
 
 
 async def hand_back(reporter: AttemptReporter, lease: Lease) -> str:
@@ -74,6 +90,10 @@ async def hand_back(reporter: AttemptReporter, lease: Lease) -> str:
         # The lease will lapse and the job runs again elsewhere.
         log.info("job left to its lease", extra=job)
         return LEFT_TO_LEASE
+    except NotReplicatedError as exc:
+        # Handed back on the primary; lost in a failover, the lease lapses there instead.
+        warn_unreplicated(lease, exc)
+        status = exc.settled
     if status is None:
         log.warning("job stopped: lease lost", extra=job)
         return LEASE_LOST
@@ -98,6 +118,8 @@ async def cut_short(
     except TimeoutError:
         log.warning("job left to its lease (it ends cancelled)", extra=job)
         return LEFT_TO_LEASE
+    if result.unreplicated is not None:
+        warn_unreplicated(lease, result.unreplicated)
     if result.status is S.CANCELLED:
         log.warning("job cancelled: its handler did not stop within the grace period", extra=job)
     elif result.status is None:

@@ -142,6 +142,12 @@ class WorkerMetrics(AttemptObserver, PoolObserver):
             "Writes about an attempt refused because its lease was no longer the job's.",
             registry=None,
         )
+        self._unreplicated = Counter(
+            "conveyor_settlements_unreplicated",
+            "Attempts settled on the Redis primary that fewer replicas than"
+            " CONVEYOR_MIN_REPLICAS confirmed in time (a failover then runs the job again).",
+            registry=None,
+        )
         self._restarts = Counter(
             "conveyor_worker_restarts",
             "Worker processes replaced, by cause.",
@@ -189,6 +195,8 @@ class WorkerMetrics(AttemptObserver, PoolObserver):
                 per.ran(end.elapsed)
         if end.outcome == LEASE_LOST:
             self._stale.inc()
+        if end.unreplicated:
+            self._unreplicated.inc()
 
     def recovered(self, moved: int) -> None:
         self._recovered.inc(moved)

@@ -33,6 +33,9 @@ class AttemptEnd:
     # When its handler was done (wall clock, before the settlement was written); None when
     # not known.
     handler_ended: float | None = None
+    # Its settlement is on the primary but fewer replicas than required confirmed it in
+    # time (CONVEYOR_MIN_REPLICAS).
+    unreplicated: bool = False
 
     @property
     def timed_out(self) -> bool:

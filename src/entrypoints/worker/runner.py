@@ -260,7 +260,8 @@ class Worker:
         elapsed = time.monotonic() - started
         if self._observers:  # most workers have none: then nothing is built for them
             kind = result.error.kind if result.error else None
-            end = AttemptEnd(said(result.status), kind, elapsed, context.handler_ended)
+            short = result.unreplicated is not None
+            end = AttemptEnd(said(result.status), kind, elapsed, context.handler_ended, short)
             self._observers.ended(lease, end)
         log_result(lease, result, elapsed)
         if result.abandoned or context.blocking_calls_running:

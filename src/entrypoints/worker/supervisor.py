@@ -34,14 +34,14 @@ from pathlib import Path
 
 import attrs
 
-from domain.errors import QueueUnavailableError
+from domain.errors import NotReplicatedError, QueueUnavailableError
 from domain.jobs import ErrorKind, JobError, JobStatus
 from domain.ports import Connection, LeaseQueue, QueueMonitor
 from domain.processing import JobProcessor, describe
 from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
-from entrypoints.worker.endings import RELEASED, said
+from entrypoints.worker.endings import RELEASED, said, warn_unreplicated
 from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers, PoolObserver
 from entrypoints.worker.spawning import ChildSpec, ForkedChild, ForkServer
 
@@ -332,12 +332,25 @@ class Supervisor:
                 charged = (held & culprits) or held
                 for lease in leases:
                     if expected or lease.job_id not in charged:
-                        status = await self._leases.settle(lease, Ending.released())
+                        try:
+                            status = await self._leases.settle(lease, Ending.released())
+                        except NotReplicatedError as exc:
+                            warn_unreplicated(lease, exc)  # it stands on the primary
+                            status = exc.settled
                         word = RELEASED if status is JobStatus.QUEUED else said(status)
                         self._observers.ended(lease, AttemptEnd(word))
                         continue
                     result = await self._processor.record_lost(lease, error)
-                    self._observers.ended(lease, AttemptEnd(said(result.status), error.kind))
+                    if result.unreplicated is not None:
+                        warn_unreplicated(lease, result.unreplicated)
+                    self._observers.ended(
+                        lease,
+                        AttemptEnd(
+                            said(result.status),
+                            error.kind,
+                            unreplicated=result.unreplicated is not None,
+                        ),
+                    )
                     log.warning(
                         "job lost with its worker",
                         extra={**describe(lease.job), "outcome": said(result.status)},

@@ -9,7 +9,8 @@ Three sources of truth, none trusted alone (reliability.md §7.1):
   and a SIGKILL cannot tear one:
   ``start`` (before the handler runs), ``renewed`` (after each successful lease renewal) and
   ``end`` (when the attempt's outcome is recorded; ``succeeded`` only when Redis accepted the
-  completion under that attempt's token).
+  completion under that attempt's token; ``unreplicated`` when fewer replicas than
+  ``CONVEYOR_MIN_REPLICAS`` confirmed it, so a failover may still lose it).
 
 `check` computes from them:
 
