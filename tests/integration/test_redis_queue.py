@@ -491,6 +491,34 @@ class TestRedisBackendOnRedis:
                 await rig.submitter.submit([other])
 
     @scenario()
+    async def test_older_prefix_wide_keys_are_read_only_while_one_may_still_live(
+        self, rig: Rig
+    ) -> None:
+        factory = factory_of(rig)
+        digest = hashlib.sha256(b"order-9").hexdigest()
+        async with factory.raw() as client:
+            await client.set(f"{factory.prefix}:idem:{digest}", "fp 0123456789abcdef", px=5000)
+        # The first process to start on a prefix nobody used: no older key can be there.
+        await rig.backend.connection.verify()
+        async with factory.raw() as client:
+            until = int(await client.get(f"{factory.prefix}:idem-legacy-until"))
+        assert until <= time.time_ns() // 1_000_000
+        fresh = NewJob(job=new_job(), idempotency_key="order-9", fingerprint="fp")
+        assert list(await rig.submitter.submit([fresh])) == [Submitted(fresh.job.id, True)]
+        # A prefix in use when this version first starts: read for twice the retention.
+        async with factory.raw() as client:
+            await client.delete(f"{factory.prefix}:idem-legacy-until")
+        async with factory.open(BackendOptions(idempotency_ttl=60.0)) as upgraded:
+            await upgraded.connection.verify()
+            async with factory.raw() as client:
+                until = int(await client.get(f"{factory.prefix}:idem-legacy-until"))
+            assert until >= time.time_ns() // 1_000_000 + 110_000
+            repeat = NewJob(job=new_job(queue="other"), idempotency_key="order-9", fingerprint="fp")
+            assert list(await upgraded.submitter.submit([repeat])) == [
+                Submitted("0123456789abcdef", created=False)
+            ]
+
+    @scenario()
     async def test_an_idempotency_key_an_older_version_held_prefix_wide_still_answers(
         self, rig: Rig
     ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from adapters.redis_client import redis_errors
 from adapters.redis_cluster import NOT_A_CLUSTER, is_cluster, not_a_cluster
 from adapters.redis_queue.core import RedisCore
+from adapters.redis_queue.keys import legacy_idempotency_window
 from domain.errors import QueueUnavailableError, UnsafeBackendError
 from domain.ports import Connection
 
@@ -43,6 +45,8 @@ class RedisConnection(Connection):
             if isinstance(exc.__cause__, RedisClusterException) and not_a_cluster(exc.__cause__):
                 raise UnsafeBackendError(NOT_A_CLUSTER) from None
             raise
+        with redis_errors():
+            await self._learn_legacy_idempotency_window()
         warnings = [*await self._memory_warnings(), *await self._replica_warnings()]
         try:
             with redis_errors():
@@ -74,6 +78,25 @@ class RedisConnection(Connection):
                     f"AOF is off (appendonly {aof}){node}: a Redis restart loses jobs answered 202"
                 )
         return warnings
+
+    async def _learn_legacy_idempotency_window(self) -> None:
+        """Until when submits read the idempotency keys an older version held prefix-wide
+        (`keys.legacy_idempotency_window`): each such key lives at most the idempotency
+        retention after an older process wrote it, so twice that from the first start of
+        this version on a prefix in use covers a rolling upgrade; at once on a new prefix.
+        Two reads at start-up; none on a cluster, which never reads them."""
+        core = self.core
+        if is_cluster(core.client):
+            return
+        now_ms = time.time_ns() // 1_000_000
+        in_use = await core.client.exists(core.registry.keys.queues)
+        until = now_ms + 2 * core.idempotency_ttl_ms if in_use else now_ms
+        marker = legacy_idempotency_window(core.prefix)
+        pipe = core.client.pipeline(transaction=False)
+        pipe.set(marker, until, nx=True)
+        pipe.get(marker)
+        _, stored = await pipe.execute()
+        core.legacy_idempotency_until = int(stored) / 1000
 
     async def _settings(self) -> tuple[dict[str, str | None], dict[str, str | None]]:
         """maxmemory-policy and appendonly, by node: ``""`` for a single server, `` on

@@ -28,6 +28,7 @@ import redis.asyncio
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from adapters.redis_cluster import is_cluster
 from adapters.redis_queue import calls, scripts
 from adapters.redis_queue.batching import Batch, TickBatcher
 from adapters.redis_queue.calls import Attempt, Retention, ScriptCall, evalsha, ms
@@ -108,6 +109,10 @@ class RedisCore:
         if max_result_bytes is not None and max_result_bytes < 1:
             raise ValueError("max_result_bytes must be at least 1")
         self.max_result_bytes = max_result_bytes
+        # Until when (wall clock, s) submits also read the idempotency keys an older version
+        # held prefix-wide: for ever until start-up learns the window (`RedisConnection.
+        # verify`); never on a cluster, where they would cross slots.
+        self.legacy_idempotency_until = 0.0 if is_cluster(client) else float("inf")
         # Replicas that must confirm a submission's or settlement's round trip (0: none),
         # and how long WAIT may wait for them.
         self.min_replicas = min_replicas

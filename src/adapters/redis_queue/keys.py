@@ -42,9 +42,11 @@ one hash tag and one Redis Cluster slot):
 Keys of the whole prefix ``P``: the registry of queue names, whose keys share one hash tag
 with ``P:queues`` (``R`` = ``{P:queues}:``), and, written by older versions only,
 ``P:idem:<digest>`` (an idempotency key for every queue of the prefix): on a single server a
-submit still reads it (never writes it) until it expires; on Redis Cluster it is not read
-(it would cross slots), so a repeat of a request made before the upgrade, within its
-retention, is stored again there.
+submit still reads it (never writes it) while such keys may live, until the time in
+``P:idem-legacy-until`` (ms; set once, by the first process of this version to start on the
+prefix: twice the idempotency retention later if the prefix was in use, else at once, so a
+new deployment never reads them); on Redis Cluster it is not read (it would cross slots), so
+a repeat of a request made before the upgrade, within its retention, is stored again there.
 
 - ``P:queues``            set of the queue names in use
 - ``R tags``              hash: a queue tag (`domain.jobs.queue_tag`, how a job id starts)
@@ -219,6 +221,13 @@ def idempotency_key(keys: QueueKeys, digest: str) -> str:
     """Where a client's idempotency key (by `idempotency_digest`) is held for one queue
     (``B idem:<digest>``): under the queue's hash tag, so a submit stays one script."""
     return keys.base + "idem:" + digest
+
+
+def legacy_idempotency_window(prefix: str) -> str:
+    """Until when (ms since the epoch) submits on a single server also read the idempotency
+    keys an older version held prefix-wide: set once, by the first process of this version
+    to start on the prefix (`RedisConnection.verify`)."""
+    return f"{prefix}:idem-legacy-until"
 
 
 def legacy_idempotency_key(prefix: str, digest: str) -> str:

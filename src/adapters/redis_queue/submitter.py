@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,8 +50,9 @@ class RedisJobSubmitter(JobSubmitter):
         if not jobs:
             return []
         core = self._core
+        legacy_keys = time.time() < core.legacy_idempotency_until
         items = submission.items_of(
-            jobs, prefix=core.prefix, keys_of=core.keys, legacy_keys=not self._cluster
+            jobs, prefix=core.prefix, keys_of=core.keys, legacy_keys=legacy_keys
         )
         group = submission.group_of(items)
         if self._cluster and group == submission.SHARED_GROUP:
