@@ -136,7 +136,7 @@ def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis
     connects until the first command.
 
     Typed as the single-server client: it answers every command the adapters send in the
-    same shape; the few places where a cluster differs (a pipeline's commands, BLOPs over
+    same shape; the few places where a cluster differs (a pipeline's commands, BLPOPs over
     several slots, CONFIG per node) ask `is_cluster`."""
     options["pool_timeout"] = options.pop("timeout")
     # No command is sent twice: redis-py's cluster client would resend a command, and its
