@@ -19,11 +19,19 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ResponseError
+from redis.exceptions import BusyLoadingError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
+from adapters.redis_cluster import (
+    NOT_A_CLUSTER,
+    cluster_client,
+    cluster_outage,
+    is_cluster_url,
+    not_a_cluster,
+    parse_cluster_url,
+)
 from adapters.redis_sentinel import is_sentinel_url, parse_sentinel_url, sentinel_client
 from domain.errors import QueueUnavailableError
 
@@ -43,8 +51,9 @@ def create_redis(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     pool_timeout: float = DEFAULT_POOL_TIMEOUT_S,
 ) -> redis.asyncio.Redis:
-    """A client for `url` (``redis://``, ``rediss://``, ``unix://``, or ``redis+sentinel://``
-    for the primary a set of Sentinels names, see `adapters.redis_sentinel`; passwords in the
+    """A client for `url` (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``
+    for the primary a set of Sentinels names, see `adapters.redis_sentinel`, or
+    ``redis+cluster://`` for a Redis Cluster, see `adapters.redis_cluster`; passwords in the
     URL work).
 
     Nothing connects until the first command. Responses are *bytes*
@@ -85,6 +94,10 @@ def create_redis(
         return sentinel_client(
             parse_sentinel_url(url), connection_class=_CPackedSentinel, **options
         )
+    if is_cluster_url(url):
+        # redis-py's cluster nodes make their own connections: commands are packed in
+        # Python there.
+        return cluster_client(parse_cluster_url(url), **options)
     pool = redis.asyncio.BlockingConnectionPool.from_url(url, **options)
     # The URL's scheme chose the class (plain, TLS or a unix socket); no connection exists yet.
     pool.connection_class = _C_PACKING.get(pool.connection_class, pool.connection_class)
@@ -179,6 +192,13 @@ def unavailable(exc: BaseException) -> QueueUnavailableError | None:
         return QueueUnavailableError(f"redis timed out: {exc}")
     if isinstance(exc, RedisConnectionError | OSError):
         return QueueUnavailableError(f"cannot reach redis: {exc}")
+    if isinstance(exc, RedisClusterException):
+        if not_a_cluster(exc):
+            # Start-up refuses it (`Connection.verify`); a process that got past its check
+            # while the server was away sees it as an outage.
+            return QueueUnavailableError(NOT_A_CLUSTER, 5.0)
+        if cluster_outage(exc):
+            return QueueUnavailableError(f"redis cluster unavailable: {exc}", 2.0)
     return None
 
 
@@ -204,7 +224,13 @@ class _RedisErrors:
                 raise mapped from exc
 
 
-_UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, ResponseError, OSError)
+_UNAVAILABLE: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ResponseError,
+    OSError,
+    RedisClusterException,
+)
 _REDIS_ERRORS: Final = _RedisErrors()
 
 

@@ -189,6 +189,25 @@ class TooManyQueuesError(AdmissionRefusedError):
         self.limit = limit
 
 
+class PartialSubmissionError(DomainError):
+    """A batch spanning queues was stored queue by queue (a backend that keeps queues apart,
+    as Redis Cluster does), and some queues' parts were not stored: per job, in order,
+    `stored` holds the id it was answered with (stored, or replayed) or None, and `errors`
+    the error of its queue's part or None. Each queue's part was all or nothing."""
+
+    def __init__(self, stored: Sequence[str | None], errors: Sequence[DomainError | None]) -> None:
+        failed = sorted({str(e) for e in errors if e is not None})
+        super().__init__(
+            f"{sum(e is None for e in errors)} of {len(errors)} jobs were stored; the others"
+            f" were not: {'; '.join(failed)}"
+        )
+        self.stored = tuple(stored)
+        self.errors = tuple(errors)
+        # A retry after the first of these that says when; 1 s when none does.
+        waits = [getattr(e, "retry_after", None) for e in errors]
+        self.retry_after: float = next((w for w in waits if isinstance(w, int | float)), 1.0)
+
+
 class JobCancelledError(Exception):
     """Raised by a handler that saw its job's cancel request (`JobContext.cancel_requested`)
     and stopped: the job ends `cancelled`."""

@@ -217,6 +217,7 @@ class Settings:
                 f" CONVEYOR_REDIS_TIMEOUT ({settings.redis_timeout:g} s), or the API gives up on"
                 " the reply before WAIT answers"
             )
+        _check_cluster(settings)
         return settings
 
     @property
@@ -231,6 +232,29 @@ class Settings:
                 "or use `conveyor dev`, which starts a local one"
             )
         return self.redis_url
+
+
+def _check_cluster(settings: Settings) -> None:
+    """Refuse what a Redis Cluster cannot do (see `adapters.redis_cluster`)."""
+    if not (settings.redis_url or "").lower().startswith("redis+cluster://"):
+        return
+    if settings.queue_backend is QueueBackend.RQ:
+        raise SettingsError(
+            "REDIS_URL names a Redis Cluster (redis+cluster://): only the native backend"
+            " spreads queues over a cluster; QUEUE_BACKEND=rq needs one server's redis:// URL"
+        )
+    if settings.min_replicas:
+        raise SettingsError(
+            f"CONVEYOR_MIN_REPLICAS={settings.min_replicas} confirms writes with WAIT, which"
+            " counts one node's replicas; a cluster's round trip writes to several primaries:"
+            " with REDIS_URL=redis+cluster:// set CONVEYOR_MIN_REPLICAS=0"
+        )
+    if settings.flow_limits:
+        raise SettingsError(
+            "CONVEYOR_RATE_LIMITS and CONVEYOR_CONCURRENCY_LIMITS are global per job type and"
+            " checked in the claim with the queue's keys, which a Redis Cluster keeps apart;"
+            " with REDIS_URL=redis+cluster:// leave them unset (or use one Redis server)"
+        )
 
 
 @attrs.frozen
@@ -255,8 +279,12 @@ def _redis_url(raw: str) -> str:
     here, with a message that shows no credential, rather than at the first connection."""
     from redis.asyncio.connection import parse_url
 
+    from adapters.redis_cluster import is_cluster_url, parse_cluster_url
     from adapters.redis_sentinel import is_sentinel_url, parse_sentinel_url
 
+    if is_cluster_url(raw):
+        parse_cluster_url(raw)  # its messages quote no credential
+        return raw
     if is_sentinel_url(raw):
         parse_sentinel_url(raw)  # its messages quote no credential
         return raw

@@ -52,7 +52,7 @@ class AdmissionContract:
         assert refusal.value.reason
         assert await rig.store.get(third.id) is None
 
-    @scenario(options=ADMISSION)
+    @scenario(traits=("atomic_across_queues",), options=ADMISSION)
     async def test_admission_counts_the_whole_batch_and_refuses_it_all_or_nothing(
         self, rig: Rig
     ) -> None:

@@ -164,16 +164,15 @@ class TestRedisBackendOnRedis:
         jobs = (done, dead, retried, running, waiting, doomed, later)
         statuses = ("scheduled", "queued", "active", "succeeded", "failed", "dead")
         keys = await factory.keys()
-        # Outside the queue's slot: its idempotency key, and the registry of queue names,
-        # whose keys share the slot of `P:queues` (the test's ids do not start with the
-        # queue's tag, so its queue is also in `legacy`).
+        # Outside the queue's slot: only the registry of queue names, whose keys share the
+        # slot of `P:queues` (the test's ids do not start with the queue's tag, so its queue
+        # is also in `legacy`).
         assert {k for k in keys if not k.startswith(tag)} == {
             f"{p}:queues",
             *(
                 f"{{{p}:queues}}:{name}"
                 for name in ("tags", "touched", "generation", "legacy", "workers", "seen")
             ),
-            f"{p}:idem:{hashlib.sha256(b'k').hexdigest()}",
         }
         assert {k for k in keys if k.startswith(tag) and ":job:" not in k} == {
             f"{tag}:queued",
@@ -188,6 +187,7 @@ class TestRedisBackendOnRedis:
             f"{tag}:stale",
             f"{tag}:workers",
             f"{tag}:rates",
+            f"{tag}:idem:{hashlib.sha256(b'k').hexdigest()}",
             *(f"{tag}:index:{s}" for s in statuses),
         }
         assert {f"{tag}:job:{job.id}" for job in jobs} < keys
@@ -481,7 +481,7 @@ class TestRedisBackendOnRedis:
             job = new_job()
             first = NewJob(job=job, idempotency_key=key, fingerprint="a b")
             assert list(await rig.submitter.submit([first])) == [Submitted(job.id, created=True)]
-            name = f"{factory.prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+            name = f"{factory.tag()}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
             assert await client.get(name) == f"a b {job.id}".encode()
             assert 4000 < await client.pttl(name) <= 5000
             again = NewJob(job=new_job(), idempotency_key=key, fingerprint="a b")
@@ -489,6 +489,57 @@ class TestRedisBackendOnRedis:
             other = NewJob(job=new_job(), idempotency_key=key, fingerprint="a")
             with pytest.raises(IdempotencyConflictError):
                 await rig.submitter.submit([other])
+
+    @scenario()
+    async def test_older_prefix_wide_keys_are_read_only_while_one_may_still_live(
+        self, rig: Rig
+    ) -> None:
+        factory = factory_of(rig)
+        digest = hashlib.sha256(b"order-9").hexdigest()
+        async with factory.raw() as client:
+            await client.set(f"{factory.prefix}:idem:{digest}", "fp 0123456789abcdef", px=5000)
+        # The first process to start on a prefix nobody used: no older key can be there.
+        await rig.backend.connection.verify()
+        async with factory.raw() as client:
+            until = int(await client.get(f"{factory.prefix}:idem-legacy-until"))
+        assert until <= time.time_ns() // 1_000_000
+        fresh = NewJob(job=new_job(), idempotency_key="order-9", fingerprint="fp")
+        assert list(await rig.submitter.submit([fresh])) == [Submitted(fresh.job.id, True)]
+        # A prefix in use when this version first starts: read for twice the retention.
+        async with factory.raw() as client:
+            await client.delete(f"{factory.prefix}:idem-legacy-until")
+        async with factory.open(BackendOptions(idempotency_ttl=60.0)) as upgraded:
+            await upgraded.connection.verify()
+            async with factory.raw() as client:
+                until = int(await client.get(f"{factory.prefix}:idem-legacy-until"))
+            assert until >= time.time_ns() // 1_000_000 + 110_000
+            repeat = NewJob(job=new_job(queue="other"), idempotency_key="order-9", fingerprint="fp")
+            assert list(await upgraded.submitter.submit([repeat])) == [
+                Submitted("0123456789abcdef", created=False)
+            ]
+
+    @scenario()
+    async def test_an_idempotency_key_an_older_version_held_prefix_wide_still_answers(
+        self, rig: Rig
+    ) -> None:
+        factory = factory_of(rig)
+        digest = hashlib.sha256(b"order-7").hexdigest()
+        async with factory.raw() as client:
+            # As an older Conveyor wrote it: for every queue of the prefix.
+            await client.set(f"{factory.prefix}:idem:{digest}", "fp 0123456789abcdef", px=5000)
+        for queue in ("default", "other"):
+            repeat = NewJob(job=new_job(queue=queue), idempotency_key="order-7", fingerprint="fp")
+            assert list(await rig.submitter.submit([repeat])) == [
+                Submitted("0123456789abcdef", created=False)
+            ]
+        other = NewJob(job=new_job(), idempotency_key="order-7", fingerprint="another")
+        with pytest.raises(IdempotencyConflictError):
+            await rig.submitter.submit([other])
+        # A new key is held per queue: the same key on two queues is two keys.
+        first, second = new_job(queue="a"), new_job(queue="b")
+        for job in (first, second):
+            new = NewJob(job=job, idempotency_key="order-8", fingerprint="fp")
+            assert list(await rig.submitter.submit([new])) == [Submitted(job.id, created=True)]
 
     @scenario(options=BackendOptions(admission=AdmissionPolicy(max_memory=1, retry_after=2.5)))
     async def test_memory_admission_reads_used_memory_in_the_submitting_script(

@@ -17,7 +17,7 @@ from dependency_injector import providers
 from litestar import Litestar
 from litestar.testing import TestClient
 
-from domain.errors import NotReplicatedError, QueueUnavailableError
+from domain.errors import NotReplicatedError, PartialSubmissionError, QueueUnavailableError
 from domain.jobs import ErrorKind, JobError
 from domain.limits import FlowLimits, RateLimit
 from domain.ports import Backend
@@ -464,6 +464,25 @@ def test_an_unreachable_backend_is_503_with_retry_after(
     problem = assert_problem(response, 503)
     assert response.headers["retry-after"] == "3"
     assert "connection refused" not in problem["detail"]
+
+
+def test_a_batch_stored_only_in_part_is_503_naming_what_happened_to_each_item(
+    container: Container,
+) -> None:
+    refused = QueueUnavailableError("cannot reach redis", retry_after=2.0)
+    partial = PartialSubmissionError(["a" * 32, None], [None, refused])
+    body = {"jobs": [{"type": "email", "payload": EMAIL}, {"type": "email", "payload": EMAIL}]}
+    with client_over(container, Broken(partial).backend()) as client:
+        response = client.post("/jobs/batch", json=body)
+
+    problem = assert_problem(response, 503)
+    assert problem["type"].endswith("partially-stored")
+    assert response.headers["retry-after"] == "2"
+    assert [(e["path"], e["message"]) for e in problem["errors"]] == [
+        ("jobs[0]", f"stored as {'a' * 32}"),
+        ("jobs[1]", "not stored: the job store cannot be reached right now"),
+    ]
+    assert "cannot reach redis" not in response.text
 
 
 @pytest.mark.parametrize(

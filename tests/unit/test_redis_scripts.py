@@ -6,13 +6,20 @@ import re
 from importlib import resources
 from typing import Final
 
+import attrs
 import pytest
 from redis.crc import key_slot
 
 from adapters.redis_queue import calls, scripts
 from adapters.redis_queue.calls import Retention, ScriptCall
-from adapters.redis_queue.keys import QueueKeys, RegistryKeys, idempotency_key
-from adapters.redis_queue.submission import items_of
+from adapters.redis_queue.keys import (
+    QueueKeys,
+    RegistryKeys,
+    idempotency_digest,
+    idempotency_key,
+    legacy_idempotency_key,
+)
+from adapters.redis_queue.submission import group_of, items_of
 from domain.jobs import Job, JobError, Lease
 from domain.ports import AdmissionPolicy, NewJob, QueueLimits
 from domain.settlement import Ending
@@ -145,17 +152,36 @@ def test_a_submission_passes_each_queues_keys_once_then_each_idempotency_key_onc
     call = calls.submit([items], idempotency_ttl_ms=1000, admission=policy)
     mail, sms = QueueKeys.of("p", "mail"), QueueKeys.of("p", "sms")
     group = scripts.SUBMIT.keys
+    digest = idempotency_digest("k1")
     assert list(call.keys) == [
         *mail.named(group),
         *sms.named(group),
-        idempotency_key("p", "k1"),
+        # Under the queue's tag; then, read-only, where an older Conveyor held it.
+        idempotency_key(mail, digest),
+        legacy_idempotency_key("p", digest),
     ]
     # The retention, no memory limit, two queues (mail unlimited, sms at most 5 queued).
     assert list(call.args[:7]) == [1000, "", 2, "", "", 5, ""]
     at_key = 2 * len(group) + 1
-    first, third = call.args[9 : 9 + 4], call.args[-len(items[2].fields) - 9 :][:4]
-    assert list(first) == [1, jobs[0].id, at_key, "f"]
-    assert list(third) == [1, jobs[2].id, at_key, "f"]
+    first, third = call.args[9 : 9 + 5], call.args[-len(items[2].fields) - 10 :][:5]
+    assert list(first) == [1, jobs[0].id, at_key, at_key + 1, "f"]
+    assert list(third) == [1, jobs[2].id, at_key, at_key + 1, "f"]
+
+
+def test_on_a_cluster_an_idempotency_key_is_one_per_queue_and_has_no_older_key() -> None:
+    jobs = [new_job(queue="mail"), new_job(queue="sms")]
+    items = items_of(
+        [NewJob(job=job, idempotency_key="k1", fingerprint="f") for job in jobs],
+        prefix="p",
+        keys_of=lambda queue: QueueKeys.of("p", queue),
+        legacy_keys=False,
+    )
+    digest = idempotency_digest("k1")
+    assert [item.key_name for item in items] == [
+        "{p:mail}:idem:" + digest,
+        "{p:sms}:idem:" + digest,
+    ]
+    assert [item.legacy_key_name for item in items] == [None, None]
 
 
 # The values each script takes per lease or attempt (one that did not succeed), after its
@@ -194,3 +220,60 @@ def test_a_settled_attempt_carries_its_outcome_and_result_or_error_and_retry_tim
     )
     with pytest.raises(ValueError, match="finite"):
         calls.attempt("j", "t", Ending.failed(boom, float("inf")))
+
+
+def test_on_a_cluster_every_script_call_keeps_its_keys_in_one_hash_slot() -> None:
+    """What Redis Cluster needs of each script call: every key in KEYS, all in one slot.
+
+    Built for three queues as the adapter builds them on a cluster: SUBMIT per queue (a
+    batch spanning queues is split), with idempotency keys and unique keys, and no older
+    prefix-wide keys; every other script of a queue; the registry's scripts."""
+    prefix = "p"
+    queues = ["mail", "sms", "reports"]
+
+    def keys_of(queue: str) -> QueueKeys:
+        return QueueKeys.of(prefix, queue)
+
+    built: list[ScriptCall] = []
+    for queue in queues:
+        jobs = [
+            NewJob(job=new_job(queue=queue, n=0), idempotency_key="k1", fingerprint="f"),
+            NewJob(job=attrs.evolve(new_job(queue=queue, n=1), unique_key="u")),
+        ]
+        items = items_of(jobs, prefix=prefix, keys_of=keys_of, legacy_keys=False)
+        assert group_of(items) == queue  # batched with its queue's submissions only
+        policy = AdmissionPolicy(default=QueueLimits(max_depth=10))
+        built.append(calls.submit([items], idempotency_ttl_ms=1000, admission=policy))
+        keys = keys_of(queue)
+        held = [Lease(new_job(queue=queue), "7:1")]
+        built += [
+            calls.claim(keys, limit=5, lease_ms=1000, worker_id="w1", retention=RETENTION),
+            calls.recover(keys, RETENTION),
+            calls.renew(keys, 1000, held),
+            calls.set_progress(keys, held[0], 50),
+            calls.settle(keys, RETENTION, [calls.attempt("a" * 32, "7:1", Ending.released())]),
+            calls.held_by(keys, "w1"),
+            calls.requeue(keys, "a" * 32),
+            calls.cancel(keys, "a" * 32, RETENTION),
+            calls.cancel_requested(keys, held),
+            calls.resume(keys),
+            calls.queue_stats(keys),
+            calls.situation(keys, "a" * 32, 1_700_000_000_000_000),
+            calls.heartbeat(keys, "w1", 1000),
+            calls.idle(keys, RETENTION),
+        ]
+    built += one_call_per_registry_script()
+    assert {call.script.name for call in built} == {script.name for script in scripts.ALL}
+    slots: dict[str, set[int]] = {}
+    for call in built:
+        assert call.keys, call.script.name
+        slot = {key_slot(k.encode() if isinstance(k, str) else k) for k in call.keys}
+        assert len(slot) == 1, (call.script.name, call.keys)
+        slots.setdefault(call.script.name, set()).update(slot)
+    # Each queue in its own slot (these three names hash apart), the registry in its own.
+    by_queue = {key_slot(f"{{{prefix}:{queue}}}".encode()) for queue in queues}
+    assert len(by_queue) == 3
+    assert slots["submit"] == slots["claim"] == by_queue
+    assert slots["register"] == {key_slot(b"p:queues")}
+    for line in sorted(f"{q} -> slot {key_slot(f'{{p:{q}}}'.encode())}" for q in queues):
+        print(line)

@@ -17,10 +17,13 @@ the roles (`store.py`, `submitter.py`, `leases.py`, `control.py`, `connection.py
 `lua/`, loaded by `scripts.py`, each called through its builder in `calls.py`; the keys in
 `keys.py`, the hash fields in `codec.py`.
 
-Every script of one queue works on Redis Cluster (one hash tag per queue, every key in
-KEYS), but a submission spanning queues or carrying an idempotency key, a *waiting* claim
-over several queues, and rate or concurrency limits (global per job type, under the
-prefix's own hash tag: see `keys.py`) need one Redis primary.
+Every script takes the keys of one hash tag (one queue, or the registry of queue names) in
+KEYS, so the backend runs on Redis Cluster (`adapters.redis_cluster`): each queue on one
+primary, different queues spread over the primaries. There a submission spanning queues is
+stored queue by queue (`submitter.py`), and a waiting claim over several queues waits per
+hash slot (`leases.py`). Rate and concurrency limits (global per job type, under the
+prefix's own hash tag: see `keys.py`) need one Redis server: a cluster client with limits is
+refused.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from collections.abc import Sequence
 import redis.asyncio
 
 from adapters.redis_client import redis_errors
+from adapters.redis_cluster import is_cluster
 from adapters.redis_queue.connection import RedisConnection
 from adapters.redis_queue.control import RedisJobControl, RedisQueueMonitor, RedisQueuePauser
 from adapters.redis_queue.core import RedisCore
@@ -38,6 +42,7 @@ from adapters.redis_queue.registry import DEFAULT_GRACE, DEFAULT_SWEEP_INTERVAL
 from adapters.redis_queue.store import RedisJobStore
 from adapters.redis_queue.submitter import RedisJobSubmitter
 from adapters.redis_queue.watch import RedisJobWatcher
+from domain.errors import UnsupportedOperationError
 from domain.limits import FlowLimits
 from domain.ports import AdmissionPolicy, Backend
 
@@ -84,6 +89,23 @@ def redis_backend(
     `min_replicas`: submissions and settlements are answered once that many replicas
     confirmed them (Redis WAIT, waiting up to `replica_timeout_ms`), else they raise
     NotReplicatedError (see `core.py`); 0: they are answered once on the primary."""
+    if limits and is_cluster(client):
+        # A limit is global per job type, under the prefix's own hash tag, and the claim
+        # checks it in the same script as the queue's keys: two slots on a cluster.
+        raise UnsupportedOperationError(
+            "limit job types",
+            "flow_limits",
+            "rate and concurrency limits need one Redis server; a cluster keeps each queue's"
+            " keys apart from the limits' keys",
+        )
+    if min_replicas and is_cluster(client):
+        # WAIT counts the replicas of the one node its connection reaches; a round trip on a
+        # cluster writes to several primaries over several connections.
+        raise UnsupportedOperationError(
+            "confirm writes on replicas",
+            "min_replicas",
+            "WAIT confirms one node's writes; a cluster's round trip spans several primaries",
+        )
     core = RedisCore(
         client,
         prefix=prefix,
@@ -123,5 +145,9 @@ async def stale_writes(backend: Backend, queues: Sequence[str] | None = None) ->
         names = sorted(await core.queues()) if queues is None else list(queues)
         if not names:
             return 0
-        counts = await core.client.mget([core.keys(q).stale for q in names])
+        stale = [core.keys(q).stale for q in names]
+        if is_cluster(core.client):  # one MGET per slot
+            counts = await core.client.mget_nonatomic(stale)  # type: ignore[attr-defined]
+        else:
+            counts = await core.client.mget(stale)
     return sum(int(c) for c in counts if c is not None)

@@ -34,8 +34,9 @@ class ScriptCall(NamedTuple):
 
 
 def evalsha(pipe: Pipeline, call: ScriptCall) -> None:
-    """Queue `call` on a pipeline (see `RedisCore.pipeline`)."""
-    pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+    """Queue `call` on a pipeline (see `RedisCore.pipeline`). As a raw command: redis-py's
+    cluster pipeline refuses its `evalsha` method, yet routes a raw EVALSHA by its keys."""
+    pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
 
 
 @attrs.frozen
@@ -77,15 +78,22 @@ def submit(
         args.append(len(items))
         for item in items:
             at: int | str = ""
+            legacy_at: int | str = ""
             if item.key_name is not None:
                 at = idempotency.get(item.key_name, 0)
                 if not at:
                     keys.append(item.key_name)
                     at = idempotency[item.key_name] = len(keys)
+            if item.legacy_key_name is not None:
+                legacy_at = idempotency.get(item.legacy_key_name, 0)
+                if not legacy_at:
+                    keys.append(item.legacy_key_name)
+                    legacy_at = idempotency[item.legacy_key_name] = len(keys)
             args += (
                 queues[item.queue],
                 item.job_id,
                 at,
+                legacy_at,
                 item.fingerprint,
                 _opt(item.run_at_ms),
                 _opt(item.deadline_ms),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from adapters.redis_client import redis_errors
+from adapters.redis_cluster import NOT_A_CLUSTER, is_cluster, not_a_cluster
 from adapters.redis_queue.core import RedisCore
-from domain.errors import UnsafeBackendError
+from adapters.redis_queue.keys import legacy_idempotency_window
+from domain.errors import QueueUnavailableError, UnsafeBackendError
 from domain.ports import Connection
 
 
@@ -32,41 +36,90 @@ class RedisConnection(Connection):
         (INFO refused: every new job would be refused), or that fewer replicas than
         `min_replicas` confirm writes now (every submission would be refused until they do).
         """
+        try:
+            with redis_errors():
+                # Queue names an older Conveyor registered are adopted as the process starts,
+                # so its jobs are found by id from the first read (see registry.py).
+                await self.core.registry.adopt()
+        except QueueUnavailableError as exc:
+            if isinstance(exc.__cause__, RedisClusterException) and not_a_cluster(exc.__cause__):
+                raise UnsafeBackendError(NOT_A_CLUSTER) from None
+            raise
         with redis_errors():
-            # Queue names an older Conveyor registered are adopted as the process starts, so
-            # its jobs are found by id from the first read (see registry.py).
-            await self.core.registry.adopt()
+            await self._learn_legacy_idempotency_window()
         warnings = [*await self._memory_warnings(), *await self._replica_warnings()]
         try:
             with redis_errors():
-                pipe = self.core.client.pipeline(transaction=False)
-                pipe.config_get("maxmemory-policy")
-                pipe.config_get("appendonly")
-                policy_reply, aof_reply = await pipe.execute()
+                policies, aofs = await self._settings()
         except ResponseError as exc:
             return [
                 f"could not check the Redis configuration (CONFIG GET refused: {exc}); make"
                 " sure maxmemory-policy is noeviction and appendonly is yes",
                 *warnings,
             ]
-        policy = _config_value(policy_reply, "maxmemory-policy")
-        aof = _config_value(aof_reply, "appendonly")
-        if policy is None:
-            warnings.append(
-                "could not read maxmemory-policy from CONFIG GET; make sure it is noeviction"
-            )
-        elif policy != "noeviction":
-            raise UnsafeBackendError(
-                f"Redis maxmemory-policy is {policy!r}: the server may evict job keys and"
-                " lose jobs; set maxmemory-policy to noeviction"
-            )
-        if aof is None:
-            warnings.append("could not read appendonly from CONFIG GET; make sure AOF is on")
-        elif aof != "yes":
-            warnings.append(
-                f"AOF is off (appendonly {aof}): a Redis restart loses jobs answered 202"
-            )
+        for node, policy in policies.items():
+            if policy is None:
+                warnings.append(
+                    f"could not read maxmemory-policy from CONFIG GET{node}; make sure it is"
+                    " noeviction"
+                )
+            elif policy != "noeviction":
+                raise UnsafeBackendError(
+                    f"Redis maxmemory-policy is {policy!r}{node}: the server may evict job keys"
+                    " and lose jobs; set maxmemory-policy to noeviction"
+                )
+        for node, aof in aofs.items():
+            if aof is None:
+                warnings.append(
+                    f"could not read appendonly from CONFIG GET{node}; make sure AOF is on"
+                )
+            elif aof != "yes":
+                warnings.append(
+                    f"AOF is off (appendonly {aof}){node}: a Redis restart loses jobs answered 202"
+                )
         return warnings
+
+    async def _learn_legacy_idempotency_window(self) -> None:
+        """Until when submits read the idempotency keys an older version held prefix-wide
+        (`keys.legacy_idempotency_window`): each such key lives at most the idempotency
+        retention after an older process wrote it, so twice that from the first start of
+        this version on a prefix in use covers a rolling upgrade; at once on a new prefix.
+        Two reads at start-up; none on a cluster, which never reads them."""
+        core = self.core
+        if is_cluster(core.client):
+            return
+        now_ms = time.time_ns() // 1_000_000
+        in_use = await core.client.exists(core.registry.keys.queues)
+        until = now_ms + 2 * core.idempotency_ttl_ms if in_use else now_ms
+        marker = legacy_idempotency_window(core.prefix)
+        pipe = core.client.pipeline(transaction=False)
+        pipe.set(marker, until, nx=True)
+        pipe.get(marker)
+        _, stored = await pipe.execute()
+        core.legacy_idempotency_until = int(stored) / 1000
+
+    async def _settings(self) -> tuple[dict[str, str | None], dict[str, str | None]]:
+        """maxmemory-policy and appendonly, by node: ``""`` for a single server, `` on
+        <host:port>`` for each primary of a cluster (each holds some of the queues)."""
+        client = self.core.client
+        if not is_cluster(client):
+            pipe = client.pipeline(transaction=False)
+            pipe.config_get("maxmemory-policy")
+            pipe.config_get("appendonly")
+            policy_reply, aof_reply = await pipe.execute()
+            return (
+                {"": _config_value(policy_reply, "maxmemory-policy")},
+                {"": _config_value(aof_reply, "appendonly")},
+            )
+        found: list[dict[str, str | None]] = []
+        for name in ("maxmemory-policy", "appendonly"):
+            replies = await client.execute_command(  # type: ignore[no-untyped-call]
+                "CONFIG GET", name, target_nodes=RedisCluster.PRIMARIES
+            )
+            found.append(
+                {f" on {node}": _config_value(reply, name) for node, reply in replies.items()}
+            )
+        return found[0], found[1]
 
     async def _memory_warnings(self) -> list[str]:
         admission = self.core.admission

@@ -28,6 +28,7 @@ import redis.asyncio
 from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
+from adapters.redis_cluster import is_cluster
 from adapters.redis_queue import calls, scripts
 from adapters.redis_queue.batching import Batch, TickBatcher
 from adapters.redis_queue.calls import Attempt, Retention, ScriptCall, evalsha, ms
@@ -108,6 +109,10 @@ class RedisCore:
         if max_result_bytes is not None and max_result_bytes < 1:
             raise ValueError("max_result_bytes must be at least 1")
         self.max_result_bytes = max_result_bytes
+        # Until when (wall clock, s) submits also read the idempotency keys an older version
+        # held prefix-wide: for ever until start-up learns the window (`RedisConnection.
+        # verify`); never on a cluster, where they would cross slots.
+        self.legacy_idempotency_until = 0.0 if is_cluster(client) else float("inf")
         # Replicas that must confirm a submission's or settlement's round trip (0: none),
         # and how long WAIT may wait for them.
         self.min_replicas = min_replicas
@@ -153,7 +158,7 @@ class RedisCore:
         closes the round trip, on its connection, so it covers every write made before)."""
         pipe = self.client.pipeline(transaction=False)
         build(pipe)
-        commands = list(pipe.command_stack)
+        commands = _commands(pipe)
         if wait:
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
         results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -303,6 +308,16 @@ class RedisCore:
         await self.watcher.close()
         await self.batcher.drain()
         await self.client.aclose()
+
+
+def _commands(pipe: Pipeline) -> list[tuple[Any, Any]]:
+    """The commands queued on `pipe`, as (args, options), to send again after NOSCRIPT.
+    redis-py's cluster pipeline keeps them in its execution strategy, not a command stack."""
+    stack = getattr(pipe, "command_stack", None)
+    if stack is not None:
+        return list(stack)
+    queued = pipe._execution_strategy._command_queue  # type: ignore[attr-defined]
+    return [(command.args, dict(command.kwargs)) for command in queued]
 
 
 def lease_from(raw: RawFields) -> Lease:

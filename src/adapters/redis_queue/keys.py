@@ -16,7 +16,13 @@ one hash tag and one Redis Cluster slot):
 - ``B index:<status>``    zset job id -> when it entered that status, us on the Redis clock
 - ``B marker``            list holding at most one element: wakes one blocked claimer
 - ``B stop:<worker id>``  list: ends that worker's waiting claim (`stop_waiting`), under the
-                          tag of the first of its queues by name; expires within seconds
+                          tag of the first of its queues by name (on Redis Cluster, one per
+                          hash slot of its queues, under the tag of the slot's first queue
+                          by name: a waiting claim waits per slot); expires within seconds
+- ``B idem:<digest>``     string ``"<fingerprint> <job id>"``: a client's idempotency key
+                          (`idempotency_digest`, a SHA-256 of it) as this queue holds it,
+                          expiring after the idempotency retention. Per queue: the same key
+                          sent to two queues is two keys (so a submit touches one slot)
 - ``B paused``            exists while the queue is paused: claims hand out nothing from it
 - ``B seq``               counter behind the claim order; reset when the queue empties
 - ``B tokens``            counter behind the fencing tokens
@@ -33,9 +39,14 @@ one hash tag and one Redis Cluster slot):
                           claim set aside, still `queued`, because their type was at its
                           rate or concurrency limit (`lua/lib/limits.lua`)
 
-Keys of the whole prefix ``P``: ``P:idem:<sha256 of the client's key>`` (string
-``"<fingerprint> <job id>"``, expiring after the idempotency retention), and the registry of
-queue names, whose keys share one hash tag with ``P:queues`` (``R`` = ``{P:queues}:``):
+Keys of the whole prefix ``P``: the registry of queue names, whose keys share one hash tag
+with ``P:queues`` (``R`` = ``{P:queues}:``), and, written by older versions only,
+``P:idem:<digest>`` (an idempotency key for every queue of the prefix): on a single server a
+submit still reads it (never writes it) while such keys may live, until the time in
+``P:idem-legacy-until`` (ms; set once, by the first process of this version to start on the
+prefix: twice the idempotency retention later if the prefix was in use, else at once, so a
+new deployment never reads them); on Redis Cluster it is not read (it would cross slots), so
+a repeat of a request made before the upgrade, within its retention, is stored again there.
 
 - ``P:queues``            set of the queue names in use
 - ``R tags``              hash: a queue tag (`domain.jobs.queue_tag`, how a job id starts)
@@ -58,9 +69,17 @@ tag ``{P}``: ``{P}:limit:starts:<type>`` (zset ``<token>:<n>`` -> us: a claim's 
 the starts in its rate's window), ``{P}:limit:started:<type>`` (how many starts it holds) and
 ``{P}:limit:slots:<type>`` (zset job id -> when the slot lapses, ms). A claim,
 settle or renewal that uses them gets them in KEYS with the queue's keys: with limits set,
-those scripts span two hash tags and need one Redis primary.
+those scripts span two hash tags and need one Redis server (a backend on Redis Cluster
+refuses limits).
 
 Pub/sub: scripts that finish jobs publish their ids, space-separated, on ``P:finished``.
+A channel is no key: on Redis Cluster a PUBLISH reaches the subscribers of every node.
+
+What crosses hash slots, then: nothing a script touches on Redis Cluster (each call's KEYS
+are one queue's, or the registry's: `tests/unit/test_redis_scripts.py` checks every call
+the adapter builds). On a single server only: a submission spanning queues (one script run;
+a cluster stores it queue by queue), the older ``P:idem:`` keys, the flow limits, and a
+waiting claim's one BLPOP over the markers of all its queues (a cluster waits per slot).
 
 A script receives the fixed keys it touches in KEYS, by the names of `NAMES` (its header
 lists them); it derives job hashes and index keys from the key base it reads off the first.
@@ -193,6 +212,25 @@ def unique_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def idempotency_key(prefix: str, key: str) -> str:
-    """Where a client's idempotency key is held: hashed, so no client bytes name a key."""
-    return f"{prefix}:idem:{hashlib.sha256(key.encode()).hexdigest()}"
+def idempotency_digest(key: str) -> str:
+    """A client's idempotency key, hashed: no client bytes name a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def idempotency_key(keys: QueueKeys, digest: str) -> str:
+    """Where a client's idempotency key (by `idempotency_digest`) is held for one queue
+    (``B idem:<digest>``): under the queue's hash tag, so a submit stays one script."""
+    return keys.base + "idem:" + digest
+
+
+def legacy_idempotency_window(prefix: str) -> str:
+    """Until when (ms since the epoch) submits on a single server also read the idempotency
+    keys an older version held prefix-wide: set once, by the first process of this version
+    to start on the prefix (`RedisConnection.verify`)."""
+    return f"{prefix}:idem-legacy-until"
+
+
+def legacy_idempotency_key(prefix: str, digest: str) -> str:
+    """Where an older Conveyor held an idempotency key, for every queue of the prefix: read
+    (never written) by submits on a single server until it expires."""
+    return f"{prefix}:idem:{digest}"

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from redis.asyncio.client import Pipeline
+from redis.crc import key_slot
 
 from adapters.redis_client import redis_errors
+from adapters.redis_cluster import is_cluster
 from adapters.redis_queue import calls
 from adapters.redis_queue.calls import ScriptCall, ms
 from adapters.redis_queue.codec import RawFields, UndecodableJobError
@@ -31,8 +33,9 @@ class RedisLeaseQueue(LeaseQueue):
     from. Settlements made in one event-loop tick go to Redis as one SETTLE call per queue,
     in one round trip.
 
-    A *waiting* claim over several queues BLPOPs their markers together, which needs one
-    Redis primary (not Redis Cluster).
+    A *waiting* claim over several queues BLPOPs their markers together; on Redis Cluster,
+    where BLPOP takes the keys of one hash slot, it BLPOPs each slot's markers at once and
+    wakes at the first answer (`_wait_per_slot`).
 
     With `min_replicas` set on the core, a settlement is answered once that many replicas
     confirmed its round trip; when fewer did in time it raises NotReplicatedError carrying
@@ -55,6 +58,9 @@ class RedisLeaseQueue(LeaseQueue):
         # Per set of queues: when (event-loop time) a waiting claim must run the claim
         # script again, as the last one that found nothing answered (see `claim`).
         self._quiet: dict[frozenset[str], float] = {}
+        # On Redis Cluster a waiting claim waits per hash slot (see `_wait_per_slot`).
+        self._cluster = is_cluster(core.client)
+        self._slot_cache: dict[tuple[str, frozenset[str]], list[tuple[list[str], str]]] = {}
 
     async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
         """Claims at once; a claim that found nothing waits on the queues' markers.
@@ -97,9 +103,12 @@ class RedisLeaseQueue(LeaseQueue):
                 # change the queues make by themselves, the worker is asked to stop, or the
                 # wait ends.
                 block = min(remaining, self.MAX_BLOCK_SECONDS, look_at - loop.time())
-                woken = await self._core.client.blpop(
-                    [*(k.marker for k in keys), stop], timeout=max(block, 0.01)
-                )
+                if self._cluster:
+                    woken = await self._wait_per_slot(request, keys, max(block, 0.01))
+                else:
+                    woken = await self._core.client.blpop(
+                        [*(k.marker for k in keys), stop], timeout=max(block, 0.01)
+                    )
                 if woken is not None and woken[0] == stop.encode():
                     self._quiet[group] = look_at
                     return []
@@ -111,15 +120,66 @@ class RedisLeaseQueue(LeaseQueue):
                 if leases:
                     return leases
 
+    async def _wait_per_slot(
+        self, request: ClaimRequest, keys: Sequence[QueueKeys], block: float
+    ) -> Any:
+        """On Redis Cluster, BLPOP takes keys of one slot only: one BLPOP per slot of the
+        queues (each with its own stop list), all at once, until the first one answers; the
+        others are cancelled (redis-py drops their connections). Answers what the first
+        popped, the stop list's name as `_stop_key` gives it if it was a stop."""
+        client = self._core.client
+        waits = [
+            asyncio.ensure_future(client.blpop([*markers, stop], timeout=block))
+            for markers, stop in self._slot_groups(request.worker_id, request.queues, keys)
+        ]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        answers = [wait.result() for wait in done if wait.exception() is None]
+        errors = [wait.exception() for wait in done if wait.exception() is not None]
+        if errors and not any(answers):
+            raise errors[0]  # type: ignore[misc]
+        popped = [answer for answer in answers if answer is not None]
+        stopped = b":stop:" + request.worker_id.encode()
+        if any(key.endswith(stopped) for key, _ in popped if isinstance(key, bytes)):
+            return self._stop_key(request.worker_id, request.queues).encode(), b"1"
+        return popped[0] if popped else None
+
+    def _slot_groups(
+        self, worker_id: str, queues: Sequence[str], keys: Sequence[QueueKeys]
+    ) -> list[tuple[list[str], str]]:
+        """The markers of `queues` by hash slot, each group with its stop list (under the
+        tag of the group's first queue by name); remembered per worker and set of queues."""
+        group = (worker_id, frozenset(queues))
+        found = self._slot_cache.get(group)
+        if found is None:
+            by_slot: dict[int, list[tuple[str, QueueKeys]]] = defaultdict(list)
+            for queue, queue_keys in zip(queues, keys, strict=True):
+                by_slot[key_slot(queue_keys.marker.encode())].append((queue, queue_keys))
+            found = [
+                ([k.marker for _, k in members], f"{min(members)[1].base}stop:{worker_id}")
+                for members in by_slot.values()
+            ]
+            if len(self._slot_cache) >= self._QUIET_KEPT:
+                self._slot_cache.clear()
+            self._slot_cache[group] = found
+        return found
+
     async def stop_waiting(self, worker_id: str, queues: Sequence[str]) -> None:
         if not queues:
             return
-        stop = self._stop_key(worker_id, queues)
+        stops = [self._stop_key(worker_id, queues)]
+        if self._cluster:
+            keys = [self._core.keys(queue) for queue in queues]
+            stops = [stop for _, stop in self._slot_groups(worker_id, queues, keys)]
 
         def build(pipe: Pipeline) -> None:
-            pipe.rpush(stop, 1)
-            # Gone soon if no claim was waiting to take it.
-            pipe.pexpire(stop, ms(self.MAX_BLOCK_SECONDS) * 2)
+            for stop in stops:
+                pipe.rpush(stop, 1)
+                # Gone soon if no claim was waiting to take it.
+                pipe.pexpire(stop, ms(self.MAX_BLOCK_SECONDS) * 2)
 
         with redis_errors():
             await self._core.pipeline(build)

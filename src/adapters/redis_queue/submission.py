@@ -1,10 +1,13 @@
 """Submissions: the jobs to send to the SUBMIT script, and what its answers mean.
 
 One SUBMIT run stores the submissions of every `submit` call made in one event-loop tick
-(see `batching.py`), each all or nothing on its own. A submission that touches one queue and
-carries no idempotency key is batched with the others of its queue, so its script run
-touches only that queue's hash tag; the others share one run across queues, which needs one
-Redis primary.
+(see `batching.py`), each all or nothing on its own. A submission that touches one queue is
+batched with the others of its queue, so its script run touches only that queue's hash tag
+(its idempotency keys are under the tag too); the others share one run across queues, which
+needs one Redis primary. On Redis Cluster, a submission spanning queues is split: each
+queue's part is its own submission, all or nothing on its own (see `submitter.py`). A
+single server also reads where an older Conveyor held idempotency keys (prefix-wide,
+read-only): those submissions go in the shared run, as before.
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from typing import Any, Final, NamedTuple
 import attrs
 
 from adapters.redis_queue.codec import encode_job, to_micros
-from adapters.redis_queue.keys import QueueKeys, idempotency_key, unique_digest
+from adapters.redis_queue.keys import (
+    QueueKeys,
+    idempotency_digest,
+    idempotency_key,
+    legacy_idempotency_key,
+    unique_digest,
+)
 from domain.errors import AdmissionRefusedError, IdempotencyConflictError
 from domain.jobs import JobStatus, queue_tag
 from domain.ports import AdmissionPolicy, NewJob, Submitted
@@ -39,6 +48,7 @@ class Item(NamedTuple):
     job_id: str
     client_key: str | None  # the client's idempotency key
     key_name: str | None  # where Redis holds it
+    legacy_key_name: str | None  # where an older Conveyor held it (single server only)
     fingerprint: str
     run_at_ms: int | None
     deadline_ms: int | None
@@ -50,10 +60,15 @@ class Item(NamedTuple):
 
 
 def items_of(
-    jobs: Sequence[NewJob], *, prefix: str, keys_of: Callable[[str], QueueKeys]
+    jobs: Sequence[NewJob],
+    *,
+    prefix: str,
+    keys_of: Callable[[str], QueueKeys],
+    legacy_keys: bool = True,
 ) -> list[Item]:
     """The items to send for `jobs`; raises ValueError (before anything is sent) for a job
-    that is neither queued nor scheduled, or an invalid queue name."""
+    that is neither queued nor scheduled, or an invalid queue name. `legacy_keys`: look up
+    idempotency keys where an older Conveyor held them too (a single server)."""
     items: list[Item] = []
     for new in jobs:
         job = new.job
@@ -69,13 +84,21 @@ def items_of(
         if job.unique_key is not None:
             unique = unique_digest(job.unique_key)
             fields += ("unique", unique)
+        keys = keys_of(job.queue)
+        key_name = legacy_key_name = None
+        if key is not None:
+            digest = idempotency_digest(key)
+            key_name = idempotency_key(keys, digest)
+            if legacy_keys:
+                legacy_key_name = legacy_idempotency_key(prefix, digest)
         items.append(
             Item(
-                keys=keys_of(job.queue),
+                keys=keys,
                 queue=job.queue,
                 job_id=job.id,
                 client_key=key,
-                key_name=None if key is None else idempotency_key(prefix, key),
+                key_name=key_name,
+                legacy_key_name=legacy_key_name,
                 fingerprint=new.fingerprint,
                 run_at_ms=None if job.run_at is None else _ms_ceil(to_micros(job.run_at)),
                 deadline_ms=None if job.deadline is None else _ms_ceil(to_micros(job.deadline)),
@@ -91,7 +114,7 @@ def items_of(
 def group_of(items: Sequence[Item]) -> str:
     """The batching group: the queue when the submission touches only its keys."""
     queue = items[0].queue
-    if all(item.queue == queue and item.key_name is None for item in items):
+    if all(item.queue == queue and item.legacy_key_name is None for item in items):
         return queue
     return SHARED_GROUP
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
+from typing import Any
+
+import attrs
 
 from adapters.redis_client import redis_errors
+from adapters.redis_cluster import is_cluster
 from adapters.redis_queue import submission
 from adapters.redis_queue.core import RedisCore, Unconfirmed
+from adapters.redis_queue.submission import Item
+from domain.errors import DomainError, IdempotencyConflictError, PartialSubmissionError
 from domain.ports import JobSubmitter, NewJob, Submitted, SubmitTraits
 
 
@@ -25,22 +33,77 @@ class RedisJobSubmitter(JobSubmitter):
     confirmed the round trip that stored it, or raises NotReplicatedError. A repeat under an
     idempotency key waits too: the REGISTER call that follows every SUBMIT in the round
     trip writes, so its WAIT covers the first request's write as well.
+
+    On Redis Cluster a submission spanning queues is stored queue by queue, each queue's
+    part all or nothing (`_submit_per_queue`).
     """
 
     traits = SubmitTraits(deadlines=True, priorities=True, unique_keys=True)
 
     def __init__(self, core: RedisCore) -> None:
         self._core = core
+        self._cluster = is_cluster(core.client)
+        if self._cluster:
+            self.traits = attrs.evolve(self.traits, atomic_across_queues=False)
 
     async def submit(self, jobs: Sequence[NewJob]) -> Sequence[Submitted]:
         if not jobs:
             return []
         core = self._core
-        items = submission.items_of(jobs, prefix=core.prefix, keys_of=core.keys)
+        legacy_keys = time.time() < core.legacy_idempotency_until
+        items = submission.items_of(
+            jobs, prefix=core.prefix, keys_of=core.keys, legacy_keys=legacy_keys
+        )
+        group = submission.group_of(items)
+        if self._cluster and group == submission.SHARED_GROUP:
+            return await self._submit_per_queue(items)
         with redis_errors():
-            answer = await core.submit(items, submission.group_of(items))
+            answer = await core.submit(items, group)
         if isinstance(answer, Unconfirmed):
             # A refusal stored nothing and says so; anything else may be stored.
             submission.answer_of(answer.answer, items, core.admission)
             raise answer.error()
         return submission.answer_of(answer, items, core.admission)
+
+    async def _submit_per_queue(self, items: Sequence[Item]) -> Sequence[Submitted]:
+        """Each queue's part of the submission on its own (a script's keys are in one slot),
+        all sent in one round trip. Raises what refused the parts when every part was
+        refused the same way (nothing was stored), PartialSubmissionError when only some
+        were stored."""
+        places: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            places.setdefault(item.queue, []).append(index)
+        # The queues it opens are admitted together first (whole or not at all, as on one
+        # server): the parts then find them registered.
+        registry = self._core.registry
+        with redis_errors():
+            if await registry.admit([list(places)]):
+                raise registry.refusal(registry.first_new(items))
+        parts = [[items[i] for i in indexes] for indexes in places.values()]
+        answers = await asyncio.gather(
+            *(self._submit_part(part) for part in parts), return_exceptions=True
+        )
+        submitted: list[Submitted | None] = [None] * len(items)
+        errors: list[DomainError | None] = [None] * len(items)
+        for indexes, answer in zip(places.values(), answers, strict=True):
+            if isinstance(answer, IdempotencyConflictError) and answer.index is not None:
+                answer = IdempotencyConflictError(answer.key, indexes[answer.index])
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, DomainError):
+                    raise answer
+                for index in indexes:
+                    errors[index] = answer
+                continue
+            for index, one in zip(indexes, answer, strict=True):
+                submitted[index] = one
+        if all(error is None for error in errors):
+            return [one for one in submitted if one is not None]
+        if all(one is None for one in submitted):
+            raise next(error for error in errors if error is not None)
+        raise PartialSubmissionError([None if s is None else s.job_id for s in submitted], errors)
+
+    async def _submit_part(self, part: Sequence[Item]) -> Any:
+        core = self._core
+        with redis_errors():
+            answer = await core.submit(part, part[0].queue)
+        return submission.answer_of(answer, part, core.admission)

@@ -74,6 +74,10 @@ class SubmitTraits:
     # A job's unique key holds while the job is not finished (see `JobSubmitter.submit`).
     # Without it a job that has one cannot be stored: the service refuses it.
     unique_keys: bool = False
+    # A batch spanning queues is stored all or nothing. Without it (queues kept apart, as on
+    # Redis Cluster) each queue's part is all or nothing on its own, and a batch only partly
+    # stored raises PartialSubmissionError saying what happened to each job.
+    atomic_across_queues: bool = True
 
 
 class JobSubmitter(abc.ABC):

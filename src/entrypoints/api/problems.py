@@ -19,6 +19,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from domain.errors import (
     AdmissionRefusedError,
+    DomainError,
     FieldError,
     IdempotencyConflictError,
     InvalidJobError,
@@ -26,6 +27,7 @@ from domain.errors import (
     InvalidTransitionError,
     JobNotFoundError,
     NotReplicatedError,
+    PartialSubmissionError,
     QueueUnavailableError,
     ScheduleNotFoundError,
     TooManyQueuesError,
@@ -168,6 +170,26 @@ def _to_problem(request: Request[Any, Any, Any], exc: Exception) -> tuple[Proble
                 HTTPStatus.NOT_IMPLEMENTED, "unsupported-by-backend", detail, instance
             )
             return msgspec.structs.replace(problem, capability=exc.capability), {}
+        case PartialSubmissionError():
+            # Each job says whether it was stored: a retry of the same batch with idempotency
+            # keys answers the stored ones and stores the rest.
+            outcomes = [
+                FieldError(f"jobs[{i}]", f"stored as {job_id}")
+                if job_id is not None
+                else FieldError(f"jobs[{i}]", f"not stored: {_why_not_stored(error)}")
+                for i, (job_id, error) in enumerate(zip(exc.stored, exc.errors, strict=True))
+            ]
+            logger.warning("a batch was stored only in part: %s", exc)
+            stored = sum(job_id is not None for job_id in exc.stored)
+            detail = (
+                f"{stored} of {len(exc.stored)} jobs were stored, queue by queue; `errors` says"
+                " what happened to each; resend the others (or the whole batch with"
+                " idempotency keys) later"
+            )
+            problem = _problem(
+                HTTPStatus.SERVICE_UNAVAILABLE, "partially-stored", detail, instance, outcomes
+            )
+            return problem, retry_after(exc.retry_after)
         case NotReplicatedError():
             logger.warning(
                 "write not confirmed by replicas: %d of %d within %g s",
@@ -214,6 +236,14 @@ def _to_problem(request: Request[Any, Any, Any], exc: Exception) -> tuple[Proble
             )
             detail = "the server failed to handle this request; it has been logged"
             return _problem(HTTPStatus.INTERNAL_SERVER_ERROR, None, detail, instance), {}
+
+
+def _why_not_stored(error: DomainError | None) -> str:
+    """An item's reason as a client may read it: an outage's own words (hosts, ports) stay
+    in the log."""
+    if isinstance(error, QueueUnavailableError):
+        return "the job store cannot be reached right now"
+    return str(error)
 
 
 def summarize(errors: Sequence[FieldError], shown: int = 3) -> str:

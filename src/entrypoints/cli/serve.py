@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,7 +21,7 @@ from entrypoints.container import build_container
 from entrypoints.logs import redact_url
 from entrypoints.scheduling import check_schedules
 from entrypoints.setting_values import parse_weighted_queues
-from entrypoints.settings import QueueBackend, Settings, parse_flag
+from entrypoints.settings import QueueBackend, Settings, SettingsError, parse_flag
 from entrypoints.tracing import check_tracing
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     check_tracing(settings)
     if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
+        _check_cluster_mode(settings)  # the same
     check_schedules(build_container(settings))  # the same: a bad CONVEYOR_SCHEDULES
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
     # handler was there before it; with these, a clean stop exits 0 instead of dying by it.
@@ -126,6 +128,18 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
         server_header=False,
     )
     return 0
+
+
+def _check_cluster_mode(settings: Settings) -> None:
+    """A cluster URL naming a server not in cluster mode stops start-up with one line (the
+    API's own start-up check would say it inside uvicorn, followed by its traceback)."""
+    from adapters.redis_cluster import NOT_A_CLUSTER, is_cluster_url, not_in_cluster_mode
+
+    url = settings.require_redis_url()
+    if is_cluster_url(url) and asyncio.run(
+        not_in_cluster_mode(url, connect_timeout=settings.redis_timeout)
+    ):
+        raise SettingsError(NOT_A_CLUSTER)
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:

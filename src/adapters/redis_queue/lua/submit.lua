@@ -1,20 +1,23 @@
 -- submit: store new jobs; each submission all or nothing, in order.
 --
--- The one script that may span queues and the idempotency keys: a submission spanning
--- queues, or carrying an idempotency key, needs all its keys on one Redis primary (not
--- Redis Cluster, which refuses a script whose keys span slots). A submission of one queue
--- without idempotency keys touches that queue's keys only.
+-- The one script that may span queues: a run with several queues needs all their keys on
+-- one Redis primary (Redis Cluster refuses a script whose keys span slots: there the
+-- submitter sends each queue's part of a submission on its own, see `submission.py`). A
+-- run of one queue touches that queue's keys only (its idempotency keys are under its
+-- tag), but for the read-only older keys on a single server.
 --
 -- KEYS per queue: queued delayed deadlines seq marker rates
 --   (one group per queue the submissions touch, queue 1 first), then every idempotency key
---   they carry
+--   they carry (each under its queue's hash tag, `B idem:<digest>`), and on a single server
+--   where an older Conveyor held each (`P:idem:<digest>`, read only, until it expires)
 -- ARGV[1] idempotency retention, ms
 -- ARGV[2] the most used_memory (bytes) new jobs are admitted under, or '' for no limit
 -- ARGV[3] NQ, the number of queues, then per queue (numbered 1..NQ, as their KEYS groups):
 --   the most jobs it may hold waiting (queued, scheduled, or due for a retry) or '', the
 --   longest its oldest queued job may have waited (ms) or ''
 -- then the number of submissions, then per submission: its number of jobs, then per job:
---   queue number, job id, the position in KEYS of its idempotency key or '', fingerprint,
+--   queue number, job id, the position in KEYS of its idempotency key or '', of its older
+--   prefix-wide key or '', fingerprint,
 --   run_at ms or '', deadline ms or '', priority, its unique key's digest or '', m, and m
 --   hash field/value arguments (every one but status; `unique` among them with a digest)
 -- Returns one answer per submission:
@@ -103,9 +106,14 @@ local function admit(fresh)
   return nil
 end
 
--- The idempotency key of the job at offset `o`, or nil.
+-- The idempotency key of the job at offset `o`, or nil; and where an older Conveyor held
+-- it (prefix-wide, on a single server only), or nil.
 local function idempotency_key(o)
   local at = tonumber(ARGV[o + 2])
+  return at and KEYS[at]
+end
+local function legacy_idempotency_key(o)
+  local at = tonumber(ARGV[o + 3])
   return at and KEYS[at]
 end
 
@@ -116,13 +124,17 @@ local function submit(jobs)
   local fresh, flags, answer = {}, {}, {1, ''}
   local replays = {}  -- idempotency key, value: requests answered with a unique key's holder
   for k, o in ipairs(jobs) do
-    local id, idem, fingerprint = ARGV[o + 1], idempotency_key(o), ARGV[o + 3]
+    local id, idem, fingerprint = ARGV[o + 1], idempotency_key(o), ARGV[o + 4]
     local b = queues[tonumber(ARGV[o])].base
     local prior = false
-    if idem then prior = held[idem] or redis.call('GET', idem) end
+    if idem then
+      prior = held[idem] or redis.call('GET', idem)
+      local legacy = not prior and legacy_idempotency_key(o)
+      if legacy then prior = redis.call('GET', legacy) end
+    end
     local unique, holder = nil, nil
-    if not prior and ARGV[o + 7] ~= '' then
-      unique = unique_key(b, ARGV[o + 7])
+    if not prior and ARGV[o + 8] ~= '' then
+      unique = unique_key(b, ARGV[o + 8])
       holder = uniques[unique] or unique_holder(b, unique)
     end
     if prior then
@@ -161,12 +173,12 @@ local function submit(jobs)
   end
   for _, o in ipairs(fresh) do
     local qn = tonumber(ARGV[o])
-    local w, id, run_at = writes[qn], ARGV[o + 1], tonumber(ARGV[o + 4])
+    local w, id, run_at = writes[qn], ARGV[o + 1], tonumber(ARGV[o + 5])
     local status = $QUEUED
     if run_at and run_at > now_ms then status = $SCHEDULED end
     redis.call('HSET', queues[qn].base .. 'job:' .. id, 'status', status,
-               unpack(ARGV, o + 9, o + 8 + tonumber(ARGV[o + 8])))
-    if ARGV[o + 7] ~= '' then redis.call('SET', unique_key(queues[qn].base, ARGV[o + 7]), id) end
+               unpack(ARGV, o + 10, o + 9 + tonumber(ARGV[o + 9])))
+    if ARGV[o + 8] ~= '' then redis.call('SET', unique_key(queues[qn].base, ARGV[o + 8]), id) end
     if status == $SCHEDULED then
       w.scheduled[#w.scheduled + 1] = id
       w.delayed[#w.delayed + 1] = int(run_at)
@@ -174,12 +186,12 @@ local function submit(jobs)
     else
       w.queued[#w.queued + 1] = o
     end
-    if ARGV[o + 5] ~= '' then
-      w.deadlines[#w.deadlines + 1] = ARGV[o + 5]
+    if ARGV[o + 6] ~= '' then
+      w.deadlines[#w.deadlines + 1] = ARGV[o + 6]
       w.deadlines[#w.deadlines + 1] = id
     end
     local idem = idempotency_key(o)
-    if idem then redis.call('SET', idem, ARGV[o + 3] .. ' ' .. id, 'PX', idem_ttl) end
+    if idem then redis.call('SET', idem, ARGV[o + 4] .. ' ' .. id, 'PX', idem_ttl) end
   end
   return answer
 end
@@ -200,7 +212,7 @@ for s = 1, submissions do
   local jobs = {}
   for k = 1, n do
     jobs[k] = i
-    i = i + 9 + tonumber(ARGV[i + 8])
+    i = i + 10 + tonumber(ARGV[i + 9])
   end
   answers[s] = submit(jobs)
 end
@@ -213,7 +225,7 @@ for qn, w in ipairs(writes) do
     local seq = redis.call('INCRBY', Q.seq, n) - n
     local order, ids = {}, {}
     for k, o in ipairs(w.queued) do
-      order[#order + 1] = claim_order(ARGV[o + 6], seq + k, false)
+      order[#order + 1] = claim_order(ARGV[o + 7], seq + k, false)
       order[#order + 1] = ARGV[o + 1]
       ids[k] = ARGV[o + 1]
     end

@@ -1,0 +1,204 @@
+"""Redis Cluster: the URL that selects it, and redis-py's own asyncio cluster client.
+
+A cluster URL lists some of the cluster's nodes (any of them: the client asks one for the
+slot map and finds the others)::
+
+    redis+cluster://[[user]:password@]host[:port][,host[:port]...]
+
+A port left out is Redis's 6379. There is no database number (a cluster has only db 0) and
+no query: the options are the process's own (timeouts, pool size).
+
+Each queue's keys share one hash tag (`adapters.redis_queue.keys`), so each queue lives in
+one slot, on one primary; different queues hash to different slots, spread over the
+primaries. The client follows MOVED, ASK and TRYAGAIN by itself, and refreshes its slot map
+after a connection error, CLUSTERDOWN or a slot no node serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final, cast
+from urllib.parse import unquote
+
+import attrs
+import redis.asyncio
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
+
+SCHEME: Final = "redis+cluster://"
+DEFAULT_PORT: Final = 6379
+# What redis-py says when the node it asked for the slot map is not in cluster mode.
+_NOT_A_CLUSTER: Final = "Cluster mode is not enabled"
+# What Conveyor says of it.
+NOT_A_CLUSTER: Final = (
+    "REDIS_URL names a Redis Cluster (redis+cluster://), but the server is not in cluster"
+    " mode; use a redis:// URL for a single server"
+)
+# ... and when none of the nodes it knows answers.
+_UNREACHABLE: Final = "cannot be connected"
+
+
+@attrs.frozen
+class ClusterTarget:
+    """What a cluster URL says: some of the nodes, and the data nodes' credential."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = attrs.field(default=None, repr=False)
+    password: str | None = attrs.field(default=None, repr=False)
+
+
+def is_cluster_url(url: str) -> bool:
+    return url[: len(SCHEME)].lower() == SCHEME
+
+
+def parse_cluster_url(url: str) -> ClusterTarget:
+    """The target of a ``redis+cluster://`` URL; ValueError (naming no credential) if not."""
+    if not is_cluster_url(url):
+        raise ValueError(f"a cluster URL starts with {SCHEME}")
+    rest = url[len(SCHEME) :]
+    userinfo, at, rest = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    if "?" in rest or "#" in rest:
+        raise ValueError("a cluster URL takes no parameters: host:port pairs only")
+    hosts, slash, path = rest.partition("/")
+    if slash and path not in ("", "0"):
+        raise ValueError("a cluster URL names no database (a cluster has only db 0)")
+    if not hosts:
+        raise ValueError("a cluster URL lists host[:port] pairs separated by commas")
+    return ClusterTarget(
+        nodes=tuple(_address(item) for item in hosts.split(",")),
+        username=username,
+        password=password,
+    )
+
+
+def _address(item: str) -> tuple[str, int]:
+    item = item.strip()
+    bare = ":" not in item or item.endswith("]")  # no port, or a bare IPv6 address
+    host, colon, port = (item, "", "") if bare else item.rpartition(":")
+    if not host:
+        raise ValueError("a cluster URL lists host[:port] pairs separated by commas")
+    if not colon:
+        return host.strip("[]"), DEFAULT_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"a node's port must be a number from 1 to 65535, not {port!r}")
+    return host.strip("[]"), int(port)
+
+
+# Commands that block on the server: they do not count against the commands in flight (a
+# worker waiting on queues of several slots holds one per slot, for seconds).
+_BLOCKING: Final = frozenset({"BLPOP"})
+# Each node's pool may hold this many times the commands in flight: room for the blocking
+# commands and the pipelines besides (a node's pool refuses a connection past its cap, it
+# does not wait for one).
+_NODE_HEADROOM: Final = 4
+
+
+class _WaitingCluster(RedisCluster):
+    """redis-py's cluster client, where a command waits (up to `pool_timeout`) while
+    `max_connections` others are in flight, as the single server's pool makes it wait for a
+    connection: a node's own pool raises MaxConnectionsError at once instead, which turns a
+    burst of concurrent calls into errors."""
+
+    def __init__(self, *, max_connections: int, pool_timeout: float, **options: Any) -> None:
+        super().__init__(max_connections=max_connections * _NODE_HEADROOM, **options)
+        self._in_flight = asyncio.Semaphore(max_connections)
+        self._pool_timeout = pool_timeout
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if args[0] in _BLOCKING:
+            return await super().execute_command(*args, **kwargs)
+        if self._in_flight.locked():
+            try:
+                await asyncio.wait_for(self._in_flight.acquire(), self._pool_timeout)
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"no connection to the cluster free within {self._pool_timeout:g} s"
+                ) from None
+        else:
+            await self._in_flight.acquire()
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._in_flight.release()
+
+
+def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis:
+    """A client of the cluster `target` names; `options` as for `create_redis`'s pool
+    (timeouts, the most commands in flight and how long one waits for its turn). Nothing
+    connects until the first command.
+
+    Typed as the single-server client: it answers every command the adapters send in the
+    same shape; the few places where a cluster differs (a pipeline's commands, BLPOPs over
+    several slots, CONFIG per node) ask `is_cluster`."""
+    options["pool_timeout"] = options.pop("timeout")
+    # No command is sent twice: redis-py's cluster client would resend a command, and its
+    # pipeline the commands that had not answered, after a timeout or a lost connection,
+    # when they may have run (a script run twice is not always harmless: a SUBMIT run again
+    # answers "not created" for the jobs the first run stored). The caller sees
+    # QueueUnavailableError and tries again (the API answers 503, a worker backs off); the
+    # client has marked its slot map stale and asks for it again first. MOVED, ASK and
+    # TRYAGAIN are followed by the client itself, which sends nothing twice.
+    options["retry"] = Retry(NoBackoff(), 0)
+    client = _WaitingCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username,
+        password=target.password,
+        **options,
+    )
+    return cast(redis.asyncio.Redis, client)
+
+
+async def not_in_cluster_mode(url: str, *, connect_timeout: float) -> bool:
+    """Whether the node a cluster URL names answers but is not in cluster mode (False when
+    it is a cluster node, or none can be asked now: that is an outage, for later)."""
+    target = parse_cluster_url(url)
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+        username=target.username,
+        password=target.password,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        await client.initialize()
+    except RedisClusterException as exc:
+        return not_a_cluster(exc)
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
+    return False
+
+
+def is_cluster(client: object) -> bool:
+    """Whether `client` is a cluster client (see `cluster_client`)."""
+    return isinstance(client, RedisCluster)
+
+
+def not_a_cluster(exc: BaseException) -> bool:
+    """Whether `exc` says the server a cluster URL names is not in cluster mode."""
+    return isinstance(exc, RedisClusterException) and _NOT_A_CLUSTER in str(exc)
+
+
+def cluster_outage(exc: BaseException) -> bool:
+    """Whether `exc` is the cluster client's way of saying the cluster cannot be reached or
+    serves a slot on no node now (an outage, as a connection error is; redis-py raises its
+    own RedisClusterException for these, not a ConnectionError)."""
+    if isinstance(exc, SlotNotCoveredError):
+        return True
+    # A server that answers but is not in cluster mode is a mistake in REDIS_URL, not an
+    # outage (redis-py words both as "cannot be connected").
+    return (
+        isinstance(exc, RedisClusterException)
+        and _UNREACHABLE in str(exc)
+        and not not_a_cluster(exc)
+    )
