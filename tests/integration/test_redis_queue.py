@@ -501,7 +501,7 @@ class TestRedisBackendOnRedis:
         # The first process to start on a prefix nobody used: no older key can be there.
         await rig.backend.connection.verify()
         async with factory.raw() as client:
-            until = int(await client.get(f"{factory.prefix}:idem-legacy-until"))
+            until = int(_text(await client.get(f"{factory.prefix}:idem-legacy-until")))
         assert until <= time.time_ns() // 1_000_000
         fresh = NewJob(job=new_job(), idempotency_key="order-9", fingerprint="fp")
         assert list(await rig.submitter.submit([fresh])) == [Submitted(fresh.job.id, True)]
@@ -511,7 +511,7 @@ class TestRedisBackendOnRedis:
         async with factory.open(BackendOptions(idempotency_ttl=60.0)) as upgraded:
             await upgraded.connection.verify()
             async with factory.raw() as client:
-                until = int(await client.get(f"{factory.prefix}:idem-legacy-until"))
+                until = int(_text(await client.get(f"{factory.prefix}:idem-legacy-until")))
             assert until >= time.time_ns() // 1_000_000 + 110_000
             repeat = NewJob(job=new_job(queue="other"), idempotency_key="order-9", fingerprint="fp")
             assert list(await upgraded.submitter.submit([repeat])) == [
@@ -688,3 +688,8 @@ class TestRedisBackendOnRedis:
             assert time.monotonic() - started < 5.0
 
         asyncio.run(main())
+
+
+def _text(value: bytes | str | None) -> str:
+    assert value is not None, "the key is not there"
+    return value.decode() if isinstance(value, bytes) else value
