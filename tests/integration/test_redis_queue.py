@@ -251,7 +251,9 @@ class TestRedisBackendOnRedis:
     @scenario(
         LeaseQueue,
         JobControl,
-        options=BackendOptions(result_ttl=2.0, dead_ttl=2.0, idempotency_ttl=2.0),
+        # Long enough that none has passed its retention while the test still counts them
+        # on a loaded machine (2 s was not, once), short enough to wait out twice.
+        options=BackendOptions(result_ttl=4.0, dead_ttl=4.0, idempotency_ttl=4.0),
     )
     async def test_memory_returns_to_its_baseline_once_finished_jobs_are_past_retention(
         self, rig: Rig
@@ -262,7 +264,7 @@ class TestRedisBackendOnRedis:
         async with factory.raw() as client:
 
             async def settle() -> None:
-                await asyncio.sleep(2.2)
+                await asyncio.sleep(4.2)
                 await leases_.recover(["default"])
                 await claim(leases_, wait_seconds=0.05)  # takes the marker, if any
 
