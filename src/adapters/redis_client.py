@@ -19,7 +19,7 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, RedisClusterException, ResponseError
+from redis.exceptions import BusyLoadingError, ClusterError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
@@ -192,7 +192,7 @@ def unavailable(exc: BaseException) -> QueueUnavailableError | None:
         return QueueUnavailableError(f"redis timed out: {exc}")
     if isinstance(exc, RedisConnectionError | OSError):
         return QueueUnavailableError(f"cannot reach redis: {exc}")
-    if isinstance(exc, RedisClusterException):
+    if isinstance(exc, RedisClusterException | ClusterError):
         if not_a_cluster(exc):
             # Start-up refuses it (`Connection.verify`); a process that got past its check
             # while the server was away sees it as an outage.
@@ -230,6 +230,7 @@ _UNAVAILABLE: Final = (
     ResponseError,
     OSError,
     RedisClusterException,
+    ClusterError,
 )
 _REDIS_ERRORS: Final = _RedisErrors()
 

@@ -25,13 +25,19 @@ import redis.asyncio
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 
 SCHEME: Final = "redis+cluster://"
 DEFAULT_PORT: Final = 6379
 # What redis-py says when the node it asked for the slot map is not in cluster mode.
 _NOT_A_CLUSTER: Final = "Cluster mode is not enabled"
+_REDIRECTS_SPENT: Final = "TTL exhausted."
 # What Conveyor says of it.
 NOT_A_CLUSTER: Final = (
     "REDIS_URL names a Redis Cluster (redis+cluster://), but the server is not in cluster"
@@ -107,8 +113,21 @@ class _WaitingCluster(RedisCluster):
     connection: a node's own pool raises MaxConnectionsError at once instead, which turns a
     burst of concurrent calls into errors."""
 
+    # Redirections (MOVED, ASK) and TRYAGAIN replies one command follows before it gives
+    # up; past half of them, each TRYAGAIN waits 50 ms. A script whose queue's slot is
+    # being migrated is answered TRYAGAIN until the slot's keys are together again: 48
+    # covers about 1.2 s of that (redis-py's 16, about 0.4 s, gave up on a migration of
+    # 1,600 keys under load, a 500 before this and a 503 now).
+    RedisClusterRequestTTL = 48
+
     def __init__(self, *, max_connections: int, pool_timeout: float, **options: Any) -> None:
-        super().__init__(max_connections=max_connections * _NODE_HEADROOM, **options)
+        # reinitialize_steps=0: a MOVED patches the slot map with the slot's new owner,
+        # never makes the client read the whole map again by closing every connection,
+        # which cut the commands other callers had in flight ("Connection closed by
+        # server"; a submit that ran was then answered 503).
+        super().__init__(
+            max_connections=max_connections * _NODE_HEADROOM, reinitialize_steps=0, **options
+        )
         self._in_flight = asyncio.Semaphore(max_connections)
         self._pool_timeout = pool_timeout
 
@@ -194,6 +213,10 @@ def cluster_outage(exc: BaseException) -> bool:
     serves a slot on no node now (an outage, as a connection error is; redis-py raises its
     own RedisClusterException for these, not a ConnectionError)."""
     if isinstance(exc, SlotNotCoveredError):
+        return True
+    if isinstance(exc, ClusterError) and str(exc) == _REDIRECTS_SPENT:
+        # Every redirection or TRYAGAIN of `RedisClusterRequestTTL` was spent: the command
+        # never ran (a slot moving for longer, or a cluster changing its map).
         return True
     # A server that answers but is not in cluster mode is a mistake in REDIS_URL, not an
     # outage (redis-py words both as "cannot be connected").

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from redis._parsers.base import BaseParser
+from redis.exceptions import ClusterError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adapters.redis_client import redis_errors, unavailable
@@ -81,6 +81,14 @@ def test_an_unreachable_or_silent_server_is_an_outage() -> None:
     assert unavailable(RedisConnectionError("Error 111 connecting")) is not None
     assert unavailable(RedisTimeoutError("Timeout reading from socket")) is not None
     assert unavailable(ConnectionRefusedError()) is not None
+
+
+def test_a_cluster_command_that_spent_its_redirections_is_an_outage_it_never_ran_in() -> None:
+    # redis-py's cluster client gives up so after MOVED, ASK or TRYAGAIN replies (a slot
+    # moving): the command did not run, so the caller may try again.
+    with pytest.raises(QueueUnavailableError), redis_errors():
+        raise ClusterError("TTL exhausted.")
+    assert unavailable(ClusterError("something else")) is None
 
 
 def test_the_redis_errors_context_raises_an_outage_in_domain_terms() -> None:
