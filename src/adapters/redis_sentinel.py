@@ -24,7 +24,13 @@ from urllib.parse import unquote
 import attrs
 import redis.asyncio
 from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
+from redis.exceptions import RedisError
 
 SCHEME: Final = "redis+sentinel://"
 DEFAULT_PORT: Final = 26379
@@ -152,3 +158,29 @@ def sentinel_client(
     assert isinstance(client, _SentinelRedis)
     client.sentinels = sentinels
     return client
+
+
+async def unknown_service(client: object, cause: BaseException | None) -> str | None:
+    """One line saying the Sentinels know no primary by `client`'s service name, when
+    `cause` is redis-py's MasterNotFoundError and every Sentinel answered without it; None
+    otherwise (a Sentinel out of reach, or a primary they know but hold down: a failover
+    under way, an outage for later). A mistyped service name is a mistake in REDIS_URL,
+    and waiting will not cure it."""
+    if not isinstance(cause, MasterNotFoundError) or not isinstance(client, _SentinelRedis):
+        return None
+    pool = client.connection_pool
+    if client.sentinels is None or not isinstance(pool, SentinelConnectionPool):
+        return None
+    service = pool.service_name
+    for sentinel in client.sentinels.sentinels:
+        try:
+            masters = await sentinel.sentinel_masters()
+        except (RedisError, OSError):
+            return None
+        if service in masters:
+            return None
+    return (
+        f"no Sentinel of REDIS_URL knows a primary named {service!r}: check the service name"
+        " after the hosts (redis+sentinel://host:port,.../<service>) against the Sentinels'"
+        " `sentinel monitor` lines"
+    )

@@ -13,6 +13,7 @@ from adapters.redis_client import redis_errors
 from adapters.redis_cluster import NOT_A_CLUSTER, is_cluster, not_a_cluster
 from adapters.redis_queue.core import RedisCore
 from adapters.redis_queue.keys import legacy_idempotency_window
+from adapters.redis_sentinel import unknown_service
 from domain.errors import QueueUnavailableError, UnsafeBackendError
 from domain.ports import Connection
 
@@ -44,6 +45,9 @@ class RedisConnection(Connection):
         except QueueUnavailableError as exc:
             if isinstance(exc.__cause__, RedisClusterException) and not_a_cluster(exc.__cause__):
                 raise UnsafeBackendError(NOT_A_CLUSTER) from None
+            mistaken = await unknown_service(self.core.client, exc.__cause__)
+            if mistaken is not None:
+                raise UnsafeBackendError(mistaken) from None
             raise
         with redis_errors():
             await self._learn_legacy_idempotency_window()

@@ -131,15 +131,39 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check_cluster_mode(settings: Settings) -> None:
-    """A cluster URL naming a server not in cluster mode stops start-up with one line (the
-    API's own start-up check would say it inside uvicorn, followed by its traceback)."""
+    """A cluster URL naming a server not in cluster mode, or Sentinels that know no primary
+    by the URL's service name, stop start-up with one line (the API's own start-up check
+    would say it inside uvicorn, followed by its traceback)."""
     from adapters.redis_cluster import NOT_A_CLUSTER, is_cluster_url, not_in_cluster_mode
+    from adapters.redis_sentinel import is_sentinel_url
 
     url = settings.require_redis_url()
     if is_cluster_url(url) and asyncio.run(
         not_in_cluster_mode(url, connect_timeout=settings.redis_timeout)
     ):
         raise SettingsError(NOT_A_CLUSTER)
+    if is_sentinel_url(url):
+        mistaken = asyncio.run(_sentinel_service_unknown(url, settings.redis_timeout))
+        if mistaken is not None:
+            raise SettingsError(mistaken)
+
+
+async def _sentinel_service_unknown(url: str, redis_timeout: float) -> str | None:
+    """`adapters.redis_sentinel.unknown_service` for a Sentinel URL, asked before uvicorn
+    starts (the same check in the API's start-up would be followed by its traceback)."""
+    from redis.exceptions import RedisError
+
+    from adapters.redis_client import create_redis
+    from adapters.redis_sentinel import unknown_service
+
+    client = create_redis(url, connect_timeout=redis_timeout, socket_timeout=redis_timeout)
+    try:
+        await client.ping()
+    except RedisError as exc:
+        return await unknown_service(client, exc)
+    finally:
+        await client.aclose()
+    return None
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
