@@ -1,4 +1,5 @@
-"""The job lifecycle API end to end: API and worker processes on a real Redis.
+"""The job lifecycle API end to end: API and worker processes on a real Redis, and on a
+3-primary Redis Cluster.
 
 Each test is one acceptance point, at full size unless its docstring says otherwise. What
 really ran is read from the workers' audit log (one line per execution start, written
@@ -14,6 +15,7 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,25 @@ import httpx
 import pytest
 
 from entrypoints.local_redis import LocalRedis
+from entrypoints.local_topologies import LocalCluster
 from tests.integration.http_load import Request, send_all
 from tests.integration.processes import Api, Conveyor, service_env, wait_for_job
 
 TERMINAL = {"succeeded", "dead", "cancelled", "expired"}
+
+
+@pytest.fixture(scope="module", params=["one-server", "cluster"])
+def service_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Every test here runs on the suite's Redis and again on a 3-primary Redis Cluster,
+    where the queues the tests use live on different primaries."""
+    if request.param == "one-server":
+        url: str = request.getfixturevalue("redis_url")
+        yield url
+        return
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), primaries=3) as cluster:
+        yield cluster.url
 
 
 def _env(redis_url: str, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -64,10 +81,10 @@ def _wait_all(client: httpx.Client, ids: list[str], statuses: set[str], within: 
 
 
 def test_idempotency_keys_under_concurrent_repeats_create_each_job_once(
-    redis_url: str, tmp_path: Path
+    service_url: str, tmp_path: Path
 ) -> None:
     """1,000 keys x 20 concurrent identical submissions: 1,000 jobs, each run once, 0 5xx."""
-    env = _env(redis_url, tmp_path)
+    env = _env(service_url, tmp_path)
     keys = [f"order-{n}" for n in range(1000)]
     requests = [
         Request(
@@ -107,9 +124,9 @@ def test_idempotency_keys_under_concurrent_repeats_create_each_job_once(
         assert set(runs.values()) == {1}
 
 
-def test_delayed_jobs_start_on_time(redis_url: str, tmp_path: Path) -> None:
+def test_delayed_jobs_start_on_time(service_url: str, tmp_path: Path) -> None:
     """200 jobs with delays of 2-10 s: each starts no earlier than its time, within 1 s after."""
-    env = _env(redis_url, tmp_path)
+    env = _env(service_url, tmp_path)
     rng = random.Random(11)
     with (
         Api(env, tmp_path) as api,
@@ -145,11 +162,11 @@ def test_delayed_jobs_start_on_time(redis_url: str, tmp_path: Path) -> None:
 
 
 def test_cancelled_queued_jobs_never_start_and_a_running_report_stops(
-    redis_url: str, tmp_path: Path
+    service_url: str, tmp_path: Path
 ) -> None:
     """Cancel 100 queued jobs while the worker is busy: none of them ever starts. Cancel a
     running `report`: it ends `cancelled` within the grace period."""
-    env = _env(redis_url, tmp_path, CONVEYOR_CANCEL_GRACE_SECONDS="3")
+    env = _env(service_url, tmp_path, CONVEYOR_CANCEL_GRACE_SECONDS="3")
     with (
         Api(env, tmp_path) as api,
         api.client() as client,
@@ -189,9 +206,9 @@ def test_cancelled_queued_jobs_never_start_and_a_running_report_stops(
 
 
 def test_a_paused_queue_keeps_its_jobs_while_others_flow_then_drains(
-    redis_url: str, tmp_path: Path
+    service_url: str, tmp_path: Path
 ) -> None:
-    env = _env(redis_url, tmp_path)
+    env = _env(service_url, tmp_path)
     with (
         Api(env, tmp_path) as api,
         api.client() as client,
@@ -221,9 +238,9 @@ def test_a_paused_queue_keeps_its_jobs_while_others_flow_then_drains(
 
 
 def test_over_an_admission_limit_nothing_is_enqueued_until_under_it_again(
-    redis_url: str, tmp_path: Path
+    service_url: str, tmp_path: Path
 ) -> None:
-    env = _env(redis_url, tmp_path, CONVEYOR_QUEUE_LIMITS='{"limited": {"max_depth": 5}}')
+    env = _env(service_url, tmp_path, CONVEYOR_QUEUE_LIMITS='{"limited": {"max_depth": 5}}')
     with Api(env, tmp_path) as api, api.client() as client:
         ids = []
         for _ in range(5):
@@ -245,8 +262,8 @@ def test_over_an_admission_limit_nothing_is_enqueued_until_under_it_again(
         assert _depth(client, "limited") == 5
 
 
-def test_a_batch_is_one_answer_and_all_or_nothing(redis_url: str, tmp_path: Path) -> None:
-    env = _env(redis_url, tmp_path)
+def test_a_batch_is_one_answer_and_all_or_nothing(service_url: str, tmp_path: Path) -> None:
+    env = _env(service_url, tmp_path)
     with Api(env, tmp_path) as api, api.client() as client:
         jobs = [_job(payload={"mode": "succeed", "result": n}) for n in range(1000)]
         response = client.post("/jobs/batch", json={"jobs": jobs})
@@ -273,8 +290,8 @@ def test_a_batch_is_one_answer_and_all_or_nothing(redis_url: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("ahead", [3])
-def test_a_queued_job_says_why_it_waits(redis_url: str, tmp_path: Path, ahead: int) -> None:
-    env = _env(redis_url, tmp_path)
+def test_a_queued_job_says_why_it_waits(service_url: str, tmp_path: Path, ahead: int) -> None:
+    env = _env(service_url, tmp_path)
     with Api(env, tmp_path) as api, api.client() as client:
         ids = [
             client.post("/jobs", json=_job(queue="lonely")).json()["id"] for _ in range(ahead + 1)
