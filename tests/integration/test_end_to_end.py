@@ -1,23 +1,40 @@
-"""The whole service as separate processes on a real Redis: API, worker, and Redis faults."""
+"""The whole service as separate processes on a real Redis (and on a 3-primary Redis
+Cluster): API, worker, and Redis faults."""
 
 from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from entrypoints.local_redis import LocalRedis
+from entrypoints.local_topologies import LocalCluster
 from tests.integration.processes import Api, Conveyor, service_env, wait_for_job
 
 TERMINAL = {"succeeded", "dead", "cancelled", "expired"}
 
 
+@pytest.fixture(scope="module", params=["one-server", "cluster"])
+def service_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The tests that take `env` run on the suite's Redis and again on a 3-primary Redis
+    Cluster."""
+    if request.param == "one-server":
+        url: str = request.getfixturevalue("redis_url")
+        yield url
+        return
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), primaries=3) as cluster:
+        yield cluster.url
+
+
 @pytest.fixture
-def env(redis_url: str) -> dict[str, str]:
-    return service_env(redis_url)
+def env(service_url: str) -> dict[str, str]:
+    return service_env(service_url)
 
 
 def submit(client: httpx.Client, type_: str, payload: dict[str, object], **extra: object) -> str:
