@@ -25,7 +25,9 @@ def test_a_fault_mode_is_refused_naming_the_setting_and_nothing_is_stored(
 ) -> None:
     env = service_env(redis_url, CONVEYOR_DUMMY_FAULTS="0")
     crash = {"type": "dummy", "payload": {"mode": "crash", "how": "segfault"}}
+    prefix = env["CONVEYOR_KEY_PREFIX"]
     with Api(env, tmp_path) as api, api.client() as client:
+        started = _keys(redis_url, prefix)  # what start-up wrote, before any submission
         one = client.post("/jobs", json=crash)
         batch = client.post(
             "/jobs/batch",
@@ -39,12 +41,7 @@ def test_a_fault_mode_is_refused_naming_the_setting_and_nothing_is_stored(
         }
         listed = client.get("/jobs").json()
         schema = client.get("/schema/openapi.json").json()
-    prefix = env["CONVEYOR_KEY_PREFIX"]
-    client_redis = redis.Redis.from_url(redis_url)
-    try:
-        keys = [k.decode() for k in client_redis.scan_iter(match=f"*{prefix}*", count=1000)]
-    finally:
-        client_redis.close()
+    keys = _keys(redis_url, prefix)
     mode_schema = schema["components"]["schemas"]["DummyJobSubmission"]["properties"]["payload"][
         "properties"
     ]["mode"]
@@ -61,7 +58,8 @@ def test_a_fault_mode_is_refused_naming_the_setting_and_nothing_is_stored(
     assert "jobs[1].payload.mode" in batch.text
     assert others == {"memory": 422, "hang": 422, "cpu": 422}
     assert listed["jobs"] == []
-    assert keys == []  # not a job, not a queue, not an index entry
+    assert keys == started  # not a job, not a queue, not an index entry
+    assert not any(":job:" in key or "queued" in key for key in started), started
     assert "crash" not in mode_schema["enum"]
     assert "CONVEYOR_DUMMY_FAULTS=1" in mode_schema["description"]
 
@@ -128,3 +126,11 @@ def test_a_storm_of_crashing_jobs_starves_no_other_work_and_the_supervisor_stays
     assert attempts == [1]
     assert supervisor_up
     assert deaths > 0
+
+
+def _keys(redis_url: str, prefix: str) -> list[str]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sorted(k.decode() for k in client.scan_iter(match=f"*{prefix}*", count=1000))
+    finally:
+        client.close()
