@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any, Final, cast
-from urllib.parse import unquote
 
 import attrs
 import redis.asyncio
@@ -32,6 +31,8 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from adapters.redis_urls import host_list, split_userinfo
 
 SCHEME: Final = "redis+cluster://"
 DEFAULT_PORT: Final = 6379
@@ -64,13 +65,7 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     """The target of a ``redis+cluster://`` URL; ValueError (naming no credential) if not."""
     if not is_cluster_url(url):
         raise ValueError(f"a cluster URL starts with {SCHEME}")
-    rest = url[len(SCHEME) :]
-    userinfo, at, rest = rest.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
+    username, password, rest = split_userinfo(url[len(SCHEME) :])
     if "?" in rest or "#" in rest:
         raise ValueError("a cluster URL takes no parameters: host:port pairs only")
     hosts, slash, path = rest.partition("/")
@@ -79,23 +74,10 @@ def parse_cluster_url(url: str) -> ClusterTarget:
     if not hosts:
         raise ValueError("a cluster URL lists host[:port] pairs separated by commas")
     return ClusterTarget(
-        nodes=tuple(_address(item) for item in hosts.split(",")),
+        nodes=host_list(hosts, kind="a cluster URL", default_port=DEFAULT_PORT),
         username=username,
         password=password,
     )
-
-
-def _address(item: str) -> tuple[str, int]:
-    item = item.strip()
-    bare = ":" not in item or item.endswith("]")  # no port, or a bare IPv6 address
-    host, colon, port = (item, "", "") if bare else item.rpartition(":")
-    if not host:
-        raise ValueError("a cluster URL lists host[:port] pairs separated by commas")
-    if not colon:
-        return host.strip("[]"), DEFAULT_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"a node's port must be a number from 1 to 65535, not {port!r}")
-    return host.strip("[]"), int(port)
 
 
 # Commands that block on the server: they do not count against the commands in flight (a

@@ -32,6 +32,8 @@ from redis.asyncio.sentinel import (
 )
 from redis.exceptions import RedisError
 
+from adapters.redis_urls import host_list, split_userinfo
+
 SCHEME: Final = "redis+sentinel://"
 DEFAULT_PORT: Final = 26379
 _QUERY: Final = frozenset({"sentinel_username", "sentinel_password"})
@@ -58,16 +60,10 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     """The target of a ``redis+sentinel://`` URL; ValueError (naming no credential) if not."""
     if not is_sentinel_url(url):
         raise ValueError(f"a Sentinel URL starts with {SCHEME}")
-    rest = url[len(SCHEME) :]
-    rest, _, query = rest.partition("?")
-    userinfo, at, rest = rest.rpartition("@")
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
+    rest, _, query = url[len(SCHEME) :].partition("?")
+    username, password, rest = split_userinfo(rest)
     hosts, slash, path = rest.partition("/")
-    sentinels = tuple(_address(item) for item in hosts.split(","))
+    sentinels = host_list(hosts, kind="a Sentinel URL", default_port=DEFAULT_PORT)
     parts = [part for part in path.split("/") if part] if slash else []
     if not parts:
         raise ValueError("a Sentinel URL names the service after the hosts: .../<service>")
@@ -83,19 +79,6 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
         sentinel_username=options.get("sentinel_username"),
         sentinel_password=options.get("sentinel_password"),
     )
-
-
-def _address(item: str) -> tuple[str, int]:
-    item = item.strip()
-    bare = ":" not in item or item.endswith("]")  # no port, or a bare IPv6 address
-    host, colon, port = (item, "", "") if bare else item.rpartition(":")
-    if not host:
-        raise ValueError("a Sentinel URL lists host[:port] pairs separated by commas")
-    if not colon:
-        return host, DEFAULT_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"a Sentinel's port must be a number from 1 to 65535, not {port!r}")
-    return host.strip("[]"), int(port)
 
 
 def _query(query: str) -> dict[str, str]:

@@ -58,3 +58,7 @@ def test_settings_refuse_a_malformed_sentinel_url_without_its_password() -> None
 def test_the_rq_backend_refuses_sentinels_it_could_not_follow() -> None:
     with pytest.raises(SettingsError, match="only the native backend follows a failover"):
         Settings.from_env({"REDIS_URL": "redis+sentinel://h/jobs", "QUEUE_BACKEND": "rq"})
+
+
+def test_a_bracketed_ipv6_sentinel_without_a_port_gets_the_default_one() -> None:
+    assert parse_sentinel_url("redis+sentinel://[::1]/jobs").sentinels == (("::1", DEFAULT_PORT),)
