@@ -24,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import importlib.util
@@ -104,7 +105,33 @@ def _embedded_valkey_server() -> Path | None:
     return None
 
 
-class LocalRedis:
+class Supervised(abc.ABC):
+    """Servers this process starts and stops: a context manager that starts them unless
+    they run already, and stops them on the way out, whatever happened."""
+
+    @property
+    @abc.abstractmethod
+    def running(self) -> bool: ...
+
+    @abc.abstractmethod
+    def start(self) -> Self: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self if self.running else self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalRedis(Supervised):
     """A Redis-compatible server owned by this process. Start/stop it or use it as a context."""
 
     def __init__(
@@ -228,17 +255,6 @@ class LocalRedis:
         lock_fd, self._lock_fd = self._lock_fd, None
         if lock_fd is not None:
             os.close(lock_fd)
-
-    def __enter__(self) -> Self:
-        return self if self._proc is not None else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"pid={self._proc.pid} url={self.url}" if self._proc else "stopped"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import attrs
@@ -13,6 +12,7 @@ import redis
 from entrypoints.local_redis import (
     HOST,
     LocalRedis,
+    Supervised,
     find_server_binary,
     pick_free_port,
     server_args,
@@ -124,7 +124,7 @@ def _even_ranges(count: int) -> list[tuple[int, int]]:
     return [(i * SLOTS // count, (i + 1) * SLOTS // count - 1) for i in range(count)]
 
 
-class LocalCluster:
+class LocalCluster(Supervised):
     """A Redis Cluster of ``primaries`` primaries with their replicas, all on 127.0.0.1.
 
     Each start builds a new cluster in empty data dirs: the nodes' ports change between
@@ -360,17 +360,6 @@ class LocalCluster:
     def stop(self) -> None:
         """Stop every node. Safe to call repeatedly."""
         stop_all(reversed(self._nodes))
-
-    def __enter__(self) -> Self:
-        return self if self.running else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"url={self.url}" if self.running else "stopped"

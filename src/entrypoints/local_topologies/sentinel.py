@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import redis
 
-from entrypoints.local_redis import HOST, LocalRedis, find_server_binary, process_args
+from entrypoints.local_redis import (
+    HOST,
+    LocalRedis,
+    Supervised,
+    find_server_binary,
+    process_args,
+)
 from entrypoints.local_topologies.nodes import (
     LocalTopologyError,
     ask,
@@ -39,7 +44,7 @@ class _Sentinel(LocalRedis):
         return [str(binary), str(conf), "--sentinel", *process_args(data_dir, port)]
 
 
-class LocalSentinelSet:
+class LocalSentinelSet(Supervised):
     """One primary, its replicas and the Sentinels that watch them, all on 127.0.0.1."""
 
     def __init__(
@@ -251,17 +256,6 @@ class LocalSentinelSet:
         if not ports:
             raise LocalTopologyError("the Sentinel set has not been started")
         return ports
-
-    def __enter__(self) -> Self:
-        return self if self.running else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = f"url={self.url}" if self.running else "stopped"
