@@ -65,6 +65,13 @@ def spread_queues(cluster: LocalCluster, prefix: str, per_primary: int = 2) -> d
     raise AssertionError(f"no spread of queues found: {taken}")
 
 
+def queue_to_move(cluster: LocalCluster, prefix: str) -> tuple[str, int, int, int]:
+    """A queue, its slot, the primary holding it, and another one (where to move it)."""
+    (name, source), *_ = spread_queues(cluster, prefix, per_primary=1).items()
+    slot = key_slot(f"{{{prefix}:{name}}}".encode())
+    return name, slot, source, next(port for port in cluster.primary_ports if port != source)
+
+
 def print_slot_map(prefix: str, queues: dict[str, int]) -> None:
     for name, port in queues.items():
         print(f"queue {name} -> slot {key_slot(f'{{{prefix}:{name}}}'.encode())} -> node {port}")
@@ -265,9 +272,7 @@ def test_a_queue_whose_slot_moves_to_another_primary_loses_nothing_meanwhile(
     local_cluster: LocalCluster,
 ) -> None:
     factory = ClusterFactory(local_cluster.url)
-    (name, source), *_ = spread_queues(local_cluster, factory.prefix, per_primary=1).items()
-    slot = key_slot(f"{{{factory.prefix}:{name}}}".encode())
-    target = next(port for port in local_cluster.primary_ports if port != source)
+    name, slot, source, target = queue_to_move(local_cluster, factory.prefix)
 
     async def scenario() -> None:
         async with factory.open() as backend:
@@ -315,9 +320,7 @@ def test_a_claim_waiting_while_its_queues_slot_moves_is_still_woken_by_a_submit(
     local_cluster: LocalCluster,
 ) -> None:
     factory = ClusterFactory(local_cluster.url)
-    (name, source), *_ = spread_queues(local_cluster, factory.prefix, per_primary=1).items()
-    slot = key_slot(f"{{{factory.prefix}:{name}}}".encode())
-    target = next(port for port in local_cluster.primary_ports if port != source)
+    name, slot, source, target = queue_to_move(local_cluster, factory.prefix)
 
     async def scenario() -> None:
         async with factory.open() as backend:
