@@ -24,7 +24,6 @@ Usage::
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import fcntl
 import importlib.util
@@ -36,7 +35,6 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import redis
@@ -44,6 +42,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from entrypoints.lifetime import parent_death_signal
+from entrypoints.supervised import Supervised
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 5.0
@@ -103,32 +102,6 @@ def _embedded_valkey_server() -> Path | None:
     if binary.is_file() and os.access(binary, os.X_OK):
         return binary
     return None
-
-
-class Supervised(abc.ABC):
-    """Servers this process starts and stops: a context manager that starts them unless
-    they run already, and stops them on the way out, whatever happened."""
-
-    @property
-    @abc.abstractmethod
-    def running(self) -> bool: ...
-
-    @abc.abstractmethod
-    def start(self) -> Self: ...
-
-    @abc.abstractmethod
-    def stop(self) -> None: ...
-
-    def __enter__(self) -> Self:
-        return self if self.running else self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class LocalRedis(Supervised):

@@ -12,7 +12,6 @@ import redis
 from entrypoints.local_redis import (
     HOST,
     LocalRedis,
-    Supervised,
     find_server_binary,
     pick_free_port,
     server_args,
@@ -25,6 +24,7 @@ from entrypoints.local_topologies.nodes import (
     stop_all,
     wait_until,
 )
+from entrypoints.supervised import Supervised
 
 SLOTS = 16384
 READY_TIMEOUT_S = 20.0

@@ -10,7 +10,6 @@ import redis
 from entrypoints.local_redis import (
     HOST,
     LocalRedis,
-    Supervised,
     find_server_binary,
     process_args,
 )
@@ -22,6 +21,7 @@ from entrypoints.local_topologies.nodes import (
     stop_all,
     wait_until,
 )
+from entrypoints.supervised import Supervised
 
 READY_TIMEOUT_S = 30.0
 FAILOVER_TIMEOUT_S = 15.0
