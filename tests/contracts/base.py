@@ -31,6 +31,7 @@ from domain.ports import (
     QueueMonitor,
     QueuePauser,
 )
+from tests.contracts.builders import PAST_SOON, SOON
 from tests.contracts.driving import claim_and_process
 
 TEST_TIMEOUT: Final = 20.0
@@ -38,6 +39,7 @@ TEST_TIMEOUT: Final = 20.0
 # with such a grace is built with this one; the scenarios let it pass first.
 QUEUE_GRACE: Final = 0.3
 DRAIN_TICK: Final = 0.001  # seconds a drain lets pass before each claim
+_MARGIN: Final = PAST_SOON - SOON  # how far past an instant `Rig.elapse_past` lets the clock go
 P = TypeVar("P")
 
 
@@ -147,6 +149,11 @@ class Rig:
 
     async def now(self) -> datetime:
         return await self.factory.now(self.backend)
+
+    async def elapse_past(self, instant: datetime) -> None:
+        """Let the backend's clock pass `instant` by the margin PAST_SOON gives SOON."""
+        remaining = (instant - await self.now()).total_seconds()
+        await self.elapse(max(remaining, 0.0) + _MARGIN)
 
     async def drain(self, job_ids: Sequence[str]) -> None:
         await self.factory.drain(self.backend, job_ids)

@@ -30,6 +30,9 @@ FOREVER: Final = 60.0  # a lease that does not expire during a test
 A_YEAR: Final = 366 * 86400.0  # as far ahead as a job may be scheduled
 SOON: Final = 0.3  # seconds: a run_at, deadline or retention that comes during a test
 PAST_SOON: Final = 0.5  # long enough after SOON for it to have come
+# A deadline the steps before it must beat: claims and settles on a loaded machine (a local
+# cluster under the whole suite) can take longer than SOON. Wait for it with `Rig.elapse_past`.
+LATER: Final = 2.0
 ERROR: Final = JobError("smtp said no", "SMTPError")  # what a failed attempt reports
 S = JobStatus
 

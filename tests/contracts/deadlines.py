@@ -14,6 +14,7 @@ from tests.contracts.base import Rig, scenario
 from tests.contracts.builders import (
     ERROR,
     FOREVER,
+    LATER,
     PAST_SOON,
     SOON,
     at,
@@ -38,11 +39,11 @@ class DeadlineContract:
         self, rig: Rig
     ) -> None:
         now = await rig.now()
-        job = new_job(deadline=at(now, SOON), now=now)
+        job = new_job(deadline=at(now, LATER), now=now)
         await enqueue(rig.submitter, job)
         assert await rig.store.get(job.id) == job
         assert await rig.leases.recover(["default"]) == 0
-        await rig.elapse(PAST_SOON)
+        await rig.elapse_past(at(now, LATER))
         assert await rig.leases.recover(["default"]) == 1
         expired = await stored(rig.store, job.id)
         assert (expired.status, expired.attempts, expired.started_at) == (S.EXPIRED, 0, None)
@@ -68,13 +69,13 @@ class DeadlineContract:
         self, rig: Rig
     ) -> None:
         now = await rig.now()
-        job = new_job(deadline=at(now, 2 * SOON), now=now)
+        job = new_job(deadline=at(now, LATER), now=now)
         await enqueue(rig.submitter, job)
         lease = await claim_one(rig.leases)
         # Its retry is due before the deadline: it waits for it.
         assert await rig.leases.settle(lease, Ending.failed(ERROR, SOON / 3)) == S.FAILED
         assert await status_of(rig.store, job.id) == S.FAILED
-        await rig.elapse(2 * SOON + 0.2)
+        await rig.elapse_past(at(now, LATER))
         await rig.leases.recover(["default"])
         expired = await stored(rig.store, job.id)
         assert (expired.status, expired.attempts, expired.error) == (S.EXPIRED, 1, ERROR)

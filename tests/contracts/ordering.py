@@ -10,6 +10,7 @@ from domain.ports import LeaseQueue
 from domain.settlement import Ending
 from tests.contracts.base import Rig, scenario
 from tests.contracts.builders import (
+    LATER,
     LEASE,
     PAST_LEASE,
     SOON,
@@ -64,12 +65,12 @@ class OrderingContract:
         self, rig: Rig
     ) -> None:
         now = await rig.now()
-        late = new_job(n=0, run_at=at(now, 2 * SOON), now=now)
-        early = new_job(n=1, run_at=at(now, SOON), now=now)
+        late = new_job(n=0, run_at=at(now, LATER + SOON), now=now)
+        early = new_job(n=1, run_at=at(now, LATER), now=now)
         ready = new_job(n=2)
         await enqueue_all(rig.submitter, [late, early, ready])
         assert await claimed_ids(rig.leases, n=3) == [ready.id]
-        await rig.elapse(2 * SOON + 0.2)
+        await rig.elapse_past(at(now, LATER + SOON))
         assert await claimed_ids(rig.leases, n=3) == [early.id, late.id]
 
     # -- priorities -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from tests.contracts.base import BackendOptions, Rig, scenario
 from tests.contracts.builders import (
     ERROR,
     FOREVER,
+    LATER,
     LEASE,
     PAST_LEASE,
     PAST_SOON,
@@ -163,12 +164,13 @@ class RecoveryContract:
         self, rig: Rig
     ) -> None:
         now = await rig.now()
-        doomed = new_job(n=0, deadline=at(now, SOON), now=now)
+        doomed = new_job(n=0, deadline=at(now, LATER), now=now)
         retried = new_job(n=1, deadline=at(now, FOREVER), now=now)
         await enqueue_all(rig.submitter, [doomed, retried])
         await claim_one(rig.leases, lease_seconds=LEASE, worker_id="lost")
         await claim_one(rig.leases, lease_seconds=LEASE, worker_id="lost")
         await rig.elapse(PAST_LEASE)
+        await rig.elapse_past(at(now, LATER))
         assert await rig.leases.recover(["default"]) == 2
         expired = await stored(rig.store, doomed.id)
         assert (expired.status, expired.attempts) == (S.EXPIRED, 1)

@@ -15,10 +15,9 @@ from tests.contracts.base import Rig, scenario
 from tests.contracts.builders import (
     ERROR,
     FOREVER,
+    LATER,
     PAST_LEASE,
-    PAST_SOON,
     RETRY_IN,
-    SOON,
     at,
     claim,
     claim_one,
@@ -308,10 +307,10 @@ class SettleContract:
     @scenario(LeaseQueue, traits=("deadlines",))
     async def test_a_failure_after_the_deadline_ends_the_job_expired(self, rig: Rig) -> None:
         now = await rig.now()
-        job = new_job(deadline=at(now, SOON), now=now)
+        job = new_job(deadline=at(now, LATER), now=now)
         await enqueue(rig.submitter, job)
         lease = await claim_one(rig.leases)
-        await rig.elapse(PAST_SOON)
+        await rig.elapse_past(at(now, LATER))
         assert await rig.leases.settle(lease, Ending.failed(ERROR, 0.0)) == S.EXPIRED
         expired = await stored(rig.store, job.id)
         assert (expired.status, expired.attempts, expired.error) == (S.EXPIRED, 1, ERROR)

@@ -16,6 +16,7 @@ from tests.contracts.base import BackendOptions, Rig, scenario
 from tests.contracts.builders import (
     ERROR,
     FOREVER,
+    LATER,
     PAST_SOON,
     SOON,
     all_pages,
@@ -237,12 +238,12 @@ class SubmitContract:
     @scenario(LeaseQueue)
     async def test_a_job_due_later_waits_scheduled_then_recover_queues_it(self, rig: Rig) -> None:
         now = await rig.now()
-        job = new_job(run_at=at(now, SOON), now=now)
+        job = new_job(run_at=at(now, LATER), now=now)
         assert job.status == S.SCHEDULED
         await enqueue(rig.submitter, job)
         assert await rig.store.get(job.id) == job
         assert await rig.leases.recover(["default"]) == 0
-        await rig.elapse(PAST_SOON)
+        await rig.elapse_past(at(now, LATER))
         assert await rig.leases.recover(["default"]) == 1
         promoted = await stored(rig.store, job.id)
         assert (promoted.status, promoted.attempts, promoted.run_at) == (S.QUEUED, 0, job.run_at)
