@@ -11,9 +11,11 @@ process has not registered lately (one more, see `registry.py`), `queue_stats` a
 
 With `min_replicas` set, that round trip ends with ``WAIT min_replicas timeout`` on the same
 connection: the calls are answered once that many replicas have every write made so far,
-or as `Unconfirmed` when fewer confirmed in time. Claims, renewals and the other writes do
-not wait: a claim lost in a failover only means the job is claimed again, and fencing
-tokens refuse the old holder's writes.
+or as `Unconfirmed` when fewer confirmed in time. On Redis Cluster each primary the round
+trip writes to gets its own WAIT, on the connection that carried its commands, and the
+count is the least of theirs (`adapters.redis_cluster_wait`). Claims, renewals and the other
+writes do not wait: a claim lost in a failover only means the job is claimed again, and
+fencing tokens refuse the old holder's writes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from adapters.redis_cluster import is_cluster
+from adapters.redis_cluster_wait import execute_confirmed, least
 from adapters.redis_queue import calls, scripts
 from adapters.redis_queue.batching import Batch, TickBatcher
 from adapters.redis_queue.calls import Attempt, Retention, ScriptCall, evalsha, ms
@@ -117,6 +120,7 @@ class RedisCore:
         # and how long WAIT may wait for them.
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
+        self.cluster = is_cluster(client)
         self.flow_limits = limits or FlowLimits()
         self.limits = LimitArgs.of(prefix, self.flow_limits)
         self.finished_channel = finished_channel(prefix)
@@ -159,6 +163,8 @@ class RedisCore:
         pipe = self.client.pipeline(transaction=False)
         build(pipe)
         commands = _commands(pipe)
+        if wait and self.cluster:
+            return await self._confirmed_per_node(commands)
         if wait:
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
         results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -187,6 +193,28 @@ class RedisCore:
         if isinstance(acknowledged, Exception):
             raise acknowledged
         return results, acknowledged
+
+    async def _confirmed_per_node(self, commands: list[tuple[Any, Any]]) -> tuple[list[Any], int]:
+        """`_pipeline` with `wait` on a cluster: each primary's commands, then WAIT on the
+        connection that carried them; the scripts that answered NOSCRIPT run again, once,
+        after loading, each primary's with a WAIT of its own again."""
+        replicas, timeout_ms = self.min_replicas, self.replica_timeout_ms
+        results, acknowledged = await execute_confirmed(self.client, commands, replicas, timeout_ms)
+        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if lost:
+            await self._load_scripts()
+            again = [commands[i] for i in lost]
+            answers, more = await execute_confirmed(self.client, again, replicas, timeout_ms)
+            acknowledged = least(acknowledged, more)
+            for i, result in zip(lost, answers, strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        if isinstance(acknowledged, Exception):
+            raise acknowledged
+        # None: nothing ran, which only a round trip of errors (raised above) leaves.
+        return results, replicas if acknowledged is None else acknowledged
 
     async def _load_scripts(self) -> None:
         for script in scripts.ALL:
