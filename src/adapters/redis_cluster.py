@@ -21,16 +21,18 @@ from typing import Any, Final, cast
 
 import attrs
 import redis.asyncio
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
+    ClusterDownError,
     ClusterError,
     RedisClusterException,
     RedisError,
     SlotNotCoveredError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from adapters.redis_urls import host_list, split_userinfo
 
@@ -130,6 +132,46 @@ class _WaitingCluster(RedisCluster):
         finally:
             self._in_flight.release()
 
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _RemappingPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py makes its own
+
+
+# Errors after which the slot map may be wrong: a primary lost, failing over or failed over.
+_REMAP_AFTER: Final = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    SlotNotCoveredError,
+)
+
+
+def remap_after(client: RedisCluster, errors: Any) -> None:
+    """Have `client` read the slot map again before its next command if any of `errors`
+    (exceptions, or replies with errors in place) says a primary was lost or moved."""
+    if any(isinstance(error, _REMAP_AFTER) for error in errors):
+        client._initialize = True
+
+
+class _RemappingPipeline(ClusterPipeline):
+    """redis-py's cluster pipeline, after which a lost connection or CLUSTERDOWN makes the
+    client read the slot map again before its next command, as one command's does. redis-py's
+    pipeline does so only on its way to a retry, and ours never retries (no command is sent
+    twice): without this, after a failover every later pipeline (each submit and settle)
+    went on to the dead primary, answered 503 until the process restarted."""
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        try:
+            results: list[Any] = await super().execute(raise_on_error, allow_redirections)
+        except RedisError as exc:
+            remap_after(self.cluster_client, (exc,))
+            raise
+        remap_after(self.cluster_client, results)
+        return results
+
 
 def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis:
     """A client of the cluster `target` names; `options` as for `create_redis`'s pool
@@ -145,7 +187,8 @@ def cluster_client(target: ClusterTarget, **options: Any) -> redis.asyncio.Redis
     # when they may have run (a script run twice is not always harmless: a SUBMIT run again
     # answers "not created" for the jobs the first run stored). The caller sees
     # QueueUnavailableError and tries again (the API answers 503, a worker backs off); the
-    # client has marked its slot map stale and asks for it again first. MOVED, ASK and
+    # client has marked its slot map stale and asks for it again first (its pipelines too:
+    # `_RemappingPipeline`). MOVED, ASK and
     # TRYAGAIN are followed by the client itself, which sends nothing twice.
     options["retry"] = Retry(NoBackoff(), 0)
     client = _WaitingCluster(

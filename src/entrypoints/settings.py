@@ -243,12 +243,6 @@ def _check_cluster(settings: Settings) -> None:
             "REDIS_URL names a Redis Cluster (redis+cluster://): only the native backend"
             " spreads queues over a cluster; QUEUE_BACKEND=rq needs one server's redis:// URL"
         )
-    if settings.min_replicas:
-        raise SettingsError(
-            f"CONVEYOR_MIN_REPLICAS={settings.min_replicas} confirms writes with WAIT, which"
-            " counts one node's replicas; a cluster's round trip writes to several primaries:"
-            " with REDIS_URL=redis+cluster:// set CONVEYOR_MIN_REPLICAS=0"
-        )
     if settings.flow_limits:
         raise SettingsError(
             "CONVEYOR_RATE_LIMITS and CONVEYOR_CONCURRENCY_LIMITS are global per job type and"

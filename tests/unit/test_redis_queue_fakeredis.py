@@ -107,7 +107,7 @@ class TestRedisOnFakeRedis:
         sent: list[list[tuple[str, str]]] = []
         pipeline = connection.core._pipeline  # every round trip of batched calls
 
-        async def recorded(build: Build, *, wait: bool) -> tuple[list[Any], int | None]:
+        async def recorded(build: Build, *, wait: bool) -> tuple[list[Any], list[int] | None]:
             def build_and_record(pipe: Pipeline) -> None:
                 build(pipe)
                 sent.append([(str(args[0]), str(args[1])) for args, _ in pipe.command_stack])

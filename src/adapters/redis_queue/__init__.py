@@ -21,9 +21,10 @@ Every script takes the keys of one hash tag (one queue, or the registry of queue
 KEYS, so the backend runs on Redis Cluster (`adapters.redis_cluster`): each queue on one
 primary, different queues spread over the primaries. There a submission spanning queues is
 stored queue by queue (`submitter.py`), and a waiting claim over several queues waits per
-hash slot (`leases.py`). Rate and concurrency limits (global per job type, under the
-prefix's own hash tag: see `keys.py`) need one Redis server: a cluster client with limits is
-refused.
+hash slot (`leases.py`); with `min_replicas`, each primary written confirms its part of a
+round trip with a WAIT of its own (`adapters.redis_cluster_wait`). Rate and concurrency
+limits (global per job type, under the prefix's own hash tag: see `keys.py`) need one Redis
+server: a cluster client with limits is refused.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def redis_backend(
     concurrency limits per job type, enforced by every claim (`domain.limits`).
     `min_replicas`: submissions and settlements are answered once that many replicas
     confirmed them (Redis WAIT, waiting up to `replica_timeout_ms`), else they raise
-    NotReplicatedError (see `core.py`); 0: they are answered once on the primary."""
+    NotReplicatedError (see `core.py`; on a cluster, every primary a round trip writes to
+    must confirm its part); 0: they are answered once on the primary."""
     if limits and is_cluster(client):
         # A limit is global per job type, under the prefix's own hash tag, and the claim
         # checks it in the same script as the queue's keys: two slots on a cluster.
@@ -97,14 +99,6 @@ def redis_backend(
             "flow_limits",
             "rate and concurrency limits need one Redis server; a cluster keeps each queue's"
             " keys apart from the limits' keys",
-        )
-    if min_replicas and is_cluster(client):
-        # WAIT counts the replicas of the one node its connection reaches; a round trip on a
-        # cluster writes to several primaries over several connections.
-        raise UnsupportedOperationError(
-            "confirm writes on replicas",
-            "min_replicas",
-            "WAIT confirms one node's writes; a cluster's round trip spans several primaries",
         )
     core = RedisCore(
         client,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
@@ -147,7 +148,7 @@ class RedisConnection(Connection):
             with redis_errors():
                 # This connection wrote nothing: WAIT answers how many replicas have what
                 # the server has written so far, waiting at most the timeout of a submit.
-                confirmed = int(await self.core.client.wait(required, self.core.replica_timeout_ms))
+                confirmed = await self._replicas_confirming()
         except RedisError as exc:
             return [
                 f"CONVEYOR_MIN_REPLICAS={required} needs WAIT, which Redis refused ({exc}):"
@@ -160,6 +161,23 @@ class RedisConnection(Connection):
                 " enough do"
             ]
         return []
+
+    async def _replicas_confirming(self) -> int:
+        """WAIT's answer; on a cluster, the least of every primary's (a submission may write
+        to any of them; redis-py would send WAIT to one node)."""
+        client, required = self.core.client, self.core.min_replicas
+        timeout_ms = self.core.replica_timeout_ms
+        if not is_cluster(client):
+            return int(await client.wait(required, timeout_ms))
+        cluster = cast(RedisCluster, client)
+        await cluster.initialize()
+        counts = await asyncio.gather(
+            *(
+                cluster.execute_command("WAIT", required, timeout_ms, target_nodes=node)
+                for node in cluster.get_primaries()
+            )
+        )
+        return min(int(count) for count in counts)
 
     async def close(self) -> None:
         """Send what the batcher holds, then close the client. Idempotent."""

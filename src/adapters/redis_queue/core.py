@@ -11,9 +11,11 @@ process has not registered lately (one more, see `registry.py`), `queue_stats` a
 
 With `min_replicas` set, that round trip ends with ``WAIT min_replicas timeout`` on the same
 connection: the calls are answered once that many replicas have every write made so far,
-or as `Unconfirmed` when fewer confirmed in time. Claims, renewals and the other writes do
-not wait: a claim lost in a failover only means the job is claimed again, and fencing
-tokens refuse the old holder's writes.
+or as `Unconfirmed` when fewer confirmed in time. On Redis Cluster each primary the round
+trip writes to gets its own WAIT, on the connection that carried its commands, and the
+count is the least of theirs (`adapters.redis_cluster_wait`). Claims, renewals and the other
+writes do not wait: a claim lost in a failover only means the job is claimed again, and
+fencing tokens refuse the old holder's writes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from adapters.redis_cluster import is_cluster
+from adapters.redis_cluster_wait import execute_confirmed
 from adapters.redis_queue import calls, scripts
 from adapters.redis_queue.batching import Batch, TickBatcher
 from adapters.redis_queue.calls import Attempt, Retention, ScriptCall, evalsha, ms
@@ -117,6 +120,7 @@ class RedisCore:
         # and how long WAIT may wait for them.
         self.min_replicas = min_replicas
         self.replica_timeout_ms = replica_timeout_ms
+        self.cluster = is_cluster(client)
         self.flow_limits = limits or FlowLimits()
         self.limits = LimitArgs.of(prefix, self.flow_limits)
         self.finished_channel = finished_channel(prefix)
@@ -153,12 +157,15 @@ class RedisCore:
         results, _ = await self._pipeline(build, wait=False)
         return results
 
-    async def _pipeline(self, build: Build, *, wait: bool) -> tuple[list[Any], int | None]:
-        """`pipeline`'s answers and, `wait`: how many replicas WAIT saw confirm them (WAIT
-        closes the round trip, on its connection, so it covers every write made before)."""
+    async def _pipeline(self, build: Build, *, wait: bool) -> tuple[list[Any], list[int] | None]:
+        """`pipeline`'s answers and, `wait`: per command, how many replicas WAIT saw confirm
+        it (on one server one WAIT closes the round trip, on its connection, so it covers
+        every write made before; on a cluster each primary's commands get their own)."""
         pipe = self.client.pipeline(transaction=False)
         build(pipe)
         commands = _commands(pipe)
+        if wait and self.cluster:
+            return await self._confirmed_per_node(commands)
         if wait:
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
         results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -186,7 +193,33 @@ class RedisCore:
                 raise result
         if isinstance(acknowledged, Exception):
             raise acknowledged
-        return results, acknowledged
+        return results, None if acknowledged is None else [int(acknowledged)] * len(results)
+
+    async def _confirmed_per_node(
+        self, commands: list[tuple[Any, Any]]
+    ) -> tuple[list[Any], list[int]]:
+        """`_pipeline` with `wait` on a cluster: each primary's commands, then WAIT on the
+        connection that carried them; the scripts that answered NOSCRIPT run again, once,
+        after loading, each primary's with a WAIT of its own again."""
+        replicas, timeout_ms = self.min_replicas, self.replica_timeout_ms
+        results, acknowledged = await execute_confirmed(self.client, commands, replicas, timeout_ms)
+        lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if lost:
+            await self._load_scripts()
+            again = [commands[i] for i in lost]
+            answers, counts = await execute_confirmed(self.client, again, replicas, timeout_ms)
+            for i, result, count in zip(lost, answers, counts, strict=True):
+                results[i], acknowledged[i] = result, count
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        confirmed: list[int] = []
+        for count in acknowledged:
+            if isinstance(count, Exception):
+                raise count
+            # None: a command that did not run, which answered an error (raised above).
+            confirmed.append(replicas if count is None else count)
+        return results, confirmed
 
     async def _load_scripts(self) -> None:
         for script in scripts.ALL:
@@ -213,6 +246,7 @@ class RedisCore:
         # of its script's answer, and its place in that answer), or the refusal it gets.
         places: list[list[tuple[int, int] | Exception]] = []
         sends: list[ScriptCall] = []
+        submits: set[int] = set()  # the SUBMIT sends, each followed by its REGISTER
         numbered = 0  # submissions so far, as `_admit_queues` numbers them
         for batch in batches:
             if batch.script is scripts.SETTLE:
@@ -234,6 +268,7 @@ class RedisCore:
                     sent.append(items)
             places.append(place)
             if sent:
+                submits.add(len(sends))
                 sends.append(
                     calls.submit(
                         sent, idempotency_ttl_ms=self.idempotency_ttl_ms, admission=self.admission
@@ -245,6 +280,8 @@ class RedisCore:
                 # up to this connection's last write, and a repeat under an idempotency key
                 # writes no job, yet vouches for the first request's (on Valkey 8, unlike
                 # Redis 7.0, a connection that wrote nothing has its WAIT satisfied at once).
+                # On a cluster the REGISTER may be on another primary than the queue: there
+                # a repeat's WAIT covers the first write on Redis 7.0, not on Valkey 8.
                 used = {(item.queue, item.legacy) for items in sent for item in items}
                 sends.append(self.registry.register([sorted(used)]))
 
@@ -253,26 +290,29 @@ class RedisCore:
                 evalsha(pipe, call)
 
         results: list[Any] = []
-        acknowledged: int | None = None
+        acknowledged: list[int] | None = None
         if sends:
-            # One WAIT for the whole round trip: it confirms every write in it.
+            # WAIT closes the round trip (on a cluster, each primary's part of it).
             results, acknowledged = await self._pipeline(build, wait=self.min_replicas > 0)
-        answers = [
-            [p if isinstance(p, Exception) else results[p[0]][p[1]] for p in place]
-            for place in places
-        ]
-        if acknowledged is None or acknowledged >= self.min_replicas:
-            return answers
-        timeout = self.replica_timeout_ms / 1000
-        return [
-            [
-                a
-                if isinstance(a, Exception)
-                else Unconfirmed(a, acknowledged, self.min_replicas, timeout)
-                for a in answer
+        if acknowledged is None or min(acknowledged, default=0) >= self.min_replicas:
+            return [
+                [p if isinstance(p, Exception) else results[p[0]][p[1]] for p in place]
+                for place in places
             ]
-            for answer in answers
-        ]
+        counts = acknowledged
+        timeout = self.replica_timeout_ms / 1000
+
+        def answer(p: tuple[int, int]) -> Any:
+            # A submission counts on its REGISTER's primary too (the same one, on one server).
+            count = min(counts[p[0]], counts[p[0] + 1]) if p[0] in submits else counts[p[0]]
+            a = results[p[0]][p[1]]
+            return (
+                a
+                if count >= self.min_replicas
+                else Unconfirmed(a, count, self.min_replicas, timeout)
+            )
+
+        return [[p if isinstance(p, Exception) else answer(p) for p in place] for place in places]
 
     async def _admit_queues(self, batches: Sequence[Batch]) -> set[int]:
         """The submissions of these batches whose queues the registry refuses, numbered in

@@ -14,7 +14,12 @@ from adapters.redis_cluster import is_cluster
 from adapters.redis_queue import submission
 from adapters.redis_queue.core import RedisCore, Unconfirmed
 from adapters.redis_queue.submission import Item
-from domain.errors import DomainError, IdempotencyConflictError, PartialSubmissionError
+from domain.errors import (
+    DomainError,
+    IdempotencyConflictError,
+    NotReplicatedError,
+    PartialSubmissionError,
+)
 from domain.ports import JobSubmitter, NewJob, Submitted, SubmitTraits
 
 
@@ -35,7 +40,8 @@ class RedisJobSubmitter(JobSubmitter):
     trip writes, so its WAIT covers the first request's write as well.
 
     On Redis Cluster a submission spanning queues is stored queue by queue, each queue's
-    part all or nothing (`_submit_per_queue`).
+    part all or nothing (`_submit_per_queue`); with `min_replicas`, every primary written
+    confirms its part with a WAIT of its own (see `core.py`).
     """
 
     traits = SubmitTraits(deadlines=True, priorities=True, unique_keys=True)
@@ -83,6 +89,12 @@ class RedisJobSubmitter(JobSubmitter):
         answers = await asyncio.gather(
             *(self._submit_part(part) for part in parts), return_exceptions=True
         )
+        # The parts of one tick share a round trip and its one count of replicas (the least
+        # over its primaries): one unconfirmed part is the whole batch's answer. Every part
+        # may be stored; a retry under the same keys stores none twice.
+        unconfirmed = [a for a in answers if isinstance(a, NotReplicatedError)]
+        if unconfirmed:
+            raise unconfirmed[0]
         submitted: list[Submitted | None] = [None] * len(items)
         errors: list[DomainError | None] = [None] * len(items)
         for indexes, answer in zip(places.values(), answers, strict=True):
@@ -106,4 +118,7 @@ class RedisJobSubmitter(JobSubmitter):
         core = self._core
         with redis_errors():
             answer = await core.submit(part, part[0].queue)
+        if isinstance(answer, Unconfirmed):
+            submission.answer_of(answer.answer, part, core.admission)  # raises a refusal
+            raise answer.error()
         return submission.answer_of(answer, part, core.admission)

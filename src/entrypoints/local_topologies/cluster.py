@@ -342,6 +342,14 @@ class LocalCluster(Supervised):
                 return f"node {node} places slot {slot} on {owners}"
         return None
 
+    def kill_node(self, port: int) -> None:
+        """SIGKILL the node on ``port``, as a crash would: its replica takes over once the
+        other primaries have not heard from it for ``node_timeout_ms``."""
+        node = next((n for n in self._nodes if n.running and n.port == port), None)
+        if node is None:
+            raise LocalTopologyError(f"{port} is not one of our running nodes")
+        node.kill()
+
     def _any_peers(self) -> list[_Peer]:
         errors = []
         for port in self._live_ports():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,24 +63,20 @@ def _quick_job(_: int) -> Mapping[str, Any]:
     return {"type": "dummy", "payload": {"mode": "succeed"}, "max_attempts": 10}
 
 
-class _ReplicasCut:
-    """Cuts the primary's links to its replicas every 20 ms, from a thread, until closed,
+class ReplicasCut:
+    """Cuts a primary's links to its replicas every 20 ms, from a thread, until closed,
     and refuses their PSYNC meanwhile."""
 
-    def __init__(self, servers: LocalSentinelSet) -> None:
-        self._servers = servers
-        _, port = servers.primary_address()
-        self._primary = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
-        self._replicas = [
-            redis.Redis(host="127.0.0.1", port=p, socket_timeout=2) for p in servers.replica_ports
-        ]
+    def __init__(self, primary: int, replicas: Sequence[int]) -> None:
+        self._primary = redis.Redis(host="127.0.0.1", port=primary, socket_timeout=2)
+        self._replicas = [redis.Redis(host="127.0.0.1", port=p, socket_timeout=2) for p in replicas]
         self._command: Any = self._primary.execute_command  # redis-py's is untyped
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.began = 0.0
         self.began_at = 0.0  # time.time()
 
-    def __enter__(self) -> _ReplicasCut:
+    def __enter__(self) -> ReplicasCut:
         # A cut replica reconnects at once; refused PSYNC, it tries again a second later.
         self._command("ACL", "SETUSER", "default", "-psync", "-sync")
         self.began, self.began_at = time.monotonic(), time.time()
@@ -147,7 +143,8 @@ def _failover_under_load(
             pool.wait_children(2)
             with Load(api.base, _quick_job, rate=RATE, senders=SENDERS) as load:
                 time.sleep(CUT_AFTER_S)
-                with _ReplicasCut(servers) as cut:
+                _, primary = servers.primary_address()
+                with ReplicasCut(primary, servers.replica_ports) as cut:
                     cut.until_behind(at_least=CUT_FOR_S)
                     killed_port = servers.kill_primary()
                     killed = time.time()
