@@ -249,12 +249,6 @@ def _check_cluster(settings: Settings) -> None:
             " counts one node's replicas; a cluster's round trip writes to several primaries:"
             " with REDIS_URL=redis+cluster:// set CONVEYOR_MIN_REPLICAS=0"
         )
-    if settings.flow_limits:
-        raise SettingsError(
-            "CONVEYOR_RATE_LIMITS and CONVEYOR_CONCURRENCY_LIMITS are global per job type and"
-            " checked in the claim with the queue's keys, which a Redis Cluster keeps apart;"
-            " with REDIS_URL=redis+cluster:// leave them unset (or use one Redis server)"
-        )
 
 
 @attrs.frozen

@@ -22,8 +22,9 @@ KEYS, so the backend runs on Redis Cluster (`adapters.redis_cluster`): each queu
 primary, different queues spread over the primaries. There a submission spanning queues is
 stored queue by queue (`submitter.py`), and a waiting claim over several queues waits per
 hash slot (`leases.py`). Rate and concurrency limits (global per job type, under the
-prefix's own hash tag: see `keys.py`) need one Redis server: a cluster client with limits is
-refused.
+prefix's own hash tag: see `keys.py`) are checked in the claim script on one server; on a
+cluster, by scripts of their own slot around a queue's claim, renewal and settlement
+(`permits.py`).
 """
 
 from __future__ import annotations
@@ -89,15 +90,6 @@ def redis_backend(
     `min_replicas`: submissions and settlements are answered once that many replicas
     confirmed them (Redis WAIT, waiting up to `replica_timeout_ms`), else they raise
     NotReplicatedError (see `core.py`); 0: they are answered once on the primary."""
-    if limits and is_cluster(client):
-        # A limit is global per job type, under the prefix's own hash tag, and the claim
-        # checks it in the same script as the queue's keys: two slots on a cluster.
-        raise UnsupportedOperationError(
-            "limit job types",
-            "flow_limits",
-            "rate and concurrency limits need one Redis server; a cluster keeps each queue's"
-            " keys apart from the limits' keys",
-        )
     if min_replicas and is_cluster(client):
         # WAIT counts the replicas of the one node its connection reaches; a round trip on a
         # cluster writes to several primaries over several connections.
