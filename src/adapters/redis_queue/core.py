@@ -7,7 +7,9 @@ of queues, see `registry.py`, then the script), the first submit or pause of a q
 process has not registered lately (one more, see `registry.py`), `queue_stats` and
 `forget_worker` over every queue (the queue names first) and `list_jobs` (see `listing.py`).
 `submit` and `settle` calls made in the same event-loop tick share one round trip (see
-`batching.py`).
+`batching.py`). On Redis Cluster with flow limits, a claim, and a renewal or settlement of
+jobs of a type with a concurrency, also run scripts on the limits' own slot, before or after
+the queue's (`permits.py`).
 
 With `min_replicas` set, that round trip ends with ``WAIT min_replicas timeout`` on the same
 connection: the calls are answered once that many replicas have every write made so far,
