@@ -242,9 +242,10 @@ class RedisLeaseQueue(LeaseQueue):
         attempt = calls.attempt(job_id, token, Ending.failed(error, None))
         core = self._core
         settled = await core.run(calls.settle(keys, core.retention, [attempt], core.limits))
-        job_type = None if self._permits is None else self._permits.type_of(raw)
-        if self._permits is not None and job_type is not None and settled[0]:
-            await self._permits.release(job_type, job_id.decode(), None)
+        if self._permits is not None and settled[0]:  # its slot, if its type has one
+            job_type = self._permits.type_of(raw)
+            if job_type is not None:
+                await self._permits.release(job_type, job_id.decode(), None)
 
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
         lease_ms = ms(lease_seconds)
