@@ -243,12 +243,6 @@ def _check_cluster(settings: Settings) -> None:
             "REDIS_URL names a Redis Cluster (redis+cluster://): only the native backend"
             " spreads queues over a cluster; QUEUE_BACKEND=rq needs one server's redis:// URL"
         )
-    if settings.flow_limits:
-        raise SettingsError(
-            "CONVEYOR_RATE_LIMITS and CONVEYOR_CONCURRENCY_LIMITS are global per job type and"
-            " checked in the claim with the queue's keys, which a Redis Cluster keeps apart;"
-            " with REDIS_URL=redis+cluster:// leave them unset (or use one Redis server)"
-        )
 
 
 @attrs.frozen

@@ -1,5 +1,9 @@
 """Rate and concurrency limits per job type on a real Redis, with real worker processes.
 
+On a 3-primary Redis Cluster (`LocalCluster`) as well: a concurrency limit across two
+queues on two primaries, and what a claimer that dies between reserving permits and
+converting them costs (see `adapters/redis_queue/permits.py`).
+
 Acceptance figures (printed with ``pytest -s``):
 - `email` limited to 20/s, 4 worker processes x 50: 400 emails take 19 to 21.5 s, and no
   1-second window holds more than 20 starts (from the audit log).
@@ -16,19 +20,36 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Collection, Sequence
+import uuid
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
+from adapters.redis_cluster import is_cluster_url, parse_cluster_url
+from adapters.redis_queue import RedisConnection, calls
+from adapters.redis_queue.calls import ms
+from domain.limits import FlowLimits, LimitKind
 from domain.submission import MAX_BATCH, Submission
 from entrypoints.container import build_container
+from entrypoints.local_topologies import LocalCluster
 from entrypoints.settings import Settings
+from tests.contracts.base import BackendOptions
+from tests.contracts.builders import claim, enqueue_all, new_job
 from tests.integration.faults.checker import LedgerReader
 from tests.integration.faults.harness import Pool
 from tests.integration.processes import service_env
+from tests.integration.test_contracts_redis import RedisFactory
+from tests.integration.test_redis_cluster import spread_queues
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with LocalCluster(Path(tmp_path_factory.mktemp("cluster")), primaries=3) as cluster:
+        yield cluster
 
 
 def submit(env: dict[str, str], submissions: Sequence[Submission]) -> list[str]:
@@ -50,7 +71,11 @@ def submit(env: dict[str, str], submissions: Sequence[Submission]) -> list[str]:
 
 
 def wait_ended(
-    ledger: LedgerReader, ids: Sequence[str], within: float, env: dict[str, str]
+    ledger: LedgerReader,
+    ids: Sequence[str],
+    within: float,
+    env: dict[str, str],
+    queues: Sequence[str] = ("default",),
 ) -> list[dict[str, Any]]:
     """Wait until every job of `ids` succeeded; answers the ledger's events. On failure, says
     what Redis holds of the jobs that did not succeed and what the ledger saw of them."""
@@ -69,21 +94,32 @@ def wait_ended(
             missing = sorted(wanted - done)
             raise AssertionError(
                 f"{len(missing)} of {len(wanted)} not done\n"
-                + "\n".join(stored(env, job_id, ledger.events) for job_id in missing)
+                + "\n".join(stored(env, job_id, ledger.events, queues) for job_id in missing)
             )
         time.sleep(0.05)
 
 
-def stored(env: dict[str, str], job_id: str, events: Sequence[dict[str, Any]]) -> str:
+def stored(
+    env: dict[str, str], job_id: str, events: Sequence[dict[str, Any]], queues: Sequence[str]
+) -> str:
     """Job `job_id` as Redis holds it (its payload left out), and its lines in the ledger."""
-    base = "{" + env["CONVEYOR_KEY_PREFIX"] + ":default}:"
-    client = redis.Redis.from_url(env["REDIS_URL"], decode_responses=True)
+    url = env["REDIS_URL"]
+    client: redis.Redis | redis.cluster.RedisCluster
+    if is_cluster_url(url):
+        host, port = parse_cluster_url(url).nodes[0]
+        client = redis.cluster.RedisCluster(host=host, port=port, decode_responses=True)
+    else:
+        client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        job = client.hgetall(base + "job:" + job_id)
-        where = {
-            name: client.zscore(base + name, job_id)
-            for name in ("queued", "active", "delayed", "limited:report")
-        }
+        job: dict[Any, Any] = {}
+        where: dict[str, Any] = {}
+        for queue in queues:
+            base = "{" + env["CONVEYOR_KEY_PREFIX"] + ":" + queue + "}:"
+            job = job or dict(client.hgetall(base + "job:" + job_id))
+            where |= {
+                f"{queue} {name}": client.zscore(base + name, job_id)
+                for name in ("queued", "active", "delayed", "limited:report")
+            }
     finally:
         client.close()
     job.pop("payload", None)
@@ -260,3 +296,105 @@ def test_a_concurrency_limit_holds_report_to_2_on_3_processes_through_sigkills(
     # beside it. The audit log's start-to-handler_ended intervals measure the same precisely.
     assert from_ledger <= 2
     assert max(reused.values()) <= lease + 1.0
+
+
+def run_intervals(events: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    """Each attempt's run by the worker's own records: from its start until its handler was
+    done (the end line is written after the settlement that frees its slot)."""
+    ends = {
+        (e["job_id"], e["token"]): e.get("handler_ended", e["ts"])
+        for e in events
+        if e["event"] == "end"
+    }
+    return [(e["ts"], ends[(e["job_id"], e["token"])]) for e in events if e["event"] == "start"]
+
+
+@pytest.mark.alone
+def test_on_a_cluster_a_concurrency_limit_holds_across_queues_on_two_primaries(
+    local_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The limit is global per type, not per queue: `report` limited to 3, its jobs on two
+    queues whose slots are on two different primaries, 2 worker processes x 4 serving both.
+    By the jobs' own start and end records, never more than 3 run at once, and 3 do."""
+    most = 3
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    spread = spread_queues(local_cluster, prefix, per_primary=1)
+    (first, on_first), (second, on_second) = list(spread.items())[:2]
+    assert on_first != on_second
+    path = tmp_path / "audit.jsonl"
+    env = service_env(
+        local_cluster.url,
+        CONVEYOR_KEY_PREFIX=prefix,
+        CONVEYOR_CONCURRENCY_LIMITS=f'{{"report": {most}}}',
+        CONVEYOR_AUDIT_LOG=str(path),
+        CONVEYOR_LEASE_SECONDS="3",
+    )
+    reports = [
+        Submission(
+            type="report",
+            payload={"name": f"r{n}", "rows": 10, "seconds": 0.5},
+            queue=first if n % 2 else second,
+        )
+        for n in range(18)
+    ]
+    with Pool(env, tmp_path, processes=2, concurrency=4, queues=f"{first},{second}") as pool:
+        pool.wait_children(2)
+        began = time.time()
+        ids = submit(env, reports)
+        events = wait_ended(LedgerReader(path), ids, within=60.0, env=env, queues=(first, second))
+    took = max(e["ts"] for e in events if e["event"] == "end") - began
+    intervals = run_intervals(events)
+    starts = [e for e in events if e["event"] == "start"]
+    at_once = most_overlapping(intervals)
+    print(
+        f"\nconcurrency {most} on a 3-primary cluster, queues {first} (node {on_first}) and "
+        f"{second} (node {on_second}), 2 processes x 4: {len(ids)} reports of 0.5 s in "
+        f"{took:.2f} s, {len(starts)} attempts on {len({e['pid'] for e in starts})} "
+        f"processes; most running at once by the audit log: {at_once}"
+    )
+    assert len(starts) == len(ids)
+    queue_of = {job_id: r.queue for job_id, r in zip(ids, reports, strict=True)}
+    assert {queue_of[e["job_id"]] for e in starts} == {first, second}
+    assert at_once <= most
+    assert at_once == most
+
+
+def test_on_a_cluster_permits_a_claimer_reserved_before_dying_lapse_with_the_lease(
+    local_cluster: LocalCluster,
+) -> None:
+    """A claimer that reserved the room and died before its claim (the reserve step alone,
+    never converted): the permits hold `report`'s room until the lease they were asked for
+    has passed (negative control: no claim starts one before), then it is all back."""
+    lease = 1.5
+    factory = RedisFactory(local_cluster.url)
+    options = BackendOptions(limits=FlowLimits.of({}, {"report": 2}))
+
+    async def scenario() -> None:
+        async with factory.open(options) as backend:
+            assert isinstance(backend.connection, RedisConnection)
+            core = backend.connection.core
+            assert core.cluster_limits is not None
+            reserve = calls.reserve(
+                core.cluster_limits, most=10, lease_ms=ms(lease), reservation="r-lost"
+            )
+            assert list(await core.run(reserve)) == [2, -1]
+            lost_at = time.monotonic()
+            leases = backend.leases
+            assert leases is not None
+            jobs = [new_job(type="report", n=n) for n in range(3)]
+            await enqueue_all(backend.submitter, jobs)
+            # Before the lease has passed the permits hold the room: nothing starts.
+            assert await claim(leases, limit=10, lease_seconds=30) == []
+            situation = await backend.store.situation(jobs[0].id)
+            assert situation is not None
+            assert situation.throttle is not None
+            assert situation.throttle.kind is LimitKind.CONCURRENCY
+            await asyncio.sleep(max(0.0, lost_at + lease * 0.7 - time.monotonic()))
+            assert await claim(leases, limit=10, lease_seconds=30) == []
+            # Once it has passed: the type's whole concurrency, and no more.
+            await asyncio.sleep(max(0.0, lost_at + lease + 0.2 - time.monotonic()))
+            running = await claim(leases, limit=10, lease_seconds=30)
+            assert sorted(lease.job_id for lease in running) == sorted(j.id for j in jobs[:2])
+            assert await claim(leases, limit=10, lease_seconds=30) == []
+
+    asyncio.run(scenario())

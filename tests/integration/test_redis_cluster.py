@@ -1,7 +1,8 @@
 """The native backend on a real 3-primary Redis Cluster (`LocalCluster`, loopback).
 
-Every contract runs here too, on a prefix of its own; a scenario the cluster cannot play is
-skipped with its reason (rate and concurrency limits: see `adapters.redis_queue`).
+Every contract runs here too, on a prefix of its own, the flow limits' included (their keys
+have a slot of their own: see `adapters/redis_queue/permits.py`); a scenario the cluster
+cannot play is skipped with its reason (a batch over queues stored all or nothing).
 """
 
 from __future__ import annotations

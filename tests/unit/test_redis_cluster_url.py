@@ -61,12 +61,12 @@ def test_the_rq_backend_refuses_a_cluster() -> None:
 
 
 @pytest.mark.parametrize("variable", ["CONVEYOR_RATE_LIMITS", "CONVEYOR_CONCURRENCY_LIMITS"])
-def test_flow_limits_are_refused_with_a_cluster(variable: str) -> None:
+def test_flow_limits_are_taken_with_a_cluster_as_with_one_server(variable: str) -> None:
     value = '{"email": "10/s"}' if variable == "CONVEYOR_RATE_LIMITS" else '{"email": 2}'
     env = {"REDIS_URL": "redis+cluster://h:1", variable: value}
-    with pytest.raises(SettingsError, match="leave them unset"):
-        Settings.from_env(env)
-    assert Settings.from_env({**env, "REDIS_URL": "redis://h:1/0"}).flow_limits
+    on_cluster = Settings.from_env(env).flow_limits
+    assert on_cluster
+    assert on_cluster == Settings.from_env({**env, "REDIS_URL": "redis://h:1/0"}).flow_limits
 
 
 def test_a_cluster_url_makes_a_cluster_client_that_connects_on_first_use() -> None:

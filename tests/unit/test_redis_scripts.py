@@ -11,7 +11,7 @@ import pytest
 from redis.crc import key_slot
 
 from adapters.redis_queue import calls, scripts
-from adapters.redis_queue.calls import Retention, ScriptCall
+from adapters.redis_queue.calls import Grant, Retention, ScriptCall
 from adapters.redis_queue.keys import (
     QueueKeys,
     RegistryKeys,
@@ -19,8 +19,10 @@ from adapters.redis_queue.keys import (
     idempotency_key,
     legacy_idempotency_key,
 )
+from adapters.redis_queue.limits import LimitArgs
 from adapters.redis_queue.submission import group_of, items_of
 from domain.jobs import Job, JobError, Lease
+from domain.limits import FlowLimits, RateLimit
 from domain.ports import AdmissionPolicy, NewJob, QueueLimits
 from domain.settlement import Ending
 from tests.contracts.builders import new_job
@@ -29,6 +31,9 @@ LUA: Final = resources.files("adapters.redis_queue").joinpath("lua")
 KEYS: Final = QueueKeys.of("p", "mail")
 RETENTION: Final = Retention(1000, 2000)
 REGISTRY: Final = RegistryKeys.of("p")
+# `email` has a rate and a concurrency, `report` a concurrency, `sms` a rate.
+RATES: Final = {"email": RateLimit(5, 1.0), "sms": RateLimit(2, 1.0)}
+LIMITS: Final = LimitArgs.of("p", FlowLimits.of(RATES, {"email": 2, "report": 1}))
 
 
 def fragment_names() -> list[str]:
@@ -58,6 +63,30 @@ def one_call_per_script() -> list[ScriptCall]:
         calls.situation(KEYS, "a" * 32, 1_700_000_000_000_000),
         calls.heartbeat(KEYS, "w1", 1000),
         calls.idle(KEYS, RETENTION),
+        calls.wake_parked(KEYS, ["a" * 32]),
+    ]
+
+
+def one_call_per_limits_script() -> list[ScriptCall]:
+    """A call of every script of the limits' own slot (Redis Cluster), for a claim on queue
+    `mail` that started one `email` and one `report`."""
+    email, report = new_job(queue="mail", type="email"), new_job(queue="mail", type="report", n=1)
+    held = [Lease(email, "7:1"), Lease(report, "8:1"), Lease(new_job(queue="mail", n=2), "9:1")]
+    granted = [Grant("email", 2, -1), Grant("report", 1, -1), Grant("sms", 0, 300)]
+    extended = calls.extend(LIMITS, 1000, held)
+    assert extended is not None
+    return [
+        calls.reserve(LIMITS, most=5, lease_ms=1000, reservation="r1"),
+        calls.convert(
+            LIMITS,
+            reservation="r1",
+            lease_ms=1000,
+            granted=granted,
+            started={"email": [email.id.encode()], "report": [report.id.encode()]},
+        ),
+        extended,
+        calls.release(LIMITS, [("email", email.id), ("report", report.id)]),
+        calls.throttled(LIMITS.types[0], 1_700_000_000_000_000),
     ]
 
 
@@ -78,7 +107,7 @@ def test_every_script_defines_each_fragment_function_it_calls() -> None:
             r"local function (\w+)", LUA.joinpath("lib", f"{fragment}.lua").read_text()
         )
     }
-    assert len(scripts.ALL) == 19
+    assert len(scripts.ALL) == 25
     for script in scripts.ALL:
         defined = set(re.findall(r"local function (\w+)", script.source))
         called = {name for name in defined_by_fragments if re.search(rf"\b{name}\(", script.source)}
@@ -119,6 +148,44 @@ def test_every_call_passes_the_keys_its_script_lists_all_in_the_queues_hash_tag(
         # Nothing the script could name a key with comes in ARGV.
         args = [a.encode() if isinstance(a, str) else a for a in call.args]
         assert not any(isinstance(a, bytes) and a.startswith(b"{p:") for a in args), call
+
+
+def test_every_limits_call_passes_its_scripts_keys_per_type_all_in_the_limits_slot() -> None:
+    for call in one_call_per_limits_script():
+        assert call.script.limits
+        names = call.script.keys
+        assert call.keys, call
+        assert len(call.keys) % len(names) == 0, call
+        keys = [k.encode() if isinstance(k, str) else k for k in call.keys]
+        for n, key in enumerate(keys):
+            assert key.startswith(f"{{p}}:limit:{names[n % len(names)]}:".encode()), call
+        assert {key_slot(k) for k in keys} == {key_slot(b"{p}")}, call
+
+
+def key_types(call: ScriptCall, every: int = 1) -> list[str]:
+    """The job types `call`'s keys are of, one key in `every`."""
+    return [str(k, "utf-8") if isinstance(k, bytes) else k for k in call.keys][::every]
+
+
+def test_a_limits_call_passes_only_the_types_it_concerns() -> None:
+    reserve, convert, extend, release, throttled = one_call_per_limits_script()
+    assert len(reserve.keys) == 3 * 3  # every limited type
+    assert [k.split(":")[-1] for k in key_types(convert, 3)] == ["email", "report"]  # granted
+    assert list(convert.args[2:]) == [2, 2, 2, 1, convert.args[6], 1, 1, 1, convert.args[10]]
+    assert [k.split(":")[-1] for k in key_types(extend)] == ["email", "report"]  # no `dummy`
+    assert list(release.args[::2]) == [1, 2]
+    assert throttled.args[:3] == (5, 1000, 2)
+    assert calls.extend(LIMITS, 1000, [Lease(new_job(queue="mail"), "7:1")]) is None
+
+
+def test_a_limits_script_may_use_no_key_of_a_queue() -> None:
+    body = "-- KEYS (limits): slots\nreturn redis.call('ZCARD', KEYS[1])\n"
+    assert scripts.assemble("probe", body).limits
+    for uses in ("redis.call('INCR', Q.stale)", "redis.call('GET', job_key('x'))"):
+        with pytest.raises(RuntimeError, match="a key of a queue"):
+            scripts.assemble("probe", body + uses + "\n")
+    with pytest.raises(RuntimeError, match="unknown keys"):
+        scripts.assemble("probe", "-- KEYS (limits): slots queued\nreturn 1\n")
 
 
 def test_every_registry_call_passes_the_keys_its_script_lists_all_in_one_slot() -> None:
@@ -186,7 +253,7 @@ def test_on_a_cluster_an_idempotency_key_is_one_per_queue_and_has_no_older_key()
 
 # The values each script takes per lease or attempt (one that did not succeed), after its
 # fixed arguments.
-_PER_ITEM: Final = {"renew": 2, "settle": 6, "cancel_requested": 2}
+_PER_ITEM: Final = {"renew": 2, "settle": 6, "cancel_requested": 2, "wake_parked": 1}
 
 
 def test_each_builder_passes_as_many_arguments_as_its_script_documents() -> None:
@@ -261,8 +328,21 @@ def test_on_a_cluster_every_script_call_keeps_its_keys_in_one_hash_slot() -> Non
             calls.situation(keys, "a" * 32, 1_700_000_000_000_000),
             calls.heartbeat(keys, "w1", 1000),
             calls.idle(keys, RETENTION),
+            # With flow limits: the claim takes the permits granted, and no limit key.
+            calls.claim(
+                keys,
+                limit=5,
+                lease_ms=1000,
+                worker_id="w1",
+                retention=RETENTION,
+                limits=LIMITS.names_only(),
+                grants=[Grant("email", 2, -1)],
+            ),
+            calls.recover(keys, RETENTION, LIMITS.names_only()),
+            calls.wake_parked(keys, ["a" * 32]),
         ]
     built += one_call_per_registry_script()
+    built += one_call_per_limits_script()
     assert {call.script.name for call in built} == {script.name for script in scripts.ALL}
     slots: dict[str, set[int]] = {}
     for call in built:
@@ -275,5 +355,7 @@ def test_on_a_cluster_every_script_call_keeps_its_keys_in_one_hash_slot() -> Non
     assert len(by_queue) == 3
     assert slots["submit"] == slots["claim"] == by_queue
     assert slots["register"] == {key_slot(b"p:queues")}
+    assert slots["reserve"] == slots["convert"] == slots["release"] == {key_slot(b"{p}")}
+    assert key_slot(b"{p}") not in by_queue | slots["register"]
     for line in sorted(f"{q} -> slot {key_slot(f'{{p:{q}}}'.encode())}" for q in queues):
         print(line)

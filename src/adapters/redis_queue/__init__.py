@@ -23,8 +23,9 @@ primary, different queues spread over the primaries. There a submission spanning
 stored queue by queue (`submitter.py`), and a waiting claim over several queues waits per
 hash slot (`leases.py`); with `min_replicas`, each primary written confirms its part of a
 round trip with a WAIT of its own (`adapters.redis_cluster_wait`). Rate and concurrency
-limits (global per job type, under the prefix's own hash tag: see `keys.py`) need one Redis
-server: a cluster client with limits is refused.
+limits (global per job type, under the prefix's own hash tag: see `keys.py`) are checked in
+the claim script on one server; on a cluster, by scripts of their own slot around a queue's
+claim, renewal and settlement (`permits.py`).
 """
 
 from __future__ import annotations
@@ -91,15 +92,6 @@ def redis_backend(
     confirmed them (Redis WAIT, waiting up to `replica_timeout_ms`), else they raise
     NotReplicatedError (see `core.py`; on a cluster, every primary a round trip writes to
     must confirm its part); 0: they are answered once on the primary."""
-    if limits and is_cluster(client):
-        # A limit is global per job type, under the prefix's own hash tag, and the claim
-        # checks it in the same script as the queue's keys: two slots on a cluster.
-        raise UnsupportedOperationError(
-            "limit job types",
-            "flow_limits",
-            "rate and concurrency limits need one Redis server; a cluster keeps each queue's"
-            " keys apart from the limits' keys",
-        )
     core = RedisCore(
         client,
         prefix=prefix,

@@ -7,7 +7,7 @@ at its top (``lua/<name>.lua``); KEYS are the queue keys the file's ``-- KEYS:``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final, NamedTuple
 
 import attrs
@@ -16,7 +16,7 @@ from redis.asyncio.client import Pipeline
 from adapters.redis_queue import scripts
 from adapters.redis_queue.codec import encode_error, encode_json
 from adapters.redis_queue.keys import QueueKeys, RegistryKeys
-from adapters.redis_queue.limits import NO_LIMITS, LimitArgs
+from adapters.redis_queue.limits import NO_LIMITS, LimitArgs, LimitedType
 from adapters.redis_queue.scripts import Script
 from adapters.redis_queue.submission import Item
 from domain.errors import ResultTooLargeError, UnstorableResultError
@@ -117,7 +117,10 @@ def claim(
     worker_id: str,
     retention: Retention,
     limits: LimitArgs = NO_LIMITS,
+    grants: Sequence[Grant] | None = None,
 ) -> ScriptCall:
+    """CLAIM; with `grants` (Redis Cluster), the permits `reserve` granted per limited type,
+    and no key of the limits' slot."""
     script = scripts.CLAIM
     args: tuple[Arg, ...] = (
         limit,
@@ -127,6 +130,11 @@ def claim(
         retention.dead_ttl_ms,
     )
     named = keys.named(script.keys)
+    if grants is not None:
+        granted: list[Arg] = [*args, "granted", len(grants)]
+        for grant in grants:
+            granted += (grant.job_type, grant.permits, grant.wait_ms)
+        return ScriptCall(script, named, granted)
     if limits.keys:
         with_limits: list[Arg] = [*args, *limits.args]
         return ScriptCall(script, (*named, *limits.keys), with_limits)
@@ -247,6 +255,11 @@ def situation(
     )
 
 
+def wake_parked(keys: QueueKeys, job_ids: Sequence[str | bytes]) -> ScriptCall:
+    script = scripts.WAKE_PARKED
+    return ScriptCall(script, keys.named(script.keys), job_ids)
+
+
 def heartbeat(keys: QueueKeys, worker_id: str, ttl_ms: int) -> ScriptCall:
     script = scripts.HEARTBEAT
     return ScriptCall(script, keys.named(script.keys), (worker_id, ttl_ms))
@@ -297,6 +310,74 @@ def forget_queues(
 def worker_seen(keys: RegistryKeys, worker_id: str, info: bytes, ttl_ms: int) -> ScriptCall:
     script = scripts.WORKER_SEEN
     return ScriptCall(script, keys.named(script.keys), (worker_id, info, ttl_ms))
+
+
+# -- the flow limits' own slot, on Redis Cluster (see `permits.py`) ----------------------------
+
+
+@attrs.frozen
+class Grant:
+    """What `reserve` granted one limited type: `permits` (the most jobs of it the claim may
+    start), and when none: the ms until the claim should look again (-1: not known)."""
+
+    job_type: str
+    permits: int
+    wait_ms: int
+
+
+def reserve(limits: LimitArgs, *, most: int, lease_ms: int, reservation: str) -> ScriptCall:
+    script = scripts.RESERVE
+    return ScriptCall(script, limits.keys, (most, lease_ms, reservation, *limits.args))
+
+
+def convert(
+    limits: LimitArgs,
+    *,
+    reservation: str,
+    lease_ms: int,
+    granted: Sequence[Grant],
+    started: Mapping[str, Sequence[bytes]],
+) -> ScriptCall:
+    """CONVERT of the permits `granted` (those with any), `started` the ids of the jobs the
+    claim started per limited type."""
+    by_name = {t.name: t for t in limits.types}
+    used = [(by_name[g.job_type], g.permits) for g in granted if g.permits > 0]
+    args: list[Arg] = [reservation, lease_ms, len(used)]
+    for limited, permits in used:
+        ids = started.get(limited.name, ())
+        args += (limited.concurrency, permits, len(ids), *ids)
+    return ScriptCall(scripts.CONVERT, [k for t, _ in used for k in t.keys], args)
+
+
+def extend(limits: LimitArgs, lease_ms: int, leases: Sequence[Lease]) -> ScriptCall | None:
+    """EXTEND of the slots of `leases` whose types have a concurrency; None if none has."""
+    slots = {t.name: t.slots for t in limits.types if t.concurrency}
+    by_key: dict[bytes, list[str]] = {}
+    for lease in (held for held in leases if held.job.type in slots):
+        by_key.setdefault(slots[lease.job.type], []).append(lease.job_id)
+    args: list[Arg] = [lease_ms, len(by_key)]
+    for ids in by_key.values():
+        args += (len(ids), *ids)
+    return ScriptCall(scripts.EXTEND, tuple(by_key), args) if by_key else None
+
+
+def release(limits: LimitArgs, ended: Sequence[tuple[str, str | bytes]]) -> ScriptCall:
+    """RELEASE of the slots of `ended` attempts (job type, job id), each of a type with a
+    concurrency."""
+    slots = {t.name: t.slots for t in limits.types if t.concurrency}
+    keys: list[bytes] = []
+    args: list[Arg] = []
+    for job_type, job_id in ended:
+        if slots[job_type] not in keys:
+            keys.append(slots[job_type])
+        args += (keys.index(slots[job_type]) + 1, job_id)
+    return ScriptCall(scripts.RELEASE, keys, args)
+
+
+def throttled(limited: LimitedType, now_us: int) -> ScriptCall:
+    """THROTTLED of one limited type; `now_us` the caller's time (the script asks no TIME)."""
+    args = (limited.rate, limited.per_ms, limited.concurrency, now_us)
+    return ScriptCall(scripts.THROTTLED, limited.keys, args)
 
 
 def _opt(value: int | None) -> int | str:

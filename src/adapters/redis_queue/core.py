@@ -7,7 +7,9 @@ of queues, see `registry.py`, then the script), the first submit or pause of a q
 process has not registered lately (one more, see `registry.py`), `queue_stats` and
 `forget_worker` over every queue (the queue names first) and `list_jobs` (see `listing.py`).
 `submit` and `settle` calls made in the same event-loop tick share one round trip (see
-`batching.py`).
+`batching.py`). On Redis Cluster with flow limits, a claim, and a renewal or settlement of
+jobs of a type with a concurrency, also run scripts on the limits' own slot, before or after
+the queue's (`permits.py`).
 
 With `min_replicas` set, that round trip ends with ``WAIT min_replicas timeout`` on the same
 connection: the calls are answered once that many replicas have every write made so far,
@@ -122,7 +124,13 @@ class RedisCore:
         self.replica_timeout_ms = replica_timeout_ms
         self.cluster = is_cluster(client)
         self.flow_limits = limits or FlowLimits()
-        self.limits = LimitArgs.of(prefix, self.flow_limits)
+        every = LimitArgs.of(prefix, self.flow_limits)
+        # What a queue's scripts get of the limits. On Redis Cluster the limits' keys live
+        # in another slot: the queue's scripts get the names only, and the limits' own
+        # scripts run apart, before or after them (`permits.py`, given `cluster_limits`).
+        cluster = is_cluster(client)
+        self.limits = every.names_only() if cluster else every
+        self.cluster_limits = every if cluster and self.flow_limits else None
         self.finished_channel = finished_channel(prefix)
         self.batcher = TickBatcher(self._run_batches)
         self.closed = False
@@ -240,6 +248,26 @@ class RedisCore:
         """SETTLE's answer for one attempt, sent with the others of its queue this tick."""
         return self.batcher.submit(scripts.SETTLE, queue, attempt)
 
+    def release(self, job_type: str, job_id: str) -> Awaitable[Any]:
+        """On Redis Cluster, RELEASE's answer for the slot of one ended attempt (1: it held
+        one), sent with the others of this tick (`permits.py`)."""
+        return self.batcher.submit(scripts.RELEASE, "", (job_type, job_id))
+
+    def wake_parked(self, queue: str, job_id: str) -> Awaitable[Any]:
+        """On Redis Cluster, WAKE_PARKED on `queue` after the slot of `job_id` was freed,
+        sent with the others of its queue this tick (`permits.py`)."""
+        return self.batcher.submit(scripts.WAKE_PARKED, queue, job_id)
+
+    def _call_of(self, batch: Batch) -> ScriptCall:
+        """The one call of a batch that answers each of its calls in order."""
+        if batch.script is scripts.SETTLE:
+            return calls.settle(self.keys(batch.group), self.retention, batch.calls, self.limits)
+        if batch.script is scripts.RELEASE and self.cluster_limits is not None:
+            return calls.release(self.cluster_limits, batch.calls)
+        if batch.script is scripts.WAKE_PARKED:
+            return calls.wake_parked(self.keys(batch.group), batch.calls)
+        raise AssertionError(batch.script)  # pragma: no cover - only these and SUBMIT
+
     async def _run_batches(self, batches: Sequence[Batch]) -> list[list[Any]]:
         refused = await self._admit_queues(batches)
         # Per batch, one entry per call: where its answer is among the pipeline's (the index
@@ -249,14 +277,10 @@ class RedisCore:
         submits: set[int] = set()  # the SUBMIT sends, each followed by its REGISTER
         numbered = 0  # submissions so far, as `_admit_queues` numbers them
         for batch in batches:
-            if batch.script is scripts.SETTLE:
+            if batch.script is not scripts.SUBMIT:
                 places.append([(len(sends), n) for n in range(len(batch.calls))])
-                sends.append(
-                    calls.settle(self.keys(batch.group), self.retention, batch.calls, self.limits)
-                )
+                sends.append(self._call_of(batch))
                 continue
-            if batch.script is not scripts.SUBMIT:  # pragma: no cover - only these two
-                raise AssertionError(batch.script)
             sent: list[Sequence[Item]] = []
             place: list[tuple[int, int] | Exception] = []
             for items in batch.calls:

@@ -67,18 +67,22 @@ a repeat of a request made before the upgrade, within its retention, is stored a
 The flow limits of a job type (`domain.limits`), global to the prefix, under their own hash
 tag ``{P}``: ``{P}:limit:starts:<type>`` (zset ``<token>:<n>`` -> us: a claim's n starts,
 the starts in its rate's window), ``{P}:limit:started:<type>`` (how many starts it holds) and
-``{P}:limit:slots:<type>`` (zset job id -> when the slot lapses, ms). A claim,
-settle or renewal that uses them gets them in KEYS with the queue's keys: with limits set,
-those scripts span two hash tags and need one Redis server (a backend on Redis Cluster
-refuses limits).
+``{P}:limit:slots:<type>`` (zset job id -> when the slot lapses, ms). On one server a
+claim, settle or renewal that uses them gets them in KEYS with the queue's keys (two hash
+tags in one script). On Redis Cluster no script of a queue gets them: the limits' own
+scripts (`lua/reserve.lua` and the others `permits.py` calls) run on their slot, before or
+after the queue's, and while a claim is between the two the room it took is held by
+permits, ``permit:<reservation>:<n>`` in ``slots`` and ``permit:<reservation>:<granted>``
+in ``starts``.
 
 Pub/sub: scripts that finish jobs publish their ids, space-separated, on ``P:finished``.
 A channel is no key: on Redis Cluster a PUBLISH reaches the subscribers of every node.
 
 What crosses hash slots, then: nothing a script touches on Redis Cluster (each call's KEYS
-are one queue's, or the registry's: `tests/unit/test_redis_scripts.py` checks every call
-the adapter builds). On a single server only: a submission spanning queues (one script run;
-a cluster stores it queue by queue), the older ``P:idem:`` keys, the flow limits, and a
+are one queue's, the registry's, or the limits': `tests/unit/test_redis_scripts.py` checks
+every call the adapter builds). On a single server only: a submission spanning queues (one
+script run; a cluster stores it queue by queue), the older ``P:idem:`` keys, a claim, settle
+or renewal with the flow limits' keys (a cluster runs a script on their slot apart), and a
 waiting claim's one BLPOP over the markers of all its queues (a cluster waits per slot).
 
 A script receives the fixed keys it touches in KEYS, by the names of `NAMES` (its header
@@ -106,6 +110,10 @@ REGISTRY_NAMES: Final = (
     "workers",
     "seen",
 )
+
+# The keys of one limited job type, by the name its scripts on the limits' own slot know them
+# by (``-- KEYS (limits): ...``): ``{P}:limit:<name>:<type>`` (`limits.limit_key`).
+LIMIT_NAMES: Final = ("starts", "started", "slots")
 
 # The fixed keys of a queue, by the name scripts know them by (`Q.active` in Lua); each is
 # the key base followed by its name.

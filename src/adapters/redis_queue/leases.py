@@ -17,6 +17,7 @@ from adapters.redis_queue.calls import ScriptCall, ms
 from adapters.redis_queue.codec import RawFields, UndecodableJobError
 from adapters.redis_queue.core import RedisCore, Unconfirmed, evalsha, lease_from, log
 from adapters.redis_queue.keys import QueueKeys
+from adapters.redis_queue.permits import ClusterPermits
 from domain.jobs import ErrorKind, JobError, JobStatus, Lease
 from domain.ports import ClaimRequest, LeaseQueue
 from domain.settlement import Ending
@@ -60,6 +61,10 @@ class RedisLeaseQueue(LeaseQueue):
         self._quiet: dict[frozenset[str], float] = {}
         # On Redis Cluster a waiting claim waits per hash slot (see `_wait_per_slot`).
         self._cluster = is_cluster(core.client)
+        # On Redis Cluster with flow limits, their steps around claims, renewals and
+        # settlements (see `permits.py`).
+        limits = core.cluster_limits
+        self._permits = None if limits is None else ClusterPermits(core, limits)
         self._slot_cache: dict[tuple[str, frozenset[str]], list[tuple[list[str], str]]] = {}
 
     async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
@@ -201,15 +206,20 @@ class RedisLeaseQueue(LeaseQueue):
             wanted = limit - len(leases)
             if wanted <= 0:
                 break
-            call = calls.claim(
-                queue_keys,
-                limit=wanted,
-                lease_ms=lease_ms,
-                worker_id=worker_id,
-                retention=core.retention,
-                limits=core.limits,
-            )
-            claimed, wake_ms = await core.run(call)
+            if self._permits is not None:
+                claimed, wake_ms = await self._permits.claim(
+                    queue_keys, limit=wanted, lease_ms=lease_ms, worker_id=worker_id
+                )
+            else:
+                call = calls.claim(
+                    queue_keys,
+                    limit=wanted,
+                    lease_ms=lease_ms,
+                    worker_id=worker_id,
+                    retention=core.retention,
+                    limits=core.limits,
+                )
+                claimed, wake_ms = await core.run(call)
             for raw in claimed:
                 try:
                     leases.append(lease_from(raw))
@@ -231,11 +241,19 @@ class RedisLeaseQueue(LeaseQueue):
         )
         attempt = calls.attempt(job_id, token, Ending.failed(error, None))
         core = self._core
-        await core.run(calls.settle(keys, core.retention, [attempt], core.limits))
+        settled = await core.run(calls.settle(keys, core.retention, [attempt], core.limits))
+        if self._permits is not None and settled[0]:  # its slot, if its type has one
+            job_type = self._permits.type_of(raw)
+            if job_type is not None:
+                await self._permits.release(job_type, job_id.decode(), None)
 
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> set[str]:
         lease_ms = ms(lease_seconds)
         limits = self._core.limits
+        if self._permits is not None:
+            # First the slots, then the leases: a failure in between holds a slot longer.
+            with redis_errors():
+                await self._permits.extend(leases, lease_ms)
         return await self._per_queue(
             leases, lambda keys, held: calls.renew(keys, lease_ms, held, limits)
         )
@@ -277,7 +295,11 @@ class RedisLeaseQueue(LeaseQueue):
             if isinstance(status.answer, bytes):
                 raise status.error(settled=_STATUSES[status.answer])
             status = status.answer  # a stale token: nothing of the attempt was written
-        return _STATUSES[status] if isinstance(status, bytes) else None
+        if not isinstance(status, bytes):
+            return None
+        if self._permits is not None:  # settled: now its slot is free
+            await self._permits.release(lease.job.type, lease.job_id, lease.job.queue)
+        return _STATUSES[status]
 
     async def held_by(self, worker_id: str, queues: Sequence[str]) -> Sequence[Lease]:
         if not queues:

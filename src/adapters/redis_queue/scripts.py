@@ -10,13 +10,17 @@ header lines are read here as well:
   the list is written once. Every ``Q.<name>`` the assembled script uses must be listed:
   each key a script touches is visible in KEYS and shares the queue's hash tag. A script of
   the registry of queue names says ``-- KEYS (registry): queues tags ...`` instead: its keys
-  (`keys.REGISTRY_NAMES`) are bound as ``R.queues``, ..., without the queue's prelude.
+  (`keys.REGISTRY_NAMES`) are bound as ``R.queues``, ..., without the queue's prelude. A
+  script of the flow limits' own slot (Redis Cluster) says ``-- KEYS (limits): starts ...``:
+  those keys (`keys.LIMIT_NAMES`) of each type it is given, in that order; it reads them
+  from KEYS itself, and may use neither a queue's keys nor the registry's.
 - ``-- Clock: caller`` (read-only scripts only) takes the time from the caller, in us, as
   its last ARGV, instead of asking Redis (TIME is one more command per call).
 - ``-- Needs: wake order ...`` names the fragments of `lua/lib/` the body calls; a fragment
-  names the fragments it calls the same way. A script is the prelude, then every fragment it
-  needs (each after the ones it needs), then its body: each function a script defines costs
-  a closure on every run, and the hot scripts run thousands of times a second.
+  names the fragments it calls the same way. A script is the clock, the prelude (a queue's
+  scripts only), then every fragment it needs (each after the ones it needs), then its
+  body: each function a script defines costs a closure on every run, and the hot scripts
+  run thousands of times a second.
 
 The status names, the sets of statuses each move starts from, the outcomes and the limits
 are rendered into the scripts (``$NAME``) from the domain at import time: the state machine
@@ -38,7 +42,7 @@ from typing import Final
 import attrs
 
 from adapters.redis_queue.codec import FIELDS_WITH_TOKEN, encode_error
-from adapters.redis_queue.keys import NAMES, REGISTRY_NAMES
+from adapters.redis_queue.keys import LIMIT_NAMES, NAMES, REGISTRY_NAMES
 from domain.jobs import (
     HISTORY_LIMIT,
     PRIORITY_MAX,
@@ -62,6 +66,11 @@ S = JobStatus
 MAINTENANCE_BATCH: Final = 1000
 # Index entries of expired results forgotten per success (each success adds one).
 INDEX_TRIM_BATCH: Final = 10
+# On Redis Cluster, what a claim's permits are called in the limits' keys (`lua/reserve.lua`;
+# no job id or claim's start entry starts so), and how soon a claim that found the room held
+# by other claims' permits looks again (they are converted within a round trip or two).
+PERMIT_PREFIX: Final = "permit:"
+PERMIT_RETRY_MS: Final = 20
 # A priority's band of scores in `queued` is 2^45 wide (201 bands stay below 2^53).
 _BAND: Final = 2**45
 if (PRIORITY_MAX - PRIORITY_MIN + 1) * _BAND > 2**53:  # pragma: no cover - a domain change
@@ -145,9 +154,14 @@ _SUBSTITUTIONS: Final = {
     "LAPSE_RETRY_IN": repr(_LAPSE.retry_in),
     "LAPSE_ERROR": _lua_string(encode_error(_LAPSE.error)),
     "LAPSE_SUMMARY": _lua_string(error_summary(_LAPSE.error)),
+    "PERMIT": _lua_string(PERMIT_PREFIX),
+    "PERMIT_LENGTH": str(len(PERMIT_PREFIX)),
+    "PERMIT_RETRY_MS": str(PERMIT_RETRY_MS),
 }
 
-_KEYS_LINE: Final = re.compile(r"^-- KEYS( per queue| \(registry\))?: ([a-z_ ]+)$", re.MULTILINE)
+_KEYS_LINE: Final = re.compile(
+    r"^-- KEYS( per queue| \(registry\)| \(limits\))?: ([a-z_ ]+)$", re.MULTILINE
+)
 _NEEDS_LINE: Final = re.compile(r"^-- Needs: ([a-z_ ]+)$", re.MULTILINE)
 _CALLER_CLOCK: Final = re.compile(r"^-- Clock: caller$", re.MULTILINE)
 _REDIS_TIME: Final = (
@@ -157,6 +171,7 @@ _CALLER_TIME: Final = "tonumber(ARGV[#ARGV])"
 _USED_KEY: Final = re.compile(r"\bQ\.(\w+)")
 _USED_REGISTRY_KEY: Final = re.compile(r"\bR\.(\w+)")
 _COMMENT: Final = re.compile(r"--.*$", re.MULTILINE)
+_BASE: Final = re.compile(r"\b(base|job_key|index_key)\b")
 
 
 @attrs.frozen
@@ -167,6 +182,7 @@ class Script:
     keys: tuple[str, ...]  # the keys in KEYS, by name (`keys.NAMES` or `REGISTRY_NAMES`)
     per_queue: bool  # `keys` is one group per queue (SUBMIT)
     registry: bool = False  # `keys` are the registry's, not a queue's
+    limits: bool = False  # `keys` are the flow limits', one group per type (Redis Cluster)
 
 
 def _read(*path: str) -> str:
@@ -210,24 +226,43 @@ def assemble(name: str, body: str) -> Script:
     keys = tuple(declared.group(2).split())
     if declared.group(1) == " (registry)":
         return _assemble_registry(name, body, keys)
+    if declared.group(1) == " (limits)":
+        return _assemble_limits(name, body, keys)
     per_queue = declared.group(1) is not None
     if not keys or not set(keys) <= set(NAMES):
         raise RuntimeError(f"lua/{name}.lua: unknown keys in {keys}")
-    parts = [_read("lib", "prelude.lua")]
+    parts = [_read("lib", "clock.lua"), _read("lib", "prelude.lua")]
     parts += [_read("lib", f"{fragment}.lua") for fragment in _fragments(_needs(body))]
     queue_keys = ", ".join(f"{key} = KEYS[at + {n}]" for n, key in enumerate(keys, 1))
-    clock = _CALLER_TIME if _CALLER_CLOCK.search(body) else _REDIS_TIME
     source = Template("\n".join([*parts, body])).substitute(
         _SUBSTITUTIONS,
         QUEUE_KEYS="{" + queue_keys + "}",
         GROUP_SIZE=str(len(keys)),
-        CLOCK=clock,
+        CLOCK=_clock(body),
     )
     code = _COMMENT.sub("", source)
     undeclared = set(_USED_KEY.findall(code)) - set(keys)
     if undeclared:
         raise RuntimeError(f"lua/{name}.lua uses keys it does not list: {sorted(undeclared)}")
     return _script(name, source, keys, per_queue=per_queue)
+
+
+def _clock(body: str) -> str:
+    return _CALLER_TIME if _CALLER_CLOCK.search(body) else _REDIS_TIME
+
+
+def _assemble_limits(name: str, body: str, keys: tuple[str, ...]) -> Script:
+    """A script of the flow limits' own slot: the clock and the fragments it needs, no
+    queue's prelude; it may touch no key of a queue nor of the registry."""
+    if not keys or not set(keys) <= set(LIMIT_NAMES):
+        raise RuntimeError(f"lua/{name}.lua: unknown keys in {keys}")
+    parts = [_read("lib", "clock.lua")]
+    parts += [_read("lib", f"{fragment}.lua") for fragment in _fragments(_needs(body))]
+    source = Template("\n".join([*parts, body])).substitute(_SUBSTITUTIONS, CLOCK=_clock(body))
+    code = _COMMENT.sub("", source)
+    if _USED_KEY.search(code) or _USED_REGISTRY_KEY.search(code) or _BASE.search(code):
+        raise RuntimeError(f"lua/{name}.lua uses a key of a queue or of the registry")
+    return _script(name, source, keys, per_queue=False, limits=True)
 
 
 def _assemble_registry(name: str, body: str, keys: tuple[str, ...]) -> Script:
@@ -243,10 +278,16 @@ def _assemble_registry(name: str, body: str, keys: tuple[str, ...]) -> Script:
 
 
 def _script(
-    name: str, source: str, keys: tuple[str, ...], *, per_queue: bool, registry: bool = False
+    name: str,
+    source: str,
+    keys: tuple[str, ...],
+    *,
+    per_queue: bool,
+    registry: bool = False,
+    limits: bool = False,
 ) -> Script:
     sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - how Redis names a script
-    return Script(name, source, sha, keys, per_queue, registry)
+    return Script(name, source, sha, keys, per_queue, registry, limits)
 
 
 SUBMIT: Final = load("submit")
@@ -268,6 +309,13 @@ REGISTER: Final = load("register")
 REGISTRY_SCAN: Final = load("registry_scan")
 FORGET_QUEUES: Final = load("forget_queues")
 WORKER_SEEN: Final = load("worker_seen")
+# The flow limits on Redis Cluster (`permits.py`).
+RESERVE: Final = load("reserve")
+CONVERT: Final = load("convert")
+EXTEND: Final = load("extend")
+RELEASE: Final = load("release")
+THROTTLED: Final = load("throttled")
+WAKE_PARKED: Final = load("wake_parked")
 
 ALL: Final = (
     SUBMIT,
@@ -289,4 +337,10 @@ ALL: Final = (
     REGISTRY_SCAN,
     FORGET_QUEUES,
     WORKER_SEEN,
+    RESERVE,
+    CONVERT,
+    EXTEND,
+    RELEASE,
+    THROTTLED,
+    WAKE_PARKED,
 )

@@ -9,7 +9,7 @@ from adapters.redis_client import redis_errors
 from adapters.redis_queue import calls, listing
 from adapters.redis_queue.codec import FIELDS
 from adapters.redis_queue.core import RedisCore, decoded_or_none
-from domain.jobs import QUEUE_TAG_LENGTH, Job, is_job_id
+from domain.jobs import QUEUE_TAG_LENGTH, Job, JobStatus, is_job_id
 from domain.limits import LimitKind, Throttle
 from domain.ports import JobPage, JobQuery, JobSituation, JobStore
 
@@ -71,6 +71,12 @@ class RedisJobStore(JobStore):
         job = decoded_or_none(raw)
         if job is None:
             return None
+        limits = core.cluster_limits
+        if limits is not None and job.status is JobStatus.QUEUED and not paused:
+            # On Redis Cluster the limits are read apart, on their own slot.
+            limited = next((t for t in limits.types if t.name == job.type), None)
+            if limited is not None:
+                throttle = await core.run(calls.throttled(limited, now_us))
         return JobSituation(
             job=job,
             ahead=None if ahead < 0 else int(ahead),

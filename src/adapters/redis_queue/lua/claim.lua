@@ -2,16 +2,19 @@
 -- claim order; none while the queue is paused.
 --
 -- KEYS: queued active delayed deadlines cancelling marker paused seq tokens rates limited
--- then, per limited job type (ARGV[6] of them), its starts, started and slots keys (`limits`)
+-- then, on one server, per limited job type (ARGV[6] of them), its starts, started and
+-- slots keys (`limits`)
 -- ARGV[1] limit: the most jobs to lease
 -- ARGV[2] the lease's length, ms
 -- ARGV[3] the worker's id
 -- ARGV[4] result retention, ms
 -- ARGV[5] dead retention, ms (not positive: kept for good)
 -- ARGV[6] how many job types are limited, then per type 4 values (`limits`): its name, its
---   rate's count and window in ms (0 0: no rate), its concurrency (0: none)
+--   rate's count and window in ms (0 0: no rate), its concurrency (0: none); or, on Redis
+--   Cluster, `granted`, how many types, then per type 3 values (`parking`): its name, the
+--   permits `reserve` granted it, the ms until its rate allows a start (-1: not known)
 -- Returns {jobs, wake_in}: jobs holds one array per claimed job (the FIELDS values, then
--- the new token); wake_in is the ms until the next due job, lease expiry, deadline or start
+-- the new token: its id and type say which permits it used, for `convert`); wake_in is the ms until the next due job, lease expiry, deadline or start
 -- a rate allows, -1 if none (only computed when nothing was claimed). A claimer that found
 -- nothing need not claim again before then unless woken: whatever makes a job claimable
 -- sooner pushes the marker (`wake`, `wake_before`).
@@ -37,7 +40,7 @@ local taken = 0  -- ids taken off the line: claimed, expired or dropped
 local parked = 0
 if limited then
   for name, l in pairs(limited) do
-    room(l)
+    if not l.granted then room(l) end
     l.held, l.parked = {}, {}
     if l.free > 0 and redis.call('SISMEMBER', Q.limited, name) == 1 then
       unpark(name, math.min(l.free, limit))

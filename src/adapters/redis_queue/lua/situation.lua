@@ -12,10 +12,11 @@
 -- live workers serving the queue (-1 when paused: the pause is the reason it waits), drain
 -- the queue's drain rate (jobs/s, a decimal string; false until measured, or when paused),
 -- and throttle what limit of its type holds it now: 'rate <ms>' (when its rate next allows
--- a start), 'concurrency', or false; for any other, {fields, -1, 0, -1, false, false}. Asks
--- no more than it needs: a GET of a job reads it here, and nowhere else.
+-- a start), 'concurrency', or false (always false on Redis Cluster, which passes no limits
+-- here: `throttled` reads them on their own slot); for any other, {fields, -1, 0, -1,
+-- false, false}. Asks no more than it needs: a GET of a job reads it here, and nowhere else.
 -- Clock: caller
--- Needs: rates
+-- Needs: rates throttle
 local id = ARGV[1]
 local fields = redis.call('HMGET', job_key(id), $FIELDS)
 if fields[$STATUS_FIELD] ~= $QUEUED then return {fields, -1, 0, -1, false, false} end
@@ -26,22 +27,8 @@ local n = tonumber(ARGV[2]) or 0
 for i = 0, n - 1 do
   local a, k = 3 + i * 4, $GROUP_SIZE + 1 + i * 3
   if ARGV[a] == fields[$TYPE_FIELD] then
-    local rate, per, conc = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local used, first = 0, nil
-    if rate > 0 then
-      -- The starts in the window, one entry per claim, oldest first.
-      local since = '(' .. int(now_us - per * 1000)
-      local entries = redis.call('ZRANGEBYSCORE', KEYS[k], since, '+inf', 'WITHSCORES')
-      for e = 1, #entries, 2 do
-        used = used + tonumber(string.match(entries[e], ':(%d+)$$'))
-        first = first or tonumber(entries[e + 1])
-      end
-    end
-    if rate > 0 and used >= rate then
-      throttle = 'rate ' .. int(math.ceil((first + per * 1000) / 1000))
-    elseif conc > 0 and redis.call('ZCOUNT', KEYS[k + 2], '(' .. now_ms, '+inf') >= conc then
-      throttle = 'concurrency'
-    end
+    throttle = throttle_of(tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
+                           KEYS[k], KEYS[k + 2])
   end
 end
 return {fields, ahead, 0, redis.call('ZCOUNT', Q.workers, '(' .. now_ms, '+inf'),

@@ -1,22 +1,15 @@
--- prelude: what every script starts with (the loader puts it first, then the fragments the
--- script needs, then the script's body).
+-- prelude: what every script of a queue starts with (the loader puts it after the clock,
+-- then the fragments the script needs, then the script's body).
 --
 -- The queue's fixed keys come in KEYS, in the order the script's header names them:
 -- `Q.active` is the key named `active` (`keys.NAMES`). The queue's key base
 -- (`{prefix:queue}:`) is read off the first of them, and the keys of its jobs and indexes
--- are derived from it, so every key a script touches shares the queue's hash tag. Times come
--- from the Redis clock, so every process agrees on them; scripts are replicated by effects,
--- so TIME is safe. (A read-only script may say `-- Clock: caller`: it then takes the time,
--- in us, from its last ARGV and asks no TIME; see `scripts.py`.)
+-- are derived from it, so every key a script touches shares the queue's hash tag.
 
 -- The keys of the queue whose KEYS start after position `at`.
 local function queue_keys(at) return $QUEUE_KEYS end
 local Q = queue_keys(0)
 local base = string.match(KEYS[1], '^(%b{}:)')
-local now_us = $CLOCK
-local now_ms = math.floor(now_us / 1000)
-local function int(x) return string.format('%.0f', x) end
-local now = int(now_us)
 
 local function job_key(id) return base .. 'job:' .. id end
 local function index_key(status) return base .. 'index:' .. status end

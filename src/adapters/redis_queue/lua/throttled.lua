@@ -1,0 +1,14 @@
+-- throttled: on Redis Cluster, which limit of a job type holds its queued jobs back now
+-- (reads only): what `situation` answers on one server as its throttle, read on the
+-- limits' own slot once `situation` has read the job on its queue's.
+--
+-- KEYS (limits): starts started slots
+-- of the job's type
+-- ARGV[1] its rate's count (0: no rate)
+-- ARGV[2] its rate's window, ms
+-- ARGV[3] its concurrency (0: none)
+-- ARGV[4] the caller's time, us (as `situation` takes it)
+-- Returns 'rate <ms>' (when its rate next allows a start), 'concurrency', or false.
+-- Clock: caller
+-- Needs: throttle
+return throttle_of(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[1], KEYS[3])
