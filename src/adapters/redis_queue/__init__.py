@@ -44,7 +44,6 @@ from adapters.redis_queue.registry import DEFAULT_GRACE, DEFAULT_SWEEP_INTERVAL
 from adapters.redis_queue.store import RedisJobStore
 from adapters.redis_queue.submitter import RedisJobSubmitter
 from adapters.redis_queue.watch import RedisJobWatcher
-from domain.errors import UnsupportedOperationError
 from domain.limits import FlowLimits
 from domain.ports import AdmissionPolicy, Backend
 

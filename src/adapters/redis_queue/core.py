@@ -128,9 +128,8 @@ class RedisCore:
         # What a queue's scripts get of the limits. On Redis Cluster the limits' keys live
         # in another slot: the queue's scripts get the names only, and the limits' own
         # scripts run apart, before or after them (`permits.py`, given `cluster_limits`).
-        cluster = is_cluster(client)
-        self.limits = every.names_only() if cluster else every
-        self.cluster_limits = every if cluster and self.flow_limits else None
+        self.limits = every.names_only() if self.cluster else every
+        self.cluster_limits = every if self.cluster and self.flow_limits else None
         self.finished_channel = finished_channel(prefix)
         self.batcher = TickBatcher(self._run_batches)
         self.closed = False
