@@ -63,6 +63,19 @@ class FlowLimitsContract:
         await rig.elapse(WINDOW + 0.1)
         assert set(ids_of(await claim(rig.leases, limit=10))) == waiting
 
+    @scenario(LeaseQueue, options=THREE_PER_WINDOW)
+    async def test_starts_from_two_queues_leave_the_window_in_full(self, rig: Rig) -> None:
+        # Each queue numbers its own fencing tokens: the first claim of each starts at the
+        # same token, and both starts must be counted, then both given back.
+        first = [new_job(n=0, queue="a"), new_job(n=1, queue="b")]
+        await enqueue_all(rig.submitter, first)
+        assert ids_of(await claim(rig.leases, ["a"], limit=10)) == [first[0].id]
+        assert ids_of(await claim(rig.leases, ["b"], limit=10)) == [first[1].id]
+        await rig.elapse(WINDOW + 0.1)
+        later = [new_job(n=n, queue="a") for n in range(2, 6)]
+        await enqueue_all(rig.submitter, later)
+        assert ids_of(await claim(rig.leases, ["a"], limit=10)) == [j.id for j in later[:3]]
+
     @scenario(LeaseQueue, options=TWO_AT_ONCE)
     async def test_a_concurrency_limit_holds_back_a_type_until_a_running_attempt_ends(
         self, rig: Rig

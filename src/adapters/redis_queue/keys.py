@@ -65,7 +65,7 @@ a repeat of a request made before the upgrade, within its retention, is stored a
                           entries go when a worker joins
 
 The flow limits of a job type (`domain.limits`), global to the prefix, under their own hash
-tag ``{P}``: ``{P}:limit:starts:<type>`` (zset ``<token>:<n>`` -> us: a claim's n starts,
+tag ``{P}``: ``{P}:limit:starts:<type>`` (zset ``<id>:<n>`` -> us: a claim's n starts,
 the starts in its rate's window), ``{P}:limit:started:<type>`` (how many starts it holds) and
 ``{P}:limit:slots:<type>`` (zset job id -> when the slot lapses, ms). On one server a
 claim, settle or renewal that uses them gets them in KEYS with the queue's keys (two hash

@@ -100,7 +100,8 @@ end
 local wake_in = -1
 if limited then
   for name, l in pairs(limited) do
-    if l.rate > 0 and l.first then started(l, #l.held / 2, l.first) end
+    -- The queue's key base names its starts: each queue numbers its own tokens.
+    if l.rate > 0 and l.first then started(l, #l.held / 2, base .. l.first) end
     if l.conc > 0 then zadd_all(l.slots, l.held) end
     if #l.parked > 0 then
       zadd_all(parked_key(name), l.parked)

@@ -55,9 +55,11 @@ local function room(l)
   l.free = free
 end
 
--- Count `n` starts of `l`'s type now, the first with fencing token `token`.
-local function started(l, n, token)
-  redis.call('ZADD', l.starts, now, token .. ':' .. n)
+-- Count `n` starts of `l`'s type now, as the entry `id`, which no other entry in the window
+-- has (a queue's key base and its first fencing token, or a reservation's id): an entry
+-- written again would be counted twice and given back once.
+local function started(l, n, id)
+  redis.call('ZADD', l.starts, now, id .. ':' .. n)
   redis.call('INCRBY', l.started, n)
 end
 
