@@ -143,10 +143,17 @@ def check() -> None:
         ("mypy",),
         ("lint-imports",),
     )
-    for tool, *args in steps:
-        say("$ " + " ".join([tool, *args]))
-        must(BIN / tool, *args)
-    if audit():
+    # The audit mostly waits on the network: it runs while the linters do.
+    audits = start_audits()
+    try:
+        for tool, *args in steps:
+            say("$ " + " ".join([tool, *args]))
+            must(BIN / tool, *args)
+        made = audit(audits)
+    finally:
+        for _, running in audits:
+            running.kill()
+    if made:
         say("all checks passed")
     else:
         say("all checks passed, but the vulnerability audit could not be made (see above)")
@@ -158,19 +165,15 @@ def check() -> None:
 AUDIT_SERVICES = ("pypi", "osv")
 
 
-def audit() -> bool:
-    """pip-audit over the dev lock (it holds every pin of the other two).
+Audit = tuple[str, "subprocess.Popen[str]"]  # an advisory source, and pip-audit asking it
 
-    Fails on a known vulnerability. When no advisory source answers (a machine that reaches
-    PyPI's package files but not its JSON API, nor OSV), it says so and passes, unless
-    CONVEYOR_AUDIT_REQUIRED=1: a check that cannot be made is reported, not faked. With
-    CONVEYOR_AUDIT_OSV_URL set, only that OSV-compatible service is asked (a mirror).
-    Answers whether the audit was made.
-    """
+
+def start_audits() -> list[Audit]:
+    """pip-audit over the dev lock (it holds every pin of the other two), one run per
+    advisory source, all started at once (`audit` reads them in order)."""
     osv_url = os.environ.get("CONVEYOR_AUDIT_OSV_URL", "").strip()
     services = ("osv",) if osv_url else AUDIT_SERVICES
-    required = os.environ.get("CONVEYOR_AUDIT_REQUIRED", "").strip() == "1"
-    lines: list[str] = []
+    started: list[Audit] = []
     for service in services:
         command = [
             str(BIN / "pip-audit"),
@@ -179,9 +182,29 @@ def audit() -> bool:
             *("--timeout", "10", "--vulnerability-service", service),
             *(("--osv-url", osv_url) if osv_url else ()),
         ]
+        asking = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        started.append((service, asking))
+    return started
+
+
+def audit(audits: list[Audit] | None = None) -> bool:
+    """The verdict of the audits `start_audits` started (None: start them now).
+
+    Fails on a known vulnerability. When no advisory source answers (a machine that reaches
+    PyPI's package files but not its JSON API, nor OSV), it says so and passes, unless
+    CONVEYOR_AUDIT_REQUIRED=1: a check that cannot be made is reported, not faked. With
+    CONVEYOR_AUDIT_OSV_URL set, only that OSV-compatible service is asked (a mirror).
+    Answers whether the audit was made.
+    """
+    audits = start_audits() if audits is None else audits
+    required = os.environ.get("CONVEYOR_AUDIT_REQUIRED", "").strip() == "1"
+    lines: list[str] = []
+    for service, running in audits:
         say(f"$ pip-audit -r {DEV} -s {service}")
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        passed, lines = audit_verdict(done.returncode, done.stdout, done.stderr, service)
+        stdout, stderr = running.communicate()
+        passed, lines = audit_verdict(running.returncode, stdout, stderr, service)
         for line in lines:
             say(line)
         if not passed:
