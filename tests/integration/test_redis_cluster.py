@@ -21,6 +21,7 @@ from redis.crc import key_slot
 
 from adapters.redis_client import create_redis
 from adapters.redis_cluster import NOT_A_CLUSTER
+from adapters.redis_queue import redis_backend
 from domain.errors import AdmissionRefusedError, PartialSubmissionError
 from domain.jobs import JobStatus
 from domain.ports import AdmissionPolicy, NewJob, QueueLimits
@@ -198,6 +199,60 @@ def test_a_batch_over_queues_is_stored_queue_by_queue_and_says_what_happened_to_
                 await submitter.submit([NewJob(job=job) for job in again])
 
     asyncio.run(scenario())
+
+
+def test_a_primary_lost_fails_only_the_calls_whose_queues_it_holds(tmp_path: Path) -> None:
+    """Calls of one tick share a round trip; on a cluster each primary's part is answered
+    on its own: a batch with a queue on a dead primary stores the rest and says so, and a
+    submission batched with one for that queue is stored and answered 202's way."""
+    # A cluster of its own, one primary of which dies; a node timeout longer than the test,
+    # so that the others go on serving their slots meanwhile.
+    with LocalCluster(tmp_path / "cluster", primaries=3, node_timeout_ms=30_000) as cluster:
+        factory = ClusterFactory(cluster.url)
+        prefix = factory.prefix
+        registry = cluster.slot_owner(key_slot(f"{prefix}:queues".encode()))
+        queues = spread_queues(cluster, prefix, per_primary=1)
+        print_slot_map(prefix, queues)
+        alive, doomed = (name for name, port in queues.items() if port != registry)
+
+        async def scenario() -> None:
+            # Not `factory.open`: its clean-up would ask the dead primary too.
+            backend = redis_backend(factory.client(), prefix=prefix)
+            try:
+                submitter = backend.submitter
+                # Both queues registered while every primary is up.
+                await enqueue_all(submitter, [new_job(queue=alive), new_job(queue=doomed)])
+                cluster.kill_node(queues[doomed])
+                batch = [new_job(queue=alive, n=0), new_job(queue=doomed, n=1)]
+                batch.append(new_job(queue=alive, n=2))
+                with pytest.raises(PartialSubmissionError) as partial:
+                    await submitter.submit([NewJob(job=job) for job in batch])
+                assert partial.value.stored == (batch[0].id, None, batch[2].id)
+                errors = partial.value.errors
+                assert [type(e).__name__ if e else None for e in errors] == [
+                    None,
+                    "QueueUnavailableError",
+                    None,
+                ]
+                # Two submissions in one tick, one round trip: each its own answer.
+                kept, lost = new_job(queue=alive, n=3), new_job(queue=doomed, n=4)
+                answers = await asyncio.gather(
+                    submitter.submit([NewJob(job=kept)]),
+                    submitter.submit([NewJob(job=lost)]),
+                    return_exceptions=True,
+                )
+                assert [type(a).__name__ for a in answers] == ["list", "QueueUnavailableError"]
+                # Stored (read on the primary itself: these test ids carry no queue tag, so
+                # a lookup by id would ask every queue, the dead one's too).
+                primary = redis.Redis(port=queues[alive])
+                for job in (batch[0], batch[2], kept):
+                    key = f"{{{prefix}:{alive}}}:job:{job.id}"
+                    assert primary.hget(key, "status") == JobStatus.QUEUED.value.encode()
+                primary.close()
+            finally:
+                await backend.connection.close()
+
+        asyncio.run(scenario())
 
 
 def test_a_claim_waiting_on_queues_of_three_primaries_wakes_for_each_and_stops_at_once(

@@ -83,6 +83,6 @@ def test_a_cluster_url_makes_a_cluster_client_that_connects_on_first_use() -> No
 
 
 def test_replica_confirmation_is_taken_with_a_cluster() -> None:
-    # Each primary a round trip writes to confirms its own part (adapters.redis_cluster_wait).
+    # Each primary a round trip writes to confirms its own part (adapters.redis_cluster_pipeline).
     env = {"REDIS_URL": "redis+cluster://h:1", "CONVEYOR_MIN_REPLICAS": "1"}
     assert Settings.from_env(env).min_replicas == 1

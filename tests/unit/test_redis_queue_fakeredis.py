@@ -107,12 +107,14 @@ class TestRedisOnFakeRedis:
         sent: list[list[tuple[str, str]]] = []
         pipeline = connection.core._pipeline  # every round trip of batched calls
 
-        async def recorded(build: Build, *, wait: bool) -> tuple[list[Any], list[int] | None]:
+        async def recorded(
+            build: Build, *, wait: bool, in_place: bool = False
+        ) -> tuple[list[Any], list[int] | None]:
             def build_and_record(pipe: Pipeline) -> None:
                 build(pipe)
                 sent.append([(str(args[0]), str(args[1])) for args, _ in pipe.command_stack])
 
-            return await pipeline(build_and_record, wait=wait)
+            return await pipeline(build_and_record, wait=wait, in_place=in_place)
 
         setattr(connection.core, "_pipeline", recorded)  # noqa: B010 - one instance only
         endings = [Ending.succeeded(n) if n % 3 else Ending.failed(BOOM, 60.0) for n in range(20)]

@@ -22,7 +22,7 @@ KEYS, so the backend runs on Redis Cluster (`adapters.redis_cluster`): each queu
 primary, different queues spread over the primaries. There a submission spanning queues is
 stored queue by queue (`submitter.py`), and a waiting claim over several queues waits per
 hash slot (`leases.py`); with `min_replicas`, each primary written confirms its part of a
-round trip with a WAIT of its own (`adapters.redis_cluster_wait`). Rate and concurrency
+round trip with a WAIT of its own (`adapters.redis_cluster_pipeline`). Rate and concurrency
 limits (global per job type, under the prefix's own hash tag: see `keys.py`) are checked in
 the claim script on one server; on a cluster, by scripts of their own slot around a queue's
 claim, renewal and settlement (`permits.py`).

@@ -9,8 +9,10 @@ iteration of latency, nothing more.
 
 The script answers each call on its own: a call refused (a stale lease, a submission over an
 admission limit) does not affect the calls batched with it, and its caller alone sees the
-refusal. A call whose caller is cancelled after submitting may still be written, exactly
-like a command already sent on a socket.
+refusal. An answer that is an exception (that refusal, or on Redis Cluster the error of the
+primary holding the call's keys) is raised to its caller alone. A call whose caller is
+cancelled after submitting may still be written, exactly like a command already sent on a
+socket.
 """
 
 from __future__ import annotations
@@ -85,5 +87,9 @@ class TickBatcher:
             raise
         for batch, answer in zip(batches, answers, strict=True):
             for future, value in zip(batch.futures, answer, strict=True):
-                if not future.done():
+                if future.done():
+                    continue
+                if isinstance(value, Exception):
+                    future.set_exception(value)
+                else:
                     future.set_result(value)

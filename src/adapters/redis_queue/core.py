@@ -11,13 +11,12 @@ process has not registered lately (one more, see `registry.py`), `queue_stats` a
 jobs of a type with a concurrency, also run scripts on the limits' own slot, before or after
 the queue's (`permits.py`).
 
-With `min_replicas` set, that round trip ends with ``WAIT min_replicas timeout`` on the same
-connection: the calls are answered once that many replicas have every write made so far,
-or as `Unconfirmed` when fewer confirmed in time. On Redis Cluster each primary the round
-trip writes to gets its own WAIT, on the connection that carried its commands, and the
-count is the least of theirs (`adapters.redis_cluster_wait`). Claims, renewals and the other
-writes do not wait: a claim lost in a failover only means the job is claimed again, and
-fencing tokens refuse the old holder's writes.
+On Redis Cluster that round trip goes primary by primary (`adapters.redis_cluster_pipeline`):
+a primary lost fails only the calls whose keys it holds. With `min_replicas` set, it ends
+with ``WAIT min_replicas timeout`` on each connection that wrote: a call is answered once
+that many replicas of the primaries holding its writes have them, or as `Unconfirmed`.
+Claims, renewals and the other writes do not wait: a claim lost in a failover only means
+the job is claimed again, and fencing tokens refuse the old holder's writes.
 """
 
 from __future__ import annotations
@@ -33,7 +32,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 from adapters.redis_cluster import is_cluster
-from adapters.redis_cluster_wait import execute_confirmed
+from adapters.redis_cluster_pipeline import execute_per_node
 from adapters.redis_queue import calls, scripts
 from adapters.redis_queue.batching import Batch, TickBatcher
 from adapters.redis_queue.calls import Attempt, Retention, ScriptCall, evalsha, ms
@@ -164,15 +163,18 @@ class RedisCore:
         results, _ = await self._pipeline(build, wait=False)
         return results
 
-    async def _pipeline(self, build: Build, *, wait: bool) -> tuple[list[Any], list[int] | None]:
+    async def _pipeline(
+        self, build: Build, *, wait: bool, in_place: bool = False
+    ) -> tuple[list[Any], list[int] | None]:
         """`pipeline`'s answers and, `wait`: per command, how many replicas WAIT saw confirm
         it (on one server one WAIT closes the round trip, on its connection, so it covers
-        every write made before; on a cluster each primary's commands get their own)."""
+        every write made before; on a cluster each primary's commands get their own).
+        `in_place` (a cluster only): an error is its command's answer, not raised."""
         pipe = self.client.pipeline(transaction=False)
         build(pipe)
         commands = _commands(pipe)
-        if wait and self.cluster:
-            return await self._confirmed_per_node(commands)
+        if self.cluster:
+            return await self._per_node(commands, wait=wait, in_place=in_place)
         if wait:
             pipe.wait(self.min_replicas, self.replica_timeout_ms)
         results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -202,31 +204,31 @@ class RedisCore:
             raise acknowledged
         return results, None if acknowledged is None else [int(acknowledged)] * len(results)
 
-    async def _confirmed_per_node(
-        self, commands: list[tuple[Any, Any]]
-    ) -> tuple[list[Any], list[int]]:
-        """`_pipeline` with `wait` on a cluster: each primary's commands, then WAIT on the
-        connection that carried them; the scripts that answered NOSCRIPT run again, once,
-        after loading, each primary's with a WAIT of its own again."""
-        replicas, timeout_ms = self.min_replicas, self.replica_timeout_ms
-        results, acknowledged = await execute_confirmed(self.client, commands, replicas, timeout_ms)
+    async def _per_node(
+        self, commands: list[tuple[Any, Any]], *, wait: bool, in_place: bool
+    ) -> tuple[list[Any], list[int] | None]:
+        """`_pipeline` on a cluster: each primary's commands on one of its connections, then,
+        with `wait`, WAIT there (`adapters.redis_cluster_pipeline`); the scripts that
+        answered NOSCRIPT run again, once, after loading (with a WAIT of their own)."""
+        confirm = (self.min_replicas, self.replica_timeout_ms) if wait else None
+        results, acknowledged = await execute_per_node(self.client, commands, confirm)
         lost = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if lost:
             await self._load_scripts()
             again = [commands[i] for i in lost]
-            answers, counts = await execute_confirmed(self.client, again, replicas, timeout_ms)
+            answers, counts = await execute_per_node(self.client, again, confirm)
             for i, result, count in zip(lost, answers, counts, strict=True):
                 results[i], acknowledged[i] = result, count
-        for result in results:
+        confirmed: list[int] = []
+        for i, count in enumerate(acknowledged):
+            if isinstance(count, Exception):  # it ran, but WAIT failed: an error, in place
+                results[i], count = count, None
+            # None: a command that did not run (or unconfirmed as above), its error in place.
+            confirmed.append(self.min_replicas if count is None else count)
+        for result in () if in_place else results:
             if isinstance(result, Exception):
                 raise result
-        confirmed: list[int] = []
-        for count in acknowledged:
-            if isinstance(count, Exception):
-                raise count
-            # None: a command that did not run, which answered an error (raised above).
-            confirmed.append(replicas if count is None else count)
-        return results, confirmed
+        return results, None if confirm is None else confirmed
 
     async def _load_scripts(self) -> None:
         for script in scripts.ALL:
@@ -313,27 +315,25 @@ class RedisCore:
                 evalsha(pipe, call)
 
         results: list[Any] = []
-        acknowledged: list[int] | None = None
+        counts: list[int] | None = None
         if sends:
-            # WAIT closes the round trip (on a cluster, each primary's part of it).
-            results, acknowledged = await self._pipeline(build, wait=self.min_replicas > 0)
-        if acknowledged is None or min(acknowledged, default=0) >= self.min_replicas:
-            return [
-                [p if isinstance(p, Exception) else results[p[0]][p[1]] for p in place]
-                for place in places
-            ]
-        counts = acknowledged
+            # WAIT closes the round trip (on a cluster, each primary's part of it). On a
+            # cluster a primary lost fails only the calls it holds: errors come in place.
+            wait = self.min_replicas > 0
+            results, counts = await self._pipeline(build, wait=wait, in_place=self.cluster)
         timeout = self.replica_timeout_ms / 1000
 
         def answer(p: tuple[int, int]) -> Any:
-            # A submission counts on its REGISTER's primary too (the same one, on one server).
-            count = min(counts[p[0]], counts[p[0] + 1]) if p[0] in submits else counts[p[0]]
+            # A submission depends on its REGISTER too (on a cluster, maybe another primary).
+            sent = (p[0], p[0] + 1) if p[0] in submits else (p[0],)
+            failed = [results[i] for i in sent if isinstance(results[i], Exception)]
+            if failed:
+                return failed[0]
             a = results[p[0]][p[1]]
-            return (
-                a
-                if count >= self.min_replicas
-                else Unconfirmed(a, count, self.min_replicas, timeout)
-            )
+            count = self.min_replicas if counts is None else min(counts[i] for i in sent)
+            if count >= self.min_replicas:
+                return a
+            return Unconfirmed(a, count, self.min_replicas, timeout)
 
         return [[p if isinstance(p, Exception) else answer(p) for p in place] for place in places]
 

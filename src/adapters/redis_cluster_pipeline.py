@@ -1,22 +1,26 @@
-"""One round trip on Redis Cluster whose writes each primary confirms with WAIT.
+"""One round trip on Redis Cluster, sent primary by primary, each command's answer (or
+error) its own; optionally with each primary's writes confirmed by WAIT.
 
-WAIT blocks a connection until N replicas have acknowledged everything that connection
-wrote (the replication offset after its last write), and it counts the replicas of the one
-node that connection reaches. A round trip on a cluster writes to several primaries, each
-over a connection of its own: so the commands are grouped by the primary that owns their
-slot, and each group is sent on one connection of that primary with ``WAIT N timeout``
-after it on the same connection. This is how redis-py's cluster pipeline sends a node's
-group (`ClusterNode.execute_pipeline`), plus the WAIT, which that pipeline has no place for
-(redis-py routes a WAIT of its own to one default node, on a connection that wrote nothing).
-Each command's count is its own node's: the caller takes the least over the commands an
-answer depends on (one slow primary need not hold up the answers of the others).
+The commands are grouped by the primary that owns their slot, and each group is sent on
+one connection of that primary (as redis-py's cluster pipeline sends a node's group,
+`ClusterNode.execute_pipeline`). Unlike that pipeline, a primary that cannot be reached
+fails only its own commands: the others' answers are kept (they ran), and the caller
+answers each call with its own outcome.
+
+With `wait`, each group is followed by ``WAIT N timeout`` on the same connection: WAIT
+blocks a connection until N replicas have acknowledged everything that connection wrote,
+and it counts the replicas of the one node that connection reaches, so each primary
+confirms its own part (redis-py routes a WAIT of its own to one default node, on a
+connection that wrote nothing). Each command's count is its own node's: the caller takes
+the least over the commands an answer depends on (one slow primary need not hold up the
+answers of the others).
 
 A command answered MOVED, ASK or TRYAGAIN did not run on that node. It is sent again in the
-next pass, to the node that serves its slot now, with a WAIT of its own there: MOVED patches
-the slot map first, as the client itself does with ``reinitialize_steps=0``; ASK sends
-ASKING just before the command, on the same connection. Nothing that ran is sent again.
-After the client's ``RedisClusterRequestTTL`` passes (TRYAGAIN waiting 50 ms once half are
-spent, as the client's own commands do), what is left answers ClusterError("TTL
+next pass, to the node that serves its slot now (with a WAIT of its own there): MOVED
+patches the slot map first, as the client itself does with ``reinitialize_steps=0``; ASK
+sends ASKING just before the command, on the same connection. Nothing that ran is sent
+again. After the client's ``RedisClusterRequestTTL`` passes (TRYAGAIN waiting 50 ms once
+half are spent, as the client's own commands do), what is left answers ClusterError("TTL
 exhausted."), an outage (see `adapters.redis_cluster`).
 
 A node whose connection fails answers that error for each of its commands (they may have
@@ -58,13 +62,13 @@ _REFUSED_UNRUN: Final = (AskError, TryAgainError, NoScriptError, ClusterDownErro
 _TRYAGAIN_PAUSE_S: Final = 0.05
 
 
-async def execute_confirmed(
-    client: object, commands: Sequence[Command], replicas: int, timeout_ms: int
+async def execute_per_node(
+    client: object, commands: Sequence[Command], wait: tuple[int, int] | None = None
 ) -> tuple[list[Any], list[Acknowledged]]:
-    """Run `commands` on the cluster `client` reaches, each primary's followed by
-    ``WAIT replicas timeout_ms`` on the connection that carried them; answers each command's
-    reply (an error in place, as ``raise_on_error=False``) and, per command, how many
-    replicas confirmed it.
+    """Run `commands` on the cluster `client` reaches, each primary's on one connection and,
+    with `wait` (replicas, timeout in ms), followed by ``WAIT replicas timeout`` on it;
+    answers each command's reply (an error in place, as ``raise_on_error=False``) and, per
+    command, how many replicas confirmed it (None without `wait`).
     """
     cluster = cast(RedisCluster, client)
     await cluster.initialize()
@@ -90,10 +94,7 @@ async def execute_confirmed(
                     cluster._initialize = True
                     continue
             groups.setdefault(node.name, (node, []))[1].append(i)
-        sends = [
-            _send(node, indexes, commands, asking, replicas, timeout_ms)
-            for node, indexes in groups.values()
-        ]
+        sends = [_send(node, indexes, commands, asking, wait) for node, indexes in groups.values()]
         answers = await asyncio.gather(*sends, return_exceptions=True)
         pending, asking, again = [], {}, False
         for (node, indexes), answer in zip(groups.values(), answers, strict=True):
@@ -102,7 +103,7 @@ async def execute_confirmed(
                     raise answer
                 answer = ([answer] * len(indexes), answer)
             replies, waited = answer
-            if not isinstance(waited, Exception):
+            if waited is not None and not isinstance(waited, Exception):
                 waited = int(waited)
             await _after_errors(cluster, node, (*replies, waited))
             for i, reply in zip(indexes, replies, strict=True):
@@ -117,7 +118,7 @@ async def execute_confirmed(
                     again = True
                 else:
                     results[i] = reply
-                    if not isinstance(reply, _REFUSED_UNRUN):
+                    if wait is not None and not isinstance(reply, _REFUSED_UNRUN):
                         acknowledged[i] = waited
         if again and passes < cluster.RedisClusterRequestTTL / 2:
             await asyncio.sleep(_TRYAGAIN_PAUSE_S)
@@ -129,11 +130,10 @@ async def _send(
     indexes: Sequence[int],
     commands: Sequence[Command],
     asking: Mapping[int, ClusterNode],
-    replicas: int,
-    timeout_ms: int,
+    wait: tuple[int, int] | None,
 ) -> tuple[list[Any], Any]:
-    """One node's commands and a WAIT, on one of its connections (one write, then the
-    replies in order)."""
+    """One node's commands, and a WAIT if asked, on one of its connections (one write, then
+    the replies in order); answers the replies and WAIT's (None without)."""
     stack: list[PipelineCommand] = []
     mine: list[PipelineCommand] = []
     for i in indexes:
@@ -143,8 +143,9 @@ async def _send(
         command = PipelineCommand(i, *args, **options)
         stack.append(command)
         mine.append(command)
-    wait = PipelineCommand(-1, "WAIT", replicas, timeout_ms)
-    stack.append(wait)
+    waited = None if wait is None else PipelineCommand(-1, "WAIT", *wait)
+    if waited is not None:
+        stack.append(waited)
     try:
         await node.execute_pipeline(stack)
     except (AttributeError, RuntimeError) as exc:
@@ -153,7 +154,7 @@ async def _send(
         # and its stream then fails with these (seen as 500s in the failover test). A lost
         # connection; what it sent, if anything, is not sent again.
         raise RedisConnectionError(f"connection closed while in use: {exc!r}") from exc
-    return [command.result for command in mine], wait.result
+    return [command.result for command in mine], None if waited is None else waited.result
 
 
 async def _node_of(cluster: RedisCluster, args: Sequence[Any]) -> ClusterNode:
