@@ -21,6 +21,8 @@ from typing import Any, Final, cast
 
 import attrs
 import redis.asyncio
+from redis._parsers import AsyncCommandsParser
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -91,6 +93,20 @@ _BLOCKING: Final = frozenset({"BLPOP"})
 _NODE_HEADROOM: Final = 4
 
 
+class _CommandTableOnce(AsyncCommandsParser):
+    """redis-py's reader of the server's command table, read once, not again at every
+    reading of the slot map. redis-py asks the map's first primary for it each time; a
+    primary that died stays in the map until a replica takes its place (or for good without
+    one), and while it came first every reading of the map failed, and with it every call,
+    whichever primary held its keys. The table is the server's own and does not change."""
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        if node is not None:
+            self.node = node
+        if not self.commands:
+            await super().initialize()
+
+
 class _WaitingCluster(RedisCluster):
     """redis-py's cluster client, where a command waits (up to `pool_timeout`) while
     `max_connections` others are in flight, as the single server's pool makes it wait for a
@@ -114,6 +130,7 @@ class _WaitingCluster(RedisCluster):
         )
         self._in_flight = asyncio.Semaphore(max_connections)
         self._pool_timeout = pool_timeout
+        self.commands_parser = _CommandTableOnce()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if args[0] in _BLOCKING:
@@ -147,11 +164,23 @@ _REMAP_AFTER: Final = (
 )
 
 
-def remap_after(client: RedisCluster, errors: Any) -> None:
-    """Have `client` read the slot map again before its next command if any of `errors`
-    (exceptions, or replies with errors in place) says a primary was lost or moved."""
-    if any(isinstance(error, _REMAP_AFTER) for error in errors):
+def remap_after(client: object, errors: Any) -> None:
+    """Have the cluster `client` read the slot map again before its next command if any of
+    `errors` (exceptions, or replies with errors in place) says a primary was lost or moved;
+    nothing for a client of one server."""
+    if isinstance(client, RedisCluster) and any(isinstance(e, _REMAP_AFTER) for e in errors):
         client._initialize = True
+
+
+async def subscriber(client: redis.asyncio.Redis) -> PubSub:
+    """A pub/sub of `client`; on a cluster, on a node picked at random. A PUBLISH reaches
+    every node's subscribers over the cluster bus, so any node will do, and a subscription
+    whose node was lost finds another: redis-py's own choice is the node of the channel's
+    slot, the same one each time, by a slot map that may still name the lost node."""
+    if not isinstance(client, RedisCluster):
+        return client.pubsub()
+    await client.initialize()
+    return cast(PubSub, client.pubsub(node=client.get_random_node()))
 
 
 class _RemappingPipeline(ClusterPipeline):

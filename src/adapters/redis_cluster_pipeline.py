@@ -51,6 +51,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from adapters.redis_cluster import remap_after
+
 # A command as a pipeline queued it: its arguments and options.
 Command = tuple[Sequence[Any], Mapping[str, Any]]
 # How many replicas confirmed a command: its node's WAIT answer (a count, or the error it
@@ -185,6 +187,4 @@ async def _after_errors(cluster: RedisCluster, node: ClusterNode, replies: Seque
     if any(isinstance(r, RedisConnectionError | RedisTimeoutError | OSError) for r in replies):
         node.update_active_connections_for_reconnect()
         cluster.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
-        cluster._initialize = True
-    elif any(isinstance(r, ClusterDownError) for r in replies):
-        cluster._initialize = True
+    remap_after(cluster, replies)

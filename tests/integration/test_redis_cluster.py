@@ -24,7 +24,7 @@ from adapters.redis_cluster import NOT_A_CLUSTER
 from adapters.redis_queue import redis_backend
 from domain.errors import AdmissionRefusedError, PartialSubmissionError
 from domain.jobs import JobStatus
-from domain.ports import AdmissionPolicy, NewJob, QueueLimits
+from domain.ports import AdmissionPolicy, LeaseQueue, NewJob, QueueLimits
 from domain.settlement import Ending
 from entrypoints.local_topologies import LocalCluster
 from tests.contracts.all import AllContracts
@@ -251,6 +251,96 @@ def test_a_primary_lost_fails_only_the_calls_whose_queues_it_holds(tmp_path: Pat
                 primary.close()
             finally:
                 await backend.connection.close()
+
+        asyncio.run(scenario())
+
+
+def test_readers_waiting_for_a_job_are_woken_after_the_node_of_their_subscription_dies(
+    tmp_path: Path,
+) -> None:
+    """A process's one subscription to finish notices is on some node; when that node dies
+    its readers are still woken when their job finishes (the subscription comes back on a
+    node that lives, picked at random; until then the watched jobs are polled), and the
+    clients of the process go on with the queues of the nodes that live."""
+    with LocalCluster(tmp_path / "cluster", primaries=3, node_timeout_ms=30_000) as cluster:
+        factory = ClusterFactory(cluster.url)
+        prefix = factory.prefix
+        registry = cluster.slot_owner(key_slot(f"{prefix}:queues".encode()))
+        queues = spread_queues(cluster, prefix, per_primary=1)
+        home = next(name for name, port in queues.items() if port == registry)
+        channel = f"{prefix}:finished"
+
+        def subscribed_on() -> list[int]:
+            found = []
+            for port in cluster.primary_ports:
+                with contextlib.suppress(redis.ConnectionError):
+                    with redis.Redis(port=port) as node:
+                        if dict(node.pubsub_numsub(channel)).get(channel.encode()):
+                            found.append(port)
+            return found
+
+        async def finish(leases: LeaseQueue, job_id: str) -> float:
+            # This job, and those of the backends closed before, all queued.
+            claimed = await claim(leases, [home], limit=100)
+            assert job_id in ids_of(claimed)
+            for lease in claimed:
+                assert await leases.settle(lease, Ending.succeeded("ok")) is not None
+            return time.monotonic()
+
+        async def lost(watcher: object, within: float) -> None:
+            deadline = time.monotonic() + within
+            while getattr(watcher, "subscribed", True):
+                assert time.monotonic() < deadline, "the lost subscription went unnoticed"
+                await asyncio.sleep(0.02)
+
+        async def subscribed(watcher: object, within: float) -> None:
+            deadline = time.monotonic() + within
+            while not getattr(watcher, "subscribed", False):
+                assert time.monotonic() < deadline, "no subscription"
+                await asyncio.sleep(0.02)
+
+        async def scenario() -> None:
+            # The subscription's node is picked at random: a backend whose subscription
+            # shares the primary of the queue and the registry is closed and another made.
+            for n in range(20):
+                backend = redis_backend(factory.client(), prefix=prefix)
+                try:
+                    watcher, leases = backend.watcher, backend.leases
+                    assert watcher is not None
+                    assert leases is not None
+                    job = new_job(queue=home, n=n)
+                    await enqueue(backend.submitter, job)
+                    with watcher.watch(job.id) as watch:
+                        await subscribed(watcher, within=5)
+                        (node,) = subscribed_on()
+                        if node == registry:
+                            continue
+                        cluster.kill_node(node)
+                        await lost(watcher, within=5)  # the process saw its subscription go
+                        await watch.wait(0)  # a wake the loss gave: the reader looks, waits on
+                        started = time.monotonic()
+                        finishing = asyncio.create_task(finish(leases, job.id))
+                        # The reader as the API's is: woken, it reads the job, and waits on.
+                        while True:
+                            await watch.wait(10)
+                            finished = await backend.store.get(job.id)
+                            assert finished is not None
+                            if finished.status is JobStatus.SUCCEEDED:
+                                break
+                            assert time.monotonic() < started + 10, "the reader was not woken"
+                        settled = await finishing
+                        seen_in = time.monotonic() - settled
+                    print(
+                        f"\nsubscribed on {node}, killed; the reader saw the finish {seen_in:.2f} s"
+                        " after it"
+                    )
+                    assert seen_in < 3.0
+                    await subscribed(watcher, within=15)
+                    assert subscribed_on() not in ([], [node])
+                    return
+                finally:
+                    await backend.connection.close()
+            raise AssertionError("every subscription was on the registry's primary")
 
         asyncio.run(scenario())
 

@@ -20,9 +20,10 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Final
 
-from redis.asyncio.client import Pipeline
+from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import RedisError
 
+from adapters.redis_cluster import remap_after, subscriber
 from domain.jobs import QUEUE_TAG_LENGTH, JobStatus
 from domain.ports import JobWatcher, Watch
 
@@ -143,8 +144,9 @@ class RedisJobWatcher(JobWatcher):
     async def _listen_forever(self) -> None:
         delay = self.RETRY_FIRST
         while True:
-            pubsub = self._core.client.pubsub()
+            pubsub: PubSub | None = None
             try:
+                pubsub = await subscriber(self._core.client)
                 await pubsub.subscribe(self._core.finished_channel)
                 while True:
                     message = await pubsub.get_message(timeout=self.LISTEN_SECONDS)
@@ -161,10 +163,12 @@ class RedisJobWatcher(JobWatcher):
                         await self._wake_paced(list(self._waiting))
             except (RedisError, OSError) as exc:
                 log.warning("job finish notices unavailable (polling meanwhile): %s", exc)
+                remap_after(self._core.client, (exc,))  # on a cluster: its node may be gone
             finally:
                 self.subscribed = False
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    if pubsub is not None:
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]
             await self._poll_for(delay)
             delay = min(delay * 2, self.RETRY_CAP)
 
