@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from entrypoints.cli.arguments import positive_int
-from entrypoints.container import build_container
+from entrypoints.container import Container, build_container
 from entrypoints.logs import redact_url
 from entrypoints.scheduling import check_schedules
 from entrypoints.setting_values import parse_weighted_queues
 from entrypoints.settings import QueueBackend, Settings, SettingsError, parse_flag
+from entrypoints.startup import backend_is_safe
 from entrypoints.tracing import check_tracing
 
 if TYPE_CHECKING:
@@ -110,7 +111,10 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
     if settings.queue_backend in (QueueBackend.REDIS, QueueBackend.RQ):
         settings.require_redis_url()  # fail here, with a clear message, not inside uvicorn
         _check_cluster_mode(settings)  # the same
-    check_schedules(build_container(settings))  # the same: a bad CONVEYOR_SCHEDULES
+    container = build_container(settings)
+    check_schedules(container)  # the same: a bad CONVEYOR_SCHEDULES
+    if not asyncio.run(_backend_is_safe(container)):
+        return 2  # the reason is logged; inside uvicorn its traceback would follow
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to whatever
     # handler was there before it; with these, a clean stop exits 0 instead of dying by it.
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -128,6 +132,17 @@ def run_api(args: argparse.Namespace, settings: Settings) -> int:
         server_header=False,
     )
     return 0
+
+
+async def _backend_is_safe(container: Container) -> bool:
+    """The API's own start-up check (`backend_is_safe`), made before uvicorn starts so that a
+    refusal is one line; its warnings are left to the start-up inside uvicorn, which says
+    them once."""
+    connection = container.backend().connection
+    try:
+        return await backend_is_safe(connection, log, warnings=False)
+    finally:
+        await connection.close()
 
 
 def _check_cluster_mode(settings: Settings) -> None:
