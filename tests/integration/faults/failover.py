@@ -90,11 +90,11 @@ class ReplicasCut:
 @dataclass(frozen=True)
 class Failover:
     """How a topology is failed over: its primary and that primary's replicas when the cut
-    begins, how the primary is killed, and how to wait (raising past a bound) until a
-    replica serves in its place."""
+    begins, how the primary is killed (answering the port killed), and how to wait (raising
+    past a bound) until a replica serves in the killed one's place."""
 
     primary_and_replicas: Callable[[], tuple[int, Sequence[int]]]
-    kill: Callable[[int], object]
+    kill: Callable[[int], int]
     wait_promoted: Callable[[int], object]
 
 
@@ -155,9 +155,9 @@ def failover_under_load(
                 primary, replicas = failover.primary_and_replicas()
                 with ReplicasCut(primary, replicas) as cut:
                     cut.until_behind(at_least=CUT_FOR_S)
-                    failover.kill(primary)
+                    killed_port = failover.kill(primary)
                     killed = time.time()
-                failover.wait_promoted(primary)
+                failover.wait_promoted(killed_port)
                 promoted = time.time()
                 # At least `jobs` in all, and a few seconds' worth on the promoted primary.
                 deadline = time.monotonic() + load_within

@@ -111,9 +111,13 @@ def _failover_under_load(
         primary = spread[busy]
         return primary, [_replica_of(cluster, primary)]
 
+    def kill(primary: int) -> int:
+        cluster.kill_node(primary)
+        return primary
+
     failover = Failover(
         primary_and_replicas,
-        cluster.kill_node,
+        kill,
         lambda killed: _wait_for_failover(cluster, slot, killed),
     )
     env = fault_env(
