@@ -23,11 +23,20 @@ def start_eagerly(work: Awaitable[T]) -> asyncio.Future[T]:
     KeyboardInterrupt and SystemExit, which propagate, as asyncio does) ends the future.
     """
     loop = asyncio.get_running_loop()
-    if not isinstance(work, types.CoroutineType):
-        return asyncio.ensure_future(work)
+    steps: Coroutine[Any, Any, T] | Generator[Any, Any, T]
+    if isinstance(work, types.CoroutineType):
+        steps = work
+    elif isinstance(work, asyncio.Future):
+        return work
+    else:
+        # An awaitable that wraps a coroutine (the worker's board watching a handler) steps
+        # through it the same way, so it is not made a task before it has to be.
+        steps = work.__await__()
+        if not isinstance(steps, Generator):
+            return asyncio.ensure_future(work)
     future: asyncio.Future[T] = loop.create_future()
     try:
-        first = work.send(None)
+        first = steps.send(None)
     except StopIteration as stop:
         future.set_result(cast(T, stop.value))
         return future
@@ -39,10 +48,10 @@ def start_eagerly(work: Awaitable[T]) -> asyncio.Future[T]:
     except BaseException as exc:
         future.set_exception(exc)
         return future
-    return loop.create_task(_resumed(work, first))
+    return loop.create_task(_resumed(steps, first))
 
 
-async def _resumed(coro: Coroutine[Any, Any, T], first: Any) -> T:
+async def _resumed(coro: Coroutine[Any, Any, T] | Generator[Any, Any, T], first: Any) -> T:
     result: T = await _Relay(coro, first)
     return result
 
@@ -51,7 +60,9 @@ class _Relay:
     """Awaiting it carries on a started coroutine: what it yields (the future it waits for)
     goes up to the task, and what the task sends or throws goes down to it."""
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+    def __init__(
+        self, coro: Coroutine[Any, Any, Any] | Generator[Any, Any, Any], first: Any
+    ) -> None:
         self._coro = coro
         self._first = first
 

@@ -121,3 +121,75 @@ async def test_an_awaitable_that_is_not_a_coroutine_runs_as_a_task() -> None:
     future = start_eagerly(work)
 
     assert await future == 5
+
+
+class Watched:
+    """An awaitable wrapping a coroutine step by step, as the worker's board does."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], steps: list[str]) -> None:
+        self._coro = coro
+        self._steps = steps
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self
+
+    def __iter__(self) -> Watched:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def send(self, value: Any) -> Any:
+        self._steps.append("send")
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        self._steps.append("throw")
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._coro.close()
+
+
+@in_a_loop
+async def test_a_wrapped_handler_that_never_waits_is_done_at_once_without_a_task() -> None:
+    steps: list[str] = []
+    before = len(asyncio.all_tasks())
+
+    future = start_eagerly(Watched(returns(3), steps))
+
+    assert future.done()
+    assert future.result() == 3
+    assert not isinstance(future, asyncio.Task)
+    assert len(asyncio.all_tasks()) == before
+    assert steps == ["send"]
+
+
+@in_a_loop
+async def test_a_wrapped_handler_that_waits_is_stepped_by_its_wrapper_and_cancellable() -> None:
+    steps: list[str] = []
+    cleaned = asyncio.Event()
+
+    async def handler() -> None:
+        try:
+            await asyncio.sleep(0.01)
+            await asyncio.sleep(10)
+        finally:
+            cleaned.set()
+
+    future = start_eagerly(Watched(handler(), steps))
+    assert isinstance(future, asyncio.Task)
+    await asyncio.sleep(0.05)
+    future.cancel()
+
+    with pytest.raises(asyncio.CancelledError):
+        await future
+    assert cleaned.is_set()
+    assert steps == ["send", "send", "throw"]
+
+
+@in_a_loop
+async def test_a_future_is_answered_as_it_is() -> None:
+    fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    assert start_eagerly(fut) is fut
