@@ -67,6 +67,9 @@ def warn_unreplicated(lease: Lease, shortfall: NotReplicatedError) -> None:
 def log_result(lease: Lease, result: ProcessResult, elapsed: float) -> None:
     """Log how an attempt the processor ran ended, as the backend stored it, with the
     handler's traceback when it raised (clients see only its type and message)."""
+    quiet = result.status is S.SUCCEEDED and not log.isEnabledFor(logging.INFO)
+    if quiet and result.unreplicated is None:
+        return  # the most common line, not built when it would not be written
     fields: dict[str, Any] = {**describe(lease.job), "elapsed_ms": round(elapsed * 1000, 1)}
     if result.error is not None:
         fields |= {"error_kind": str(result.error.kind), "error_type": result.error.type}

@@ -90,6 +90,8 @@ class Worker:
             max_workers=config.concurrency, thread_name_prefix="conveyor-job"
         )
         self._stop = asyncio.Event()
+        # Set when a running job ends: what a claim loop with every slot taken waits for.
+        self._freed = asyncio.Event()
         self._retiring: str | None = None
         self._baseline_rss: int | None = None
         # Whether the claim loop is claiming and its last claim came back empty: it tried
@@ -193,14 +195,10 @@ class Worker:
                     self._start(lease)
 
     async def _wait_for_slot(self) -> None:
-        stopper = asyncio.create_task(self._stop.wait())
-        try:
-            await asyncio.wait(
-                [stopper, *(r.task for r in self._running.values())],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            stopper.cancel()
+        # One event for every job's end, not a wait on every running task: that cost a
+        # callback added to and taken off each of them per freed slot.
+        self._freed.clear()
+        await either(self._freed, self._stop)
 
     async def _drain(self) -> None:
         if not self._running:
@@ -229,7 +227,8 @@ class Worker:
             await asyncio.wait([e.task for e in pending], timeout=0.1)
 
     def _start(self, lease: Lease) -> None:
-        log.info("job claimed", extra=describe(lease.job))
+        if log.isEnabledFor(logging.INFO):
+            log.info("job claimed", extra=describe(lease.job))
         self._observers.started(lease)
         context = WorkerJobContext(lease, self._leases, self._executor, self._board, self._clock)
         task = asyncio.create_task(self._execute(lease, context))
@@ -242,6 +241,7 @@ class Worker:
             entry.cancel_timer.cancel()
         if self._running.get(entry.lease.job_id) is entry:
             del self._running[entry.lease.job_id]
+        self._freed.set()
 
     async def _execute(self, lease: Lease, context: WorkerJobContext) -> None:
         started = time.monotonic()
