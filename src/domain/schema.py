@@ -52,47 +52,48 @@ class Field:
     refused: Mapping[str, str] = attrs.field(factory=dict, hash=False)
     email: bool = False
 
-    def check(self, value: object, path: str) -> list[FieldError]:
+    def problems(self, value: object) -> list[str]:
+        """What is wrong with `value` for this field: no messages when nothing is."""
         match self.kind:
             case Kind.ANY:
                 return []
             case Kind.BOOLEAN:
-                return [] if isinstance(value, bool) else [FieldError(path, "expected a boolean")]
+                return [] if isinstance(value, bool) else ["expected a boolean"]
             case Kind.STRING:
-                return self._check_string(value, path)
+                return self._string_problems(value)
             case Kind.INTEGER:
                 if isinstance(value, bool) or not isinstance(value, int):
-                    return [FieldError(path, "expected an integer")]
-                return self._check_range(value, path)
+                    return ["expected an integer"]
+                return self._range_problems(value)
             case Kind.NUMBER:
                 if isinstance(value, bool) or not isinstance(value, int | float):
-                    return [FieldError(path, "expected a number")]
+                    return ["expected a number"]
                 if isinstance(value, float) and not math.isfinite(value):
-                    return [FieldError(path, "expected a finite number")]
-                return self._check_range(value, path)
+                    return ["expected a finite number"]
+                return self._range_problems(value)
 
-    def _check_string(self, value: object, path: str) -> list[FieldError]:
+    def _string_problems(self, value: object) -> list[str]:
         if not isinstance(value, str):
-            return [FieldError(path, "expected a string")]
+            return ["expected a string"]
         if value in self.refused:
-            return [FieldError(path, self.refused[value])]
+            return [self.refused[value]]
         if self.choices is not None and value not in self.choices:
-            return [FieldError(path, f"expected one of {', '.join(self.choices)}")]
+            return [f"expected one of {', '.join(self.choices)}"]
         if self.min_length is not None and len(value) < self.min_length:
-            return [FieldError(path, f"expected at least {self.min_length} characters")]
+            return [f"expected at least {self.min_length} characters"]
         if self.max_length is not None and len(value) > self.max_length:
-            return [FieldError(path, f"expected at most {self.max_length} characters")]
+            return [f"expected at most {self.max_length} characters"]
         if self.email and not _EMAIL.match(value):
-            return [FieldError(path, "expected an email address like user@example.com")]
+            return ["expected an email address like user@example.com"]
         return []
 
-    def _check_range(self, value: float, path: str) -> list[FieldError]:
+    def _range_problems(self, value: float) -> list[str]:
         if self.minimum is not None and value < self.minimum:
-            return [FieldError(path, f"expected a value >= {self.minimum:g}")]
+            return [f"expected a value >= {self.minimum:g}"]
         if self.exclusive_minimum is not None and value <= self.exclusive_minimum:
-            return [FieldError(path, f"expected a value > {self.exclusive_minimum:g}")]
+            return [f"expected a value > {self.exclusive_minimum:g}"]
         if self.maximum is not None and value > self.maximum:
-            return [FieldError(path, f"expected a value <= {self.maximum:g}")]
+            return [f"expected a value <= {self.maximum:g}"]
         return []
 
     def json_schema(self) -> dict[str, Any]:
@@ -128,13 +129,18 @@ class PayloadSchema:
     cross_checks: tuple[CrossCheck, ...] = ()
     # JSON Schema keywords saying what the cross checks enforce, for the documents.
     rules: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
+    # The field names, once: a worker validates every payload it runs.
+    _known: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_known", frozenset(f.name for f in self.fields))
 
     def validate(self, data: object, *, path: str = "payload") -> dict[str, Any]:
         """The payload with defaults filled in; raises InvalidJobError listing every bad field."""
         if not isinstance(data, Mapping):
             raise InvalidJobError([FieldError(path, "expected a JSON object")])
         errors: list[FieldError] = []
-        known = {f.name for f in self.fields}
+        known = self._known
         for key in data:
             if key not in known:
                 errors.append(FieldError(f"{path}.{key}", "unknown field"))
@@ -147,9 +153,10 @@ class PayloadSchema:
                 elif field.default is not None:
                     clean[field.name] = field.default
                 continue
-            problems = field.check(value, f"{path}.{field.name}")
-            errors.extend(problems)
-            if not problems:
+            problems = field.problems(value)
+            if problems:
+                errors.extend(FieldError(f"{path}.{field.name}", p) for p in problems)
+            else:
                 clean[field.name] = value
         if not errors:
             for rule in self.cross_checks:

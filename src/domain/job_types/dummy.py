@@ -65,11 +65,17 @@ _FIELDS_BY_MODE: Mapping[Mode, frozenset[str]] = {
 _OPTIONAL = frozenset().union(*_FIELDS_BY_MODE.values())
 
 
+# Per mode, the optional fields it does not use, in the order errors name them.
+_UNUSED_BY_MODE: Mapping[str, tuple[str, ...]] = {
+    mode.value: tuple(sorted(_OPTIONAL - fields)) for mode, fields in _FIELDS_BY_MODE.items()
+}
+
+
 def _fields_fit_mode(payload: Mapping[str, Any]) -> Sequence[FieldError]:
-    mode = Mode(payload["mode"])
+    mode = payload["mode"]
     return [
         FieldError(name, f"not used by mode {mode}")
-        for name in sorted(_OPTIONAL - _FIELDS_BY_MODE[mode])
+        for name in _UNUSED_BY_MODE[mode]
         if name in payload
     ]
 
