@@ -8,7 +8,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import attrs
@@ -88,8 +88,14 @@ def valid_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
 
 
 def _aware(_: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
-    if value is not None and value.utcoffset() is None:
+    if value is None or value.tzinfo is UTC:  # what every stored time decodes to
+        return
+    if value.utcoffset() is None:
         raise ValueError(f"{attribute.name} must be timezone-aware")
+
+
+def _as_status(value: JobStatus | str) -> JobStatus:
+    return value if type(value) is JobStatus else JobStatus(value)
 
 
 def is_name(value: str) -> bool:
@@ -247,7 +253,7 @@ class Job:
     type: str = attrs.field(validator=valid_name)
     payload: JSONObject = attrs.field(eq=False, hash=False)
     queue: str = attrs.field(validator=valid_name)
-    status: JobStatus = attrs.field(converter=JobStatus)
+    status: JobStatus = attrs.field(converter=_as_status)
     max_attempts: int = attrs.field(validator=attrs.validators.ge(1))
     timeout: float = attrs.field(validator=attrs.validators.gt(0))
     created_at: datetime = attrs.field(validator=_aware)

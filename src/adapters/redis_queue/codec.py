@@ -145,7 +145,7 @@ def to_micros(moment: datetime) -> int:
 
 
 def from_micros(raw: bytes) -> datetime:
-    return _EPOCH + timedelta(microseconds=int(raw))
+    return _EPOCH + timedelta(0, 0, int(raw))  # (days, seconds, microseconds): no keywords
 
 
 def encode_job(job: Job, *, with_status: bool = True) -> list[str | bytes]:
