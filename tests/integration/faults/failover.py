@@ -125,6 +125,58 @@ class FailoverRun:
         state = self.final.get(job_id)
         return None if state is None or state.view is None else str(state.view["queue"])
 
+    def check_confirmed(self, jobs: int, acked_at_least: int) -> None:
+        """With replicas confirming writes: no acknowledged job lost, each succeeded, and a
+        job completed twice only after a completion the replicas did not confirm."""
+        report, summary = self.report, self.report.summary()
+        assert len(self.sent) >= jobs, summary
+        assert report.acked >= acked_at_least, summary  # the seconds before the cut
+        assert report.lost == [], summary
+        assert report.statuses == {"succeeded": report.acked}, summary
+        # A job completes twice only when the replicas did not confirm its first completion
+        # (the worker logged and counted it), and the failover lost that one: it ran again.
+        assert set(report.dup_completions) <= self.unconfirmed, summary
+        assert report.live_overlaps == [], summary
+        self.check_answers_and_promotion()
+
+    def check_lost_only_the_window(self, jobs: int) -> set[str]:
+        """Without confirmation (the negative control): a loss is seen, only of what was
+        answered from just before the cut (still in the links it dropped) to the promotion
+        (an answer on its way at the kill arrives after it, none later). Answers the jobs
+        acknowledged after the promotion."""
+        report, summary = self.report, self.report.summary()
+        assert len(self.sent) >= jobs, summary
+        assert report.acked > jobs // 2, summary
+        assert report.lost, (
+            f"a failover after a cut lost nothing: the test cannot see a loss; {summary}"
+        )
+        outside = set(report.lost) - self.acked_between(self.cut - LINK_LAG_S, self.promoted)
+        assert not outside, [
+            (round(s.received - self.cut, 3), round(s.received - self.killed, 3))
+            for s in self.sent
+            if s.job_id in outside
+        ]
+        assert set(report.statuses) <= {"succeeded", "missing"}, summary
+        assert report.statuses["succeeded"] + len(report.lost) == report.acked, summary
+        after = {
+            s.job_id
+            for s in self.sent
+            if s.status == 202 and s.job_id is not None and s.sent > self.promoted
+        }
+        assert after, summary
+        assert after.isdisjoint(report.lost), summary  # what came after it is all there
+        self.check_answers_and_promotion()
+        return after
+
+    def check_answers_and_promotion(self) -> None:
+        """Every answer a 202 or a 503, and the API and the workers followed the promoted
+        primary without a restart: what was submitted after it (stored, if not confirmed)
+        ran."""
+        assert {s.status for s in self.sent} <= {202, 503}, [
+            s for s in self.sent if s.status not in (202, 503)
+        ]
+        assert self.started_after_promotion > 0, self.report.summary()
+
 
 def failover_under_load(
     failover: Failover,
