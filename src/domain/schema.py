@@ -130,17 +130,17 @@ class PayloadSchema:
     # JSON Schema keywords saying what the cross checks enforce, for the documents.
     rules: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
     # The field names, once: a worker validates every payload it runs.
-    _known: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+    field_names: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_known", frozenset(f.name for f in self.fields))
+        object.__setattr__(self, "field_names", frozenset(f.name for f in self.fields))
 
     def validate(self, data: object, *, path: str = "payload") -> dict[str, Any]:
         """The payload with defaults filled in; raises InvalidJobError listing every bad field."""
         if not isinstance(data, Mapping):
             raise InvalidJobError([FieldError(path, "expected a JSON object")])
         errors: list[FieldError] = []
-        known = self._known
+        known = self.field_names
         for key in data:
             if key not in known:
                 errors.append(FieldError(f"{path}.{key}", "unknown field"))

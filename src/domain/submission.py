@@ -114,7 +114,7 @@ def validate(
     deadline = _deadline(submission.deadline, now, errors)
     if deadline is not None and deadline <= max(now, run_at or now):
         errors.append(FieldError("deadline", "expected a time after the job may start"))
-    known = frozenset(field.name for field in job_type.schema.fields)
+    known = job_type.schema.field_names
     unique_key = _unique_key(submission, job_type.name, known, payload, errors)
     if errors or payload is None:
         raise InvalidJobError(errors)
