@@ -6,6 +6,10 @@ SIGKILLed, and the run goes on until a replica is promoted and the load has run 
 while. On loopback a replica is never more than a moment behind, so a kill alone loses
 nothing either way: the cut makes the window real. The topology says how it is cut, killed
 and seen promoted (`Failover`); the run answers what happened to every job (`FailoverRun`).
+
+A loaded machine can make the topology fail over again after the promotion (a promoted
+primary that stalls past the down-after time is failed over in turn): the run watches which
+node serves until every job is settled, and each later promotion opens a window of its own.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 
 import redis
 
+from entrypoints.local_topologies import LocalTopologyError
 from tests.integration.faults.checker import TERMINAL, JobState, LedgerReader, Report
 from tests.integration.faults.harness import (
     Evidence,
@@ -96,6 +101,35 @@ class Failover:
     primary_and_replicas: Callable[[], tuple[int, Sequence[int]]]
     kill: Callable[[int], int]
     wait_promoted: Callable[[int], object]
+    serving: Callable[[], int]  # the port of the primary serving now (may raise meanwhile)
+
+
+class ServingWatch:
+    """Polls which node serves as the primary, from a thread, until closed; records each
+    change as (time.time(), port)."""
+
+    def __init__(self, serving: Callable[[], int]) -> None:
+        self._serving = serving
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.changes: list[tuple[float, int]] = []
+
+    def __enter__(self) -> ServingWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                port = self._serving()
+            except (redis.RedisError, LocalTopologyError, OSError):
+                continue  # between primaries: asked again in a moment
+            if not self.changes or self.changes[-1][1] != port:
+                self.changes.append((time.time(), port))
 
 
 @dataclass
@@ -105,9 +139,17 @@ class FailoverRun:
     final: dict[str, JobState]  # what the API says of each acknowledged job at the end
     cut: float  # when the replicas' links began to be cut, time.time()
     killed: float
-    promoted: float
+    promoted: float  # when a replica was first seen serving in the killed one's place
+    # Every node other than the killed one seen serving until the jobs were settled, with
+    # when it was first seen: more than one is a failover after the failover.
+    serving: list[tuple[float, int]]
     started_after_promotion: int  # attempts the workers began on the promoted primary
     unconfirmed: set[str]  # jobs with a completion the replicas did not confirm
+
+    @property
+    def last_promoted(self) -> float:
+        """When the node that served to the end was first seen serving."""
+        return max(self.promoted, self.serving[-1][0]) if self.serving else self.promoted
 
     def acked_between(self, start: float, end: float, queue: str | None = None) -> set[str]:
         """The jobs answered 202 between `start` and `end` (time.time()); with `queue`, only
@@ -142,26 +184,34 @@ class FailoverRun:
     def check_lost_only_the_window(self, jobs: int) -> set[str]:
         """Without confirmation (the negative control): a loss is seen, only of what was
         answered from just before the cut (still in the links it dropped) to the promotion
-        (an answer on its way at the kill arrives after it, none later). Answers the jobs
-        acknowledged after the promotion."""
+        of the node that served to the end (an answer on its way at the kill arrives after
+        it, none later; a later failover may lose what the node it replaced had alone).
+        Answers the jobs acknowledged after that promotion."""
         report, summary = self.report, self.report.summary()
         assert len(self.sent) >= jobs, summary
         assert report.acked > jobs // 2, summary
         assert report.lost, (
             f"a failover after a cut lost nothing: the test cannot see a loss; {summary}"
         )
-        outside = set(report.lost) - self.acked_between(self.cut - LINK_LAG_S, self.promoted)
-        assert not outside, [
-            (round(s.received - self.cut, 3), round(s.received - self.killed, 3))
-            for s in self.sent
-            if s.job_id in outside
-        ]
+        promoted = self.last_promoted
+        outside = set(report.lost) - self.acked_between(self.cut - LINK_LAG_S, promoted)
+        assert not outside, (
+            f"lost after the promotion; serving (s after the kill, port): "
+            f"{self.serving_since_kill()}; (sent, answered) s after the promotion: "
+            + str(
+                [
+                    (round(s.sent - promoted, 3), round(s.received - promoted, 3))
+                    for s in self.sent
+                    if s.job_id in outside
+                ][:20]
+            )
+        )
         assert set(report.statuses) <= {"succeeded", "missing"}, summary
         assert report.statuses["succeeded"] + len(report.lost) == report.acked, summary
         after = {
             s.job_id
             for s in self.sent
-            if s.status == 202 and s.job_id is not None and s.sent > self.promoted
+            if s.status == 202 and s.job_id is not None and s.sent > promoted
         }
         assert after, summary
         assert after.isdisjoint(report.lost), summary  # what came after it is all there
@@ -176,6 +226,9 @@ class FailoverRun:
             s for s in self.sent if s.status not in (202, 503)
         ]
         assert self.started_after_promotion > 0, self.report.summary()
+
+    def serving_since_kill(self) -> list[tuple[float, int]]:
+        return [(round(at - self.killed, 3), port) for at, port in self.serving]
 
 
 def failover_under_load(
@@ -199,7 +252,7 @@ def failover_under_load(
     job is settled within `settle_within` s. `env` writes its ledger to
     ``tmp_path / "ledger.jsonl"``; `settings` are printed with the figures."""
     ledger_path = tmp_path / "ledger.jsonl"
-    with Api(env, tmp_path) as api, api.client() as client:
+    with Api(env, tmp_path) as api, api.client() as client, ServingWatch(failover.serving) as watch:
         with Pool(env, tmp_path, processes=2, concurrency=8, queues=queues) as pool:
             pool.wait_children(2)
             with Load(api.base, body, rate=rate, senders=senders) as load:
@@ -225,6 +278,7 @@ def failover_under_load(
             ledger = LedgerReader(ledger_path)
             starts = ledger.starts()
             pool.remember(int(e["pid"]) for e in starts)
+    serving = [(at, port) for at, port in watch.changes if port != killed_port]
     sent = load.sent
     codes = sorted({s.status for s in sent}, key=str)
     report = Evidence(ledger_path).report(
@@ -233,10 +287,13 @@ def failover_under_load(
         requests=len(sent),
         codes=codes,
         failover_s=round(promoted - killed, 2),
+        failovers_after=max(0, len(serving) - 1),
     )
     print_figures(name, report, **settings)
     after = sum(1 for e in starts if e["ts"] > promoted)
     unconfirmed = {
         e["job_id"] for e in ledger.events if e["event"] == "end" and e.get("unreplicated")
     }
-    return FailoverRun(report, sent, final, cut.began_at, killed, promoted, after, unconfirmed)
+    return FailoverRun(
+        report, sent, final, cut.began_at, killed, promoted, serving, after, unconfirmed
+    )

@@ -118,6 +118,7 @@ def _failover_under_load(
         primary_and_replicas,
         kill,
         lambda killed: _wait_for_failover(cluster, slot, killed),
+        lambda: cluster.slot_owner(slot),
     )
     env = fault_env(
         cluster.url,

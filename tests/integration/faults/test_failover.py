@@ -62,6 +62,7 @@ def _failover_under_load(
         primary_and_replicas,
         lambda _: servers.kill_primary(),
         lambda killed: servers.wait_for_failover(killed, timeout=FAILOVER_WITHIN_S),
+        lambda: servers.primary_address()[1],
     )
     env = fault_env(servers.url, tmp_path / "ledger.jsonl", **settings)
     return failover_under_load(
