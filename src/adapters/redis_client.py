@@ -176,6 +176,13 @@ def refusal_code(exc: ResponseError) -> str | None:
     return code if code in _REFUSALS else None
 
 
+# uvloop (the loop of the API and the workers) raises a RuntimeError saying so when a command
+# is written to a connection the server has just closed, where asyncio's own loop raises an
+# OSError or drops the write (MagicStack/uvloop#506): a primary dying, or killing its clients
+# as a failover promotes or demotes it. Nothing was sent: an outage like any lost connection.
+_CLOSED_TRANSPORT: Final = "the handler is closed"
+
+
 def unavailable(exc: BaseException) -> QueueUnavailableError | None:
     """The domain's error for a Redis failure that a later retry may cure, else None.
 
@@ -192,6 +199,8 @@ def unavailable(exc: BaseException) -> QueueUnavailableError | None:
         return QueueUnavailableError(f"redis timed out: {exc}")
     if isinstance(exc, RedisConnectionError | OSError):
         return QueueUnavailableError(f"cannot reach redis: {exc}")
+    if isinstance(exc, RuntimeError) and _CLOSED_TRANSPORT in str(exc):
+        return QueueUnavailableError(f"cannot reach redis: the connection was closed ({exc})")
     if isinstance(exc, RedisClusterException | ClusterError):
         if not_a_cluster(exc):
             # Start-up refuses it (`Connection.verify`); a process that got past its check
@@ -229,6 +238,7 @@ _UNAVAILABLE: Final = (
     RedisTimeoutError,
     ResponseError,
     OSError,
+    RuntimeError,
     RedisClusterException,
     ClusterError,
 )

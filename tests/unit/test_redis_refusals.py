@@ -102,3 +102,21 @@ def test_the_redis_errors_context_lets_a_bug_through_unchanged() -> None:
     with pytest.raises(ResponseError) as raised, redis_errors():
         raise bug
     assert raised.value is bug
+
+
+def test_a_write_uvloop_refuses_on_a_closed_connection_is_an_outage() -> None:
+    closed = RuntimeError(
+        "unable to perform operation on <TCPTransport closed=True reading=False 0x55d0>; "
+        "the handler is closed"
+    )
+    with pytest.raises(QueueUnavailableError) as raised, redis_errors():
+        raise closed
+    assert raised.value.__cause__ is closed
+    assert unavailable(RuntimeError("Event loop is closed")) is None
+
+
+def test_the_redis_errors_context_lets_another_runtime_error_through_unchanged() -> None:
+    bug = RuntimeError("this event loop is already running")
+    with pytest.raises(RuntimeError) as raised, redis_errors():
+        raise bug
+    assert raised.value is bug
