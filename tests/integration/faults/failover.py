@@ -8,8 +8,10 @@ nothing either way: the cut makes the window real. The topology says how it is c
 and seen promoted (`Failover`); the run answers what happened to every job (`FailoverRun`).
 
 A loaded machine can make the topology fail over again after the promotion (a promoted
-primary that stalls past the down-after time is failed over in turn): the run watches which
-node serves until every job is settled, and each later promotion opens a window of its own.
+primary that stalls past the down-after time is failed over in turn, and takes the writes of
+the clients still connected to it until it is made a replica, seconds later). The run
+watches which node serves and whether one it replaced still acts as a primary, keeps the
+load on until a single primary is left, and judges losses up to then.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import redis
 
 from entrypoints.local_topologies import LocalTopologyError
+from entrypoints.local_topologies.nodes import ask
 from tests.integration.faults.checker import TERMINAL, JobState, LedgerReader, Report
 from tests.integration.faults.harness import (
     Evidence,
@@ -40,6 +43,7 @@ CUT_AFTER_S = 3.0  # the replicas' links are cut from then on, for at least
 CUT_FOR_S = 1.0
 LINK_LAG_S = 0.5  # how far behind a loaded replica may be when its link is cut
 AFTER_S = 2.0  # load kept on the promoted primary at least this long
+WATCH_EVERY_S = 0.05  # how often the run asks which node serves
 
 
 class ReplicasCut:
@@ -105,14 +109,18 @@ class Failover:
 
 
 class ServingWatch:
-    """Polls which node serves as the primary, from a thread, until closed; records each
-    change as (time.time(), port)."""
+    """Polls, from a thread until closed, which node serves as the primary, recording each
+    change as (time.time(), port), and whether a node that served before it still takes
+    writes: a failover does not reach a primary it replaced that is alive (one promoted by
+    an earlier failover) until it makes it a replica, and clients still connected to it write
+    there until then."""
 
     def __init__(self, serving: Callable[[], int]) -> None:
         self._serving = serving
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.changes: list[tuple[float, int]] = []
+        self.stale_until = 0.0  # until when an earlier one answered as a primary, time.time()
 
     def __enter__(self) -> ServingWatch:
         self._thread.start()
@@ -122,14 +130,26 @@ class ServingWatch:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def alone_since(self, promoted: float) -> float:
+        """Since when the node serving now has been the only primary (at least `promoted`)."""
+        last = self.changes[-1][0] if self.changes else promoted
+        return max(promoted, last, self.stale_until + WATCH_EVERY_S if self.stale_until else 0)
+
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(WATCH_EVERY_S):
             try:
                 port = self._serving()
             except (redis.RedisError, LocalTopologyError, OSError):
                 continue  # between primaries: asked again in a moment
             if not self.changes or self.changes[-1][1] != port:
                 self.changes.append((time.time(), port))
+            for earlier in {p for _, p in self.changes} - {port}:
+                try:
+                    role = ask(earlier, "ROLE", timeout=0.2)[0]
+                except (redis.RedisError, OSError):
+                    continue  # dead (the killed one) or too slow to say
+                if role == "master":
+                    self.stale_until = time.time()
 
 
 @dataclass
@@ -143,13 +163,9 @@ class FailoverRun:
     # Every node other than the killed one seen serving until the jobs were settled, with
     # when it was first seen: more than one is a failover after the failover.
     serving: list[tuple[float, int]]
+    alone_since: float  # since when the node that served to the end was the only primary
     started_after_promotion: int  # attempts the workers began on the promoted primary
     unconfirmed: set[str]  # jobs with a completion the replicas did not confirm
-
-    @property
-    def last_promoted(self) -> float:
-        """When the node that served to the end was first seen serving."""
-        return max(self.promoted, self.serving[-1][0]) if self.serving else self.promoted
 
     def acked_between(self, start: float, end: float, queue: str | None = None) -> set[str]:
         """The jobs answered 202 between `start` and `end` (time.time()); with `queue`, only
@@ -183,24 +199,25 @@ class FailoverRun:
 
     def check_lost_only_the_window(self, jobs: int) -> set[str]:
         """Without confirmation (the negative control): a loss is seen, only of what was
-        answered from just before the cut (still in the links it dropped) to the promotion
-        of the node that served to the end (an answer on its way at the kill arrives after
-        it, none later; a later failover may lose what the node it replaced had alone).
-        Answers the jobs acknowledged after that promotion."""
+        answered from just before the cut (still in the links it dropped) until the node that
+        served to the end was the only primary (an answer on its way at the kill arrives
+        after the promotion, none later; a later failover loses what the primary it replaced
+        took until it was made a replica). Answers the jobs acknowledged after that."""
         report, summary = self.report, self.report.summary()
         assert len(self.sent) >= jobs, summary
         assert report.acked > jobs // 2, summary
         assert report.lost, (
             f"a failover after a cut lost nothing: the test cannot see a loss; {summary}"
         )
-        promoted = self.last_promoted
-        outside = set(report.lost) - self.acked_between(self.cut - LINK_LAG_S, promoted)
+        alone = self.alone_since
+        outside = set(report.lost) - self.acked_between(self.cut - LINK_LAG_S, alone)
         assert not outside, (
-            f"lost after the promotion; serving (s after the kill, port): "
-            f"{self.serving_since_kill()}; (sent, answered) s after the promotion: "
+            f"lost after one primary was left; serving (s after the kill, port): "
+            f"{self.serving_since_kill()}, alone from {round(alone - self.killed, 3)} s; "
+            "(sent, answered) s after that: "
             + str(
                 [
-                    (round(s.sent - promoted, 3), round(s.received - promoted, 3))
+                    (round(s.sent - alone, 3), round(s.received - alone, 3))
                     for s in self.sent
                     if s.job_id in outside
                 ][:20]
@@ -211,7 +228,7 @@ class FailoverRun:
         after = {
             s.job_id
             for s in self.sent
-            if s.status == 202 and s.job_id is not None and s.sent > promoted
+            if s.status == 202 and s.job_id is not None and s.sent > alone
         }
         assert after, summary
         assert after.isdisjoint(report.lost), summary  # what came after it is all there
@@ -264,9 +281,10 @@ def failover_under_load(
                     killed = time.time()
                 failover.wait_promoted(killed_port)
                 promoted = time.time()
-                # At least `jobs` in all, and a few seconds' worth on the promoted primary.
+                # At least `jobs` in all, and a few seconds' worth on the promoted primary
+                # once it is the only one.
                 deadline = time.monotonic() + load_within
-                while len(load.sent) < jobs or time.time() < promoted + AFTER_S:
+                while len(load.sent) < jobs or time.time() < watch.alone_since(promoted) + AFTER_S:
                     assert time.monotonic() < deadline, f"{len(load.sent)} sent"
                     time.sleep(0.05)
                 load.stop()
@@ -295,5 +313,14 @@ def failover_under_load(
         e["job_id"] for e in ledger.events if e["event"] == "end" and e.get("unreplicated")
     }
     return FailoverRun(
-        report, sent, final, cut.began_at, killed, promoted, serving, after, unconfirmed
+        report,
+        sent,
+        final,
+        cut.began_at,
+        killed,
+        promoted,
+        serving,
+        watch.alone_since(promoted),
+        after,
+        unconfirmed,
     )
