@@ -1,6 +1,6 @@
 """Instructions a worker process spends per job, counted by callgrind.
 
-    .venv/bin/python bench/drain_instructions.py [--small 500] [--large 2500] [--src DIR]
+    .venv/bin/python -m bench.drain_instructions [--small 500] [--large 2500] [--src DIR]
 
 A timed drain on a shared 2-core machine scatters by 10-30 % from run to run; an instruction
 count moves by well under 1 %. This runs `conveyor worker --processes 1 --concurrency 100`

@@ -74,24 +74,19 @@ def sources_of(target: JobStatus) -> frozenset[JobStatus]:
     return frozenset(s for s, targets in TRANSITIONS.items() if target in targets)
 
 
-def _valid_id(_: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if not _ID_PATTERN.fullmatch(value):
-        raise ValueError(f"{attribute.name} must be 32 lowercase hex characters, got {value!r}")
-
-
 def valid_name(_: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not _NAME_PATTERN.fullmatch(value):
-        raise ValueError(
-            f"{attribute.name} must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter;"
-            f" got {value!r}"
-        )
+        raise ValueError(_name_error(attribute.name, value))
 
 
-def _aware(_: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
-    if value is None or value.tzinfo is UTC:  # what every stored time decodes to
-        return
-    if value.utcoffset() is None:
-        raise ValueError(f"{attribute.name} must be timezone-aware")
+def _name_error(name: str, value: str) -> str:
+    return f"{name} must be 1-64 of a-z, 0-9, '_' or '-', starting with a letter; got {value!r}"
+
+
+def _refuse_naive_times(job: Job) -> None:
+    for name, value in attrs.asdict(job, recurse=False).items():
+        if isinstance(value, datetime) and value.utcoffset() is None:
+            raise ValueError(f"{name} must be timezone-aware")
 
 
 def _as_status(value: JobStatus | str) -> JobStatus:
@@ -249,39 +244,34 @@ LEASE_EXPIRED: Final = JobError(
 class Job:
     """One submission of work. A value: adapters store it, use cases reason about it."""
 
-    id: str = attrs.field(validator=_valid_id)
-    type: str = attrs.field(validator=valid_name)
+    # Every field's check is in `__attrs_post_init__`, one call instead of one per field.
+    id: str
+    type: str
     payload: JSONObject = attrs.field(eq=False, hash=False)
-    queue: str = attrs.field(validator=valid_name)
+    queue: str
     status: JobStatus = attrs.field(converter=_as_status)
-    max_attempts: int = attrs.field(validator=attrs.validators.ge(1))
-    timeout: float = attrs.field(validator=attrs.validators.gt(0))
-    created_at: datetime = attrs.field(validator=_aware)
-    priority: int = attrs.field(
-        default=0,
-        validator=[attrs.validators.ge(PRIORITY_MIN), attrs.validators.le(PRIORITY_MAX)],
-    )
-    attempts: int = attrs.field(default=0, validator=attrs.validators.ge(0))
-    started_at: datetime | None = attrs.field(default=None, validator=_aware)
-    finished_at: datetime | None = attrs.field(default=None, validator=_aware)
-    progress: int | None = attrs.field(
-        default=None,
-        validator=attrs.validators.optional([attrs.validators.ge(0), attrs.validators.le(100)]),
-    )
+    max_attempts: int
+    timeout: float
+    created_at: datetime
+    priority: int = 0
+    attempts: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    progress: int | None = None
     result: JSONValue = attrs.field(default=None, eq=False, hash=False)
     error: JobError | None = None
     worker: str | None = None  # the worker holding (or last holding) its lease
     history: tuple[AttemptRecord, ...] = ()
     # Not to start before this time (a scheduled job); kept once it has started.
-    run_at: datetime | None = attrs.field(default=None, validator=_aware)
+    run_at: datetime | None = None
     # Across all attempts: a job not finished by then ends `expired`.
-    deadline: datetime | None = attrs.field(default=None, validator=_aware)
+    deadline: datetime | None = None
     # When the retry of a `failed` job is due.
-    retry_at: datetime | None = attrs.field(default=None, validator=_aware)
+    retry_at: datetime | None = None
     # A cancel was asked for while the job was active; its worker stops it cooperatively.
-    cancel_requested_at: datetime | None = attrs.field(default=None, validator=_aware)
+    cancel_requested_at: datetime | None = None
     # The last lease renewal of the current attempt: the worker was alive then.
-    heartbeat_at: datetime | None = attrs.field(default=None, validator=_aware)
+    heartbeat_at: datetime | None = None
     idempotency_key: str | None = None
     # While the job is not finished, no other job of its queue is stored under this key: a
     # submit naming it answers this job instead.
@@ -289,6 +279,33 @@ class Job:
     # The W3C `traceparent` of the request that submitted it (when that process traced): its
     # attempts' spans join that trace. Opaque here; only what a tracer made is ever stored.
     trace_context: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        """Refuses a job no store may hold: raises ValueError naming the field. A job is
+        built for every claim and every answer, so this is one call, with the common case
+        (every time decoded from a store is in UTC) decided without another."""
+        if not _ID_PATTERN.fullmatch(self.id):
+            raise ValueError(f"id must be 32 lowercase hex characters, got {self.id!r}")
+        if not _NAME_PATTERN.fullmatch(self.type):
+            raise ValueError(_name_error("type", self.type))
+        if not _NAME_PATTERN.fullmatch(self.queue):
+            raise ValueError(_name_error("queue", self.queue))
+        if not self.max_attempts >= 1:
+            raise ValueError(f"max_attempts must be >= 1: {self.max_attempts!r}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0: {self.timeout!r}")
+        if not PRIORITY_MIN <= self.priority <= PRIORITY_MAX:
+            raise ValueError(
+                f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}: {self.priority!r}"
+            )
+        if not self.attempts >= 0:
+            raise ValueError(f"attempts must be >= 0: {self.attempts!r}")
+        if self.progress is not None and not 0 <= self.progress <= 100:
+            raise ValueError(f"progress must be between 0 and 100: {self.progress!r}")
+        moments = self.created_at, self.started_at, self.finished_at, self.run_at, self.deadline
+        for moment in (*moments, self.retry_at, self.cancel_requested_at, self.heartbeat_at):
+            if moment is not None and moment.tzinfo is not UTC:
+                _refuse_naive_times(self)
 
     @classmethod
     def submitted(

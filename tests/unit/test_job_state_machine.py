@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import attrs
@@ -73,3 +73,42 @@ def test_job_ids_are_32_lowercase_hex_characters(bad_id: str) -> None:
 def test_timestamps_must_be_timezone_aware() -> None:
     with pytest.raises(ValueError, match="timezone"):
         a_job(created_at=datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("type", "Not A Name"),
+        ("queue", ""),
+        ("max_attempts", 0),
+        ("timeout", 0.0),
+        ("priority", 101),
+        ("priority", -101),
+        ("attempts", -1),
+        ("progress", -1),
+        ("progress", 101),
+    ],
+)
+def test_a_job_refuses_each_value_out_of_its_range_naming_the_field(field: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=field):
+        a_job(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "created_at",
+        "started_at",
+        "finished_at",
+        "run_at",
+        "deadline",
+        "retry_at",
+        "cancel_requested_at",
+        "heartbeat_at",
+    ],
+)
+def test_each_time_of_a_job_must_be_aware_and_may_be_in_any_zone(field: str) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be timezone-aware"):
+        a_job(**{field: datetime(2026, 1, 1)})
+    elsewhere = datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2)))
+    assert getattr(a_job(**{field: elsewhere}), field) == elsewhere
