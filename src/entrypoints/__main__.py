@@ -1,3 +1,3 @@
-from entrypoints.cli import main
+from entrypoints.launch import main
 
 raise SystemExit(main())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -29,27 +28,10 @@ from typing import Any, Final
 
 import attrs
 
-# What a worker child imports, loaded once in the fork server.
-PRELOAD: Final = (
-    "entrypoints.worker.main",
-    "entrypoints.worker.spawning",
-    "adapters.redis_queue",
-    "uvloop",
-)
+from entrypoints.worker.preload import PRELOAD
+
 # The exit status reported when the fork server itself is gone and cannot say.
 UNKNOWN_EXIT: Final = 255
-
-
-def start_fork_server() -> None:
-    """Start the fork server now, without waiting for it: its interpreter then imports the
-    worker's modules while this process still imports and sets up its own, on another core,
-    instead of after (most of the time from `conveyor worker` to its first job done).
-
-    A child still sees this process's environment as it is when the child is forked (the
-    fork server's own is copied at this call), see `ForkServer.spawn`.
-    """
-    multiprocessing.set_forkserver_preload(list(PRELOAD))
-    multiprocessing.forkserver.ensure_running()
 
 
 class ForkedChild:
