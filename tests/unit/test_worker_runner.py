@@ -782,3 +782,58 @@ def test_a_worker_on_a_backend_without_a_monitor_works_without_saying_it_is_aliv
         assert while_running.workers == 0
 
     asyncio.run(scenario())
+
+
+class ClaimsRecorded(ForwardingLeases):
+    """Records each claim's limit and how many of its jobs the worker held at the time."""
+
+    def __init__(self, inner: LeaseQueue) -> None:
+        super().__init__(inner)
+        self.claims: list[tuple[int, int]] = []  # (limit, leases held when asked)
+        self.held = 0
+        self.peak = 0
+
+    async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
+        self.claims.append((request.limit, self.held))
+        leases = await super().claim(request)
+        self.held += len(leases)
+        self.peak = max(self.peak, self.held)
+        return leases
+
+    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
+        status = await super().settle(lease, ending)
+        self.held -= 1
+        return status
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "batch", "size"),
+    [(1, 100, 1), (2, 100, 1), (3, 100, 2), (10, 100, 5), (100, 100, 50), (500, 100, 100)],
+)
+def test_a_claim_asks_for_at_most_half_the_slots_and_never_more_than_the_batch(
+    concurrency: int, batch: int, size: int
+) -> None:
+    config = WorkerConfig(worker_id="w", queues=("default",), concurrency=concurrency, batch=batch)
+
+    assert config.claim_size == size
+
+
+def test_the_next_claim_is_on_its_way_while_the_jobs_of_the_last_one_run() -> None:
+    async def scenario() -> None:
+        rig = Rig(concurrency=4, leases=ClaimsRecorded)
+        store = rig.leases
+        assert isinstance(store, ClaimsRecorded)
+        ids = [await rig.submit("dummy", {"mode": "sleep", "seconds": 0.2}) for _ in range(8)]
+        stop = asyncio.Event()
+        running = asyncio.create_task(rig.worker.run(stop))
+        for job_id in ids:
+            await rig.until_status(job_id, JobStatus.SUCCEEDED)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        full = [held for limit, held in store.claims if limit == 2]
+        assert store.claims[:2] == [(2, 0), (2, 2)]  # the second half asked while two run
+        assert len(full) >= 4  # eight jobs, two at a time
+        assert all(limit <= 2 for limit, _ in store.claims)
+        assert store.peak == 4  # never more than the concurrency
+
+    asyncio.run(scenario())

@@ -39,6 +39,15 @@ class WorkerConfig:
     # within 15 s (one that stops says so at once).
     heartbeat_interval: float = 5.0
 
+    @property
+    def claim_size(self) -> int:
+        """The most jobs one claim asks for: `batch`, and no more than half the slots
+        (rounded up). Short jobs end together and free their slots at once; a claim for all
+        of them left the process idle while Redis ran it, then Redis idle while the process
+        ran the batch. Half at a time, the next claim is on its way while the jobs of the
+        last one run."""
+        return min(self.batch, (self.concurrency + 1) // 2)
+
     @queue_weights.validator
     def _one_weight_per_queue(
         self, _: attrs.Attribute[tuple[int, ...] | None], value: tuple[int, ...] | None

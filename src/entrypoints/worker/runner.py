@@ -163,7 +163,7 @@ class Worker:
             request = ClaimRequest(
                 queues=claim_order(cfg.queues, cfg.queue_weights, self._draw),
                 worker_id=cfg.worker_id,
-                limit=min(free, cfg.batch),
+                limit=min(free, cfg.claim_size),
                 lease_seconds=cfg.lease_seconds,
                 wait_seconds=cfg.claim_wait,
             )
