@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import hiredis
 import redis.asyncio
@@ -117,7 +118,15 @@ def _pack_in_c(self: AbstractConnection, *args: EncodableT) -> list[bytes]:
         args = (*args[0].encode().split(), *args[1:])
     elif isinstance(args[0], bytes) and b" " in args[0]:
         args = (*args[0].split(), *args[1:])
-    return [hiredis.pack_command(tuple(map(self.encoder.encode, args)))]
+    encoder = self.encoder
+    if encoder.encoding == "utf-8" and encoder.encoding_errors == "strict":
+        # hiredis encodes bytes, str, int and float exactly as redis-py's encoder does with
+        # these settings, in C, and refuses (TypeError) every other type: those, bool and
+        # None among them, go through redis-py's own encoding, to be sent or refused as it
+        # would.
+        with contextlib.suppress(TypeError):
+            return [hiredis.pack_command(cast(Any, args))]  # its stub types a 1-tuple
+    return [hiredis.pack_command(tuple(map(encoder.encode, args)))]
 
 
 class _CPacked(Connection):

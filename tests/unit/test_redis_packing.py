@@ -3,9 +3,11 @@ redis-py's own asyncio connection sends, and redis-py's refusals kept."""
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
+from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -17,6 +19,15 @@ from redis.typing import EncodableT
 
 from adapters.redis_client import create_redis
 
+
+class _Status(enum.StrEnum):
+    QUEUED = "queued"
+
+
+class _Slot(enum.IntEnum):
+    ONE = 1
+
+
 COMMANDS: list[tuple[EncodableT, ...]] = [
     ("PING",),
     ("SCRIPT LOAD", "return 1"),
@@ -24,6 +35,10 @@ COMMANDS: list[tuple[EncodableT, ...]] = [
     ("EVALSHA", "a" * 40, 2, "{q}:k1", "{q}:k2", -7, 2**62, 0.1, 1e-9, 3.0, "", b"\x00\xff"),
     ("HSET", "{q}:job:1", "payload", '{"to": "ünïcødé ✉", "n": 1}', "x" * 100_000),
     ("ZADD", "{q}:index", *(str(n) for n in range(2_000))),
+    # Kinds hiredis encodes itself, and kinds it leaves to redis-py's encoder (an IntEnum,
+    # which redis-py sends as its repr).
+    ("SET", _Status.QUEUED, memoryview(b"mv"), 10**30, -0.0, float("inf")),
+    ("SET", "k", _Slot.ONE, 2, _Slot.ONE),
 ]
 
 
@@ -50,6 +65,16 @@ def test_what_redis_py_refuses_to_send_is_still_refused(value: Any) -> None:
     ours = connection("redis://127.0.0.1:6399/0")
     with pytest.raises(DataError):
         ours.pack_command("SET", "k", value)
+
+
+def test_a_connection_with_another_encoding_packs_as_redis_py_does_with_it() -> None:
+    ours = connection("redis://127.0.0.1:6399/0")
+    ours.encoder = Encoder("latin-1", "replace", False)
+    theirs = Connection(host="127.0.0.1", port=6399, encoding="latin-1", encoding_errors="replace")
+    command = ("SET", "k", "ünï ✉", 3)
+
+    assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command))
+    assert b"\xfcn\xef ?" in b"".join(ours.pack_command(*command))
 
 
 @pytest.mark.parametrize(
