@@ -7,7 +7,6 @@ import enum
 from typing import Any
 
 import pytest
-from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -69,8 +68,8 @@ def test_what_redis_py_refuses_to_send_is_still_refused(value: Any) -> None:
 
 def test_a_connection_with_another_encoding_packs_as_redis_py_does_with_it() -> None:
     ours = connection("redis://127.0.0.1:6399/0")
-    ours.encoder = Encoder("latin-1", "replace", False)
     theirs = Connection(host="127.0.0.1", port=6399, encoding="latin-1", encoding_errors="replace")
+    ours.encoder = theirs.encoder
     command = ("SET", "k", "ünï ✉", 3)
 
     assert b"".join(ours.pack_command(*command)) == b"".join(theirs.pack_command(*command))
