@@ -193,7 +193,7 @@ class LocalRedis(Supervised):
                 _wait_until_ours(proc, port, self._ready_timeout, data_dir, log_offset)
             except LocalRedisError:
                 _terminate(proc)
-                if attempt < attempts and _port_answers(port):
+                if attempt < attempts and _lost_port(port, data_dir / LOG_FILE_NAME, log_offset):
                     continue  # someone grabbed the auto-picked port first: pick another
                 raise
             except BaseException:
@@ -261,6 +261,14 @@ def _port_answers(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((HOST, port)) == 0
+
+
+def _lost_port(port: int, log_file: Path, offset: int) -> bool:
+    """Whether a server that did not start lost its auto-picked port to someone else between
+    the pick and its bind: a server answers there, or the server could not bind it (the port
+    taken by a socket that does not listen, such as the local end of another process's
+    outgoing connection, which the kernel picks from the same range)."""
+    return _port_answers(port) or "Address already in use" in _log_tail(log_file, offset)
 
 
 def server_args(binary: Path, data_dir: Path, port: int) -> list[str]:

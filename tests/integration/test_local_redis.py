@@ -108,6 +108,23 @@ def test_refuses_a_port_held_by_any_listener(make_server: MakeServer) -> None:
             server.start()
 
 
+def test_an_auto_picked_port_taken_before_the_server_binds_it_is_given_up_for_another(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port taken by a socket that does not listen: the local end of another process's
+    outgoing connection, which the kernel picks from the same range as a free port."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: nothing answers there
+        picks = iter([taken.getsockname()[1], local_redis.pick_free_port()])
+        monkeypatch.setattr(local_redis, "pick_free_port", lambda: next(picks))
+        server = make_server()
+
+        server.start()
+
+        assert server.port != taken.getsockname()[1]
+        assert _client(server).ping() is True
+
+
 def test_refuses_a_data_dir_used_by_another_server(make_server: MakeServer) -> None:
     first = make_server("shared").start()
 
