@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from entrypoints.launch import forks_workers
+from entrypoints.settings import QueueBackend
 
 # Runs `main` in a fresh interpreter with the fork server's start replaced by a note of
 # which of the heavy modules were loaded when it was called. `--processes x` makes the
@@ -73,6 +74,17 @@ def test_which_commands_fork_workers(argv: list[str], backend: str | None, forks
     environ = {} if backend is None else {"QUEUE_BACKEND": backend}
 
     assert forks_workers(argv, environ) is forks
+
+
+def test_the_launcher_names_rq_as_the_settings_do() -> None:
+    """The launcher cannot import the settings (they load what it starts before), so it
+    reads QUEUE_BACKEND itself: the name it skips is the settings' own."""
+    assert not forks_workers(["worker"], {"QUEUE_BACKEND": QueueBackend.RQ.value})
+    assert all(
+        forks_workers(["worker"], {"QUEUE_BACKEND": backend.value})
+        for backend in QueueBackend
+        if backend is not QueueBackend.RQ
+    )
 
 
 def test_the_launcher_and_the_fork_server_start_import_only_the_standard_library() -> None:
