@@ -29,6 +29,7 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 STAMP = VENV / ".conveyor-installed"
+PIP_PIN = VENV / ".conveyor-pip.txt"
 # From least to most: each lock holds the one before it, with the same pins.
 LOCKS = ("requirements.lock", "requirements-embedded.lock", "requirements-dev.lock")
 RUN, DEV = LOCKS[1], LOCKS[2]
@@ -74,6 +75,9 @@ def install(lock: str = DEV) -> None:
         compile_sources()
         return
     pip = (PYTHON, "-m", "pip", "--disable-pip-version-check", "--quiet")
+    say("installing the dev lock's pip (pinned, hashes checked)")
+    PIP_PIN.write_text(pinned_pip())
+    must(*pip, "install", "--require-hashes", "-r", PIP_PIN)
     say(f"installing {lock} (pinned, hashes checked)")
     must(*pip, "install", "--require-hashes", "-r", ROOT / lock)
     say("installing conveyor (editable)")
@@ -81,6 +85,19 @@ def install(lock: str = DEV) -> None:
     STAMP.write_text(f"{lock} {digest}\n")
     compile_sources()
     say("environment ready")
+
+
+def pinned_pip() -> str:
+    """The dev lock's pin of pip with its hashes, as a requirements file. A venv comes with
+    the pip its Python bundles, which can be older than the locks need: pip 23 resolves an
+    extra a dependency asks for (pip-audit's cachecontrol[filecache]) to that package's
+    newest release, not the lock's pin, then refuses it as unpinned."""
+    lines = (ROOT / DEV).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("pip=="))
+    end = start + 1
+    while end < len(lines) and lines[end].lstrip().startswith("--hash="):
+        end += 1
+    return "\n".join(lines[start:end]) + "\n"
 
 
 def compile_sources() -> None:
