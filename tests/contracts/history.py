@@ -124,7 +124,9 @@ class HistoryContract:
         await enqueue(rig.submitter, job)
         lease = await claim_one(rig.leases, lease_seconds=LEASE)
         assert (lease.job.heartbeat_at, lease.job.retry_at) == (None, None)
+        assert await rig.store.get(job.id) == lease.job  # a claim answers the job as stored
         await rig.elapse(0.1)
+        assert await rig.leases.set_progress(lease, 40)
         assert await rig.leases.renew([lease], FOREVER) == {job.id}
         alive = await stored(rig.store, job.id)
         assert alive.heartbeat_at is not None
@@ -138,5 +140,6 @@ class HistoryContract:
         assert abs((failed.retry_at - ended).total_seconds() - RETRY_IN) < 0.05
         await rig.elapse(RETRY_IN + 0.2)
         again = await claim_one(rig.leases)
-        assert (again.job.retry_at, again.job.heartbeat_at) == (None, None)
+        assert (again.job.retry_at, again.job.heartbeat_at, again.job.progress) == (None,) * 3
+        assert (again.job.status, again.job.attempts, again.job.worker) == (S.ACTIVE, 2, "worker-1")
         assert await rig.store.get(job.id) == again.job

@@ -124,8 +124,10 @@ _SUBSTITUTIONS: Final = {
     **{s.name: f"'{s.value}'" for s in JobStatus},
     "STATUS_LIST": "{" + ", ".join(f"'{s.value}'" for s in JobStatus) + "}",
     "FIELDS": ", ".join(f"'{f}'" for f in FIELDS_WITH_TOKEN),
-    "STATUS_FIELD": str(FIELDS_WITH_TOKEN.index("status") + 1),
-    "TYPE_FIELD": str(FIELDS_WITH_TOKEN.index("type") + 1),
+    # Where each field sits in an HMGET of FIELDS (`STATUS_FIELD` ... `TOKEN_FIELD`).
+    "FIELD_AT": "{" + ", ".join(f"['{f}'] = {n}" for n, f in enumerate(FIELDS_WITH_TOKEN, 1)) + "}",
+    "FIELDS_ABSENT": ", ".join("false" for _ in FIELDS_WITH_TOKEN),
+    **{f"{name.upper()}_FIELD": str(n) for n, name in enumerate(FIELDS_WITH_TOKEN, 1)},
     "MAINTENANCE_BATCH": str(MAINTENANCE_BATCH),
     "INDEX_TRIM_BATCH": str(INDEX_TRIM_BATCH),
     "PRIORITY_MIN": str(PRIORITY_MIN),

@@ -25,7 +25,7 @@
 -- go back in line as their type's limits allow, before the claim. Publishes the ids of the
 -- jobs it finished (`finished`). Counts the jobs it took off the line in the queue's rates
 -- (`rates_out`).
--- Needs: parking maintain wake retain deadline batch finished rates
+-- Needs: parking maintain wake retain deadline batch finished rates fields
 local CLAIMABLE = $CLAIMABLE
 local limit = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
@@ -59,12 +59,14 @@ if redis.call('EXISTS', Q.paused) == 0 then
     for n = 1, #popped, 2 do
       local id = popped[n]
       local key = job_key(id)
-      local f = redis.call('HMGET', key, 'status', 'attempts', 'deadline', 'type')
-      local l = limited and CLAIMABLE[f[1]] and limited[f[4]]
-      if CLAIMABLE[f[1]] and past(f[3]) then
+      -- Read once: the claim answers these fields, as the job stands once leased.
+      local f = job_fields(key)
+      local status, deadline = f[$STATUS_FIELD], f[$DEADLINE_FIELD]
+      local l = limited and CLAIMABLE[status] and limited[f[$TYPE_FIELD]]
+      if CLAIMABLE[status] and past(deadline) then
         redis.call('ZREM', Q.deadlines, id)
         redis.call('HSET', key, 'status', $EXPIRED, 'finished_at', now)
-        reindex(id, f[1], $EXPIRED)
+        reindex(id, status, $EXPIRED)
         retain(key, result_ttl)
         finish(id)
       elseif l and l.free <= 0 then
@@ -72,14 +74,17 @@ if redis.call('EXISTS', Q.paused) == 0 then
         l.parked[#l.parked + 1] = popped[n + 1]
         l.parked[#l.parked + 1] = id
         parked, taken = parked + 1, taken - 1
-      elseif CLAIMABLE[f[1]] then
+      elseif CLAIMABLE[status] then
         -- The attempt is counted now, so a job that kills its worker still uses one up.
-        local attempts = (tonumber(f[2]) or 0) + 1
+        local attempts = int((tonumber(f[$ATTEMPTS_FIELD]) or 0) + 1)
         token = token + 1
+        local lease = int(token) .. ':' .. attempts
         redis.call('HSET', key, 'status', $ACTIVE, 'attempts', attempts,
-                   'started_at', now, 'token', int(token) .. ':' .. attempts, 'worker', worker)
-        redis.call('HDEL', key, 'progress', 'retry_at', 'heartbeat_at')
-        if f[3] then redis.call('ZREM', Q.deadlines, id) end
+                   'started_at', now, 'token', lease, 'worker', worker)
+        if f[$PROGRESS_FIELD] or f[$RETRY_AT_FIELD] or f[$HEARTBEAT_AT_FIELD] then
+          redis.call('HDEL', key, 'progress', 'retry_at', 'heartbeat_at')
+        end
+        if deadline then redis.call('ZREM', Q.deadlines, id) end
         leased[#leased + 1] = expires
         leased[#leased + 1] = id
         if l then
@@ -88,8 +93,11 @@ if redis.call('EXISTS', Q.paused) == 0 then
           l.held[#l.held + 1] = expires
           l.held[#l.held + 1] = id
         end
-        note(from, f[1], id)
-        jobs[#jobs + 1] = redis.call('HMGET', key, $FIELDS)
+        note(from, status, id)
+        f[$STATUS_FIELD], f[$ATTEMPTS_FIELD], f[$STARTED_AT_FIELD] = $ACTIVE, attempts, now
+        f[$TOKEN_FIELD], f[$WORKER_FIELD] = lease, worker
+        f[$PROGRESS_FIELD], f[$RETRY_AT_FIELD], f[$HEARTBEAT_AT_FIELD] = false, false, false
+        jobs[#jobs + 1] = f
       end
     end
   end

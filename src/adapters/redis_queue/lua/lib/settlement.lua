@@ -5,11 +5,11 @@ local FINISHED = $FINISHED
 local WAITING = $WAITING
 local SETTLES_FROM = $SETTLES_FROM
 
--- What `settle` needs of job hash `key`: its status and token (to check the lease), then
--- the facts `decide` reads.
+-- What `settle` needs of job hash `key`: its status and token (to check the lease), the
+-- facts `decide` reads, then its unique key's digest (to let go of it).
 local function attempt_facts(key)
   return redis.call('HMGET', key, 'status', 'token', 'attempts', 'max_attempts', 'deadline',
-                    'cancel_requested_at')
+                    'cancel_requested_at', 'unique')
 end
 
 -- End the attempt of job `id` (hash `key`, `f` its `attempt_facts`), whose lease the caller
@@ -32,7 +32,7 @@ local function settle(id, key, f, outcome, retry_in, data, summary, result_ttl, 
     redis.call('HSET', key, 'status', status, 'result', data, 'progress', 100,
                'finished_at', now)
     retain(key, result_ttl)
-    finish(id)
+    finish(id, f[7])
     return status
   end
   local w = {'status', status, 'history', ended(key, recorded, summary)}
@@ -65,7 +65,7 @@ local function settle(id, key, f, outcome, retry_in, data, summary, result_ttl, 
   end
   if FINISHED[status] then
     retain(key, status == $DEAD and dead_ttl or result_ttl)
-    finish(id)
+    finish(id, f[7])
   end
   return status
 end

@@ -17,9 +17,10 @@ local function unique_holder(b, key)
 end
 
 -- Let go of the unique key of job `id` (of the queue the script works on), if it has one
--- that still names it.
-local function release_unique(id)
-  local digest = redis.call('HGET', job_key(id), 'unique')
+-- that still names it. `digest` is its hash's `unique` when the caller has read it (false:
+-- none); nil, and it is read here.
+local function release_unique(id, digest)
+  if digest == nil then digest = redis.call('HGET', job_key(id), 'unique') end
   if digest then
     local key = unique_key(base, digest)
     if redis.call('GET', key) == id then redis.call('DEL', key) end
