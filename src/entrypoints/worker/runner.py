@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import attrs
-
 from domain.errors import QueueUnavailableError
 from domain.jobs import AttemptOutcome, Lease
 from domain.ports import ClaimRequest, Clock, LeaseQueue, QueueMonitor, WorkerLoad
@@ -35,28 +33,11 @@ from entrypoints.worker.context import WorkerJobContext
 from entrypoints.worker.endings import LEASE_LOST, cut_short, hand_back, log_result, said
 from entrypoints.worker.isolation import isolate, killed_a_worker
 from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers
+from entrypoints.worker.presence import Presence
+from entrypoints.worker.running import Running
 from entrypoints.worker.tasks import cancel_all, either, rss_bytes, wait_or_stop
 
 log = logging.getLogger("conveyor.worker")
-
-
-@attrs.define
-class _Running:
-    lease: Lease
-    task: asyncio.Task[None]
-    context: WorkerJobContext
-    # Set once the worker stops the job's task, with how its attempt then ends: RELEASED
-    # (the worker is stopping: hand the job back), CANCELLED (its cancel request outlived
-    # the grace), or None (the lease was lost: someone else owns the job now, write nothing).
-    stopped: bool = False
-    ending: AttemptOutcome | None = None
-    seen_stop: bool = False  # the task caught its cancellation and is acting on it
-    cancel_seen: bool = False  # the worker learnt of the job's cancel request
-    cancel_timer: asyncio.TimerHandle | None = None  # ends the grace the handler has left
-
-    def stop(self, ending: AttemptOutcome | None) -> None:
-        self.stopped, self.ending = True, ending
-        self.task.cancel()
 
 
 RetireRequest = Callable[[str], None]
@@ -80,17 +61,17 @@ class Worker:
         self._clock = clock
         self._draw = draw
         self._leases = leases
-        self._monitor = monitor
+        self._presence = None if monitor is None else Presence(monitor, config, self._load)
         self._processor = processor
         self._config = config
         self._observers = Observers(observers)
         self._on_retire = on_retire
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
         self._executor = ThreadPoolExecutor(
             max_workers=config.concurrency, thread_name_prefix="conveyor-job"
         )
         self._stop = asyncio.Event()
-        # Set when a running job ends: what a claim loop with every slot taken waits for.
+        # Set when a running job ends (or a claim loop may claim again): what they wait for.
         self._freed = asyncio.Event()
         self._retiring: str | None = None
         self._baseline_rss: int | None = None
@@ -98,19 +79,16 @@ class Worker:
         # every queue, and its waiting claims run their maintenance (what `recover` does
         # for lapsed leases, due and expired jobs) as each of those falls due.
         self._claims_maintain = False
+        self._asked = 0  # slots the claims on their way may fill
+        self._busy = False  # the last claim came back full: the queues have more
+        self._isolating = False  # jobs that killed a worker wait for the others to end
         self.completed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until `stop` is set (or the worker retires), drain, and return."""
         cfg = self._config
-        log.info(
-            "worker started",
-            extra={
-                "worker_id": cfg.worker_id,
-                "queues": ",".join(cfg.queues),
-                "concurrency": cfg.concurrency,
-            },
-        )
+        started = {"worker_id": cfg.worker_id, "queues": ",".join(cfg.queues)}
+        log.info("worker started", extra={**started, "concurrency": cfg.concurrency})
         self._baseline_rss = rss_bytes()
         background = [
             asyncio.create_task(self._renew_forever()),
@@ -118,14 +96,20 @@ class Worker:
             asyncio.create_task(self._watch_cancels_forever()),
             asyncio.create_task(self._relay(stop)),
         ]
-        if self._monitor is not None:
-            background.append(asyncio.create_task(self._heartbeat_forever(self._monitor)))
+        if self._presence is not None:
+            background.append(asyncio.create_task(self._presence.beat_forever()))
         try:
-            await self._claim_until()
+            ahead = asyncio.create_task(self._claim_until(ahead=True))
+            try:
+                await self._claim_until()
+                await ahead  # it ends too once asked to stop, its jobs started
+            finally:
+                await cancel_all([ahead])
             await self._drain()
         finally:
             await cancel_all(background)
-            await self._forget()
+            if self._presence is not None:
+                await self._presence.forget()
             self._executor.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"worker_id": cfg.worker_id, "completed": self.completed})
 
@@ -150,14 +134,21 @@ class Worker:
             self._on_retire(reason)
         self._stop.set()
 
-    async def _claim_until(self) -> None:
+    async def _claim_until(self, ahead: bool = False) -> None:
+        """Claim as slots free, until asked to stop. Two of these run: the first waits for
+        work when there is none; the second (`ahead`) claims only while the queues are busy
+        (the last claim came back full) and never waits, so that a second claim is on its
+        way while Redis answers the first or the process runs its jobs. A claim's limit is
+        taken from the free slots while it is out: the jobs held never exceed concurrency."""
         cfg = self._config
         backoff = cfg.backoff_first
         outage_since: float | None = None
         while not self._stop.is_set():
-            free = cfg.concurrency - len(self._running)
-            if free <= 0:
-                self._claims_maintain = False
+            free = cfg.concurrency - len(self._running) - self._asked
+            held_back = self._isolating or (ahead and not (self._busy and free >= cfg.claim_size))
+            if free <= 0 or held_back:
+                if not ahead:
+                    self._claims_maintain = False
                 await self._wait_for_slot()
                 continue
             request = ClaimRequest(
@@ -165,12 +156,16 @@ class Worker:
                 worker_id=cfg.worker_id,
                 limit=min(free, cfg.claim_size),
                 lease_seconds=cfg.lease_seconds,
-                wait_seconds=cfg.claim_wait,
+                wait_seconds=0.0 if ahead else cfg.claim_wait,
             )
+            self._asked += request.limit
             try:
-                self._claims_maintain = True  # the claim does, and so does its wait
+                self._claims_maintain = self._claims_maintain or not ahead
                 leases = await self._leases.claim(request)
             except QueueUnavailableError as exc:
+                self._busy = False
+                if ahead:
+                    continue  # the first claim loop reports outages and backs off
                 self._claims_maintain = False
                 if outage_since is None:
                     outage_since = time.monotonic()
@@ -178,6 +173,8 @@ class Worker:
                 await wait_or_stop(self._stop, backoff)
                 backoff = min(backoff * 2, cfg.backoff_cap)
                 continue
+            finally:
+                self._asked -= request.limit
             if outage_since is not None:
                 log.info(
                     "queue reachable again",
@@ -185,14 +182,32 @@ class Worker:
                 )
                 outage_since = None
                 backoff = cfg.backoff_first
-            self._claims_maintain = not leases
-            suspects = [lease for lease in leases if killed_a_worker(lease)]
-            for lease in (lease for lease in leases if lease not in suspects):
+            self._busy = len(leases) == request.limit
+            if self._busy:
+                self._freed.set()  # the other loop may claim too
+            if not ahead:
+                self._claims_maintain = not leases
+            await self._start_all(leases)
+
+    async def _start_all(self, leases: Sequence[Lease]) -> None:
+        suspects = [lease for lease in leases if killed_a_worker(lease)]
+        for lease in (lease for lease in leases if lease not in suspects):
+            self._start(lease)
+        if not suspects:
+            return
+        # They start once the others have sent their outcomes. No claim is sent meanwhile;
+        # one already on its way may bring jobs, which are waited for too.
+        self._isolating = True
+        try:
+            waited: set[asyncio.Task[None]] = set()
+            while fresh := [e.task for e in self._running.values() if e.task not in waited]:
+                waited.update(fresh)
+                await isolate(fresh)
+            for lease in suspects:
                 self._start(lease)
-            if suspects:  # they start once the others have sent their outcomes
-                await isolate([entry.task for entry in self._running.values()])
-                for lease in suspects:
-                    self._start(lease)
+        finally:
+            self._isolating = False
+            self._freed.set()
 
     async def _wait_for_slot(self) -> None:
         # One event for every job's end, not a wait on every running task: that cost a
@@ -208,7 +223,7 @@ class Worker:
         await asyncio.wait([r.task for r in self._running.values()], timeout=grace)
         await self._release(list(self._running.values()))
 
-    async def _release(self, running: Sequence[_Running]) -> None:
+    async def _release(self, running: Sequence[Running]) -> None:
         """Cancel these jobs' handlers and give the jobs back, their attempts not counted.
 
         A job whose cancellation was requested is recorded cancelled instead: handing it
@@ -232,11 +247,11 @@ class Worker:
         self._observers.started(lease)
         context = WorkerJobContext(lease, self._leases, self._executor, self._board, self._clock)
         task = asyncio.create_task(self._execute(lease, context))
-        entry = _Running(lease, task, context)
+        entry = Running(lease, task, context)
         self._running[lease.job_id] = entry
         task.add_done_callback(lambda _: self._finished(entry))
 
-    def _finished(self, entry: _Running) -> None:
+    def _finished(self, entry: Running) -> None:
         if entry.cancel_timer is not None:
             entry.cancel_timer.cancel()
         if self._running.get(entry.lease.job_id) is entry:
@@ -308,7 +323,7 @@ class Worker:
                 if entry.lease.job_id in requested and not entry.task.done():
                     self._ask_to_stop(entry)
 
-    def _ask_to_stop(self, entry: _Running) -> None:
+    def _ask_to_stop(self, entry: Running) -> None:
         grace = self._config.cancel_grace
         log.info(
             "job cancel requested: asking its handler to stop",
@@ -319,7 +334,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         entry.cancel_timer = loop.call_later(grace, self._stop_cancelled, entry)
 
-    def _stop_cancelled(self, entry: _Running) -> None:
+    def _stop_cancelled(self, entry: Running) -> None:
         if entry.task.done() or entry.stopped:
             return
         log.warning(
@@ -328,22 +343,8 @@ class Worker:
         )
         entry.stop(AttemptOutcome.CANCELLED)
 
-    async def _heartbeat_forever(self, monitor: QueueMonitor) -> None:
-        cfg = self._config
-        ttl = cfg.heartbeat_interval * 3
-        while True:
-            with contextlib.suppress(QueueUnavailableError):
-                # The claim loop reports outages; the next beat may get through.
-                load = WorkerLoad(in_flight=len(self._running), done=self.completed)
-                await monitor.heartbeat(cfg.worker_id, cfg.queues, ttl, load)
-            await asyncio.sleep(cfg.heartbeat_interval)
-
-    async def _forget(self) -> None:
-        """Stop counting as a live worker; if the backend cannot be told, the heartbeat lapses."""
-        if self._monitor is None:
-            return
-        with contextlib.suppress(QueueUnavailableError, TimeoutError):
-            await asyncio.wait_for(self._monitor.forget_worker(self._config.worker_id), 2.0)
+    def _load(self) -> WorkerLoad:
+        return WorkerLoad(in_flight=len(self._running), done=self.completed)
 
     async def _renew_forever(self) -> None:
         interval = self._config.lease_seconds / 3
