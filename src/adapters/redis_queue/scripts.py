@@ -125,8 +125,6 @@ _SUBSTITUTIONS: Final = {
     "STATUS_LIST": "{" + ", ".join(f"'{s.value}'" for s in JobStatus) + "}",
     "FIELDS": ", ".join(f"'{f}'" for f in FIELDS_WITH_TOKEN),
     # Where each field sits in an HMGET of FIELDS (`STATUS_FIELD` ... `TOKEN_FIELD`).
-    "FIELD_AT": "{" + ", ".join(f"['{f}'] = {n}" for n, f in enumerate(FIELDS_WITH_TOKEN, 1)) + "}",
-    "FIELDS_ABSENT": ", ".join("false" for _ in FIELDS_WITH_TOKEN),
     **{f"{name.upper()}_FIELD": str(n) for n, name in enumerate(FIELDS_WITH_TOKEN, 1)},
     "MAINTENANCE_BATCH": str(MAINTENANCE_BATCH),
     "INDEX_TRIM_BATCH": str(INDEX_TRIM_BATCH),

@@ -25,7 +25,7 @@
 -- go back in line as their type's limits allow, before the claim. Publishes the ids of the
 -- jobs it finished (`finished`). Counts the jobs it took off the line in the queue's rates
 -- (`rates_out`).
--- Needs: parking maintain wake retain deadline batch finished rates fields
+-- Needs: parking maintain wake retain deadline batch finished rates
 local CLAIMABLE = $CLAIMABLE
 local limit = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])
@@ -60,7 +60,7 @@ if redis.call('EXISTS', Q.paused) == 0 then
       local id = popped[n]
       local key = job_key(id)
       -- Read once: the claim answers these fields, as the job stands once leased.
-      local f = job_fields(key)
+      local f = redis.call('HMGET', key, $FIELDS)
       local status, deadline = f[$STATUS_FIELD], f[$DEADLINE_FIELD]
       local l = limited and CLAIMABLE[status] and limited[f[$TYPE_FIELD]]
       if CLAIMABLE[status] and past(deadline) then
