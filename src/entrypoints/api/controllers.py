@@ -30,7 +30,7 @@ from entrypoints.api.body import (
     submission_from,
 )
 from entrypoints.api.catalog import JobTypeList, JobTypeView
-from entrypoints.api.deps import tracebacks_shown, tracing_of
+from entrypoints.api.deps import job_service_of, tracebacks_shown, tracing_of
 from entrypoints.api.guards import refuse_a_body
 from entrypoints.api.metrics import metrics_of
 from entrypoints.api.openapi import (
@@ -110,7 +110,6 @@ class JobsController(Controller):
     async def submit_job(
         self,
         request: Request[Any, Any, Any],
-        jobs: NamedDependency[JobService],
         idempotency_key: Annotated[
             str | None,
             header_parameter(
@@ -121,6 +120,7 @@ class JobsController(Controller):
             ),
         ] = None,
     ) -> Response[SubmittedJobView]:
+        jobs = job_service_of(request)
         with tracing_of(request).submission(request.headers, "/jobs") as trace_context:
             require_json(request)
             submission = submission_from(decode_json(await request.body()))
