@@ -34,14 +34,15 @@ PASSWORD = "s3cret-for-tests"
 COMMANDS = (
     # what the service sends itself (INFO: only with CONVEYOR_ADMIT_MAX_MEMORY_BYTES)
     "+ping +evalsha +script|load +blpop +smembers +sadd +set +zrem +hmget +zrevrangebyscore"
-    " +info +subscribe +unsubscribe +hget +hlen +scard +mget"
-    # what its Lua scripts call (src/adapters/redis_queue/lua/*.lua)
-    " +del +exists +get +hdel +hget +hset +incr +incrby +llen +persist +pexpire +pttl +publish"
-    " +rpush +scard +srem +sismember +sscan +time +zadd +zcard +zcount +zpopmin +zrange"
+    " +info +subscribe +unsubscribe +hget +hlen +scard +mget +hgetall +multi +exec"
+    # what its Lua scripts call (src/adapters/redis_queue/lua, redis_schedules/lua)
+    " +decrby +del +exists +get +hdel +hexists +hset +incr +incrby +llen +persist +pexpire"
+    " +pttl +publish +rpush +srem +sismember +sscan +time +zadd +zcard +zcount +zpopmin +zrange"
     " +zrangebyscore +zrank +zremrangebyscore +zscore"
 )
 RULE = (
-    f"on >{PASSWORD} resetkeys resetchannels ~{{{PREFIX}:* ~{PREFIX}:* &{PREFIX}:finished"
+    f"on >{PASSWORD} resetkeys resetchannels ~{{{PREFIX}:* ~{{{PREFIX}}}:* ~{PREFIX}:*"
+    f" &{PREFIX}:finished"
     f" -@all {COMMANDS}"
 )
 # redis-py names its library on connect (CLIENT SETINFO, Redis 7.2+; a refusal is ignored, but
@@ -177,6 +178,9 @@ def test_the_service_runs_every_path_as_an_acl_user_limited_to_its_prefix_over_t
             # Admission checks run in the submit script (INFO for the memory watermark).
             CONVEYOR_ADMIT_MAX_MEMORY_BYTES=str(2**30),
             CONVEYOR_QUEUE_LIMITS='{"*": {"max_depth": 100000}}',
+            # The limits' keys have a hash tag of their own ({acme}:limit:...).
+            CONVEYOR_RATE_LIMITS='{"dummy": "100/s"}',
+            CONVEYOR_CONCURRENCY_LIMITS='{"report": 5}',
         ),
         "CONVEYOR_KEY_PREFIX": PREFIX,
     }
@@ -232,7 +236,7 @@ def refused(call: Any) -> bool:
 def drive(client: httpx.Client) -> dict[str, bool]:
     """Every path once: submit (single, batch, idempotent, scheduled, with a deadline),
     claim, progress, retry after a failure, dead and retried by hand, cancel (waiting and
-    running), pause and resume, long-poll, list, queue figures, health."""
+    running), pause and resume, long-poll, list, queue figures, health; then a schedule."""
     seen: dict[str, bool] = {}
     email = {"type": "email", "payload": {"to": "a@example.com", "subject": "Hi", "body": "."}}
     done = submit(client, email)
@@ -292,4 +296,25 @@ def drive(client: httpx.Client) -> dict[str, bool]:
     seen["stats"] = "default" in str(queues) and "bulk" in str(queues)
     seen["queue"] = client.get("/queues/default").status_code == 200
     seen["ready"] = client.get("/health/ready").status_code == 200
+    seen.update(drive_schedule(client))
+    return seen
+
+
+def drive_schedule(client: httpx.Client) -> dict[str, bool]:
+    """An interval schedule: created, fired (its job run), listed, paused, resumed, removed."""
+    seen: dict[str, bool] = {}
+    body = {"name": "tick", "every": 1, "type": "dummy", "payload": {"mode": "succeed"}}
+    seen["schedule_created"] = client.post("/schedules", json=body).status_code == 201
+    deadline = time.monotonic() + 30
+    fired = None
+    while fired is None and time.monotonic() < deadline:
+        fired = client.get("/schedules/tick").json().get("last_job_id")
+        time.sleep(0.2)
+    seen["schedule_fired"] = fired is not None
+    if fired is not None:
+        seen["scheduled_job_ran"] = wait_for_job(client, fired, TERMINAL)["status"] == "succeeded"
+    seen["schedules_listed"] = "tick" in str(client.get("/schedules").json())
+    seen["schedule_paused"] = client.post("/schedules/tick/pause").status_code == 200
+    seen["schedule_resumed"] = client.post("/schedules/tick/resume").status_code == 200
+    seen["schedule_removed"] = client.delete("/schedules/tick").status_code == 204
     return seen
