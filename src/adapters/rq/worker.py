@@ -190,6 +190,11 @@ class ConveyorBaseWorker(BaseWorker):
         got = None
         while got is None and not self._stop_requested:
             got = super().dequeue_job_and_maintain_ttl(1, max_idle_time=1)
+        if got is None:
+            # The stop is taken: the alarm `_shutdown` set as a fallback must not outlive it.
+            # Once the interpreter finalizes, SIGALRM's handler is the default again, and an
+            # exit slower than the alarm ended the process by the signal (exit code -14).
+            signal.alarm(0)
         return got
 
     def execute_job(self, job: RqJob, queue: Queue) -> None:
