@@ -98,7 +98,10 @@ def test_a_worker_whose_event_loop_is_blocked_is_replaced_and_its_job_runs_again
     assert [(e["attempt"], e["outcome"]) for e in ends] == [(2, "succeeded")]
     assert (view["status"], view["attempts"]) == ("succeeded", 2)
     assert view["history"][0]["outcome"] == "worker_lost"
-    assert "stopped answering" in view["history"][0]["error"]
+    # The watchdog waits as long as the lease by default, so the lease lapses about when the
+    # child is killed: whichever is recorded first explains the lost attempt.
+    error = view["history"][0]["error"]
+    assert "stopped answering" in error or "the worker stopped renewing it" in error, error
     assert len(kills) == 1
     assert replaced_after is not None
     assert replaced_after <= LEASE_S + KILL_GRACE_S
