@@ -161,8 +161,7 @@ class ConveyorBaseWorker(BaseWorker):
             return  # not an error: nothing to report
         super().handle_exception(job, *exc_info)
 
-    def handle_warm_shutdown_request(self) -> None:
-        # RQ calls it on SIGTERM/SIGINT, idle or busy.
+    def handle_warm_shutdown_request(self) -> None:  # RQ's, on SIGTERM/SIGINT, idle or busy
         self.stop_asked = True
         self.log.info("Worker %s [PID %d]: warm shut down requested", self.name, self.pid)
 
@@ -170,7 +169,7 @@ class ConveyorBaseWorker(BaseWorker):
         # RQ's raises StopRequested in the signal handler of an idle worker: raised between the
         # pop that moved a job to RQ's intermediate list and its start, it stranded the job
         # there (RQ fails it a minute later). The stop is taken between 1 s pops instead; one
-        # still idle 3 s later is retrying an unreachable Redis, and is stopped outright.
+        # still idle 3 s later is retrying an unreachable Redis, and is stopped by the alarm.
         if self.get_state() == WorkerStatus.BUSY:
             super()._shutdown()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
         else:
@@ -190,10 +189,7 @@ class ConveyorBaseWorker(BaseWorker):
         got = None
         while got is None and not self._stop_requested:
             got = super().dequeue_job_and_maintain_ttl(1, max_idle_time=1)
-        if got is None:
-            # The stop is taken: the alarm `_shutdown` set as a fallback must not outlive it.
-            # Once the interpreter finalizes, SIGALRM's handler is the default again, and an
-            # exit slower than the alarm ended the process by the signal (exit code -14).
+        if got is None:  # stopped: the fallback alarm would end a slow exit by SIGALRM (-14)
             signal.alarm(0)
         return got
 
