@@ -23,11 +23,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
-from bench.worker_drain import SucceededCount, delete_prefix, fill
+from bench.worker_drain import delete_prefix, fill, wait_drained
 from entrypoints.local_redis import LocalRedis
 
 
@@ -63,21 +63,20 @@ def instructions(url: str, src: Path, jobs: int, out: Path, cap: float) -> int:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    succeeded = SucceededCount(url, prefix)
     try:
-        deadline = time.monotonic() + cap
-        while succeeded() < jobs:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"did not drain {jobs} jobs within {cap} s")
-            time.sleep(0.5)
+        wait_drained(url, prefix, jobs, cap, poll=0.5)
     finally:
-        succeeded.close()
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=600)
         asyncio.run(delete_prefix(url, prefix))
+    return callgrind_total(run_dir.glob("callgrind.*"))
+
+
+def callgrind_total(outputs: Iterable[Path]) -> int:
+    """The largest instruction count in callgrind's output files (the busiest process)."""
     totals = [
         int(line.split()[1])
-        for path in run_dir.glob("callgrind.*")
+        for path in outputs
         for line in path.read_text().splitlines()
         if line.startswith(("summary:", "totals:"))
     ]

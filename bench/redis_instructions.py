@@ -30,7 +30,8 @@ from pathlib import Path
 
 import redis
 
-from bench.worker_drain import SucceededCount, fill
+from bench.drain_instructions import callgrind_total
+from bench.worker_drain import fill, wait_drained
 
 WORKER_OPTIONS = ("--processes", "1", "--concurrency", "100")
 
@@ -96,16 +97,10 @@ def count(src: Path, jobs: int, out: Path, cap: float) -> Path:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        succeeded = SucceededCount(url, prefix)
         try:
-            deadline = time.monotonic() + cap
-            while succeeded() < jobs:
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"did not drain {jobs} jobs within {cap} s")
-                time.sleep(0.05)
+            wait_drained(url, prefix, jobs, cap, poll=0.05)
             subprocess.run([*control, "off", str(server.pid)], check=True, capture_output=True)
         finally:
-            succeeded.close()
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=120)
     finally:
@@ -113,17 +108,6 @@ def count(src: Path, jobs: int, out: Path, cap: float) -> Path:
         server.wait(timeout=120)
     (output,) = out.glob("callgrind.*")
     return output
-
-
-def total(output: Path) -> int:
-    counts = [
-        int(line.split()[1])
-        for line in output.read_text().splitlines()
-        if line.startswith(("summary:", "totals:"))
-    ]
-    if not counts:
-        raise SystemExit("callgrind wrote no counts")
-    return max(counts)
 
 
 def main() -> None:
@@ -135,7 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         output = count(args.src.resolve(), args.jobs, Path(tmp), args.cap)
-        instructions = total(output)
+        instructions = callgrind_total([output])
         print(f"{args.src}: {instructions:,} Redis instructions for {args.jobs} jobs")
         print(f"per job: {instructions / args.jobs:,.0f}")
         if args.top:

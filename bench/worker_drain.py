@@ -70,6 +70,20 @@ class SucceededCount:
         self._client.close()
 
 
+def wait_drained(url: str, prefix: str, jobs: int, cap: float, poll: float) -> None:
+    """Return once `jobs` jobs of the prefix's `default` queue have succeeded; give up after
+    `cap` seconds."""
+    succeeded = SucceededCount(url, prefix)
+    try:
+        deadline = time.monotonic() + cap
+        while succeeded() < jobs:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"did not drain {jobs} jobs within {cap} s")
+            time.sleep(poll)
+    finally:
+        succeeded.close()
+
+
 async def delete_prefix(url: str, prefix: str) -> None:
     client = create_redis(url, connect_timeout=2.0, socket_timeout=10.0)
     try:

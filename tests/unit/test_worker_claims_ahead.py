@@ -8,13 +8,12 @@ from collections.abc import Sequence
 
 from domain.jobs import JobStatus, Lease
 from domain.ports import ClaimRequest, LeaseQueue
-from domain.settlement import Ending
-from tests.unit.test_worker_runner import ForwardingLeases, Rig
+from tests.unit.test_worker_runner import ClaimsRecorded, Rig
 
 CLAIM_WAIT = 0.05  # the Rig's `claim_wait`
 
 
-class SlowClaims(ForwardingLeases):
+class SlowClaims(ClaimsRecorded):
     """Claims that take `delay` to answer. Records how many are out at once, how long each
     may wait, and the most jobs held (claimed, not yet settled) plus asked for."""
 
@@ -25,9 +24,8 @@ class SlowClaims(ForwardingLeases):
         self.out = 0
         self.most_out = 0
         self.waits: list[float] = []
-        self.held = 0
         self.asked = 0
-        self.peak = 0
+        self.most_held_or_asked = 0
         self.second_out = asyncio.Event()  # set when a claim goes out beside another
 
     async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
@@ -37,20 +35,13 @@ class SlowClaims(ForwardingLeases):
             self.second_out.set()
         self.waits.append(request.wait_seconds)
         self.asked += request.limit
-        self.peak = max(self.peak, self.held + self.asked)
+        self.most_held_or_asked = max(self.most_held_or_asked, self.held + self.asked)
         try:
             await asyncio.sleep(self.delay)
-            leases = await super().claim(request)
+            return await super().claim(request)
         finally:
             self.out -= 1
             self.asked -= request.limit
-        self.held += len(leases)
-        return leases
-
-    async def settle(self, lease: Lease, ending: Ending) -> JobStatus | None:
-        status = await super().settle(lease, ending)
-        self.held -= 1
-        return status
 
 
 class SlowerClaims(SlowClaims):
@@ -63,18 +54,12 @@ def test_while_the_queue_is_busy_a_second_claim_is_out_and_it_does_not_wait() ->
         claims = rig.leases
         assert isinstance(claims, SlowClaims)
         # Jobs that end at once: their slots are free again while a claim is still out.
-        ids = [await rig.submit("dummy", {"mode": "succeed"}) for _ in range(48)]
-        stop = asyncio.Event()
-        running = asyncio.create_task(rig.worker.run(stop))
-        for job_id in ids:
-            await rig.until_status(job_id, JobStatus.SUCCEEDED)
-        stop.set()
-        await asyncio.wait_for(running, 5)
+        await rig.work_off([await rig.submit("dummy", {"mode": "succeed"}) for _ in range(48)])
         assert claims.most_out == 2
         assert 0.0 in claims.waits  # the second claim's
         assert claims.waits[0] == CLAIM_WAIT  # the first claim, before the queue looked busy
-        assert claims.peak <= 8  # held plus asked for: never more than the concurrency
-        assert claims.peak == 8
+        assert claims.most_held_or_asked <= 8  # never more than the concurrency
+        assert claims.most_held_or_asked == 8
 
     asyncio.run(scenario())
 

@@ -104,6 +104,15 @@ class Rig:
 
         await until(reached, within)
 
+    async def work_off(self, job_ids: Sequence[str]) -> None:
+        """Run the worker until every job of `job_ids` has succeeded, then stop it."""
+        stop = asyncio.Event()
+        running = asyncio.create_task(self.worker.run(stop))
+        for job_id in job_ids:
+            await self.until_status(job_id, JobStatus.SUCCEEDED)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+
 
 async def until(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + within
@@ -823,13 +832,9 @@ def test_the_next_claim_is_on_its_way_while_the_jobs_of_the_last_one_run() -> No
         rig = Rig(concurrency=4, leases=ClaimsRecorded)
         store = rig.leases
         assert isinstance(store, ClaimsRecorded)
-        ids = [await rig.submit("dummy", {"mode": "sleep", "seconds": 0.2}) for _ in range(8)]
-        stop = asyncio.Event()
-        running = asyncio.create_task(rig.worker.run(stop))
-        for job_id in ids:
-            await rig.until_status(job_id, JobStatus.SUCCEEDED)
-        stop.set()
-        await asyncio.wait_for(running, 5)
+        await rig.work_off(
+            [await rig.submit("dummy", {"mode": "sleep", "seconds": 0.2}) for _ in range(8)]
+        )
         full = [held for limit, held in store.claims if limit == 2]
         assert store.claims[:2] == [(2, 0), (2, 2)]  # the second half asked while two run
         assert len(full) >= 4  # eight jobs, two at a time

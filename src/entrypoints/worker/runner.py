@@ -159,8 +159,9 @@ class Worker:
                 wait_seconds=0.0 if ahead else cfg.claim_wait,
             )
             self._asked += request.limit
+            if not ahead:
+                self._claims_maintain = True  # the claim does, and so does its wait
             try:
-                self._claims_maintain = self._claims_maintain or not ahead
                 leases = await self._leases.claim(request)
             except QueueUnavailableError as exc:
                 self._busy = False
