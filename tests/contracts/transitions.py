@@ -10,10 +10,9 @@ from tests.contracts.base import Rig, scenario
 from tests.contracts.builders import (
     ERROR,
     FOREVER,
+    LATER,
     LEASE,
     PAST_LEASE,
-    PAST_SOON,
-    SOON,
     StatusLog,
     at,
     claim,
@@ -67,12 +66,12 @@ class TransitionsContract:
         log = StatusLog(rig.store)
         now = await rig.now()
         asked, failing = new_job(n=0), new_job(n=1)
-        doomed = new_job(n=2, deadline=at(now, SOON), now=now)
-        scheduled = new_job(n=3, run_at=at(now, SOON), now=now)
+        doomed = new_job(n=2, deadline=at(now, LATER), now=now)
+        scheduled = new_job(n=3, run_at=at(now, LATER), now=now)
         ids = (asked.id, failing.id, doomed.id, scheduled.id)
         await enqueue_all(rig.submitter, [asked, failing, doomed, scheduled])
         await log.look(*ids)
-        await rig.elapse(PAST_SOON)
+        await rig.elapse_past(at(now, LATER))
         leases = {lease.job_id: lease for lease in await claim(rig.leases, limit=10)}
         assert set(leases) == {asked.id, failing.id, scheduled.id}
         await log.look(*ids)
