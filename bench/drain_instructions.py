@@ -31,7 +31,9 @@ from bench.worker_drain import delete_prefix, fill, wait_drained
 from entrypoints.local_redis import LocalRedis
 
 
-def instructions(url: str, src: Path, jobs: int, out: Path, cap: float) -> int:
+def instructions(
+    url: str, src: Path, jobs: int, out: Path, cap: float, log_level: str = "WARNING"
+) -> int:
     """The largest instruction count of the worker's processes while they drain `jobs`."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     asyncio.run(fill(url, prefix, jobs))
@@ -42,7 +44,7 @@ def instructions(url: str, src: Path, jobs: int, out: Path, cap: float) -> int:
         "PYTHONPATH": str(src),
         "REDIS_URL": url,
         "CONVEYOR_KEY_PREFIX": prefix,
-        "LOG_LEVEL": "WARNING",
+        "LOG_LEVEL": log_level,
     }
     worker = subprocess.Popen(
         [
@@ -91,10 +93,18 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=2500)
     parser.add_argument("--src", type=Path, default=Path(__file__).resolve().parents[1] / "src")
     parser.add_argument("--cap", type=float, default=900.0, help="seconds per drain")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        help="the worker's LOG_LEVEL; INFO (the default of a deployment) adds its two lines"
+        " per job",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, LocalRedis(data_dir=Path(tmp) / "redis") as server:
-        small = instructions(server.url, args.src.resolve(), args.small, Path(tmp), args.cap)
-        large = instructions(server.url, args.src.resolve(), args.large, Path(tmp), args.cap)
+        small, large = (
+            instructions(server.url, args.src.resolve(), jobs, Path(tmp), args.cap, args.log_level)
+            for jobs in (args.small, args.large)
+        )
     per_job = (large - small) / (args.large - args.small)
     print(f"{args.src}: {small:,} instructions for {args.small} jobs, {large:,} for {args.large}")
     print(f"per job: {per_job:,.0f}")
