@@ -7,11 +7,13 @@ configured with (the password in REDIS_URL), however a line came to hold it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import math
 import sys
+import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from entrypoints.redaction import redact_text, redact_url
@@ -32,8 +34,18 @@ _ACCESS_LOGGER: Final = "uvicorn.access"
 _ACCESS_FIELDS: Final = ("client", "method", "path", "http_version", "status")
 
 
+# How many attributes a record has before its extra fields: `Logger.makeRecord` adds those
+# after the ones `LogRecord.__init__` sets, so only the attributes past these are looked at.
+_OWN_COUNT: Final = len(logging.makeLogRecord({}).__dict__)
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    fields = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
+    attributes = record.__dict__
+    if len(attributes) <= _OWN_COUNT:
+        fields = {}
+    else:
+        extra = itertools.islice(attributes.items(), _OWN_COUNT, None)
+        fields = {k: v for k, v in extra if k not in _RESERVED}
     args = record.args
     if record.name == _ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
         # Fields of their own too, so a JSON access line can be filtered without parsing.
@@ -42,18 +54,38 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class _RedactingFormatter(logging.Formatter):
+    """A line's time in UTC to the millisecond, its seconds (`second_format`, `time.strftime`'s
+    codes) formatted once per second: a worker writes two lines per job."""
+
+    second_format = "%H:%M:%S"
+    zone = ""
+
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self._secrets = tuple(secrets)
+        self._second = -1
+        self._second_text = ""
 
     def redact(self, line: str) -> str:
         return redact_text(line, self._secrets)
 
+    def timestamp(self, created: float) -> str:
+        # Rounded to the microsecond first, as datetime.fromtimestamp does, then cut.
+        fraction, whole = math.modf(created)
+        second, micros = divmod(int(whole) * 1_000_000 + round(fraction * 1e6), 1_000_000)
+        if second != self._second:
+            self._second_text = time.strftime(self.second_format, time.gmtime(second))
+            self._second = second
+        return f"{self._second_text}.{micros // 1000:03d}{self.zone}"
+
 
 class JsonFormatter(_RedactingFormatter):
+    second_format = "%Y-%m-%dT%H:%M:%S"
+    zone = "+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": self.timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -66,7 +98,7 @@ class JsonFormatter(_RedactingFormatter):
 
 class ConsoleFormatter(_RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
+        ts = self.timestamp(record.created)
         extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         text = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if extras:
@@ -84,3 +116,10 @@ def configure_logging(level: str, fmt: LogFormat, secrets: Iterable[str] = ()) -
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Neither format shows where a line was logged from, nor the thread or process: the
+    # logging module's own advice for not gathering them (each look-up a frame walk or a
+    # call, on every line).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

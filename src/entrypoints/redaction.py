@@ -137,6 +137,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
             text = text.replace(secret, MASK)
     if "://" in text:
         text = _TEXT_USERINFO.sub(rf"\g<1>{MASK}@", text)
-    if "=" in text:
+    # `_TEXT_PARAMETER` starts with one of "?&;" and holds a "=": most lines have neither.
+    if "=" in text and ("?" in text or "&" in text or ";" in text):
         text = _TEXT_PARAMETER.sub(rf"\g<1>{MASK}", text)
     return text

@@ -1,6 +1,8 @@
+import io
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 
 import pytest
 
@@ -113,3 +115,45 @@ def test_uvicorns_access_lines_are_json_lines_with_the_requests_parts_as_fields(
     assert line["event"] == '127.0.0.1:50000 - "POST /jobs HTTP/1.1" 202'
     assert (line["method"], line["path"], line["status"]) == ("POST", "/jobs", 202)
     assert line["logger"] == "uvicorn.access"
+
+
+@pytest.mark.parametrize(
+    "created",
+    [0.0, 1796665268.0, 1796665268.0004999, 1796665268.0009995, 1796665268.9999996, 1e9 + 0.5],
+)
+def test_a_line_s_time_is_the_record_s_utc_time_to_the_millisecond(created: float) -> None:
+    instant = datetime.fromtimestamp(created, UTC)
+    rec = record()
+    rec.created = created
+    assert json.loads(JsonFormatter().format(rec))["ts"] == instant.isoformat(
+        timespec="milliseconds"
+    )
+    assert ConsoleFormatter().format(rec).startswith(instant.strftime("%H:%M:%S.%f")[:-3] + " ")
+
+
+def test_a_formatter_shows_each_second_s_own_time_after_formatting_another() -> None:
+    formatter, rec = ConsoleFormatter(), record()
+    for created, shown in [
+        (3600.25, "01:00:00.250"),
+        (3601.5, "01:00:01.500"),
+        (0.0, "00:00:00.000"),
+    ]:
+        rec.created = created
+        assert formatter.format(rec).startswith(shown)
+
+
+def test_a_logger_s_extra_fields_reach_the_line_and_its_own_attributes_do_not() -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ConsoleFormatter())
+    logger = logging.getLogger("tests.logs.extra")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("job claimed", extra={"job_id": "ab", "attempt": 2})
+        logger.warning("nothing more")
+    finally:
+        logger.removeHandler(handler)
+    claimed, plain = stream.getvalue().splitlines()
+    assert claimed.endswith("WARNING tests.logs.extra: job claimed job_id=ab attempt=2")
+    assert plain.endswith("WARNING tests.logs.extra: nothing more")
