@@ -9,7 +9,8 @@ its own, so this measures the machinery (claim, run, record the result, renew le
 
 Uses REDIS_URL when set (loopback only), else starts its own local Redis (AOF on, as
 `conveyor dev` runs it). Keys live under a fresh prefix, deleted at the end. Worker logs go
-to a file at WARNING level: per-job INFO lines cost as much as the job here.
+to a file at WARNING level (`--log-level`): its two INFO lines a job cost a third of the
+worker's instructions.
 """
 
 from __future__ import annotations
@@ -96,7 +97,12 @@ async def delete_prefix(url: str, prefix: str) -> None:
 def drain(url: str, args: argparse.Namespace, log_dir: Path) -> tuple[float, float, float]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     asyncio.run(fill(url, prefix, args.jobs))
-    env = {**os.environ, "REDIS_URL": url, "CONVEYOR_KEY_PREFIX": prefix, "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "REDIS_URL": url,
+        "CONVEYOR_KEY_PREFIX": prefix,
+        "LOG_LEVEL": args.log_level,
+    }
     log = (log_dir / f"{prefix}.log").open("wb")
     spawned = time.perf_counter()
     worker = subprocess.Popen(
@@ -147,6 +153,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cap", type=float, default=120.0, help="seconds before giving up")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="the worker's LOG_LEVEL (INFO: as deployed)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = os.environ.get("REDIS_URL")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Iterable
@@ -69,14 +68,12 @@ class _RedactingFormatter(logging.Formatter):
     def redact(self, line: str) -> str:
         return redact_text(line, self._secrets)
 
-    def timestamp(self, created: float) -> str:
-        # Rounded to the microsecond first, as datetime.fromtimestamp does, then cut.
-        fraction, whole = math.modf(created)
-        second, micros = divmod(int(whole) * 1_000_000 + round(fraction * 1e6), 1_000_000)
+    def timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
         if second != self._second:
             self._second_text = time.strftime(self.second_format, time.gmtime(second))
             self._second = second
-        return f"{self._second_text}.{micros // 1000:03d}{self.zone}"
+        return f"{self._second_text}.{int(record.msecs):03d}{self.zone}"
 
 
 class JsonFormatter(_RedactingFormatter):
@@ -85,7 +82,7 @@ class JsonFormatter(_RedactingFormatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": self.timestamp(record.created),
+            "ts": self.timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -98,7 +95,7 @@ class JsonFormatter(_RedactingFormatter):
 
 class ConsoleFormatter(_RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        ts = self.timestamp(record.created)
+        ts = self.timestamp(record)
         extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
         text = f"{ts} {record.levelname:<7} {record.name}: {record.getMessage()}"
         if extras:

@@ -118,17 +118,18 @@ def test_uvicorns_access_lines_are_json_lines_with_the_requests_parts_as_fields(
 
 
 @pytest.mark.parametrize(
-    "created",
-    [0.0, 1796665268.0, 1796665268.0004999, 1796665268.0009995, 1796665268.9999996, 1e9 + 0.5],
+    ("created", "msecs"), [(0.0, 0.0), (1796665268.0005, 0.5), (1796665268.9999, 999.9)]
 )
-def test_a_line_s_time_is_the_record_s_utc_time_to_the_millisecond(created: float) -> None:
-    instant = datetime.fromtimestamp(created, UTC)
+def test_a_line_s_time_is_the_record_s_utc_second_and_its_milliseconds(
+    created: float, msecs: float
+) -> None:
+    second = datetime.fromtimestamp(int(created), UTC)
     rec = record()
-    rec.created = created
-    assert json.loads(JsonFormatter().format(rec))["ts"] == instant.isoformat(
-        timespec="milliseconds"
-    )
-    assert ConsoleFormatter().format(rec).startswith(instant.strftime("%H:%M:%S.%f")[:-3] + " ")
+    rec.created, rec.msecs = created, msecs
+    ms = f".{int(msecs):03d}"
+    json_ts = second.isoformat().replace("+00:00", f"{ms}+00:00")
+    assert json.loads(JsonFormatter().format(rec))["ts"] == json_ts
+    assert ConsoleFormatter().format(rec).startswith(f"{second:%H:%M:%S}{ms} ")
 
 
 def test_a_formatter_shows_each_second_s_own_time_after_formatting_another() -> None:
@@ -138,7 +139,7 @@ def test_a_formatter_shows_each_second_s_own_time_after_formatting_another() -> 
         (3601.5, "01:00:01.500"),
         (0.0, "00:00:00.000"),
     ]:
-        rec.created = created
+        rec.created, rec.msecs = created, (created % 1) * 1000
         assert formatter.format(rec).startswith(shown)
 
 
