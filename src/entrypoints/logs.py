@@ -76,6 +76,10 @@ class _RedactingFormatter(logging.Formatter):
         return f"{self._second_text}.{int(record.msecs):03d}{self.zone}"
 
 
+# One encoder for every line: `json.dumps` with any option builds a new one per call.
+_JSON: Final = json.JSONEncoder(default=str)
+
+
 class JsonFormatter(_RedactingFormatter):
     second_format = "%Y-%m-%dT%H:%M:%S"
     zone = "+00:00"
@@ -90,7 +94,7 @@ class JsonFormatter(_RedactingFormatter):
         line.update(_fields(record))
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return self.redact(json.dumps(line, default=str))
+        return self.redact(_JSON.encode(line))
 
 
 class ConsoleFormatter(_RedactingFormatter):
