@@ -53,8 +53,9 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class _RedactingFormatter(logging.Formatter):
-    """A line's time in UTC to the millisecond, its seconds (`second_format`, `time.strftime`'s
-    codes) formatted once per second: a worker writes two lines per job."""
+    """Masks the configured secrets in every line, and writes a line's time in UTC to the
+    millisecond, its seconds (`second_format`, in `time.strftime`'s codes) formatted once per
+    second: a worker writes two lines a job."""
 
     second_format = "%H:%M:%S"
     zone = ""
@@ -62,18 +63,19 @@ class _RedactingFormatter(logging.Formatter):
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self._secrets = tuple(secrets)
-        self._second = -1
-        self._second_text = ""
+        # The last second formatted and its text, replaced together (threads may share it).
+        self._second: tuple[int, str] = (-1, "")
 
     def redact(self, line: str) -> str:
         return redact_text(line, self._secrets)
 
     def timestamp(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second_text = time.strftime(self.second_format, time.gmtime(second))
-            self._second = second
-        return f"{self._second_text}.{int(record.msecs):03d}{self.zone}"
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime(self.second_format, time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}{self.zone}"
 
 
 # One encoder for every line: `json.dumps` with any option builds a new one per call.
