@@ -359,6 +359,27 @@ def table(records: list[Record], runs: int) -> str:
     )
     lines.append("")
     lines.append(
+        "Run by run, Conveyor / BullMQ within each run (the medians above can pair a fast run "
+        "of one with a slow run of the other): "
+        + "; ".join(
+            f"{label} "
+            + ", ".join(
+                _ratio(
+                    median(records, field, kind="drain", peer="conveyor", run=run, **ours_one),
+                    median(records, field, kind="drain", peer="bullmq-node", run=run, **one),
+                    higher,
+                )
+                for run in range(1, runs + 1)
+            )
+            for label, field, higher in (
+                ("drain", "rate", True),
+                ("steady", "steady_rate", True),
+                ("worker CPU per job", "worker_cpu_ms_per_job", False),
+            )
+        )
+    )
+    lines.append("")
+    lines.append(
         "Python peers in the same run (1 process, drain jobs/s, latency p99 ms): "
         + ", ".join(
             f"{peer} {_fmt(median(records, 'rate', kind='drain', peer=peer, procs=1))} / "
