@@ -19,9 +19,11 @@ harness does not measure, the same way for Conveyor and BullMQ:
   5 s, after 3 s to start).
 
 Prints one line per measurement as it goes, then a table of medians over the runs with
-each figure's ratio to BullMQ's and the machine's core count. The peers' virtualenvs and
-node modules are installed on first use (`peers/run_all.sh`'s `versions` stage, into
-`PEERS_HOME`, default ${TMPDIR:-/tmp}/peers). Needs redis-server, node and wrk on PATH.
+each figure's ratio to BullMQ's, each run's own ratios for the drain (a ratio of medians can
+pair one system's fast run with the other's slow one), and the machine's core count. The
+peers' virtualenvs and node modules are installed on first use (`peers/run_all.sh`'s
+`versions` stage, into `PEERS_HOME`, default ${TMPDIR:-/tmp}/peers). Needs redis-server,
+node and wrk on PATH.
 """
 
 from __future__ import annotations
