@@ -39,12 +39,8 @@ _OWN_COUNT: Final = len(logging.makeLogRecord({}).__dict__)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    attributes = record.__dict__
-    if len(attributes) <= _OWN_COUNT:
-        fields = {}
-    else:
-        extra = itertools.islice(attributes.items(), _OWN_COUNT, None)
-        fields = {k: v for k, v in extra if k not in _RESERVED}
+    extra = itertools.islice(record.__dict__.items(), _OWN_COUNT, None)
+    fields = {k: v for k, v in extra if k not in _RESERVED}
     args = record.args
     if record.name == _ACCESS_LOGGER and isinstance(args, tuple) and len(args) == 5:
         # Fields of their own too, so a JSON access line can be filtered without parsing.
@@ -70,9 +66,9 @@ class _RedactingFormatter(logging.Formatter):
         return redact_text(line, self._secrets)
 
     def timestamp(self, record: logging.LogRecord) -> str:
-        second, text = self._second
-        if int(record.created) != second:
-            second = int(record.created)
+        second = int(record.created)
+        cached, text = self._second
+        if second != cached:
             text = time.strftime(self.second_format, time.gmtime(second))
             self._second = (second, text)
         return f"{text}.{int(record.msecs):03d}{self.zone}"
