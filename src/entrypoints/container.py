@@ -14,18 +14,16 @@ import redis.asyncio
 from dependency_injector import containers, providers
 
 from adapters.console_email import ConsoleEmailSender
-from adapters.cron import CronsimParser
-from adapters.memory import memory_backend
-from adapters.memory.schedules import MemoryScheduleStore
 from adapters.redis_client import create_redis
 from adapters.system_clock import SystemClock
 from domain.errors import UnsupportedOperationError
 from domain.job_service import JobService
 from domain.job_types.registry import default_registry
 from domain.limits import FlowLimits
-from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, LeaseQueue
+from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, Clock, LeaseQueue
 from domain.ports.schedules import ScheduleStore
 from domain.processing import JobProcessor
+from domain.schedules import CronParser
 from domain.scheduling import Scheduler, ScheduleService
 from domain.waiting import Waiters
 from entrypoints.rq_keys import use_rq_key_prefix
@@ -41,8 +39,9 @@ def _admission(settings: Settings) -> AdmissionPolicy | None:
     return settings.admission if settings.admission.enabled else None
 
 
-# The Redis and RQ backends are imported when chosen: a process on one backend never loads
-# the other's packages (RQ's are the heavier).
+# The backends are imported when chosen: a process on one backend never loads the others'
+# packages (RQ's are the heavier), and a worker child, forked from a process that has loaded
+# what it needs, starts sooner for each module left out (see `entrypoints.worker.preload`).
 
 
 def _redis_backend(
@@ -109,10 +108,49 @@ def _rq_backend(
     )
 
 
+def _memory_backend(
+    clock: Clock,
+    *,
+    result_ttl: float,
+    dead_ttl: float,
+    idempotency_ttl: float,
+    admission: AdmissionPolicy | None,
+    max_queues: int,
+    max_result_bytes: int,
+    limits: FlowLimits,
+) -> Backend:
+    from adapters.memory import memory_backend
+
+    return memory_backend(
+        clock,
+        result_ttl=result_ttl,
+        dead_ttl=dead_ttl,
+        idempotency_ttl=idempotency_ttl,
+        admission=admission,
+        max_queues=max_queues,
+        max_result_bytes=max_result_bytes,
+        limits=limits,
+    )
+
+
 def _redis_schedules(client: redis.asyncio.Redis, *, prefix: str) -> ScheduleStore:
     from adapters.redis_schedules import RedisScheduleStore
 
     return RedisScheduleStore(client, prefix=prefix)
+
+
+def _memory_schedules() -> ScheduleStore:
+    from adapters.memory.schedules import MemoryScheduleStore
+
+    return MemoryScheduleStore()
+
+
+# Cron arithmetic (cronsim, the zone database) is for schedules: a worker's children never
+# fire one, so they never load it.
+def _cron_parser() -> CronParser:
+    from adapters.cron import CronsimParser
+
+    return CronsimParser()
 
 
 def lease_queue(backend: Backend) -> LeaseQueue:
@@ -169,7 +207,7 @@ class Container(containers.DeclarativeContainer):
             replica_timeout_ms=config.replica_timeout_ms,
         ),
         memory=providers.Singleton(
-            memory_backend,
+            _memory_backend,
             clock=clock,
             result_ttl=config.result_ttl_seconds,
             dead_ttl=config.dead_ttl_seconds,
@@ -199,12 +237,12 @@ class Container(containers.DeclarativeContainer):
     )
     # Schedules live beside the jobs: in the same Redis (for either Redis backend, RQ's
     # included: its scheduler submits through the job service), or in memory.
-    cron_parser = providers.Singleton(CronsimParser)
+    cron_parser = providers.Singleton(_cron_parser)
     schedule_store = providers.Selector(
         config.queue_backend,
         redis=providers.Singleton(_redis_schedules, client=redis_client, prefix=config.key_prefix),
         rq=providers.Singleton(_redis_schedules, client=redis_client, prefix=config.key_prefix),
-        memory=providers.Singleton(MemoryScheduleStore),
+        memory=providers.Singleton(_memory_schedules),
     )
     schedule_service = providers.Factory(
         ScheduleService,

@@ -97,3 +97,23 @@ def test_the_launcher_and_the_fork_server_start_import_only_the_standard_library
     loaded = set(json.loads(done.stdout.replace("'", '"')))
     assert "multiprocessing" in loaded
     assert not loaded & {"redis", "asyncio", "attrs", "domain", "adapters", "uvloop", "msgspec"}
+
+
+def test_what_the_fork_server_preloads_leaves_out_what_no_worker_child_uses() -> None:
+    """A child is forked from the fork server once it has loaded `PRELOAD`: every module
+    loaded there is start-up time before the first job. Cron arithmetic (the supervisor's
+    scheduler), the in-memory backend and prometheus-client (with metrics off) are loaded
+    where they are used, and a worker child never uses them."""
+    code = (
+        "import importlib, sys\n"
+        "from entrypoints.worker.preload import PRELOAD\n"
+        "for name in PRELOAD: importlib.import_module(name)\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "entrypoints.worker.main" in loaded
+    assert "adapters.redis_queue" in loaded
+    unused = {"cronsim", "adapters.cron", "adapters.memory", "prometheus_client"}
+    assert not loaded & unused

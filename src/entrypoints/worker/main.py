@@ -25,14 +25,7 @@ from entrypoints.settings import QueueBackend, Settings
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
 from entrypoints.worker.config import WorkerConfig
-from entrypoints.worker.metrics import (
-    MetricsPortError,
-    MetricsServer,
-    WorkerMetrics,
-    metrics_off,
-    shared_directory,
-    use_directory,
-)
+from entrypoints.worker.metrics_env import metrics_off, shared_directory
 from entrypoints.worker.observers import AttemptObserver
 from entrypoints.worker.runner import Worker
 from entrypoints.worker.supervisor import (
@@ -112,6 +105,8 @@ def run_worker(
     if metrics_port is None:
         metrics_off()
     else:
+        from entrypoints.worker.metrics import MetricsPortError, MetricsServer
+
         try:
             # Before any child exists: each learns from the environment where to write.
             server = MetricsServer(settings.api_host, metrics_port)
@@ -136,7 +131,11 @@ def _supervise(
     wired = _wire(settings)
     if wired is None:
         return EXIT_CONFIG
-    counted = WorkerMetrics() if metrics else None
+    counted = None
+    if metrics:
+        from entrypoints.worker.metrics import WorkerMetrics
+
+        counted = WorkerMetrics()
     config = PoolConfig(
         processes=processes,
         concurrency=concurrency,
@@ -200,6 +199,8 @@ def run_child(
     audit = AuditLog(settings.audit_log, worker_id) if settings.audit_log else None
     observers: list[AttemptObserver] = [audit] if audit is not None else []
     if (metrics_dir := shared_directory()) is not None:
+        from entrypoints.worker.metrics import WorkerMetrics, use_directory
+
         use_directory(metrics_dir)
         observers.append(WorkerMetrics())
     if (tracer := traced(wired.container.tracing())) is not None:

@@ -30,11 +30,11 @@ from prometheus_client.registry import Collector
 
 from domain.jobs import Lease
 from entrypoints.worker.endings import LEASE_LOST
+from entrypoints.worker.metrics_env import MULTIPROC_ENV
 from entrypoints.worker.observers import AttemptEnd, AttemptObserver, PoolObserver
 
 log = logging.getLogger("conveyor.worker")
 
-MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 # Run times from a no-op to the longest timeouts; pickups from a busy loop to a backlog.
 RUN_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 PICKUP_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -50,16 +50,6 @@ def use_directory(path: str) -> None:
     os.environ[MULTIPROC_ENV] = path
     pid = os.getpid()
     values.ValueClass = values.MultiProcessValue(process_identifier=lambda: pid)  # type: ignore[no-untyped-call]
-
-
-def metrics_off() -> None:
-    """No figures in this worker, even if the environment names a directory for them."""
-    os.environ.pop(MULTIPROC_ENV, None)
-
-
-def shared_directory() -> str | None:
-    """The directory this worker's processes write their figures to; None: metrics are off."""
-    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class MetricsServer:
