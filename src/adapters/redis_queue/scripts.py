@@ -32,6 +32,7 @@ Needs Redis 6.0 or later (BLPOP with a fractional timeout); the suite runs on 7.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -185,7 +186,9 @@ class Script:
     limits: bool = False  # `keys` are the flow limits', one group per type (Redis Cluster)
 
 
+@functools.cache
 def _read(*path: str) -> str:
+    """A file under ``lua/``, read once: the fragments are shared by many scripts."""
     return resources.files("adapters.redis_queue").joinpath("lua", *path).read_text("utf-8")
 
 
