@@ -11,7 +11,6 @@ stored without running it (its payload is validated again before it runs).
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import os
 import time
@@ -175,6 +174,8 @@ def _crash(how: Crash) -> NoReturn:
         case Crash.ABORT:
             os.abort()
         case Crash.SEGFAULT:
+            import ctypes  # only here: a worker process would load it for nothing
+
             ctypes.string_at(0)
     raise AssertionError("unreachable")  # pragma: no cover
 
