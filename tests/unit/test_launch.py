@@ -117,3 +117,17 @@ def test_what_the_fork_server_preloads_leaves_out_what_no_worker_child_uses() ->
     assert "adapters.redis_queue" in loaded
     unused = {"cronsim", "adapters.cron", "adapters.memory", "prometheus_client"}
     assert not loaded & unused
+
+
+def test_the_supervisor_leaves_what_only_a_child_runs_to_the_children() -> None:
+    """`conveyor worker` asks for its first child once it has loaded the command line and
+    the supervisor; the claim loop and uvloop run in children only, which the fork server
+    has loaded them for."""
+    code = (
+        "import sys, entrypoints.cli, entrypoints.worker.main\nprint(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "entrypoints.worker.supervisor" in loaded
+    assert not loaded & {"uvloop", "entrypoints.worker.runner", "entrypoints.worker.child"}

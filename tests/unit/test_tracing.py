@@ -189,7 +189,7 @@ from entrypoints.api.app import create_app
 from entrypoints.cli import main as cli_main
 from entrypoints.container import build_container
 from entrypoints.settings import QueueBackend, Settings
-import entrypoints.worker.main
+import entrypoints.worker.child
 container = build_container(Settings(queue_backend=QueueBackend.MEMORY))
 with TestClient(create_app(container)) as client:
     answer = client.post("/jobs", json={"type": "dummy", "payload": {"mode": "succeed"}})

@@ -12,7 +12,7 @@ from typing import Final
 
 # What a worker child imports, loaded once in the fork server.
 PRELOAD: Final = (
-    "entrypoints.worker.main",
+    "entrypoints.worker.child",
     "entrypoints.worker.spawning",
     "adapters.redis_queue",
     "uvloop",

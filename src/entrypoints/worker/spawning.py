@@ -123,7 +123,7 @@ def _child(
         os.setsid()
         from entrypoints.logs import configure_logging
         from entrypoints.settings import Settings, SettingsError
-        from entrypoints.worker.main import run_child
+        from entrypoints.worker.child import run_child
         from entrypoints.worker.supervisor import EXIT_CONFIG
 
         try:
