@@ -20,6 +20,7 @@ from redis.asyncio.connection import (
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.backoff import ExponentialBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import BusyLoadingError, ClusterError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -88,6 +89,10 @@ def create_redis(
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "retry": retry,
+        # What `CLIENT SETINFO` sends (redis-py and its version), made once for the client:
+        # left to each connection, redis-py reads its package metadata again for every one
+        # (1.4-3 ms, ahead of a new worker's first claim).
+        "driver_info": DriverInfo(),
     }
     if is_sentinel_url(url):
         # The retry above also follows a failover: a demoted primary's READONLY becomes a

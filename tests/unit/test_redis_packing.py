@@ -7,12 +7,14 @@ import enum
 from typing import Any
 
 import pytest
+import redis
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.driver_info import DriverInfo
 from redis.exceptions import DataError
 from redis.typing import EncodableT
 
@@ -88,3 +90,24 @@ def test_every_scheme_keeps_its_connection_class(url: str, base: type[AbstractCo
     chosen = create_redis(url, connect_timeout=1.0, socket_timeout=1.0).connection_pool
     assert issubclass(chosen.connection_class, base)
     assert chosen.connection_class is not base
+
+
+def test_a_clients_connections_share_one_driver_info_with_redis_pys_own_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`CLIENT SETINFO` sends what redis-py would (its name and version), read once for the
+    client: redis-py reads its package metadata for each connection left to make its own."""
+    client = create_redis("redis://127.0.0.1:6399/0", connect_timeout=1.0, socket_timeout=1.0)
+    reads: list[str] = []
+
+    def read_version() -> str:
+        reads.append("read")
+        return "0"
+
+    monkeypatch.setattr("redis.utils.get_lib_version", read_version)
+    pool = client.connection_pool
+    first, second = pool.make_connection(), pool.make_connection()  # type: ignore[no-untyped-call]
+
+    assert first.driver_info is second.driver_info
+    assert first.driver_info == DriverInfo(name="redis-py", lib_version=redis.__version__)
+    assert reads == []
