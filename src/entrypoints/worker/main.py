@@ -146,15 +146,23 @@ def _supervise(
 
     async def supervise_and_schedule(stop: asyncio.Event) -> int:
         # The supervisor (one per `conveyor worker`, not its children) runs the scheduler:
-        # the store gives each tick to one process, however many run it.
+        # the store gives each tick to one process, however many run it. It starts once the
+        # children are asked for: its first round trips and imports would otherwise come
+        # between a new worker and its first job.
         if not container.settings().scheduler:
             return await supervisor.run(stop)
-        scheduling = asyncio.create_task(schedule(container, stop))
+        scheduling: asyncio.Task[None] | None = None
+
+        def start_scheduling() -> None:
+            nonlocal scheduling
+            scheduling = asyncio.create_task(schedule(container, stop))
+
         try:
-            return await supervisor.run(stop)
+            return await supervisor.run(stop, started=start_scheduling)
         finally:
             stop.set()
-            await scheduling
+            if scheduling is not None:
+                await scheduling
 
     return asyncio.run(until_signalled(supervise_and_schedule, wired.connection))
 

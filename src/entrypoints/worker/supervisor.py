@@ -29,7 +29,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -138,7 +138,9 @@ class Supervisor:
     def _board_path(self, worker_id: str) -> Path:
         return self._boards / (worker_id.rsplit("/", 1)[-1] + ".board")
 
-    async def run(self, stop: asyncio.Event) -> int:
+    async def run(self, stop: asyncio.Event, started: Callable[[], None] | None = None) -> int:
+        """Run the pool until `stop` is set; `started` is called once its first children
+        are asked for (not if the backend is refused before)."""
         cfg = self._config
         log.info(
             "supervisor started",
@@ -155,6 +157,8 @@ class Supervisor:
             return EXIT_CONFIG
         for slot in range(cfg.processes):
             await self._spawn(slot)
+        if started is not None:
+            started()
         stopper = asyncio.create_task(stop.wait())
         done = asyncio.create_task(self._done.wait())
         watchdog = asyncio.create_task(self._watchdog()) if cfg.watchdog > 0 else None
