@@ -43,6 +43,10 @@ DEFAULT_POOL_TIMEOUT_S: Final = 5.0
 _RETRIES: Final = 2
 _BACKOFF_BASE_S: Final = 0.02
 _BACKOFF_CAP_S: Final = 0.25
+# What `CLIENT SETINFO` sends (redis-py and its version), made once per process: left to
+# each connection, redis-py reads its package metadata again for every one (1.4-3 ms each),
+# and a worker child, forked from a process that has imported this, makes none.
+_DRIVER_INFO: Final = DriverInfo()
 
 
 def create_redis(
@@ -89,10 +93,7 @@ def create_redis(
         "socket_keepalive": True,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
         "retry": retry,
-        # What `CLIENT SETINFO` sends (redis-py and its version), made once for the client:
-        # left to each connection, redis-py reads its package metadata again for every one
-        # (1.4-3 ms, ahead of a new worker's first claim).
-        "driver_info": DriverInfo(),
+        "driver_info": _DRIVER_INFO,
     }
     if is_sentinel_url(url):
         # The retry above also follows a failover: a demoted primary's READONLY becomes a
