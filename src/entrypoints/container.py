@@ -8,6 +8,7 @@ here asks what a backend can do: a role it lacks is None, and what needs it says
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import redis
 import redis.asyncio
@@ -21,14 +22,17 @@ from domain.job_service import JobService
 from domain.job_types.registry import default_registry
 from domain.limits import FlowLimits
 from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, Clock, LeaseQueue
-from domain.ports.schedules import ScheduleStore
 from domain.processing import JobProcessor
-from domain.schedules import CronParser
-from domain.scheduling import Scheduler, ScheduleService
 from domain.waiting import Waiters
 from entrypoints.rq_keys import use_rq_key_prefix
 from entrypoints.settings import QueueBackend, Settings
 from entrypoints.tracing import tracing_from
+
+if TYPE_CHECKING:
+    from domain.job_types import JobTypeRegistry
+    from domain.ports.schedules import ScheduleStore
+    from domain.schedules import CronParser
+    from domain.scheduling import Scheduler, ScheduleService
 
 
 def _redis_url(settings: Settings) -> str:
@@ -145,12 +149,35 @@ def _memory_schedules() -> ScheduleStore:
     return MemoryScheduleStore()
 
 
-# Cron arithmetic (cronsim, the zone database) is for schedules: a worker's children never
-# fire one, so they never load it.
+# Schedules, and the cron arithmetic (cronsim, the zone database) they use, are loaded when
+# first asked for: a worker's children never fire one, so they never load them.
 def _cron_parser() -> CronParser:
     from adapters.cron import CronsimParser
 
     return CronsimParser()
+
+
+def _schedule_service(
+    *, store: ScheduleStore, registry: JobTypeRegistry, cron: CronParser, clock: Clock
+) -> ScheduleService:
+    from domain.scheduling import ScheduleService
+
+    return ScheduleService(store=store, registry=registry, cron=cron, clock=clock)
+
+
+def _scheduler(
+    *,
+    store: ScheduleStore,
+    jobs: JobService,
+    cron: CronParser,
+    clock: Clock,
+    idempotency_ttl: float,
+) -> Scheduler:
+    from domain.scheduling import Scheduler
+
+    return Scheduler(
+        store=store, jobs=jobs, cron=cron, clock=clock, idempotency_ttl=idempotency_ttl
+    )
 
 
 def lease_queue(backend: Backend) -> LeaseQueue:
@@ -245,14 +272,14 @@ class Container(containers.DeclarativeContainer):
         memory=providers.Singleton(_memory_schedules),
     )
     schedule_service = providers.Factory(
-        ScheduleService,
+        _schedule_service,
         store=schedule_store,
         registry=registry,
         cron=cron_parser,
         clock=clock,
     )
     scheduler = providers.Factory(
-        Scheduler,
+        _scheduler,
         store=schedule_store,
         jobs=job_service,
         cron=cron_parser,

@@ -101,9 +101,9 @@ def test_the_launcher_and_the_fork_server_start_import_only_the_standard_library
 
 def test_what_the_fork_server_preloads_leaves_out_what_no_worker_child_uses() -> None:
     """A child is forked from the fork server once it has loaded `PRELOAD`: every module
-    loaded there is start-up time before the first job. Cron arithmetic (the supervisor's
-    scheduler), the in-memory backend and prometheus-client (with metrics off) are loaded
-    where they are used, and a worker child never uses them."""
+    loaded there is start-up time before the first job. The scheduler and its cron
+    arithmetic (the supervisor's), the in-memory backend and prometheus-client (with metrics
+    off) are loaded where they are used, and a worker child never uses them."""
     code = (
         "import importlib, sys\n"
         "from entrypoints.worker.preload import PRELOAD\n"
@@ -115,7 +115,10 @@ def test_what_the_fork_server_preloads_leaves_out_what_no_worker_child_uses() ->
     loaded = set(done.stdout.split())
     assert "entrypoints.worker.main" in loaded
     assert "adapters.redis_queue" in loaded
-    unused = {"cronsim", "adapters.cron", "adapters.memory", "prometheus_client"}
+    unused = {
+        *("cronsim", "adapters.cron", "adapters.memory", "prometheus_client"),
+        *("domain.scheduling", "entrypoints.scheduling"),
+    }
     assert not loaded & unused
 
 

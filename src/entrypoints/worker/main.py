@@ -14,7 +14,6 @@ import attrs
 from domain.ports import Connection, LeaseQueue, QueueMonitor
 from entrypoints.container import Container, build_container
 from entrypoints.logs import redact_url
-from entrypoints.scheduling import check_schedules, schedule
 from entrypoints.settings import QueueBackend, Settings
 from entrypoints.worker.metrics_env import metrics_off
 from entrypoints.worker.supervisor import (
@@ -142,6 +141,9 @@ def _supervise(
         pool_observer=counted,
     )
     container = wired.container
+    # Only the supervisor runs the scheduler: a child forked from the fork server never loads it.
+    from entrypoints.scheduling import check_schedules, schedule
+
     check_schedules(container)  # a bad CONVEYOR_SCHEDULES stops start-up (SettingsError)
 
     async def supervise_and_schedule(stop: asyncio.Event) -> int:
