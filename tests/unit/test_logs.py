@@ -1,6 +1,8 @@
 import io
 import json
 import logging
+import os
+import subprocess
 import sys
 from datetime import UTC, datetime
 
@@ -158,3 +160,31 @@ def test_a_logger_s_extra_fields_reach_the_line_and_its_own_attributes_do_not() 
     claimed, plain = stream.getvalue().splitlines()
     assert claimed.endswith("WARNING tests.logs.extra: job claimed job_id=ab attempt=2")
     assert plain.endswith("WARNING tests.logs.extra: nothing more")
+
+
+# A forked worker child as the fork server runs it, its worker replaced by one that writes
+# REDIS_URL's password as free text (as a library's error message might) and stops.
+_CHILD = """
+import logging, multiprocessing, os, sys
+import entrypoints.worker.child as child
+from entrypoints.worker.spawning import ChildSpec, _child
+
+def run_child(settings, **_):
+    logging.getLogger("conveyor.worker").error("AUTH failed with %s", "hunter2-hunter2")
+    return 0
+
+child.run_child = run_child
+_, control = multiprocessing.Pipe(duplex=False)
+spec = ChildSpec(worker_id="w", concurrency=1, queues=("default",), weights=None, board="b")
+_child(spec, control, dict(os.environ))
+"""
+
+
+def test_a_forked_worker_child_masks_the_redis_url_s_password_in_its_lines() -> None:
+    environ = {**os.environ, "REDIS_URL": "redis://:hunter2-hunter2@127.0.0.1:1/0"}
+    ran = subprocess.run(
+        [sys.executable, "-c", _CHILD], env=environ, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert "AUTH failed with ***" in ran.stderr
+    assert "hunter2" not in ran.stderr

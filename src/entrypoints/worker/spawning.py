@@ -122,6 +122,7 @@ def _child(
         # the supervisor only, which then asks each child once.
         os.setsid()
         from entrypoints.logs import configure_logging
+        from entrypoints.redaction import url_secrets
         from entrypoints.settings import Settings, SettingsError
         from entrypoints.worker.child import run_child
         from entrypoints.worker.supervisor import EXIT_CONFIG
@@ -132,7 +133,7 @@ def _child(
             print(f"conveyor: {exc}", file=sys.stderr)
             code = EXIT_CONFIG
             return
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, url_secrets(settings.redis_url))
         code = run_child(
             settings,
             worker_id=spec.worker_id,
