@@ -4,13 +4,22 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from entrypoints.logs import ConsoleFormatter, JsonFormatter, redact_url
+from entrypoints import logs
+from entrypoints.logs import (
+    ConsoleFormatter,
+    JsonFormatter,
+    configure_logging,
+    log_event,
+    redact_url,
+)
 from entrypoints.redaction import url_secrets
-from entrypoints.settings import Settings, SettingsError
+from entrypoints.settings import LogFormat, Settings, SettingsError
 
 
 def record(**extra: object) -> logging.LogRecord:
@@ -188,3 +197,123 @@ def test_a_forked_worker_child_masks_the_redis_url_s_password_in_its_lines() -> 
     assert ran.returncode == 0, ran.stderr
     assert "AUTH failed with ***" in ran.stderr
     assert "hunter2" not in ran.stderr
+
+
+@pytest.fixture
+def configured() -> Iterator[None]:
+    """Logging as `configure_logging` leaves it, put back as it was after the test."""
+    root = logging.getLogger()
+    handlers, level, direct = root.handlers[:], root.level, logs._direct
+    saved = (logging._srcfile, logging.logThreads, logging.logProcesses)
+    try:
+        yield
+    finally:
+        root.handlers[:], logs._direct = handlers, direct
+        root.setLevel(level)
+        logging._srcfile, logging.logThreads, logging.logProcesses = saved
+
+
+class _Records:
+    """How many records the logging module made (none, for a line written directly)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.made = 0
+        make = logging.Logger.makeRecord
+
+        def counted(logger: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            self.made += 1
+            return make(logger, *args, **kwargs)
+
+        monkeypatch.setattr(logging.Logger, "makeRecord", counted)
+
+
+def _after_time(line: str) -> str:
+    return (
+        line.split(" ", 1)[1]
+        if not line.startswith("{")
+        else json.dumps({k: v for k, v in json.loads(line).items() if k != "ts"})
+    )
+
+
+@pytest.mark.parametrize("fmt", list(LogFormat))
+def test_a_job_s_line_is_written_directly_as_the_logging_module_writes_it(
+    fmt: LogFormat,
+    configured: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure_logging("INFO", fmt, ["s3cret-s3cret"])
+    records, log = _Records(monkeypatch), logging.getLogger("tests.logs.direct")
+    fields = {"job_id": "ab", "queue": "q", "attempt": 2, "note": "s3cret-s3cret"}
+    log_event(log, logging.INFO, "job claimed", fields)
+    assert records.made == 0
+    log.info("job claimed", extra=fields)
+    assert records.made == 1
+    direct, through_logging = capsys.readouterr().err.splitlines()
+    assert _after_time(direct) == _after_time(through_logging)
+    assert "s3cret" not in direct
+    assert direct[:2].isdigit() or json.loads(direct)["ts"][:4].isdigit()
+
+
+def test_a_job_s_line_below_the_level_is_not_written(
+    configured: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_logging("WARNING", LogFormat.CONSOLE)
+    records = _Records(monkeypatch)
+    log_event(logging.getLogger("tests.logs.direct"), logging.INFO, "job claimed", {})
+    assert (records.made, capsys.readouterr().err) == (0, "")
+
+
+def _another_handler() -> None:
+    logging.getLogger().addHandler(logging.NullHandler())
+
+
+def _a_filter() -> None:
+    logging.getLogger("tests.logs").addFilter(lambda record: True)
+
+
+def _a_record_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging, "_logRecordFactory", lambda *a, **k: logging.LogRecord(*a, **k))
+
+
+def _another_formatter() -> None:
+    logging.getLogger().handlers[0].setFormatter(ConsoleFormatter())
+
+
+@pytest.mark.parametrize(
+    "change", [_another_handler, _a_filter, _a_record_factory, _another_formatter]
+)
+def test_a_job_s_line_goes_through_the_logging_module_once_its_configuration_changed(
+    change: Any,
+    configured: None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure_logging("INFO", LogFormat.CONSOLE)
+    records, log = _Records(monkeypatch), logging.getLogger("tests.logs.direct")
+    try:
+        if change is _a_record_factory:
+            change(monkeypatch)
+        else:
+            change()
+        log_event(log, logging.INFO, "job claimed", {"job_id": "ab"})
+    finally:
+        logging.getLogger("tests.logs").filters.clear()
+    assert records.made == 1
+    assert capsys.readouterr().err.rstrip().endswith("job claimed job_id=ab")
+
+
+class _Refusing(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("no space left")
+
+
+def test_a_job_s_line_the_stream_refuses_is_left_to_the_logging_module_to_report(
+    configured: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_logging("INFO", LogFormat.CONSOLE)
+    logging.getLogger().handlers[0].setStream(_Refusing())  # type: ignore[attr-defined]
+    reported: list[logging.LogRecord] = []
+    monkeypatch.setattr(logging.StreamHandler, "handleError", lambda _, r: reported.append(r))
+    log_event(logging.getLogger("tests.logs.direct"), logging.INFO, "job claimed", {"a": 1})
+    assert [(r.getMessage(), r.__dict__["a"]) for r in reported] == [("job claimed", 1)]

@@ -18,6 +18,7 @@ from domain.jobs import JobStatus, JSONObject, Lease
 from domain.ports import AttemptReporter
 from domain.processing import JobProcessor, ProcessResult, describe
 from domain.settlement import Ending
+from entrypoints.logs import log_event
 from entrypoints.worker.context import WorkerJobContext
 
 S = JobStatus
@@ -47,7 +48,10 @@ def _log_status(
     status: JobStatus, fields: JSONObject, failure: BaseException | None = None
 ) -> None:
     level, message = _SAID.get(status, (logging.INFO, f"job {status}"))
-    log.log(level, message, extra=fields, exc_info=failure)
+    if failure is None:
+        log_event(log, level, message, fields)
+    else:
+        log.log(level, message, extra=fields, exc_info=failure)
 
 
 def warn_unreplicated(lease: Lease, shortfall: NotReplicatedError) -> None:

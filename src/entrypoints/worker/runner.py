@@ -27,6 +27,7 @@ from domain.errors import QueueUnavailableError
 from domain.jobs import AttemptOutcome, Lease
 from domain.ports import ClaimRequest, Clock, LeaseQueue, QueueMonitor, WorkerLoad
 from domain.processing import JobProcessor, describe
+from entrypoints.logs import log_event
 from entrypoints.worker.board import Board
 from entrypoints.worker.config import WorkerConfig, claim_order
 from entrypoints.worker.context import WorkerJobContext
@@ -244,7 +245,7 @@ class Worker:
 
     def _start(self, lease: Lease) -> None:
         if log.isEnabledFor(logging.INFO):
-            log.info("job claimed", extra=describe(lease.job))
+            log_event(log, logging.INFO, "job claimed", describe(lease.job))
         self._observers.started(lease)
         context = WorkerJobContext(lease, self._leases, self._executor, self._board, self._clock)
         task = asyncio.create_task(self._execute(lease, context))
