@@ -146,7 +146,7 @@ class ConsoleFormatter(_RedactingFormatter):
     ) -> str:
         text = f"{self.timestamp(created, msecs)} {level:<7} {name}: {message}"
         if fields:
-            extras = " ".join(f"{k}={v}" for k, v in fields.items())
+            extras = " ".join([f"{k}={v}" for k, v in fields.items()])
             text = f"{text} {extras}"
         if exception is not None:
             text = f"{text}\n{exception}"
