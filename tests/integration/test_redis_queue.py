@@ -10,6 +10,7 @@ import pickle
 import random
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Final, TypeVar
@@ -420,6 +421,83 @@ class TestRedisBackendOnRedis:
                 await fresh.connection.close()
         finally:
             await other.connection.close()
+
+    @scenario(LeaseQueue)
+    async def test_while_work_arrives_a_waiting_claim_sends_its_claim_behind_its_wait(
+        self, rig: Rig
+    ) -> None:
+        core = connection_of(rig).core
+        sent = Counter[str]()
+        blpop, run, pipeline = core.client.blpop, core.run, core.pipeline
+
+        async def counted_blpop(*args: Any, **kwargs: Any) -> Any:
+            sent["plain wait"] += 1
+            return await blpop(*args, **kwargs)
+
+        async def counted_run(call: Any) -> Any:
+            sent["script claim"] += call.script.name == "claim"  # (submits run others)
+            return await run(call)
+
+        async def counted_pipeline(build: Any) -> Any:
+            def noted(pipe: Any) -> None:
+                build(pipe)
+                names = [str(args[0]).upper() for args, _ in pipe.command_stack]
+                sent["wait and claim"] += names == ["BLPOP", "EVALSHA"]
+
+            return await pipeline(noted)
+
+        # The counting stands in on this backend's own client and core, closed with the rig.
+        core.client.blpop, core.run, core.pipeline = (  # type: ignore[method-assign]
+            counted_blpop,
+            counted_run,
+            counted_pipeline,
+        )
+
+        async def claimed_when_enqueued(job: Any) -> list[str]:
+            waiting = asyncio.create_task(claim(rig.leases, wait_seconds=5.0))
+            await asyncio.sleep(0.3)
+            await enqueue(rig.submitter, job)
+            return [lease.job_id for lease in await waiting]
+
+        # Idle until now: the wait goes alone, and the claim follows the wake.
+        first, second = new_job(n=1), new_job(n=2)
+        assert await claimed_when_enqueued(first) == [first.id]
+        assert sent == {"plain wait": 1, "script claim": 2}
+        # Work arrived: the next wait carries its claim, answered in the wait's round trip.
+        sent.clear()
+        assert await claimed_when_enqueued(second) == [second.id]
+        assert sent == {"script claim": 1, "wait and claim": 1}
+        # A wait that ran out with nothing claimed: quiet again, the next wait goes alone.
+        sent.clear()
+        assert await claim(rig.leases, wait_seconds=0.3) == []
+        assert await claim(rig.leases, wait_seconds=0.3) == []
+        assert sent["wait and claim"] == 1
+        assert sent["plain wait"] == 1
+
+    @scenario(LeaseQueue)
+    async def test_a_stop_that_ends_a_wait_hands_back_what_the_claim_behind_it_took(
+        self, rig: Rig
+    ) -> None:
+        first, second = new_job(n=1), new_job(n=2)
+        waiting = asyncio.create_task(claim(rig.leases, wait_seconds=5.0, worker_id="w1"))
+        await asyncio.sleep(0.3)
+        await enqueue(rig.submitter, first)
+        [lease] = await waiting  # woken by work: the next wait carries a claim
+        await rig.leases.settle(lease, Ending.succeeded(None))
+        # Asked to stop with nothing queued: the wait ends at once, and the claimer does not
+        # look at the queue before its next wait (it looked just now).
+        await rig.leases.stop_waiting("w1", ["default"])
+        assert await claim(rig.leases, wait_seconds=5.0, worker_id="w1") == []
+        # A job queued with no wake left for it (its marker taken), and a stop already asked
+        # for: the wait ends at once on the stop, and the claim behind it finds the job.
+        await enqueue(rig.submitter, second)
+        async with factory_of(rig).raw() as client:
+            await client.delete(connection_of(rig).core.keys("default").marker)
+        await rig.leases.stop_waiting("w1", ["default"])
+        assert await claim(rig.leases, wait_seconds=5.0, worker_id="w1") == []
+        back = await stored(rig.store, second.id)
+        assert (back.status, back.attempts) == (S.QUEUED, 0)
+        assert [lease.job_id for lease in await claim(rig.leases)] == [second.id]
 
     @scenario()
     async def test_a_page_filtered_by_type_is_bounded_and_paging_still_reaches_every_match(

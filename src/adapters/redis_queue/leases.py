@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from redis.asyncio.client import Pipeline
-from redis.crc import key_slot
 
 from adapters.redis_client import redis_errors
 from adapters.redis_cluster import is_cluster
@@ -18,6 +17,7 @@ from adapters.redis_queue.codec import RawFields, UndecodableJobError
 from adapters.redis_queue.core import RedisCore, Unconfirmed, evalsha, lease_from, log
 from adapters.redis_queue.keys import QueueKeys
 from adapters.redis_queue.permits import ClusterPermits
+from adapters.redis_queue.slot_waits import SlotWaits
 from domain.jobs import ErrorKind, JobError, JobStatus, Lease
 from domain.ports import ClaimRequest, LeaseQueue
 from domain.settlement import Ending
@@ -36,7 +36,7 @@ class RedisLeaseQueue(LeaseQueue):
 
     A *waiting* claim over several queues BLPOPs their markers together; on Redis Cluster,
     where BLPOP takes the keys of one hash slot, it BLPOPs each slot's markers at once and
-    wakes at the first answer (`_wait_per_slot`).
+    wakes at the first answer (`SlotWaits`).
 
     With `min_replicas` set on the core, a settlement is answered once that many replicas
     confirmed its round trip; when fewer did in time it raises NotReplicatedError carrying
@@ -59,13 +59,16 @@ class RedisLeaseQueue(LeaseQueue):
         # Per set of queues: when (event-loop time) a waiting claim must run the claim
         # script again, as the last one that found nothing answered (see `claim`).
         self._quiet: dict[frozenset[str], float] = {}
-        # On Redis Cluster a waiting claim waits per hash slot (see `_wait_per_slot`).
+        # Queue sets whose last wait ended with work (a marker, or jobs the claim behind the
+        # wait found): their next wait sends the claim behind it (see `_wait_then_claim`).
+        self._arriving: set[frozenset[str]] = set()
+        # On Redis Cluster a waiting claim waits per hash slot (see `SlotWaits`).
         self._cluster = is_cluster(core.client)
         # On Redis Cluster with flow limits, their steps around claims, renewals and
         # settlements (see `permits.py`).
         limits = core.cluster_limits
         self._permits = None if limits is None else ClusterPermits(core, limits)
-        self._slot_cache: dict[tuple[str, frozenset[str]], list[tuple[list[str], str]]] = {}
+        self._slot_waits = SlotWaits(core.client, self._QUIET_KEPT)
 
     async def claim(self, request: ClaimRequest) -> Sequence[Lease]:
         """Claims at once; a claim that found nothing waits on the queues' markers.
@@ -107,17 +110,34 @@ class RedisLeaseQueue(LeaseQueue):
                 # Sleep until work is submitted or a queue resumes (the marker), the next
                 # change the queues make by themselves, the worker is asked to stop, or the
                 # wait ends.
-                block = min(remaining, self.MAX_BLOCK_SECONDS, look_at - loop.time())
+                block = max(min(remaining, self.MAX_BLOCK_SECONDS, look_at - loop.time()), 0.01)
+                if group in self._arriving and self._permits is None and not self._cluster:
+                    woken, leases, look_at = await self._wait_then_claim(
+                        keys, stop, request, block, lease_ms, look
+                    )
+                    if woken is not None and woken[0] == stop.encode():
+                        await self._hand_back(leases)
+                        self._quiet[group] = look_at
+                        return []
+                    if woken is None and not leases:
+                        self._arriving.discard(group)  # quiet again: waits alone
+                    if leases:
+                        return leases
+                    continue
                 if self._cluster:
-                    woken = await self._wait_per_slot(request, keys, max(block, 0.01))
+                    woken = await self._slot_waits.wait(
+                        request.worker_id, request.queues, keys, block, stop
+                    )
                 else:
                     woken = await self._core.client.blpop(
-                        [*(k.marker for k in keys), stop], timeout=max(block, 0.01)
+                        [*(k.marker for k in keys), stop], timeout=block
                     )
                 if woken is not None and woken[0] == stop.encode():
                     self._quiet[group] = look_at
                     return []
-                if woken is None and loop.time() < look_at:
+                if woken is not None:
+                    self._remember_arriving(group)
+                elif loop.time() < look_at:
                     continue
                 leases, look_at = await self._claim_now(
                     keys, request.worker_id, request.limit, lease_ms, look
@@ -125,60 +145,13 @@ class RedisLeaseQueue(LeaseQueue):
                 if leases:
                     return leases
 
-    async def _wait_per_slot(
-        self, request: ClaimRequest, keys: Sequence[QueueKeys], block: float
-    ) -> Any:
-        """On Redis Cluster, BLPOP takes keys of one slot only: one BLPOP per slot of the
-        queues (each with its own stop list), all at once, until the first one answers; the
-        others are cancelled (redis-py drops their connections). Answers what the first
-        popped, the stop list's name as `_stop_key` gives it if it was a stop."""
-        client = self._core.client
-        waits = [
-            asyncio.ensure_future(client.blpop([*markers, stop], timeout=block))
-            for markers, stop in self._slot_groups(request.worker_id, request.queues, keys)
-        ]
-        try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
-        answers = [wait.result() for wait in done if wait.exception() is None]
-        errors = [wait.exception() for wait in done if wait.exception() is not None]
-        if errors and not any(answers):
-            raise errors[0]  # type: ignore[misc]
-        popped = [answer for answer in answers if answer is not None]
-        stopped = b":stop:" + request.worker_id.encode()
-        if any(key.endswith(stopped) for key, _ in popped if isinstance(key, bytes)):
-            return self._stop_key(request.worker_id, request.queues).encode(), b"1"
-        return popped[0] if popped else None
-
-    def _slot_groups(
-        self, worker_id: str, queues: Sequence[str], keys: Sequence[QueueKeys]
-    ) -> list[tuple[list[str], str]]:
-        """The markers of `queues` by hash slot, each group with its stop list (under the
-        tag of the group's first queue by name); remembered per worker and set of queues."""
-        group = (worker_id, frozenset(queues))
-        found = self._slot_cache.get(group)
-        if found is None:
-            by_slot: dict[int, list[tuple[str, QueueKeys]]] = defaultdict(list)
-            for queue, queue_keys in zip(queues, keys, strict=True):
-                by_slot[key_slot(queue_keys.marker.encode())].append((queue, queue_keys))
-            found = [
-                ([k.marker for _, k in members], f"{min(members)[1].base}stop:{worker_id}")
-                for members in by_slot.values()
-            ]
-            if len(self._slot_cache) >= self._QUIET_KEPT:
-                self._slot_cache.clear()
-            self._slot_cache[group] = found
-        return found
-
     async def stop_waiting(self, worker_id: str, queues: Sequence[str]) -> None:
         if not queues:
             return
         stops = [self._stop_key(worker_id, queues)]
         if self._cluster:
             keys = [self._core.keys(queue) for queue in queues]
-            stops = [stop for _, stop in self._slot_groups(worker_id, queues, keys)]
+            stops = [stop for _, stop in self._slot_waits.groups(worker_id, queues, keys)]
 
         def build(pipe: Pipeline) -> None:
             for stop in stops:
@@ -199,7 +172,6 @@ class RedisLeaseQueue(LeaseQueue):
     ) -> tuple[list[Lease], float]:
         """The leases claimed, and when (event-loop time) to look again if there are none:
         at the queues' next change by themselves, or `look` seconds from now."""
-        core = self._core
         leases: list[Lease] = []
         wake_in = look
         for queue_keys in keys:
@@ -211,23 +183,83 @@ class RedisLeaseQueue(LeaseQueue):
                     queue_keys, limit=wanted, lease_ms=lease_ms, worker_id=worker_id
                 )
             else:
-                call = calls.claim(
-                    queue_keys,
-                    limit=wanted,
-                    lease_ms=lease_ms,
-                    worker_id=worker_id,
-                    retention=core.retention,
-                    limits=core.limits,
+                claimed, wake_ms = await self._core.run(
+                    self._claim_call(queue_keys, wanted, lease_ms, worker_id)
                 )
-                claimed, wake_ms = await core.run(call)
-            for raw in claimed:
-                try:
-                    leases.append(lease_from(raw))
-                except UndecodableJobError as exc:
-                    await self._dead_letter(queue_keys, raw, exc)
+            leases += await self._leases_of(queue_keys, claimed)
             if wake_ms >= 0:
                 wake_in = min(wake_in, wake_ms / 1000)
         return leases, asyncio.get_running_loop().time() + wake_in
+
+    def _claim_call(self, keys: QueueKeys, limit: int, lease_ms: int, worker_id: str) -> ScriptCall:
+        core = self._core
+        return calls.claim(
+            keys,
+            limit=limit,
+            lease_ms=lease_ms,
+            worker_id=worker_id,
+            retention=core.retention,
+            limits=core.limits,
+        )
+
+    async def _leases_of(self, keys: QueueKeys, claimed: Sequence[RawFields]) -> list[Lease]:
+        leases: list[Lease] = []
+        for raw in claimed:
+            try:
+                leases.append(lease_from(raw))
+            except UndecodableJobError as exc:
+                await self._dead_letter(keys, raw, exc)
+        return leases
+
+    def _remember_arriving(self, group: frozenset[str]) -> None:
+        if len(self._arriving) >= self._QUIET_KEPT:
+            self._arriving.clear()
+        self._arriving.add(group)
+
+    async def _wait_then_claim(
+        self,
+        keys: Sequence[QueueKeys],
+        stop: str,
+        request: ClaimRequest,
+        block: float,
+        lease_ms: int,
+        look: float,
+    ) -> tuple[Any, list[Lease], float]:
+        """A waiting claim's BLPOP with the claim of its first queue behind it, in one
+        pipeline: Redis holds a client's next command until its blocked one answers, so the
+        claim runs the moment the wait ends, without a round trip back to this process and
+        out again. Answers what the BLPOP popped, the leases, and when to look again.
+
+        Sent only while work is arriving (`_arriving`): the claim runs however the wait ends,
+        so an idle worker, whose waits end by running out, waits alone and runs no script.
+        A wait ended by `stop_waiting` hands back whatever its claim took.
+        """
+        first = keys[0]
+        call = self._claim_call(first, request.limit, lease_ms, request.worker_id)
+
+        def build(pipe: Pipeline) -> None:
+            pipe.blpop([*(k.marker for k in keys), stop], timeout=block)
+            evalsha(pipe, call)
+
+        woken, (claimed, wake_ms) = await self._core.pipeline(build)
+        leases = await self._leases_of(first, claimed)
+        loop = asyncio.get_running_loop()
+        look_at = loop.time() + (look if wake_ms < 0 else min(look, wake_ms / 1000))
+        wanted = request.limit - len(leases)
+        if woken is not None and wanted > 0 and len(keys) > 1 and woken[0] != stop.encode():
+            more, later = await self._claim_now(keys[1:], request.worker_id, wanted, lease_ms, look)
+            leases += more
+            look_at = min(look_at, later)
+        return woken, leases, look_at
+
+    async def _hand_back(self, leases: Sequence[Lease]) -> None:
+        """Return leases a stopping claimer took, their attempts uncounted. One that cannot
+        be returned now lapses, and its job runs again then."""
+        if leases:
+            await asyncio.gather(
+                *(self.settle(lease, Ending.released()) for lease in leases),
+                return_exceptions=True,
+            )
 
     async def _dead_letter(self, keys: QueueKeys, raw: RawFields, exc: Exception) -> None:
         """Whatever sits in Redis is data: a job we just claimed but cannot even decode is
