@@ -83,7 +83,9 @@ are one queue's, the registry's, or the limits': `tests/unit/test_redis_scripts.
 every call the adapter builds). On a single server only: a submission spanning queues (one
 script run; a cluster stores it queue by queue), the older ``P:idem:`` keys, a claim, settle
 or renewal with the flow limits' keys (a cluster runs a script on their slot apart), and a
-waiting claim's one BLPOP over the markers of all its queues (a cluster waits per slot).
+waiting claim's one BLPOP over the markers of all its queues, with its first queue's claim
+behind it in the same pipeline while work arrives (a cluster waits per slot, and claims
+after the wake).
 
 A script receives the fixed keys it touches in KEYS, by the names of `NAMES` (its header
 lists them); it derives job hashes and index keys from the key base it reads off the first.

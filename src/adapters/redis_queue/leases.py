@@ -79,7 +79,7 @@ class RedisLeaseQueue(LeaseQueue):
         sooner (a job queued, a queue resumed, an earlier due job or deadline), or after
         `IDLE_LOOK_SECONDS`. Until then the caller's next waiting claims only wait: an idle
         worker makes one BLPOP per `MAX_BLOCK_SECONDS` (or per wait, if shorter), and no
-        script.
+        script. While work arrives, each wait carries its claim (`_wait_then_claim`).
         """
         keys = [self._core.keys(queue) for queue in request.queues]
         if not keys:
