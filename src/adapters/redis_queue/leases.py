@@ -111,7 +111,8 @@ class RedisLeaseQueue(LeaseQueue):
                 # change the queues make by themselves, the worker is asked to stop, or the
                 # wait ends.
                 block = max(min(remaining, self.MAX_BLOCK_SECONDS, look_at - loop.time()), 0.01)
-                if group in self._arriving and self._permits is None and not self._cluster:
+                # One server only: a cluster waits per slot, and takes its permits around a claim.
+                if group in self._arriving and not self._cluster:
                     woken, leases, look_at = await self._wait_then_claim(
                         keys, stop, request, block, lease_ms, look
                     )
