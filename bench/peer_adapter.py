@@ -53,6 +53,8 @@ def _settings() -> Settings:
 
 async def enqueue(mode: str, n: int, rate: float, queue: str) -> dict[str, object]:
     container = build_container(_settings())
+    # What `conveyor api` does as it starts: among others, learn the prefix's job layout.
+    await container.backend().connection.verify()
     service = container.job_service()
     submission = Submission(type="dummy", payload={"mode": "succeed"}, queue=queue)
     started = time.perf_counter()

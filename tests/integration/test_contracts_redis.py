@@ -16,6 +16,8 @@ import redis.asyncio
 
 from adapters.redis_client import create_redis
 from adapters.redis_queue import redis_backend, stale_writes
+from adapters.redis_queue.connection import RedisConnection
+from adapters.redis_queue.keys import layout_key
 from domain.ports import Backend
 from tests.contracts.all import AllContracts
 from tests.contracts.base import DEFAULTS, QUEUE_GRACE, BackendFactory, BackendOptions
@@ -24,9 +26,12 @@ from tests.contracts.base import DEFAULTS, QUEUE_GRACE, BackendFactory, BackendO
 class RedisFactory(BackendFactory):
     name = "redis"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, layout: str | None = None) -> None:
         self.url = url
         self.prefix = f"test-{uuid.uuid4().hex}"
+        # The job layout the prefix says (`keys.layout_key`), learned as every process does
+        # at start-up: None leaves it to the prefix (compact on a new one).
+        self.layout = layout
 
     def client(self) -> redis.asyncio.Redis:
         return create_redis(self.url, connect_timeout=2.0, socket_timeout=5.0)
@@ -42,6 +47,12 @@ class RedisFactory(BackendFactory):
             queue_grace=QUEUE_GRACE,
             **options.kwargs(),
         )
+        if self.layout is not None:
+            async with self.raw() as client:
+                await client.set(layout_key(self.prefix), self.layout)
+        connection = backend.connection
+        assert isinstance(connection, RedisConnection)
+        await connection.learn_layout()
         try:
             yield backend
         finally:
@@ -87,3 +98,12 @@ class TestRedisBackend(AllContracts):
     @pytest.fixture
     def backend_factory(self, redis_url: str) -> BackendFactory:
         return RedisFactory(redis_url)
+
+
+class TestRedisBackendFullLayout(AllContracts):
+    """The same contracts on a prefix whose job hashes keep their id and queue: one that an
+    older version used (`keys.layout_key`)."""
+
+    @pytest.fixture
+    def backend_factory(self, redis_url: str) -> BackendFactory:
+        return RedisFactory(redis_url, layout="full")

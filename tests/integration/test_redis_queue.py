@@ -167,9 +167,10 @@ class TestRedisBackendOnRedis:
         keys = await factory.keys()
         # Outside the queue's slot: only the registry of queue names, whose keys share the
         # slot of `P:queues` (the test's ids do not start with the queue's tag, so its queue
-        # is also in `legacy`).
+        # is also in `legacy`), and the prefix's job layout, which scripts never touch.
         assert {k for k in keys if not k.startswith(tag)} == {
             f"{p}:queues",
+            f"{p}:layout",
             *(
                 f"{{{p}:queues}}:{name}"
                 for name in ("tags", "touched", "generation", "legacy", "workers", "seen")
@@ -550,6 +551,89 @@ class TestRedisBackendOnRedis:
             assert await client.object("encoding", key) in (b"listpack", b"ziplist")
         found = await stored(rig.store, job.id)
         assert [r.outcome for r in found.history] == [AttemptOutcome.SUCCEEDED]
+
+    @scenario(LeaseQueue, JobControl)
+    async def test_a_new_prefix_stores_job_hashes_without_what_their_key_says(
+        self, rig: Rig
+    ) -> None:
+        factory = factory_of(rig)
+        async with factory.raw() as client:
+            assert await client.get(f"{factory.prefix}:layout") == b"compact"
+        waiting, taken, dropped = new_job(n=0), new_job(n=1), new_job(n=2, priority=3)
+        for job in (waiting, taken, dropped):
+            await enqueue(rig.submitter, job)
+        async with factory.raw() as client:
+            fields = await client.hgetall(f"{factory.tag()}:job:{waiting.id}")
+            prioritised = await client.hgetall(f"{factory.tag()}:job:{dropped.id}")
+        # No id, no queue (the key says both), no priority or attempts of 0.
+        assert set(fields) == {
+            b"status",
+            b"type",
+            b"payload",
+            b"max_attempts",
+            b"timeout",
+            b"created_at",
+        }
+        assert prioritised[b"priority"] == b"3"
+        # Every reader has them back: a GET, a listing, a job's situation, a claim, a cancel
+        # and a requeue.
+        assert await stored(rig.store, waiting.id) == waiting
+        page = await rig.store.list_jobs(JobQuery(status=S.QUEUED))
+        assert {(j.id, j.queue) for j in page.jobs} == {
+            (job.id, "default") for job in (waiting, taken, dropped)
+        }
+        situation = await rig.store.situation(waiting.id)
+        assert situation is not None
+        assert situation.job == waiting
+        lease = await claim_one(rig.leases)
+        assert (lease.job.id, lease.job.queue) == (dropped.id, "default")
+        cancelled = await rig.control.cancel(taken.id)
+        assert (cancelled.id, cancelled.queue, cancelled.status) == (
+            taken.id,
+            "default",
+            S.CANCELLED,
+        )
+        requeued = await rig.control.requeue(taken.id)
+        assert (requeued.id, requeued.queue, requeued.status) == (taken.id, "default", S.QUEUED)
+        lease = await claim_one(rig.leases)
+        assert (lease.job.id, lease.job.queue, lease.job.attempts) == (waiting.id, "default", 1)
+
+    @scenario(LeaseQueue)
+    async def test_a_prefix_in_use_keeps_full_job_hashes_until_its_layout_says_compact(
+        self, rig: Rig
+    ) -> None:
+        factory = factory_of(rig)
+        first = new_job(n=0)
+        await enqueue(rig.submitter, first)
+        # As on a prefix an older version used: queues, and no layout said.
+        async with factory.raw() as client:
+            await client.delete(f"{factory.prefix}:layout")
+        async with factory.open() as upgraded:
+            full = new_job(n=1)
+            await enqueue(upgraded.submitter, full)
+            async with factory.raw() as client:
+                assert await client.get(f"{factory.prefix}:layout") == b"full"
+                fields = await client.hgetall(f"{factory.tag()}:job:{full.id}")
+            # What a version before the compact layout needs to read the job.
+            assert {b"id", b"queue", b"type", b"status", b"payload"} <= set(fields)
+            assert {b"max_attempts", b"timeout", b"created_at"} <= set(fields)
+            assert (fields[b"id"], fields[b"queue"]) == (full.id.encode(), b"default")
+            # Once every process runs a version that reads it, an operator says compact.
+            async with factory.raw() as client:
+                await client.set(f"{factory.prefix}:layout", "compact")
+            async with factory.open() as switched:
+                compact = new_job(n=2)
+                await enqueue(switched.submitter, compact)
+                async with factory.raw() as client:
+                    assert await client.hexists(f"{factory.tag()}:job:{compact.id}", "id") == 0
+                # Hashes of both layouts, in one queue, read and claimed alike.
+                for job in (first, full, compact):
+                    assert await stored(switched.store, job.id) == job
+                assert switched.leases is not None
+                claimed = await claim(switched.leases, limit=3)
+                assert {(lease.job.id, lease.job.queue) for lease in claimed} == {
+                    (job.id, "default") for job in (first, full, compact)
+                }
 
     @scenario(options=BackendOptions(idempotency_ttl=5.0))
     async def test_idempotency_keys_are_stored_hashed_and_expire_after_their_retention(

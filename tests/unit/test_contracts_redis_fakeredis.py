@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import fakeredis
 import pytest
 
-from adapters.redis_queue import redis_backend, stale_writes
+from adapters.redis_queue import RedisConnection, redis_backend, stale_writes
 from domain.ports import Backend
 from tests.contracts.all import AllContracts
 from tests.contracts.base import DEFAULTS, QUEUE_GRACE, BackendFactory, BackendOptions
@@ -40,6 +40,10 @@ class FakeRedisFactory(BackendFactory):
             queue_grace=QUEUE_GRACE,
             **options.kwargs(),
         )
+        # As every process does at start-up: a new prefix's job hashes are compact.
+        connection = backend.connection
+        assert isinstance(connection, RedisConnection)
+        await connection.learn_layout()
         try:
             yield backend
         finally:

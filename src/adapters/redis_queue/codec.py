@@ -8,6 +8,14 @@ that is None is not stored, so a hash written before a field existed (``run_at``
 ``deadline``, ``retry_at``, ``cancel_requested_at``, ``heartbeat_at``, ``idempotency_key``,
 ``trace_context``, ``unique_key``) still decodes. A job with a unique key also has ``unique``,
 the digest its key is held under (`keys.unique_digest`), for the scripts that let go of it.
+A `priority` or `attempts` of 0 is not stored either: absent, both read as 0.
+
+Two layouts. The full one stores ``id`` and ``queue`` as fields; the compact one does not,
+since the hash's key says both, and saves about a third of a queued job's hash (a listpack
+of 200 bytes rather than 328, `MEMORY USAGE`). Every reader of this version reads both: the
+scripts that answer a job's fields fill the two in (`job_fields`), and so do the adapter's
+own HMGETs. A version before the compact layout cannot read it, so which one submits write
+is the prefix's to say (`keys.layout_key`), learned at start-up.
 
 ``history`` is a JSON array of attempt records, oldest first, that the scripts extend (with
 cjson) as each attempt ends, except the final `succeeded` one: it is implied by the hash's
@@ -148,31 +156,50 @@ def from_micros(raw: bytes) -> datetime:
     return _EPOCH + timedelta(0, 0, int(raw))  # (days, seconds, microseconds): no keywords
 
 
-def encode_job(job: Job, *, with_status: bool = True) -> list[str | bytes]:
-    """HSET arguments (field, value, field, value, ...) for a job; None fields are omitted.
+def encode_job(job: Job, *, with_status: bool = True, compact: bool = False) -> list[str | bytes]:
+    """HSET arguments (field, value, field, value, ...) for a job; None fields are omitted,
+    and so are a `priority` and `attempts` of 0 (what their absence reads as).
 
-    Without `with_status` the status is left out, for a script that decides it.
+    Without `with_status` the status is left out, for a script that decides it. `compact`
+    leaves out `id` and `queue` too, which the hash's key says (``{prefix:queue}:job:<id>``):
+    the compact layout, which only a reader that knows the key can decode (see the module's
+    docstring and `keys.layout_key`).
     """
-    args: list[str | bytes] = [
-        "id",
-        job.id,
-        "type",
-        job.type,
-        "queue",
-        job.queue,
-        "payload",
-        _json_encode(job.payload),
-        "max_attempts",
-        str(job.max_attempts),
-        "timeout",
-        repr(job.timeout),
-        "created_at",
-        str(to_micros(job.created_at)),
-        "priority",
-        str(job.priority),
-        "attempts",
-        str(job.attempts),
-    ]
+    args: list[str | bytes] = (
+        [
+            "type",
+            job.type,
+            "payload",
+            _json_encode(job.payload),
+            "max_attempts",
+            str(job.max_attempts),
+            "timeout",
+            repr(job.timeout),
+            "created_at",
+            str(to_micros(job.created_at)),
+        ]
+        if compact
+        else [
+            "id",
+            job.id,
+            "type",
+            job.type,
+            "queue",
+            job.queue,
+            "payload",
+            _json_encode(job.payload),
+            "max_attempts",
+            str(job.max_attempts),
+            "timeout",
+            repr(job.timeout),
+            "created_at",
+            str(to_micros(job.created_at)),
+        ]
+    )
+    if job.priority:
+        args += ("priority", str(job.priority))
+    if job.attempts:
+        args += ("attempts", str(job.attempts))
     if with_status:
         args += ("status", job.status.value)
     if job.started_at is not None:
@@ -211,10 +238,15 @@ def encode_job(job: Job, *, with_status: bool = True) -> list[str | bytes]:
     return args
 
 
-def decode_job(raw: RawFields) -> Job | None:
+def decode_job(
+    raw: RawFields, *, job_id: str | None = None, queue_name: str | None = None
+) -> Job | None:
     """The Job from HMGET values in FIELDS order; None when the hash does not exist.
 
-    Raises UndecodableJobError when the hash exists but does not hold a valid job.
+    `job_id` and `queue_name` are what the hash's key says, for a hash in the compact
+    layout, which stores neither (the scripts fill them in: `job_fields` in
+    `lua/lib/prelude.lua`). Raises UndecodableJobError when the hash exists but does not
+    hold a valid job.
     """
     (
         id_,
@@ -245,6 +277,11 @@ def decode_job(raw: RawFields) -> Job | None:
     ) = raw[: len(FIELDS)]
     if id_ is None and status is None:
         return None
+    if status is not None:
+        if id_ is None and job_id is not None:
+            id_ = job_id.encode()
+        if queue is None and queue_name is not None:
+            queue = queue_name.encode()
     try:
         if (
             id_ is None

@@ -13,7 +13,7 @@ from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from adapters.redis_client import redis_errors
 from adapters.redis_cluster import NOT_A_CLUSTER, is_cluster, not_a_cluster
 from adapters.redis_queue.core import RedisCore
-from adapters.redis_queue.keys import legacy_idempotency_window
+from adapters.redis_queue.keys import layout_key, legacy_idempotency_window
 from adapters.redis_sentinel import unknown_service
 from domain.errors import QueueUnavailableError, UnsafeBackendError
 from domain.ports import Connection
@@ -52,6 +52,7 @@ class RedisConnection(Connection):
             raise
         with redis_errors():
             await self._learn_legacy_idempotency_window()
+            await self.learn_layout()
         warnings = [*await self._memory_warnings(), *await self._replica_warnings()]
         try:
             with redis_errors():
@@ -102,6 +103,16 @@ class RedisConnection(Connection):
         pipe.get(marker)
         _, stored = await pipe.execute()
         core.legacy_idempotency_until = int(stored) / 1000
+
+    async def learn_layout(self) -> None:
+        """Which layout submits write job hashes in (`keys.layout_key`): set once, by the
+        first process that knows the compact layout to start on the prefix, compact on a
+        new prefix and full on one in use. Two round trips at start-up."""
+        core = self.core
+        in_use = await core.client.exists(core.registry.keys.queues)
+        key = layout_key(core.prefix)
+        await core.client.set(key, "full" if in_use else "compact", nx=True)
+        core.compact_jobs = await core.client.get(key) == b"compact"
 
     async def _settings(self) -> tuple[dict[str, str | None], dict[str, str | None]]:
         """maxmemory-policy and appendonly, by node: ``""`` for a single server, `` on

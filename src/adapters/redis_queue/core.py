@@ -43,11 +43,11 @@ from adapters.redis_queue.registry import DEFAULT_GRACE, DEFAULT_SWEEP_INTERVAL,
 from adapters.redis_queue.submission import Item
 from adapters.redis_queue.watch import RedisJobWatcher
 from domain.errors import NotReplicatedError
-from domain.jobs import Job, JobStatus, Lease, is_job_id
+from domain.jobs import JobStatus, Lease, is_job_id
 from domain.limits import FlowLimits
 from domain.ports import AdmissionPolicy
 
-__all__ = ["RedisCore", "Unconfirmed", "decoded_or_none", "evalsha", "lease_from", "log"]
+__all__ = ["RedisCore", "Unconfirmed", "evalsha", "lease_from", "log"]
 
 log = logging.getLogger("conveyor.redis_queue")
 
@@ -117,6 +117,8 @@ class RedisCore:
         # held prefix-wide: for ever until start-up learns the window (`RedisConnection.
         # verify`); never on a cluster, where they would cross slots.
         self.legacy_idempotency_until = 0.0 if is_cluster(client) else float("inf")
+        # Submits write compact job hashes once start-up learned the prefix's layout says so.
+        self.compact_jobs = False
         # Replicas that must confirm a submission's or settlement's round trip (0: none),
         # and how long WAIT may wait for them.
         self.min_replicas = min_replicas
@@ -389,12 +391,3 @@ def lease_from(raw: RawFields) -> Lease:
     if job is None or token is None:
         raise UndecodableJobError("the claimed job has no hash or no token")
     return Lease(job, token.decode())
-
-
-def decoded_or_none(raw: RawFields) -> Job | None:
-    """The job from its FIELDS, or None when there is none or it cannot be read (logged)."""
-    try:
-        return decode_job(raw)
-    except UndecodableJobError as exc:
-        log.warning("job %r is stored in a form that cannot be read: %s", raw[0], exc)
-        return None

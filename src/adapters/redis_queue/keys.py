@@ -3,7 +3,8 @@
 Keys of one queue (``B`` = its key base ``{prefix:queue}:``, so every key of a queue shares
 one hash tag and one Redis Cluster slot):
 
-- ``B job:<id>``          hash, one field per Job attribute (see `codec.FIELDS`) + ``token``;
+- ``B job:<id>``          hash, one field per Job attribute (see `codec.FIELDS`; in the
+                          compact layout, all but ``id`` and ``queue``) + ``token``;
                           ``worker`` names the lease's holder, ``history`` is a JSON array of
                           attempt records (see `codec`), the last HISTORY_LIMIT kept. A job
                           that succeeded, was cancelled or expired expires after the result
@@ -47,6 +48,7 @@ submit still reads it (never writes it) while such keys may live, until the time
 prefix: twice the idempotency retention later if the prefix was in use, else at once, so a
 new deployment never reads them); on Redis Cluster it is not read (it would cross slots), so
 a repeat of a request made before the upgrade, within its retention, is stored again there.
+``P:layout`` says how submits write job hashes, ``compact`` or ``full`` (`layout_key`).
 
 - ``P:queues``            set of the queue names in use
 - ``R tags``              hash: a queue tag (`domain.jobs.queue_tag`, how a job id starts)
@@ -140,6 +142,7 @@ NAMES: Final = (
 class QueueKeys:
     """The keys of one queue; all share the hash tag ``{prefix:queue}``."""
 
+    name: str  # the queue's
     base: str
     queued: str
     active: str
@@ -162,10 +165,11 @@ class QueueKeys:
 
     @classmethod
     def of(cls, prefix: str, queue: str) -> QueueKeys:
-        if not queue or "{" in queue or "}" in queue:
+        # No ':' either: a script reads the name back off the key base, after its last one.
+        if not queue or "{" in queue or "}" in queue or ":" in queue:
             raise ValueError(f"invalid queue name {queue!r}")
         base = f"{{{prefix}:{queue}}}:"
-        return cls(base, *(base + name for name in NAMES))
+        return cls(queue, base, *(base + name for name in NAMES))
 
     def named(self, names: tuple[str, ...]) -> tuple[bytes, ...]:
         """The keys called `names`, in that order, encoded (a script's KEYS)."""
@@ -238,6 +242,16 @@ def legacy_idempotency_window(prefix: str) -> str:
     keys an older version held prefix-wide: set once, by the first process of this version
     to start on the prefix (`RedisConnection.verify`)."""
     return f"{prefix}:idem-legacy-until"
+
+
+def layout_key(prefix: str) -> str:
+    """Which layout submits write job hashes in (`codec.encode_job`): ``compact`` or
+    ``full``. Set once, by the first process of a version that knows the compact layout to
+    start on the prefix (`RedisConnection.verify`): ``full`` if the prefix was in use (an
+    older version's processes, which cannot read the compact layout, may still run),
+    ``compact`` on a new one. An operator sets it to ``compact`` once no older process runs;
+    each process reads it as it starts."""
+    return f"{prefix}:layout"
 
 
 def legacy_idempotency_key(prefix: str, digest: str) -> str:

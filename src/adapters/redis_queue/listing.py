@@ -19,7 +19,7 @@ never listed twice.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 from redis.asyncio.client import Pipeline
@@ -35,7 +35,12 @@ SCAN_LIMIT: Final = 2000  # candidates examined per call at most
 TIE_LIMIT: Final = 10_000
 
 PipelineRunner = Callable[[Callable[[Pipeline], None]], Awaitable[list[Any]]]
-Decoder = Callable[[RawFields], Job | None]
+
+
+class Decoder(Protocol):
+    """A job from its FIELDS, given what its key says; None when there is none."""
+
+    def __call__(self, raw: RawFields, *, job_id: str, queue_name: str) -> Job | None: ...
 
 
 @attrs.frozen(order=True)
@@ -141,8 +146,13 @@ async def _load(
     if not candidates:
         return []
 
-    def build(pipe: Pipeline) -> None:
-        for c in candidates:
-            pipe.hmget(c.keys.job(c.position.member.decode()), FIELDS)
+    ids = [c.position.member.decode() for c in candidates]
 
-    return [decode(raw) for raw in await pipeline(build)]
+    def build(pipe: Pipeline) -> None:
+        for c, job_id in zip(candidates, ids, strict=True):
+            pipe.hmget(c.keys.job(job_id), FIELDS)
+
+    return [
+        decode(raw, job_id=job_id, queue_name=c.keys.name)
+        for c, job_id, raw in zip(candidates, ids, await pipeline(build), strict=True)
+    ]

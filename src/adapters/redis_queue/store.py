@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 from adapters.redis_client import redis_errors
 from adapters.redis_queue import calls, listing
-from adapters.redis_queue.codec import FIELDS
-from adapters.redis_queue.core import RedisCore, decoded_or_none
+from adapters.redis_queue.codec import FIELDS, RawFields, UndecodableJobError, decode_job
+from adapters.redis_queue.core import RedisCore, log
 from domain.jobs import QUEUE_TAG_LENGTH, Job, JobStatus, is_job_id
 from domain.limits import LimitKind, Throttle
 from domain.ports import JobPage, JobQuery, JobSituation, JobStore
@@ -22,7 +22,10 @@ class RedisJobStore(JobStore):
         """One or two round trips, however many queues there are (see `registry.py`)."""
         with redis_errors():
             found = await self._core.find(job_id, FIELDS)
-        return None if found is None else decoded_or_none(found[1])
+        if found is None:
+            return None
+        queue, raw = found
+        return decoded_or_none(raw, job_id=job_id, queue_name=queue)
 
     async def list_jobs(self, query: JobQuery) -> JobPage:
         """Newest first by the time each job entered its current status (see `listing.py`)."""
@@ -99,3 +102,13 @@ def _throttle(value: bytes | None) -> Throttle | None:
     kind, _, until_ms = value.decode().partition(" ")
     until = datetime.fromtimestamp(int(until_ms) / 1000, UTC) if until_ms else None
     return Throttle(LimitKind(kind), until)
+
+
+def decoded_or_none(raw: RawFields, *, job_id: str = "", queue_name: str = "") -> Job | None:
+    """The job from its FIELDS (`decode_job`, given what its key says when known), or None
+    when there is none or it cannot be read (logged)."""
+    try:
+        return decode_job(raw, job_id=job_id or None, queue_name=queue_name or None)
+    except UndecodableJobError as exc:
+        log.warning("job %r is stored in a form that cannot be read: %s", raw[0], exc)
+        return None

@@ -65,10 +65,12 @@ def items_of(
     prefix: str,
     keys_of: Callable[[str], QueueKeys],
     legacy_keys: bool = True,
+    compact: bool = False,
 ) -> list[Item]:
     """The items to send for `jobs`; raises ValueError (before anything is sent) for a job
     that is neither queued nor scheduled, or an invalid queue name. `legacy_keys`: look up
-    idempotency keys where an older Conveyor held them too (a single server)."""
+    idempotency keys where an older Conveyor held them too (a single server). `compact`:
+    write the hashes in the compact layout (`codec.encode_job`)."""
     items: list[Item] = []
     for new in jobs:
         job = new.job
@@ -79,7 +81,7 @@ def items_of(
         key = new.idempotency_key
         if key is not None:
             job = attrs.evolve(job, idempotency_key=key)
-        fields = encode_job(job, with_status=False)
+        fields = encode_job(job, with_status=False, compact=compact)
         unique = None
         if job.unique_key is not None:
             unique = unique_digest(job.unique_key)

@@ -58,7 +58,11 @@ class RedisJobSubmitter(JobSubmitter):
         core = self._core
         legacy_keys = time.time() < core.legacy_idempotency_until
         items = submission.items_of(
-            jobs, prefix=core.prefix, keys_of=core.keys, legacy_keys=legacy_keys
+            jobs,
+            prefix=core.prefix,
+            keys_of=core.keys,
+            legacy_keys=legacy_keys,
+            compact=core.compact_jobs,
         )
         group = submission.group_of(items)
         if self._cluster and group == submission.SHARED_GROUP:

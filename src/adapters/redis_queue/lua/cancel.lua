@@ -32,4 +32,4 @@ else
   return {0, f[1]}
 end
 publish_finished()
-return {1, redis.call('HMGET', key, $FIELDS)}
+return {1, job_fields(id, key)}

@@ -60,7 +60,7 @@ if redis.call('EXISTS', Q.paused) == 0 then
       local id = popped[n]
       local key = job_key(id)
       -- Read once: the claim answers these fields, as the job stands once leased.
-      local f = redis.call('HMGET', key, $FIELDS)
+      local f = job_fields(id, key)
       local status, deadline = f[$STATUS_FIELD], f[$DEADLINE_FIELD]
       local l = limited and CLAIMABLE[status] and limited[f[$TYPE_FIELD]]
       if CLAIMABLE[status] and past(deadline) then

@@ -9,7 +9,7 @@ for _, id in ipairs(redis.call('ZRANGE', Q.active, 0, -1)) do
   local key = job_key(id)
   local f = redis.call('HMGET', key, 'worker', 'status', 'token')
   if f[1] == ARGV[1] and f[2] == $ACTIVE and f[3] then
-    held[#held + 1] = redis.call('HMGET', key, $FIELDS)
+    held[#held + 1] = job_fields(id, key)
   end
 end
 return held

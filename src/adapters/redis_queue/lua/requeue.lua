@@ -34,4 +34,4 @@ reindex(id, f[1], $QUEUED)
 line_up(id, f[2], false)
 if f[3] then redis.call('ZADD', Q.deadlines, deadline_ms(f[3]), id) end
 wake()
-return {1, redis.call('HMGET', key, $FIELDS)}
+return {1, job_fields(id, key)}

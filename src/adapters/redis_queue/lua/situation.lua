@@ -18,7 +18,7 @@
 -- Clock: caller
 -- Needs: rates throttle
 local id = ARGV[1]
-local fields = redis.call('HMGET', job_key(id), $FIELDS)
+local fields = job_fields(id)
 if fields[$STATUS_FIELD] ~= $QUEUED then return {fields, -1, 0, -1, false, false} end
 local ahead = redis.call('ZRANK', Q.queued, id) or -1
 if redis.call('EXISTS', Q.paused) == 1 then return {fields, ahead, 1, -1, false, false} end

@@ -14,6 +14,18 @@ local base = string.match(KEYS[1], '^(%b{}:)')
 local function job_key(id) return base .. 'job:' .. id end
 local function index_key(status) return base .. 'index:' .. status end
 
+-- The FIELDS values of job `id` (then its token), all false when it has no hash. A hash in
+-- the compact layout (`codec.encode_job`) holds neither its id nor its queue, which its key
+-- says: they are filled in here (a queue name holds no ':').
+local function job_fields(id, key)
+  local f = redis.call('HMGET', key or job_key(id), $FIELDS)
+  if f[$STATUS_FIELD] then
+    f[$ID_FIELD] = f[$ID_FIELD] or id
+    f[$QUEUE_FIELD] = f[$QUEUE_FIELD] or string.match(base, '([^:]*)}:$$')
+  end
+  return f
+end
+
 -- Move a job between the listing indexes; the score is when it entered `to`.
 local function reindex(id, from, to)
   if from then redis.call('ZREM', index_key(from), id) end
