@@ -614,6 +614,10 @@ class TestRedisBackendOnRedis:
             async with factory.raw() as client:
                 assert await client.get(f"{factory.prefix}:layout") == b"full"
                 fields = await client.hgetall(f"{factory.tag()}:job:{full.id}")
+            # Every start says so, with what to do once the upgrade is over.
+            said = [w for w in await upgraded.connection.verify() if "full layout" in w]
+            assert len(said) == 1
+            assert f"SET {factory.prefix}:layout compact" in said[0]
             # What a version before the compact layout needs to read the job.
             assert {b"id", b"queue", b"type", b"status", b"payload"} <= set(fields)
             assert {b"max_attempts", b"timeout", b"created_at"} <= set(fields)
@@ -626,6 +630,7 @@ class TestRedisBackendOnRedis:
                 await enqueue(switched.submitter, compact)
                 async with factory.raw() as client:
                     assert await client.hexists(f"{factory.tag()}:job:{compact.id}", "id") == 0
+                assert not [w for w in await switched.connection.verify() if "layout" in w]
                 # Hashes of both layouts, in one queue, read and claimed alike.
                 for job in (first, full, compact):
                     assert await stored(switched.store, job.id) == job

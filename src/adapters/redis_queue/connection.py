@@ -35,8 +35,9 @@ class RedisConnection(Connection):
         warnings: AOF off (a restart loses what was acknowledged since the last snapshot),
         that the check could not be made (CONFIG refused by an ACL or renamed away, as
         managed services do), that the admission policy's memory limit cannot be checked
-        (INFO refused: every new job would be refused), or that fewer replicas than
-        `min_replicas` confirm writes now (every submission would be refused until they do).
+        (INFO refused: every new job would be refused), that fewer replicas than
+        `min_replicas` confirm writes now (every submission would be refused until they do),
+        or that the prefix's jobs are stored in the full layout (`keys.layout_key`).
         """
         try:
             with redis_errors():
@@ -54,6 +55,13 @@ class RedisConnection(Connection):
             await self._learn_legacy_idempotency_window()
             await self.learn_layout()
         warnings = [*await self._memory_warnings(), *await self._replica_warnings()]
+        if not self.core.compact_jobs:
+            warnings.append(
+                "job hashes are written in the full layout: this prefix was in use before a"
+                " version that reads the compact one. Once no older Conveyor runs on it,"
+                f" `SET {layout_key(self.core.prefix)} compact` saves about 96 bytes of Redis"
+                " memory a job (README: Upgrading a prefix in use)"
+            )
         try:
             with redis_errors():
                 policies, aofs = await self._settings()
