@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import pickle
 import random
 import socket
@@ -597,6 +598,27 @@ class TestRedisBackendOnRedis:
         assert (requeued.id, requeued.queue, requeued.status) == (taken.id, "default", S.QUEUED)
         lease = await claim_one(rig.leases)
         assert (lease.job.id, lease.job.queue, lease.job.attempts) == (waiting.id, "default", 1)
+
+    @scenario()
+    async def test_an_unreadable_compact_hash_is_reported_by_the_id_its_key_says(
+        self, rig: Rig
+    ) -> None:
+        factory = factory_of(rig)
+        job = new_job()
+        await enqueue(rig.submitter, job)
+        async with factory.raw() as client:
+            await client.hset(f"{factory.tag()}:job:{job.id}", "payload", "{not json")
+        said: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+        logger = logging.getLogger("conveyor.redis_queue")
+        logger.addHandler(handler)
+        try:
+            assert await rig.store.get(job.id) is None
+        finally:
+            logger.removeHandler(handler)
+        [line] = [line for line in said if "cannot be read" in line]
+        assert line.startswith(f"job {job.id!r} is stored in a form that cannot be read: ")
 
     @scenario(LeaseQueue)
     async def test_a_prefix_in_use_keeps_full_job_hashes_until_its_layout_says_compact(

@@ -110,5 +110,6 @@ def decoded_or_none(raw: RawFields, *, job_id: str = "", queue_name: str = "") -
     try:
         return decode_job(raw, job_id=job_id or None, queue_name=queue_name or None)
     except UndecodableJobError as exc:
-        log.warning("job %r is stored in a form that cannot be read: %s", raw[0], exc)
+        shown = raw[0] or job_id or None  # a compact hash holds no id: its key says it
+        log.warning("job %r is stored in a form that cannot be read: %s", shown, exc)
         return None
