@@ -230,12 +230,17 @@ class JobService:
     async def _watch(self, job_id: str, seconds: float, watch: Watch) -> Job:
         loop = asyncio.get_running_loop()
         until = loop.time() + seconds
+        job = await self.get(job_id)
         while True:
-            job = await self.get(job_id)
             left = until - loop.time()
             if job.status.is_terminal or left <= 0:
                 return job
             await watch.wait(left)
+            if self._waiters is None:
+                job = await self.get(job_id)
+            else:
+                async with self._waiters.reading():  # one of the many a notice may wake
+                    job = await self.get(job_id)
 
     async def _poll(self, job_id: str, seconds: float) -> Job:
         loop = asyncio.get_running_loop()

@@ -207,6 +207,46 @@ def test_past_the_most_waits_a_reader_is_answered_at_once_and_a_wait_ended_frees
     asyncio.run(scenario())
 
 
+def test_waits_woken_together_read_their_jobs_a_few_at_a_time_and_all_are_answered() -> None:
+    """A notice that wakes many waits lets `reads_at_once` of them read their job at once:
+    the rest wait their turn off the event loop's ready queue, where a submit would queue
+    behind all of them."""
+    clock = FakeClock()
+    backend = memory_backend(clock)
+    waiters = Waiters(limit=100, reads_at_once=3)
+    service = JobService(backend, default_registry(RecordingEmailSender()), clock, waiters=waiters)
+    store = backend.store
+    real_get = store.get
+    reading = most = 0
+
+    async def slow_get(job_id: str) -> Any:
+        nonlocal reading, most
+        reading += 1
+        most = max(most, reading)
+        await asyncio.sleep(0.01)  # a round trip
+        reading -= 1
+        return await real_get(job_id)
+
+    async def scenario() -> None:
+        submitted = await service.submit_batch(
+            [Submission(type="dummy", payload={"mode": "succeed"})] * 20
+        )
+        ids = [accepted.job.id for accepted in submitted]
+        waits = [asyncio.create_task(service.wait(job_id, 5)) for job_id in ids]
+        await asyncio.sleep(0.05)  # every wait read its job once, and waits
+        store.get = slow_get  # type: ignore[method-assign]
+        assert backend.leases is not None
+        request = ClaimRequest(queues=("default",), worker_id="w1", limit=20, lease_seconds=60)
+        leases = await backend.leases.claim(request)
+        for lease in leases:  # one notice each, all in one go
+            await backend.leases.settle(lease, Ending.succeeded(None))
+        answers = await asyncio.wait_for(asyncio.gather(*waits), 5)
+        assert {job.status for job in answers} == {JobStatus.SUCCEEDED}
+        assert most == 3
+
+    asyncio.run(scenario())
+
+
 def test_without_a_watcher_a_wait_reads_the_job_less_and_less_often() -> None:
     world = World(watcher=None)
     reads = 0
