@@ -46,6 +46,7 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 async def fill(url: str, prefix: str, jobs: int) -> None:
     client = create_redis(url, connect_timeout=2.0, socket_timeout=10.0)
     backend = redis_backend(client, prefix=prefix)
+    await backend.connection.verify()  # as `conveyor api` does: learns the prefix's job layout
     service = JobService(backend, default_registry(ConsoleEmailSender()), SystemClock())
     submission = Submission(type="dummy", payload={"mode": "succeed"})
     for start in range(0, jobs, 500):
