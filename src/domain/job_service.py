@@ -4,6 +4,7 @@ jobs, and managing queues."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
@@ -236,11 +237,9 @@ class JobService:
             if job.status.is_terminal or left <= 0:
                 return job
             await watch.wait(left)
-            if self._waiters is None:
+            waiters = self._waiters  # one of the many a notice may wake: it takes its turn
+            async with waiters.reading() if waiters is not None else contextlib.nullcontext():
                 job = await self.get(job_id)
-            else:
-                async with self._waiters.reading():  # one of the many a notice may wake
-                    job = await self.get(job_id)
 
     async def _poll(self, job_id: str, seconds: float) -> Job:
         loop = asyncio.get_running_loop()

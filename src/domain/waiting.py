@@ -27,6 +27,8 @@ class Waiters:
     limit: int = attrs.field(validator=attrs.validators.ge(0))
     reads_at_once: int = attrs.field(default=READS_AT_ONCE, validator=attrs.validators.ge(1))
     _held: int = attrs.field(default=0, init=False)
+    # Made at first use, so every field has a plain default: the API's framework reads a
+    # dependency's fields, and cannot read a default made from the instance.
     _reading: asyncio.Semaphore | None = attrs.field(default=None, init=False)
 
     @property

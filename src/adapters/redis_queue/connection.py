@@ -119,8 +119,11 @@ class RedisConnection(Connection):
         core = self.core
         in_use = await core.client.exists(core.registry.keys.queues)
         key = layout_key(core.prefix)
-        await core.client.set(key, "full" if in_use else "compact", nx=True)
-        core.compact_jobs = await core.client.get(key) == b"compact"
+        pipe = core.client.pipeline(transaction=False)
+        pipe.set(key, "full" if in_use else "compact", nx=True)
+        pipe.get(key)
+        _, stored = await pipe.execute()
+        core.compact_jobs = stored == b"compact"
 
     async def _settings(self) -> tuple[dict[str, str | None], dict[str, str | None]]:
         """maxmemory-policy and appendonly, by node: ``""`` for a single server, `` on

@@ -104,12 +104,14 @@ def _throttle(value: bytes | None) -> Throttle | None:
     return Throttle(LimitKind(kind), until)
 
 
-def decoded_or_none(raw: RawFields, *, job_id: str = "", queue_name: str = "") -> Job | None:
+def decoded_or_none(
+    raw: RawFields, *, job_id: str | None = None, queue_name: str | None = None
+) -> Job | None:
     """The job from its FIELDS (`decode_job`, given what its key says when known), or None
     when there is none or it cannot be read (logged)."""
     try:
-        return decode_job(raw, job_id=job_id or None, queue_name=queue_name or None)
+        return decode_job(raw, job_id=job_id, queue_name=queue_name)
     except UndecodableJobError as exc:
-        shown = raw[0] or job_id or None  # a compact hash holds no id: its key says it
+        shown = raw[0] or job_id  # a compact hash holds no id: its key says it
         log.warning("job %r is stored in a form that cannot be read: %s", shown, exc)
         return None
