@@ -3,6 +3,7 @@ Cluster): API, worker, and Redis faults."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
@@ -173,3 +174,35 @@ def test_api_and_worker_refuse_a_redis_that_evicts_keys(tmp_path: Path) -> None:
         assert api.wait(timeout=20) == 2, api.output()
         assert "maxmemory-policy" in api.output()
         assert "Traceback" not in api.output(), api.output()
+
+
+def test_a_worker_on_a_redis_it_refuses_claims_nothing_and_leaves_no_process(
+    tmp_path: Path,
+) -> None:
+    """A worker forks its first children before its supervisor checks the backend; they
+    wait for its word, so on a Redis it refuses the jobs waiting there stay queued, and the
+    children end with it."""
+    import psutil
+    import redis
+
+    with LocalRedis(data_dir=tmp_path / "redis") as server:
+        env = service_env(server.url)
+        with Api(env, tmp_path) as api, api.client() as client:
+            ids = [submit(client, "dummy", {"mode": "succeed"}) for _ in range(20)]
+            assert api.stop() == 0
+        store = redis.Redis.from_url(server.url)
+        store.config_set("maxmemory-policy", "allkeys-lru")
+        worker = Conveyor(["worker", "--processes", "2"], env, tmp_path).start()
+        assert worker.wait(timeout=30) == 2, worker.output()
+        assert "maxmemory-policy" in worker.output()
+        keys = list(store.scan_iter(match="*}:job:*"))
+        assert len(keys) == len(ids)
+        assert {store.hget(key, "status") for key in keys} == {b"queued"}
+        assert store.zcard(next(store.scan_iter(match="*}:queued"))) == len(ids)
+        prefix = env["CONVEYOR_KEY_PREFIX"]
+        left = []
+        for process in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if process.environ().get("CONVEYOR_KEY_PREFIX") == prefix:
+                    left.append(process.pid)
+        assert left == []

@@ -32,10 +32,9 @@ from domain.submission import Submission
 from entrypoints.logs import JsonFormatter
 from entrypoints.setting_values import parse_weighted_queues
 from entrypoints.worker.audit import AuditLog
-from entrypoints.worker.config import WorkerConfig, claim_order
+from entrypoints.worker.config import WorkerConfig, claim_order, queues_argument
 from entrypoints.worker.context import WorkerJobContext
 from entrypoints.worker.runner import Worker
-from entrypoints.worker.supervisor import queues_argument
 from tests.fakes import FakeClock, RecordingEmailSender
 from tests.unit.backends import leases_of
 

@@ -182,11 +182,6 @@ async def _sentinel_service_unknown(url: str, redis_timeout: float) -> str | Non
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    if settings.queue_backend is not QueueBackend.RQ:
-        from entrypoints.worker.preload import start_fork_server
-
-        # First: it loads the worker's modules while this process loads the supervisor's.
-        start_fork_server()
     from entrypoints.worker.main import run_worker
 
     _warn_of_faults(settings)

@@ -23,12 +23,13 @@ from entrypoints.lifetime import follow_parent
 from entrypoints.settings import Settings
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.board import Board
-from entrypoints.worker.config import WorkerConfig
+from entrypoints.worker.config import WorkerConfig, heartbeat_interval
 from entrypoints.worker.main import CLAIM_WAIT, until_signalled, wire
 from entrypoints.worker.metrics_env import shared_directory
 from entrypoints.worker.observers import AttemptObserver
 from entrypoints.worker.runner import Worker
-from entrypoints.worker.supervisor import EXIT_CONFIG, heartbeat_interval
+from entrypoints.worker.spawning import waited_to_go
+from entrypoints.worker.supervisor import EXIT_CONFIG
 from entrypoints.worker.tracing import traced
 
 log = logging.getLogger("conveyor.worker")
@@ -43,8 +44,11 @@ def run_child(
     queues: tuple[str, ...],
     weights: tuple[int, ...] | None = None,
     board: Path | None = None,
+    go_fd: int | None = None,
 ) -> int:
-    """One worker process under a supervisor. Ends the process itself (see the end)."""
+    """One worker process under a supervisor. Ends the process itself (see the end). With
+    `go_fd` (a child the supervisor forked before checking the backend), it waits there for
+    the supervisor's word before its first claim, and ends if it is refused."""
     follow_parent(signal.SIGTERM)
     wired = wire(settings)
     if wired is None:
@@ -103,6 +107,8 @@ def run_child(
             beating.cancel()
         return 0
 
+    if go_fd is not None and not waited_to_go(go_fd):
+        os._exit(0)  # the supervisor refused the backend (it says why), or is gone
     settle_collector()  # what was built so far lives as long as the process
     code = uvloop.run(until_signalled(work, wired.connection, on_second=worker.abort))
     if audit is not None:

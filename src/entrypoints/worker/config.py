@@ -81,3 +81,15 @@ def claim_order(
                 break
         order.append(pool.pop(chosen)[0])
     return tuple(order)
+
+
+def heartbeat_interval(watchdog: float) -> float:
+    """How often a child says it is alive: often enough that one late beat is no alarm."""
+    return min(1.0, watchdog / 10) if watchdog > 0 else 1.0
+
+
+def queues_argument(queues: Sequence[str], weights: Sequence[int] | None) -> str:
+    """`queues` as the worker's `--queues` takes them: `a,b`, or `a:3,b:1` with weights."""
+    if weights is None:
+        return ",".join(queues)
+    return ",".join(f"{name}:{weight}" for name, weight in zip(queues, weights, strict=True))

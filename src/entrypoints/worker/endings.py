@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -134,3 +135,11 @@ async def cut_short(
     else:
         _log_status(result.status, job)
     return said(result.status)
+
+
+def describe_exit(code: int) -> tuple[str, int | None, str | None]:
+    """A readable cause, the exit code and the signal name of a process's end."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        return f"killed by {name}", None, name
+    return f"exited with code {code}", code, None

@@ -140,8 +140,12 @@ def _supervise(
         observers=[counted] if counted is not None else [],
         pool_observer=counted,
     )
+    # Now, while this process holds no connection, loop or other thread: the children load
+    # what only they run while this one goes on to check the backend (they wait for it).
+    supervisor.fork_first()
     container = wired.container
-    # Only the supervisor runs the scheduler: a child forked from the fork server never loads it.
+    # Only the supervisor runs the scheduler: no child loads it (the first ones are forked
+    # before this, the others by the fork server).
     from entrypoints.scheduling import check_schedules, schedule
 
     check_schedules(container)  # a bad CONVEYOR_SCHEDULES stops start-up (SettingsError)

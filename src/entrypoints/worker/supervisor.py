@@ -41,9 +41,16 @@ from domain.processing import JobProcessor, describe
 from domain.settlement import Ending
 from entrypoints.startup import backend_is_safe
 from entrypoints.worker.board import executing
-from entrypoints.worker.endings import RELEASED, said, warn_unreplicated
+from entrypoints.worker.config import queues_argument
+from entrypoints.worker.endings import RELEASED, describe_exit, said, warn_unreplicated
 from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers, PoolObserver
-from entrypoints.worker.spawning import ChildSpec, ForkedChild, ForkServer
+from entrypoints.worker.spawning import (
+    ChildSpec,
+    ForkedChild,
+    ForkServer,
+    HeldChildren,
+    can_fork_directly,
+)
 
 log = logging.getLogger("conveyor.supervisor")
 
@@ -69,18 +76,6 @@ class PoolConfig:
 _STARTUP_GRACE = 20.0
 
 
-def heartbeat_interval(watchdog: float) -> float:
-    """How often a child says it is alive: often enough that one late beat is no alarm."""
-    return min(1.0, watchdog / 10) if watchdog > 0 else 1.0
-
-
-def queues_argument(queues: Sequence[str], weights: Sequence[int] | None) -> str:
-    """`queues` as the worker's `--queues` takes them: `a,b`, or `a:3,b:1` with weights."""
-    if weights is None:
-        return ",".join(queues)
-    return ",".join(f"{name}:{weight}" for name, weight in zip(queues, weights, strict=True))
-
-
 @attrs.define
 class _Child:
     slot: int
@@ -92,14 +87,6 @@ class _Child:
     # When it last said it was alive (None: not yet); why the watchdog killed it, if it did.
     last_beat: float | None = None
     unresponsive: str | None = None
-
-
-def describe_exit(code: int) -> tuple[str, int | None, str | None]:
-    """A readable cause, the exit code and the signal name of a process's end."""
-    if code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        return f"killed by {name}", None, name
-    return f"exited with code {code}", code, None
 
 
 class Supervisor:
@@ -134,6 +121,9 @@ class Supervisor:
         self._done = asyncio.Event()
         self._boards = Path(tempfile.mkdtemp(prefix="conveyor-boards-"))
         self._forks = ForkServer()
+        # The first children, forked from this process before `run` (`fork_first`).
+        self._held: HeldChildren | None = None
+        self._first: dict[int, tuple[_Child, int]] = {}  # by slot: it, its pipe's end
 
     def _board_path(self, worker_id: str) -> Path:
         return self._boards / (worker_id.rsplit("/", 1)[-1] + ".board")
@@ -154,9 +144,16 @@ class Supervisor:
             },
         )
         if not await backend_is_safe(self._connection, log):
+            if self._held is not None:
+                self._held.refuse()
             return EXIT_CONFIG
         for slot in range(cfg.processes):
-            await self._spawn(slot)
+            if slot in self._first:
+                self._adopt(*self._first.pop(slot))
+            else:
+                await self._spawn(slot)
+        if self._held is not None:
+            self._held.go()
         if started is not None:
             started()
         stopper = asyncio.create_task(stop.wait())
@@ -171,18 +168,32 @@ class Supervisor:
         log.info("supervisor stopped", extra={"exit_code": self._exit_code})
         return self._exit_code
 
-    async def _spawn(self, slot: int) -> None:
+    def fork_first(self) -> None:
+        """Fork the first children from this process before `run` (see `spawning`); each
+        waits for `run` to find the backend safe before its first claim. With another thread
+        running (the metrics server's), `run` asks the fork server for them instead."""
+        if not can_fork_directly():
+            return
+        self._held = HeldChildren()
+        for slot, spec in ((slot, self._spec(slot)) for slot in range(self._config.processes)):
+            proc, read_fd = self._held.fork(spec)
+            self._first[slot] = (_Child(slot, spec.worker_id, proc, time.monotonic()), read_fd)
+
+    def _spec(self, slot: int) -> ChildSpec:
         self._generation += 1
         worker_id = f"{self._id}/{slot}.{self._generation}"
-        read_fd, write_fd = os.pipe()
         cfg = self._config
-        spec = ChildSpec(
+        return ChildSpec(
             worker_id=worker_id,
             concurrency=cfg.concurrency,
             queues=cfg.queues,
             weights=cfg.queue_weights,
             board=str(self._board_path(worker_id)),
         )
+
+    async def _spawn(self, slot: int) -> None:
+        spec = self._spec(slot)
+        read_fd, write_fd = os.pipe()
         try:
             # Forked from the preloaded fork server: milliseconds, where starting an
             # interpreter takes a third of a second (see `spawning`). Each child runs in its
@@ -190,7 +201,10 @@ class Supervisor:
             proc = self._forks.spawn(spec, write_fd)
         finally:
             os.close(write_fd)
-        child = _Child(slot, worker_id, proc, time.monotonic())
+        self._adopt(_Child(slot, spec.worker_id, proc, time.monotonic()), read_fd)
+
+    def _adopt(self, child: _Child, read_fd: int) -> None:
+        proc, slot, worker_id = child.proc, child.slot, child.worker_id
         self._children[proc.pid] = child
         log.info("child started", extra={"pid": proc.pid, "worker_id": worker_id, "slot": slot})
         watcher = asyncio.create_task(self._watch(child, read_fd))

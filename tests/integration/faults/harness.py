@@ -116,14 +116,18 @@ class Pool(Conveyor):
         return self.proc.pid
 
     def children(self) -> list[psutil.Process]:
-        """The supervisor's live (not zombie) worker children: its fork server's children
-        (the fork server is the supervisor's only child)."""
+        """The supervisor's live (not zombie) worker children: the ones it forked itself
+        (its first), and its fork server's (the replacements); not the fork server, nor the
+        resource tracker the fork server starts."""
+        found: list[psutil.Process] = []
         try:
-            found = [
-                child
-                for server in psutil.Process(self.pid).children()
-                for child in server.children()
-            ]
+            for child in psutil.Process(self.pid).children():
+                with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
+                    command = " ".join(child.cmdline())
+                    if "multiprocessing.forkserver" in command:
+                        found.extend(child.children())
+                    elif "multiprocessing.resource_tracker" not in command:
+                        found.append(child)
         except psutil.NoSuchProcess:
             return []
         live = [c for c in found if _live(c)]

@@ -113,13 +113,22 @@ def test_a_worker_whose_event_loop_is_blocked_is_replaced_and_its_job_runs_again
 def test_a_supervisor_killed_outright_takes_its_fork_server_and_workers_with_it(
     redis_url: str, tmp_path: Path
 ) -> None:
-    """The other direction: workers are forked by the fork server, so the kernel's
-    parent-death signal follows that server, not the supervisor; a worker learns from its
-    heartbeat's broken pipe that the supervisor is gone, drains and exits, and the fork
-    server follows once no worker holds it open."""
+    """The other direction. A pool's first workers are the supervisor's own children, which
+    the kernel's parent-death signal stops; a replacement is forked by the fork server, so
+    that signal follows the server, not the supervisor: it learns from its heartbeat's
+    broken pipe that the supervisor is gone, drains and exits, and the fork server follows
+    once no worker holds it open. One worker of each kind here."""
     env = fault_env(redis_url, tmp_path / "audit.jsonl", CONVEYOR_DRAIN_GRACE_SECONDS="2")
     with Pool(env, tmp_path, processes=2, concurrency=2) as pool:
-        pool.wait_children(2)
+        first = pool.wait_children(2)
+        assert all(child.ppid() == pool.pid for child in first)
+        first[0].kill()  # its replacement comes from the fork server
+        deadline = time.monotonic() + 20
+        while first[0].pid in {c.pid for c in pool.children()} or len(pool.children()) != 2:
+            assert time.monotonic() < deadline, pool.output()[-3000:]
+            time.sleep(0.05)
+        replacement = next(c for c in pool.children() if c.pid != first[1].pid)
+        assert replacement.ppid() != pool.pid
         descendants = psutil.Process(pool.pid).children(recursive=True)
         pool.remember(p.pid for p in descendants)
         assert pool.proc is not None

@@ -1,0 +1,123 @@
+"""How `conveyor worker` starts its children: the first forked from the supervisor itself,
+held until it has checked the backend; the others from a preloaded fork server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from entrypoints.worker import spawning
+from entrypoints.worker.spawning import ChildSpec, HeldChildren, waited_to_go
+
+_WENT, _REFUSED = 7, 3
+
+
+def _probe_child(spec: ChildSpec, control: Any, environ: dict[str, str]) -> None:
+    """In place of a worker: ends with whether the supervisor let it claim."""
+    for fd in spec.inherited:
+        os.close(fd)
+    control.close()
+    os._exit(_WENT if waited_to_go(spec.go) else _REFUSED)  # type: ignore[arg-type]
+
+
+def _spec(slot: int) -> ChildSpec:
+    return ChildSpec(worker_id=f"p/{slot}.1", concurrency=1, queues=("q",), weights=None, board="-")
+
+
+@pytest.mark.parametrize(("word", "code"), [("go", _WENT), ("refuse", _REFUSED)])
+def test_held_children_wait_for_the_supervisors_word(
+    monkeypatch: pytest.MonkeyPatch, word: str, code: int
+) -> None:
+    monkeypatch.setattr(spawning, "_child", _probe_child)
+    held = HeldChildren()
+    forked = [held.fork(_spec(slot)) for slot in range(2)]
+    time.sleep(0.3)
+    assert [child.pid for child, _ in forked if os.waitpid(child.pid, os.WNOHANG)[0]] == []
+
+    getattr(held, word)()
+
+    for child, read_fd in forked:
+        os.close(read_fd)
+        process = child._process
+        process.join(10)
+        assert process.exitcode == code
+
+
+def test_the_exit_code_of_a_child_forked_directly_is_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its sentinel is ready as it exits, a moment before its status can be reaped: the
+    wait must not read that as an unknown end (255)."""
+    monkeypatch.setattr(spawning, "_child", _probe_child)
+
+    async def ends() -> list[int]:
+        held = HeldChildren()
+        forked = [held.fork(_spec(slot)) for slot in range(30)]
+        waits = [child.wait() for child, _ in forked]
+        held.go()
+        codes = await asyncio.gather(*waits)
+        for _, read_fd in forked:
+            os.close(read_fd)
+        return list(codes)
+
+    assert asyncio.run(ends()) == [_WENT] * 30
+
+
+def test_a_child_is_forked_directly_only_while_no_other_thread_runs() -> None:
+    code = (
+        "import threading\n"
+        "from entrypoints.worker.spawning import can_fork_directly\n"
+        "alone = can_fork_directly()\n"
+        "release = threading.Event()\n"
+        "thread = threading.Thread(target=release.wait)\n"
+        "thread.start()\n"
+        "beside = can_fork_directly()\n"
+        "release.set()\n"
+        "print(alone, beside)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
+
+
+def test_what_the_fork_server_preloads_leaves_out_what_no_worker_child_uses() -> None:
+    """A child is forked from the fork server once it has loaded `PRELOAD`: every module
+    loaded there is start-up time before the first job. The scheduler and its cron
+    arithmetic (the supervisor's), the in-memory backend and prometheus-client (with metrics
+    off) are loaded where they are used, and a worker child never uses them."""
+    code = (
+        "import importlib, sys\n"
+        "from entrypoints.worker.preload import PRELOAD\n"
+        "for name in PRELOAD: importlib.import_module(name)\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "entrypoints.worker.main" in loaded
+    assert "adapters.redis_queue" in loaded
+    unused = {
+        *("cronsim", "adapters.cron", "adapters.memory", "prometheus_client"),
+        *("domain.scheduling", "entrypoints.scheduling"),
+    }
+    assert not loaded & unused
+
+
+def test_the_supervisor_leaves_what_only_a_child_runs_to_the_children() -> None:
+    """`conveyor worker` forks its first children once it has loaded the command line and
+    the supervisor; the claim loop and uvloop run in children only, which load them after
+    the fork (or have them from the fork server's preload)."""
+    code = (
+        "import sys, entrypoints.cli, entrypoints.worker.main\nprint(' '.join(sorted(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "entrypoints.worker.supervisor" in loaded
+    assert not loaded & {"uvloop", "entrypoints.worker.runner", "entrypoints.worker.child"}
