@@ -8,7 +8,8 @@ Conveyor it calls this script, with the project's own venv python:
     python bench/peer_adapter.py latencies [--queue Q]
 
 - `enqueue` submits N no-op jobs (`dummy`, mode `succeed`) through the service the API uses
-  (the container built from the environment, as `conveyor api` builds it): `single` one
+  (the container built from the environment, as `conveyor api` builds it, and the garbage
+  collector settled as it settles it once started): `single` one
   submission at a time, `bulk` in batches of 1,000 (`BENCH_BULK_CHUNK`), `paced` one at a
   time at R per second. Prints `{"mode", "n", "secs", "rate"}`, as the peers' producers do.
 - `done-key` prints `{"key", "type"}`: a Redis key whose cardinality is the number of
@@ -36,6 +37,7 @@ from adapters.redis_client import create_redis
 from adapters.redis_queue.keys import QueueKeys
 from domain.jobs import JobStatus
 from domain.submission import Submission
+from entrypoints.collector import settle_collector
 from entrypoints.container import build_container
 from entrypoints.settings import QueueBackend, Settings
 
@@ -53,9 +55,12 @@ def _settings() -> Settings:
 
 async def enqueue(mode: str, n: int, rate: float, queue: str) -> dict[str, object]:
     container = build_container(_settings())
-    # What `conveyor api` does as it starts: among others, learn the prefix's job layout.
+    # What `conveyor api` does as it starts: among others, learn the prefix's job layout;
+    # then, as it does once started, leave what start-up built to the garbage collector's
+    # oldest generation, frozen, and collect young objects less often (`settle_collector`).
     await container.backend().connection.verify()
     service = container.job_service()
+    settle_collector()
     submission = Submission(type="dummy", payload={"mode": "succeed"}, queue=queue)
     started = time.perf_counter()
     try:
