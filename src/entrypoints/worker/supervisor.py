@@ -121,9 +121,9 @@ class Supervisor:
         self._done = asyncio.Event()
         self._boards = Path(tempfile.mkdtemp(prefix="conveyor-boards-"))
         self._forks = ForkServer()
-        # The first children, forked from this process before `run` (`fork_first`).
+        # The first children, forked from this process before `run` (`fork_first`), by slot.
         self._held: HeldChildren | None = None
-        self._first: dict[int, tuple[_Child, int]] = {}  # by slot: it, its pipe's end
+        self._first: dict[int, tuple[str, ForkedChild, int]] = {}
 
     def _board_path(self, worker_id: str) -> Path:
         return self._boards / (worker_id.rsplit("/", 1)[-1] + ".board")
@@ -148,8 +148,9 @@ class Supervisor:
                 self._held.refuse()
             return EXIT_CONFIG
         for slot in range(cfg.processes):
-            if slot in self._first:
-                self._adopt(*self._first.pop(slot))
+            if slot in self._first:  # its start counts from now, as its wait ends
+                worker_id, proc, fd = self._first.pop(slot)
+                self._adopt(_Child(slot, worker_id, proc, time.monotonic()), fd)
             else:
                 await self._spawn(slot)
         if self._held is not None:
@@ -177,7 +178,7 @@ class Supervisor:
         self._held = HeldChildren()
         for slot, spec in ((slot, self._spec(slot)) for slot in range(self._config.processes)):
             proc, read_fd = self._held.fork(spec)
-            self._first[slot] = (_Child(slot, spec.worker_id, proc, time.monotonic()), read_fd)
+            self._first[slot] = (spec.worker_id, proc, read_fd)
 
     def _spec(self, slot: int) -> ChildSpec:
         self._generation += 1
@@ -195,9 +196,8 @@ class Supervisor:
         spec = self._spec(slot)
         read_fd, write_fd = os.pipe()
         try:
-            # Forked from the preloaded fork server: milliseconds, where starting an
-            # interpreter takes a third of a second (see `spawning`). Each child runs in its
-            # own session, and dies with its parent (it sets PR_SET_PDEATHSIG itself).
+            # From the fork server, started for the first (see `spawning`). Each child runs in
+            # its own session, and dies with its parent (it sets PR_SET_PDEATHSIG itself).
             proc = self._forks.spawn(spec, write_fd)
         finally:
             os.close(write_fd)
