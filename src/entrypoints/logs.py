@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, TextIO, TypeAlias
 
 from entrypoints.redaction import redact_text, redact_url
@@ -181,14 +181,21 @@ class _Direct:
             node = node.parent
         return True
 
-    def write(self, level: int, name: str, message: str, fields: Fields) -> bool:
-        """Write the line; False when the stream refused it."""
+    def write(self, level: int, name: str, message: str, events: Sequence[Fields]) -> bool:
+        """Write one line for each of `events`, all in one write; False when the stream
+        refused them."""
         created = time.time()
         msecs = int((created - int(created)) * 1000) + 0.0  # as a `LogRecord` reckons it
         formatter = self.formatter
         level_name = logging.getLevelName(level)
-        line = formatter.line(created, msecs, level_name, name, message, fields)
-        text = formatter.redact(line) + self.handler.terminator
+        end = self.handler.terminator
+        text = "".join(
+            [
+                formatter.redact(formatter.line(created, msecs, level_name, name, message, fields))
+                + end
+                for fields in events
+            ]
+        )
         self.handler.acquire()
         try:
             stream = self.handler.stream
@@ -211,11 +218,18 @@ def log_event(logger: logging.Logger, level: int, message: str, fields: Fields) 
     and the calls around it, which cost twice what the line itself does. Otherwise (and for a
     line the stream refused) the logging module writes it, as any other. `fields` must not
     name a record's own attributes (the logging module refuses those)."""
-    if not logger.isEnabledFor(level):
+    log_events(logger, level, message, (fields,))
+
+
+def log_events(logger: logging.Logger, level: int, message: str, events: Sequence[Fields]) -> None:
+    """`log_event` for several events of one message at once: written directly, their
+    lines go out in one write (one system call, where a line each costs one each)."""
+    if not events or not logger.isEnabledFor(level):
         return
     direct = _direct if _direct is not None and _direct.serves(logger, level) else None
-    if direct is None or not direct.write(level, logger.name, message, fields):
-        logger.log(level, message, extra=fields)
+    if direct is None or not direct.write(level, logger.name, message, events):
+        for fields in events:
+            logger.log(level, message, extra=fields)
 
 
 def configure_logging(level: str, fmt: LogFormat, secrets: Iterable[str] = ()) -> None:

@@ -16,6 +16,7 @@ from entrypoints.logs import (
     JsonFormatter,
     configure_logging,
     log_event,
+    log_events,
     redact_url,
 )
 from entrypoints.redaction import url_secrets
@@ -253,6 +254,46 @@ def test_a_job_s_line_is_written_directly_as_the_logging_module_writes_it(
     assert _after_time(direct) == _after_time(through_logging)
     assert "s3cret" not in direct
     assert direct[:2].isdigit() or json.loads(direct)["ts"][:4].isdigit()
+
+
+class _Counting(io.StringIO):
+    """A stream that counts the writes made to it."""
+
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+@pytest.mark.parametrize("fmt", list(LogFormat))
+def test_several_job_lines_go_out_in_one_write_each_as_it_would_alone(
+    fmt: LogFormat, configured: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_logging("INFO", fmt, ["s3cret-s3cret"])
+    stream = _Counting()
+    logging.getLogger().handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    records, log = _Records(monkeypatch), logging.getLogger("tests.logs.direct")
+    events = [{"job_id": f"a{n}", "note": "s3cret-s3cret"} for n in range(3)]
+    log_events(log, logging.INFO, "job claimed", events)
+    together, writes = stream.getvalue().splitlines(), stream.writes
+    for fields in events:
+        log_event(log, logging.INFO, "job claimed", fields)
+    alone = stream.getvalue().splitlines()[3:]
+    assert (records.made, writes, stream.writes) == (0, 1, 4)
+    assert [_after_time(line) for line in together] == [_after_time(line) for line in alone]
+    assert "s3cret" not in stream.getvalue()
+
+
+def test_several_job_lines_each_go_through_the_logging_module_once_it_is_changed(
+    configured: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure_logging("INFO", LogFormat.CONSOLE)
+    _another_handler()
+    records = _Records(monkeypatch)
+    log_events(logging.getLogger("tests.logs.direct"), logging.INFO, "m", [{"n": 1}, {"n": 2}])
+    assert records.made == 2
+    assert [line[-3:] for line in capsys.readouterr().err.splitlines()] == ["n=1", "n=2"]
 
 
 def test_a_job_s_line_below_the_level_is_not_written(

@@ -1,4 +1,5 @@
 import asyncio
+import io
 import json
 import logging
 import random
@@ -29,8 +30,10 @@ from domain.ports import (
 from domain.processing import JobProcessor
 from domain.settlement import Ending
 from domain.submission import Submission
-from entrypoints.logs import JsonFormatter
+from entrypoints import logs
+from entrypoints.logs import JsonFormatter, configure_logging
 from entrypoints.setting_values import parse_weighted_queues
+from entrypoints.settings import LogFormat
 from entrypoints.worker.audit import AuditLog
 from entrypoints.worker.config import WorkerConfig, claim_order, queues_argument
 from entrypoints.worker.context import WorkerJobContext
@@ -841,3 +844,41 @@ def test_the_next_claim_is_on_its_way_while_the_jobs_of_the_last_one_run() -> No
         assert store.peak == 4  # never more than the concurrency
 
     asyncio.run(scenario())
+
+
+class _Writes(io.StringIO):
+    """A log stream that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_the_job_claimed_lines_of_one_claim_go_out_in_one_write() -> None:
+    """One system call for a claim's lines, not one a job. All are written before any of
+    the claim's handlers runs (their tasks start at the next turn of the loop), so a
+    handler that blocks the loop still leaves its job's line written."""
+    root = logging.getLogger()
+    handlers, level, direct = root.handlers[:], root.level, logs._direct
+    stream = _Writes()
+    try:
+        configure_logging("INFO", LogFormat.CONSOLE)
+        root.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+
+        async def scenario() -> list[str]:
+            rig = Rig(concurrency=8)
+            ids = [await rig.submit("dummy", {"mode": "succeed"}) for _ in range(3)]
+            await rig.work_off(ids)
+            return ids
+
+        ids = asyncio.run(scenario())
+    finally:
+        root.handlers[:], logs._direct = handlers, direct
+        root.setLevel(level)
+    claimed = [w for w in stream.writes if "job claimed" in w]
+    assert len(claimed) == 1
+    assert [line.split("job_id=")[1].split()[0] for line in claimed[0].splitlines()] == ids

@@ -27,7 +27,6 @@ from domain.errors import QueueUnavailableError
 from domain.jobs import AttemptOutcome, Lease
 from domain.ports import ClaimRequest, Clock, LeaseQueue, QueueMonitor, WorkerLoad
 from domain.processing import JobProcessor, describe
-from entrypoints.logs import log_event
 from entrypoints.worker.board import Board
 from entrypoints.worker.config import WorkerConfig, claim_order
 from entrypoints.worker.context import WorkerJobContext
@@ -35,7 +34,7 @@ from entrypoints.worker.endings import LEASE_LOST, cut_short, hand_back, log_res
 from entrypoints.worker.isolation import isolate, killed_a_worker
 from entrypoints.worker.observers import AttemptEnd, AttemptObserver, Observers
 from entrypoints.worker.presence import Presence
-from entrypoints.worker.running import Running
+from entrypoints.worker.running import Running, log_claimed
 from entrypoints.worker.tasks import cancel_all, either, rss_bytes, wait_or_stop
 
 log = logging.getLogger("conveyor.worker")
@@ -193,7 +192,9 @@ class Worker:
 
     async def _start_all(self, leases: Sequence[Lease]) -> None:
         suspects = [lease for lease in leases if killed_a_worker(lease)]
-        for lease in (lease for lease in leases if lease not in suspects):
+        others = [lease for lease in leases if lease not in suspects]
+        log_claimed(others)  # before any of their handlers runs
+        for lease in others:
             self._start(lease)
         if not suspects:
             return
@@ -206,6 +207,7 @@ class Worker:
                 waited.update(fresh)
                 await isolate(fresh)
             for lease in suspects:
+                log_claimed([lease])
                 self._start(lease)
         finally:
             self._isolating = False
@@ -243,9 +245,7 @@ class Worker:
                     entry.task.cancel()
             await asyncio.wait([e.task for e in pending], timeout=0.1)
 
-    def _start(self, lease: Lease) -> None:
-        if log.isEnabledFor(logging.INFO):
-            log_event(log, logging.INFO, "job claimed", describe(lease.job))
+    def _start(self, lease: Lease) -> None:  # its `job claimed` line is written already
         self._observers.started(lease)
         context = WorkerJobContext(lease, self._leases, self._executor, self._board, self._clock)
         task = asyncio.create_task(self._execute(lease, context))

@@ -1,13 +1,20 @@
-"""A job a worker process runs: its lease, its task and context, and how it was stopped."""
+"""A job a worker process runs: its lease, its task and context, how it was stopped, and the
+line that says it started."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 
 import attrs
 
 from domain.jobs import AttemptOutcome, Lease
+from domain.processing import describe
+from entrypoints.logs import log_events
 from entrypoints.worker.context import WorkerJobContext
+
+log = logging.getLogger("conveyor.worker")
 
 
 @attrs.define
@@ -27,3 +34,11 @@ class Running:
     def stop(self, ending: AttemptOutcome | None) -> None:
         self.stopped, self.ending = True, ending
         self.task.cancel()
+
+
+def log_claimed(leases: Sequence[Lease]) -> None:
+    """The `job claimed` lines of `leases`, in one write. A claim's lines are written before
+    any of its jobs' handlers runs, so one that blocks the event loop (and is killed by the
+    watchdog) still leaves the line saying which job it was running."""
+    if leases and log.isEnabledFor(logging.INFO):
+        log_events(log, logging.INFO, "job claimed", [describe(lease.job) for lease in leases])
