@@ -47,7 +47,7 @@ UNKNOWN_EXIT: Final = 255
 
 
 class ForkedChild:
-    """A worker process forked by the fork server, with the part of
+    """A worker process forked by the supervisor or its fork server, with the part of
     `asyncio.subprocess.Process` the supervisor uses."""
 
     def __init__(self, process: Any) -> None:
@@ -235,4 +235,4 @@ def _child(
             go_fd=spec.go,
         )
     finally:
-        os._exit(code)  # never back into the fork server's code
+        os._exit(code)  # never back into the code of the process it was forked from
