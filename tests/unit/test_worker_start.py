@@ -26,6 +26,13 @@ def _probe_child(spec: ChildSpec, control: Any, environ: dict[str, str]) -> None
     os._exit(_WENT if waited_to_go(spec.go) else _REFUSED)  # type: ignore[arg-type]
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    """`code` run in a fresh interpreter, which must succeed."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def _spec(slot: int) -> ChildSpec:
     return ChildSpec(worker_id=f"p/{slot}.1", concurrency=1, queues=("q",), weights=None, board="-")
 
@@ -81,8 +88,7 @@ def test_a_child_is_forked_directly_only_while_no_other_thread_runs() -> None:
         "release.set()\n"
         "print(alone, beside)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = _python(code)
     assert done.stdout.split() == ["True", "False"]
 
 
@@ -97,8 +103,7 @@ def test_what_the_fork_server_preloads_leaves_out_what_no_worker_child_uses() ->
         "for name in PRELOAD: importlib.import_module(name)\n"
         "print(' '.join(sorted(sys.modules)))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = _python(code)
     loaded = set(done.stdout.split())
     assert "entrypoints.worker.main" in loaded
     assert "adapters.redis_queue" in loaded
@@ -116,8 +121,7 @@ def test_the_supervisor_leaves_what_only_a_child_runs_to_the_children() -> None:
     code = (
         "import sys, entrypoints.cli, entrypoints.worker.main\nprint(' '.join(sorted(sys.modules)))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = _python(code)
     loaded = set(done.stdout.split())
     assert "entrypoints.worker.supervisor" in loaded
     assert not loaded & {"uvloop", "entrypoints.worker.runner", "entrypoints.worker.child"}

@@ -111,17 +111,7 @@ class ForkServer:
         """A child running `spec`, writing to its own copy of `control_fd` (the caller keeps
         and closes its own)."""
         control = multiprocessing.connection.Connection(os.dup(control_fd), readable=False)
-        try:
-            process = self._context.Process(
-                target=_child,
-                args=(spec, control, dict(os.environ)),
-                daemon=True,
-                name="conveyor-worker",
-            )
-            process.start()
-        finally:
-            control.close()
-        return ForkedChild(process)
+        return ForkedChild(_started(self._context, spec, control))
 
 
 def can_fork_directly() -> bool:
@@ -145,16 +135,7 @@ class HeldChildren:
         read_fd, write_fd = os.pipe()
         held = attrs.evolve(spec, go=self._go_read, inherited=(self._go_write, *self._kept))
         control = multiprocessing.connection.Connection(write_fd, readable=False)
-        try:
-            process = _FORK.Process(
-                target=_child,
-                args=(held, control, dict(os.environ)),
-                daemon=True,
-                name="conveyor-worker",
-            )
-            process.start()
-        finally:
-            control.close()
+        process = _started(_FORK, held, control)
         self._processes.append(process)
         self._kept.append(read_fd)
         return ForkedChild(process), read_fd
@@ -191,6 +172,22 @@ def waited_to_go(go_fd: int) -> bool:
 
 
 _FORK: Final = multiprocessing.get_context("fork")
+
+
+def _started(context: Any, spec: ChildSpec, control: multiprocessing.connection.Connection) -> Any:
+    """The process of a child running `spec`, started in `context` (fork server or fork),
+    writing to `control`, which is closed here (the child has its own copy)."""
+    try:
+        process = context.Process(
+            target=_child,
+            args=(spec, control, dict(os.environ)),
+            daemon=True,
+            name="conveyor-worker",
+        )
+        process.start()
+    finally:
+        control.close()
+    return process
 
 
 def _child(
