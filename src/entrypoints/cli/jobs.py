@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 from domain.job_service import JobService
 from domain.jobs import JobStatus
 from domain.ports import JobQuery
-from entrypoints.api.schemas import JobView
 from entrypoints.cli import arguments
 from entrypoints.cli.service import age, console, print_json, table, with_job, with_service
 from entrypoints.settings import Settings
@@ -48,6 +47,8 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run_show(args: argparse.Namespace, settings: Settings) -> int:
+    from entrypoints.api.schemas import JobView
+
     async def show(service: JobService) -> int:
         details = await service.details(args.job_id)
         print_json(JobView.from_details(details, tracebacks=settings.expose_tracebacks))

@@ -7,15 +7,14 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from domain.ports.schedules import StoredSchedule
 from domain.schedules import MisfirePolicy, ScheduleRequest
-from domain.scheduling import ScheduleService
-from entrypoints.api.catalog import ScheduleView
 from entrypoints.cli import arguments
 from entrypoints.cli.service import console, print_json, run_on, table
 from entrypoints.settings import Settings
 
 if TYPE_CHECKING:
+    from domain.ports.schedules import StoredSchedule
+    from domain.scheduling import ScheduleService
     from entrypoints.cli.arguments import Commands
 
 
@@ -136,6 +135,8 @@ def _printing(
     settings: Settings,
     action: Callable[[ScheduleService], Awaitable[StoredSchedule]],
 ) -> int:
+    from entrypoints.api.catalog import ScheduleView
+
     async def run(service: ScheduleService) -> int:
         print_json(ScheduleView.from_domain(await action(service)))
         return 0

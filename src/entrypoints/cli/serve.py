@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 from entrypoints.cli.arguments import positive_int
 from entrypoints.container import Container, build_container
 from entrypoints.logs import redact_url
-from entrypoints.scheduling import check_schedules
 from entrypoints.setting_values import parse_weighted_queues
 from entrypoints.settings import QueueBackend, Settings, SettingsError, parse_flag
 from entrypoints.startup import backend_is_safe
@@ -105,6 +104,10 @@ def _warn_of_faults(settings: Settings) -> None:
 
 def run_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
+
+    # Here: `conveyor worker` loads this module too, and loads the scheduler only once its
+    # first children are forked (none of them runs it).
+    from entrypoints.scheduling import check_schedules
 
     _warn_of_faults(settings)
     check_tracing(settings)

@@ -8,17 +8,15 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import msgspec
-
 from domain.errors import DomainError, InvalidJobError, InvalidScheduleError
 from domain.job_service import JobService
 from domain.jobs import Job
 from domain.ports import QueueStats
-from entrypoints.api.catalog import QueueView
-from entrypoints.api.schemas import JobView
 from entrypoints.settings import Settings
 
-if TYPE_CHECKING:  # rich is imported by the commands that draw, not by every process
+# What only a command's output needs (rich, msgspec and the API's views) is imported by the
+# command that prints: `conveyor worker` loads the command line too, before its first job.
+if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
@@ -31,6 +29,8 @@ def with_job(
     args: argparse.Namespace, settings: Settings, action: Callable[[JobService], Awaitable[Job]]
 ) -> int:
     """Run `action` and print the job it answers."""
+
+    from entrypoints.api.schemas import JobView
 
     async def run(service: JobService) -> int:
         job = await action(service)
@@ -46,6 +46,8 @@ def with_queue(
     action: Callable[[JobService], Awaitable[QueueStats]],
 ) -> int:
     """Run `action` and print the queue it answers."""
+
+    from entrypoints.api.catalog import QueueView
 
     async def run(service: JobService) -> int:
         print_json(QueueView.from_domain(await action(service)))
@@ -79,8 +81,8 @@ async def _serve(
     service_of: Callable[[Container], S],
     action: Callable[[S], Awaitable[int]],
 ) -> int:
-    # Here, not at the top: `conveyor worker` imports this module too, and the container's
-    # imports would hold back the start of its fork server (see `worker.spawning`).
+    # Here, not at the top: `conveyor worker` imports this module too, before it builds
+    # a container of its own.
     from entrypoints.container import build_container
 
     container = build_container(settings) if given is None else given
@@ -99,6 +101,8 @@ async def _serve(
 
 
 def print_json(view: Any) -> None:
+    import msgspec
+
     print(msgspec.json.format(msgspec.json.encode(view)).decode())
 
 

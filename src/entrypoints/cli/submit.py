@@ -12,7 +12,6 @@ from domain.errors import QueueUnavailableError
 from domain.job_service import JobService
 from domain.jobs import PRIORITY_MAX, PRIORITY_MIN, Job, JobStatus
 from domain.submission import Submission
-from entrypoints.api.schemas import JobView
 from entrypoints.cli import arguments
 from entrypoints.cli.service import console, print_json, with_service
 from entrypoints.settings import Settings
@@ -96,6 +95,8 @@ def run_submit(args: argparse.Namespace, settings: Settings) -> int:
         unique_key=args.unique_key,
         unique_for=args.unique_for,
     )
+
+    from entrypoints.api.schemas import JobView
 
     async def submit(service: JobService) -> int:
         accepted = await service.submit(submission, idempotency_key=args.idempotency_key)
