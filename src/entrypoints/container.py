@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import redis
 import redis.asyncio
-from dependency_injector import containers, providers
 
 from adapters.console_email import ConsoleEmailSender
 from adapters.redis_client import create_redis
@@ -24,6 +23,7 @@ from domain.limits import FlowLimits
 from domain.ports import ROLE_NAMES, AdmissionPolicy, Backend, Clock, LeaseQueue
 from domain.processing import JobProcessor
 from domain.waiting import Waiters
+from entrypoints.injection import containers, providers
 from entrypoints.rq_keys import use_rq_key_prefix
 from entrypoints.settings import QueueBackend, Settings
 from entrypoints.tracing import tracing_from

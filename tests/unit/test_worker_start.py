@@ -125,3 +125,21 @@ def test_the_supervisor_leaves_what_only_a_child_runs_to_the_children() -> None:
     loaded = set(done.stdout.split())
     assert "entrypoints.worker.supervisor" in loaded
     assert not loaded & {"uvloop", "entrypoints.worker.runner", "entrypoints.worker.child"}
+
+
+def test_before_its_first_children_a_worker_loads_nothing_only_other_commands_use() -> None:
+    """Every module loaded before the fork is start-up time before the first job. The API's
+    views, the scheduler (the supervisor loads it after the fork) and PyYAML (which
+    dependency-injector would load for a method Conveyor never calls) are left out; PyYAML
+    is still there for anything that imports it later."""
+    code = (
+        "import sys, entrypoints.cli, entrypoints.worker.main\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+        "import yaml, dependency_injector.providers as p\n"
+        "assert yaml.safe_load('a: 1') == {'a': 1} and p.yaml is None"
+    )
+    done = _python(code)
+    loaded = set(done.stdout.split())
+    assert "dependency_injector.providers" in loaded
+    only_others = {"yaml", "entrypoints.api.schemas", "entrypoints.api.catalog"}
+    assert not loaded & {*only_others, "domain.scheduling", "entrypoints.scheduling"}
