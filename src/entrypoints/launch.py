@@ -11,6 +11,9 @@ import sys
 
 
 def main() -> int:
+    from entrypoints.collector import defer_collection
+
+    defer_collection()  # before the imports of the command line and what it runs
     from entrypoints.cli import main as run
 
     return run(sys.argv[1:])

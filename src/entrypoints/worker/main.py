@@ -12,6 +12,7 @@ from typing import Any
 import attrs
 
 from domain.ports import Connection, LeaseQueue, QueueMonitor
+from entrypoints.collector import settle_collector
 from entrypoints.container import Container, build_container
 from entrypoints.logs import redact_url
 from entrypoints.settings import QueueBackend, Settings
@@ -149,6 +150,7 @@ def _supervise(
     from entrypoints.scheduling import check_schedules, schedule
 
     check_schedules(container)  # a bad CONVEYOR_SCHEDULES stops start-up (SettingsError)
+    settle_collector()  # what start-up built lives as long as the supervisor
 
     async def supervise_and_schedule(stop: asyncio.Event) -> int:
         # The supervisor (one per `conveyor worker`, not its children) runs the scheduler:
