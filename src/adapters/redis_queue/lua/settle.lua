@@ -30,7 +30,8 @@ while i <= #ARGV do
   end
   local key = job_key(id)
   local f = attempt_facts(key)
-  if SETTLES_FROM[f[1]] and f[2] == ARGV[i + 1] and redis.call('ZSCORE', Q.active, id) then
+  -- Taken out of `active` as the last check: a job not there holds no lease to settle.
+  if SETTLES_FROM[f[1]] and f[2] == ARGV[i + 1] and redis.call('ZREM', Q.active, id) == 1 then
     local status = settle(id, key, f, outcome, retry_in, ARGV[i + 3], summary, result_ttl,
                           dead_ttl)
     ended_ids[#ended_ids + 1] = id
@@ -43,7 +44,6 @@ while i <= #ARGV do
   end
   i = i + width
 end
-zrem_all(Q.active, ended_ids)
 reindex_from($ACTIVE, to)
 local released = release_slots(ended_ids)
 if to[$QUEUED] or (released and redis.call('EXISTS', Q.limited) == 1) then wake() end
