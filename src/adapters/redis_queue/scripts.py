@@ -127,6 +127,11 @@ _SUBSTITUTIONS: Final = {
     "FIELDS": ", ".join(f"'{f}'" for f in FIELDS_WITH_TOKEN),
     # Where each field sits in an HMGET of FIELDS (`STATUS_FIELD` ... `TOKEN_FIELD`).
     **{f"{name.upper()}_FIELD": str(n) for n, name in enumerate(FIELDS_WITH_TOKEN, 1)},
+    # The same as a table from name to place, and a row of FIELDS with none of them set.
+    "FIELD_PLACES": "{"
+    + ", ".join(f"['{f}'] = {n}" for n, f in enumerate(FIELDS_WITH_TOKEN, 1))
+    + "}",
+    "NO_FIELDS": ", ".join("false" for _ in FIELDS_WITH_TOKEN),
     "MAINTENANCE_BATCH": str(MAINTENANCE_BATCH),
     "INDEX_TRIM_BATCH": str(INDEX_TRIM_BATCH),
     "PRIORITY_MIN": str(PRIORITY_MIN),

@@ -8,7 +8,7 @@
 -- Returns {1, fields} (the FIELDS values, then its token) cancelled or asked to stop;
 -- {0, status} refused, the job has finished; {0} no such job.
 -- Publishes the id of a job it cancelled (`finished`).
--- Needs: retain finished limits
+-- Needs: retain finished limits fields
 local id = ARGV[1]
 local key = job_key(id)
 local CANCELLABLE = $CANCELLABLE

@@ -25,7 +25,7 @@
 -- go back in line as their type's limits allow, before the claim. Publishes the ids of the
 -- jobs it finished (`finished`). Counts the jobs it took off the line in the queue's rates
 -- (`rates_out`).
--- Needs: parking maintain wake retain deadline batch finished rates
+-- Needs: parking maintain wake retain deadline batch finished rates fields
 local CLAIMABLE = $CLAIMABLE
 local limit = tonumber(ARGV[1])
 local lease_ms = tonumber(ARGV[2])

@@ -4,6 +4,7 @@
 -- KEYS: active
 -- ARGV[1] the worker's id
 -- Returns one array per job held (the FIELDS values, then its token).
+-- Needs: fields
 local held = {}
 for _, id in ipairs(redis.call('ZRANGE', Q.active, 0, -1)) do
   local key = job_key(id)

@@ -8,7 +8,7 @@
 -- {0, status} refused, the job's status cannot be requeued; {0, status, holder, unique key}
 -- refused, another job not finished holds its unique key; {0} no such job.
 -- A job with a unique key takes it again.
--- Needs: wake deadline order unique
+-- Needs: wake deadline order unique fields
 local id = ARGV[1]
 local key = job_key(id)
 local REQUEUABLE = $REQUEUABLE

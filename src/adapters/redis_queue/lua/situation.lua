@@ -16,7 +16,7 @@
 -- here: `throttled` reads them on their own slot); for any other, {fields, -1, 0, -1,
 -- false, false}. Asks no more than it needs: a GET of a job reads it here, and nowhere else.
 -- Clock: caller
--- Needs: rates throttle
+-- Needs: rates throttle fields
 local id = ARGV[1]
 local fields = job_fields(id)
 if fields[$STATUS_FIELD] ~= $QUEUED then return {fields, -1, 0, -1, false, false} end

@@ -26,18 +26,6 @@ local function queue_name()
   return name
 end
 
--- The FIELDS values of job `id` (then its token), all false when it has no hash. A hash in
--- the compact layout (`codec.encode_job`) holds neither its id nor its queue, which its key
--- says: they are filled in here.
-local function job_fields(id, key)
-  local f = redis.call('HMGET', key or job_key(id), $FIELDS)
-  if f[$STATUS_FIELD] then
-    f[$ID_FIELD] = f[$ID_FIELD] or id
-    f[$QUEUE_FIELD] = f[$QUEUE_FIELD] or queue_name()
-  end
-  return f
-end
-
 -- Move a job between the listing indexes; the score is when it entered `to`.
 local function reindex(id, from, to)
   if from then redis.call('ZREM', index_key(from), id) end
