@@ -884,3 +884,52 @@ class TestRedisBackendOnRedis:
 def _text(value: bytes | str | None) -> str:
     assert value is not None, "the key is not there"
     return value.decode() if isinstance(value, bytes) else value
+
+
+def test_a_user_whose_acl_rule_lacks_hgetall_still_claims_and_cancels(redis_url: str) -> None:
+    """A job's hash is read with one HGETALL (`lua/lib/fields.lua`). The ACL rule of
+    "Deploying safely" grants it, but a deployment that set up its user by an older rule
+    may not: its scripts then look each field up, as every version before did, instead of
+    failing every claim."""
+
+    async def run() -> None:
+        admin = create_redis(redis_url, connect_timeout=2.0, socket_timeout=10.0)
+        user, password = f"no-hgetall-{random.randrange(10**9)}", "pw-for-tests"
+        await admin.acl_setuser(
+            user,
+            enabled=True,
+            passwords=[f"+{password}"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-hgetall"],
+        )
+        scheme, rest = redis_url.split("://", 1)
+        client = create_redis(
+            f"{scheme}://{user}:{password}@{rest.split('@')[-1]}",
+            connect_timeout=2.0,
+            socket_timeout=10.0,
+        )
+        backend = redis_backend(client, prefix=f"acl-{random.randrange(10**9)}")
+        try:
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                await client.hgetall("anything")  # the user is refused it
+            first, second = new_job(n=1), new_job(n=2)
+            for job in (first, second):
+                await enqueue(backend.submitter, job)
+            lease = await claim_one(backend.leases)
+            assert lease.job.id == first.id
+            assert (lease.job.type, lease.job.payload, lease.job.queue) == (
+                first.type,
+                first.payload,
+                first.queue,
+            )
+            assert (lease.job.status, lease.job.attempts) == (S.ACTIVE, 1)
+            assert backend.control is not None
+            cancelled = await backend.control.cancel(second.id)
+            assert (cancelled.id, cancelled.status) == (second.id, S.CANCELLED)
+        finally:
+            await client.aclose()
+            await admin.acl_deluser(user)
+            await admin.aclose()
+
+    asyncio.run(run())

@@ -51,12 +51,20 @@ if redis.call('EXISTS', Q.paused) == 0 then
   local expires = int(now_ms + lease_ms)
   local leased, from = {}, {}
   while #jobs < limit and parked < $MAINTENANCE_BATCH do
-    local popped = redis.call('ZPOPMIN', Q.queued, limit - #jobs)
+    -- Scores only where a job may be parked: a score in a reply is a double Redis formats.
+    local popped, step
+    if limited then
+      popped, step = redis.call('ZPOPMIN', Q.queued, limit - #jobs), 2
+    else
+      popped, step = redis.call('ZRANGE', Q.queued, 0, limit - #jobs - 1), 1
+      if #popped > 0 then redis.call('ZREM', Q.queued, unpack(popped)) end
+    end
     if #popped == 0 then break end
-    taken = taken + #popped / 2
+    local count = #popped / step
+    taken = taken + count
     -- A block of fencing tokens, one per job popped (those not claimed go unused).
-    local token = redis.call('INCRBY', Q.tokens, #popped / 2) - #popped / 2
-    for n = 1, #popped, 2 do
+    local token = redis.call('INCRBY', Q.tokens, count) - count
+    for n = 1, #popped, step do
       local id = popped[n]
       local key = job_key(id)
       -- Read once: the claim answers these fields, as the job stands once leased.
