@@ -916,6 +916,7 @@ def test_a_user_whose_acl_rule_lacks_hgetall_still_claims_and_cancels(redis_url:
             first, second = new_job(n=1), new_job(n=2)
             for job in (first, second):
                 await enqueue(backend.submitter, job)
+            assert backend.leases is not None
             lease = await claim_one(backend.leases)
             assert lease.job.id == first.id
             assert (lease.job.type, lease.job.payload, lease.job.queue) == (
