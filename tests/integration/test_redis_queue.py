@@ -22,6 +22,7 @@ from redis.crc import key_slot
 
 from adapters.redis_client import create_redis
 from adapters.redis_queue import RedisConnection, redis_backend
+from adapters.redis_queue.keys import QueueKeys
 from domain.errors import (
     AdmissionRefusedError,
     IdempotencyConflictError,
@@ -932,5 +933,32 @@ def test_a_user_whose_acl_rule_lacks_hgetall_still_claims_and_cancels(redis_url:
             await client.aclose()
             await admin.acl_deluser(user)
             await admin.aclose()
+
+    asyncio.run(run())
+
+
+def test_active_and_its_index_are_skiplists_whatever_their_size(redis_url: str) -> None:
+    """Every job enters `active` and its index and leaves them again. Redis keeps a zset of up
+    to 128 entries as a listpack, where each ZADD and ZREM scans it whole; the claim makes
+    both skiplists as it creates them (`zadd_churning` in `lua/lib/batch.lua`), and leaves
+    nothing else in them."""
+
+    async def run() -> None:
+        client = create_redis(redis_url, connect_timeout=2.0, socket_timeout=10.0)
+        prefix = f"skiplist-{random.randrange(10**9)}"
+        backend = redis_backend(client, prefix=prefix)
+        keys = QueueKeys.of(prefix, "default")
+        try:
+            job = new_job()
+            await enqueue(backend.submitter, job)
+            assert backend.leases is not None
+            await claim_one(backend.leases)
+            for key in (keys.active, keys.index(S.ACTIVE)):
+                assert await client.object("encoding", key) == b"skiplist"
+                assert await client.zrange(key, 0, -1) == [job.id.encode()]
+        finally:
+            async for key in client.scan_iter(match=f"*{prefix}*"):
+                await client.unlink(key)
+            await client.aclose()
 
     asyncio.run(run())

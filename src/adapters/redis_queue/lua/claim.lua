@@ -109,7 +109,7 @@ if redis.call('EXISTS', Q.paused) == 0 then
       end
     end
   end
-  zadd_all(Q.active, leased)
+  zadd_churning(Q.active, leased)
   reindex_all(from, $ACTIVE)
 end
 

@@ -13,6 +13,19 @@ local function zrem_all(key, ids)
   end
 end
 
+-- `zadd_all` for a zset every job enters and leaves again (`active` and its index), which
+-- it makes a skiplist as it creates it. Redis keeps a zset of up to 128 entries as a
+-- listpack, where each ZADD and ZREM scans it whole, and a worker at concurrency 100 keeps
+-- about 100 there. A member longer than `zset-max-listpack-value` (64 bytes unless raised
+-- this far) makes it a skiplist, which it stays once that member is taken out again.
+local function zadd_churning(key, args)
+  if #args == 0 then return end
+  local seed = redis.call('EXISTS', key) == 0 and string.rep('~', 4096)
+  if seed then redis.call('ZADD', key, 0, seed) end
+  zadd_all(key, args)
+  if seed then redis.call('ZREM', key, seed) end
+end
+
 -- Add many jobs to the index of status `to`, as entering it now.
 local function index_all(ids, to)
   local args = {}
@@ -20,7 +33,7 @@ local function index_all(ids, to)
     args[#args + 1] = now
     args[#args + 1] = id
   end
-  zadd_all(index_key(to), args)
+  if to == $ACTIVE then zadd_churning(index_key(to), args) else zadd_all(index_key(to), args) end
 end
 
 -- Add `id` to the list of `status` in `lists` (a table status -> ids).
