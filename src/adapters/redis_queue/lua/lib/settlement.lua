@@ -29,7 +29,7 @@ local function settle(id, key, f, outcome, retry_in, data, summary, result_ttl, 
     -- is implied by the hash (attempts, worker, started_at, finished_at) and `codec` adds it
     -- when it reads the job. Writing it would push the hash past hash-max-listpack-value
     -- (64 bytes) and more than double the memory of every result kept.
-    redis.call('HSET', key, 'status', status, 'result', data, 'progress', 100,
+    redis.call('HSET', key, 'status', status, 'result', data, 'progress', '100',
                'finished_at', now)
     retain(key, result_ttl)
     finish(id, f[7])
