@@ -44,9 +44,10 @@ _RETRIES: Final = 2
 _BACKOFF_BASE_S: Final = 0.02
 _BACKOFF_CAP_S: Final = 0.25
 # What `CLIENT SETINFO` sends (redis-py and its version), made once per process: left to
-# each connection, redis-py reads its package metadata again for every one (1.4-3 ms each),
-# and a worker child, forked from a process that has imported this, makes none.
-_DRIVER_INFO: Final = DriverInfo()
+# each connection, redis-py reads its package metadata again for every one (1.4-3 ms each).
+# The version is its own `__version__`, the one its metadata holds: reading the metadata
+# would load `importlib.metadata`, which the `conveyor` command leaves for later (`launch`).
+_DRIVER_INFO: Final = DriverInfo(name="redis-py", lib_version=redis.__version__)
 
 
 def create_redis(

@@ -166,3 +166,23 @@ def test_the_command_line_loads_without_young_collections() -> None:
     runs, threshold = json.loads(_python(code).stdout.splitlines()[-1])
     assert threshold == START_UP_THRESHOLD
     assert runs < 10  # 117 without
+
+
+def test_the_command_line_leaves_importlib_metadata_until_it_is_used() -> None:
+    """redis-py imports `importlib.metadata` (with email, zipfile and csv) as it loads; the
+    command loads it lazily, and names redis-py's version without reading the metadata, so
+    none of it runs before the first children are forked. It runs on its first use."""
+    code = (
+        "import sys\n"
+        "from entrypoints import launch\n"
+        "launch._load_lazily('importlib.metadata')\n"
+        "import entrypoints.cli, entrypoints.container, entrypoints.worker.main\n"
+        "import adapters.redis_client\n"
+        "print('importlib.metadata._meta' in sys.modules, 'csv' in sys.modules)\n"
+        "from importlib import metadata\n"
+        "import redis\n"
+        "assert metadata.version('redis') == redis.__version__\n"
+        "print('importlib.metadata._meta' in sys.modules)"
+    )
+    lines = _python(code).stdout.split()
+    assert lines == ["False", "False", "True"]
