@@ -35,6 +35,17 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
+# What `conveyor worker` has loaded when it forks its first children.
+_BEFORE_THE_FORK = "import entrypoints.cli, entrypoints.worker.main"
+
+
+def _loaded(code: str, then: str = "") -> set[str]:
+    """The modules loaded once `code` has run in a fresh interpreter (which then runs
+    `then`, and must succeed)."""
+    done = _python(f"import sys\n{code}\nprint(' '.join(sorted(sys.modules)))\n{then}")
+    return set(done.stdout.split())
+
+
 def _spec(slot: int) -> ChildSpec:
     return ChildSpec(worker_id=f"p/{slot}.1", concurrency=1, queues=("q",), weights=None, board="-")
 
@@ -99,14 +110,11 @@ def test_what_the_fork_server_preloads_leaves_out_what_no_worker_child_uses() ->
     loaded there is start-up time before the first job. The scheduler and its cron
     arithmetic (the supervisor's), the in-memory backend and prometheus-client (with metrics
     off) are loaded where they are used, and a worker child never uses them."""
-    code = (
-        "import importlib, sys\n"
+    loaded = _loaded(
+        "import importlib\n"
         "from entrypoints.worker.preload import PRELOAD\n"
-        "for name in PRELOAD: importlib.import_module(name)\n"
-        "print(' '.join(sorted(sys.modules)))"
+        "for name in PRELOAD: importlib.import_module(name)"
     )
-    done = _python(code)
-    loaded = set(done.stdout.split())
     assert "entrypoints.worker.main" in loaded
     assert "adapters.redis_queue" in loaded
     unused = {
@@ -120,11 +128,7 @@ def test_the_supervisor_leaves_what_only_a_child_runs_to_the_children() -> None:
     """`conveyor worker` forks its first children once it has loaded the command line and
     the supervisor; the claim loop and uvloop run in children only, which load them after
     the fork (or have them from the fork server's preload)."""
-    code = (
-        "import sys, entrypoints.cli, entrypoints.worker.main\nprint(' '.join(sorted(sys.modules)))"
-    )
-    done = _python(code)
-    loaded = set(done.stdout.split())
+    loaded = _loaded(_BEFORE_THE_FORK)
     assert "entrypoints.worker.supervisor" in loaded
     assert not loaded & {"uvloop", "entrypoints.worker.runner", "entrypoints.worker.child"}
 
@@ -134,14 +138,11 @@ def test_before_its_first_children_a_worker_loads_nothing_only_other_commands_us
     views, the scheduler (the supervisor loads it after the fork) and PyYAML (which
     dependency-injector would load for a method Conveyor never calls) are left out; PyYAML
     is still there for anything that imports it later."""
-    code = (
-        "import sys, entrypoints.cli, entrypoints.worker.main\n"
-        "print(' '.join(sorted(sys.modules)))\n"
-        "import yaml, dependency_injector.providers as p\n"
-        "assert yaml.safe_load('a: 1') == {'a': 1} and p.yaml is None"
+    loaded = _loaded(
+        _BEFORE_THE_FORK,
+        then="import yaml, dependency_injector.providers as p\n"
+        "assert yaml.safe_load('a: 1') == {'a': 1} and p.yaml is None",
     )
-    done = _python(code)
-    loaded = set(done.stdout.split())
     assert "dependency_injector.providers" in loaded
     only_others = {"yaml", "entrypoints.api.schemas", "entrypoints.api.catalog"}
     assert not loaded & {*only_others, "domain.scheduling", "entrypoints.scheduling"}
