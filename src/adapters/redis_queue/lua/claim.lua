@@ -57,7 +57,7 @@ if redis.call('EXISTS', Q.paused) == 0 then
       popped, step = redis.call('ZPOPMIN', Q.queued, limit - #jobs), 2
     else
       popped, step = redis.call('ZRANGE', Q.queued, 0, limit - #jobs - 1), 1
-      if #popped > 0 then redis.call('ZREM', Q.queued, unpack(popped)) end
+      zrem_all(Q.queued, popped)
     end
     if #popped == 0 then break end
     local count = #popped / step
